@@ -1,0 +1,178 @@
+"""The model as a pure function of its inputs, and the argument checks shared by every quantity.
+
+Everything here exists so that a measurement can never touch the model it measures: parameters are passed to
+:func:`torch.func.functional_call` as detached tensors (so no ``.grad`` is written and nothing is tracked), every
+submodule's ``training`` flag is put back exactly as it was, and the caller's grad mode, inference mode and
+autocast state are escaped for the duration of the measurement and restored afterwards.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.func import functional_call
+
+# Layers whose train-mode forward mixes examples (batch statistics) or draws random numbers. Inside
+# ``torch.func.vmap`` they fail with obscure errors, and their per-example derivatives are not defined, so
+# ``train_mode=True`` is refused for models that contain one.
+_TRAIN_MODE_UNSUPPORTED = (
+    nn.modules.batchnorm._BatchNorm,
+    nn.modules.instancenorm._InstanceNorm,
+    nn.modules.dropout._DropoutNd,
+    nn.AlphaDropout,
+    nn.FeatureAlphaDropout,
+)
+
+Progress = Callable[[int, int], None]
+
+
+def unwrap_model(model: nn.Module) -> nn.Module:
+    """Return the original module behind ``torch.compile`` (its ``_orig_mod``), else ``model`` itself."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"`model` expected a torch.nn.Module, got {type(model).__name__}")
+    while hasattr(model, "_orig_mod") and isinstance(model._orig_mod, nn.Module):
+        model = model._orig_mod
+    return model
+
+
+@contextlib.contextmanager
+def measurement_context(model: nn.Module, *, train_mode: bool = False, grad: bool = True) -> Iterator[None]:
+    """Put ``model`` in the mode a measurement needs and restore everything on exit.
+
+    Escapes ``torch.inference_mode`` and ``torch.no_grad`` (Lightning validates under one of them), switches autocast
+    off (measurements are made in the model's own dtype, not under AMP), and sets eval mode (or train mode) on every
+    submodule, restoring each submodule's own flag afterwards -- ``model.train(flag)`` would not restore a mixture.
+    """
+    if train_mode:
+        offending = sorted({type(m).__name__ for m in model.modules() if isinstance(m, _TRAIN_MODE_UNSUPPORTED)})
+        if offending:
+            raise ValueError(
+                "`train_mode=True` expected a model without batch-statistics or random layers, got a model with "
+                f"{', '.join(offending)}; per-example derivatives are not defined for them in train mode. "
+                "Use train_mode=False (eval mode, the default)."
+            )
+    flags = [(m, m.training) for m in model.modules()]
+    stack = contextlib.ExitStack()
+    with stack:
+        stack.enter_context(torch.inference_mode(False))
+        stack.enter_context(torch.enable_grad() if grad else torch.no_grad())
+        for device_type in _autocast_device_types():
+            stack.enter_context(torch.autocast(device_type=device_type, enabled=False))
+        try:
+            for m, _ in flags:
+                m.training = train_mode
+            yield
+        finally:
+            for m, flag in flags:
+                m.training = flag
+
+
+def _autocast_device_types() -> list[str]:
+    types = ["cpu"]
+    if torch.cuda.is_available():
+        types.append("cuda")
+    return types
+
+
+def detached_state(model: nn.Module) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+    """Detached parameters and buffers of ``model``, keyed as :func:`functional_call` expects.
+
+    Detaching shares storage (no copy) but cuts the graph, so nothing computed from them reaches the model's
+    ``.grad``. Inference tensors (a model built under ``inference_mode``) are cloned into normal tensors.
+    """
+    params = {name: _normal(p.detach()) for name, p in model.named_parameters()}
+    buffers = {name: _normal(b.detach()) for name, b in model.named_buffers()}
+    return params, buffers
+
+
+def _normal(t: Tensor) -> Tensor:
+    return t.clone() if t.is_inference() else t
+
+
+def match_model(x: Tensor, params: dict[str, Tensor]) -> Tensor:
+    """Cast a batch to the dtype and device of the model's first floating-point parameter (if it has one)."""
+    for p in params.values():
+        if p.is_floating_point():
+            return x.to(device=p.device, dtype=p.dtype)
+    return x
+
+
+def as_function(model: nn.Module) -> Callable[..., Tensor]:
+    """``f(params, buffers, x) -> logits``: ``model`` as a pure function of its state and a batch."""
+
+    def f(params: dict[str, Tensor], buffers: dict[str, Tensor], x: Tensor) -> Tensor:
+        return functional_call(model, (params, buffers), (x,), strict=False)
+
+    return f
+
+
+def prepare_inputs(inputs: Tensor, name: str = "inputs", min_dim: int = 2) -> Tensor:
+    """Validate a batch ``[N, *input_shape]`` and make it a normal (non-inference) floating tensor."""
+    if not isinstance(inputs, Tensor):
+        raise TypeError(f"`{name}` expected a torch.Tensor of shape [N, *input_shape], got {type(inputs).__name__}")
+    if inputs.dim() < min_dim:
+        raise ValueError(
+            f"`{name}` expected a tensor with at least {min_dim} dimensions ([N, *input_shape]), "
+            f"got shape {tuple(inputs.shape)}"
+        )
+    if inputs.shape[0] == 0:
+        raise ValueError(f"`{name}` expected at least one example, got shape {tuple(inputs.shape)}")
+    if not inputs.is_floating_point():
+        raise TypeError(f"`{name}` expected a floating-point tensor, got dtype {inputs.dtype}")
+    # A clone made outside inference mode is a normal tensor autograd can save; cheap next to any measurement.
+    with torch.inference_mode(False):
+        return inputs.clone() if inputs.is_inference() else inputs
+
+
+def prepare_targets(targets: Tensor, num: int, name: str = "targets", inputs_name: str = "inputs") -> Tensor:
+    """Validate integer class targets ``[N]`` matching ``num`` examples."""
+    if not isinstance(targets, Tensor):
+        raise TypeError(f"`{name}` expected a torch.Tensor of class indices [N], got {type(targets).__name__}")
+    if targets.dim() != 1:
+        raise ValueError(f"`{name}` expected a 1-D tensor of class indices [N], got shape {tuple(targets.shape)}")
+    if targets.shape[0] != num:
+        raise ValueError(
+            f"`{name}` expected {num} entries to match `{inputs_name}`, got {targets.shape[0]} "
+            f"(shape {tuple(targets.shape)})"
+        )
+    with torch.inference_mode(False):
+        return targets.clone() if targets.is_inference() else targets
+
+
+def check_chunk_size(chunk_size: int | None, name: str = "chunk_size") -> None:
+    if chunk_size is None:
+        return
+    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int):
+        raise TypeError(f"`{name}` expected a positive int or None, got {type(chunk_size).__name__} {chunk_size!r}")
+    if chunk_size < 1:
+        raise ValueError(f"`{name}` expected a positive int or None, got {chunk_size}")
+
+
+def check_logits(out: Any) -> Tensor:
+    """The model must map ``[N, ...]`` to logits ``[N, C]``."""
+    if not isinstance(out, Tensor):
+        raise TypeError(f"the model expected to return a logits tensor [N, C], got {type(out).__name__}")
+    if out.dim() != 2:
+        raise ValueError(f"the model expected to return logits of shape [N, C], got shape {tuple(out.shape)}")
+    return out
+
+
+def chunks(num: int, chunk_size: int | None) -> Iterator[slice]:
+    """Consecutive slices of ``range(num)`` of length ``chunk_size`` (one slice when ``chunk_size`` is None)."""
+    step = num if chunk_size is None else chunk_size
+    for start in range(0, num, max(step, 1)):
+        yield slice(start, min(start + step, num))
+
+
+def report(progress: Progress | None, done: int, total: int) -> None:
+    if progress is not None:
+        progress(done, total)
+
+
+def check_progress(progress: Any) -> None:
+    if progress is not None and not callable(progress):
+        raise TypeError(f"`progress` expected a callable (done, total) -> None or None, got {type(progress).__name__}")

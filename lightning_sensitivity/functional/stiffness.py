@@ -1,0 +1,350 @@
+"""Stiffness (Fort et al. 2019, "Stiffness: a new perspective on generalization in neural networks").
+
+For per-example loss gradients ``g_i`` (over all trainable parameters, of each example's own loss), sign stiffness
+is ``sign(g_i . g_j)`` and cosine stiffness ``cos(g_i, g_j)``; their means over pairs, per pair of classes, and as
+a function of the input distance between the two examples describe how a gradient step on one example moves the
+loss of another.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from lightning_sensitivity.functional._gram import per_example_gram
+from lightning_sensitivity.functional._model import (
+    Progress,
+    check_chunk_size,
+    check_progress,
+    detached_state,
+    match_model,
+    measurement_context,
+    prepare_inputs,
+    prepare_targets,
+    unwrap_model,
+)
+
+LossFn = Callable[[Tensor, Tensor], Tensor]
+DISTANCES = ("cosine", "euclidean")
+
+
+def _gram_and_norms(
+    model: nn.Module,
+    inputs: Tensor,
+    targets: Tensor,
+    inputs2: Tensor | None,
+    targets2: Tensor | None,
+    loss_fn: LossFn,
+    chunk_size: int | None,
+    progress: Progress | None,
+) -> tuple[Tensor, Tensor, Tensor]:
+    if not callable(loss_fn):
+        raise TypeError(f"`loss_fn` expected a callable (logits, targets) -> loss, got {type(loss_fn).__name__}")
+    check_chunk_size(chunk_size)
+    check_progress(progress)
+    if (inputs2 is None) != (targets2 is None):
+        raise ValueError(
+            "`inputs2` and `targets2` expected to be given together, got "
+            f"inputs2={'None' if inputs2 is None else 'a tensor'} and targets2={'None' if targets2 is None else 'a tensor'}"
+        )
+    model = unwrap_model(model)
+    x1 = prepare_inputs(inputs)
+    y1 = prepare_targets(targets, x1.shape[0])
+    params, buffers = detached_state(model)
+    x1 = match_model(x1, params)
+    y1 = y1.to(x1.device)
+    x2 = y2 = None
+    if inputs2 is not None:
+        x2 = prepare_inputs(inputs2, name="inputs2")
+        if x2.shape[1:] != x1.shape[1:]:
+            raise ValueError(
+                f"`inputs2` expected examples of shape {tuple(x1.shape[1:])} like `inputs`, got {tuple(x2.shape[1:])}"
+            )
+        y2 = prepare_targets(targets2, x2.shape[0], name="targets2", inputs_name="inputs2")
+        x2 = match_model(x2, params)
+        y2 = y2.to(x2.device)
+    with measurement_context(model):
+        gram, sq1, sq2 = per_example_gram(model, params, buffers, x1, y1, x2, y2, loss_fn, chunk_size, progress)
+    return gram.detach(), sq1.detach(), sq2.detach()
+
+
+def loss_gradient_gram(
+    model: nn.Module,
+    inputs: Tensor,
+    targets: Tensor,
+    inputs2: Tensor | None = None,
+    targets2: Tensor | None = None,
+    *,
+    loss_fn: LossFn = F.cross_entropy,
+    chunk_size: int | None = None,
+    progress: Progress | None = None,
+) -> Tensor:
+    """Dot products ``g_i . g_j`` of per-example loss gradients over all trainable parameters.
+
+    Args:
+        model: maps ``[N, *input_shape]`` to logits ``[N, C]``; evaluated in eval mode and left as it was.
+        inputs, targets: the first set, ``[N, *input_shape]`` and class indices ``[N]``.
+        inputs2, targets2: the second set (``[M, ...]``, ``[M]``); the first set again when None.
+        loss_fn: ``loss_fn(logits, targets)`` returning the batch-mean loss (PyTorch's default reduction) or
+            per-example losses; it is called on batches of one, so both give the example's own loss.
+        chunk_size: examples per block; memory is bounded by two blocks of per-example gradients.
+        progress: optional ``progress(done, total)`` called after each block.
+
+    Returns:
+        ``[N, M]`` Gram matrix in the model's dtype.
+
+    Raises:
+        ValueError: inputs/targets of the wrong rank or mismatched lengths, a model output that is not ``[N, C]``,
+            only one of ``inputs2``/``targets2`` given, a model without trainable parameters.
+        TypeError: arguments of the wrong type.
+
+    Example:
+        >>> model = torch.nn.Linear(4, 3)
+        >>> loss_gradient_gram(model, torch.randn(5, 4), torch.randint(0, 3, (5,))).shape
+        torch.Size([5, 5])
+    """
+    return _gram_and_norms(model, inputs, targets, inputs2, targets2, loss_fn, chunk_size, progress)[0]
+
+
+@dataclass(frozen=True)
+class Stiffness:
+    """Stiffness between two sets of examples.
+
+    Attributes:
+        sign: ``[N, M]`` ``sign(g_i . g_j)`` (0 where the product is exactly 0).
+        cosine: ``[N, M]`` ``cos(g_i, g_j)`` (0 where a gradient is exactly zero).
+        gram: ``[N, M]`` the dot products themselves.
+        sign_mean, cosine_mean: 0-dim means over pairs, leaving out pairs of an example with itself when
+            ``self_pairs``.
+        self_pairs: True when both sets are the same set (``inputs2`` was None), so the diagonal holds self pairs.
+    """
+
+    sign: Tensor
+    cosine: Tensor
+    gram: Tensor
+    sign_mean: Tensor
+    cosine_mean: Tensor
+    self_pairs: bool
+
+
+def stiffness(
+    model: nn.Module,
+    inputs: Tensor,
+    targets: Tensor,
+    inputs2: Tensor | None = None,
+    targets2: Tensor | None = None,
+    *,
+    loss_fn: LossFn = F.cross_entropy,
+    chunk_size: int | None = None,
+    progress: Progress | None = None,
+) -> Stiffness:
+    """Sign and cosine stiffness between per-example loss gradients (Fort et al. 2019).
+
+    Arguments as in :func:`loss_gradient_gram`. With one set, the means leave out the diagonal; with one example
+    and no second set they are NaN (there is no pair).
+
+    Example:
+        >>> model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 3))
+        >>> s = stiffness(model, torch.randn(6, 4), torch.randint(0, 3, (6,)))
+        >>> s.sign.shape, float(s.sign_mean) <= 1.0
+        (torch.Size([6, 6]), True)
+    """
+    gram, sq1, sq2 = _gram_and_norms(model, inputs, targets, inputs2, targets2, loss_fn, chunk_size, progress)
+    norms = sq1.sqrt()[:, None] * sq2.sqrt()[None, :]
+    cosine = torch.where(norms > 0, gram / norms.clamp_min(torch.finfo(gram.dtype).tiny), torch.zeros_like(gram))
+    sign = torch.sign(gram)
+    self_pairs = inputs2 is None
+    mask = _pair_mask(gram, self_pairs)
+    return Stiffness(
+        sign=sign,
+        cosine=cosine,
+        gram=gram,
+        sign_mean=_masked_mean(sign, mask),
+        cosine_mean=_masked_mean(cosine, mask),
+        self_pairs=self_pairs,
+    )
+
+
+def _pair_mask(matrix: Tensor, exclude_diagonal: bool) -> Tensor:
+    mask = torch.ones(matrix.shape, dtype=torch.bool, device=matrix.device)
+    if exclude_diagonal:
+        mask.fill_diagonal_(False)
+    return mask
+
+
+def _masked_mean(values: Tensor, mask: Tensor) -> Tensor:
+    count = mask.sum()
+    if count == 0:
+        return values.new_tensor(float("nan"))
+    return values[mask].sum() / count
+
+
+def _check_matrix(matrix: Tensor) -> None:
+    if not isinstance(matrix, Tensor):
+        raise TypeError(f"`matrix` expected a torch.Tensor [N, M], got {type(matrix).__name__}")
+    if matrix.dim() != 2:
+        raise ValueError(f"`matrix` expected a 2-D tensor [N, M], got shape {tuple(matrix.shape)}")
+
+
+def _check_labels(labels: Tensor, num: int, num_classes: int, name: str) -> None:
+    if not isinstance(labels, Tensor):
+        raise TypeError(f"`{name}` expected a torch.Tensor of class indices, got {type(labels).__name__}")
+    if labels.dim() != 1 or labels.shape[0] != num:
+        raise ValueError(f"`{name}` expected shape [{num}] to match `matrix`, got {tuple(labels.shape)}")
+    if labels.is_floating_point() or labels.dtype == torch.bool:
+        raise TypeError(f"`{name}` expected an integer tensor, got dtype {labels.dtype}")
+    if labels.numel() and (labels.min() < 0 or labels.max() >= num_classes):
+        raise ValueError(
+            f"`{name}` expected class indices in [0, {num_classes}), got values in "
+            f"[{int(labels.min())}, {int(labels.max())}]"
+        )
+
+
+def class_stiffness(
+    matrix: Tensor,
+    labels: Tensor,
+    labels2: Tensor | None = None,
+    *,
+    num_classes: int,
+    exclude_self: bool = True,
+) -> Tensor:
+    """Class-by-class mean of a pairwise matrix (e.g. :attr:`Stiffness.sign`).
+
+    Cell ``[a, b]`` is the mean of the entries whose row example has class ``a`` and column example class ``b``.
+
+    Args:
+        matrix: ``[N, M]`` pairwise values.
+        labels: ``[N]`` classes of the rows.
+        labels2: ``[M]`` classes of the columns; when None the columns are the rows' set (``matrix`` square).
+        num_classes: ``C``.
+        exclude_self: with ``labels2=None``, leave out the diagonal (an example paired with itself).
+
+    Returns:
+        ``[C, C]`` float tensor, NaN where a cell has no pairs.
+
+    Example:
+        >>> class_stiffness(torch.ones(4, 4), torch.tensor([0, 0, 1, 1]), num_classes=2)
+        tensor([[1., 1.],
+                [1., 1.]])
+    """
+    _check_matrix(matrix)
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
+        raise ValueError(f"`num_classes` expected a positive int, got {num_classes!r}")
+    _check_labels(labels, matrix.shape[0], num_classes, "labels")
+    same = labels2 is None
+    if same:
+        if matrix.shape[0] != matrix.shape[1]:
+            raise ValueError(f"`matrix` expected to be square when `labels2` is None, got shape {tuple(matrix.shape)}")
+        labels2 = labels
+    else:
+        _check_labels(labels2, matrix.shape[1], num_classes, "labels2")
+    values = matrix.detach().to(torch.float64)
+    weights = _pair_mask(values, same and exclude_self).to(torch.float64)
+    rows = F.one_hot(labels.long(), num_classes).to(values)
+    cols = F.one_hot(labels2.long().to(labels.device), num_classes).to(values)
+    totals = rows.T @ (values * weights) @ cols
+    counts = rows.T @ weights @ cols
+    out = torch.where(counts > 0, totals / counts.clamp_min(1), torch.full_like(totals, float("nan")))
+    return out.to(matrix.dtype if matrix.is_floating_point() else torch.float32)
+
+
+def _flat(x: Tensor, name: str) -> Tensor:
+    if not isinstance(x, Tensor) or x.dim() < 1:
+        raise TypeError(f"`{name}` expected a torch.Tensor [N, *input_shape], got {type(x).__name__}")
+    return x.detach().reshape(x.shape[0], -1).to(torch.float64)
+
+
+def pairwise_distance(inputs: Tensor, inputs2: Tensor | None = None, distance: str = "cosine") -> Tensor:
+    """``[N, M]`` input distances: ``1 - cos(x_i, x_j)`` in ``[0, 2]`` (Fort et al.) or Euclidean."""
+    if distance not in DISTANCES:
+        raise ValueError(f"`distance` expected one of {DISTANCES}, got {distance!r}")
+    a = _flat(inputs, "inputs")
+    b = a if inputs2 is None else _flat(inputs2, "inputs2")
+    if a.shape[1] != b.shape[1]:
+        raise ValueError(f"`inputs2` expected {a.shape[1]} features per example like `inputs`, got {b.shape[1]}")
+    if distance == "euclidean":
+        return torch.cdist(a, b)
+    a_n = F.normalize(a, dim=1)
+    b_n = F.normalize(b, dim=1)
+    return (1.0 - a_n @ b_n.T).clamp(0.0, 2.0)
+
+
+def stiffness_by_distance(
+    matrix: Tensor,
+    inputs: Tensor,
+    inputs2: Tensor | None = None,
+    *,
+    num_bins: int = 20,
+    distance: Literal["cosine", "euclidean"] = "cosine",
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Mean of a pairwise matrix binned by the input distance between the two examples of each pair.
+
+    Args:
+        matrix: ``[N, M]`` pairwise values (e.g. sign or cosine stiffness).
+        inputs: ``[N, *input_shape]`` examples of the rows.
+        inputs2: ``[M, *input_shape]`` examples of the columns; None = ``inputs`` (the diagonal is left out).
+        num_bins: equal-width bins; over ``[0, 2]`` for ``"cosine"`` (``1 - cos(x_i, x_j)``, Fort et al.), over
+            ``[0, max distance]`` for ``"euclidean"``.
+        distance: ``"cosine"`` or ``"euclidean"``.
+
+    Returns:
+        ``(bin_edges [num_bins + 1], mean [num_bins], count [num_bins])``: float64 edges and means (NaN in empty
+        bins) and the number of (ordered) pairs in each bin.
+
+    Example:
+        >>> edges, mean, count = stiffness_by_distance(torch.eye(3), torch.randn(3, 5), num_bins=4)
+        >>> edges.shape, mean.shape, int(count.sum())
+        (torch.Size([5]), torch.Size([4]), 6)
+    """
+    _check_matrix(matrix)
+    if isinstance(num_bins, bool) or not isinstance(num_bins, int) or num_bins < 1:
+        raise ValueError(f"`num_bins` expected a positive int, got {num_bins!r}")
+    dist = pairwise_distance(inputs, inputs2, distance)
+    if dist.shape != matrix.shape:
+        raise ValueError(
+            f"`matrix` expected shape {tuple(dist.shape)} to match the inputs, got {tuple(matrix.shape)}"
+        )
+    values = matrix.detach().to(torch.float64).to(dist.device)
+    mask = _pair_mask(values, inputs2 is None) & values.isfinite()
+    upper = 2.0 if distance == "cosine" else float(dist[mask].max()) if mask.any() else 1.0
+    edges = torch.linspace(0.0, upper if upper > 0 else 1.0, num_bins + 1, dtype=torch.float64, device=dist.device)
+    # Bin b holds edges[b] <= d < edges[b + 1]; the last bin also takes d == edges[-1].
+    index = (torch.bucketize(dist[mask], edges, right=True) - 1).clamp(0, num_bins - 1)
+    count = torch.bincount(index, minlength=num_bins)
+    total = torch.bincount(index, weights=values[mask], minlength=num_bins)
+    mean = torch.where(count > 0, total / count.clamp_min(1), torch.full_like(total, float("nan")))
+    return edges, mean, count
+
+
+def critical_length(bin_centers: Tensor, mean: Tensor) -> float:
+    """The smallest distance at which binned stiffness first crosses zero (Fort et al.'s critical length).
+
+    Empty (NaN) bins are skipped. Between the last positive bin and the first non-positive one the crossing is
+    interpolated linearly; when the first non-empty bin is already non-positive its centre is returned.
+
+    Returns:
+        The distance, or NaN when the stiffness never reaches zero.
+
+    Example:
+        >>> critical_length(torch.tensor([0.5, 1.5, 2.5]), torch.tensor([0.6, 0.2, -0.2]))
+        2.0
+    """
+    centers = torch.as_tensor(bin_centers, dtype=torch.float64).flatten()
+    values = torch.as_tensor(mean, dtype=torch.float64).flatten()
+    if centers.shape != values.shape:
+        raise ValueError(f"`bin_centers` and `mean` expected the same length, got {centers.numel()} and {values.numel()}")
+    keep = values.isfinite() & centers.isfinite()
+    centers, values = centers[keep].tolist(), values[keep].tolist()
+    for k, (c, v) in enumerate(zip(centers, values)):
+        if v <= 0:
+            if k == 0:
+                return float(c)
+            c0, v0 = centers[k - 1], values[k - 1]
+            return float(c0 + (c - c0) * v0 / (v0 - v))
+    return math.nan

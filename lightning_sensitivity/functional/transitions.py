@@ -1,0 +1,215 @@
+"""Transitions along closed trajectories (Novak et al. 2018): linear-region and prediction changes.
+
+The activation pattern of a point is the sign of the pre-activation of every ReLU-family unit. Units are found at
+the operator level with a :class:`~torch.overrides.TorchFunctionMode`, so ReLUs written as modules
+(``nn.ReLU``, ``nn.LeakyReLU``, ``nn.ReLU6``, ``nn.PReLU``) and as calls (``F.relu``, ``torch.relu``,
+``x.relu()``, their in-place forms, ``F.leaky_relu``, ``F.relu6``, ``F.prelu``, ``F.hardtanh`` with
+``min_val=0``) are all recognised. The pattern bit of a unit is ``pre_activation > 0`` (for ReLU6 the upper kink
+at 6 is not part of the pattern). Smooth non-linearities (tanh, GELU, ...) have no pattern.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.overrides import TorchFunctionMode
+
+from lightning_sensitivity.functional._model import (
+    Progress,
+    as_function,
+    check_chunk_size,
+    check_logits,
+    check_progress,
+    chunks,
+    detached_state,
+    match_model,
+    measurement_context,
+    prepare_inputs,
+    report,
+    unwrap_model,
+)
+
+_RELU_FAMILY: frozenset[Callable[..., Any]] = frozenset(
+    {
+        F.relu,
+        F.relu_,
+        torch.relu,
+        torch.relu_,
+        Tensor.relu,
+        Tensor.relu_,
+        F.leaky_relu,
+        F.leaky_relu_,
+        F.relu6,
+        F.prelu,
+        torch.prelu,
+    }
+)
+
+
+def _hardtanh_min(args: tuple, kwargs: dict) -> float:
+    if len(args) > 1:
+        return float(args[1])
+    return float(kwargs.get("min_val", -1.0))
+
+
+class _ActivationRecorder(TorchFunctionMode):
+    """Records ``pre_activation > 0`` (flattened per example) for each ReLU-family call during a forward pass."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.patterns: list[Tensor] = []
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        recognised = func in _RELU_FAMILY or (func is F.hardtanh and _hardtanh_min(args, kwargs) == 0.0)
+        if recognised:
+            pre = args[0] if args else kwargs["input"]
+            # Taken before the call: in-place variants overwrite their input.
+            self.patterns.append((pre > 0).flatten(1))
+        return func(*args, **kwargs)
+
+
+@dataclass(frozen=True)
+class TransitionCounts:
+    """Per-trajectory transition counts along closed trajectories of ``num_points`` points.
+
+    Attributes:
+        prediction: ``[K]`` number of consecutive pairs (last to first included) whose arg-max class differs.
+        num_units: number of ReLU-family units in the activation pattern (0 when none was recognised).
+        num_points: points per trajectory.
+    """
+
+    _activation: Tensor = field(repr=False)
+    _region_changes: Tensor = field(repr=False)
+    prediction: Tensor
+    num_units: int
+    num_points: int
+
+    def _require_units(self, name: str) -> None:
+        if self.num_units == 0:
+            raise ValueError(
+                f"`{name}` needs ReLU-family units, got a model with none recognised (nn.ReLU/LeakyReLU/ReLU6/PReLU, "
+                "F.relu, torch.relu, x.relu(), F.leaky_relu, F.relu6, F.prelu, F.hardtanh(min_val=0)); "
+                "`prediction` counts are still available"
+            )
+
+    @property
+    def activation(self) -> Tensor:
+        """``[K]`` Novak's transition count: summed Hamming distances between consecutive activation patterns."""
+        self._require_units("activation")
+        return self._activation
+
+    @property
+    def region_changes(self) -> Tensor:
+        """``[K]`` number of consecutive pairs whose activation pattern differs at all (linear-region changes)."""
+        self._require_units("region_changes")
+        return self._region_changes
+
+
+def transition_counts(
+    model: nn.Module,
+    trajectories: Tensor,
+    *,
+    chunk_size: int | None = None,
+    progress: Progress | None = None,
+) -> TransitionCounts:
+    """Count activation-pattern and prediction changes along closed trajectories.
+
+    The ``K * P`` points are evaluated in chunks of ``chunk_size`` points (in eval mode, no autograd), so memory is
+    bounded by the chunk; consecutive points are compared within a trajectory, and its last point with its first.
+
+    Args:
+        model: maps ``[N, *input_shape]`` to logits ``[N, C]``. Left exactly as it was.
+        trajectories: ``[K, P, *input_shape]`` with ``P >= 2`` (e.g. from :func:`ellipse_trajectories`).
+        chunk_size: points per forward pass; None = all ``K * P`` points at once.
+        progress: optional ``progress(done, total)`` called after each chunk.
+
+    Returns:
+        :class:`TransitionCounts` with long tensors ``[K]``.
+
+    Raises:
+        ValueError: ``trajectories`` has fewer than 3 dimensions or fewer than 2 points, ``chunk_size < 1``, or the
+            model output is not ``[N, C]``.
+
+    Example:
+        >>> model = torch.nn.Sequential(torch.nn.Linear(2, 8), torch.nn.ReLU(), torch.nn.Linear(8, 3))
+        >>> counts = transition_counts(model, torch.randn(4, 50, 2))
+        >>> counts.activation.shape, counts.prediction.shape
+        (torch.Size([4]), torch.Size([4]))
+    """
+    check_chunk_size(chunk_size)
+    check_progress(progress)
+    traj = prepare_inputs(trajectories, name="trajectories", min_dim=3)
+    num_traj, num_points = traj.shape[:2]
+    if num_points < 2:
+        raise ValueError(f"`trajectories` expected at least 2 points per trajectory, got shape {tuple(traj.shape)}")
+    model = unwrap_model(model)
+    params, buffers = detached_state(model)
+    points = match_model(traj.reshape(num_traj * num_points, *traj.shape[2:]), params)
+    f = as_function(model)
+    total = points.shape[0]
+    device = points.device
+    first_pattern: Tensor | None = None  # [K, U] pattern of each trajectory's first point
+    prev_pattern: Tensor | None = None  # pattern / prediction of the point before the current chunk
+    prev_pred: Tensor | None = None
+    num_units = 0
+    # Counters are made inside the context: under inference_mode they would be inference tensors.
+    with measurement_context(model, grad=False):
+        activation, region, prediction, first_pred = (
+            torch.zeros(num_traj, dtype=torch.long, device=device) for _ in range(4)
+        )
+        for piece in chunks(total, chunk_size):
+            recorder = _ActivationRecorder()
+            with recorder:
+                logits = check_logits(f(params, buffers, points[piece]))
+            pred = logits.argmax(dim=1)
+            if recorder.patterns:
+                pattern = torch.cat(recorder.patterns, dim=1)
+            else:
+                pattern = torch.zeros(pred.shape[0], 0, dtype=torch.bool, device=device)
+            num_units = pattern.shape[1]
+            if first_pattern is None:
+                first_pattern = torch.zeros(num_traj, num_units, dtype=torch.bool, device=device)
+            flat = torch.arange(piece.start, piece.stop, device=device)
+            traj_id, pos = flat // num_points, flat % num_points
+            is_first = pos == 0
+            first_pattern[traj_id[is_first]] = pattern[is_first]
+            first_pred[traj_id[is_first]] = pred[is_first]
+            # Predecessor of every point in the chunk (meaningless where pos == 0, masked out below).
+            before = pattern[:-1] if prev_pattern is None else torch.cat([prev_pattern, pattern[:-1]])
+            before_pred = pred[:-1] if prev_pred is None else torch.cat([prev_pred, pred[:-1]])
+            rows = slice(0, None) if prev_pattern is not None else slice(1, None)
+            _accumulate(
+                activation, region, prediction, traj_id[rows][~is_first[rows]],
+                pattern[rows][~is_first[rows]], before[~is_first[rows]], pred[rows][~is_first[rows]],
+                before_pred[~is_first[rows]],
+            )  # fmt: skip
+            is_last = pos == num_points - 1  # closes the loop: last point against the first
+            _accumulate(
+                activation, region, prediction, traj_id[is_last], pattern[is_last],
+                first_pattern[traj_id[is_last]], pred[is_last], first_pred[traj_id[is_last]],
+            )  # fmt: skip
+            prev_pattern, prev_pred = pattern[-1:], pred[-1:]
+            report(progress, piece.stop, total)
+    return TransitionCounts(activation, region, prediction, num_units, num_points)
+
+
+def _accumulate(
+    activation: Tensor,
+    region: Tensor,
+    prediction: Tensor,
+    traj_id: Tensor,
+    pattern: Tensor,
+    other: Tensor,
+    pred: Tensor,
+    other_pred: Tensor,
+) -> None:
+    hamming = (pattern != other).sum(dim=1)
+    activation.index_add_(0, traj_id, hamming)
+    region.index_add_(0, traj_id, (hamming > 0).long())
+    prediction.index_add_(0, traj_id, (pred != other_pred).long())

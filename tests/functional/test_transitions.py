@@ -1,0 +1,137 @@
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import assert_unchanged, state_snapshot
+from oracles import transitions_loop
+from torch import nn
+
+from lightning_sensitivity.functional import ellipse_trajectories, transition_counts
+
+
+def _check_against_oracle(model, traj, chunk_size=None):
+    expected = transitions_loop(model, traj)
+    got = transition_counts(model, traj, chunk_size=chunk_size)
+    assert got.activation.tolist() == expected["activation"]
+    assert got.region_changes.tolist() == expected["region_changes"]
+    assert got.prediction.tolist() == expected["prediction"]
+    return got
+
+
+@pytest.mark.parametrize("chunk_size", [None, 1, 7, 40])
+def test_matches_naive_loop(chunk_size):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(6, 12), nn.ReLU(), nn.Linear(12, 12), nn.ReLU(), nn.Linear(12, 3))
+    model = model.double()
+    traj = ellipse_trajectories(torch.randn(4, 3, 2, 3, dtype=torch.float64) * 3, 15)
+    got = _check_against_oracle(model, traj, chunk_size)
+    assert got.num_units == 24 and got.num_points == 15
+    assert got.activation.sum() > 0  # the test would be vacuous otherwise
+
+
+def test_cnn_with_batchnorm_and_dropout_matches_naive_loop():
+    from conftest import bn_dropout_cnn
+
+    torch.manual_seed(1)
+    model = bn_dropout_cnn().double()
+    traj = ellipse_trajectories(torch.randn(3, 3, 1, 6, 6, dtype=torch.float64), 12)
+    got = _check_against_oracle(model, traj, chunk_size=5)
+    assert got.num_units == 3 * 36 + 8
+
+
+def test_hand_counted_one_dimensional_network():
+    model = nn.Sequential(nn.Linear(1, 3), nn.ReLU(), nn.Linear(3, 2)).double()
+    with torch.no_grad():
+        model[0].weight.copy_(torch.tensor([[1.0], [-1.0], [1.0]]))
+        model[0].bias.copy_(torch.tensor([-0.5, 0.0, 1.0]))
+        model[2].weight.copy_(torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]]))
+        model[2].bias.copy_(torch.tensor([0.1, 0.0]))
+    # patterns (x>0.5, x<0, x>-1): -2:(0,1,0) -0.25:(0,1,1) 0.25:(0,0,1) 1:(1,0,1) 2:(1,0,1)
+    # hamming of consecutive pairs incl. 2 -> -2: 1,1,1,0,3; classes 1,1,0,0,0
+    traj = torch.tensor([[-2.0, -0.25, 0.25, 1.0, 2.0]], dtype=torch.float64).reshape(1, 5, 1)
+    counts = transition_counts(model, traj)
+    assert counts.activation.tolist() == [6]
+    assert counts.region_changes.tolist() == [4]
+    assert counts.prediction.tolist() == [2]
+
+
+class FunctionalReLUs(nn.Module):
+    """The same network written with every recognised call style."""
+
+    def __init__(self, style):
+        super().__init__()
+        self.style = style
+        self.l1, self.l2, self.l3 = nn.Linear(5, 8), nn.Linear(8, 8), nn.Linear(8, 3)
+
+    def act(self, h):
+        return {
+            "F.relu": F.relu,
+            "torch.relu": torch.relu,
+            "method": lambda t: t.relu(),
+            "inplace": lambda t: F.relu(t, inplace=True),
+            "relu_": lambda t: t.relu_(),
+            "leaky": lambda t: F.leaky_relu(t, 0.1),
+            "relu6": F.relu6,
+        }[self.style](h)
+
+    def forward(self, x):
+        return self.l3(self.act(self.l2(self.act(self.l1(x)))))
+
+
+MODULE_FOR_STYLE = {"leaky": lambda: nn.LeakyReLU(0.1), "relu6": nn.ReLU6}
+
+
+@pytest.mark.parametrize("style", ["F.relu", "torch.relu", "method", "inplace", "relu_", "leaky", "relu6"])
+def test_function_style_relus_are_recognised(style):
+    torch.manual_seed(4)
+    functional = FunctionalReLUs(style).double()
+    act = MODULE_FOR_STYLE.get(style, nn.ReLU)
+    # the module-based twin (same weights) is what the hook-based oracle can see
+    twin = nn.Sequential(functional.l1, act(), functional.l2, act(), functional.l3)
+    traj = ellipse_trajectories(torch.randn(3, 3, 5, dtype=torch.float64) * 4, 20)
+    expected = transitions_loop(twin, traj)
+    got = transition_counts(functional, traj, chunk_size=13)
+    assert got.num_units == 16
+    assert got.activation.tolist() == expected["activation"]
+    assert got.prediction.tolist() == expected["prediction"]
+    assert sum(expected["activation"]) > 0
+
+
+def test_model_without_relu_raises_for_activation_but_counts_predictions():
+    torch.manual_seed(5)
+    model = nn.Sequential(nn.Linear(4, 6), nn.Tanh(), nn.Linear(6, 3)).double()
+    traj = ellipse_trajectories(torch.randn(2, 3, 4, dtype=torch.float64) * 3, 24)
+    counts = transition_counts(model, traj)
+    assert counts.num_units == 0
+    with pytest.raises(ValueError, match="ReLU-family"):
+        counts.activation
+    with pytest.raises(ValueError, match="ReLU-family"):
+        counts.region_changes
+    assert counts.prediction.tolist() == transitions_loop(model, traj)["prediction"]
+
+
+def test_model_untouched_and_works_under_inference_mode():
+    torch.manual_seed(6)
+    model = nn.Sequential(nn.Linear(4, 6), nn.ReLU(), nn.Dropout(0.3), nn.Linear(6, 3))
+    model.train()
+    traj = ellipse_trajectories(torch.randn(2, 3, 4), 9)
+    before = state_snapshot(model)
+    expected = transition_counts(model, traj)
+    with torch.inference_mode():
+        got = transition_counts(model, traj.clone())
+    assert_unchanged(model, before)
+    assert torch.equal(got.activation, expected.activation)
+
+
+@pytest.mark.parametrize(
+    "traj, kwargs, error, match",
+    [
+        (torch.randn(4, 5), {}, ValueError, r"`trajectories`.*at least 3 dimensions"),
+        (torch.randn(2, 1, 5), {}, ValueError, "at least 2 points"),
+        (torch.randn(2, 4, 5), {"chunk_size": -1}, ValueError, "`chunk_size`"),
+        (torch.ones(2, 4, 5, dtype=torch.long), {}, TypeError, "floating"),
+    ],
+)
+def test_bad_inputs(traj, kwargs, error, match):
+    model = nn.Sequential(nn.Linear(5, 3), nn.ReLU())
+    with pytest.raises(error, match=match):
+        transition_counts(model, traj, **kwargs)

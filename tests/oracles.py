@@ -1,0 +1,145 @@
+"""Obviously-correct reference implementations: one example at a time, plain ``torch.autograd``, no torch.func.
+
+These are the definitions of the quantities; the package's fast versions are tested against them in float64.
+They deliberately share no code with ``lightning_sensitivity``.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import torch
+from torch import nn
+
+ACTIVATION_MODULES = (nn.ReLU, nn.LeakyReLU, nn.ReLU6, nn.PReLU)
+
+
+def _eval_copy(model: nn.Module) -> nn.Module:
+    return copy.deepcopy(model).eval()
+
+
+def _out(logits: torch.Tensor, output: str) -> torch.Tensor:
+    return {"softmax": logits.softmax(-1), "log_softmax": logits.log_softmax(-1), "logits": logits}[output]
+
+
+def jacobian_norm_loop(model: nn.Module, inputs: torch.Tensor, output: str = "softmax") -> torch.Tensor:
+    net = _eval_copy(model)
+    norms = []
+    for x in inputs:
+        jac = torch.autograd.functional.jacobian(lambda z: _out(net(z.unsqueeze(0)), output)[0], x)
+        norms.append(torch.sqrt((jac**2).sum()))
+    return torch.stack(norms)
+
+
+def activation_pattern(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """Binary pattern (pre-activation > 0) of every activation module, recorded with forward hooks, and the class."""
+    net = _eval_copy(model)
+    recorded = []
+    hooks = [
+        m.register_forward_hook(lambda mod, args, out: recorded.append((args[0] > 0).flatten()))
+        for m in net.modules()
+        if isinstance(m, ACTIVATION_MODULES)
+    ]
+    with torch.no_grad():
+        pred = int(net(x.unsqueeze(0)).argmax(dim=1))
+    for h in hooks:
+        h.remove()
+    return (torch.cat(recorded) if recorded else torch.zeros(0, dtype=torch.bool)), pred
+
+
+def transitions_loop(model: nn.Module, trajectories: torch.Tensor) -> dict[str, list[int]]:
+    out: dict[str, list[int]] = {"activation": [], "region_changes": [], "prediction": []}
+    for traj in trajectories:
+        seq = [activation_pattern(model, x) for x in traj]
+        act = reg = pred = 0
+        for k in range(len(seq)):
+            (a, pa), (b, pb) = seq[k], seq[(k + 1) % len(seq)]  # closed: the last point meets the first
+            hamming = int((a != b).sum())
+            act += hamming
+            reg += int(hamming > 0)
+            pred += int(pa != pb)
+        out["activation"].append(act)
+        out["region_changes"].append(reg)
+        out["prediction"].append(pred)
+    return out
+
+
+def per_example_gradients_loop(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, loss_fn) -> list:
+    net = _eval_copy(model)
+    params = [p for p in net.parameters() if p.requires_grad]
+    grads = []
+    for x, y in zip(inputs, targets):
+        loss = loss_fn(net(x.unsqueeze(0)), y.unsqueeze(0))
+        grads.append(torch.cat([g.reshape(-1) for g in torch.autograd.grad(loss, params)]))
+    return grads
+
+
+def gram_loop(model, inputs, targets, inputs2=None, targets2=None, loss_fn=None) -> torch.Tensor:
+    loss_fn = loss_fn or torch.nn.functional.cross_entropy
+    g1 = per_example_gradients_loop(model, inputs, targets, loss_fn)
+    g2 = g1 if inputs2 is None else per_example_gradients_loop(model, inputs2, targets2, loss_fn)
+    return torch.tensor([[float(a @ b) for b in g2] for a in g1], dtype=torch.float64)
+
+
+def stiffness_loop(model, inputs, targets, inputs2=None, targets2=None, loss_fn=None) -> dict:
+    loss_fn = loss_fn or torch.nn.functional.cross_entropy
+    g1 = per_example_gradients_loop(model, inputs, targets, loss_fn)
+    g2 = g1 if inputs2 is None else per_example_gradients_loop(model, inputs2, targets2, loss_fn)
+    sign = [[0.0] * len(g2) for _ in g1]
+    cos = [[0.0] * len(g2) for _ in g1]
+    off_sign, off_cos = [], []
+    for i, a in enumerate(g1):
+        for j, b in enumerate(g2):
+            dot = float(a @ b)
+            sign[i][j] = float((dot > 0) - (dot < 0))
+            cos[i][j] = dot / (float(a.norm()) * float(b.norm()))
+            if inputs2 is not None or i != j:
+                off_sign.append(sign[i][j])
+                off_cos.append(cos[i][j])
+    return {
+        "sign": torch.tensor(sign, dtype=torch.float64),
+        "cosine": torch.tensor(cos, dtype=torch.float64),
+        "sign_mean": sum(off_sign) / len(off_sign),
+        "cosine_mean": sum(off_cos) / len(off_cos),
+    }
+
+
+def class_mean_loop(matrix, labels, labels2=None, num_classes=None, exclude_self=True) -> list[list[float]]:
+    same = labels2 is None
+    labels2 = labels if same else labels2
+    sums = [[0.0] * num_classes for _ in range(num_classes)]
+    counts = [[0] * num_classes for _ in range(num_classes)]
+    for i in range(matrix.shape[0]):
+        for j in range(matrix.shape[1]):
+            if same and exclude_self and i == j:
+                continue
+            a, b = int(labels[i]), int(labels2[j])
+            sums[a][b] += float(matrix[i, j])
+            counts[a][b] += 1
+    return [[sums[a][b] / counts[a][b] if counts[a][b] else math.nan for b in range(num_classes)] for a in range(num_classes)]
+
+
+def by_distance_loop(matrix, inputs, inputs2=None, num_bins=20, distance="cosine"):
+    same = inputs2 is None
+    rows = [x.reshape(-1).double() for x in inputs]
+    cols = rows if same else [x.reshape(-1).double() for x in inputs2]
+    pairs = []
+    for i, a in enumerate(rows):
+        for j, b in enumerate(cols):
+            if same and i == j:
+                continue
+            if distance == "cosine":
+                d = 1.0 - float(a @ b) / (float(a.norm()) * float(b.norm()))
+            else:
+                d = float((a - b).norm())
+            pairs.append((d, float(matrix[i, j])))
+    upper = 2.0 if distance == "cosine" else max(d for d, _ in pairs)
+    width = upper / num_bins
+    sums, counts = [0.0] * num_bins, [0] * num_bins
+    for d, v in pairs:
+        k = min(max(int(d // width), 0), num_bins - 1)
+        sums[k] += v
+        counts[k] += 1
+    means = [s / c if c else math.nan for s, c in zip(sums, counts)]
+    return means, counts
