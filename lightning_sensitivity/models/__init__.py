@@ -1,0 +1,10 @@
+"""Reference networks, a LightningModule and DataModules for trying the monitors.
+
+Nothing here is needed to use the callbacks with your own code; these are the pieces the examples and the
+LightningCLI configs are built from.
+"""
+
+from lightning_sensitivity.models.lit import LitClassifier
+from lightning_sensitivity.models.nets import MLP, SmallCNN
+
+__all__ = ["MLP", "SmallCNN", "LitClassifier"]
