@@ -1,0 +1,295 @@
+"""Fixed, class-balanced, seeded probe sets drawn from a map-style ``Dataset``.
+
+A probe set is read by indexing the dataset, never by iterating the user's ``DataLoader``: iterating would advance
+its sampler's random stream and change the training run. Random transforms inside ``dataset[i]`` draw from the
+global torch/numpy/python generators; those are seeded from ``seed`` for the read (so the probe set is reproducible
+and identical on every rank) and restored afterwards (so the training run's streams are not advanced).
+
+This module does not import Lightning.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import random
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+from torch.utils.data import ConcatDataset, Dataset, IterableDataset, Subset, TensorDataset, default_collate
+
+BatchTransform = Callable[[Any], "tuple[Tensor, Tensor]"]
+
+__all__ = [
+    "ProbeSet",
+    "class_balanced_indices",
+    "dataset_labels",
+    "draw_probe_set",
+    "probe_set_from_tensors",
+    "split_batch",
+    "isolated_global_rng",
+]
+
+# Keys tried, in order, when a batch is a dict and no ``batch_transform`` is given.
+INPUT_KEYS = ("input", "inputs", "x", "image", "images", "img", "data", "features", "pixel_values")
+TARGET_KEYS = ("target", "targets", "y", "label", "labels", "class", "classes")
+
+# Without a label fast path (``dataset.targets``), labels are read by indexing; only a seeded random pool of this
+# many times ``num_samples`` examples (at least ``_MIN_POOL``) is read, so large datasets stay cheap.
+_POOL_FACTOR = 8
+_MIN_POOL = 1024
+
+
+@dataclass(frozen=True)
+class ProbeSet:
+    """A fixed set of examples the callbacks measure on.
+
+    Attributes:
+        inputs: ``[N, *input_shape]`` as produced by the dataset (transforms applied).
+        targets: ``[N]`` long class indices.
+        indices: ``[N]`` long positions of the examples in the dataset (or in the tensors they were taken from).
+    """
+
+    inputs: Tensor
+    targets: Tensor
+    indices: Tensor
+
+    def __len__(self) -> int:
+        return int(self.targets.shape[0])
+
+    def to(self, device: torch.device | str) -> ProbeSet:
+        return ProbeSet(self.inputs.to(device), self.targets.to(device), self.indices)
+
+
+def _check_int(value: Any, name: str, *, minimum: int | None = None) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"`{name}` expected an int, got {type(value).__name__} {value!r}")
+    if minimum is not None and value < minimum:
+        kind = "a positive int" if minimum == 1 else f"an int >= {minimum}"
+        raise ValueError(f"`{name}` expected {kind}, got {value}")
+    return int(value)
+
+
+def _as_label_tensor(labels: Any, name: str = "labels") -> Tensor:
+    if not isinstance(labels, Tensor):
+        try:
+            labels = torch.as_tensor(np.asarray(labels))
+        except (TypeError, ValueError) as err:
+            raise TypeError(f"`{name}` expected a 1-D sequence of class indices, got {type(labels).__name__}") from err
+    if labels.dim() != 1:
+        raise ValueError(f"`{name}` expected a 1-D sequence of class indices, got shape {tuple(labels.shape)}")
+    if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
+        raise TypeError(f"`{name}` expected integer class indices, got dtype {labels.dtype}")
+    return labels.detach().to("cpu", torch.long)
+
+
+def class_balanced_indices(labels: Any, num_samples: int, *, seed: int, num_classes: int | None = None) -> Tensor:
+    """Seeded, class-balanced sample of positions: round-robin over the classes, each in a random order.
+
+    The class counts of the result differ by at most one, except for classes that run out of examples. When there
+    are fewer than ``num_samples`` labels, all positions are returned (the caller decides whether to warn).
+
+    Args:
+        labels: ``[N]`` integer class indices (tensor, array or sequence).
+        num_samples: how many positions to return.
+        seed: seed of a private ``torch.Generator``; the global random state is neither read nor advanced.
+        num_classes: when given, labels must lie in ``[0, num_classes)``.
+
+    Returns:
+        Sorted long tensor of ``min(num_samples, N)`` distinct positions.
+
+    Raises:
+        TypeError: non-integer labels/arguments.
+        ValueError: ``num_samples < 1``, labels out of range or negative.
+
+    Example:
+        >>> idx = class_balanced_indices([0] * 90 + [1] * 10, 10, seed=0)
+        >>> torch.bincount(torch.tensor([0] * 90 + [1] * 10)[idx]).tolist()
+        [5, 5]
+    """
+    labels = _as_label_tensor(labels)
+    num_samples = _check_int(num_samples, "num_samples", minimum=1)
+    seed = _check_int(seed, "seed")
+    if num_classes is not None:
+        num_classes = _check_int(num_classes, "num_classes", minimum=1)
+    if labels.numel() and labels.min() < 0:
+        raise ValueError(f"`labels` expected non-negative class indices, got a minimum of {int(labels.min())}")
+    if num_classes is not None and labels.numel() and labels.max() >= num_classes:
+        raise ValueError(f"`labels` expected class indices in [0, {num_classes}), got a maximum of {int(labels.max())}")
+    n = labels.shape[0]
+    if num_samples >= n:
+        return torch.arange(n)
+    gen = torch.Generator().manual_seed(seed % 2**63)
+    classes = torch.unique(labels)
+    # A random class order decides, reproducibly, which classes get the one extra example.
+    class_position = torch.empty(int(classes.max()) + 1, dtype=torch.long)
+    class_position[classes] = torch.randperm(classes.numel(), generator=gen)
+    rank = torch.empty(n, dtype=torch.long)
+    for c in classes.tolist():
+        members = (labels == c).nonzero().flatten()
+        rank[members[torch.randperm(members.numel(), generator=gen)]] = torch.arange(members.numel())
+    # Round r of the round-robin takes the r-th example of every class still having one, in class order.
+    key = rank * classes.numel() + class_position[labels]
+    return torch.sort(torch.argsort(key)[:num_samples]).values
+
+
+def dataset_labels(dataset: Any) -> Tensor | None:
+    """All labels of a dataset without reading its examples, or None when there is no such fast path.
+
+    Understood: ``TensorDataset`` (its second tensor), datasets with a ``targets`` (or ``labels``) attribute of the
+    dataset's length (torchvision), and ``Subset``/``ConcatDataset`` chains over them.
+    """
+    if isinstance(dataset, Subset):
+        parent = dataset_labels(dataset.dataset)
+        return None if parent is None else parent[torch.as_tensor(list(dataset.indices), dtype=torch.long)]
+    if isinstance(dataset, ConcatDataset):
+        parts = [dataset_labels(d) for d in dataset.datasets]
+        return None if any(p is None for p in parts) else torch.cat(parts)  # type: ignore[arg-type]
+    if isinstance(dataset, TensorDataset) and len(dataset.tensors) >= 2:
+        candidate: Any = dataset.tensors[1]
+    else:
+        candidate = getattr(dataset, "targets", None)
+        if candidate is None:
+            candidate = getattr(dataset, "labels", None)
+    if candidate is None:
+        return None
+    try:
+        labels = _as_label_tensor(candidate)
+        length = len(dataset)
+    except (TypeError, ValueError):
+        return None
+    return labels if labels.shape[0] == length else None
+
+
+@contextlib.contextmanager
+def isolated_global_rng(seed: int) -> Iterator[None]:
+    """Seed the global torch (CPU), numpy and python generators from ``seed``; restore their states on exit."""
+    torch_state = torch.get_rng_state()
+    numpy_state = np.random.get_state()
+    python_state = random.getstate()
+    try:
+        # Not torch.manual_seed: that would also reseed every CUDA generator, which is not restored here.
+        torch.default_generator.manual_seed(seed % 2**63)
+        np.random.seed(seed % 2**32)
+        random.seed(seed)
+        yield
+    finally:
+        torch.set_rng_state(torch_state)
+        np.random.set_state(numpy_state)
+        random.setstate(python_state)
+
+
+def split_batch(batch: Any, batch_transform: BatchTransform | None = None) -> tuple[Tensor, Tensor]:
+    """``(inputs, targets)`` of a collated batch: ``(x, y, ...)`` tuples/lists, dicts with input/target-like keys.
+
+    Raises:
+        TypeError: the batch has no recognisable layout (pass ``batch_transform``), or the parts are not tensors.
+    """
+    if batch_transform is not None:
+        out = batch_transform(batch)
+        if not (isinstance(out, (tuple, list)) and len(out) == 2):
+            raise TypeError(f"`batch_transform` expected to return a tuple (inputs, targets), got {type(out).__name__}")
+        x, y = out
+    elif isinstance(batch, (tuple, list)) and len(batch) >= 2:
+        x, y = batch[0], batch[1]
+    elif isinstance(batch, Mapping):
+        x_key = next((k for k in INPUT_KEYS if k in batch), None)
+        y_key = next((k for k in TARGET_KEYS if k in batch), None)
+        if x_key is None or y_key is None:
+            raise TypeError(
+                f"a batch dict expected an input key (one of {INPUT_KEYS}) and a target key (one of {TARGET_KEYS}), "
+                f"got keys {sorted(map(str, batch))}; pass `batch_transform=lambda batch: (inputs, targets)`"
+            )
+        x, y = batch[x_key], batch[y_key]
+    else:
+        raise TypeError(
+            f"a batch expected to be an (inputs, targets, ...) tuple or a dict, got {type(batch).__name__}; "
+            "pass `batch_transform=lambda batch: (inputs, targets)`"
+        )
+    if not isinstance(x, Tensor) or not isinstance(y, Tensor):
+        raise TypeError(f"a batch expected tensors (inputs, targets), got ({type(x).__name__}, {type(y).__name__})")
+    if not x.is_floating_point():
+        raise TypeError(f"inputs expected a floating-point tensor, got dtype {x.dtype}; convert them in the dataset")
+    return x, _as_label_tensor(y.flatten() if y.dim() == 2 and y.shape[1] == 1 else y, "targets")
+
+
+def probe_set_from_tensors(inputs: Tensor, targets: Tensor, num_samples: int, *, seed: int) -> ProbeSet:
+    """A probe set from explicit tensors: all of them, or a class-balanced subset of ``num_samples`` when larger."""
+    if not isinstance(inputs, Tensor) or not isinstance(targets, Tensor):
+        raise TypeError(
+            f"expected a pair of tensors (inputs, targets), got ({type(inputs).__name__}, {type(targets).__name__})"
+        )
+    if inputs.dim() < 2 or not inputs.is_floating_point():
+        raise ValueError(f"inputs expected a floating tensor [N, *input_shape], got {inputs.dtype} {tuple(inputs.shape)}")
+    labels = _as_label_tensor(targets, "targets")
+    if labels.shape[0] != inputs.shape[0]:
+        raise ValueError(f"targets expected {inputs.shape[0]} entries to match the inputs, got {labels.shape[0]}")
+    indices = class_balanced_indices(labels, num_samples, seed=seed)
+    return ProbeSet(inputs.detach()[indices].cpu().clone(), labels[indices].clone(), indices)
+
+
+def draw_probe_set(
+    dataset: Dataset,
+    num_samples: int,
+    *,
+    seed: int,
+    batch_transform: BatchTransform | None = None,
+    collate_fn: Callable[[list[Any]], Any] | None = None,
+) -> ProbeSet:
+    """Read a class-balanced probe set of ``num_samples`` examples from a map-style dataset.
+
+    Args:
+        dataset: supports ``len`` and ``dataset[i]``; labels come from :func:`dataset_labels` when possible, else by
+            reading a seeded random pool of examples.
+        num_samples: examples wanted; fewer are returned when the dataset is smaller (check ``len(result)``).
+        seed: fixes which examples are chosen and the draws of random transforms while reading them.
+        batch_transform: maps a collated batch to ``(inputs, targets)`` (see :func:`split_batch` for the default).
+        collate_fn: how the examples are batched (default :func:`torch.utils.data.default_collate`).
+
+    Returns:
+        :class:`ProbeSet` on the CPU.
+
+    Raises:
+        TypeError: ``dataset`` is an ``IterableDataset`` or cannot be indexed, or its batches have no recognisable
+            layout.
+        ValueError: the dataset is empty.
+
+    Example:
+        >>> ds = TensorDataset(torch.randn(100, 3), torch.arange(100) % 4)
+        >>> probe = draw_probe_set(ds, 8, seed=0)
+        >>> torch.bincount(probe.targets).tolist()
+        [2, 2, 2, 2]
+    """
+    num_samples = _check_int(num_samples, "num_samples", minimum=1)
+    seed = _check_int(seed, "seed")
+    if isinstance(dataset, IterableDataset) or not (hasattr(dataset, "__getitem__") and hasattr(dataset, "__len__")):
+        raise TypeError(
+            f"`dataset` expected a map-style dataset (with __len__ and __getitem__), got {type(dataset).__name__}"
+        )
+    size = len(dataset)  # type: ignore[arg-type]
+    if size == 0:
+        raise ValueError("`dataset` expected at least one example, got an empty dataset")
+    collate = default_collate if collate_fn is None else collate_fn
+    labels = dataset_labels(dataset)
+    if labels is not None:
+        positions = class_balanced_indices(labels, num_samples, seed=seed)
+    else:
+        pool_size = min(size, max(_POOL_FACTOR * num_samples, _MIN_POOL))
+        gen = torch.Generator().manual_seed(seed % 2**63)
+        pool = torch.randperm(size, generator=gen)[:pool_size].sort().values
+        with isolated_global_rng(seed):
+            pool_labels = torch.cat([split_batch(collate([dataset[int(i)]]), batch_transform)[1] for i in pool])
+        positions = pool[class_balanced_indices(pool_labels, num_samples, seed=seed)]
+    with isolated_global_rng(seed):
+        batch = collate([dataset[int(i)] for i in positions])
+    inputs, targets = split_batch(batch, batch_transform)
+    if inputs.shape[0] != positions.shape[0] or targets.shape[0] != positions.shape[0]:
+        raise ValueError(
+            f"expected one example per dataset item, got inputs {tuple(inputs.shape)} and targets "
+            f"{tuple(targets.shape)} for {positions.shape[0]} items"
+        )
+    return ProbeSet(inputs.detach().cpu(), targets, positions.clone())
+
