@@ -1,0 +1,37 @@
+"""TensorBoard output, matplotlib figures and per-epoch artifact files for the sensitivity monitors.
+
+Nothing here imports Lightning at import time (only :func:`find_tensorboard_writer` does, when called).
+"""
+
+from lightning_sensitivity.logging.artifacts import Artifact, load_artifacts, save_artifact, stiffness_key
+from lightning_sensitivity.logging.plots import (
+    figure_to_array,
+    plot_class_matrix,
+    plot_per_class,
+    plot_stiffness_by_distance,
+)
+from lightning_sensitivity.logging.tensorboard import (
+    add_sensitivity_layout,
+    find_tensorboard_writer,
+    log_figure,
+    log_histogram,
+    log_text,
+    sensitivity_layout,
+)
+
+__all__ = [
+    "Artifact",
+    "add_sensitivity_layout",
+    "figure_to_array",
+    "find_tensorboard_writer",
+    "load_artifacts",
+    "log_figure",
+    "log_histogram",
+    "log_text",
+    "plot_class_matrix",
+    "plot_per_class",
+    "plot_stiffness_by_distance",
+    "save_artifact",
+    "sensitivity_layout",
+    "stiffness_key",
+]
