@@ -4,7 +4,25 @@ Nothing here is needed to use the callbacks with your own code; these are the pi
 LightningCLI configs are built from.
 """
 
+from lightning_sensitivity.models.datamodules import (
+    CIFAR10DataModule,
+    CIFAR100DataModule,
+    DigitsDataModule,
+    FashionMNISTDataModule,
+    MNISTDataModule,
+    SensitivityDataModule,
+)
 from lightning_sensitivity.models.lit import LitClassifier
 from lightning_sensitivity.models.nets import MLP, SmallCNN
 
-__all__ = ["MLP", "SmallCNN", "LitClassifier"]
+__all__ = [
+    "MLP",
+    "SmallCNN",
+    "LitClassifier",
+    "SensitivityDataModule",
+    "DigitsDataModule",
+    "MNISTDataModule",
+    "FashionMNISTDataModule",
+    "CIFAR10DataModule",
+    "CIFAR100DataModule",
+]
