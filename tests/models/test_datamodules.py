@@ -6,8 +6,6 @@ The MNIST/CIFAR readers run on tiny files written here in the original formats; 
 
 from __future__ import annotations
 
-import pickle
-import struct
 from pathlib import Path
 
 import numpy as np
@@ -23,56 +21,13 @@ from lightning_sensitivity.models import (
     MNISTDataModule,
 )
 from lightning_sensitivity.models import _data
+from models._synthetic import dump_pickle, write_cifar10, write_cifar100, write_mnist
 
 ALL = [DigitsDataModule, MNISTDataModule, FashionMNISTDataModule, CIFAR10DataModule, CIFAR100DataModule]
 
 
 def _make(cls, path: Path | None = None, **kwargs):
     return cls(**kwargs) if cls is DigitsDataModule else cls(path if path is not None else "unused", **kwargs)
-
-
-def _labels_of(n: int, num_classes: int, offset: int = 0) -> np.ndarray:
-    return (np.arange(n) * 7 + offset) % num_classes
-
-
-def _write_idx(folder: Path, prefix: str, labels: np.ndarray) -> None:
-    folder.mkdir(parents=True, exist_ok=True)
-    n = len(labels)
-    images = np.repeat((20 * labels + 5).astype(np.uint8), 28 * 28).reshape(n, 28, 28)
-    (folder / f"{prefix}-images-idx3-ubyte").write_bytes(struct.pack(">iiii", 0x803, n, 28, 28) + images.tobytes())
-    (folder / f"{prefix}-labels-idx1-ubyte").write_bytes(struct.pack(">ii", 0x801, n) + labels.astype(np.uint8).tobytes())
-
-
-def write_mnist(root: Path, folder: str = "MNIST", n_train: int = 50, n_test: int = 20) -> None:
-    raw = root / folder / "raw"
-    _write_idx(raw, "train", _labels_of(n_train, 10))
-    _write_idx(raw, "t10k", _labels_of(n_test, 10, offset=3))
-
-
-def _cifar_batch(labels: np.ndarray, label_key: str) -> dict:
-    data = np.repeat((20 * (labels % 12) + 5).astype(np.uint8), 3 * 32 * 32).reshape(len(labels), 3 * 32 * 32)
-    return {"data": data, label_key: labels.tolist()}
-
-
-def _dump(path: Path, obj: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(pickle.dumps(obj))
-
-
-def write_cifar10(root: Path, per_batch: int = 6, n_test: int = 8) -> None:
-    folder = root / "cifar-10-batches-py"
-    for i in range(1, 6):
-        _dump(folder / f"data_batch_{i}", _cifar_batch(_labels_of(per_batch, 10, offset=i), "labels"))
-    _dump(folder / "test_batch", _cifar_batch(_labels_of(n_test, 10), "labels"))
-    _dump(folder / "batches.meta", {"label_names": list(CIFAR10DataModule.class_names)})
-
-
-def write_cifar100(root: Path, n_train: int = 30, n_test: int = 10) -> None:
-    folder = root / "cifar-100-python"
-    for name, n in (("train", n_train), ("test", n_test)):
-        _dump(folder / name, {**_cifar_batch(_labels_of(n, 100), "fine_labels"), "coarse_labels": [0] * n})
-    meta = {"fine_label_names": list(CIFAR100DataModule.class_names), "coarse_label_names": list("x" * 20)}
-    _dump(folder / "meta", meta)
 
 
 def _raw_pixels(dm, dataset) -> torch.Tensor:
@@ -313,7 +268,7 @@ def test_cifar_layout(tmp_path, cls, writer, sizes):
 
 def test_cifar_meta_with_other_class_order_is_rejected(tmp_path):
     write_cifar10(tmp_path)
-    _dump(tmp_path / "cifar-10-batches-py" / "batches.meta", {"label_names": list(CIFAR10DataModule.class_names)[::-1]})
+    dump_pickle(tmp_path / "cifar-10-batches-py" / "batches.meta", {"label_names": list(CIFAR10DataModule.class_names)[::-1]})
     with pytest.raises(ValueError, match="lists classes"):
         CIFAR10DataModule(tmp_path).setup()
 
