@@ -1,0 +1,210 @@
+"""Offline report on synthetic artifacts written with save_artifact."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from lightning_sensitivity import report
+from lightning_sensitivity.logging import load_artifacts, save_artifact
+
+EPOCHS = (0, 1, 2, 4, 8)
+CLASS_NAMES = ["zero", "one", "two"]
+GROUPS = ("train_train", "train_val")
+PROJECT = Path(__file__).resolve().parents[1]
+
+
+def write_run(run_dir: Path, epochs=EPOCHS, groups=GROUPS, seed: int = 0) -> None:
+    """A full set of artifacts as the three monitors write them."""
+    rng = np.random.default_rng(seed)
+    for epoch in epochs:
+        step = epoch * 10
+        labels = np.repeat(np.arange(3), 6)
+        val_norms = rng.gamma(2.0, 1.0 + epoch, size=labels.size)
+        train_norms = rng.gamma(2.0, 0.5 + epoch, size=labels.size)
+        correct = rng.random(labels.size) > 0.3
+        correct[:2] = [True, False]
+        save_artifact(
+            run_dir,
+            "jacobian_norm",
+            epoch,
+            step,
+            {
+                "val_norms": val_norms.astype(np.float32),
+                "val_labels": labels,
+                "val_correct": correct,
+                "train_norms": train_norms,
+                "train_labels": labels,
+                "val_mean": val_norms.mean(),
+                "train_val_ratio": train_norms.mean() / val_norms.mean(),
+                "misclassification_auroc": 0.6,
+            },
+            meta={"class_names": CLASS_NAMES, "output": "softmax"},
+        )
+        save_artifact(
+            run_dir,
+            "transitions",
+            epoch,
+            step,
+            {k: rng.integers(0, 50, size=4) for k in ("activation", "region_changes", "prediction")},
+            meta={"num_points": 32},
+        )
+        arrays = {}
+        for group in groups:
+            matrix = np.clip(rng.normal(0.0, 0.5, size=(3, 3)), -1, 1)
+            matrix[2, 0] = np.nan
+            edges = np.linspace(0.0, 1.5, 6)
+            arrays |= {
+                f"{group}/class_sign": matrix,
+                f"{group}/class_cosine": matrix / 2,
+                f"{group}/bin_edges": edges,
+                f"{group}/distance_sign": np.linspace(0.8, -0.4, 5),
+                f"{group}/distance_cosine": np.linspace(0.5, -0.1, 5),
+                f"{group}/distance_count": np.array([4, 8, 10, 0, 2]),
+                f"{group}/sign_mean": 0.2,
+                f"{group}/cosine_mean": 0.1,
+                f"{group}/same_class_sign": 0.5,
+                f"{group}/different_class_sign": 0.1,
+                f"{group}/same_class_cosine": 0.3,
+                f"{group}/different_class_cosine": 0.05,
+                f"{group}/critical_length": 0.9 - 0.05 * epoch,
+            }
+        save_artifact(run_dir, "stiffness", epoch, step, arrays, meta={"class_names": CLASS_NAMES, "groups": groups})
+
+
+def image_sources(index: Path) -> list[str]:
+    return re.findall(r"<img src='([^']+)'", index.read_text())
+
+
+def assert_valid_page(index: Path) -> list[str]:
+    text = index.read_text()
+    sources = image_sources(index)
+    assert sources, "no figures on the page"
+    assert "<script" not in text.lower() and "http://" not in text and "https://" not in text
+    for name in sources:
+        path = index.parent / name
+        assert path.is_file(), name
+        with Image.open(path) as image:
+            image.verify()
+            assert image.format == "PNG"
+    assert sorted(p.name for p in index.parent.glob("*.png")) == sorted(sources)
+    return sources
+
+
+def test_full_run_report(tmp_path, monkeypatch):
+    log_dir = tmp_path / "logs"
+    write_run(log_dir / "lightning_logs" / "version_0")
+    per_class_calls, matrix_calls = [], []
+    real_per_class, real_matrix = report.plot_per_class, report.plot_class_matrix
+
+    def spy_per_class(values, class_names=None, **kwargs):
+        per_class_calls.append((np.asarray(values), class_names, kwargs))
+        return real_per_class(values, class_names, **kwargs)
+
+    def spy_matrix(matrix, class_names=None, **kwargs):
+        matrix_calls.append((np.asarray(matrix), class_names, kwargs))
+        return real_matrix(matrix, class_names, **kwargs)
+
+    monkeypatch.setattr(report, "plot_per_class", spy_per_class)
+    monkeypatch.setattr(report, "plot_class_matrix", spy_matrix)
+
+    index = report.build_report(log_dir)
+    assert index == log_dir / "sensitivity_report" / "index.html"
+    sources = assert_valid_page(index)
+    expected = {
+        "jacobian_norm_curves.png",
+        "jacobian_norm_per_class.png",
+        "jacobian_norm_correct_vs_misclassified.png",
+        "transitions_curves.png",
+    }
+    for group in GROUPS:
+        expected |= {f"stiffness_{group}_same_vs_different.png", f"stiffness_{group}_by_distance.png"}
+        for kind in ("sign", "cosine"):
+            expected |= {f"stiffness_{group}_class_{kind}_epoch_{e:04d}.png" for e in (0, 2, 8)}
+    assert set(sources) == expected
+    assert "lightning_logs/version_0" in index.read_text()
+
+    # Per-class means at the last epoch, checked against a plain loop over the saved points.
+    (last,) = [a for a in load_artifacts(log_dir / "lightning_logs" / "version_0", "jacobian_norm") if a.epoch == 8]
+    naive = [
+        np.mean([n for n, y in zip(last.arrays["val_norms"], last.arrays["val_labels"]) if y == c]) for c in range(3)
+    ]
+    ((values, names, kwargs),) = per_class_calls
+    np.testing.assert_allclose(values, naive, rtol=1e-6)
+    assert names == CLASS_NAMES and "epoch 8" in kwargs["title"]
+
+    # Heatmaps: first, middle and last epoch, class names on the axes, the epoch in the title, default fixed range.
+    titles = [kwargs["title"] for _, _, kwargs in matrix_calls]
+    assert len(matrix_calls) == len(GROUPS) * 2 * 3
+    assert {re.search(r"epoch (\d+)", t).group(1) for t in titles} == {"0", "2", "8"}
+    assert all(names == CLASS_NAMES for _, names, _ in matrix_calls)
+    assert all("vmin" not in kwargs and "vmax" not in kwargs for _, _, kwargs in matrix_calls)
+
+
+def test_partial_artifacts_skip_figures_and_several_runs(tmp_path):
+    write_run(tmp_path / "lightning_logs" / "version_0", epochs=(0, 1), groups=("train_val",))
+    # A second run holding only summary scalars of the Jacobian norm: no per-point figures, nothing crashes.
+    sparse = tmp_path / "lightning_logs" / "version_1"
+    for epoch in (0, 1, 2):
+        save_artifact(sparse, "jacobian_norm", epoch, epoch, {"val_mean": 1.0 + epoch, "train_mean": 0.5})
+    save_artifact(sparse, "stiffness", 0, 0, {"val_val/sign_mean": 0.1}, meta={"groups": ["val_val"]})
+    save_artifact(sparse, "transitions", 0, 0, {"num_units": 3})
+    out = tmp_path / "out"
+    index = report.build_report(tmp_path, out)
+    assert index == out / "index.html"
+    sources = assert_valid_page(index)
+    run1 = [s for s in sources if s.startswith("run1_")]
+    assert run1 == ["run1_jacobian_norm_curves.png", "run1_stiffness_val_val_same_vs_different.png"]
+    assert any(s.startswith("run0_stiffness_train_val_class_sign_epoch_0001") for s in sources)
+    text = index.read_text()
+    assert "lightning_logs/version_0" in text and "lightning_logs/version_1" in text
+
+
+def test_single_epoch_and_sensitivity_folder_as_log_dir(tmp_path):
+    write_run(tmp_path / "run", epochs=(3,), groups=("train_val",))
+    index = report.build_report(tmp_path / "run" / "sensitivity", tmp_path / "out")
+    sources = assert_valid_page(index)
+    assert "stiffness_train_val_class_sign_epoch_0003.png" in sources
+
+
+def test_auroc_matches_sklearn():
+    metrics = pytest.importorskip("sklearn.metrics")
+    rng = np.random.default_rng(1)
+    scores = np.round(rng.normal(size=200), 1)  # rounded so that ties occur
+    wrong = rng.random(200) < 0.3
+    assert report._auroc(scores, wrong) == pytest.approx(metrics.roc_auc_score(wrong, scores))
+    assert np.isnan(report._auroc(scores, np.zeros(200, dtype=bool)))
+
+
+def test_no_artifacts_is_a_clear_error(tmp_path, capsys):
+    (tmp_path / "lightning_logs" / "version_0" / "sensitivity" / "stiffness").mkdir(parents=True)
+    with pytest.raises(FileNotFoundError, match="No sensitivity artifacts"):
+        report.build_report(tmp_path)
+    assert report.main([str(tmp_path)]) == 1
+    assert "No sensitivity artifacts" in capsys.readouterr().err
+    assert report.main([str(tmp_path / "missing")]) == 1
+    assert "not a directory" in capsys.readouterr().err
+
+
+def test_cli(tmp_path):
+    write_run(tmp_path / "logs" / "version_0", epochs=(0,), groups=())
+    out = tmp_path / "html"
+    ok = subprocess.run(
+        [sys.executable, "-m", "lightning_sensitivity.report", str(tmp_path / "logs"), "--out", str(out)],
+        capture_output=True, text=True, timeout=120, cwd=PROJECT,
+    )  # fmt: skip
+    assert ok.returncode == 0, ok.stderr
+    assert str(out / "index.html") in ok.stdout
+    assert_valid_page(out / "index.html")
+    empty = subprocess.run(
+        [sys.executable, "-m", "lightning_sensitivity.report", str(tmp_path / "html")],
+        capture_output=True, text=True, timeout=120, cwd=PROJECT,
+    )  # fmt: skip
+    assert empty.returncode != 0
+    assert "No sensitivity artifacts" in empty.stderr
