@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -208,3 +209,33 @@ def test_cli(tmp_path):
     )  # fmt: skip
     assert empty.returncode != 0
     assert "No sensitivity artifacts" in empty.stderr
+
+
+def chromium_or_skip() -> str:
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None:
+        pytest.skip("chromium is not installed (`apt-get install -y --no-install-recommends chromium`)")
+    return chromium
+
+
+@pytest.mark.browser
+def test_report_renders_in_headless_chromium(tmp_path):
+    chromium = chromium_or_skip()
+    write_run(tmp_path / "logs" / "version_0", epochs=(0, 1), groups=("train_val",))
+    index = report.build_report(tmp_path / "logs", tmp_path / "out")
+    flags = [
+        "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
+        "--disable-component-update", "--disable-sync", "--disable-quic", "--allow-file-access-from-files",
+        f"--user-data-dir={tmp_path / 'profile'}", "--window-size=1400,1000", "--virtual-time-budget=3000",
+    ]  # fmt: skip
+    dom = subprocess.run([chromium, *flags, "--dump-dom", index.as_uri()], capture_output=True, text=True, timeout=90)
+    assert dom.returncode == 0, dom.stderr[-2000:]
+    assert "Sensitivity report" in dom.stdout and "version_0" in dom.stdout
+    for name in image_sources(index):
+        assert f'src="{name}"' in dom.stdout, name
+    shot = tmp_path / "shot.png"
+    run = subprocess.run([chromium, *flags, f"--screenshot={shot}", index.as_uri()], capture_output=True, timeout=90)
+    assert run.returncode == 0 and shot.is_file(), run.stderr[-2000:]
+    # The first figures draw in matplotlib's default blue (C0); a page with broken images would show alt text only.
+    pixels = np.asarray(Image.open(shot).convert("RGB"), dtype=int)
+    assert (np.abs(pixels - np.array([31, 119, 180])).sum(axis=-1) < 40).sum() > 300
