@@ -1,0 +1,284 @@
+"""Shared plumbing of the experiment scripts: arguments, data, one Lightning fit, JSON results and figures.
+
+Every experiment trains with the package's own pieces end to end -- ``MNISTDataModule`` (or another bundled
+datamodule), ``MLP`` inside ``LitClassifier``, the sensitivity callbacks, a ``TensorBoardLogger`` -- and reads its
+numbers back from the per-epoch artifacts the callbacks save (``lightning_sensitivity.logging.load_artifacts``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import shlex
+import shutil
+import sys
+import time
+import warnings
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIG_DIR = Path(__file__).resolve().parent / "configs"
+OUTPUT_DIR = Path(__file__).resolve().parent / "output"
+DATA_ENV = "LIGHTNING_SENSITIVITY_DATA"
+
+# dataset name -> (datamodule class name, folder that must exist under the data dir)
+DATASETS: dict[str, tuple[str, str]] = {
+    "mnist": ("MNISTDataModule", "MNIST/raw"),
+    "fashion_mnist": ("FashionMNISTDataModule", "FashionMNIST/raw"),
+    "cifar10": ("CIFAR10DataModule", "cifar-10-batches-py"),
+    "cifar100": ("CIFAR100DataModule", "cifar-100-python"),
+}
+
+
+def default_data_dir() -> Path:
+    """``$LIGHTNING_SENSITIVITY_DATA`` if set, else ``<repo>/../shared/data`` (the layout of this project's machine)."""
+    env = os.environ.get(DATA_ENV)
+    return Path(env).expanduser() if env else REPO.parent / "shared" / "data"
+
+
+def parse_args(name: str, description: str, argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """The command line every experiment shares; ``name`` selects ``configs/<name>.json`` and the output folder."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--quick", action="store_true", help="tiny smoke-test setting (seconds, used by the tests)")
+    parser.add_argument("--data-dir", type=Path, default=None, help=f"folder holding MNIST/raw etc. (default: ${DATA_ENV} or ../shared/data)")
+    parser.add_argument("--out", type=Path, default=None, help=f"output folder (default: experiments/output/{name})")
+    parser.add_argument("--config", type=Path, default=None, help=f"JSON config (default: experiments/configs/{name}.json)")
+    parser.add_argument("--dataset", choices=sorted(DATASETS), default="mnist")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (1 leaves cores to others)")
+    args = parser.parse_args(argv)
+    args.name = name
+    args.command = " ".join(["python", f"experiments/{name}.py", *map(shlex.quote, sys.argv[1:] if argv is None else argv)])
+    args.data_dir = (args.data_dir or default_data_dir()).expanduser().resolve()
+    args.out = (args.out or OUTPUT_DIR / name).expanduser().resolve()
+    args.config = args.config or CONFIG_DIR / f"{name}.json"
+    folder = DATASETS[args.dataset][1]
+    if not (args.data_dir / folder).is_dir():
+        parser.error(f"no {args.dataset} files: {args.data_dir / folder} does not exist (use --data-dir)")
+    return args
+
+
+def load_config(args: argparse.Namespace) -> dict[str, Any]:
+    """The ``"full"`` or ``"quick"`` section of the experiment's JSON config, with ``"common"`` merged underneath."""
+    with open(args.config) as f:
+        config = json.load(f)
+    section = "quick" if args.quick else "full"
+    return {**config.get("common", {}), **config[section]}
+
+
+def setup(args: argparse.Namespace) -> float:
+    """Quiet, seeded, single-threaded start; wipes ``args.out``; returns the start time for :func:`write_results`."""
+    import logging
+
+    import torch
+
+    # Lightning's per-fit banners ("GPU available: ...") would drown the progress lines of a 24-run sweep
+    for name in ("lightning.pytorch", "lightning.fabric", "pytorch_lightning"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", message=".*(does not have many workers|treespec|LeafSpec|litlogger).*")
+    warnings.filterwarnings("ignore", category=UserWarning, module="lightning")
+    os.environ.setdefault("PYTHONWARNINGS", "ignore")
+    torch.set_num_threads(max(1, args.threads))
+    if args.out.exists():
+        shutil.rmtree(args.out)
+    args.out.mkdir(parents=True)
+    return time.time()
+
+
+def make_datamodule(args: argparse.Namespace, **kwargs: Any) -> Any:
+    """A bundled datamodule for ``args.dataset`` reading ``args.data_dir`` (never downloads), already ``setup``."""
+    import lightning_sensitivity.models as models
+
+    cls = getattr(models, DATASETS[args.dataset][0])
+    dm = cls(data_dir=args.data_dir, download=False, seed=args.seed, **kwargs)
+    dm.setup("fit")
+    return dm
+
+
+def dataset_tensors(dataset: Any, limit: int | None = None) -> tuple[Any, Any]:
+    """Stack ``(inputs, targets)`` of a map-style dataset (the first ``limit`` items: the splits are already shuffled)."""
+    import torch
+
+    count = len(dataset) if limit is None else min(limit, len(dataset))
+    items = [dataset[i] for i in range(count)]
+    return torch.stack([x for x, _ in items]), torch.stack([torch.as_tensor(y) for _, y in items]).long()
+
+
+def build_mlp(dm: Any, width: int, depth: int) -> Any:
+    """A ReLU ``MLP`` with ``depth`` hidden layers of ``width`` units for the datamodule's input shape."""
+    from lightning_sensitivity.models import MLP
+
+    return MLP(int(np.prod(dm.input_shape)), dm.num_classes, hidden=(width,) * depth)
+
+
+@dataclass
+class FitOutcome:
+    """What one ``Trainer.fit`` left behind."""
+
+    log_dir: Path
+    epochs: int
+    seconds: float
+    metrics: dict[str, float] = field(default_factory=dict)
+    module: Any = None
+
+
+def fit(
+    module: Any,
+    dm: Any,
+    *,
+    out: Path,
+    run_name: str,
+    max_epochs: int,
+    callbacks: Sequence[Any] = (),
+    stop_at_train_acc: float | None = None,
+    test: bool = False,
+) -> FitOutcome:
+    """Train ``module`` on ``dm`` with a ``TensorBoardLogger`` at ``out/logs/run_name/version_0``.
+
+    ``stop_at_train_acc`` ends training after the first epoch whose running training accuracy (``train/acc``, on the
+    labels trained on) reaches it, so runs are compared at a similar fit of the training set. ``test`` then runs
+    ``trainer.test`` on the datamodule's test split: ``LitClassifier`` logs ``test/loss`` and ``test/acc`` and the
+    sensitivity monitors measure the final weights once more (their test hook).
+    """
+    import lightning.pytorch as pl
+    from lightning.pytorch.callbacks import EarlyStopping
+    from lightning.pytorch.loggers import TensorBoardLogger
+
+    run_dir = out / "logs" / run_name
+    if run_dir.exists():
+        shutil.rmtree(run_dir)
+    logger = TensorBoardLogger(save_dir=out / "logs", name=run_name, version=0, default_hp_metric=False)
+    all_callbacks = list(callbacks)
+    if stop_at_train_acc is not None:
+        all_callbacks.append(
+            EarlyStopping(
+                monitor="train/acc",
+                mode="max",
+                stopping_threshold=stop_at_train_acc,
+                patience=10**9,
+                check_on_train_epoch_end=True,
+            )
+        )
+    trainer = pl.Trainer(
+        max_epochs=max_epochs,
+        logger=logger,
+        callbacks=all_callbacks,
+        accelerator="cpu",
+        devices=1,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        deterministic=True,
+    )
+    start = time.time()
+    trainer.fit(module, datamodule=dm)
+    seconds = time.time() - start
+    metrics = _scalars(trainer.callback_metrics)
+    if test:
+        metrics.update(_scalars(trainer.test(module, datamodule=dm, verbose=False)[0]))
+    return FitOutcome(Path(trainer.log_dir), trainer.current_epoch, seconds, metrics, module)
+
+
+def _scalars(values: Mapping[str, Any]) -> dict[str, float]:
+    return {k: float(v) for k, v in values.items() if getattr(v, "numel", lambda: 1)() == 1}
+
+
+def evaluate(model: Any, inputs: Any, targets: Any, chunk: int = 2048) -> tuple[float, float]:
+    """Mean cross-entropy and accuracy of ``model`` in eval mode (its training flag is restored)."""
+    import torch
+    import torch.nn.functional as F
+
+    was_training = model.training
+    model.eval()
+    loss, correct = 0.0, 0
+    with torch.no_grad():
+        for start in range(0, len(targets), chunk):
+            logits = model(inputs[start : start + chunk])
+            y = targets[start : start + chunk]
+            loss += float(F.cross_entropy(logits, y, reduction="sum"))
+            correct += int((logits.argmax(1) == y).sum())
+    model.train(was_training)
+    return loss / len(targets), correct / len(targets)
+
+
+def artifacts(log_dir: Path, quantity: str) -> list[Any]:
+    """The per-epoch artifacts of one quantity, sorted by epoch; raises if the callback wrote none."""
+    from lightning_sensitivity.logging import load_artifacts
+
+    found = load_artifacts(log_dir, quantity)
+    if not found:
+        raise RuntimeError(f"no `{quantity}` artifacts under {log_dir}/sensitivity: did the callback run?")
+    return found
+
+
+def clean(value: Any) -> Any:
+    """JSON-safe copy: numpy/torch scalars to Python, NaN/inf to ``None``, tuples to lists."""
+    if isinstance(value, Mapping):
+        return {str(k): clean(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [clean(v) for v in value]
+    if hasattr(value, "tolist"):
+        return clean(value.tolist())
+    if isinstance(value, float) or isinstance(value, np.floating):
+        value = float(value)
+        return value if math.isfinite(value) else None
+    if isinstance(value, np.integer):
+        return int(value)
+    return value
+
+
+def write_results(args: argparse.Namespace, start: float, config: Mapping[str, Any], results: Mapping[str, Any]) -> Path:
+    """Write ``args.out/results.json`` with the results, the config, the command and the wall time."""
+    import lightning
+    import torch
+
+    payload = {
+        "experiment": args.name,
+        "quick": bool(args.quick),
+        "dataset": args.dataset,
+        "seed": args.seed,
+        "command": args.command,
+        "wall_time_s": round(time.time() - start, 1),
+        "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "versions": {"python": platform.python_version(), "torch": torch.__version__, "lightning": lightning.__version__},
+        "threads": args.threads,
+        "config": config,
+        "results": results,
+    }
+    path = args.out / "results.json"
+    with open(path, "w") as f:
+        json.dump(clean(payload), f, indent=2)
+    print(f"[{args.name}] wrote {path} after {payload['wall_time_s']} s")
+    return path
+
+
+def new_figure(ncols: int = 1, nrows: int = 1, size: tuple[float, float] = (4.2, 3.4)) -> tuple[Any, Any]:
+    """A pyplot-free figure on an Agg canvas with a grid of axes (a 2-D array)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(size[0] * ncols, size[1] * nrows), dpi=90, layout="constrained")
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(nrows, ncols, squeeze=False)
+    return fig, axes
+
+
+def save_figure(fig: Any, path: Path) -> Path:
+    """Save as PNG at a resolution that keeps the file small (the figures are committed to ``docs/figures``)."""
+    fig.savefig(path, format="png", dpi=fig.dpi)
+    print(f"  figure {path.name}: {path.stat().st_size // 1024} KB")
+    return path
+
+
+def log(args: argparse.Namespace, message: str) -> None:
+    """Progress line with the experiment name (flushed: the full runs go to a log file)."""
+    print(f"[{args.name}] {message}", flush=True)
