@@ -223,7 +223,9 @@ def probe_set_from_tensors(inputs: Tensor, targets: Tensor, num_samples: int, *,
             f"expected a pair of tensors (inputs, targets), got ({type(inputs).__name__}, {type(targets).__name__})"
         )
     if inputs.dim() < 2 or not inputs.is_floating_point():
-        raise ValueError(f"inputs expected a floating tensor [N, *input_shape], got {inputs.dtype} {tuple(inputs.shape)}")
+        raise ValueError(
+            f"inputs expected a floating tensor [N, *input_shape], got {inputs.dtype} {tuple(inputs.shape)}"
+        )
     labels = _as_label_tensor(targets, "targets")
     if labels.shape[0] != inputs.shape[0]:
         raise ValueError(f"targets expected {inputs.shape[0]} entries to match the inputs, got {labels.shape[0]}")
@@ -292,4 +294,3 @@ def draw_probe_set(
             f"{tuple(targets.shape)} for {positions.shape[0]} items"
         )
     return ProbeSet(inputs.detach().cpu(), targets, positions.clone())
-

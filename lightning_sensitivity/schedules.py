@@ -100,7 +100,9 @@ def at_epochs(epochs: Iterable[int]) -> Schedule:
     values = list(epochs)
     for e in values:
         if isinstance(e, bool) or not isinstance(e, int):
-            raise TypeError(f"`epochs` expected a sequence of non-negative ints, got an element {type(e).__name__} {e!r}")
+            raise TypeError(
+                f"`epochs` expected a sequence of non-negative ints, got an element {type(e).__name__} {e!r}"
+            )
         if e < 0:
             raise ValueError(f"`epochs` expected a sequence of non-negative ints, got {values}")
     return _AtEpochs(frozenset(values))

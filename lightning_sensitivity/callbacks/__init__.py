@@ -1,0 +1,19 @@
+"""Lightning callbacks that measure sensitivity quantities on fixed probe sets and log them live.
+
+``JacobianNormMonitor`` (input-output Jacobian norms), ``TransitionMonitor`` (linear-region transitions along
+ellipses through the data) and ``StiffnessMonitor`` (gradient stiffness) share :class:`SensitivityMonitor`.
+"""
+
+from lightning_sensitivity.callbacks.base import Measurement, SensitivityMonitor, SensitivityWarning
+from lightning_sensitivity.callbacks.jacobian import JacobianNormMonitor
+from lightning_sensitivity.callbacks.stiffness import StiffnessMonitor
+from lightning_sensitivity.callbacks.transitions import TransitionMonitor
+
+__all__ = [
+    "JacobianNormMonitor",
+    "TransitionMonitor",
+    "StiffnessMonitor",
+    "SensitivityMonitor",
+    "SensitivityWarning",
+    "Measurement",
+]

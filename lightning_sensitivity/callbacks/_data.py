@@ -1,0 +1,131 @@
+"""Finding the trainer's data without iterating it: which dataset a probe set is drawn from.
+
+Public trainer attributes are tried first (``trainer.train_dataloader`` / ``trainer.val_dataloaders``, set once
+Lightning has loaded them). Before that -- e.g. at ``on_train_start`` with ``num_sanity_val_steps=0`` -- the loops'
+``_data_source`` is the only place that knows the datamodule, the module's ``*_dataloader`` hook or the loaders passed
+to ``fit``/``validate``/``test``; it is read defensively so that a future Lightning without it degrades to the
+datamodule and module hooks.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
+
+import lightning.pytorch as pl
+from lightning.pytorch.trainer.states import TrainerFn
+from lightning.pytorch.utilities.model_helpers import is_overridden
+from torch.utils.data import DataLoader, Dataset, IterableDataset
+
+TRAIN, VAL = "train", "val"
+
+
+class _HookSource:
+    """Stand-in for Lightning's ``_DataLoaderSource`` built from public objects only."""
+
+    def __init__(self, instance: Any, name: str) -> None:
+        self.instance = instance
+        self.name = name
+
+    def is_defined(self) -> bool:
+        return self.instance is not None and is_overridden(self.name, self.instance)
+
+    def dataloader(self) -> Any:
+        return getattr(self.instance, self.name)()
+
+
+def _loop_source(loop: Any) -> Any:
+    source = getattr(loop, "_data_source", None)
+    if source is None or getattr(source, "instance", None) is None or not hasattr(source, "is_defined"):
+        return None
+    return source
+
+
+def _sources(trainer: pl.Trainer, pl_module: pl.LightningModule, split: str) -> list[Any]:
+    """Candidate sources of ``split`` data, most specific first, for the function the trainer is running."""
+    fn = getattr(trainer.state, "fn", None)
+    fit_loop = getattr(trainer, "fit_loop", None)
+    val_loop = getattr(getattr(fit_loop, "epoch_loop", None), "val_loop", None)
+    candidates: list[Any] = []
+    if split == TRAIN:
+        candidates.append(_loop_source(fit_loop))
+        hook = "train_dataloader"
+    else:
+        if fn == TrainerFn.VALIDATING:
+            candidates.append(_loop_source(getattr(trainer, "validate_loop", None)))
+        candidates.append(_loop_source(val_loop))
+        hook = "val_dataloader"
+    # Public fall-backs (also what the loop sources resolve to when given a datamodule or module).
+    candidates.append(_HookSource(trainer.datamodule, hook))
+    candidates.append(_HookSource(pl_module, hook))
+    if split == VAL and fn == TrainerFn.TESTING:
+        # `trainer.test(model, dataloaders=...)` without any validation data: the test data is the held-out set.
+        candidates.append(_loop_source(getattr(trainer, "test_loop", None)))
+        candidates.append(_HookSource(trainer.datamodule, "test_dataloader"))
+        candidates.append(_HookSource(pl_module, "test_dataloader"))
+    return [c for c in candidates if c is not None]
+
+
+def has_source(trainer: pl.Trainer, pl_module: pl.LightningModule, split: str) -> bool:
+    """Whether some data for ``split`` is reachable (without instantiating any loader)."""
+    if split == TRAIN and trainer.train_dataloader is not None:
+        return True
+    if split == VAL and trainer.val_dataloaders is not None:
+        return True
+    for source in _sources(trainer, pl_module, split):
+        try:
+            if source.is_defined():
+                return True
+        except Exception:  # a foreign source object must not break setup
+            continue
+    return False
+
+
+def _loaders(value: Any) -> Iterator[Any]:
+    """Flatten a (collection of) loader(s) as Lightning accepts them, in order."""
+    if value is None:
+        return
+    iterables = getattr(value, "iterables", None)  # CombinedLoader
+    if iterables is not None and not isinstance(value, DataLoader):
+        yield from _loaders(iterables)
+    elif isinstance(value, Mapping):
+        for item in value.values():
+            yield from _loaders(item)
+    elif isinstance(value, (list, tuple)):
+        for item in value:
+            yield from _loaders(item)
+    else:
+        yield value
+
+
+def find_dataset(
+    trainer: pl.Trainer, pl_module: pl.LightningModule, split: str
+) -> tuple[Dataset, Callable[[list[Any]], Any] | None] | None:
+    """``(dataset, collate_fn)`` of the first ``split`` loader found, or None when there is no source at all.
+
+    Raises:
+        TypeError: a source exists but yields no ``torch.utils.data.DataLoader`` over a dataset.
+    """
+    if split == TRAIN:
+        # A datamodule may expose the training examples without augmentation; a probe set should not be augmented.
+        clean = getattr(trainer.datamodule, "train_eval_dataset", None)
+        if isinstance(clean, Dataset) and not isinstance(clean, IterableDataset):
+            return clean, None
+    loaded = trainer.train_dataloader if split == TRAIN else trainer.val_dataloaders
+    found: list[Any] = [] if loaded is None else [loaded]
+    if not found:
+        for source in _sources(trainer, pl_module, split):
+            if source.is_defined():
+                found.append(source.dataloader())
+                break
+    if not found:
+        return None
+    for loader in _loaders(found[0]):
+        if isinstance(loader, DataLoader):
+            return loader.dataset, loader.collate_fn
+        if isinstance(loader, Dataset):  # a dataset passed where a loader is expected still has items
+            return loader, None
+    raise TypeError(
+        f"the {split} data expected a torch.utils.data.DataLoader over a map-style dataset, got "
+        f"{type(found[0]).__name__}"
+    )

@@ -1,0 +1,428 @@
+"""``SensitivityMonitor``: the schedule, the probe sets, the state and the measure -> log loop of every monitor.
+
+A subclass says which probe sets it needs and turns a model plus probe tensors into a :class:`Measurement`
+(scalars, histograms, figures, artifact arrays); everything Lightning-specific lives here.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from lightning.fabric.utilities.exceptions import MisconfigurationException
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.trainer.states import TrainerFn
+from lightning.pytorch.utilities import rank_zero_warn
+from torch import Tensor, nn
+
+from lightning_sensitivity.callbacks._data import TRAIN, VAL, find_dataset, has_source
+from lightning_sensitivity.callbacks._progress import ProgressFactory, progress_factory
+from lightning_sensitivity.probes import BatchTransform, ProbeSet, draw_probe_set, probe_set_from_tensors
+from lightning_sensitivity.schedules import resolve_schedule
+
+ForwardFn = Callable[[pl.LightningModule, Tensor], Tensor]
+
+__all__ = ["SensitivityMonitor", "SensitivityWarning", "Measurement"]
+
+
+_MEASURE_HINT = (
+    "The model must map a batch of probe inputs to logits [N, C] (pass `forward_fn=` otherwise) and the probe data "
+    "must fit it (see `batch_transform=`, `val_data=`, `train_data=`)."
+)
+_DRAW_HINT = (
+    "The data must be a map-style dataset whose items collate to (inputs, targets) (see `batch_transform=`); or pass "
+    "the probe tensors directly with `val_data=(inputs, targets)` / `train_data=(inputs, targets)`."
+)
+_OUTPUT_HINT = "Check that the log directory is writable; the scalars were logged."
+
+
+class SensitivityWarning(UserWarning):
+    """A measurement failed or produced non-finite values; training goes on."""
+
+
+@dataclass
+class Measurement:
+    """What one measurement produced. Keys of ``scalars``/``histograms``/``figures`` are full TensorBoard tags."""
+
+    scalars: dict[str, float] = field(default_factory=dict)
+    histograms: dict[str, Tensor] = field(default_factory=dict)
+    figures: list[tuple[str, Callable[[], Any]]] = field(default_factory=list)  # (tag, () -> Figure), rank 0 only
+    arrays: dict[str, Any] = field(default_factory=dict)
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+class _ForwardFnModule(nn.Module):
+    """``forward_fn(module, x)`` as a module, so ``functional_call`` still swaps the wrapped module's parameters."""
+
+    def __init__(self, module: nn.Module, forward_fn: ForwardFn) -> None:
+        super().__init__()
+        self.module = module
+        self._forward_fn = forward_fn
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self._forward_fn(self.module, x)  # type: ignore[arg-type]
+
+
+def _check_int(value: Any, name: str, *, minimum: int, allow_none: bool = False) -> None:
+    kind = f"an int >= {minimum}" if minimum != 1 else "a positive int"
+    kind += " or None" if allow_none else ""
+    if value is None and allow_none:
+        return
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"`{name}` expected {kind}, got {type(value).__name__} {value!r}")
+    if value < minimum:
+        raise ValueError(f"`{name}` expected {kind}, got {value}")
+
+
+def _check_data(data: Any, name: str) -> None:
+    if data is None:
+        return
+    if not (isinstance(data, (tuple, list)) and len(data) == 2 and all(isinstance(t, Tensor) for t in data)):
+        raise TypeError(f"`{name}` expected a pair of tensors (inputs, targets) or None, got {type(data).__name__}")
+    x, y = data
+    if x.dim() < 2 or not x.is_floating_point() or x.shape[0] == 0:
+        raise ValueError(
+            f"`{name}` expected floating inputs of shape [N, *input_shape], got {x.dtype} {tuple(x.shape)}"
+        )
+    if y.dim() != 1 or y.shape[0] != x.shape[0] or y.is_floating_point() or y.dtype == torch.bool:
+        raise ValueError(f"`{name}` expected integer targets of shape [{x.shape[0]}], got {y.dtype} {tuple(y.shape)}")
+
+
+class SensitivityMonitor(Callback):
+    """Base class of the sensitivity monitors: when to measure, on which probe sets, and where results go.
+
+    Measurements are taken (1) before training (epoch 0, when ``at_init``), (2) at the end of every scheduled training
+    epoch during ``fit`` (epoch ``e + 1`` after training epoch ``e``), and (3) once per ``trainer.validate`` /
+    ``trainer.test`` call; never during the sanity check. During ``fit`` scalars go to every logger at
+    ``trainer.global_step`` and into ``trainer.callback_metrics``; under ``validate``/``test`` through
+    ``pl_module.log`` so they are part of the returned dict. Images, histograms and artifacts are written by rank 0
+    only, at the same step. Every rank computes (there is no collective), so nothing can hang under DDP.
+
+    Args:
+        every_n_epochs: measure every ``n`` completed epochs; ``None``: only at initialisation.
+        epochs: explicit epochs to measure (``0`` = initialisation); overrides the other schedule arguments.
+        log_spaced: measure at epochs ``1, 2, 4, 8, ...`` instead of every ``n``.
+        at_init: also measure before the first training step (epoch 0).
+        num_samples: examples per probe set, drawn class-balanced once and kept for the whole run.
+        seed: seed of the probe-set draw (private generators; the training run's random streams are untouched).
+        val_data: explicit held-out probe tensors ``(inputs, targets)``; default: drawn from the validation data.
+        train_data: explicit training probe tensors; default: drawn from the training data.
+        batch_transform: maps a collated batch to ``(inputs, targets)``; default handles ``(x, y, ...)`` and dicts
+            with input/target-like keys.
+        forward_fn: ``forward_fn(pl_module, x) -> logits``; default ``pl_module(x)``.
+        chunk_size: examples per chunk in the functional layer (bounds memory); ``None``: all at once.
+
+    Raises:
+        TypeError / ValueError: for a bad argument, naming it and the value got.
+        MisconfigurationException: in ``setup`` when a needed probe set has no data source.
+    """
+
+    quantity: str = ""  # artifact folder and metric prefix `sensitivity/{quantity}/...`
+
+    def __init__(
+        self,
+        *,
+        every_n_epochs: int | None = 1,
+        epochs: Sequence[int] | None = None,
+        log_spaced: bool = False,
+        at_init: bool = True,
+        num_samples: int = 256,
+        seed: int = 0,
+        val_data: tuple[Tensor, Tensor] | None = None,
+        train_data: tuple[Tensor, Tensor] | None = None,
+        batch_transform: BatchTransform | None = None,
+        forward_fn: ForwardFn | None = None,
+        chunk_size: int | None = None,
+    ) -> None:
+        self._schedule = resolve_schedule(every_n_epochs, epochs, log_spaced, at_init)
+        _check_int(num_samples, "num_samples", minimum=1)
+        if isinstance(seed, bool) or not isinstance(seed, int):
+            raise TypeError(f"`seed` expected an int, got {type(seed).__name__} {seed!r}")
+        _check_data(val_data, "val_data")
+        _check_data(train_data, "train_data")
+        for name, fn in (("batch_transform", batch_transform), ("forward_fn", forward_fn)):
+            if fn is not None and not callable(fn):
+                raise TypeError(f"`{name}` expected a callable or None, got {type(fn).__name__} {fn!r}")
+        _check_int(chunk_size, "chunk_size", minimum=1, allow_none=True)
+        self.num_samples = num_samples
+        self.seed = seed
+        self.batch_transform = batch_transform
+        self.forward_fn = forward_fn
+        self.chunk_size = chunk_size
+        self._probes: dict[str, ProbeSet] = {}
+        for split, data in ((VAL, val_data), (TRAIN, train_data)):
+            if data is not None:
+                self._probes[split] = probe_set_from_tensors(data[0], data[1], num_samples, seed=seed)
+        self._measured: set[int] = set()
+        self._warned: set[str] = set()
+        self._summary_written = False
+
+    # ---------------------------------------------------------------- for subclasses
+    def _splits(self) -> tuple[frozenset[str], frozenset[str]]:
+        """``(required, optional)`` probe splits."""
+        return frozenset({VAL}), frozenset()
+
+    def _compute(
+        self, model: nn.Module, probes: dict[str, ProbeSet], progress: ProgressFactory, epoch: int
+    ) -> Measurement:
+        raise NotImplementedError
+
+    def _state_key_args(self) -> dict[str, Any]:
+        return {"num_samples": self.num_samples, "seed": self.seed}
+
+    def _config(self) -> dict[str, Any]:
+        return {
+            "schedule": repr(self._schedule),
+            "num_samples": self.num_samples,
+            "seed": self.seed,
+            "chunk_size": self.chunk_size,
+        }
+
+    def _attempt(self, what: str, fn: Callable[[], Any], epoch: int, hint: str = _MEASURE_HINT) -> Any:
+        """Run one part of a measurement; on failure warn once for ``what`` and return None."""
+        try:
+            return fn()
+        except Exception as err:  # a failing measurement must never stop the training run
+            self._warn_once(
+                what,
+                f"{type(self).__name__} could not produce {what} at epoch {epoch}: {type(err).__name__}: {err}. "
+                f"{hint} Training continues; further failures of this kind are not reported.",
+            )
+            return None
+
+    def _warn_once(self, key: str, message: str) -> None:
+        if key not in self._warned:
+            self._warned.add(key)
+            rank_zero_warn(message, category=SensitivityWarning)
+
+    # ---------------------------------------------------------------- Lightning API
+    @property
+    def state_key(self) -> str:
+        return self._generate_state_key(**self._state_key_args())
+
+    def state_dict(self) -> dict[str, Any]:
+        probes = {
+            split: {"inputs": p.inputs, "targets": p.targets, "indices": p.indices} for split, p in self._probes.items()
+        }
+        return {"version": 1, "seed": self.seed, "measured_epochs": sorted(self._measured), "probes": probes}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._measured = {int(e) for e in state_dict.get("measured_epochs", [])}
+        for split, p in state_dict.get("probes", {}).items():
+            self._probes[split] = ProbeSet(p["inputs"].cpu(), p["targets"].cpu().long(), p["indices"].cpu().long())
+
+    @property
+    def measured_epochs(self) -> list[int]:
+        """Epochs already measured during ``fit`` (kept across a resume)."""
+        return sorted(self._measured)
+
+    @property
+    def probe_sets(self) -> dict[str, ProbeSet]:
+        """The probe sets drawn so far (``"val"``, ``"train"``), on the CPU."""
+        return dict(self._probes)
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if stage not in (TrainerFn.FITTING, TrainerFn.VALIDATING, TrainerFn.TESTING):
+            return
+        required, _ = self._splits()
+        missing = [s for s in sorted(required) if s not in self._probes and not has_source(trainer, pl_module, s)]
+        if missing:
+            hint = {
+                VAL: "`val_data=(inputs, targets)`, a datamodule with `val_dataloader`, or `val_dataloaders=` to "
+                "`trainer.fit`",
+                TRAIN: "`train_data=(inputs, targets)` or a datamodule with `train_dataloader`",
+            }
+            needs = "; ".join(f"{s} data: pass {hint[s]}" for s in missing)
+            raise MisconfigurationException(
+                f"{type(self).__name__} needs {' and '.join(missing)} probe data, but the trainer has no such source "
+                f"during `{stage}`. {needs}.{self._missing_hint(missing)}"
+            )
+
+    def _missing_hint(self, missing: list[str]) -> str:
+        return ""
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._maybe_measure_fit(trainer, pl_module, trainer.current_epoch)
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # The epoch counter is incremented after this hook: the epoch just finished is completed epoch + 1.
+        self._maybe_measure_fit(trainer, pl_module, trainer.current_epoch + 1)
+
+    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.state.fn == TrainerFn.VALIDATING and not trainer.sanity_checking:
+            self._measure(trainer, pl_module, trainer.current_epoch, fitting=False)
+
+    def on_test_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.state.fn == TrainerFn.TESTING:
+            self._measure(trainer, pl_module, trainer.current_epoch, fitting=False)
+
+    # ---------------------------------------------------------------- the loop
+    def _maybe_measure_fit(self, trainer: pl.Trainer, pl_module: pl.LightningModule, epoch: int) -> None:
+        if trainer.sanity_checking or epoch in self._measured or not self._schedule(epoch):
+            return
+        self._measure(trainer, pl_module, epoch, fitting=True)
+        self._measured.add(epoch)
+
+    def _ensure_probes(self, trainer: pl.Trainer, pl_module: pl.LightningModule, epoch: int) -> dict[str, ProbeSet]:
+        required, optional = self._splits()
+        for split in sorted(required | optional):
+            if split in self._probes:
+                continue
+            probe = self._attempt(
+                f"the {split} probe set", lambda s=split: self._draw(trainer, pl_module, s), epoch, _DRAW_HINT
+            )
+            if probe is None:
+                continue
+            if len(probe) < self.num_samples:
+                self._warn_once(
+                    f"small {split}",
+                    f"{type(self).__name__}: the {split} probe set has {len(probe)} examples, fewer than "
+                    f"`num_samples={self.num_samples}`, because the {split} data is that small; using all of it.",
+                )
+            self._probes[split] = probe
+        return {s: p for s, p in self._probes.items() if s in required | optional}
+
+    def _draw(self, trainer: pl.Trainer, pl_module: pl.LightningModule, split: str) -> ProbeSet | None:
+        found = find_dataset(trainer, pl_module, split)
+        if found is None:
+            if split in self._splits()[0]:
+                raise MisconfigurationException(f"no {split} data source; pass `{split}_data=(inputs, targets)`")
+            return None
+        dataset, collate_fn = found
+        return draw_probe_set(
+            dataset, self.num_samples, seed=self.seed, batch_transform=self.batch_transform, collate_fn=collate_fn
+        )
+
+    def _model(self, pl_module: pl.LightningModule) -> nn.Module:
+        # Measure the original forward, not a torch.compile'd wrapper (its graph cannot take swapped parameters).
+        module: nn.Module = pl_module
+        while isinstance(getattr(module, "_orig_mod", None), nn.Module):
+            module = module._orig_mod  # type: ignore[assignment]
+        return module if self.forward_fn is None else _ForwardFnModule(module, self.forward_fn)
+
+    def _measure(self, trainer: pl.Trainer, pl_module: pl.LightningModule, epoch: int, *, fitting: bool) -> None:
+        probes = self._ensure_probes(trainer, pl_module, epoch)
+        required, _ = self._splits()
+        if not required <= probes.keys():
+            return
+        device = pl_module.device
+        on_device = {split: p.to(device) for split, p in probes.items()}
+        enabled = trainer.is_global_zero and getattr(trainer.progress_bar_callback, "is_enabled", False)
+        progress = progress_factory(f"{type(self).__name__} epoch {epoch}", enabled)
+        result = self._attempt(
+            self.quantity, lambda: self._compute(self._model(pl_module), on_device, progress, epoch), epoch
+        )
+        if result is None:
+            return
+        scalars = {k: float(v) for k, v in result.scalars.items()}
+        bad = sorted(k for k, v in scalars.items() if not math.isfinite(v))
+        if bad:
+            self._warn_once(
+                f"non-finite {self.quantity}",
+                f"{type(self).__name__}: non-finite values at epoch {epoch} for {', '.join(bad)}; they are not logged. "
+                "The model may have diverged (check the learning rate) or its output may overflow in its dtype.",
+            )
+        scalars = {k: v for k, v in scalars.items() if math.isfinite(v)}
+        step = trainer.global_step
+        self._log_scalars(trainer, pl_module, scalars, step, fitting)
+        if trainer.is_global_zero:
+            self._attempt(
+                "its TensorBoard output",
+                lambda: self._write_tensorboard(trainer, result, step, probes),
+                epoch,
+                _OUTPUT_HINT,
+            )
+            self._attempt(
+                "its artifact file", lambda: self._write_artifact(trainer, result, epoch, step), epoch, _OUTPUT_HINT
+            )
+
+    def _log_scalars(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, scalars: dict[str, float], step: int, fitting: bool
+    ) -> None:
+        if not scalars:
+            return
+        if fitting:
+            for logger in trainer.loggers:
+                logger.log_metrics(scalars, step=step)
+            trainer.callback_metrics.update({k: torch.tensor(v) for k, v in scalars.items()})
+        else:
+            # Identical on every rank (same probe set, same weights): no sync, hence no collective that could hang.
+            for key, value in scalars.items():
+                pl_module.log(key, value, on_step=False, on_epoch=True, sync_dist=False)
+
+    def _write_tensorboard(
+        self, trainer: pl.Trainer, result: Measurement, step: int, probes: dict[str, ProbeSet]
+    ) -> None:
+        from lightning_sensitivity.logging import (
+            add_sensitivity_layout,
+            find_tensorboard_writer,
+            log_figure,
+            log_histogram,
+            log_text,
+        )
+
+        writer = find_tensorboard_writer(trainer)
+        if writer is None:
+            return
+        if not self._summary_written:
+            self._summary_written = True
+            add_sensitivity_layout(writer, groups=self._layout_groups())
+            config = {**self._config(), **{f"{s} probe size": len(p) for s, p in probes.items()}}
+            rows = "\n".join(f"| {k} | {v} |" for k, v in config.items())
+            log_text(writer, f"sensitivity/config/{type(self).__name__}", f"| setting | value |\n|---|---|\n{rows}", 0)
+        for tag, values in result.histograms.items():
+            log_histogram(writer, tag, values.detach().cpu(), step)
+        for tag, make_figure in result.figures:
+            fig, _ = make_figure()
+            log_figure(writer, tag, fig, step)
+
+    def _layout_groups(self) -> tuple[str, ...]:
+        return ()
+
+    def _write_artifact(self, trainer: pl.Trainer, result: Measurement, epoch: int, step: int) -> None:
+        from lightning_sensitivity.logging import save_artifact
+
+        if not trainer.loggers:
+            return
+        # Not trainer.log_dir: it broadcasts from rank 0, a collective that would hang when called on rank 0 only.
+        logger = trainer.loggers[0]
+        log_dir = getattr(logger, "log_dir", None) or getattr(logger, "save_dir", None)
+        if log_dir is None:
+            return
+        save_artifact(log_dir, self.quantity, epoch, step, result.arrays, {**self._config(), **result.meta})
+
+
+def predict_logits(model: nn.Module, inputs: Tensor, chunk_size: int | None = None) -> Tensor:
+    """Eval-mode logits ``[N, C]`` of the inputs; the model is left exactly as it was (no grad, flags restored)."""
+    from lightning_sensitivity.functional._model import (
+        as_function,
+        check_logits,
+        chunks,
+        detached_state,
+        match_model,
+        measurement_context,
+        prepare_inputs,
+        unwrap_model,
+    )
+
+    model = unwrap_model(model)
+    params, buffers = detached_state(model)
+    f = as_function(model)
+    x = match_model(prepare_inputs(inputs), params)
+    with measurement_context(model, grad=False):
+        return torch.cat([check_logits(f(params, buffers, x[piece])) for piece in chunks(x.shape[0], chunk_size)])
+
+
+def check_names(value: Any, name: str) -> list[str] | None:
+    """Validate an optional sequence of display names (class or super-class names)."""
+    if value is None:
+        return None
+    if isinstance(value, (str, bytes)) or not isinstance(value, Sequence):
+        raise TypeError(f"`{name}` expected a sequence of str or None, got {type(value).__name__} {value!r}")
+    if not value or not all(isinstance(v, str) for v in value):
+        raise ValueError(f"`{name}` expected a non-empty sequence of str, got {list(value)!r}")
+    return list(value)
