@@ -131,7 +131,8 @@ class SensitivityDataModule(pl.LightningDataModule):
         )
         dataset = partial(_data.ImageTensorDataset, mean=self.mean, std=self.std)
         train_images = images[train_idx]
-        self.train_dataset = dataset(train_images, train_targets, augment=self._augmentation() if self.augment else None)
+        augment = self._augmentation() if self.augment else None
+        self.train_dataset = dataset(train_images, train_targets, augment=augment)
         self.train_eval_dataset = dataset(train_images, train_targets)
         self.val_dataset = dataset(images[val_idx], targets[val_idx])
         self.test_dataset = dataset(test_images, test_targets)

@@ -24,7 +24,8 @@ def _write_idx(folder: Path, prefix: str, labels: np.ndarray) -> None:
     n = len(labels)
     images = np.repeat((20 * labels + 5).astype(np.uint8), 28 * 28).reshape(n, 28, 28)
     (folder / f"{prefix}-images-idx3-ubyte").write_bytes(struct.pack(">iiii", 0x803, n, 28, 28) + images.tobytes())
-    (folder / f"{prefix}-labels-idx1-ubyte").write_bytes(struct.pack(">ii", 0x801, n) + labels.astype(np.uint8).tobytes())
+    label_bytes = labels.astype(np.uint8).tobytes()
+    (folder / f"{prefix}-labels-idx1-ubyte").write_bytes(struct.pack(">ii", 0x801, n) + label_bytes)
 
 
 def write_mnist(root: Path, folder: str = "MNIST", n_train: int = 50, n_test: int = 20) -> None:

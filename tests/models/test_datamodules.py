@@ -193,7 +193,7 @@ def test_batch_size_full_batch():
 
 
 def _matching_shifts(original: torch.Tensor, out: torch.Tensor, k: int, flips: bool) -> list:
-    """All (di, dj, flipped) for which ``out`` is ``original`` shifted by (di, dj) with zero fill (and maybe flipped)."""
+    """Every (di, dj, flipped) for which ``out`` is ``original`` shifted by (di, dj), zero-filled (maybe flipped)."""
     _, h, w = original.shape
     found = []
     for flipped in (False, True) if flips else (False,):
@@ -268,7 +268,8 @@ def test_cifar_layout(tmp_path, cls, writer, sizes):
 
 def test_cifar_meta_with_other_class_order_is_rejected(tmp_path):
     write_cifar10(tmp_path)
-    dump_pickle(tmp_path / "cifar-10-batches-py" / "batches.meta", {"label_names": list(CIFAR10DataModule.class_names)[::-1]})
+    reversed_names = list(CIFAR10DataModule.class_names)[::-1]
+    dump_pickle(tmp_path / "cifar-10-batches-py" / "batches.meta", {"label_names": reversed_names})
     with pytest.raises(ValueError, match="lists classes"):
         CIFAR10DataModule(tmp_path).setup()
 

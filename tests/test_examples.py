@@ -1,0 +1,133 @@
+"""Every example runs end to end in a fast mode, as a user would start it, and leaves the expected TensorBoard tags."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import SHARED_DATA
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from models._synthetic import write_cifar10, write_cifar100
+
+pytestmark = pytest.mark.slow
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+TIMEOUT = 600  # a loaded 2-core machine needs ~1 min per run, mostly imports
+
+MODULE_SCALARS = {"train/loss", "train/acc", "val/loss", "val/acc", "generalization_gap/loss", "generalization_gap/acc"}
+SENSITIVITY_SCALARS = {
+    "sensitivity/jacobian_norm/val/mean",
+    "sensitivity/jacobian_norm/train/mean",
+    "sensitivity/transitions/val/activation_mean",
+    "sensitivity/transitions/val/region_changes_mean",
+    "sensitivity/stiffness/train_train/sign",
+    "sensitivity/stiffness/train_val/cosine",
+    "sensitivity/stiffness/val_val/sign",
+}
+STIFFNESS_IMAGES = {"sensitivity/stiffness/train_val/class_sign_matrix", "sensitivity/stiffness/val_val/by_distance"}
+
+
+def run(args: list[str], cwd: Path) -> str:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.run(
+        [sys.executable, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=TIMEOUT, check=False
+    )
+    assert proc.returncode == 0, f"{args} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
+    return proc.stdout
+
+
+def tags(log_root: Path) -> dict[str, set[str]]:
+    """Scalar and image tags of the single run under ``log_root`` (a ``lightning_logs`` folder)."""
+    versions = sorted(log_root.glob("version_*"))
+    assert len(versions) == 1, f"expected one run under {log_root}, found {versions}"
+    acc = EventAccumulator(str(versions[0]), size_guidance={"scalars": 0, "images": 0, "histograms": 0})
+    acc.Reload()
+    found = acc.Tags()
+    return {"scalars": set(found["scalars"]), "images": set(found["images"])}
+
+
+def fast_config(source: Path, target: Path, **data_args) -> Path:
+    """A copy of a shipped config shrunk to a smoke run (one epoch, few batches, small probe sets)."""
+    config = yaml.safe_load(source.read_text())
+    config["trainer"].update(
+        max_epochs=1, limit_train_batches=3, limit_val_batches=2, enable_checkpointing=False, enable_progress_bar=False
+    )
+    for callback in config["trainer"]["callbacks"]:
+        init_args = callback.setdefault("init_args", {})
+        init_args["num_samples"] = 16
+        if callback["class_path"].endswith("TransitionMonitor"):
+            init_args.update(num_trajectories=2, num_points=16)
+    config["data"]["init_args"].update(data_args)
+    target.write_text(yaml.safe_dump(config))
+    return target
+
+
+def test_quickstart_digits(tmp_path):
+    out = run([str(EXAMPLES / "quickstart.py"), "--fast"], tmp_path)
+    assert "tensorboard --logdir lightning_logs" in out
+    found = tags(tmp_path / "lightning_logs")
+    assert MODULE_SCALARS | SENSITIVITY_SCALARS | {"test/acc"} <= found["scalars"]
+    assert STIFFNESS_IMAGES <= found["images"]
+
+
+def test_quickstart_cifar100_cnn_superclasses(tmp_path):
+    write_cifar100(tmp_path / "data")
+    out = run(
+        [str(EXAMPLES / "quickstart.py"), "--fast", "--dataset", "cifar100", "--model", "cnn", "--data-dir", "data",
+         "--log-dir", "logs"],
+        tmp_path,
+    )  # fmt: skip
+    assert "tensorboard --logdir logs/lightning_logs" in out
+    found = tags(tmp_path / "logs" / "lightning_logs")
+    assert MODULE_SCALARS | SENSITIVITY_SCALARS <= found["scalars"]
+    assert "sensitivity/stiffness/train_val/superclass_sign_matrix" in found["images"]
+
+
+def test_quickstart_missing_data_explains(tmp_path):
+    # in-process: the error comes before any training, a subprocess would only add an import of Lightning
+    spec = importlib.util.spec_from_file_location("quickstart_example", EXAMPLES / "quickstart.py")
+    quickstart = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(quickstart)
+    with pytest.raises(FileNotFoundError, match="download=True"):
+        quickstart.main(["--fast", "--dataset", "mnist", "--data-dir", str(tmp_path / "x"), "--log-dir", str(tmp_path)])
+
+
+def test_existing_trainer(tmp_path):
+    run([str(EXAMPLES / "existing_trainer.py")], tmp_path)
+    found = tags(tmp_path / "lightning_logs")
+    expected = {"sensitivity/jacobian_norm/val/mean", "sensitivity/jacobian_norm/train/mean", "val_loss"}
+    assert expected <= found["scalars"]
+
+
+def test_cli_digits(tmp_path):
+    config = fast_config(EXAMPLES / "configs" / "digits_mlp.yaml", tmp_path / "fast.yaml")
+    run([str(EXAMPLES / "cli.py"), "fit", "--config", str(config)], tmp_path)
+    found = tags(tmp_path / "lightning_logs")
+    assert MODULE_SCALARS | SENSITIVITY_SCALARS <= found["scalars"]
+    assert STIFFNESS_IMAGES <= found["images"]
+
+
+def test_cli_cifar10_cnn(tmp_path):
+    write_cifar10(tmp_path / "data", per_batch=12)
+    config = fast_config(EXAMPLES / "configs" / "cifar10_cnn.yaml", tmp_path / "fast.yaml", val_split=0.2)
+    run([str(EXAMPLES / "cli.py"), "fit", "--config", str(config), "--data.data_dir", "data"], tmp_path)
+    found = tags(tmp_path / "lightning_logs")
+    assert MODULE_SCALARS | SENSITIVITY_SCALARS <= found["scalars"]
+
+
+@pytest.mark.data
+def test_cli_mnist_real_data(tmp_path):
+    if not (SHARED_DATA / "MNIST" / "raw" / "train-images-idx3-ubyte").is_file():
+        pytest.skip(f"real MNIST not found under {SHARED_DATA}")
+    config = fast_config(
+        EXAMPLES / "configs" / "mnist_mlp.yaml", tmp_path / "fast.yaml", data_dir=str(SHARED_DATA), train_subset=512
+    )
+    run([str(EXAMPLES / "cli.py"), "fit", "--config", str(config)], tmp_path)
+    found = tags(tmp_path / "lightning_logs")
+    assert MODULE_SCALARS | SENSITIVITY_SCALARS <= found["scalars"]
