@@ -1,0 +1,118 @@
+"""StiffnessMonitor: logged tags, artifact keys, values against per-example gradient loops, super-classes."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from callbacks._tiny import fitted  # noqa: F401 (`fitted` is a fixture)
+from oracles import class_mean_loop, stiffness_loop
+
+from lightning_sensitivity import StiffnessMonitor
+from lightning_sensitivity.callbacks._progress import progress_factory
+from lightning_sensitivity.logging import load_artifacts
+from lightning_sensitivity.logging.artifacts import STIFFNESS_GROUP_KEYS
+from lightning_sensitivity.probes import probe_set_from_tensors
+
+P = "sensitivity/stiffness"
+GROUPS = ("train_train", "train_val", "val_val")
+STEPS = [0, 4, 8]
+
+
+def test_tensorboard_tags_and_steps(fitted):  # noqa: F811
+    tags = fitted.events.Tags()
+    for g in GROUPS:
+        for key in (
+            "sign",
+            "cosine",
+            "same_class_sign",
+            "different_class_sign",
+            "same_class_cosine",
+            "different_class_cosine",
+        ):
+            events = fitted.events.Scalars(f"{P}/{g}/{key}")
+            assert [e.step for e in events] == STEPS, (g, key)
+            assert all(-1.0 <= e.value <= 1.0 for e in events), (g, key)
+        for image in ("class_sign_matrix", "class_cosine_matrix", "by_distance"):
+            assert [e.step for e in fitted.events.Images(f"{P}/{g}/{image}")] == STEPS
+        assert not any("superclass" in t for t in tags["images"])  # no class_groups given
+
+
+def test_final_values_match_gradient_loops(fitted):  # noqa: F811
+    monitor = fitted.monitor(StiffnessMonitor)
+    (*_, last) = load_artifacts(fitted.log_dir, "stiffness")
+    assert last.epoch == 2 and last.meta["groups"] == list(GROUPS)
+    train, val = monitor.probe_sets["train"], monitor.probe_sets["val"]
+    net = fitted.module.net
+    sets = {"train": (train.inputs, train.targets), "val": (val.inputs, val.targets)}
+    for g in GROUPS:
+        rows, cols = g.split("_")
+        (xr, yr), (xc, yc) = sets[rows], sets[cols]
+        self_pairs = rows == cols
+        ref = stiffness_loop(net, xr, yr, None if self_pairs else xc, None if self_pairs else yc)
+        arrays = {k.split("/", 1)[1]: v for k, v in last.arrays.items() if k.startswith(f"{g}/")}
+        assert set(arrays) == set(STIFFNESS_GROUP_KEYS) - {"superclass_sign", "superclass_cosine"}
+        assert float(arrays["sign_mean"]) == pytest.approx(ref["sign_mean"], abs=1e-6)
+        assert float(arrays["cosine_mean"]) == pytest.approx(ref["cosine_mean"], abs=1e-4)
+        pair = ~torch.eye(len(yr), dtype=torch.bool) if self_pairs else torch.ones(len(yr), len(yc), dtype=torch.bool)
+        same = yr[:, None] == yc[None, :]
+        for kind in ("sign", "cosine"):
+            for which, mask in (("same_class", pair & same), ("different_class", pair & ~same)):
+                expected = float(ref[kind][mask].mean())
+                assert float(arrays[f"{which}_{kind}"]) == pytest.approx(expected, abs=1e-4), (g, which, kind)
+            classes = class_mean_loop(ref[kind], yr, None if self_pairs else yc, num_classes=10)
+            np.testing.assert_allclose(arrays[f"class_{kind}"], np.array(classes), atol=1e-4, equal_nan=True)
+        assert arrays["bin_edges"].shape == (9,) and arrays["distance_count"].sum() == pair.sum()
+        logged = fitted.events.Scalars(f"{P}/{g}/sign")[-1].value
+        assert logged == pytest.approx(ref["sign_mean"], abs=1e-6)
+        length = float(arrays["critical_length"])
+        if math.isfinite(length):
+            assert fitted.events.Scalars(f"{P}/{g}/critical_length")[-1].value == pytest.approx(length, rel=1e-6)
+
+
+def test_superclasses_names_and_figure_titles():
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(5, 8), torch.nn.ReLU(), torch.nn.Linear(8, 4))
+    x, y = torch.randn(24, 5), torch.arange(24) % 4
+    monitor = StiffnessMonitor(
+        groups=("val_val",),
+        class_names=["a", "b", "c", "d"],
+        class_groups={0: 0, 1: 0, 2: 1, 3: 1},
+        group_names=["ab", "cd"],
+        num_distance_bins=5,
+    )
+    result = monitor._compute(net, {"val": probe_set_from_tensors(x, y, 24, seed=0)}, progress_factory("t", False), 3)
+    ref = stiffness_loop(net, x, y)
+    coarse = torch.tensor([0, 0, 1, 1])[y]
+    expected = class_mean_loop(ref["sign"], coarse, num_classes=2)
+    np.testing.assert_allclose(result.arrays["val_val/superclass_sign"], np.array(expected), atol=1e-6)
+    figures = dict(result.figures)
+    assert set(figures) == {
+        f"{P}/val_val/{name}"
+        for name in (
+            "class_sign_matrix",
+            "class_cosine_matrix",
+            "superclass_sign_matrix",
+            "superclass_cosine_matrix",
+            "by_distance",
+        )
+    }
+    fig, ax = figures[f"{P}/val_val/superclass_sign_matrix"]()
+    assert "epoch 3" in ax.get_title()
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["ab", "cd"]
+    fig, ax = figures[f"{P}/val_val/class_cosine_matrix"]()
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["a", "b", "c", "d"]
+    assert result.meta["group_names"] == ["ab", "cd"]
+
+
+def test_frozen_parameters_are_left_out():
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(5, 8), torch.nn.ReLU(), torch.nn.Linear(8, 3))
+    net[0].requires_grad_(False)
+    x, y = torch.randn(12, 5), torch.arange(12) % 3
+    monitor = StiffnessMonitor(groups=("val_val",))
+    result = monitor._compute(net, {"val": probe_set_from_tensors(x, y, 12, seed=0)}, progress_factory("t", False), 0)
+    ref = stiffness_loop(net, x, y)  # the oracle differentiates trainable parameters only
+    assert result.scalars[f"{P}/val_val/cosine"] == pytest.approx(ref["cosine_mean"], abs=1e-5)

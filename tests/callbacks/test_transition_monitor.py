@@ -1,0 +1,82 @@
+"""TransitionMonitor: logged tags, counts against a point-by-point oracle, models without ReLU units."""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from callbacks._tiny import fitted  # noqa: F401 (`fitted` is a fixture)
+from oracles import transitions_loop
+
+from lightning_sensitivity import TransitionMonitor
+from lightning_sensitivity.callbacks import SensitivityWarning
+from lightning_sensitivity.callbacks._progress import progress_factory
+from lightning_sensitivity.logging import load_artifacts
+from lightning_sensitivity.probes import probe_set_from_tensors
+
+P = "sensitivity/transitions/val"
+STEPS = [0, 4, 8]
+
+
+def ellipse(p0: torch.Tensor, p1: torch.Tensor, p2: torch.Tensor, num_points: int) -> torch.Tensor:
+    """Independent construction: the ellipse c + u cos t + v sin t through p0 (t=0), p1 (2pi/3), p2 (4pi/3)."""
+    c = (p0 + p1 + p2) / 3
+    u, v = p0 - c, (p1 - p2) / math.sqrt(3)
+    return torch.stack(
+        [
+            c + u * math.cos(2 * math.pi * k / num_points) + v * math.sin(2 * math.pi * k / num_points)
+            for k in range(num_points)
+        ]
+    )
+
+
+def test_tensorboard_tags_and_steps(fitted):  # noqa: F811
+    for key in ("activation_mean", "region_changes_mean", "prediction_mean"):
+        events = fitted.events.Scalars(f"{P}/{key}")
+        assert [e.step for e in events] == STEPS
+        assert all(math.isfinite(e.value) and e.value >= 0 for e in events)
+    assert [e.step for e in fitted.events.Histograms(f"{P}/activation")] == STEPS
+    region = [e.value for e in fitted.events.Scalars(f"{P}/region_changes_mean")]
+    assert all(0 < r <= 24 for r in region)  # at most one region change per consecutive pair (24 points)
+
+
+def test_counts_match_oracle_on_final_weights(fitted):  # noqa: F811
+    monitor = fitted.monitor(TransitionMonitor)
+    (*_, last) = load_artifacts(fitted.log_dir, "transitions")
+    assert last.epoch == 2 and last.meta["num_points"] == 24 and last.meta["num_units"] > 0
+    probe = monitor.probe_sets["val"]
+    anchors = last.arrays["anchor_indices"]
+    assert anchors.shape == (4, 3) and all(len(set(row)) == 3 for row in anchors.tolist())
+    np.testing.assert_array_equal(anchors, monitor.anchor_indices(len(probe)).numpy())  # reproducible from the seed
+    trajectories = torch.stack([ellipse(*probe.inputs[row], 24) for row in torch.as_tensor(anchors)])
+    expected = transitions_loop(fitted.module.net, trajectories)
+    for key in ("activation", "region_changes", "prediction"):
+        assert last.arrays[key].tolist() == expected[key], key
+    final = fitted.events.Scalars(f"{P}/activation_mean")[-1].value
+    assert final == pytest.approx(np.mean(expected["activation"]))
+
+
+def test_model_without_relu_logs_predictions_only():
+    net = torch.nn.Sequential(torch.nn.Linear(3, 6), torch.nn.Tanh(), torch.nn.Linear(6, 4))
+    x, y = torch.randn(30, 3), torch.arange(30) % 4
+    monitor = TransitionMonitor(num_trajectories=3, num_points=12)
+    probes = {"val": probe_set_from_tensors(x, y, 30, seed=0)}
+    with pytest.warns(SensitivityWarning, match="no recognised ReLU"):
+        result = monitor._compute(net, probes, progress_factory("t", False), 0)
+    assert set(result.scalars) == {f"{P}/prediction_mean"}
+    assert "activation" not in result.arrays and result.arrays["prediction"].shape == (3,)
+    with warnings.catch_warnings(record=True) as again:
+        warnings.simplefilter("always")
+        monitor._compute(net, probes, progress_factory("t", False), 1)
+    assert not [w for w in again if issubclass(w.category, SensitivityWarning)]  # warned once per monitor
+
+
+def test_anchor_indices_depend_on_seed_and_need_three_points():
+    a = TransitionMonitor(num_trajectories=5, seed=1).anchor_indices(10)
+    b = TransitionMonitor(num_trajectories=5, seed=2).anchor_indices(10)
+    assert a.shape == (5, 3) and not torch.equal(a, b)
+    with pytest.raises(ValueError, match="at least 3"):
+        TransitionMonitor().anchor_indices(2)
