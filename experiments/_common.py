@@ -78,6 +78,7 @@ def setup(args: argparse.Namespace) -> float:
     """Quiet, seeded, single-threaded start; wipes ``args.out``; returns the start time for :func:`write_results`."""
     import logging
 
+    import lightning.pytorch  # noqa: F401  (it sets its loggers' levels on import: lower them afterwards)
     import torch
 
     # Lightning's per-fit banners ("GPU available: ...") would drown the progress lines of a 24-run sweep
@@ -236,6 +237,20 @@ def clean(value: Any) -> Any:
     return value
 
 
+def git_state() -> dict[str, Any]:
+    """The repository commit and whether the package or the experiments differ from it (None outside git)."""
+    import subprocess
+
+    def git(*cmd: str) -> str | None:
+        try:
+            return subprocess.run(["git", *cmd], cwd=REPO, capture_output=True, text=True, timeout=10, check=True).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            return None
+
+    dirty = git("status", "--porcelain", "--", "lightning_sensitivity", "experiments/*.py", "experiments/configs")
+    return {"commit": git("rev-parse", "--short", "HEAD"), "uncommitted_changes": None if dirty is None else bool(dirty)}
+
+
 def write_results(args: argparse.Namespace, start: float, config: Mapping[str, Any], results: Mapping[str, Any]) -> Path:
     """Write ``args.out/results.json`` with the results, the config, the command and the wall time."""
     import lightning
@@ -251,6 +266,7 @@ def write_results(args: argparse.Namespace, start: float, config: Mapping[str, A
         "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
         "versions": {"python": platform.python_version(), "torch": torch.__version__, "lightning": lightning.__version__},
         "threads": args.threads,
+        "git": git_state(),
         "config": config,
         "results": results,
     }

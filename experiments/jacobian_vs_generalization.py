@@ -185,6 +185,10 @@ def main(argv: list[str] | None = None) -> None:
         "jacobian_vs_gap_acc": correlations(runs, "jacobian_test_mean", "gap_acc"),
         "jacobian_vs_gap_loss": correlations(runs, "jacobian_test_mean", "gap_loss"),
         "jacobian_vs_gap_acc_fitted_only": correlations(fitted, "jacobian_test_mean", "gap_acc"),
+        # random labels move both quantities a lot; without them the correlation rests on the other factors alone
+        "jacobian_vs_gap_acc_true_labels": correlations(
+            [r for r in runs if r["variant"] != "random_labels"], "jacobian_test_mean", "gap_acc"
+        ),
         "jacobian_vs_test_acc": correlations(runs, "jacobian_test_mean", "test_acc"),
     }
     direction = directional(runs, len(cfg["bases"]))

@@ -60,10 +60,18 @@ class Doc:
 
     def run_info(self, data: dict) -> None:
         self.add(
-            f"Command: `{data['command']}` — wall time {fmt(data['wall_time_s'], 4)} s on {data['threads']} thread(s), "
-            f"finished {data['finished']} (torch {data['versions']['torch']}, lightning {data['versions']['lightning']}).",
+            f"Command: `{data['command']}` — wall time {fmt(data['wall_time_s'], 4)} s on {data['threads']} thread(s) "
+            f"of a shared 2-core machine, finished {data['finished']} (torch {data['versions']['torch']}, lightning "
+            f"{data['versions']['lightning']}{_commit(data)}).",
             "",
         )
+
+
+def _commit(data: dict) -> str:
+    state = data.get("git") or {}
+    if not state.get("commit"):
+        return ""
+    return f", repository at {state['commit']}" + (" with uncommitted changes" if state.get("uncommitted_changes") else "")
 
 
 def jacobian(doc: Doc, data: dict, folder: Path) -> None:
@@ -88,7 +96,7 @@ def jacobian(doc: Doc, data: dict, folder: Path) -> None:
         f"{cfg['train_subset']} examples per step, augmentation = random shifts). Training stops once the running "
         f"training accuracy reaches {cfg['stop_at_train_acc']} or after {cfg['max_epochs']} epochs "
         f"({cfg['full_batch_max_epochs']} full-batch steps); {summary['num_fitted']} of {summary['num_runs']} runs "
-        f"reached it. `JacobianNormMonitor` (d softmax / d input) on {cfg['probe_samples']} class-balanced test points "
+        f"end with at least that training accuracy measured in eval mode. `JacobianNormMonitor` (d softmax / d input) on {cfg['probe_samples']} class-balanced test points "
         "and as many training points; the final value is its measurement on the final weights, read from its artifacts. "
         "Gap = training accuracy (eval mode, on the labels trained on) − test accuracy (10 000 test images), and test "
         "loss − training loss.",
@@ -100,9 +108,12 @@ def jacobian(doc: Doc, data: dict, folder: Path) -> None:
         "jacobian_vs_gap_acc": "accuracy gap (all runs)",
         "jacobian_vs_gap_loss": "loss gap (all runs)",
         "jacobian_vs_gap_acc_fitted_only": f"accuracy gap (runs reaching {cfg['stop_at_train_acc']} train acc)",
+        "jacobian_vs_gap_acc_true_labels": "accuracy gap (runs without random labels)",
         "jacobian_vs_test_acc": "test accuracy (all runs)",
     }
     for key, label in labels.items():
+        if key not in corr:
+            continue
         c = corr[key]
         doc.add(f"| {label} | {c['n']} | {fmt(c['spearman'])} ({fmt(c['spearman_p'], 2)}) | {fmt(c['kendall'])} ({fmt(c['kendall_p'], 2)}) |")
     main = corr["jacobian_vs_gap_acc"]
@@ -112,8 +123,10 @@ def jacobian(doc: Doc, data: dict, folder: Path) -> None:
     doc.figure(folder / "jacobian_vs_gap.png", "Final test Jacobian norm vs generalization gap, one point per run.")
     doc.add("| variant vs its baseline | paper | agrees here | median norm ratio | verdict |", "|---|---|---|---|---|")
     for variant, d in direction.items():
+        small = d["median_norm_ratio"] is not None and 0.9 < d["median_norm_ratio"] < 1.1
         doc.add(f"| {variant} | {d['expected']} | {d['held']}/{d['total']} bases | {fmt(d['median_norm_ratio'])} | "
-                f"{verdict(d['holds_in_majority'] if d['total'] else None)} |")
+                f"{verdict(d['holds_in_majority'] if d['total'] else None)}"
+                f"{' (but a small effect: median change under 10%)' if small else ''} |")
     doc.add("")
     doc.figure(folder / "jacobian_directions.png", "Test Jacobian norm of each variant divided by its baseline's (same base configuration).")
     near = summary["train_below_test_norm"] > summary["num_runs"] / 2
