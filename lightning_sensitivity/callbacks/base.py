@@ -7,6 +7,7 @@ A subclass says which probe sets it needs and turns a model plus probe tensors i
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -17,6 +18,7 @@ from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities import rank_zero_warn
+from lightning.pytorch.utilities.warnings import PossibleUserWarning
 from torch import Tensor, nn
 
 from lightning_sensitivity.callbacks._data import TRAIN, VAL, find_dataset, has_source
@@ -102,6 +104,13 @@ class SensitivityMonitor(Callback):
     ``pl_module.log`` so they are part of the returned dict. Images, histograms and artifacts are written by rank 0
     only, at the same step. Every rank computes (there is no collective), so nothing can hang under DDP.
 
+    Probe sets are drawn lazily at the first measurement by indexing the datasets behind the trainer's loaders
+    (explicit ``val_data``/``train_data``; a datamodule's ``train_eval_dataset`` -- un-augmented training examples --
+    when it has one; the loaders of the datamodule, of the module's ``*_dataloader`` hooks, or passed to ``fit``;
+    under ``trainer.test`` without validation data, the test data). The user's loaders are never iterated. Each
+    ``fit`` starts a new run (fresh probe sets and schedule) unless a checkpoint is resumed, which restores both
+    through :meth:`load_state_dict`.
+
     Args:
         every_n_epochs: measure every ``n`` completed epochs; ``None``: only at initialisation.
         epochs: explicit epochs to measure (``0`` = initialisation); overrides the other schedule arguments.
@@ -119,6 +128,15 @@ class SensitivityMonitor(Callback):
     Raises:
         TypeError / ValueError: for a bad argument, naming it and the value got.
         MisconfigurationException: in ``setup`` when a needed probe set has no data source.
+
+    Example::
+
+        class MyMonitor(SensitivityMonitor):
+            quantity = "logit_norm"
+
+            def _compute(self, model, probes, progress, epoch):
+                logits = predict_logits(model, probes["val"].inputs, self.chunk_size)
+                return Measurement(scalars={"sensitivity/logit_norm/val/mean": float(logits.norm(dim=1).mean())})
     """
 
     quantity: str = ""  # artifact folder and metric prefix `sensitivity/{quantity}/...`
@@ -153,13 +171,14 @@ class SensitivityMonitor(Callback):
         self.batch_transform = batch_transform
         self.forward_fn = forward_fn
         self.chunk_size = chunk_size
-        self._probes: dict[str, ProbeSet] = {}
+        self._explicit: dict[str, ProbeSet] = {}
         for split, data in ((VAL, val_data), (TRAIN, train_data)):
             if data is not None:
-                self._probes[split] = probe_set_from_tensors(data[0], data[1], num_samples, seed=seed)
+                self._explicit[split] = probe_set_from_tensors(data[0], data[1], num_samples, seed=seed)
+        self._probes: dict[str, ProbeSet] = dict(self._explicit)
         self._measured: set[int] = set()
         self._warned: set[str] = set()
-        self._summary_written = False
+        self._summary_writer_id: int | None = None
 
     # ---------------------------------------------------------------- for subclasses
     def _splits(self) -> tuple[frozenset[str], frozenset[str]]:
@@ -228,6 +247,18 @@ class SensitivityMonitor(Callback):
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if stage not in (TrainerFn.FITTING, TrainerFn.VALIDATING, TrainerFn.TESTING):
             return
+        if stage == TrainerFn.FITTING:
+            # A new run. A resumed run gets its probe sets and measured epochs back from `load_state_dict`, which
+            # Lightning calls after `setup`.
+            self._probes = dict(self._explicit)
+            self._measured.clear()
+            self._warned.clear()
+        if trainer.world_size > 1:
+            # The values are identical on every rank (same probe set, same weights), so `self.log` under
+            # validate/test does not sync them -- a collective there could hang if one rank failed to measure.
+            warnings.filterwarnings(
+                "ignore", message=r"It is recommended to use `self\.log\('sensitivity/", category=PossibleUserWarning
+            )
         required, _ = self._splits()
         missing = [s for s in sorted(required) if s not in self._probes and not has_source(trainer, pl_module, s)]
         if missing:
@@ -368,8 +399,8 @@ class SensitivityMonitor(Callback):
         writer = find_tensorboard_writer(trainer)
         if writer is None:
             return
-        if not self._summary_written:
-            self._summary_written = True
+        if self._summary_writer_id != id(writer):
+            self._summary_writer_id = id(writer)
             add_sensitivity_layout(writer, groups=self._layout_groups())
             config = {**self._config(), **{f"{s} probe size": len(p) for s, p in probes.items()}}
             rows = "\n".join(f"| {k} | {v} |" for k, v in config.items())
