@@ -278,3 +278,19 @@ def training_differences(a: FitRecord, b: FitRecord) -> list[str]:
 
 def sensitivity_keys(trainer: pl.Trainer) -> set[str]:
     return {k for k in trainer.callback_metrics if k.startswith(SENSITIVITY)}
+
+
+def report_figure(name: str, value: Any) -> None:
+    """Record a figure a test establishes (for ``docs/reliability.md``).
+
+    Printed (visible with ``pytest -s``) and, when ``RELIABILITY_FIGURES`` names a file, merged into that JSON file.
+    """
+    import json
+    import os
+
+    print(f"[reliability] {name} = {value}")
+    path = os.environ.get("RELIABILITY_FIGURES")
+    if path:
+        figures = json.loads(Path(path).read_text()) if Path(path).exists() else {}
+        figures[name] = value
+        Path(path).write_text(json.dumps(figures, indent=1, sort_keys=True))

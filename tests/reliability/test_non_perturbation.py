@@ -14,7 +14,7 @@ import lightning.pytorch as pl
 import numpy as np
 import pytest
 import torch
-from reliability._helpers import FitRecord, all_monitors, seeded_fit, training_differences
+from reliability._helpers import FitRecord, all_monitors, report_figure, seeded_fit, training_differences
 
 pytestmark = pytest.mark.slow
 
@@ -50,6 +50,9 @@ def test_monitors_leave_training_bitwise_identical(tmp_path, tmp_path_factory, n
         assert set(monitor.probe_sets) == ({"val"} if type(monitor).__name__ == "TransitionMonitor" else {"val", "train"})
     logged = {k for k in monitored.trainer.callback_metrics if k.startswith("sensitivity/")}
     assert len(logged) >= 25
+    report_figure(f"non-perturbation {net}: optimizer steps compared bitwise", monitored.trainer.global_step)
+    report_figure(f"non-perturbation {net}: state_dict tensors", len(monitored.module.state_dict()))
+    report_figure(f"non-perturbation {net}: train/val metric values", sum(map(len, monitored.metrics.values())))
 
 
 # ---------------------------------------------------------------- the comparison can fail
@@ -93,4 +96,5 @@ def test_a_disturbing_callback_is_detected(tmp_path, tmp_path_factory, kind):
     disturbed = seeded_fit(tmp_path, [Disturber(kind)], net="mlp", data={"expose_targets": False})
     diffs = set(training_differences(reference, disturbed))
     assert EXPECTED[kind] <= diffs, sorted(diffs)
+    report_figure(f"non-perturbation: disturber {kind} detected by", len(diffs))
 
