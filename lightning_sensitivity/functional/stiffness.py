@@ -17,7 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lightning_sensitivity.functional._gram import per_example_gram
+from lightning_sensitivity.functional._gram import layerwise_gram, per_example_gram
+from lightning_sensitivity.functional._layer_gram import LayerwiseUnsupported
 from lightning_sensitivity.functional._model import (
     Progress,
     check_chunk_size,
@@ -31,7 +32,9 @@ from lightning_sensitivity.functional._model import (
 )
 
 LossFn = Callable[[Tensor, Tensor], Tensor]
+GramMethod = Literal["auto", "layerwise", "per_example"]
 DISTANCES = ("cosine", "euclidean")
+GRAM_METHODS = ("auto", "layerwise", "per_example")
 
 
 def _gram_and_norms(
@@ -43,7 +46,10 @@ def _gram_and_norms(
     loss_fn: LossFn,
     chunk_size: int | None,
     progress: Progress | None,
+    method: str = "auto",
 ) -> tuple[Tensor, Tensor, Tensor]:
+    if method not in GRAM_METHODS:
+        raise ValueError(f"`method` expected one of {GRAM_METHODS}, got {method!r}")
     if not callable(loss_fn):
         raise TypeError(f"`loss_fn` expected a callable (logits, targets) -> loss, got {type(loss_fn).__name__}")
     check_chunk_size(chunk_size)
@@ -69,8 +75,18 @@ def _gram_and_norms(
         y2 = prepare_targets(targets2, x2.shape[0], name="targets2", inputs_name="inputs2")
         x2 = match_model(x2, params)
         y2 = y2.to(x2.device)
+    args = (model, params, buffers, x1, y1, x2, y2, loss_fn, chunk_size, progress)
     with measurement_context(model):
-        gram, sq1, sq2 = per_example_gram(model, params, buffers, x1, y1, x2, y2, loss_fn, chunk_size, progress)
+        if method == "per_example":
+            gram, sq1, sq2 = per_example_gram(*args)
+        else:
+            try:
+                gram, sq1, sq2 = layerwise_gram(*args)
+            except LayerwiseUnsupported as err:
+                if method == "layerwise":
+                    raise ValueError(f"`method='layerwise'` cannot handle this model: {err}") from None
+                # Exactness first: the generic engine handles any model, at the cost of per-example gradients.
+                gram, sq1, sq2 = per_example_gram(*args)
     return gram.detach(), sq1.detach(), sq2.detach()
 
 
@@ -84,6 +100,7 @@ def loss_gradient_gram(
     loss_fn: LossFn = F.cross_entropy,
     chunk_size: int | None = None,
     progress: Progress | None = None,
+    method: GramMethod = "auto",
 ) -> Tensor:
     """Dot products ``g_i . g_j`` of per-example loss gradients over all trainable parameters.
 
@@ -93,15 +110,25 @@ def loss_gradient_gram(
         inputs2, targets2: the second set (``[M, ...]``, ``[M]``); the first set again when None.
         loss_fn: ``loss_fn(logits, targets)`` returning the batch-mean loss (PyTorch's default reduction) or
             per-example losses; it is called on batches of one, so both give the example's own loss.
-        chunk_size: examples per block; memory is bounded by two blocks of per-example gradients.
+        chunk_size: examples per block; memory is bounded by two blocks (of layer activations and output
+            gradients, or of per-example gradients).
         progress: optional ``progress(done, total)`` called after each block.
+        method: ``"layerwise"`` runs one batched forward and backward pass per block and forms the Gram per layer
+            from layer inputs and output gradients (``(A A^T) * (D D^T)`` for a linear layer; for a convolution the
+            cheaper of that identity summed over positions and ``unfold`` gradients), never materialising
+            full per-example gradients; it recognises ``F.linear``, ``F.conv1d``/``F.conv2d``, eval-mode
+            ``F.batch_norm``, ``F.layer_norm`` and ``F.group_norm`` (so ``nn.Linear``, ``nn.Conv1d``/``2d``,
+            the norm layers) and checks itself against explicit gradients of two examples. ``"per_example"``
+            materialises per-example gradients with ``vmap(grad)`` and works for any model. ``"auto"``
+            (default) uses ``"layerwise"`` and falls back to ``"per_example"`` for models it does not cover.
 
     Returns:
         ``[N, M]`` Gram matrix in the model's dtype.
 
     Raises:
         ValueError: inputs/targets of the wrong rank or mismatched lengths, a model output that is not ``[N, C]``,
-            only one of ``inputs2``/``targets2`` given, a model without trainable parameters.
+            only one of ``inputs2``/``targets2`` given, a model without trainable parameters, an unknown
+            ``method``, or ``method="layerwise"`` for a model it does not cover.
         TypeError: arguments of the wrong type.
 
     Example:
@@ -109,7 +136,7 @@ def loss_gradient_gram(
         >>> loss_gradient_gram(model, torch.randn(5, 4), torch.randint(0, 3, (5,))).shape
         torch.Size([5, 5])
     """
-    return _gram_and_norms(model, inputs, targets, inputs2, targets2, loss_fn, chunk_size, progress)[0]
+    return _gram_and_norms(model, inputs, targets, inputs2, targets2, loss_fn, chunk_size, progress, method)[0]
 
 
 @dataclass(frozen=True)
@@ -143,6 +170,7 @@ def stiffness(
     loss_fn: LossFn = F.cross_entropy,
     chunk_size: int | None = None,
     progress: Progress | None = None,
+    method: GramMethod = "auto",
 ) -> Stiffness:
     """Sign and cosine stiffness between per-example loss gradients (Fort et al. 2019).
 
@@ -155,7 +183,9 @@ def stiffness(
         >>> s.sign.shape, float(s.sign_mean) <= 1.0
         (torch.Size([6, 6]), True)
     """
-    gram, sq1, sq2 = _gram_and_norms(model, inputs, targets, inputs2, targets2, loss_fn, chunk_size, progress)
+    gram, sq1, sq2 = _gram_and_norms(
+        model, inputs, targets, inputs2, targets2, loss_fn, chunk_size, progress, method
+    )
     norms = sq1.sqrt()[:, None] * sq2.sqrt()[None, :]
     cosine = torch.where(norms > 0, gram / norms.clamp_min(torch.finfo(gram.dtype).tiny), torch.zeros_like(gram))
     sign = torch.sign(gram)

@@ -1,0 +1,321 @@
+"""Layerwise Gram engine: ``g_i . g_j`` from one batched forward and backward pass, without per-example gradients.
+
+For a layer ``out = W a + b`` the per-example gradient is ``g_i(W) = sum_t delta_it a_it^T`` (``t`` runs over the
+positions that share the weight: sequence positions of a linear layer, output pixels of a convolution), so
+
+    g_i(W) . g_j(W) = sum_{t, s} (a_it . a_js) (delta_it . delta_js),
+
+which for one position is ``(A A^T) * (D D^T)`` -- ``N^2 (p + q)`` operations instead of ``N p q`` numbers per layer.
+``a`` are the layer inputs and ``delta`` the gradients of each example's own loss with respect to the layer output;
+both come out of a single batched pass on the *summed* per-example loss because, in eval mode, examples do not
+interact. Per call the engine picks the cheaper of that identity and the explicit per-example gradient (e.g.
+``unfold`` for a convolution with many output pixels); affine normalisation layers have small explicit gradients.
+
+Recognition happens at the operator level with a :class:`~torch.overrides.TorchFunctionMode`: every torch function
+that receives a trainable parameter must be one of ``F.linear``, ``F.conv1d``, ``F.conv2d`` (zero padding, any
+stride/dilation/groups), ``F.batch_norm`` (running statistics), ``F.layer_norm`` or ``F.group_norm``; anything
+else (a parametrisation, ``x @ W.T``, an embedding, a recurrent cell, batch statistics) raises
+:class:`LayerwiseUnsupported`, and the caller falls back to the generic ``vmap(grad)`` engine.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.func import vmap
+from torch.overrides import TorchFunctionMode
+from torch.utils._pytree import tree_flatten
+
+from lightning_sensitivity.functional._model import as_function, check_logits
+
+LossFn = Callable[[Tensor, Tensor], Tensor]
+
+_CONV = {F.conv1d: 1, F.conv2d: 2}
+_NORMS = (F.batch_norm, F.layer_norm, F.group_norm)
+# Losses whose batch-of-one value equals their ``reduction="none"`` entry for class-index targets.
+_UNREDUCIBLE = (F.cross_entropy, F.nll_loss)
+
+
+class LayerwiseUnsupported(Exception):
+    """The model uses a trainable parameter in a way the layerwise engine has no exact Gram for."""
+
+
+@dataclass
+class _Call:
+    """One use of trainable parameters by a recognised op, with what its Gram contribution needs."""
+
+    kind: str  # "linear" | "conv" | "norm"
+    weight: str | None  # trainable parameter names (None when absent or frozen)
+    bias: str | None
+    inputs: Tensor  # detached op input (the normalised input for "norm")
+    leaf: Tensor  # zeros added to the op output; its gradient is delta
+    options: dict = field(default_factory=dict)
+
+
+class _Capture(TorchFunctionMode):
+    def __init__(self, trainable: dict[str, Tensor]) -> None:
+        super().__init__()
+        self.names = {id(t): name for name, t in trainable.items()}
+        self.calls: list[_Call] = []
+
+    def _name(self, t: object) -> str | None:
+        return self.names.get(id(t)) if isinstance(t, Tensor) else None
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func is F.batch_norm and _arg(args, kwargs, 5, "training", False):
+            raise LayerwiseUnsupported("batch normalisation with batch statistics mixes the examples of a batch")
+        flat, _ = tree_flatten((args, kwargs))
+        used = [self._name(t) for t in flat if self._name(t) is not None]
+        if not used:
+            return func(*args, **kwargs)
+        if func is F.linear or func in _CONV:
+            return self._affine(func, args, kwargs, used)
+        if func in _NORMS:
+            return self._norm(func, args, kwargs, used)
+        out = func(*args, **kwargs)
+        if any(isinstance(t, Tensor) for t in tree_flatten(out)[0]):
+            raise LayerwiseUnsupported(f"trainable parameter {used[0]!r} is used by {_fn_name(func)}")
+        return out  # a query such as .shape or .dim() touches no value
+
+    def _record(self, kind, out, weight, bias, inputs, **options) -> Tensor:
+        leaf = torch.zeros_like(out, requires_grad=True)
+        self.calls.append(_Call(kind, weight, bias, inputs.detach(), leaf, options))
+        return out + leaf  # the sum, not ``out``: in-place ops after the layer must not alter delta
+
+    def _affine(self, func, args, kwargs, used) -> Tensor:
+        x, w = _arg(args, kwargs, 0, "input"), _arg(args, kwargs, 1, "weight")
+        b = _arg(args, kwargs, 2, "bias")
+        weight, bias = self._name(w), self._name(b)
+        if self._name(x) is not None or len(used) != (weight is not None) + (bias is not None):
+            raise LayerwiseUnsupported(f"trainable parameter {used[0]!r} is an input of {_fn_name(func)}")
+        out = func(*args, **kwargs)
+        if func is F.linear:
+            return self._record("linear", out, weight, bias, x)
+        dims = _CONV[func]
+        options = {
+            name: _arg(args, kwargs, pos, name, default)
+            for pos, name, default in ((3, "stride", 1), (4, "padding", 0), (5, "dilation", 1), (6, "groups", 1))
+        }
+        if isinstance(options["padding"], str):
+            if options["padding"] != "valid":
+                raise LayerwiseUnsupported(f"{_fn_name(func)} with padding={options['padding']!r}")
+            options["padding"] = 0
+        if dims == 1:  # a 1-D convolution is a 2-D one over a height of 1
+            x = x.unsqueeze(2)
+            heights = {"stride": 1, "padding": 0, "dilation": 1}
+            options = {k: (v if k == "groups" else (heights[k], _single(v))) for k, v in options.items()}
+        return self._record("conv", out, weight, bias, x, kernel=tuple(w.shape[2:]) if dims == 2 else (1, w.shape[2]),
+                            **options)  # fmt: skip
+
+    def _norm(self, func, args, kwargs, used) -> Tensor:
+        x = _arg(args, kwargs, 0, "input")
+        if func is F.batch_norm:
+            w, b = _arg(args, kwargs, 3, "weight"), _arg(args, kwargs, 4, "bias")
+            mean, var = _arg(args, kwargs, 1, "running_mean"), _arg(args, kwargs, 2, "running_var")
+            eps = _arg(args, kwargs, 7, "eps", 1e-5)
+            shape = (1, -1) + (1,) * (x.dim() - 2)
+            normalised = (x - mean.reshape(shape)) / torch.sqrt(var.reshape(shape) + eps)
+            lead = 2  # parameters live on the channel dimension 1
+        elif func is F.layer_norm:
+            shape = _arg(args, kwargs, 1, "normalized_shape")
+            w, b = _arg(args, kwargs, 2, "weight"), _arg(args, kwargs, 3, "bias")
+            normalised = F.layer_norm(x, shape, None, None, _arg(args, kwargs, 4, "eps", 1e-5))
+            lead = -len(tuple(shape))  # parameters cover the trailing normalised dimensions
+        else:
+            groups = _arg(args, kwargs, 1, "num_groups")
+            w, b = _arg(args, kwargs, 2, "weight"), _arg(args, kwargs, 3, "bias")
+            normalised = F.group_norm(x, groups, None, None, _arg(args, kwargs, 4, "eps", 1e-5))
+            lead = 2
+        weight, bias = self._name(w), self._name(b)
+        if self._name(x) is not None or len(used) != (weight is not None) + (bias is not None):
+            raise LayerwiseUnsupported(f"trainable parameter {used[0]!r} is an input of {_fn_name(func)}")
+        return self._record("norm", func(*args, **kwargs), weight, bias, normalised, lead=lead)
+
+
+def _arg(args, kwargs, pos: int, name: str, default=None):
+    return args[pos] if len(args) > pos else kwargs.get(name, default)
+
+
+def _single(v):
+    return v[0] if isinstance(v, (tuple, list)) else v
+
+
+def _fn_name(func) -> str:
+    return getattr(func, "__qualname__", None) or getattr(func, "__name__", repr(func))
+
+
+def per_example_losses(loss_fn: LossFn, logits: Tensor, y: Tensor) -> Tensor:
+    """``[n]`` losses, each ``loss_fn`` of a batch of one (so a batch-mean and an unreduced loss agree)."""
+
+    def single(logit: Tensor, target: Tensor) -> Tensor:
+        return loss_fn(logit.unsqueeze(0), target.unsqueeze(0)).sum()
+
+    if loss_fn in _UNREDUCIBLE and logits.dim() == 2 and y.dim() == 1 and not y.is_floating_point():
+        return loss_fn(logits, y, reduction="none")  # the same numbers, without vmap's overhead
+    try:
+        return vmap(single)(logits, y)
+    except Exception:  # a loss vmap cannot batch (data-dependent control flow, .item()): one call per example
+        return torch.stack([single(logits[i], y[i]) for i in range(logits.shape[0])])
+
+
+@dataclass
+class Features:
+    """What a chunk contributes to Gram blocks: explicit gradients ``flat`` and factor pairs ``kron``."""
+
+    flat: Tensor  # [n, K]
+    kron: list[tuple[Tensor, Tensor]]  # (A [n, T, p], D [n, T, q])
+
+
+def layer_features(
+    model: nn.Module,
+    trainable: dict[str, Tensor],
+    frozen: dict[str, Tensor],
+    buffers: dict[str, Tensor],
+    x: Tensor,
+    y: Tensor,
+    loss_fn: LossFn,
+    reference_rows: int,
+) -> Features:
+    """One batched forward and backward pass over a chunk, turned into Gram factors per trainable parameter.
+
+    ``reference_rows`` is the block size the factors will be multiplied at; it decides, identically for every
+    chunk, whether a call is kept as factor pairs or as explicit per-example gradients.
+
+    Raises:
+        LayerwiseUnsupported: the model uses a trainable parameter outside the recognised ops.
+    """
+    capture = _Capture(trainable)
+    with capture:
+        logits = check_logits(as_function(model)({**frozen, **trainable}, buffers, x))
+    calls = capture.calls
+    losses = per_example_losses(loss_fn, logits, y)
+    if not calls or not losses.requires_grad:
+        raise LayerwiseUnsupported("no trainable parameter reaches the loss through a recognised op")
+    deltas = torch.autograd.grad(losses.sum(), [c.leaf for c in calls], allow_unused=True)
+    n = x.shape[0]
+    uses: dict[str, int] = {}
+    for call in calls:
+        for name in (call.weight, call.bias):
+            if name is not None:
+                uses[name] = uses.get(name, 0) + 1
+    flat: dict[str, Tensor] = {}
+    kron: list[tuple[Tensor, Tensor]] = []
+    for call, delta in zip(calls, deltas):
+        if call.inputs.shape[0] != n or call.leaf.shape[0] != n:
+            # Per-example factors need the example index first; a sequence-first layout would mix them up.
+            raise LayerwiseUnsupported(f"a layer sees a batch of shape {tuple(call.inputs.shape)}, not [{n}, ...]")
+        delta = torch.zeros_like(call.leaf) if delta is None else delta.detach()
+        shared = uses.get(call.weight, 0) > 1 or uses.get(call.bias, 0) > 1
+        for name, piece in _pieces(call, delta, n, reference_rows, shared):
+            if isinstance(piece, tuple):
+                kron.append(piece)
+            else:
+                flat[name] = flat[name] + piece if name in flat else piece
+    columns = [flat[k] for k in sorted(flat)]  # a fixed order so that row and column chunks line up
+    return Features(torch.cat(columns, dim=1) if columns else x.new_zeros(n, 0), kron)
+
+
+def _pieces(call: _Call, delta: Tensor, n: int, reference_rows: int, shared: bool):
+    """``(parameter name, [n, k] gradient or (A, D) factor pair)`` for each trainable parameter of a call."""
+    if call.kind == "linear":
+        a = call.inputs.reshape(n, -1, call.inputs.shape[-1])
+        d = delta.reshape(n, -1, delta.shape[-1])
+        if call.weight is not None and call.bias is not None and not shared:
+            # The bias is a weight on a constant input 1: one factor pair covers both, no separate bias Gram.
+            a = torch.cat([a, a.new_ones(a.shape[0], a.shape[1], 1)], dim=2)
+            yield call.weight, _weight_piece(a, d, reference_rows, shared)
+            return
+        if call.bias is not None:
+            yield call.bias, d.sum(dim=1)
+        if call.weight is not None:
+            yield call.weight, _weight_piece(a, d, reference_rows, shared)
+    elif call.kind == "conv":
+        o = call.options
+        delta = delta.reshape(call.inputs.shape[0], delta.shape[1], -1, delta.shape[-1])  # 1-D: a height of 1
+        d = delta.reshape(n, delta.shape[1], -1)  # [n, q, T]
+        if call.bias is not None:
+            yield call.bias, d.sum(dim=2)
+        if call.weight is not None:
+            a, groups = call.inputs, o["groups"]
+            q, positions = d.shape[1], d.shape[2]
+            p = a.shape[1] // groups * o["kernel"][0] * o["kernel"][1]
+            if groups == 1 and not shared and _factor_pair_cheaper(reference_rows, positions, p, q):
+                cols = F.unfold(a, o["kernel"], dilation=o["dilation"], padding=o["padding"], stride=o["stride"])
+                yield call.weight, (cols.transpose(1, 2), d.transpose(1, 2))
+            else:
+                # Per-example weight gradients as the weight gradient of one convolution with the batch folded
+                # into the groups: no unfold buffer, and about the cost of the layer's forward pass.
+                grads = torch.nn.grad.conv2d_weight(
+                    a.reshape(1, -1, *a.shape[2:]),
+                    (n * q, a.shape[1] // groups, *o["kernel"]),
+                    delta.reshape(1, n * q, *delta.shape[2:]),
+                    stride=o["stride"],
+                    padding=o["padding"],
+                    dilation=o["dilation"],
+                    groups=n * groups,
+                )
+                yield call.weight, grads.reshape(n, -1)
+    else:
+        lead = call.options["lead"]
+        dims = tuple(range(1, delta.dim() + lead)) if lead < 0 else tuple(range(2, delta.dim()))
+        # ``sum(dim=())`` would reduce every dimension, so no positions means no sum.
+        def over_positions(t: Tensor) -> Tensor:
+            return (t.sum(dim=dims) if dims else t).reshape(n, -1)
+
+        if call.weight is not None:
+            yield call.weight, over_positions(delta * call.inputs)
+        if call.bias is not None:
+            yield call.bias, over_positions(delta)
+
+
+def _factor_pair_cheaper(rows: int, positions: int, p: int, q: int) -> bool:
+    """Whether the position-summed identity beats explicit gradients for a ``rows x rows`` block."""
+    identity_cost = rows * rows * positions * positions * (p + q)
+    explicit_cost = 2 * rows * positions * p * q + rows * rows * p * q
+    return identity_cost <= explicit_cost
+
+
+def _weight_piece(a: Tensor, d: Tensor, rows: int, shared: bool):
+    """Factor pair ``(A [n, T, p], D [n, T, q])`` when the position-summed identity is cheaper, else ``[n, q * p]``."""
+    _, positions, p = a.shape
+    q = d.shape[2]
+    if not shared and _factor_pair_cheaper(rows, positions, p, q):
+        return a, d
+    return torch.bmm(d.transpose(1, 2), a).reshape(a.shape[0], q * p)
+
+
+def cross(rows: Features, cols: Features) -> Tensor:
+    """Gram block ``[n_rows, n_cols]`` between two chunks' features."""
+    if rows.flat.shape[1] != cols.flat.shape[1] or len(rows.kron) != len(cols.kron):
+        raise LayerwiseUnsupported("the model took a different path for two chunks of examples")
+    block = rows.flat @ cols.flat.T
+    for (a1, d1), (a2, d2) in zip(rows.kron, cols.kron):
+        if a1.shape[1] == 1:
+            block += (a1[:, 0] @ a2[:, 0].T) * (d1[:, 0] @ d2[:, 0].T)
+        else:
+            n1, t1 = a1.shape[:2]
+            n2, t2 = a2.shape[:2]
+            prod = (a1.reshape(n1 * t1, -1) @ a2.reshape(n2 * t2, -1).T) * (d1.reshape(n1 * t1, -1) @ d2.reshape(n2 * t2, -1).T)
+            block += prod.reshape(n1, t1, n2, t2).sum(dim=(1, 3))
+    return block
+
+
+def select(features: Features, index: Tensor) -> Features:
+    """The features of some examples of a chunk."""
+    return Features(features.flat[index], [(a[index], d[index]) for a, d in features.kron])
+
+
+def squared_norms(features: Features) -> Tensor:
+    """``|g_i|^2`` of each example of a chunk."""
+    total = features.flat.pow(2).sum(dim=1)
+    for a, d in features.kron:
+        if a.shape[1] == 1:
+            total += a[:, 0].pow(2).sum(dim=1) * d[:, 0].pow(2).sum(dim=1)
+        else:
+            total += (torch.bmm(a, a.transpose(1, 2)) * torch.bmm(d, d.transpose(1, 2))).sum(dim=(1, 2))
+    return total
