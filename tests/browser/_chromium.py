@@ -149,9 +149,7 @@ class DevToolsPage:
             self.call("Page.enable")
             self.call("Runtime.enable")
             # --window-size sizes the window; the viewport (and the screenshots) must be exactly this size
-            width, height = window
-            self.call("Emulation.setDeviceMetricsOverride", width=width, height=height, deviceScaleFactor=1,
-                      mobile=False)  # fmt: skip
+            self.resize(*window)
         except BaseException:
             self.close()
             raise
@@ -186,6 +184,10 @@ class DevToolsPage:
     def call(self, method: str, **params: Any) -> dict[str, Any]:
         """Send a protocol command to the page's session and return its result."""
         return self._receive(self._send({"method": method, "params": params, "sessionId": self._session}))
+
+    def resize(self, width: int, height: int) -> None:
+        """Set the viewport (and so the screenshot) size."""
+        self.call("Emulation.setDeviceMetricsOverride", width=width, height=height, deviceScaleFactor=1, mobile=False)
 
     def goto(self, url: str) -> None:
         self.call("Page.navigate", url=url)
