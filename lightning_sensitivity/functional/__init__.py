@@ -7,6 +7,7 @@ chunks of ``chunk_size`` examples so memory is bounded by the chunk, and every f
 """
 
 from lightning_sensitivity.functional.jacobian import jacobian_norm
+from lightning_sensitivity.functional.jacobian_estimate import jacobian_norm_estimate
 from lightning_sensitivity.functional.stiffness import (
     Stiffness,
     class_stiffness,
@@ -20,6 +21,7 @@ from lightning_sensitivity.functional.transitions import TransitionCounts, trans
 
 __all__ = [
     "jacobian_norm",
+    "jacobian_norm_estimate",
     "ellipse_trajectories",
     "transition_counts",
     "TransitionCounts",
