@@ -202,7 +202,11 @@ def per_point(doc: Doc, data: dict, folder: Path) -> None:
 def transitions(doc: Doc, data: dict, folder: Path) -> None:
     r, cfg = data["results"], data["config"]
     ratios = r["test_over_train"]
-    held = None if ratios["activation"]["final"] is None else ratios["activation"]["final"] > 1
+    pvals = r.get("p_test_greater") or {}
+    p_final = (pvals.get("activation") or {}).get("final")
+    held = None if ratios["activation"]["final"] is None or p_final is None else bool(
+        ratios["activation"]["final"] > 1 and p_final < 0.05
+    )
     identical = r["runs"].get("identical_training")
     doc.add(
         "## 3. Transitions along ellipses through test vs training points (Novak et al. 2018)",
@@ -215,9 +219,13 @@ def transitions(doc: Doc, data: dict, folder: Path) -> None:
         f"{cfg['num_trajectories']} ellipses of {cfg['num_points']} points each, every epoch. Mode: {r['mode']}"
         + (f" (identical training in both runs: {fmt(identical)})" if identical is not None else "") + ".",
         "",
-        "| count per ellipse | test / train at init | test / train at final epoch |",
+        "| count per ellipse | test / train at init (p) | test / train at final epoch (p) |",
         "|---|---|---|",
-        *[f"| {name} | {fmt(v['init'])} | {fmt(v['final'])} |" for name, v in ratios.items()],
+        *[f"| {name} | {fmt(v['init'])} ({fmt((pvals.get(name) or {}).get('init'), 2)}) | {fmt(v['final'])} "
+          f"({fmt((pvals.get(name) or {}).get('final'), 2)}) |" for name, v in ratios.items()],
+        "",
+        "p: one-sided Mann-Whitney U test of more transitions per ellipse through test points than through training "
+        "points (different ellipses in the two groups).",
         "",
         "| epoch | " + " | ".join(f"{n} (test / train)" for n in ("activation", "region_changes", "prediction")) + " |",
         "|---|---|---|---|",
@@ -226,11 +234,19 @@ def transitions(doc: Doc, data: dict, folder: Path) -> None:
         cells = [f"{fmt(r['test'][f'{n}_mean'][i])} / {fmt(r['train'][f'{n}_mean'][i])}"
                  for n in ("activation", "region_changes", "prediction")]
         doc.add(f"| {epoch} | " + " | ".join(cells) + " |")
-    doc.add("", f"More activation transitions through test points than through training points after training: {verdict(held)}.", "")
+    doc.add("", f"Significantly more activation transitions through test points than through training points after "
+            f"training: {verdict(held)}.", "")
+    saturated = r["test"]["region_changes_mean"][-1]
+    if saturated is not None and saturated > 0.8 * (cfg["num_points"] - 1):
+        doc.add(f"**Caveat:** {fmt(saturated)} of the {cfg['num_points']} steps per ellipse change linear region, so "
+                "the region count is limited by the sampling resolution; the Hamming count of flipped units is not.", "")
     doc.figure(folder / "transitions.png", "Mean transitions per ellipse (± s.e.m.) through test points and through training points over training.")
     if held is False:
-        doc.add(f"**Differs from the paper:** possibly because training is short ({r['final_epoch']} epochs on "
-                f"{cfg['train_subset']} examples) and the number of ellipses is small ({cfg['num_trajectories']}).", "")
+        doc.add(f"**Differs from the paper:** the test/train difference here is within what the initialisation "
+                f"(where both groups are statistically alike) already shows. Possible reasons: training is short "
+                f"({r['final_epoch']} epochs on {cfg['train_subset']} examples), {cfg['num_trajectories']} ellipses per "
+                "group, and an ellipse through three MNIST images spends most of its length far from all three, where "
+                "the training points' neighbourhood no longer matters; the paper's trajectories and networks differ.", "")
     doc.run_info(data)
 
 
@@ -240,7 +256,6 @@ def stiffness(doc: Doc, data: dict, folder: Path) -> None:
     ref = r["by_lr"][f"{r['reference_lr']:g}"]
     diff = [v for v in ref["train_val"]["different_class_sign"] if v is not None]
     same_held = None if tv["same_class_sign"] is None else tv["same_class_sign"] > tv["different_class_sign"]
-    drop_held = None if len(diff) < 2 else diff[-1] < max(diff)
     first, last = r["critical_length_first_trained_epoch"], r["critical_length_final"]
     shrink_held = None if first is None or last is None else last < first
     rho, rho_s = r["spearman_lr_vs_critical_length"], r["spearman_lr_vs_train_val_sign"]
@@ -248,16 +263,16 @@ def stiffness(doc: Doc, data: dict, folder: Path) -> None:
         "## 4. Stiffness (Fort et al. 2019)",
         "",
         "**Paper:** gradient steps on one example help other examples of the same class more than examples of other "
-        "classes (class stiffness matrix with a positive diagonal); between-class stiffness falls as training "
-        "proceeds; stiffness falls with the input distance of the pair, and the distance where it reaches zero — the "
-        "dynamical critical length — shrinks during training and is smaller for larger learning rates; smaller "
-        "learning rates give higher stiffness at a given epoch.",
+        "classes (class stiffness matrices with a positive diagonal); stiffness falls with the input distance of the "
+        "pair, and the distance where it reaches zero — the dynamical critical length — decreases with training and is "
+        "smaller for larger learning rates; small learning rates lead to higher stiffness at a given epoch.",
         "",
         f"**Setting here:** MLP {cfg['width']}×{cfg['depth']}, plain SGD (momentum {cfg['momentum']}), batch "
         f"{cfg['batch_size']}, {cfg['train_subset']} MNIST examples, {cfg['max_epochs']} epochs, learning rates "
         f"{cfg['lrs']} (figures at {r['reference_lr']}). `StiffnessMonitor` every epoch on {cfg['probe_samples']} "
         f"training and {cfg['probe_samples']} test points, groups train_train and train_val, {cfg['distance']} input "
-        f"distance in {cfg['num_distance_bins']} bins.",
+        f"distance in {cfg['num_distance_bins']} bins; the critical length is the first distance where the binned "
+        "sign stiffness reaches zero (none when it never does).",
         "",
         "| train_val, lr " + fmt(r["reference_lr"]) + " | epoch 0 | final epoch |",
         "|---|---|---|",
@@ -265,13 +280,15 @@ def stiffness(doc: Doc, data: dict, folder: Path) -> None:
           ("sign_mean", "same_class_sign", "different_class_sign", "same_class_cosine", "different_class_cosine", "critical_length")],
         "",
         f"- Same-class stiffness above different-class stiffness at the end: {verdict(same_held)}.",
-        f"- Different-class sign stiffness below its peak by the end (peak {fmt(max(diff) if diff else None)}, final "
-        f"{fmt(diff[-1] if diff else None)}): {verdict(drop_held)}.",
-        f"- Critical length shrinks during training (first trained epoch {fmt(first)}, final {fmt(last)}): {verdict(shrink_held)}.",
+        f"- Different-class sign stiffness over training (described, not a verdict): {fmt(diff[0] if diff else None)} at "
+        f"initialisation, {fmt(diff[1] if len(diff) > 1 else None)} after one epoch, {fmt(diff[-1] if diff else None)} "
+        "at the end. At initialisation the softmax is nearly uniform, so the loss gradients of two examples of "
+        "different classes point in opposing output directions (anti-stiff); training moves them towards zero.",
+        f"- Critical length decreases during training (first trained epoch {fmt(first)}, final {fmt(last)}): {verdict(shrink_held)}.",
         f"- Larger learning rate → smaller final critical length (Spearman ρ over learning rates {fmt(rho)}): "
         f"{verdict(None if rho is None else rho < 0)}.",
-        f"- Smaller learning rate → higher final train_val stiffness (Spearman ρ of lr vs mean sign stiffness "
-        f"{fmt(rho_s)}): {verdict(None if rho_s is None else rho_s < 0)}.",
+        f"- Smaller learning rate → higher train_val stiffness at the final epoch (Spearman ρ of lr vs mean sign "
+        f"stiffness {fmt(rho_s)}): {verdict(None if rho_s is None else rho_s < 0)}.",
         "",
         "| learning rate | val acc | final train_val sign stiffness | final critical length |",
         "|---|---|---|---|",
@@ -281,15 +298,26 @@ def stiffness(doc: Doc, data: dict, folder: Path) -> None:
     )
     doc.figure(folder / "stiffness_class_matrices.png", f"Class sign-stiffness matrices at epochs {r['heatmap_epochs']} (lr {r['reference_lr']}).")
     doc.figure(folder / "stiffness_same_vs_different.png", "Same-class vs different-class stiffness over training.")
-    doc.figure(folder / "stiffness_by_distance.png", "Left: sign stiffness vs input distance per epoch (× = critical length). Right: critical length over training per learning rate.")
-    failed = [name for name, h in (("class structure", same_held), ("between-class decline", drop_held),
-                                   ("shrinking critical length", shrink_held),
-                                   ("learning-rate effect", None if rho is None else rho < 0)) if h is False]
+    doc.figure(folder / "stiffness_by_distance.png", "Left: sign stiffness vs input distance per epoch (× = critical length). Right: critical length over training per learning rate (gaps: no zero crossing).")
+    failed = [name for name, h in (("class structure", same_held), ("critical length over training", shrink_held),
+                                   ("learning rate vs critical length", None if rho is None else rho < 0),
+                                   ("learning rate vs stiffness", None if rho_s is None else rho_s < 0)) if h is False]
     if failed:
-        doc.add(f"**Where this differs from the paper ({', '.join(failed)}) and why it may:** the runs are short "
-                f"({cfg['max_epochs']} epochs on {cfg['train_subset']} examples), each matrix cell averages only about "
-                f"{max(1, cfg['probe_samples'] // 10) ** 2} pairs, and the critical length is read from a binned curve "
-                f"of {cfg['probe_samples']}² pairs, so epoch-to-epoch noise is comparable to the trends.", "")
+        doc.add(
+            f"**Where this differs from the paper ({', '.join(failed)}) and why it may:** here the binned sign "
+            "stiffness of trained nets drops to about zero at intermediate distances and then hovers there, so its "
+            "first zero crossing is decided by noise (the curve can even miss zero in one epoch and cross it far out "
+            "in the next: see the gaps and jumps in the right panel). What moves the crossing outwards over training "
+            "and with larger learning rates is the loss of the strong anti-stiffness of far-apart (mostly "
+            "different-class) pairs that the near-uniform softmax produces at initialisation; with a smaller learning "
+            "rate that initial anti-stiffness simply persists longer within the "
+            f"{cfg['max_epochs']} epochs, which also makes its mean stiffness lower rather than higher. The runs are "
+            f"short ({cfg['max_epochs']} epochs on {cfg['train_subset']} examples, {cfg['probe_samples']} probe points "
+            "per set, so each class cell averages a few hundred pairs), the distance is the cosine distance of the "
+            "normalised pixels, and the paper's critical-length curves come from longer training of larger models; "
+            "any of these may explain the difference.",
+            "",
+        )
     doc.run_info(data)
 
 

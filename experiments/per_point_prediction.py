@@ -51,12 +51,12 @@ def plot(per_epoch: list[dict], final: Any, path: Path) -> None:
     fig, axes = C.new_figure(ncols=2)
     norms, correct = final.arrays["val_norms"].astype(float), final.arrays["val_correct"].astype(bool)
     ax = axes[0, 0]
-    positive = norms[norms > 0]
-    bins = np.geomspace(max(positive.min(), 1e-6), positive.max(), 40) if positive.size else 40
-    ax.hist(norms[correct], bins=bins, density=True, alpha=0.6, label=f"correct (n={int(correct.sum())})")
-    ax.hist(norms[~correct], bins=bins, density=True, alpha=0.6, label=f"misclassified (n={int((~correct).sum())})")
-    ax.set_xscale("log")
-    ax.set_xlabel("Jacobian norm at the test point")
+    # densities over log10(norm): the norms span orders of magnitude (the softmax saturates at confident points)
+    logs = np.log10(np.clip(norms, np.finfo(float).tiny, None))
+    bins = np.linspace(logs.min(), logs.max(), 40) if logs.size and logs.max() > logs.min() else 40
+    ax.hist(logs[correct], bins=bins, density=True, alpha=0.6, label=f"correct (n={int(correct.sum())})")
+    ax.hist(logs[~correct], bins=bins, density=True, alpha=0.6, label=f"misclassified (n={int((~correct).sum())})")
+    ax.set_xlabel("log10 Jacobian norm at the test point")
     ax.set_ylabel("density")
     ax.set_title(f"epoch {final.epoch}", fontsize=9)
     ax.legend(fontsize=7)

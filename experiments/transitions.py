@@ -51,6 +51,22 @@ def train_once(args: Any, cfg: dict, run_name: str, probe: tuple) -> tuple[Any, 
     return outcome, C.artifacts(outcome.log_dir, "transitions")
 
 
+def compare(test_found: list[Any], train_found: list[Any], train_prefix: str) -> dict[str, dict]:
+    """One-sided Mann-Whitney U test of "more transitions through test points" at initialisation and at the end."""
+    from scipy.stats import mannwhitneyu
+
+    out: dict[str, dict] = {}
+    for name in COUNTS:
+        out[name] = {}
+        for when, i in (("init", 0), ("final", -1)):
+            a, b = test_found[i].arrays.get(name), train_found[i].arrays.get(train_prefix + name)
+            if a is None or b is None:
+                out[name][when] = None
+                continue
+            out[name][when] = float(mannwhitneyu(a, b, alternative="greater").pvalue)
+    return out
+
+
 def series(found: list[Any], prefix: str = "") -> dict[str, list]:
     """Per-epoch mean and standard error of each count over the trajectories."""
     out: dict[str, list] = {"epoch": [a.epoch for a in found]}
@@ -91,9 +107,11 @@ def main(argv: list[str] | None = None) -> None:
     runs = {"through_test": {"final_train_loss": outcome.metrics.get("train/loss"), "fit_seconds": round(outcome.seconds, 1)}}
     if all("train_activation" in a.arrays or "train_prediction" in a.arrays for a in found):
         train, mode = series(found, prefix="train_"), "one run, the monitor's own training-point trajectories"
+        p_values = compare(found, found, "train_")
     else:
         outcome_b, found_b = train_once(args, cfg, "through_train", None)
         train, mode = series(found_b), "two identically seeded runs (test-point and training-point probe sets)"
+        p_values = compare(found, found_b, "")
         runs["through_train"] = {"final_train_loss": outcome_b.metrics.get("train/loss"), "fit_seconds": round(outcome_b.seconds, 1)}
         runs["identical_training"] = runs["through_train"]["final_train_loss"] == runs["through_test"]["final_train_loss"]
     plot(test, train, args.out / "transitions.png")
@@ -104,6 +122,7 @@ def main(argv: list[str] | None = None) -> None:
         "test": test,
         "train": train,
         "final_epoch": test["epoch"][-1],
+        "p_test_greater": p_values,
         "test_over_train": {name: {"init": ratio(test, train, name, 0), "final": ratio(test, train, name, -1)} for name in COUNTS},
         "final_accuracy": {"val": outcome.metrics.get("val/acc"), "train": outcome.metrics.get("train/acc")},
     }
