@@ -248,7 +248,9 @@ def git_state() -> dict[str, Any]:
             return None
 
     dirty = git("status", "--porcelain", "--", "lightning_sensitivity", "experiments/*.py", "experiments/configs")
-    return {"commit": git("rev-parse", "--short", "HEAD"), "uncommitted_changes": None if dirty is None else bool(dirty)}
+    files = None if dirty is None else [line[3:] for line in dirty.splitlines()]
+    return {"commit": git("rev-parse", "--short", "HEAD"), "uncommitted_changes": None if files is None else bool(files),
+            "uncommitted_files": files}
 
 
 def write_results(args: argparse.Namespace, start: float, config: Mapping[str, Any], results: Mapping[str, Any]) -> Path:

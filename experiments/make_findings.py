@@ -71,7 +71,10 @@ def _commit(data: dict) -> str:
     state = data.get("git") or {}
     if not state.get("commit"):
         return ""
-    return f", repository at {state['commit']}" + (" with uncommitted changes" if state.get("uncommitted_changes") else "")
+    files = state.get("uncommitted_files") or []
+    changed = f" plus uncommitted edits to {', '.join(f'`{f}`' for f in files)}" if files else (
+        " with uncommitted changes" if state.get("uncommitted_changes") else "")
+    return f", repository at {state['commit']}{changed}"
 
 
 def jacobian(doc: Doc, data: dict, folder: Path) -> None:
