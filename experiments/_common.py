@@ -243,7 +243,8 @@ def git_state() -> dict[str, Any]:
 
     def git(*cmd: str) -> str | None:
         try:
-            return subprocess.run(["git", *cmd], cwd=REPO, capture_output=True, text=True, timeout=10, check=True).stdout.strip()
+            # only trailing whitespace: porcelain lines start with a meaningful space (" M path")
+            return subprocess.run(["git", *cmd], cwd=REPO, capture_output=True, text=True, timeout=10, check=True).stdout.rstrip()
         except (OSError, subprocess.SubprocessError):
             return None
 
