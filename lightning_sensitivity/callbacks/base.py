@@ -6,6 +6,7 @@ A subclass says which probe sets it needs and turns a model plus probe tensors i
 
 from __future__ import annotations
 
+import contextlib
 import math
 import warnings
 from collections.abc import Callable, Sequence
@@ -344,9 +345,10 @@ class SensitivityMonitor(Callback):
         on_device = {split: p.to(device) for split, p in probes.items()}
         enabled = trainer.is_global_zero and getattr(trainer.progress_bar_callback, "is_enabled", False)
         progress = progress_factory(f"{type(self).__name__} epoch {epoch}", enabled)
-        result = self._attempt(
-            self.quantity, lambda: self._compute(self._model(pl_module), on_device, progress, epoch), epoch
-        )
+        with _eager():
+            result = self._attempt(
+                self.quantity, lambda: self._compute(self._model(pl_module), on_device, progress, epoch), epoch
+            )
         if result is None:
             return
         scalars = {k: float(v) for k, v in result.scalars.items()}
@@ -425,6 +427,13 @@ class SensitivityMonitor(Callback):
         if log_dir is None:
             return
         save_artifact(log_dir, self.quantity, epoch, step, result.arrays, {**self._config(), **result.meta})
+
+
+def _eager() -> contextlib.AbstractContextManager[Any]:
+    """Run ``torch.compile``'d submodules eagerly: their compiled graphs cannot be differentiated through
+    ``torch.func`` with swapped parameters, and the original forward is what should be measured."""
+    set_stance = getattr(torch.compiler, "set_stance", None)
+    return set_stance("force_eager") if set_stance is not None else contextlib.nullcontext()
 
 
 def predict_logits(model: nn.Module, inputs: Tensor, chunk_size: int | None = None) -> Tensor:

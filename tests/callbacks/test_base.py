@@ -331,3 +331,16 @@ def test_progress_bar_only_for_long_measurements(capsys):
 def test_base_class_is_exported():
     assert issubclass(JacobianNormMonitor, SensitivityMonitor)
     assert "lightning_sensitivity.callbacks" in sys.modules
+
+
+def test_compiled_submodule_is_measured_eagerly():
+    from lightning_sensitivity.callbacks.base import _eager
+
+    plain = TinyModule()
+    compiled = TinyModule(torch.compile(plain.net))
+    monitor = JacobianNormMonitor(num_samples=20)
+    probes = {"val": _probe()}
+    expected = monitor._compute(plain, probes, progress_factory("t", False), 0).arrays["val_norms"]
+    with _eager():
+        got = monitor._compute(monitor._model(compiled), probes, progress_factory("t", False), 0).arrays["val_norms"]
+    torch.testing.assert_close(got, expected)
