@@ -1,0 +1,122 @@
+"""Issue 6.4 -- precision: under ``bf16-mixed`` / ``16-mixed`` training the monitors measure in float32, outside
+autocast, and get what a float64 loop computes from the same weights.
+
+The tolerance (1e-5 of the largest norm) is tight enough to fail if a measurement ran under the training's autocast: the test
+also computes the Jacobian norms under autocast and checks that they miss the float64 values by far more.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from typing import Any
+
+import lightning.pytorch as pl
+import oracles
+import pytest
+import torch
+from reliability._helpers import ReliableData, ReliableModule, make_trainer, report_figure
+
+from lightning_sensitivity import JacobianNormMonitor, StiffnessMonitor, TransitionMonitor
+from lightning_sensitivity.callbacks import SensitivityWarning
+from lightning_sensitivity.logging import load_artifacts
+
+pytestmark = pytest.mark.slow
+
+TOLERANCE = 1e-5
+DTYPES = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}
+
+
+class DtypeModule(ReliableModule):
+    """Records the dtype of the logits seen in training, to prove that autocast was on."""
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        self.train_dtype = self(batch[0]).dtype
+        return super().training_step(batch, batch_idx)
+
+
+class WeightsSpy(pl.Callback):
+    def __init__(self) -> None:
+        self.weights: dict[int, dict[str, torch.Tensor]] = {}
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.weights[0] = copy.deepcopy(pl_module.state_dict())
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.weights[trainer.current_epoch + 1] = copy.deepcopy(pl_module.state_dict())
+
+
+def float64_net(weights: dict[str, torch.Tensor]) -> torch.nn.Module:
+    module = ReliableModule("mlp")
+    module.load_state_dict(weights)
+    return module.net.double().eval()
+
+
+def autocast_jacobian_norms(net: torch.nn.Module, inputs: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    net = copy.deepcopy(net).float().eval()
+    norms = []
+    with torch.autocast("cpu", dtype=dtype):
+        for x in inputs.float():
+            jac = torch.autograd.functional.jacobian(lambda z: net(z.unsqueeze(0)).softmax(-1)[0], x)
+            norms.append(jac.double().pow(2).sum().sqrt())
+    return torch.stack(norms)
+
+
+def precision_options(precision: str) -> dict[str, Any]:
+    if precision == "16-mixed":
+        # `Trainer(precision="16-mixed")` silently becomes "bf16-mixed" on CPU; the plugin runs fp16 autocast.
+        from lightning.pytorch.plugins.precision import MixedPrecision
+
+        return {"plugins": [MixedPrecision("16-mixed", "cpu", scaler=torch.amp.GradScaler("cpu"))]}
+    return {"precision": precision}
+
+
+def scaled_error(got: torch.Tensor, expected: torch.Tensor) -> float:
+    """Largest deviation relative to the largest norm (per-point ratios blow up on near-zero softmax Jacobians)."""
+    return float((got - expected).abs().max() / expected.abs().max())
+
+
+@pytest.mark.parametrize("precision", sorted(DTYPES))
+def test_mixed_precision_training_is_measured_in_float32(tmp_path, precision):
+    monitors = [
+        JacobianNormMonitor(num_samples=12),
+        StiffnessMonitor(num_samples=12, groups=("val_val",)),
+        TransitionMonitor(num_samples=12, num_trajectories=3, num_points=12),
+    ]
+    spy = WeightsSpy()
+    pl.seed_everything(0, verbose=False)
+    module = DtypeModule("mlp")
+    try:
+        trainer = make_trainer(tmp_path, [*monitors, spy], max_epochs=2, **precision_options(precision))
+    except Exception as err:  # e.g. a Lightning/torch build without CPU autocast for this dtype
+        pytest.skip(f"precision={precision!r} is not available on this CPU: {err}")
+    assert trainer.precision == precision
+    with pytest.warns() as record:
+        trainer.fit(module, datamodule=ReliableData())
+    assert not [w for w in record if issubclass(w.category, SensitivityWarning)]
+    assert module.train_dtype == DTYPES[precision]  # training really ran under autocast
+
+    scalars = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("sensitivity/")}
+    assert len(scalars) >= 15 and all(math.isfinite(v) for v in scalars.values())
+    artifacts = {(a.quantity, a.epoch): a for a in load_artifacts(trainer.logger.log_dir)}
+    probe = monitors[0].probe_sets["val"]
+    worst, autocast_error = 0.0, float("inf")
+    for epoch, weights in spy.weights.items():
+        net = float64_net(weights)
+        expected = oracles.jacobian_norm_loop(net, probe.inputs.double())
+        got = torch.as_tensor(artifacts["jacobian_norm", epoch].arrays["val_norms"], dtype=torch.float64)
+        error = scaled_error(got, expected)
+        assert error < TOLERANCE, (epoch, error)
+        worst = max(worst, error)
+        under_autocast = autocast_jacobian_norms(net, probe.inputs, DTYPES[precision])
+        autocast_error = min(autocast_error, scaled_error(under_autocast, expected))
+
+        stiff_probe = monitors[1].probe_sets["val"]
+        reference = oracles.stiffness_loop(net, stiff_probe.inputs.double(), stiff_probe.targets)
+        logged = artifacts["stiffness", epoch].arrays
+        assert float(logged["val_val/cosine_mean"]) == pytest.approx(reference["cosine_mean"], rel=1e-4, abs=1e-6)
+        assert float(logged["val_val/sign_mean"]) == pytest.approx(reference["sign_mean"], abs=1e-12)
+    # the tolerance is sharp: a measurement under autocast would have failed it
+    assert autocast_error > 5 * TOLERANCE
+    report_figure(f"precision {precision}: max error of Jacobian norms vs float64 (relative to the largest)", worst)
+    report_figure(f"precision {precision}: the same error had it run under autocast", autocast_error)
