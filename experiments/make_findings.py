@@ -355,6 +355,11 @@ def main(argv: list[str] | None = None) -> None:
         "(a few thousand training examples, CPU, minutes), so they test the direction of each published effect, not "
         "its size. Total wall time of the runs: " + fmt(total, 4) + " s.",
         "",
+        "Reproduce: run each script below with its defaults (the command is given under each section), then "
+        "`python experiments/make_findings.py`. Every training run leaves a TensorBoard log directory with the "
+        "callbacks' artifacts in `experiments/output/<script>/logs/<run>/version_0`; "
+        "`python -m lightning_sensitivity.report <that directory>` re-plots any of them.",
+        "",
     )
     if any(d["quick"] for d in loaded.values()):
         doc.add("> **Warning:** some results come from `--quick` smoke-test runs (tiny data, one epoch); they say "
