@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import SHARED_DATA
+from helpers import SHARED_DATA
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from models._synthetic import write_cifar10, write_cifar100

@@ -6,7 +6,7 @@
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import assert_unchanged, state_snapshot
+from helpers import assert_unchanged, state_snapshot
 from oracles import gram_loop
 from torch import nn
 

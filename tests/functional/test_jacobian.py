@@ -1,6 +1,6 @@
 import pytest
 import torch
-from conftest import assert_unchanged, state_snapshot
+from helpers import assert_unchanged, state_snapshot
 from oracles import jacobian_norm_loop
 from torch import nn
 

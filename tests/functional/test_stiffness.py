@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import assert_unchanged, state_snapshot
+from helpers import assert_unchanged, state_snapshot
 from oracles import by_distance_loop, class_mean_loop, gram_loop, stiffness_loop
 from torch import nn
 
@@ -78,7 +78,7 @@ def test_stiffness_matches_naive_loop(model_and_shape, two_sets):
 
 def test_stiffness_model_untouched_under_inference_mode():
     torch.manual_seed(7)
-    from conftest import bn_dropout_cnn
+    from helpers import bn_dropout_cnn
 
     model = bn_dropout_cnn()
     model.train()

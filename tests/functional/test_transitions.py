@@ -1,7 +1,7 @@
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import assert_unchanged, state_snapshot
+from helpers import assert_unchanged, state_snapshot
 from oracles import transitions_loop
 from torch import nn
 
@@ -29,7 +29,7 @@ def test_matches_naive_loop(chunk_size):
 
 
 def test_cnn_with_batchnorm_and_dropout_matches_naive_loop():
-    from conftest import bn_dropout_cnn
+    from helpers import bn_dropout_cnn
 
     torch.manual_seed(1)
     model = bn_dropout_cnn().double()

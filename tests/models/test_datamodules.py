@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import SHARED_DATA
+from helpers import SHARED_DATA
 
 from lightning_sensitivity.models import (
     CIFAR10DataModule,

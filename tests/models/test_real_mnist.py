@@ -6,7 +6,7 @@ import math
 
 import lightning.pytorch as pl
 import pytest
-from conftest import SHARED_DATA
+from helpers import SHARED_DATA
 from lightning.pytorch.loggers import TensorBoardLogger
 
 from lightning_sensitivity import JacobianNormMonitor, StiffnessMonitor, TransitionMonitor
