@@ -214,8 +214,11 @@ def transitions(doc: Doc, data: dict, folder: Path) -> None:
     doc.add(
         "## 3. Transitions along ellipses through test vs training points (Novak et al. 2018)",
         "",
-        "**Paper:** trained networks are less sensitive near the training data: trajectories through training points "
-        "cross fewer linear-region boundaries than trajectories through test points.",
+        "**Paper:** trained networks are less sensitive near the training data than near other inputs; along "
+        "ellipses through data points, the paper counts the transitions of the ReLU activation pattern (and of linear "
+        "regions and predictions) as its second sensitivity measure. Expected here: fewer transitions along ellipses "
+        "through training points than through test points once the network is trained (section 1 makes the same "
+        "comparison with the Jacobian norm at the points themselves).",
         "",
         f"**Setting here:** MLP {cfg['width']}×{cfg['depth']} (ReLU, {fmt(r['num_units'])} hidden units), lr {cfg['lr']}, "
         f"{cfg['train_subset']} MNIST examples, {r['final_epoch']} epochs. `TransitionMonitor` with "
@@ -248,8 +251,10 @@ def transitions(doc: Doc, data: dict, folder: Path) -> None:
         doc.add(f"**Differs from the paper:** the test/train difference here is within what the initialisation "
                 f"(where both groups are statistically alike) already shows. Possible reasons: training is short "
                 f"({r['final_epoch']} epochs on {cfg['train_subset']} examples), {cfg['num_trajectories']} ellipses per "
-                "group, and an ellipse through three MNIST images spends most of its length far from all three, where "
-                "the training points' neighbourhood no longer matters; the paper's trajectories and networks differ.", "")
+                "group, and — probably the main reason — an ellipse through three MNIST images spends almost all of its "
+                "length far from the three anchors, so a per-ellipse total dilutes whatever happens near them; the "
+                "paper looks at how transitions and sensitivity vary along the trajectory. `TransitionMonitor` saves "
+                "per-ellipse totals only, so that local view is not available from its artifacts.", "")
     doc.run_info(data)
 
 
