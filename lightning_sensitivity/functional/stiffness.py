@@ -189,6 +189,10 @@ def stiffness(
     norms = sq1.sqrt()[:, None] * sq2.sqrt()[None, :]
     cosine = torch.where(norms > 0, gram / norms.clamp_min(torch.finfo(gram.dtype).tiny), torch.zeros_like(gram))
     sign = torch.sign(gram)
+    # torch.sign(nan) is 0 and `nan > 0` is False: without this a diverged model would report a stiffness of 0.
+    broken = ~(gram.isfinite() & norms.isfinite())
+    sign = sign.masked_fill(broken, float("nan"))
+    cosine = cosine.masked_fill(broken, float("nan"))
     self_pairs = inputs2 is None
     mask = _pair_mask(gram, self_pairs)
     return Stiffness(
@@ -347,7 +351,8 @@ def stiffness_by_distance(
     # Bin b holds edges[b] <= d < edges[b + 1]; the last bin also takes d == edges[-1].
     index = (torch.bucketize(dist[mask], edges, right=True) - 1).clamp(0, num_bins - 1)
     count = torch.bincount(index, minlength=num_bins)
-    total = torch.bincount(index, weights=values[mask], minlength=num_bins)
+    # index_add_ rather than a weighted bincount, which returns an integer tensor when there is no pair at all.
+    total = torch.zeros(num_bins, dtype=torch.float64, device=dist.device).index_add_(0, index, values[mask])
     mean = torch.where(count > 0, total / count.clamp_min(1), torch.full_like(total, float("nan")))
     return edges, mean, count
 

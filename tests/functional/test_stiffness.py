@@ -184,3 +184,20 @@ def test_no_trainable_parameters():
     model = nn.Linear(4, 3).requires_grad_(False)
     with pytest.raises(ValueError, match="trainable parameters"):
         loss_gradient_gram(model, torch.randn(3, 4), torch.tensor([0, 1, 2]))
+
+
+def test_non_finite_gradients_give_nan_not_zero_stiffness():
+    model = nn.Linear(3, 2)
+    with torch.no_grad():
+        model.weight.fill_(float("nan"))
+    s = stiffness(model, torch.randn(4, 3), torch.tensor([0, 1, 0, 1]))
+    assert torch.isnan(s.sign).all() and torch.isnan(s.cosine).all()
+    assert torch.isnan(s.sign_mean) and torch.isnan(s.cosine_mean)
+
+
+@pytest.mark.parametrize(
+    "matrix, inputs", [(torch.full((3, 3), float("nan")), torch.randn(3, 4)), (torch.ones(1, 1), torch.randn(1, 4))]
+)
+def test_by_distance_without_any_finite_pair_is_all_nan(matrix, inputs):
+    edges, mean, count = stiffness_by_distance(matrix, inputs, num_bins=5)
+    assert edges.shape == (6,) and torch.isnan(mean).all() and count.sum() == 0
