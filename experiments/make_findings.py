@@ -131,6 +131,18 @@ def jacobian(doc: Doc, data: dict, folder: Path) -> None:
                 f"{verdict(d['holds_in_majority'] if d['total'] else None)}"
                 f"{' (but a small effect: median change under 10%)' if small else ''} |")
     doc.add("")
+    runs_by = {(run["base"], run["variant"]): run for run in r["runs"]}
+    for variant, d in direction.items():
+        sign = 1 if d["expected"] == "larger norm" else -1
+        against = [p for p in d["pairs"] if (p["norm_ratio"] - 1) * sign <= 0]
+        if against:
+            notes = []
+            for p in against:
+                run = runs_by[(p["base"], variant)]
+                notes.append(f"base {p['base']} (ratio {fmt(p['norm_ratio'])}; that run ended after {run['epochs']} "
+                             f"epochs at training accuracy {fmt(run['train_acc'])})")
+            doc.add(f"- {variant}, bases against the paper's direction: {'; '.join(notes)}.")
+    doc.add("")
     doc.figure(folder / "jacobian_directions.png", "Test Jacobian norm of each variant divided by its baseline's (same base configuration).")
     near = summary["train_below_test_norm"] > summary["num_runs"] / 2
     doc.add(
@@ -146,6 +158,16 @@ def jacobian(doc: Doc, data: dict, folder: Path) -> None:
         doc.add(f"| {run['run']} | {run['width']}×{run['depth']} | {fmt(run['lr'])} | {batch} | {run['epochs']} | "
                 f"{fmt(run['train_acc'])} | {fmt(run['test_acc'])} | {fmt(run['gap_acc'])} | {fmt(run['jacobian_test_mean'])} |")
     doc.add("")
+    true_labels = corr.get("jacobian_vs_gap_acc_true_labels")
+    if true_labels and true_labels["spearman"] is not None:
+        doc.add(
+            f"**Caveats:** the random-label runs sit far from the others on both axes and carry much of the "
+            f"correlation: without them ρ = {fmt(true_labels['spearman'])} (p = {fmt(true_labels['spearman_p'], 2)}, "
+            f"n = {true_labels['n']}). The comparisons are paired within one base configuration, but each is a single "
+            f"seed; runs stop at a training-accuracy target, so variants differ in the number of epochs and steps "
+            f"they get (full-batch runs: many epochs but one step each).",
+            "",
+        )
     differs = [v for v, d in direction.items() if d["total"] and not d["holds_in_majority"]]
     if held is False or differs:
         doc.add(
