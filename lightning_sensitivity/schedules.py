@@ -14,7 +14,7 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 Schedule = Callable[[int], bool]
@@ -95,7 +95,14 @@ def at_epochs(epochs: Iterable[int]) -> Schedule:
         TypeError: ``epochs`` is not an iterable of ints (a string or a single int is refused).
         ValueError: a negative epoch.
     """
-    if isinstance(epochs, (str, bytes)) or not isinstance(epochs, Iterable):
+    # A mapping would contribute its keys, a tensor or array its 0-d elements (and a 0-d one cannot be iterated):
+    # refused here, with the argument's name, rather than half-accepted.
+    if (
+        isinstance(epochs, (str, bytes, Mapping))
+        or not isinstance(epochs, Iterable)
+        or hasattr(epochs, "__array__")
+        or hasattr(epochs, "__dlpack__")
+    ):
         raise TypeError(f"`epochs` expected a sequence of non-negative ints, got {type(epochs).__name__} {epochs!r}")
     values = list(epochs)
     for e in values:

@@ -41,6 +41,9 @@ _DRAW_HINT = (
     "the probe tensors directly with `val_data=(inputs, targets)` / `train_data=(inputs, targets)`."
 )
 _OUTPUT_HINT = "Check that the log directory is writable; the scalars were logged."
+# Strategies that shard or flatten the parameters: one rank cannot evaluate the whole model by `functional_call`.
+# Matched by class name along the MRO, so subclasses count and the optional packages are never imported.
+UNSUPPORTED_STRATEGIES = ("FSDPStrategy", "XLAFSDPStrategy", "DeepSpeedStrategy", "ModelParallelStrategy")
 
 
 class SensitivityWarning(UserWarning):
@@ -104,6 +107,10 @@ class SensitivityMonitor(Callback):
     ``trainer.global_step`` and into ``trainer.callback_metrics``; under ``validate``/``test`` through
     ``pl_module.log`` so they are part of the returned dict. Images, histograms and artifacts are written by rank 0
     only, at the same step. Every rank computes (there is no collective), so nothing can hang under DDP.
+
+    Unsupported setups disable the monitor for the run, with one warning, and training goes on: strategies that shard
+    the parameters (FSDP, DeepSpeed, model parallel; see :data:`UNSUPPORTED_STRATEGIES`) and optimizers training
+    tensors that are not registered parameters of the module (``functional_call`` cannot reach them).
 
     Probe sets are drawn lazily at the first measurement by indexing the datasets behind the trainer's loaders
     (explicit ``val_data``/``train_data``; a datamodule's ``train_eval_dataset`` -- un-augmented training examples --
@@ -179,6 +186,7 @@ class SensitivityMonitor(Callback):
         self._probes: dict[str, ProbeSet] = dict(self._explicit)
         self._measured: set[int] = set()
         self._warned: set[str] = set()
+        self._disabled: str | None = None
         self._summary_writer_id: int | None = None
 
     # ---------------------------------------------------------------- for subclasses
@@ -254,6 +262,14 @@ class SensitivityMonitor(Callback):
             self._probes = dict(self._explicit)
             self._measured.clear()
             self._warned.clear()
+        self._disabled = None
+        strategy = unsupported_strategy(getattr(trainer, "strategy", None))
+        if strategy is not None:
+            self._disable(
+                f"the {strategy} shards or wraps the model's parameters, so no rank can evaluate the whole model "
+                "through `torch.func.functional_call`. Measure in a run with `strategy='ddp'` or on a single device"
+            )
+            return
         if trainer.world_size > 1:
             # The values are identical on every rank (same probe set, same weights), so `self.log` under
             # validate/test does not sync them -- a collective there could hang if one rank failed to measure.
@@ -277,7 +293,19 @@ class SensitivityMonitor(Callback):
     def _missing_hint(self, missing: list[str]) -> str:
         return ""
 
+    def _disable(self, reason: str) -> None:
+        self._disabled = reason
+        self._warn_once("disabled", f"{type(self).__name__} is disabled for this run: {reason}. Training continues.")
+
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        hidden = unreachable_parameters(trainer, pl_module)
+        if hidden and self._disabled is None:
+            self._disable(
+                f"the optimizers train {hidden} parameter tensor(s) that are not registered in the LightningModule "
+                "(e.g. kept in a plain list or dict, or outside the module), so `torch.func.functional_call` cannot "
+                "reach them and the measurements would be wrong. Register them as `nn.Parameter` attributes or in "
+                "`nn.ParameterList`/`nn.ModuleList`"
+            )
         self._maybe_measure_fit(trainer, pl_module, trainer.current_epoch)
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -294,7 +322,9 @@ class SensitivityMonitor(Callback):
 
     # ---------------------------------------------------------------- the loop
     def _maybe_measure_fit(self, trainer: pl.Trainer, pl_module: pl.LightningModule, epoch: int) -> None:
-        if trainer.sanity_checking or epoch in self._measured or not self._schedule(epoch):
+        if self._disabled is not None or trainer.sanity_checking:
+            return
+        if epoch in self._measured or not self._schedule(epoch):
             return
         self._measure(trainer, pl_module, epoch, fitting=True)
         self._measured.add(epoch)
@@ -337,6 +367,8 @@ class SensitivityMonitor(Callback):
         return module if self.forward_fn is None else _ForwardFnModule(module, self.forward_fn)
 
     def _measure(self, trainer: pl.Trainer, pl_module: pl.LightningModule, epoch: int, *, fitting: bool) -> None:
+        if self._disabled is not None:
+            return
         probes = self._ensure_probes(trainer, pl_module, epoch)
         required, _ = self._splits()
         if not required <= probes.keys():
@@ -434,6 +466,19 @@ def _eager() -> contextlib.AbstractContextManager[Any]:
     ``torch.func`` with swapped parameters, and the original forward is what should be measured."""
     set_stance = getattr(torch.compiler, "set_stance", None)
     return set_stance("force_eager") if set_stance is not None else contextlib.nullcontext()
+
+
+def unsupported_strategy(strategy: Any) -> str | None:
+    """The name of the unsupported strategy class ``strategy`` is (or derives from), else None."""
+    names = {cls.__name__ for cls in type(strategy).__mro__}
+    return next((name for name in UNSUPPORTED_STRATEGIES if name in names), None)
+
+
+def unreachable_parameters(trainer: pl.Trainer, pl_module: pl.LightningModule) -> int:
+    """How many tensors the optimizers train that are not parameters of ``pl_module`` (invisible to functional_call)."""
+    registered = {id(p) for p in pl_module.parameters()}
+    trained = {id(p) for opt in trainer.optimizers for group in opt.param_groups for p in group["params"]}
+    return len(trained - registered)
 
 
 def predict_logits(model: nn.Module, inputs: Tensor, chunk_size: int | None = None) -> Tensor:

@@ -47,7 +47,8 @@ def test_monitors_leave_training_bitwise_identical(tmp_path, tmp_path_factory, n
     assert {"val/loss", "val/acc", "train/loss_epoch", "train/acc"} <= monitored.metrics.keys()
     for monitor in monitors:
         assert monitor.measured_epochs == [0, 1, 2, 3]
-        assert set(monitor.probe_sets) == ({"val"} if type(monitor).__name__ == "TransitionMonitor" else {"val", "train"})
+        splits = {"val"} if type(monitor).__name__ == "TransitionMonitor" else {"val", "train"}
+        assert set(monitor.probe_sets) == splits
     logged = {k for k in monitored.trainer.callback_metrics if k.startswith("sensitivity/")}
     assert len(logged) >= 25
     report_figure(f"non-perturbation {net}: optimizer steps compared bitwise", monitored.trainer.global_step)

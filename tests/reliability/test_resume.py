@@ -1,8 +1,8 @@
 """Issue 6.6 -- resume: fit k epochs, checkpoint, resume to n; the sensitivity series equals an uninterrupted run.
 
 Lightning checkpoints do not hold the global random streams, so both runs reseed at every epoch start (Dropout),
-shuffle with an epoch-seeded sampler and do not augment: the resumed run then trains bit for bit like the uninterrupted one (checked), and any
-difference in the sensitivity series is the monitors' doing. The resumed run writes into the same log directory, as
+shuffle with an epoch-seeded sampler and do not augment: the resumed run then trains bit for bit like the
+uninterrupted one (checked), and any difference in the sensitivity series is the monitors' doing. The resumed run writes into the same log directory, as
 a user resuming a run would, so a re-measured epoch would show up as a duplicate step or a rewritten artifact.
 """
 
