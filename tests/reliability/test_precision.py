@@ -2,7 +2,8 @@
 autocast, and get what a float64 loop computes from the same weights.
 
 The tolerance (1e-5 of the largest norm) is tight enough to fail if a measurement ran under the training's
-autocast: the test also computes the Jacobian norms under autocast and checks that they miss the float64 values by far more.
+autocast: the test also computes the Jacobian norms under autocast and checks that they miss the float64 values
+by far more.
 """
 
 from __future__ import annotations

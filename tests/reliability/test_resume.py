@@ -2,8 +2,9 @@
 
 Lightning checkpoints do not hold the global random streams, so both runs reseed at every epoch start (Dropout),
 shuffle with an epoch-seeded sampler and do not augment: the resumed run then trains bit for bit like the
-uninterrupted one (checked), and any difference in the sensitivity series is the monitors' doing. The resumed run writes into the same log directory, as
-a user resuming a run would, so a re-measured epoch would show up as a duplicate step or a rewritten artifact.
+uninterrupted one (checked), and any difference in the sensitivity series is the monitors' doing. The resumed run
+writes into the same log directory, as a user resuming a run would, so a re-measured epoch would show up as a
+duplicate step or a rewritten artifact.
 """
 
 from __future__ import annotations
