@@ -9,8 +9,11 @@ from __future__ import annotations
 from typing import Literal
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import jacrev, vjp, vmap
+from torch.overrides import TorchFunctionMode
+from torch.utils._pytree import tree_flatten
 
 from lightning_sensitivity.functional._model import (
     Progress,
@@ -143,11 +146,59 @@ def jacobian_norm(
     return torch.cat(results)
 
 
+class _InputLayer(TorchFunctionMode):
+    """Finds whether the input reaches the model only through one ``F.linear`` (after reshapes that keep the batch).
+
+    Such a first layer ``h = W x + b`` need not be differentiated through: ``||W^T u||^2 = u^T (W W^T) u``, so the
+    reverse passes stop at ``h`` and one ``W W^T`` serves every cotangent -- cheaper whenever ``h`` is narrower
+    than the input (784 -> 256 on MNIST). The output is redirected through a zero leaf whose gradient is ``u``.
+    """
+
+    _VIEWS = frozenset({Tensor.flatten, Tensor.view, Tensor.reshape, torch.flatten, torch.reshape})
+
+    def __init__(self, x: Tensor) -> None:
+        super().__init__()
+        self.batch = x.shape[0]
+        self.derived = {id(x): x}  # the input and reshapes of it (kept alive so ids stay unique)
+        self.leaf: Tensor | None = None
+        self.weight: Tensor | None = None
+        self.other_use = False
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        used = [a for a in tree_flatten((args, kwargs))[0] if isinstance(a, Tensor) and id(a) in self.derived]
+        if not used or not any(isinstance(o, Tensor) for o in tree_flatten(out)[0]):
+            return out  # queries such as .shape or .dim() carry no derivative
+        if func in self._VIEWS and isinstance(out, Tensor) and out.dim() >= 1 and out.shape[0] == self.batch:
+            self.derived[id(out)] = out
+            return out
+        inp = args[0] if args else kwargs.get("input")
+        weight = args[1] if len(args) > 1 else kwargs.get("weight")
+        first_linear = func is F.linear and self.leaf is None and len(used) == 1 and inp is used[0]
+        if first_linear and inp.dim() == 2 and isinstance(weight, Tensor) and weight.shape[0] < weight.shape[1]:
+            self.leaf = torch.zeros_like(out, requires_grad=True)
+            self.weight = weight.detach()
+            return out.detach() + self.leaf
+        self.other_use = True
+        return out
+
+
 def _norms_looped(f, params, buffers, x: Tensor, output: str) -> Tensor:
     x = x.detach().requires_grad_(True)
-    logits = check_logits(f(params, buffers, x))
+    finder = _InputLayer(x)
+    with finder:
+        logits = check_logits(f(params, buffers, x))
     rows = cotangent_rows(logits.detach(), output)
     total = x.new_zeros(x.shape[0])
+    if finder.leaf is not None and not finder.other_use:
+        gram = finder.weight @ finder.weight.T
+        for r in range(rows.shape[0]):
+            (u,) = torch.autograd.grad(logits, finder.leaf, rows[r], retain_graph=r < rows.shape[0] - 1)
+            total += ((u @ gram) * u).sum(dim=1)
+        return total.clamp_min(0).sqrt()
+    if finder.leaf is not None:  # the input is used elsewhere too: differentiate w.r.t. it the plain way
+        logits = check_logits(f(params, buffers, x))
     for r in range(rows.shape[0]):
         (grad_x,) = torch.autograd.grad(logits, x, rows[r], retain_graph=r < rows.shape[0] - 1)
         total += grad_x.pow(2).flatten(1).sum(dim=1)

@@ -85,3 +85,28 @@ def test_estimate_is_seeded_chunk_independent_and_leaves_global_rng():
 def test_estimate_bad_arguments(kwargs, error, match):
     with pytest.raises(error, match=match):
         jacobian_norm_estimate(nn.Linear(3, 4), torch.randn(2, 3), **kwargs)
+
+
+class _SkipConnection(nn.Module):
+    """The input feeds a narrowing linear layer and, again, the output: the first-layer shortcut must not apply."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Linear(8, 3)
+        self.b = nn.Linear(8, 3)
+
+    def forward(self, x):
+        return torch.tanh(self.a(x.flatten(1))) + self.b(x.flatten(1)).pow(2)
+
+
+@pytest.mark.parametrize("factory", [
+    lambda: nn.Sequential(nn.Flatten(), nn.Linear(8, 5), nn.Tanh(), nn.Linear(5, 4)),  # narrowing first layer
+    _SkipConnection,
+])  # fmt: skip
+@pytest.mark.parametrize("output", ["softmax", "logits"])
+def test_first_linear_layer_shortcut_is_exact(factory, output):
+    torch.manual_seed(12)
+    model = factory().double()
+    x = torch.randn(5, 2, 4, dtype=torch.float64)
+    expected = jacobian_norm_loop(model, x, output)
+    torch.testing.assert_close(jacobian_norm(model, x, output=output, method="looped"), expected, rtol=1e-6, atol=1e-12)

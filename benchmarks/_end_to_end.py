@@ -1,0 +1,55 @@
+"""End-to-end row: wall time of a 3-epoch fit of the reference MLP with and without the default monitors.
+
+Synthetic MNIST-sized data (random images, labels from a fixed random linear teacher so that training is
+meaningful); nothing is downloaded. Both fits use the same logger type and settings, so the difference is the
+monitors: their measurements, TensorBoard images/histograms and artifact files.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+import warnings
+
+import torch
+from torch.utils.data import DataLoader, TensorDataset
+
+import lightning.pytorch as pl
+from lightning.pytorch.loggers import TensorBoardLogger
+from lightning_sensitivity import JacobianNormMonitor, StiffnessMonitor, TransitionMonitor
+from lightning_sensitivity.models import MLP, LitClassifier
+
+
+def _loaders(num_train: int) -> tuple[DataLoader, DataLoader]:
+    g = torch.Generator().manual_seed(0)
+    teacher = torch.randn(784, 10, generator=g)
+    num_val = max(num_train // 6, 256)
+    x = torch.rand(num_train + num_val, 1, 28, 28, generator=g)
+    y = (x.flatten(1) @ teacher).argmax(dim=1)
+    train = TensorDataset(x[:num_train], y[:num_train])
+    val = TensorDataset(x[num_train:], y[num_train:])
+    return DataLoader(train, batch_size=128, shuffle=True, generator=g), DataLoader(val, batch_size=512)
+
+
+def fit_seconds(monitors: bool, num_train: int, epochs: int) -> float:
+    """Wall seconds of ``trainer.fit`` (data and model built outside the timed span)."""
+    pl.seed_everything(0, verbose=False)
+    train, val = _loaders(num_train)
+    module = LitClassifier(MLP(784, 10, hidden=(256, 256)), lr=0.05)
+    callbacks = [JacobianNormMonitor(), TransitionMonitor(), StiffnessMonitor()] if monitors else []
+    with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        trainer = pl.Trainer(
+            max_epochs=epochs,
+            accelerator="cpu",
+            devices=1,
+            logger=TensorBoardLogger(tmp, name="bench"),
+            callbacks=callbacks,
+            enable_checkpointing=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            num_sanity_val_steps=0,
+        )
+        start = time.perf_counter()
+        trainer.fit(module, train, val)
+        return time.perf_counter() - start

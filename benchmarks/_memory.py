@@ -1,0 +1,66 @@
+"""Child process of the memory row: peak resident memory of one call, for several probe-set sizes.
+
+Why resident memory, and why a child process: on the CPU torch allocates tensors with the C library's ``malloc``,
+which torch's own memory statistics do not track (they cover CUDA). With ``MALLOC_MMAP_THRESHOLD_`` fixed (set by
+the parent), every block above 64 KiB is its own ``mmap`` and goes back to the kernel when freed, so the resident
+set follows live tensor memory closely. Before each call the kernel's high-water mark is reset
+(``/proc/self/clear_refs``, Linux >= 4.0); the peak of the call is ``VmHWM`` afterwards minus ``VmRSS`` before.
+
+Usage: ``python _memory.py '{"chunk": 64, "sizes": [64, 640]}'`` prints one JSON object.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _cases import data, mnist_cnn  # noqa: E402
+
+from lightning_sensitivity.functional import jacobian_norm, loss_gradient_gram  # noqa: E402
+
+
+def _status(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError(f"{field} not in /proc/self/status")
+
+
+def _peak(fn) -> int:
+    Path("/proc/self/clear_refs").write_text("5")
+    before = _status("VmRSS")
+    fn()
+    return _status("VmHWM") - before
+
+
+def main() -> None:
+    spec = json.loads(sys.argv[1])
+    torch.set_num_threads(int(spec.get("threads", 1)))
+    torch.manual_seed(0)
+    model = mnist_cnn().eval()
+    chunk = int(spec["chunk"])
+    calls = {
+        "jacobian_norm": lambda x, y: jacobian_norm(model, x, chunk_size=chunk),
+        "loss_gradient_gram": lambda x, y: loss_gradient_gram(model, x, y, chunk_size=chunk),
+    }
+    result: dict[str, dict[str, int]] = {}
+    for name, call in calls.items():
+        call(*data(2))  # lazy initialisation (kernels, thread pools) is not part of a measurement
+        result[name] = {}
+        for n in spec["sizes"]:
+            x, y = data(int(n))
+            result[name][str(n)] = _peak(lambda: call(x, y))
+        # The same largest probe set in one piece: shows that the measure does see memory growing with N.
+        unchunked = {"jacobian_norm": jacobian_norm, "loss_gradient_gram": loss_gradient_gram}[name]
+        x, y = data(int(max(spec["sizes"])))
+        args = (model, x) if name == "jacobian_norm" else (model, x, y)
+        result[name]["unchunked"] = _peak(lambda: unchunked(*args))
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
