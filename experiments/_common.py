@@ -221,6 +221,18 @@ def artifacts(log_dir: Path, quantity: str) -> list[Any]:
     return found
 
 
+def final_artifact(log_dir: Path, quantity: str) -> Any:
+    """The measurement on the final weights: the one ``trainer.test`` triggered, else the last one of the fit.
+
+    Monitors save test-time measurements under ``sensitivity/<quantity>.test`` (older versions wrote them into the
+    fit's folder under the current epoch, where the last file is the same measurement).
+    """
+    from lightning_sensitivity.logging import load_artifacts
+
+    tested = load_artifacts(log_dir, f"{quantity}.test")
+    return tested[-1] if tested else artifacts(log_dir, quantity)[-1]
+
+
 def clean(value: Any) -> Any:
     """JSON-safe copy: numpy/torch scalars to Python, NaN/inf to ``None``, tuples to lists."""
     if isinstance(value, Mapping):

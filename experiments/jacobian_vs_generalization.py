@@ -68,7 +68,7 @@ def run_one(args: Any, cfg: dict[str, Any], base: dict[str, Any], variant: str, 
         stop_at_train_acc=cfg["stop_at_train_acc"],
         test=True,
     )
-    final = C.artifacts(outcome.log_dir, "jacobian_norm")[-1]
+    final = C.final_artifact(outcome.log_dir, "jacobian_norm")
     train_loss, train_acc = C.evaluate(module, train_x, train_y)
     test_loss, test_acc = outcome.metrics["test/loss"], outcome.metrics["test/acc"]
     return {

@@ -210,12 +210,13 @@ def per_point(doc: Doc, data: dict, folder: Path) -> None:
     )
     doc.figure(folder / "per_point_auroc.png", "Left: per-point Jacobian norms of correct and misclassified test points at the last epoch. Right: AUROC over training.")
     conf = final["confidence_auroc"]
-    if conf is not None and final["auroc"] is not None and conf > final["auroc"]:
+    if conf is not None and final["auroc"] is not None:
+        relation = ("about as good a predictor as" if abs(conf - final["auroc"]) <= 0.01 else
+                    "a stronger predictor than" if conf > final["auroc"] else "a weaker predictor than")
         doc.add(
-            "**Note:** the softmax confidence is the stronger predictor here. The norm of d softmax / d input is "
-            "itself small wherever the softmax saturates (confident points), so much of its predictive power is "
-            "shared with confidence; the paper's claim is about the norm being predictive, which holds, not about it "
-            "beating confidence.",
+            f"**Note:** the softmax confidence is {relation} the Jacobian norm here. The norm of d softmax / d input "
+            "is itself small wherever the softmax saturates (confident points), so much of its predictive power is "
+            "shared with confidence; the paper's claim is that the norm is predictive, not that it beats confidence.",
             "",
         )
     if held is False:
@@ -329,6 +330,8 @@ def stiffness(doc: Doc, data: dict, folder: Path) -> None:
     doc.figure(folder / "stiffness_class_matrices.png", f"Class sign-stiffness matrices at epochs {r['heatmap_epochs']} (lr {r['reference_lr']}).")
     doc.figure(folder / "stiffness_same_vs_different.png", "Same-class vs different-class stiffness over training.")
     doc.figure(folder / "stiffness_by_distance.png", "Left: sign stiffness vs input distance per epoch (× = critical length). Right: critical length over training per learning rate (gaps: no zero crossing).")
+    trained = [v for d in r["by_lr"].values() for v in d["train_val"]["critical_length"][1:]]
+    missing = sum(v is None for v in trained)
     failed = [name for name, h in (("class structure", same_held), ("critical length over training", shrink_held),
                                    ("learning rate vs critical length", None if rho is None else rho < 0),
                                    ("learning rate vs stiffness", None if rho_s is None else rho_s < 0)) if h is False]
@@ -337,13 +340,14 @@ def stiffness(doc: Doc, data: dict, folder: Path) -> None:
             f"**Where this differs from the paper ({', '.join(failed)}) and why it may:** here the binned sign "
             "stiffness of trained nets drops to about zero at intermediate distances and then hovers there, so its "
             "first zero crossing is decided by noise (the curve can even miss zero in one epoch and cross it far out "
-            "in the next: see the gaps and jumps in the right panel). What moves the crossing outwards over training "
+            f"in the next: the crossing is missing in {missing} of the {len(trained)} trained epochs over all "
+            "learning rates; see the gaps and jumps in the right panel). What moves the crossing outwards over training "
             "and with larger learning rates is the loss of the strong anti-stiffness of far-apart (mostly "
             "different-class) pairs that the near-uniform softmax produces at initialisation; with a smaller learning "
             "rate that initial anti-stiffness simply persists longer within the "
             f"{cfg['max_epochs']} epochs, which also makes its mean stiffness lower rather than higher. The runs are "
             f"short ({cfg['max_epochs']} epochs on {cfg['train_subset']} examples, {cfg['probe_samples']} probe points "
-            "per set, so each class cell averages a few hundred pairs), the distance is the cosine distance of the "
+            f"per set, so each train_val class cell averages about {(cfg['probe_samples'] // 10) ** 2} pairs), the distance is the cosine distance of the "
             "normalised pixels, and the paper's critical-length curves come from longer training of larger models; "
             "any of these may explain the difference.",
             "",
