@@ -106,7 +106,9 @@ class SensitivityMonitor(Callback):
     ``trainer.test`` call; never during the sanity check. During ``fit`` scalars go to every logger at
     ``trainer.global_step`` and into ``trainer.callback_metrics``; under ``validate``/``test`` through
     ``pl_module.log`` so they are part of the returned dict. Images, histograms and artifacts are written by rank 0
-    only, at the same step. Every rank computes (there is no collective), so nothing can hang under DDP.
+    only, at the same step; artifacts of ``validate``/``test`` go to ``sensitivity/{quantity}.validate`` and
+    ``sensitivity/{quantity}.test``, so they never replace those of the training run. Every rank computes (there
+    is no collective), so nothing can hang under DDP.
 
     Unsupported setups disable the monitor for the run, with one warning, and training goes on: strategies that shard
     the parameters (FSDP, DeepSpeed, model parallel; see :data:`UNSUPPORTED_STRATEGIES`) and optimizers training
@@ -210,13 +212,15 @@ class SensitivityMonitor(Callback):
             "chunk_size": self.chunk_size,
         }
 
-    def _attempt(self, what: str, fn: Callable[[], Any], epoch: int, hint: str = _MEASURE_HINT) -> Any:
-        """Run one part of a measurement; on failure warn once for ``what`` and return None."""
+    def _attempt(
+        self, what: str, fn: Callable[[], Any], epoch: int, hint: str = _MEASURE_HINT, key: str | None = None
+    ) -> Any:
+        """Run one part of a measurement; on failure warn once per ``key`` (default ``what``) and return None."""
         try:
             return fn()
         except Exception as err:  # a failing measurement must never stop the training run
             self._warn_once(
-                what,
+                key or what,
                 f"{type(self).__name__} could not produce {what} at epoch {epoch}: {type(err).__name__}: {err}. "
                 f"{hint} Training continues; further failures of this kind are not reported.",
             )
@@ -335,7 +339,11 @@ class SensitivityMonitor(Callback):
             if split in self._probes:
                 continue
             probe = self._attempt(
-                f"the {split} probe set", lambda s=split: self._draw(trainer, pl_module, s), epoch, _DRAW_HINT
+                f"the {split} probe set",
+                lambda s=split: self._draw(trainer, pl_module, s),
+                epoch,
+                _DRAW_HINT,
+                key="probe set",  # one root cause (the data's layout) usually breaks every split alike
             )
             if probe is None:
                 continue
@@ -402,7 +410,10 @@ class SensitivityMonitor(Callback):
                 _OUTPUT_HINT,
             )
             self._attempt(
-                "its artifact file", lambda: self._write_artifact(trainer, result, epoch, step), epoch, _OUTPUT_HINT
+                "its artifact file",
+                lambda: self._write_artifact(trainer, result, epoch, step, fitting),
+                epoch,
+                _OUTPUT_HINT,
             )
 
     def _log_scalars(
@@ -448,7 +459,9 @@ class SensitivityMonitor(Callback):
     def _layout_groups(self) -> tuple[str, ...]:
         return ()
 
-    def _write_artifact(self, trainer: pl.Trainer, result: Measurement, epoch: int, step: int) -> None:
+    def _write_artifact(
+        self, trainer: pl.Trainer, result: Measurement, epoch: int, step: int, fitting: bool = True
+    ) -> None:
         from lightning_sensitivity.logging import save_artifact
 
         if not trainer.loggers:
@@ -458,7 +471,10 @@ class SensitivityMonitor(Callback):
         log_dir = getattr(logger, "log_dir", None) or getattr(logger, "save_dir", None)
         if log_dir is None:
             return
-        save_artifact(log_dir, self.quantity, epoch, step, result.arrays, {**self._config(), **result.meta})
+        # `trainer.validate`/`test` after `fit` share its epoch number (and often other weights, e.g. ckpt_path="best"):
+        # their own folder keeps them from replacing the training run's file of that epoch.
+        quantity = self.quantity if fitting else f"{self.quantity}.{trainer.state.fn.value}"
+        save_artifact(log_dir, quantity, epoch, step, result.arrays, {**self._config(), **result.meta})
 
 
 def _eager() -> contextlib.AbstractContextManager[Any]:
