@@ -230,7 +230,8 @@ def test_validate_and_test_after_fit_with_other_weights_overwrite_nothing(tmp_pa
     assert {k: after[k] for k in fit_files} == fit_files
     added = sorted(str(Path(p).relative_to(log_dir / "sensitivity")) for p in after.keys() - fit_files.keys())
     stages = ("validate", "test")
-    expected = [f"{q}.{s}/epoch_{EPOCHS:04d}.npz" for q in ("jacobian_norm", "stiffness", "transitions") for s in stages]
+    quantities = ("jacobian_norm", "stiffness", "transitions")
+    expected = [f"{q}.{s}/epoch_{EPOCHS:04d}.npz" for q in quantities for s in stages]
     assert added == sorted(expected)
     FAULTS_TRIED.append("validate/test after fit")
 

@@ -5,10 +5,11 @@ Peak memory is the process's peak resident set (``VmHWM``), reset before each me
 measurement itself allocates; it includes torch's CPU tensors and everything else. Linux only (skipped elsewhere).
 
 The bound for ``N = 10 * C`` examples with ``chunk_size=C`` is four times the peak of ``C`` examples unchunked (a
-blockwise Gram holds a row and a column chunk at once; the rest is headroom for allocator noise), plus what is inherently ``O(N)`` or ``O(N^2)`` (the ``N x N``
-stiffness matrices, budgeted as ``MATRICES`` float64 matrices; the monitor's ellipse trajectories, materialised
-whole before the chunked evaluation, budgeted as ``TRAJECTORY_COPIES`` copies), plus a fixed slack. The unchunked run of the same ``N`` must exceed the bound, so the test
-measures something chunking controls. The model is a small CNN whose per-example activations dominate a chunk.
+blockwise Gram holds a row and a column chunk at once; the rest is headroom for allocator noise), plus what is
+inherently ``O(N)`` or ``O(N^2)`` (the ``N x N`` stiffness matrices, budgeted as ``MATRICES`` float64 matrices; the
+monitor's ellipse trajectories, materialised whole before the chunked evaluation, budgeted as ``TRAJECTORY_COPIES``
+copies), plus a fixed slack. The unchunked run of the same ``N`` must exceed the bound, so the test measures
+something chunking controls. The model is a small CNN whose per-example activations dominate a chunk.
 """
 
 from __future__ import annotations

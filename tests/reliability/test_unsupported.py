@@ -103,7 +103,7 @@ def test_parameters_functional_call_cannot_reach_disable_the_monitors(tmp_path):
     with pytest.warns(SensitivityWarning, match="not registered") as record:
         trainer.fit(module, datamodule=ReliableData())
     assert_disabled_and_trained(trainer, module, monitors, Path(trainer.logger.log_dir), record)
-    assert float(module.hidden[0]) != 1.0  # the hidden parameter did train
+    assert module.hidden[0].item() != 1.0  # the hidden parameter did train
     assert "1 parameter tensor(s)" in sensitivity_warnings(record)[0]
 
 
