@@ -5,7 +5,7 @@
 Times are CPU seconds of this process (``time.process_time``) with ``T`` intra-op threads (default 1): on a shared
 machine wall time also counts the time other processes hold the cores, CPU time does not. Candidates of a row are
 timed round-robin (limit, package, baselines, limit, package, ...) so load drifts hit all of them alike; a ratio
-to the limit is the median over rounds of the per-round ratio. Slow per-example loops run once. ``--quick`` shrinks
+to the limit is the median over rounds of the per-round ratio. ``--quick`` shrinks
 every size (formats and code paths only -- its ratios mean little) and finishes in well under a minute.
 """
 
@@ -91,7 +91,7 @@ def jacobian_rows(n: int, rounds: int) -> list[dict]:
             "package": lambda: jacobian_norm(model, x),
             "per-example loop": cases.jacobian_loop(model, x),
         }
-        times = timed(fns, rounds, once=frozenset({"per-example loop"}))
+        times = timed(fns, rounds)
         mlp = label.startswith("MLP")
         row = _row("jacobian_norm " + label.split()[0], "jacobian_norm", label, times, "package", "limit",
                    1 + cases.NUM_CLASSES, "<= 1.0 x limit_J" + (", >= 30x loop" if mlp else ""),
@@ -118,7 +118,7 @@ def stiffness_rows(n: int, rounds: int) -> list[dict]:
             fn = make(model, x, y)
             if fn is not None:
                 fns[peer] = fn
-        times = timed(fns, rounds, once=frozenset({"per-example loop"}))
+        times = timed(fns, rounds)
         mlp = label.startswith("MLP")
         need = 50 if mlp else 5
         row = _row("stiffness " + label.split()[0], "loss_gradient_gram / stiffness", label, times, "package", "limit",
