@@ -184,7 +184,8 @@ def save_artifact(
 ) -> Path:
     """Save one measurement as ``{log_dir}/sensitivity/{quantity}/epoch_{epoch:04d}.npz`` (atomically).
 
-    An existing file for the same quantity and epoch is replaced (e.g. ``trainer.validate`` after ``fit``).
+    An existing file for the same quantity and epoch is replaced. The monitors write ``trainer.validate`` / ``test``
+    measurements under the quantities ``{quantity}.validate`` / ``{quantity}.test``, so they never replace a fit file.
 
     Args:
         log_dir: the run's log directory (e.g. ``trainer.log_dir``); created if missing.
