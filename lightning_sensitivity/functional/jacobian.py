@@ -102,7 +102,8 @@ def jacobian_norm(
         method: how the reverse passes are organised. Every method is exact. ``"looped"`` runs one batched
             forward pass and pulls ``R`` cotangents back through it one after another (``R = C`` for logits,
             ``C - 1`` for softmax and log-softmax, see :func:`cotangent_rows`), holding one input-sized gradient at
-            a time. ``"batched"`` pulls all ``R`` back at once with ``vmap`` over ``vjp`` (``R`` times the
+            a time; when the input enters the model only through one narrowing ``F.linear`` the passes stop at its
+            output and use ``u^T (W W^T) u``. ``"batched"`` pulls all ``R`` back at once with ``vmap`` over ``vjp`` (``R`` times the
             activation memory). Both rely on examples not interacting inside the forward pass, which holds in eval
             mode for every standard layer. ``"per_example"`` runs ``vmap(jacrev(...))`` over single examples and
             makes no such assumption. ``"auto"`` (default) picks ``"looped"``: measured on this project's
