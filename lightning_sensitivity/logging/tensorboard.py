@@ -151,7 +151,7 @@ def sensitivity_layout(groups: Sequence[str] = DEFAULT_GROUPS) -> dict[str, dict
         takes it.
     """
     jac = "sensitivity/jacobian_norm"
-    trans = "sensitivity/transitions/val"
+    trans = "sensitivity/transitions"
     stiff = "sensitivity/stiffness"
     layout: dict[str, dict[str, list[Any]]] = {
         "Jacobian norm": {
@@ -165,9 +165,16 @@ def sensitivity_layout(groups: Sequence[str] = DEFAULT_GROUPS) -> dict[str, dict
             ),
         },
         "Transitions": {
-            "Activation-pattern transitions per trajectory": _multiline(f"{trans}/activation_mean"),
-            "Linear-region changes per trajectory": _multiline(f"{trans}/region_changes_mean"),
-            "Prediction changes per trajectory": _multiline(f"{trans}/prediction_mean"),
+            # val and train (TransitionMonitor(splits=("val", "train"))) on one chart each
+            "Activation-pattern transitions per trajectory": _multiline(
+                f"{trans}/val/activation_mean", f"{trans}/train/activation_mean"
+            ),
+            "Linear-region changes per trajectory": _multiline(
+                f"{trans}/val/region_changes_mean", f"{trans}/train/region_changes_mean"
+            ),
+            "Prediction changes per trajectory": _multiline(
+                f"{trans}/val/prediction_mean", f"{trans}/train/prediction_mean"
+            ),
         },
         "Stiffness": {},
         "Training": {

@@ -80,3 +80,35 @@ def test_anchor_indices_depend_on_seed_and_need_three_points():
     assert a.shape == (5, 3) and not torch.equal(a, b)
     with pytest.raises(ValueError, match="at least 3"):
         TransitionMonitor().anchor_indices(2)
+
+
+def test_train_split_counts_match_oracle():
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(
+        torch.nn.Flatten(), torch.nn.Linear(12, 16), torch.nn.ReLU(), torch.nn.Linear(16, 4)
+    ).double()
+    g = torch.Generator().manual_seed(3)
+    xv, xt = torch.randn(30, 12, generator=g, dtype=torch.float64), torch.randn(30, 12, generator=g, dtype=torch.float64)
+    y = torch.arange(30) % 4
+    monitor = TransitionMonitor(num_trajectories=3, num_points=12, splits=("val", "train"))
+    probes = {"val": probe_set_from_tensors(xv, y, 30, seed=0), "train": probe_set_from_tensors(xt, y, 30, seed=0)}
+    result = monitor._compute(net, probes, progress_factory("t", False), 0)
+    for split, prefix in (("val", ""), ("train", "train_")):
+        probe = probes[split]
+        anchors = result.arrays[f"{prefix}anchor_indices"]
+        trajectories = torch.stack([ellipse(*probe.inputs[row], 12) for row in torch.as_tensor(anchors)])
+        expected = transitions_loop(net, trajectories)
+        for key in ("activation", "region_changes", "prediction"):
+            assert result.arrays[f"{prefix}{key}"].tolist() == expected[key], (split, key)
+        assert result.scalars[f"sensitivity/transitions/{split}/activation_mean"] == pytest.approx(
+            np.mean(expected["activation"])
+        )
+    assert sum(result.arrays["train_activation"].tolist()) > 0
+
+
+@pytest.mark.parametrize(
+    "splits, error", [(("train",), ValueError), (("val", "test"), ValueError), ("val", TypeError), ((), TypeError)]
+)
+def test_bad_splits(splits, error):
+    with pytest.raises(error, match="`splits`"):
+        TransitionMonitor(splits=splits)
