@@ -180,36 +180,40 @@ def transition_counts(
             is_first = pos == 0
             first_pattern[traj_id[is_first]] = pattern[is_first]
             first_pred[traj_id[is_first]] = pred[is_first]
-            # Predecessor of every point in the chunk (meaningless where pos == 0, masked out below).
-            before = pattern[:-1] if prev_pattern is None else torch.cat([prev_pattern, pattern[:-1]])
-            before_pred = pred[:-1] if prev_pred is None else torch.cat([prev_pred, pred[:-1]])
-            rows = slice(0, None) if prev_pattern is not None else slice(1, None)
-            _accumulate(
-                activation, region, prediction, traj_id[rows][~is_first[rows]],
-                pattern[rows][~is_first[rows]], before[~is_first[rows]], pred[rows][~is_first[rows]],
-                before_pred[~is_first[rows]],
-            )  # fmt: skip
+            # Changes of every point against its predecessor, as one vector per chunk: neighbouring rows are
+            # compared in place (no gathered copies of the [points, units] patterns), and the first row against
+            # the last row of the previous chunk. Rows starting a trajectory are dropped below.
+            if prev_pattern is None:
+                head = torch.zeros(1, dtype=torch.long, device=device)
+                head_pred = torch.zeros(1, dtype=torch.bool, device=device)
+            else:
+                head = _count_true(pattern[:1] != prev_pattern)
+                head_pred = pred[:1] != prev_pred
+            hamming = torch.cat([head, _count_true(pattern[1:] != pattern[:-1])])
+            changed = torch.cat([head_pred, pred[1:] != pred[:-1]])
+            keep = ~is_first
+            _accumulate(activation, region, prediction, traj_id[keep], hamming[keep], changed[keep])
             is_last = pos == num_points - 1  # closes the loop: last point against the first
+            closing = traj_id[is_last]
             _accumulate(
-                activation, region, prediction, traj_id[is_last], pattern[is_last],
-                first_pattern[traj_id[is_last]], pred[is_last], first_pred[traj_id[is_last]],
+                activation, region, prediction, closing,
+                _count_true(pattern[is_last] != first_pattern[closing]),
+                pred[is_last] != first_pred[closing],
             )  # fmt: skip
             prev_pattern, prev_pred = pattern[-1:], pred[-1:]
             report(progress, piece.stop, total)
     return TransitionCounts(activation, region, prediction, num_units, num_points)
 
 
+def _count_true(mask: Tensor) -> Tensor:
+    """Row sums of a bool matrix. Summing bools (or count_nonzero) first copies them to int64; a uint8 view reduced
+    with an int32 accumulator reads the bytes once (2-3x faster on [points, units] patterns)."""
+    return mask.view(torch.uint8).sum(dim=1, dtype=torch.int32).long()
+
+
 def _accumulate(
-    activation: Tensor,
-    region: Tensor,
-    prediction: Tensor,
-    traj_id: Tensor,
-    pattern: Tensor,
-    other: Tensor,
-    pred: Tensor,
-    other_pred: Tensor,
+    activation: Tensor, region: Tensor, prediction: Tensor, traj_id: Tensor, hamming: Tensor, changed: Tensor
 ) -> None:
-    hamming = (pattern != other).sum(dim=1)
     activation.index_add_(0, traj_id, hamming)
     region.index_add_(0, traj_id, (hamming > 0).long())
-    prediction.index_add_(0, traj_id, (pred != other_pred).long())
+    prediction.index_add_(0, traj_id, changed.long())
