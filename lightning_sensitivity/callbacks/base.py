@@ -84,6 +84,18 @@ def _check_int(value: Any, name: str, *, minimum: int, allow_none: bool = False)
         raise ValueError(f"`{name}` expected {kind}, got {value}")
 
 
+_FIGURES = {True: "all", False: "none", "all": "all", "log_spaced": "log_spaced", "none": "none"}
+_FIGURES_EXPECTED = "`figures` expected 'log_spaced', 'all', 'none' or a bool"
+
+
+def _check_figures(figures: Any) -> str:
+    if not isinstance(figures, (bool, str)):
+        raise TypeError(f"{_FIGURES_EXPECTED}, got {type(figures).__name__} {figures!r}")
+    if figures not in _FIGURES:
+        raise ValueError(f"{_FIGURES_EXPECTED}, got {figures!r}")
+    return _FIGURES[figures]
+
+
 def _check_data(data: Any, name: str) -> None:
     if data is None:
         return
@@ -134,6 +146,11 @@ class SensitivityMonitor(Callback):
             with input/target-like keys.
         forward_fn: ``forward_fn(pl_module, x) -> logits``; default ``pl_module(x)``.
         chunk_size: examples per chunk in the functional layer (bounds memory); ``None``: all at once.
+        figures: when to render the TensorBoard images (heatmaps, curves, bar charts), which cost far more than the
+            measurements themselves (matplotlib, ~0.1-0.5 s each): ``"log_spaced"`` (default) at measured epochs
+            0, 1, 2, 4, 8, ... and at every ``validate``/``test`` call; ``"all"`` (or True) at every measurement;
+            ``"none"`` (or False) never. Scalars, histograms and artifacts are written at every measurement either
+            way, and ``python -m lightning_sensitivity.report`` draws every epoch from the artifacts.
 
     Raises:
         TypeError / ValueError: for a bad argument, naming it and the value got.
@@ -165,8 +182,10 @@ class SensitivityMonitor(Callback):
         batch_transform: BatchTransform | None = None,
         forward_fn: ForwardFn | None = None,
         chunk_size: int | None = None,
+        figures: bool | str = "log_spaced",
     ) -> None:
         self._schedule = resolve_schedule(every_n_epochs, epochs, log_spaced, at_init)
+        self.figures = _check_figures(figures)
         _check_int(num_samples, "num_samples", minimum=1)
         if isinstance(seed, bool) or not isinstance(seed, int):
             raise TypeError(f"`seed` expected an int, got {type(seed).__name__} {seed!r}")
@@ -210,7 +229,14 @@ class SensitivityMonitor(Callback):
             "num_samples": self.num_samples,
             "seed": self.seed,
             "chunk_size": self.chunk_size,
+            "figures": self.figures,
         }
+
+    def _draw_figures(self, epoch: int, fitting: bool) -> bool:
+        if self.figures == "all" or (self.figures == "log_spaced" and not fitting):
+            return True
+        # epoch is 0 or a power of two
+        return self.figures == "log_spaced" and (epoch & (epoch - 1)) == 0
 
     def _attempt(
         self, what: str, fn: Callable[[], Any], epoch: int, hint: str = _MEASURE_HINT, key: str | None = None
@@ -405,7 +431,7 @@ class SensitivityMonitor(Callback):
         if trainer.is_global_zero:
             self._attempt(
                 "its TensorBoard output",
-                lambda: self._write_tensorboard(trainer, result, step, probes),
+                lambda: self._write_tensorboard(trainer, result, step, probes, self._draw_figures(epoch, fitting)),
                 epoch,
                 _OUTPUT_HINT,
             )
@@ -431,7 +457,7 @@ class SensitivityMonitor(Callback):
                 pl_module.log(key, value, on_step=False, on_epoch=True, sync_dist=False)
 
     def _write_tensorboard(
-        self, trainer: pl.Trainer, result: Measurement, step: int, probes: dict[str, ProbeSet]
+        self, trainer: pl.Trainer, result: Measurement, step: int, probes: dict[str, ProbeSet], figures: bool = True
     ) -> None:
         from lightning_sensitivity.logging import (
             add_sensitivity_layout,
@@ -452,8 +478,8 @@ class SensitivityMonitor(Callback):
             log_text(writer, f"sensitivity/config/{type(self).__name__}", f"| setting | value |\n|---|---|\n{rows}", 0)
         for tag, values in result.histograms.items():
             log_histogram(writer, tag, values.detach().cpu(), step)
-        for tag, make_figure in result.figures:
-            fig, _ = make_figure()
+        for tag, make_figure in result.figures if figures else ():
+            fig, _ = make_figure()  # figures are made lazily: skipped ones cost nothing
             log_figure(writer, tag, fig, step)
 
     def _layout_groups(self) -> tuple[str, ...]:

@@ -62,6 +62,9 @@ BAD_COMMON = [
     ("forward_fn", "net", TypeError),
     ("chunk_size", 0, ValueError),
     ("chunk_size", 1.5, TypeError),
+    ("figures", "sometimes", ValueError),
+    ("figures", 2, TypeError),
+    ("figures", None, TypeError),
 ]
 BAD_SPECIFIC = [
     (JacobianNormMonitor, "output", "probs", ValueError),
@@ -344,3 +347,37 @@ def test_compiled_submodule_is_measured_eagerly():
     with _eager():
         got = monitor._compute(monitor._model(compiled), probes, progress_factory("t", False), 0).arrays["val_norms"]
     torch.testing.assert_close(got, expected)
+
+
+@pytest.mark.parametrize(
+    ("figures", "fit_epochs", "validate"),
+    [
+        ("log_spaced", [0, 1, 2, 4, 8, 16], True),
+        (True, list(range(20)), True),
+        ("all", list(range(20)), True),
+        (False, [], False),
+        ("none", [], False),
+    ],
+)
+def test_figures_schedule(figures, fit_epochs, validate):
+    monitor = JacobianNormMonitor(figures=figures)
+    assert [e for e in range(20) if monitor._draw_figures(e, fitting=True)] == [e for e in fit_epochs if e < 20]
+    assert monitor._draw_figures(3, fitting=False) is validate
+
+
+def test_skipped_figures_are_never_built(tmp_path):
+    from lightning.pytorch.loggers import TensorBoardLogger
+
+    from lightning_sensitivity.callbacks.base import Measurement
+
+    class Trainer:  # the parts of a Trainer that _write_tensorboard reads
+        loggers = [TensorBoardLogger(str(tmp_path))]
+
+    def make_figure():
+        raise AssertionError("a skipped figure must not be built")
+
+    monitor = JacobianNormMonitor(figures="log_spaced")
+    result = Measurement(figures=[("sensitivity/x", make_figure)])
+    monitor._write_tensorboard(Trainer(), result, step=3, probes={}, figures=monitor._draw_figures(3, fitting=True))
+    with pytest.raises(AssertionError, match="skipped figure"):
+        monitor._write_tensorboard(Trainer(), result, step=4, probes={}, figures=monitor._draw_figures(4, fitting=True))
