@@ -31,12 +31,16 @@ def _loaders(num_train: int) -> tuple[DataLoader, DataLoader]:
     return DataLoader(train, batch_size=128, shuffle=True, generator=g), DataLoader(val, batch_size=512)
 
 
-def fit_seconds(monitors: bool, num_train: int, epochs: int) -> float:
-    """Wall seconds of ``trainer.fit`` (data and model built outside the timed span)."""
+def fit_seconds(monitors: bool, num_train: int, epochs: int, figures: str = "log_spaced") -> float:
+    """Wall seconds of ``trainer.fit`` (data and model built outside the timed span).
+
+    ``figures`` is passed to every monitor: the default, or ``"none"`` to time the measurements without images.
+    """
     pl.seed_everything(0, verbose=False)
     train, val = _loaders(num_train)
     module = LitClassifier(MLP(784, 10, hidden=(256, 256)), lr=0.05)
-    callbacks = [JacobianNormMonitor(), TransitionMonitor(), StiffnessMonitor()] if monitors else []
+    monitor_classes = (JacobianNormMonitor, TransitionMonitor, StiffnessMonitor)
+    callbacks = [cls(figures=figures) for cls in monitor_classes] if monitors else []
     with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
         warnings.simplefilter("ignore")
         trainer = pl.Trainer(

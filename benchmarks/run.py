@@ -169,7 +169,7 @@ def memory_row(chunk: int, threads: int) -> dict:
     }
 
 
-def monitor_row(num_train: int, epochs: int, rounds: int) -> dict | None:
+def monitor_row(num_train: int, epochs: int, rounds: int, figures: str = "log_spaced") -> dict | None:
     try:
         from _end_to_end import fit_seconds
     except ImportError:  # the callbacks are not importable (e.g. Lightning missing)
@@ -177,12 +177,13 @@ def monitor_row(num_train: int, epochs: int, rounds: int) -> dict | None:
     runs: dict[str, list[float]] = {"without": [], "with": []}
     for _ in range(rounds):
         for name in runs:
-            runs[name].append(fit_seconds(name == "with", num_train, epochs))
+            runs[name].append(fit_seconds(name == "with", num_train, epochs, figures))
     without, with_ = statistics.median(runs["without"]), statistics.median(runs["with"])
     overhead = with_ / without - 1.0
+    label = "" if figures == "log_spaced" else f", figures={figures!r}"
     return {
-        "row": "monitors end to end",
-        "quantity": f"default monitors, {epochs} epochs, {num_train} MNIST-sized examples",
+        "row": f"monitors end to end{label}",
+        "quantity": f"default monitors{label}, {epochs} epochs, {num_train} MNIST-sized examples",
         "model": "lightning_sensitivity.models.MLP (784-256-256-10)",
         "time_s": with_,
         "limit": "the same fit without monitors",
@@ -228,9 +229,10 @@ def main(argv: list[str] | None = None) -> dict:
     rows = jacobian_rows(n, rounds) + stiffness_rows(n, rounds)
     rows += transition_rows(4 if args.quick else 16, 32 if args.quick else 128, rounds)
     rows.append(memory_row(8 if args.quick else 64, args.threads))
-    monitors = monitor_row(512 if args.quick else 60000, 1 if args.quick else 3, 1 if args.quick else 2)
-    if monitors is not None:
-        rows.append(monitors)
+    for figures in ("log_spaced", "none"):
+        monitors = monitor_row(512 if args.quick else 60000, 1 if args.quick else 3, 1 if args.quick else 2, figures)
+        if monitors is not None:
+            rows.append(monitors)
     result = {
         "machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
                     "cpu_count": os.cpu_count(), "torch": torch.__version__, "threads": args.threads},  # fmt: skip
