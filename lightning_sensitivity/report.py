@@ -337,14 +337,17 @@ def _render_run(run: Path, label: str, out_dir: Path, prefix: str) -> list[str]:
         return filename
 
     for quantity, arts in by_quantity.items():
+        # The monitors write trainer.validate / trainer.test measurements as "{quantity}.validate" / ".test".
+        base, _, context = quantity.partition(".")
+        title = _TITLES.get(base, base) + (f" (trainer.{context})" if context else "")
         epochs = ", ".join(str(a.epoch) for a in arts)
-        parts.append(f"<h3>{html.escape(_TITLES.get(quantity, quantity))}</h3>")
+        parts.append(f"<h3>{html.escape(title)}</h3>")
         parts.append(f"<p class='meta'>{len(arts)} measurement(s) at epochs {html.escape(epochs)}</p>")
-        builder = _BUILDERS.get(quantity)
+        builder = _BUILDERS.get(base)
         entries: list[Entry] = []
         if builder is not None:
             try:
-                entries = builder(arts, save)
+                entries = builder(arts, lambda fig, name, c=context: save(fig, f"{name}_{c}" if c else name))
             except Exception as err:  # one malformed artifact must not cost the user the whole report
                 warnings.warn(f"Skipping {quantity} figures of {run}: {err!r}", stacklevel=2)
         for filename, caption in entries:

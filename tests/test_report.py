@@ -239,3 +239,17 @@ def test_report_renders_in_headless_chromium(tmp_path):
     # The first figures draw in matplotlib's default blue (C0); a page with broken images would show alt text only.
     pixels = np.asarray(Image.open(shot).convert("RGB"), dtype=int)
     assert (np.abs(pixels - np.array([31, 119, 180])).sum(axis=-1) < 40).sum() > 300
+
+
+def test_validate_and_test_measurements_get_their_own_figures(tmp_path):
+    run = tmp_path / "run"
+    write_run(run, epochs=(0, 1), groups=("train_val",))
+    for context in ("validate", "test"):  # how the monitors store trainer.validate / trainer.test measurements
+        for epoch in (1, 2):
+            save_artifact(run, f"jacobian_norm.{context}", epoch, epoch, {"val_mean": 1.0 + epoch, "train_mean": 0.5})
+    sources = assert_valid_page(report.build_report(run, tmp_path / "out"))
+    assert {"jacobian_norm_curves.png", "jacobian_norm_curves_validate.png", "jacobian_norm_curves_test.png"} <= set(
+        sources
+    )
+    text = (tmp_path / "out" / "index.html").read_text()
+    assert "Jacobian norm (trainer.validate)" in text and "Jacobian norm (trainer.test)" in text
