@@ -18,6 +18,7 @@ ROWS = [
     "transitions CNN",
     "memory CNN",
     "monitors end to end",
+    "monitors end to end, figures='none'",
 ]
 KEYS = {"row", "quantity", "model", "time_s", "limit", "limit_s", "ratio_to_limit", "target", "baselines",
         "peak_bytes", "met"}  # fmt: skip
