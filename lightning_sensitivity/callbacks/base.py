@@ -23,7 +23,10 @@ from lightning.pytorch.utilities.warnings import PossibleUserWarning
 from torch import Tensor, nn
 
 from lightning_sensitivity.callbacks._data import TRAIN, VAL, find_dataset, has_source
+from lightning_sensitivity.callbacks._output import log_scalars, write_artifact, write_run_summary, write_step
 from lightning_sensitivity.callbacks._progress import ProgressFactory, progress_factory
+from lightning_sensitivity.logging import find_tensorboard_writer
+from lightning_sensitivity.functional import predict_logits  # noqa: F401 (re-exported: subclasses use it)
 from lightning_sensitivity.probes import BatchTransform, ProbeSet, draw_probe_set, probe_set_from_tensors
 from lightning_sensitivity.schedules import resolve_schedule
 
@@ -427,7 +430,7 @@ class SensitivityMonitor(Callback):
             )
         scalars = {k: v for k, v in scalars.items() if math.isfinite(v)}
         step = trainer.global_step
-        self._log_scalars(trainer, pl_module, scalars, step, fitting)
+        log_scalars(trainer, pl_module, scalars, step, fitting)
         if trainer.is_global_zero:
             self._attempt(
                 "its TensorBoard output",
@@ -442,45 +445,17 @@ class SensitivityMonitor(Callback):
                 _OUTPUT_HINT,
             )
 
-    def _log_scalars(
-        self, trainer: pl.Trainer, pl_module: pl.LightningModule, scalars: dict[str, float], step: int, fitting: bool
-    ) -> None:
-        if not scalars:
-            return
-        if fitting:
-            for logger in trainer.loggers:
-                logger.log_metrics(scalars, step=step)
-            trainer.callback_metrics.update({k: torch.tensor(v) for k, v in scalars.items()})
-        else:
-            # Identical on every rank (same probe set, same weights): no sync, hence no collective that could hang.
-            for key, value in scalars.items():
-                pl_module.log(key, value, on_step=False, on_epoch=True, sync_dist=False)
-
     def _write_tensorboard(
         self, trainer: pl.Trainer, result: Measurement, step: int, probes: dict[str, ProbeSet], figures: bool = True
     ) -> None:
-        from lightning_sensitivity.logging import (
-            add_sensitivity_layout,
-            find_tensorboard_writer,
-            log_figure,
-            log_histogram,
-            log_text,
-        )
-
         writer = find_tensorboard_writer(trainer)
         if writer is None:
             return
         if self._summary_writer_id != id(writer):
             self._summary_writer_id = id(writer)
-            add_sensitivity_layout(writer, groups=self._layout_groups())
             config = {**self._config(), **{f"{s} probe size": len(p) for s, p in probes.items()}}
-            rows = "\n".join(f"| {k} | {v} |" for k, v in config.items())
-            log_text(writer, f"sensitivity/config/{type(self).__name__}", f"| setting | value |\n|---|---|\n{rows}", 0)
-        for tag, values in result.histograms.items():
-            log_histogram(writer, tag, values.detach().cpu(), step)
-        for tag, make_figure in result.figures if figures else ():
-            fig, _ = make_figure()  # figures are made lazily: skipped ones cost nothing
-            log_figure(writer, tag, fig, step)
+            write_run_summary(writer, type(self).__name__, config, self._layout_groups())
+        write_step(writer, result.histograms, result.figures if figures else (), step)
 
     def _layout_groups(self) -> tuple[str, ...]:
         return ()
@@ -488,19 +463,10 @@ class SensitivityMonitor(Callback):
     def _write_artifact(
         self, trainer: pl.Trainer, result: Measurement, epoch: int, step: int, fitting: bool = True
     ) -> None:
-        from lightning_sensitivity.logging import save_artifact
-
-        if not trainer.loggers:
-            return
-        # Not trainer.log_dir: it broadcasts from rank 0, a collective that would hang when called on rank 0 only.
-        logger = trainer.loggers[0]
-        log_dir = getattr(logger, "log_dir", None) or getattr(logger, "save_dir", None)
-        if log_dir is None:
-            return
         # `trainer.validate`/`test` after `fit` share its epoch number (and often other weights, e.g. ckpt_path="best"):
         # their own folder keeps them from replacing the training run's file of that epoch.
         quantity = self.quantity if fitting else f"{self.quantity}.{trainer.state.fn.value}"
-        save_artifact(log_dir, quantity, epoch, step, result.arrays, {**self._config(), **result.meta})
+        write_artifact(trainer, quantity, epoch, step, result.arrays, {**self._config(), **result.meta})
 
 
 def _eager() -> contextlib.AbstractContextManager[Any]:
@@ -521,27 +487,6 @@ def unreachable_parameters(trainer: pl.Trainer, pl_module: pl.LightningModule) -
     registered = {id(p) for p in pl_module.parameters()}
     trained = {id(p) for opt in trainer.optimizers for group in opt.param_groups for p in group["params"]}
     return len(trained - registered)
-
-
-def predict_logits(model: nn.Module, inputs: Tensor, chunk_size: int | None = None) -> Tensor:
-    """Eval-mode logits ``[N, C]`` of the inputs; the model is left exactly as it was (no grad, flags restored)."""
-    from lightning_sensitivity.functional._model import (
-        as_function,
-        check_logits,
-        chunks,
-        detached_state,
-        match_model,
-        measurement_context,
-        prepare_inputs,
-        unwrap_model,
-    )
-
-    model = unwrap_model(model)
-    params, buffers = detached_state(model)
-    f = as_function(model)
-    x = match_model(prepare_inputs(inputs), params)
-    with measurement_context(model, grad=False):
-        return torch.cat([check_logits(f(params, buffers, x[piece])) for piece in chunks(x.shape[0], chunk_size)])
 
 
 def check_names(value: Any, name: str) -> list[str] | None:

@@ -10,8 +10,8 @@ from torch import Tensor, nn
 
 from lightning_sensitivity.callbacks._data import TRAIN, VAL
 from lightning_sensitivity.callbacks._progress import ProgressFactory
-from lightning_sensitivity.callbacks.base import Measurement, SensitivityMonitor, check_names, predict_logits
-from lightning_sensitivity.functional import jacobian_norm
+from lightning_sensitivity.callbacks.base import Measurement, SensitivityMonitor, check_names
+from lightning_sensitivity.functional import jacobian_norm, predict_logits
 from lightning_sensitivity.probes import ProbeSet
 
 PREFIX = "sensitivity/jacobian_norm"

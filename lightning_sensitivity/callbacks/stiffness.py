@@ -11,8 +11,14 @@ from torch import Tensor, nn
 
 from lightning_sensitivity.callbacks._data import TRAIN, VAL
 from lightning_sensitivity.callbacks._progress import ProgressFactory
-from lightning_sensitivity.callbacks.base import Measurement, SensitivityMonitor, check_names, predict_logits
-from lightning_sensitivity.functional import class_stiffness, critical_length, stiffness, stiffness_by_distance
+from lightning_sensitivity.callbacks.base import Measurement, SensitivityMonitor, check_names
+from lightning_sensitivity.functional import (
+    class_stiffness,
+    critical_length,
+    predict_logits,
+    stiffness,
+    stiffness_by_distance,
+)
 from lightning_sensitivity.probes import ProbeSet
 
 PREFIX = "sensitivity/stiffness"

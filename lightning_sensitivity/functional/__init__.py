@@ -6,6 +6,7 @@ chunks of ``chunk_size`` examples so memory is bounded by the chunk, and every f
 ``torch.no_grad()`` / ``torch.inference_mode()`` and on inference tensors.
 """
 
+from lightning_sensitivity.functional._model import predict_logits
 from lightning_sensitivity.functional.jacobian import jacobian_norm
 from lightning_sensitivity.functional.jacobian_estimate import jacobian_norm_estimate
 from lightning_sensitivity.functional.stiffness import (
@@ -20,6 +21,7 @@ from lightning_sensitivity.functional.trajectories import ellipse_trajectories
 from lightning_sensitivity.functional.transitions import TransitionCounts, transition_counts
 
 __all__ = [
+    "predict_logits",
     "jacobian_norm",
     "jacobian_norm_estimate",
     "ellipse_trajectories",

@@ -176,3 +176,19 @@ def report(progress: Progress | None, done: int, total: int) -> None:
 def check_progress(progress: Any) -> None:
     if progress is not None and not callable(progress):
         raise TypeError(f"`progress` expected a callable (done, total) -> None or None, got {type(progress).__name__}")
+
+
+def predict_logits(model: nn.Module, inputs: Tensor, chunk_size: int | None = None) -> Tensor:
+    """Eval-mode logits ``[N, C]`` of ``inputs``, leaving the model exactly as it was (no grad, flags restored).
+
+    Example:
+        >>> predict_logits(torch.nn.Linear(3, 2), torch.randn(4, 3)).shape
+        torch.Size([4, 2])
+    """
+    check_chunk_size(chunk_size)
+    model = unwrap_model(model)
+    params, buffers = detached_state(model)
+    f = as_function(model)
+    x = match_model(prepare_inputs(inputs), params)
+    with measurement_context(model, grad=False):
+        return torch.cat([check_logits(f(params, buffers, x[piece])) for piece in chunks(x.shape[0], chunk_size)])
