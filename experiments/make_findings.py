@@ -172,7 +172,7 @@ def jacobian(doc: Doc, data: dict, folder: Path) -> None:
     if held is False or differs:
         doc.add(
             "**Where this differs from the paper and why it may:** "
-            + (f"the correlation is not significantly positive here. " if held is False else "")
+            + ("the correlation is not significantly positive here. " if held is False else "")
             + (f"The direction for {', '.join(differs)} does not match in most bases. " if differs else "")
             + f"The paper surveys thousands of nets trained on full datasets to convergence; here {summary['num_runs']} "
             f"small nets see {cfg['train_subset']} examples for at most {cfg['max_epochs']} epochs, and "

@@ -25,7 +25,6 @@ from reliability._helpers import (
     make_trainer,
     report_figure,
 )
-from torch.utils.data import DataLoader
 
 from lightning_sensitivity import JacobianNormMonitor, StiffnessMonitor, TransitionMonitor
 from lightning_sensitivity.callbacks import SensitivityWarning
