@@ -110,6 +110,14 @@ def as_function(model: nn.Module) -> Callable[..., Tensor]:
     return f
 
 
+def pure_model(model: nn.Module) -> tuple[nn.Module, Callable[..., Tensor], dict[str, Tensor], dict[str, Tensor]]:
+    """``(module, f, params, buffers)``: the original module (behind ``torch.compile``), ``f(params, buffers, x)``
+    and its detached state -- the preamble of every measurement."""
+    model = unwrap_model(model)
+    params, buffers = detached_state(model)
+    return model, as_function(model), params, buffers
+
+
 def prepare_inputs(inputs: Tensor, name: str = "inputs", min_dim: int = 2) -> Tensor:
     """Validate a batch ``[N, *input_shape]`` and make it a normal (non-inference) floating tensor."""
     if not isinstance(inputs, Tensor):
@@ -186,9 +194,7 @@ def predict_logits(model: nn.Module, inputs: Tensor, chunk_size: int | None = No
         torch.Size([4, 2])
     """
     check_chunk_size(chunk_size)
-    model = unwrap_model(model)
-    params, buffers = detached_state(model)
-    f = as_function(model)
+    model, f, params, buffers = pure_model(model)
     x = match_model(prepare_inputs(inputs), params)
     with measurement_context(model, grad=False):
         return torch.cat([check_logits(f(params, buffers, x[piece])) for piece in chunks(x.shape[0], chunk_size)])

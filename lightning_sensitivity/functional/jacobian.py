@@ -17,17 +17,15 @@ from torch.utils._pytree import tree_flatten
 
 from lightning_sensitivity.functional._model import (
     Progress,
-    as_function,
     check_chunk_size,
     check_logits,
     check_progress,
     chunks,
-    detached_state,
     match_model,
     measurement_context,
     prepare_inputs,
+    pure_model,
     report,
-    unwrap_model,
 )
 
 Output = Literal["softmax", "logits", "log_softmax"]
@@ -133,11 +131,8 @@ def jacobian_norm(
         raise ValueError(f"`method` expected one of {METHODS}, got {method!r}")
     check_chunk_size(chunk_size)
     check_progress(progress)
-    model = unwrap_model(model)
-    x_all = prepare_inputs(inputs)
-    params, buffers = detached_state(model)
-    x_all = match_model(x_all, params)
-    f = as_function(model)
+    model, f, params, buffers = pure_model(model)
+    x_all = match_model(prepare_inputs(inputs), params)
     compute = {"per_example": _norms_per_example, "batched": _norms_batched}.get(method, _norms_looped)
     results = []
     with measurement_context(model, train_mode=train_mode):

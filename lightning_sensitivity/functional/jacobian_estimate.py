@@ -14,17 +14,15 @@ from torch import Tensor, nn
 
 from lightning_sensitivity.functional._model import (
     Progress,
-    as_function,
     check_chunk_size,
     check_logits,
     check_progress,
     chunks,
-    detached_state,
     match_model,
     measurement_context,
     prepare_inputs,
+    pure_model,
     report,
-    unwrap_model,
 )
 from lightning_sensitivity.functional.jacobian import OUTPUTS, Output
 
@@ -78,11 +76,8 @@ def jacobian_norm_estimate(
         raise TypeError(f"`seed` expected an int, got {type(seed).__name__}")
     check_chunk_size(chunk_size)
     check_progress(progress)
-    model = unwrap_model(model)
-    x_all = prepare_inputs(inputs)
-    params, buffers = detached_state(model)
-    x_all = match_model(x_all, params)
-    f = as_function(model)
+    model, f, params, buffers = pure_model(model)
+    x_all = match_model(prepare_inputs(inputs), params)
     generator = torch.Generator().manual_seed(seed)
     directions: Tensor | None = None
     samples = []

@@ -21,17 +21,15 @@ from torch.overrides import TorchFunctionMode
 
 from lightning_sensitivity.functional._model import (
     Progress,
-    as_function,
     check_chunk_size,
     check_logits,
     check_progress,
     chunks,
-    detached_state,
     match_model,
     measurement_context,
     prepare_inputs,
+    pure_model,
     report,
-    unwrap_model,
 )
 
 _RELU_FAMILY: frozenset[Callable[..., Any]] = frozenset(
@@ -148,10 +146,8 @@ def transition_counts(
     num_traj, num_points = traj.shape[:2]
     if num_points < 2:
         raise ValueError(f"`trajectories` expected at least 2 points per trajectory, got shape {tuple(traj.shape)}")
-    model = unwrap_model(model)
-    params, buffers = detached_state(model)
+    model, f, params, buffers = pure_model(model)
     points = match_model(traj.reshape(num_traj * num_points, *traj.shape[2:]), params)
-    f = as_function(model)
     total = points.shape[0]
     device = points.device
     first_pattern: Tensor | None = None  # [K, U] pattern of each trajectory's first point
