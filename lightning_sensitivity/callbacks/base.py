@@ -25,8 +25,9 @@ from torch import Tensor, nn
 from lightning_sensitivity.callbacks._data import TRAIN, VAL, find_dataset, has_source
 from lightning_sensitivity.callbacks._output import log_scalars, write_artifact, write_run_summary, write_step
 from lightning_sensitivity.callbacks._progress import ProgressFactory, progress_factory
-from lightning_sensitivity.logging import find_tensorboard_writer
 from lightning_sensitivity.functional import predict_logits  # noqa: F401 (re-exported: subclasses use it)
+from lightning_sensitivity.functional._model import unwrap_model
+from lightning_sensitivity.logging import find_tensorboard_writer
 from lightning_sensitivity.probes import BatchTransform, ProbeSet, draw_probe_set, probe_set_from_tensors
 from lightning_sensitivity.schedules import resolve_schedule
 
@@ -76,7 +77,8 @@ class _ForwardFnModule(nn.Module):
         return self._forward_fn(self.module, x)  # type: ignore[arg-type]
 
 
-def _check_int(value: Any, name: str, *, minimum: int, allow_none: bool = False) -> None:
+def check_int(value: Any, name: str, *, minimum: int, allow_none: bool = False) -> None:
+    """Validate an int argument (bools refused), naming it and the value got."""
     kind = f"an int >= {minimum}" if minimum != 1 else "a positive int"
     kind += " or None" if allow_none else ""
     if value is None and allow_none:
@@ -189,7 +191,7 @@ class SensitivityMonitor(Callback):
     ) -> None:
         self._schedule = resolve_schedule(every_n_epochs, epochs, log_spaced, at_init)
         self.figures = _check_figures(figures)
-        _check_int(num_samples, "num_samples", minimum=1)
+        check_int(num_samples, "num_samples", minimum=1)
         if isinstance(seed, bool) or not isinstance(seed, int):
             raise TypeError(f"`seed` expected an int, got {type(seed).__name__} {seed!r}")
         _check_data(val_data, "val_data")
@@ -197,7 +199,7 @@ class SensitivityMonitor(Callback):
         for name, fn in (("batch_transform", batch_transform), ("forward_fn", forward_fn)):
             if fn is not None and not callable(fn):
                 raise TypeError(f"`{name}` expected a callable or None, got {type(fn).__name__} {fn!r}")
-        _check_int(chunk_size, "chunk_size", minimum=1, allow_none=True)
+        check_int(chunk_size, "chunk_size", minimum=1, allow_none=True)
         self.num_samples = num_samples
         self.seed = seed
         self.batch_transform = batch_transform
@@ -398,9 +400,7 @@ class SensitivityMonitor(Callback):
 
     def _model(self, pl_module: pl.LightningModule) -> nn.Module:
         # Measure the original forward, not a torch.compile'd wrapper (its graph cannot take swapped parameters).
-        module: nn.Module = pl_module
-        while isinstance(getattr(module, "_orig_mod", None), nn.Module):
-            module = module._orig_mod  # type: ignore[assignment]
+        module = unwrap_model(pl_module)
         return module if self.forward_fn is None else _ForwardFnModule(module, self.forward_fn)
 
     def _measure(self, trainer: pl.Trainer, pl_module: pl.LightningModule, epoch: int, *, fitting: bool) -> None:

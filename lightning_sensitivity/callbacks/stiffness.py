@@ -11,7 +11,7 @@ from torch import Tensor, nn
 
 from lightning_sensitivity.callbacks._data import TRAIN, VAL
 from lightning_sensitivity.callbacks._progress import ProgressFactory
-from lightning_sensitivity.callbacks.base import Measurement, SensitivityMonitor, check_names
+from lightning_sensitivity.callbacks.base import Measurement, SensitivityMonitor, check_int, check_names
 from lightning_sensitivity.functional import (
     class_stiffness,
     critical_length,
@@ -124,10 +124,7 @@ class StiffnessMonitor(SensitivityMonitor):
             )
         if not groups or any(g not in GROUPS for g in groups) or len(set(groups)) != len(groups):
             raise ValueError(f"`groups` expected distinct names from {GROUPS}, got {list(groups)!r}")
-        if isinstance(num_distance_bins, bool) or not isinstance(num_distance_bins, int):
-            raise TypeError(f"`num_distance_bins` expected a positive int, got {type(num_distance_bins).__name__}")
-        if num_distance_bins < 1:
-            raise ValueError(f"`num_distance_bins` expected a positive int, got {num_distance_bins}")
+        check_int(num_distance_bins, "num_distance_bins", minimum=1)
         if distance not in DISTANCES:
             raise ValueError(f"`distance` expected one of {DISTANCES}, got {distance!r}")
         self.class_names = check_names(class_names, "class_names")

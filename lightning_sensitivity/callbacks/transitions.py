@@ -10,7 +10,7 @@ from torch import nn
 
 from lightning_sensitivity.callbacks._data import TRAIN, VAL
 from lightning_sensitivity.callbacks._progress import ProgressFactory
-from lightning_sensitivity.callbacks.base import Measurement, SensitivityMonitor
+from lightning_sensitivity.callbacks.base import Measurement, SensitivityMonitor, check_int
 from lightning_sensitivity.functional import ellipse_trajectories, transition_counts
 from lightning_sensitivity.probes import ProbeSet
 
@@ -60,11 +60,8 @@ class TransitionMonitor(SensitivityMonitor):
     def __init__(
         self, *, num_trajectories: int = 16, num_points: int = 128, splits: Sequence[str] = (VAL,), **kwargs: Any
     ) -> None:
-        for name, value, minimum in (("num_trajectories", num_trajectories, 1), ("num_points", num_points, 3)):
-            if isinstance(value, bool) or not isinstance(value, int):
-                raise TypeError(f"`{name}` expected an int >= {minimum}, got {type(value).__name__} {value!r}")
-            if value < minimum:
-                raise ValueError(f"`{name}` expected an int >= {minimum}, got {value}")
+        check_int(num_trajectories, "num_trajectories", minimum=1)
+        check_int(num_points, "num_points", minimum=3)
         if isinstance(splits, str) or not isinstance(splits, Sequence) or not splits:
             raise TypeError(f"`splits` expected a non-empty sequence out of {SPLITS}, got {splits!r}")
         if any(s not in SPLITS for s in splits) or len(set(splits)) != len(splits) or VAL not in splits:
