@@ -101,11 +101,37 @@ def match_model(x: Tensor, params: dict[str, Tensor]) -> Tensor:
     return x
 
 
-def as_function(model: nn.Module) -> Callable[..., Tensor]:
-    """``f(params, buffers, x) -> logits``: ``model`` as a pure function of its state and a batch."""
+def state_slots(model: nn.Module) -> dict[str, str]:
+    """Every place a parameter or buffer is stored, ``"path.attr"``, mapped to its name in :func:`detached_state`.
 
-    def f(params: dict[str, Tensor], buffers: dict[str, Tensor], x: Tensor) -> Tensor:
-        return functional_call(model, (params, buffers), (x,), strict=False)
+    A slot is one entry of one module's ``_parameters``/``_buffers``, each module counted once however many names it
+    is registered under. Aliased modules (``self.head = self.net[2]``) have one slot under two paths; tied weights
+    (``dec.weight = enc.weight``) are one tensor in two slots. :func:`functional_call` swaps and restores by path, so
+    an aliased module would be swapped twice and "restored" to the swapped-in tensor -- leaving plain tensors where
+    ``nn.Parameter`` objects were. Swapping every slot exactly once, with ``tie_weights=False``, restores each exactly.
+    """
+    canonical = {id(t): name for name, t in reversed(list(model.named_parameters()))}
+    canonical.update({id(t): name for name, t in reversed(list(model.named_buffers()))})
+    slots: dict[str, str] = {}
+    for prefix, module in model.named_modules():
+        for attr, tensor in (*module._parameters.items(), *module._buffers.items()):
+            if tensor is not None and id(tensor) in canonical:
+                slots[f"{prefix}.{attr}" if prefix else attr] = canonical[id(tensor)]
+    return slots
+
+
+def as_function(model: nn.Module) -> Callable[..., Tensor]:
+    """``f(params, buffers, x, **kwargs) -> logits``: ``model`` as a pure function of its state and a batch.
+
+    ``params``/``buffers`` are keyed by the de-duplicated names of :func:`detached_state`; every slot holding one of
+    them (aliases and tied copies included) receives the same tensor, and every slot is put back as it was.
+    """
+    slots = state_slots(model)
+
+    def f(params: dict[str, Tensor], buffers: dict[str, Tensor], x: Tensor, **kwargs: Any) -> Tensor:
+        state = {**buffers, **params}
+        swapped = {slot: state[name] for slot, name in slots.items() if name in state}
+        return functional_call(model, swapped, (x,), kwargs or None, tie_weights=False, strict=False)
 
     return f
 
