@@ -9,7 +9,6 @@ loss of another.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
@@ -17,77 +16,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lightning_sensitivity.functional._gram import layerwise_gram, per_example_gram
-from lightning_sensitivity.functional._layer_gram import LayerwiseUnsupported
-from lightning_sensitivity.functional._model import (
-    Progress,
-    check_chunk_size,
-    check_progress,
-    detached_state,
-    match_model,
-    measurement_context,
-    prepare_inputs,
-    prepare_targets,
-    unwrap_model,
-)
+from lightning_sensitivity.functional._model import Progress
+from lightning_sensitivity.functional.gram import GramMethod, LossFn, gram_and_norms
 
-LossFn = Callable[[Tensor, Tensor], Tensor]
-GramMethod = Literal["auto", "layerwise", "per_example"]
 DISTANCES = ("cosine", "euclidean")
-GRAM_METHODS = ("auto", "layerwise", "per_example")
-
-
-def _gram_and_norms(
-    model: nn.Module,
-    inputs: Tensor,
-    targets: Tensor,
-    inputs2: Tensor | None,
-    targets2: Tensor | None,
-    loss_fn: LossFn,
-    chunk_size: int | None,
-    progress: Progress | None,
-    method: str = "auto",
-) -> tuple[Tensor, Tensor, Tensor]:
-    if method not in GRAM_METHODS:
-        raise ValueError(f"`method` expected one of {GRAM_METHODS}, got {method!r}")
-    if not callable(loss_fn):
-        raise TypeError(f"`loss_fn` expected a callable (logits, targets) -> loss, got {type(loss_fn).__name__}")
-    check_chunk_size(chunk_size)
-    check_progress(progress)
-    if (inputs2 is None) != (targets2 is None):
-        raise ValueError(
-            "`inputs2` and `targets2` expected to be given together, got "
-            f"inputs2={'None' if inputs2 is None else 'a tensor'} and targets2={'None' if targets2 is None else 'a tensor'}"
-        )
-    model = unwrap_model(model)
-    x1 = prepare_inputs(inputs)
-    y1 = prepare_targets(targets, x1.shape[0])
-    params, buffers = detached_state(model)
-    x1 = match_model(x1, params)
-    y1 = y1.to(x1.device)
-    x2 = y2 = None
-    if inputs2 is not None:
-        x2 = prepare_inputs(inputs2, name="inputs2")
-        if x2.shape[1:] != x1.shape[1:]:
-            raise ValueError(
-                f"`inputs2` expected examples of shape {tuple(x1.shape[1:])} like `inputs`, got {tuple(x2.shape[1:])}"
-            )
-        y2 = prepare_targets(targets2, x2.shape[0], name="targets2", inputs_name="inputs2")
-        x2 = match_model(x2, params)
-        y2 = y2.to(x2.device)
-    args = (model, params, buffers, x1, y1, x2, y2, loss_fn, chunk_size, progress)
-    with measurement_context(model):
-        if method == "per_example":
-            gram, sq1, sq2 = per_example_gram(*args)
-        else:
-            try:
-                gram, sq1, sq2 = layerwise_gram(*args)
-            except LayerwiseUnsupported as err:
-                if method == "layerwise":
-                    raise ValueError(f"`method='layerwise'` cannot handle this model: {err}") from None
-                # Exactness first: the generic engine handles any model, at the cost of per-example gradients.
-                gram, sq1, sq2 = per_example_gram(*args)
-    return gram.detach(), sq1.detach(), sq2.detach()
 
 
 def loss_gradient_gram(
@@ -136,7 +68,7 @@ def loss_gradient_gram(
         >>> loss_gradient_gram(model, torch.randn(5, 4), torch.randint(0, 3, (5,))).shape
         torch.Size([5, 5])
     """
-    return _gram_and_norms(model, inputs, targets, inputs2, targets2, loss_fn, chunk_size, progress, method)[0]
+    return gram_and_norms(model, inputs, targets, inputs2, targets2, loss_fn, chunk_size, progress, method)[0]
 
 
 @dataclass(frozen=True)
@@ -183,7 +115,7 @@ def stiffness(
         >>> s.sign.shape, float(s.sign_mean) <= 1.0
         (torch.Size([6, 6]), True)
     """
-    gram, sq1, sq2 = _gram_and_norms(
+    gram, sq1, sq2 = gram_and_norms(
         model, inputs, targets, inputs2, targets2, loss_fn, chunk_size, progress, method
     )
     norms = sq1.sqrt()[:, None] * sq2.sqrt()[None, :]

@@ -20,7 +20,6 @@ else (a parametrisation, ``x @ W.T``, an embedding, a recurrent cell, batch stat
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -31,8 +30,7 @@ from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_flatten
 
 from lightning_sensitivity.functional._model import as_function, check_logits
-
-LossFn = Callable[[Tensor, Tensor], Tensor]
+from lightning_sensitivity.functional.gram.blocks import LossFn
 
 _CONV = {F.conv1d: 1, F.conv2d: 2}
 _NORMS = (F.batch_norm, F.layer_norm, F.group_norm)

@@ -1,0 +1,100 @@
+"""The layerwise engine: per-layer Gram factors from one batched pass per chunk, checked against explicit gradients.
+
+The factors come from :mod:`~lightning_sensitivity.functional.gram.capture`; this module assembles them into Gram
+blocks and, once per model structure, verifies them against ``torch.autograd`` gradients of two examples.
+"""
+
+from __future__ import annotations
+
+import weakref
+
+import torch
+from torch import Tensor, nn
+
+from lightning_sensitivity.functional._model import Progress, as_function, check_logits
+from lightning_sensitivity.functional.gram import capture as lg
+from lightning_sensitivity.functional.gram.blocks import LossFn, blockwise_gram, split_trainable
+
+
+def layerwise_gram(
+    model: nn.Module,
+    params: dict[str, Tensor],
+    buffers: dict[str, Tensor],
+    x1: Tensor,
+    y1: Tensor,
+    x2: Tensor | None,
+    y2: Tensor | None,
+    loss_fn: LossFn,
+    chunk_size: int | None,
+    progress: Progress | None,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Blockwise Gram from per-layer factors of one batched pass per chunk (see :mod:`.capture`).
+
+    Before any block is assembled, the first chunk's factors are checked against explicit gradients of two of its
+    examples (``vmap(grad)``): a model that mixes examples in its forward pass, keeps the batch on another
+    dimension or uses a parameter where the capture cannot see it fails the check instead of giving a wrong Gram.
+
+    Raises:
+        LayerwiseUnsupported: an unsupported use of a trainable parameter, or a failed check.
+    """
+    trainable, frozen = split_trainable(params, model)
+    sets = ((x1, y1), (x2, y2))
+    reference_rows = min(max(x1.shape[0], 0 if x2 is None else x2.shape[0]), chunk_size or 1 << 62)
+    checked = False
+
+    def features(s: int, piece: slice) -> lg.Features:
+        nonlocal checked
+        x, y = sets[s]
+        feats = lg.layer_features(model, trainable, frozen, buffers, x[piece], y[piece], loss_fn, reference_rows)
+        if not checked:
+            key = _check_key(trainable, x, loss_fn)
+            verified = _VERIFIED.setdefault(model, set())
+            if key not in verified:
+                _check_against_explicit(model, trainable, frozen, buffers, x[piece], y[piece], loss_fn, feats)
+                verified.add(key)
+            checked = True
+        return feats
+
+    return blockwise_gram(
+        features,
+        lg.cross,
+        lg.squared_norms,
+        x1.shape[0],
+        None if x2 is None else x2.shape[0],
+        chunk_size,
+        progress,
+        x1,
+    )
+
+
+# Models whose layerwise factors passed the check, with what they were checked on: the check is about the model's
+# structure, so a monitor measuring the same model every epoch pays for it once.
+_VERIFIED: weakref.WeakKeyDictionary[nn.Module, set] = weakref.WeakKeyDictionary()
+
+
+def _check_key(trainable: dict[str, Tensor], x: Tensor, loss_fn: LossFn) -> tuple:
+    shapes = tuple((k, tuple(v.shape)) for k, v in trainable.items())
+    return (shapes, tuple(x.shape[1:]), x.dtype, x.device, id(loss_fn))
+
+
+def _check_against_explicit(model, trainable, frozen, buffers, x, y, loss_fn, feats: lg.Features) -> None:
+    index = torch.tensor(sorted({0, x.shape[0] - 1}), device=x.device)
+    # Plain autograd on batches of one: far less overhead than vmap for two examples.
+    leaves = {k: v.detach().requires_grad_(True) for k, v in trainable.items()}
+    f = as_function(model)
+    rows = []
+    for i in index.tolist():
+        loss = loss_fn(check_logits(f({**frozen, **leaves}, buffers, x[i : i + 1])), y[i : i + 1]).sum()
+        grads = torch.autograd.grad(loss, list(leaves.values()), allow_unused=True)
+        rows.append(torch.cat([(torch.zeros_like(p) if g is None else g).flatten() for g, p in zip(grads, leaves.values())]))
+    explicit = torch.stack(rows)
+    expected = explicit @ explicit.T
+    picked = lg.select(feats, index)
+    got = lg.cross(picked, picked)
+    scale = expected.diagonal().sqrt()
+    tolerance = torch.finfo(expected.dtype).eps ** 0.5 * (scale[:, None] * scale[None, :] + torch.finfo(expected.dtype).tiny)
+    if not bool(((got - expected).abs() <= tolerance).all()):
+        raise lg.LayerwiseUnsupported(
+            "the layerwise Gram disagrees with explicit per-example gradients on a check pair (does the model mix "
+            "the examples of a batch, or keep them on a dimension other than 0?)"
+        )
