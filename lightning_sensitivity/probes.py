@@ -1,7 +1,8 @@
 """Fixed, class-balanced, seeded probe sets drawn from a map-style ``Dataset``.
 
 A probe set is read by indexing the dataset, never by iterating the user's ``DataLoader``: iterating would advance
-its sampler's random stream and change the training run. Random transforms inside ``dataset[i]`` draw from the
+its sampler's random stream and change the training run. A streaming ``IterableDataset`` has no index: its probe set
+is the first examples of a fresh iterator over the dataset itself (for a shuffling stream, whichever come first). Random transforms inside ``dataset[i]`` draw from the
 global torch/numpy/python generators; those are seeded from ``seed`` for the read (so the probe set is reproducible
 and identical on every rank) and restored afterwards (so the training run's streams are not advanced).
 
@@ -13,7 +14,7 @@ from __future__ import annotations
 import contextlib
 import random
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -21,7 +22,9 @@ import torch
 from torch import Tensor
 from torch.utils.data import ConcatDataset, Dataset, IterableDataset, Subset, TensorDataset, default_collate
 
-BatchTransform = Callable[[Any], "tuple[Tensor, Tensor]"]
+from lightning_sensitivity._checks import check_int
+
+BatchTransform = Callable[[Any], "tuple[Tensor, Tensor] | tuple[Tensor, Tensor, dict[str, Tensor]]"]
 
 __all__ = [
     "ProbeSet",
@@ -29,6 +32,8 @@ __all__ = [
     "dataset_labels",
     "draw_probe_set",
     "probe_set_from_tensors",
+    "probe_set_from_data",
+    "check_probe_data",
     "split_batch",
     "isolated_global_rng",
 ]
@@ -48,29 +53,53 @@ class ProbeSet:
     """A fixed set of examples the callbacks measure on.
 
     Attributes:
-        inputs: ``[N, *input_shape]`` as produced by the dataset (transforms applied).
-        targets: ``[N]`` long class indices.
-        indices: ``[N]`` long positions of the examples in the dataset (or in the tensors they were taken from).
+        inputs: ``[N, *input_shape]`` as produced by the dataset (transforms applied); floating point, or integer
+            (token ids) for models measured through an ``embed_fn``.
+        targets: ``[N, ...]`` targets: long class indices ``[N]`` for classification, any dtype/shape otherwise.
+        indices: ``[N]`` long positions of the examples in the dataset (or in the tensors they were taken from;
+            for a stream, positions in the iteration order).
+        model_kwargs: per-example extra model inputs (attention masks, ...), each ``[N, ...]``.
     """
 
     inputs: Tensor
     targets: Tensor
     indices: Tensor
+    model_kwargs: dict[str, Tensor] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return int(self.targets.shape[0])
 
+    @property
+    def class_targets(self) -> bool:
+        """Whether the targets are integer class indices ``[N]`` (class splits and per-class statistics apply)."""
+        return is_class_targets(self.targets)
+
     def to(self, device: torch.device | str) -> ProbeSet:
-        return ProbeSet(self.inputs.to(device), self.targets.to(device), self.indices)
+        return ProbeSet(
+            self.inputs.to(device),
+            self.targets.to(device),
+            self.indices,
+            {k: v.to(device) for k, v in self.model_kwargs.items()},
+        )
+
+    def with_inputs(self, inputs: Tensor) -> ProbeSet:
+        """The same probe set with other inputs (e.g. embedded token ids)."""
+        return ProbeSet(inputs, self.targets, self.indices, self.model_kwargs)
+
+    def state(self) -> dict[str, Any]:
+        """A plain dict for a checkpoint (see :meth:`from_state`)."""
+        return {"inputs": self.inputs, "targets": self.targets, "indices": self.indices, "model_kwargs": self.model_kwargs}
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any]) -> ProbeSet:
+        kwargs = {k: v.cpu() for k, v in (state.get("model_kwargs") or {}).items()}
+        targets = state["targets"].cpu()
+        return cls(state["inputs"].cpu(), targets, state["indices"].cpu().long(), kwargs)
 
 
-def _check_int(value: Any, name: str, *, minimum: int | None = None) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise TypeError(f"`{name}` expected an int, got {type(value).__name__} {value!r}")
-    if minimum is not None and value < minimum:
-        kind = "a positive int" if minimum == 1 else f"an int >= {minimum}"
-        raise ValueError(f"`{name}` expected {kind}, got {value}")
-    return int(value)
+def is_class_targets(targets: Tensor) -> bool:
+    """Integer (not bool) class indices of shape ``[N]``."""
+    return targets.dim() == 1 and not targets.is_floating_point() and not targets.is_complex() and targets.dtype != torch.bool
 
 
 def _as_label_tensor(labels: Any, name: str = "labels") -> Tensor:
@@ -111,10 +140,10 @@ def class_balanced_indices(labels: Any, num_samples: int, *, seed: int, num_clas
         [5, 5]
     """
     labels = _as_label_tensor(labels)
-    num_samples = _check_int(num_samples, "num_samples", minimum=1)
-    seed = _check_int(seed, "seed")
+    num_samples = check_int(num_samples, "num_samples", minimum=1)
+    seed = check_int(seed, "seed")
     if num_classes is not None:
-        num_classes = _check_int(num_classes, "num_classes", minimum=1)
+        num_classes = check_int(num_classes, "num_classes", minimum=1)
     if labels.numel() and labels.min() < 0:
         raise ValueError(f"`labels` expected non-negative class indices, got a minimum of {int(labels.min())}")
     if num_classes is not None and labels.numel() and labels.max() >= num_classes:
@@ -182,20 +211,56 @@ def isolated_global_rng(seed: int) -> Iterator[None]:
         random.setstate(python_state)
 
 
-def split_batch(batch: Any, batch_transform: BatchTransform | None = None) -> tuple[Tensor, Tensor]:
-    """``(inputs, targets)`` of a collated batch: ``(x, y, ...)`` tuples/lists, dicts with input/target-like keys.
+Batch = tuple[Tensor, Tensor, dict[str, Tensor]]
+
+
+def _check_kwargs(kwargs: Any, num: int, name: str) -> dict[str, Tensor]:
+    if not isinstance(kwargs, Mapping) or not all(isinstance(k, str) and isinstance(v, Tensor) for k, v in kwargs.items()):
+        raise TypeError(f"`{name}` expected a dict of str -> per-example tensors, got {type(kwargs).__name__}")
+    for key, value in kwargs.items():
+        if value.dim() == 0 or value.shape[0] != num:
+            raise ValueError(
+                f"`{name}` expected tensors with first dimension {num} (one entry per example), got {key!r} of "
+                f"shape {tuple(value.shape)}"
+            )
+    return dict(kwargs)
+
+
+def _parts(out: Any, what: str) -> Batch:
+    """``(inputs, targets, model_kwargs)`` from a pair or a triple, checked for matching first dimensions."""
+    if not (isinstance(out, (tuple, list)) and len(out) in (2, 3)):
+        raise TypeError(
+            f"{what} expected (inputs, targets) or (inputs, targets, model_kwargs), got {type(out).__name__}"
+            + (f" of length {len(out)}" if isinstance(out, (tuple, list)) else "")
+        )
+    x, y = out[0], out[1]
+    if not isinstance(x, Tensor) or not isinstance(y, Tensor):
+        raise TypeError(f"{what} expected tensors (inputs, targets), got ({type(x).__name__}, {type(y).__name__})")
+    if x.dim() < 1 or y.dim() < 1 or x.shape[0] != y.shape[0] or x.shape[0] == 0:
+        raise ValueError(
+            f"{what} expected inputs [N, ...] and targets [N, ...] with the same N >= 1, got inputs "
+            f"{tuple(x.shape)} and targets {tuple(y.shape)}"
+        )
+    kwargs = _check_kwargs(out[2], x.shape[0], f"{what}'s model_kwargs") if len(out) == 3 else {}
+    if is_class_targets(y.flatten()) and y.dim() == 2 and y.shape[1] == 1:
+        y = y.flatten()  # class indices as a column
+    if is_class_targets(y):
+        y = y.long()
+    return x, y, kwargs
+
+
+def split_batch(batch: Any, batch_transform: BatchTransform | None = None) -> Batch:
+    """``(inputs, targets, model_kwargs)`` of a collated batch: ``(x, y, ...)`` tuples/lists, dicts with
+    input/target-like keys, or what ``batch_transform`` returns (a pair or a triple with ``model_kwargs``).
 
     Raises:
         TypeError: the batch has no recognisable layout (pass ``batch_transform``), or the parts are not tensors.
     """
     if batch_transform is not None:
-        out = batch_transform(batch)
-        if not (isinstance(out, (tuple, list)) and len(out) == 2):
-            raise TypeError(f"`batch_transform` expected to return a tuple (inputs, targets), got {type(out).__name__}")
-        x, y = out
-    elif isinstance(batch, (tuple, list)) and len(batch) >= 2:
-        x, y = batch[0], batch[1]
-    elif isinstance(batch, Mapping):
+        return _parts(batch_transform(batch), "`batch_transform`")
+    if isinstance(batch, (tuple, list)) and len(batch) >= 2:
+        return _parts((batch[0], batch[1]), "a batch")
+    if isinstance(batch, Mapping):
         x_key = next((k for k in INPUT_KEYS if k in batch), None)
         y_key = next((k for k in TARGET_KEYS if k in batch), None)
         if x_key is None or y_key is None:
@@ -203,34 +268,64 @@ def split_batch(batch: Any, batch_transform: BatchTransform | None = None) -> tu
                 f"a batch dict expected an input key (one of {INPUT_KEYS}) and a target key (one of {TARGET_KEYS}), "
                 f"got keys {sorted(map(str, batch))}; pass `batch_transform=lambda batch: (inputs, targets)`"
             )
-        x, y = batch[x_key], batch[y_key]
-    else:
+        return _parts((batch[x_key], batch[y_key]), "a batch")
+    raise TypeError(
+        f"a batch expected to be an (inputs, targets, ...) tuple or a dict, got {type(batch).__name__}; "
+        "pass `batch_transform=lambda batch: (inputs, targets)`"
+    )
+
+
+def check_probe_data(data: Any, name: str) -> None:
+    """Validate explicit probe data: ``(inputs, targets)`` or ``(inputs, targets, model_kwargs)``."""
+    if not isinstance(data, (tuple, list)) or len(data) not in (2, 3):
         raise TypeError(
-            f"a batch expected to be an (inputs, targets, ...) tuple or a dict, got {type(batch).__name__}; "
-            "pass `batch_transform=lambda batch: (inputs, targets)`"
+            f"`{name}` expected (inputs, targets) or (inputs, targets, model_kwargs) or None, got "
+            f"{type(data).__name__}"
         )
-    if not isinstance(x, Tensor) or not isinstance(y, Tensor):
-        raise TypeError(f"a batch expected tensors (inputs, targets), got ({type(x).__name__}, {type(y).__name__})")
-    if not x.is_floating_point():
-        raise TypeError(f"inputs expected a floating-point tensor, got dtype {x.dtype}; convert them in the dataset")
-    return x, _as_label_tensor(y.flatten() if y.dim() == 2 and y.shape[1] == 1 else y, "targets")
+    try:
+        _parts(tuple(data), f"`{name}`")
+    except (TypeError, ValueError) as err:
+        raise type(err)(str(err)) from None
+
+
+def _choose(targets: Tensor, num_samples: int, seed: int) -> Tensor:
+    """Class-balanced positions for class targets, a seeded uniform subset otherwise (sorted, distinct)."""
+    if is_class_targets(targets):
+        return class_balanced_indices(targets, num_samples, seed=seed)
+    n = targets.shape[0]
+    if num_samples >= n:
+        return torch.arange(n)
+    gen = torch.Generator().manual_seed(seed % 2**63)
+    return torch.randperm(n, generator=gen)[:num_samples].sort().values
+
+
+def probe_set_from_data(data: Any, num_samples: int, *, seed: int) -> ProbeSet:
+    """A probe set from explicit ``(inputs, targets[, model_kwargs])``: all of it, or a class-balanced (for class
+    targets; else seeded uniform) subset of ``num_samples`` when larger."""
+    x, y, kwargs = _parts(tuple(data), "the probe data")
+    indices = _choose(y, num_samples, seed)
+    return ProbeSet(
+        x.detach()[indices].cpu().clone(),
+        y.detach()[indices].cpu().clone(),
+        indices,
+        {k: v.detach()[indices].cpu().clone() for k, v in kwargs.items()},
+    )
 
 
 def probe_set_from_tensors(inputs: Tensor, targets: Tensor, num_samples: int, *, seed: int) -> ProbeSet:
     """A probe set from explicit tensors: all of them, or a class-balanced subset of ``num_samples`` when larger."""
-    if not isinstance(inputs, Tensor) or not isinstance(targets, Tensor):
-        raise TypeError(
-            f"expected a pair of tensors (inputs, targets), got ({type(inputs).__name__}, {type(targets).__name__})"
-        )
-    if inputs.dim() < 2 or not inputs.is_floating_point():
-        raise ValueError(
-            f"inputs expected a floating tensor [N, *input_shape], got {inputs.dtype} {tuple(inputs.shape)}"
-        )
-    labels = _as_label_tensor(targets, "targets")
-    if labels.shape[0] != inputs.shape[0]:
-        raise ValueError(f"targets expected {inputs.shape[0]} entries to match the inputs, got {labels.shape[0]}")
-    indices = class_balanced_indices(labels, num_samples, seed=seed)
-    return ProbeSet(inputs.detach()[indices].cpu().clone(), labels[indices].clone(), indices)
+    return probe_set_from_data((inputs, targets), num_samples, seed=seed)
+
+
+def _first_of_stream(dataset: IterableDataset, size: int, seed: int) -> list[Any]:
+    """The first ``size`` items of a fresh iterator over ``dataset`` (global RNG isolated, as for indexed reads)."""
+    items: list[Any] = []
+    with isolated_global_rng(seed):
+        for item in dataset:
+            items.append(item)
+            if len(items) >= size:
+                break
+    return items
 
 
 def draw_probe_set(
@@ -241,22 +336,24 @@ def draw_probe_set(
     batch_transform: BatchTransform | None = None,
     collate_fn: Callable[[list[Any]], Any] | None = None,
 ) -> ProbeSet:
-    """Read a class-balanced probe set of ``num_samples`` examples from a map-style dataset.
+    """Read a class-balanced probe set of ``num_samples`` examples from a dataset.
 
     Args:
-        dataset: supports ``len`` and ``dataset[i]``; labels come from :func:`dataset_labels` when possible, else by
-            reading a seeded random pool of examples.
+        dataset: a map-style dataset (``len`` and ``dataset[i]``; labels come from :func:`dataset_labels` when
+            possible, else by reading a seeded random pool of examples), or a streaming ``IterableDataset``: then a
+            pool of its first examples (a fresh iterator over the dataset, never the user's loader) is read and the
+            probe set is chosen from that pool.
         num_samples: examples wanted; fewer are returned when the dataset is smaller (check ``len(result)``).
         seed: fixes which examples are chosen and the draws of random transforms while reading them.
-        batch_transform: maps a collated batch to ``(inputs, targets)`` (see :func:`split_batch` for the default).
+        batch_transform: maps a collated batch to ``(inputs, targets)`` or ``(inputs, targets, model_kwargs)``
+            (see :func:`split_batch` for the default).
         collate_fn: how the examples are batched (default :func:`torch.utils.data.default_collate`).
 
     Returns:
         :class:`ProbeSet` on the CPU.
 
     Raises:
-        TypeError: ``dataset`` is an ``IterableDataset`` or cannot be indexed, or its batches have no recognisable
-            layout.
+        TypeError: ``dataset`` cannot be indexed or iterated, or its batches have no recognisable layout.
         ValueError: the dataset is empty.
 
     Example:
@@ -265,16 +362,24 @@ def draw_probe_set(
         >>> torch.bincount(probe.targets).tolist()
         [2, 2, 2, 2]
     """
-    num_samples = _check_int(num_samples, "num_samples", minimum=1)
-    seed = _check_int(seed, "seed")
-    if isinstance(dataset, IterableDataset) or not (hasattr(dataset, "__getitem__") and hasattr(dataset, "__len__")):
+    num_samples = check_int(num_samples, "num_samples", minimum=1)
+    seed = check_int(seed, "seed")
+    collate = default_collate if collate_fn is None else collate_fn
+    if isinstance(dataset, IterableDataset):
+        items = _first_of_stream(dataset, max(_POOL_FACTOR * num_samples, _MIN_POOL), seed)
+        if not items:
+            raise ValueError("`dataset` expected at least one example, got an empty stream")
+        x, y, kwargs = split_batch(collate(items), batch_transform)
+        positions = _choose(y, num_samples, seed)
+        return ProbeSet(x[positions].detach().cpu(), y[positions].cpu(), positions, {k: v[positions].cpu() for k, v in kwargs.items()})
+    if not (hasattr(dataset, "__getitem__") and hasattr(dataset, "__len__")):
         raise TypeError(
-            f"`dataset` expected a map-style dataset (with __len__ and __getitem__), got {type(dataset).__name__}"
+            f"`dataset` expected a map-style dataset (with __len__ and __getitem__) or an IterableDataset, got "
+            f"{type(dataset).__name__}"
         )
     size = len(dataset)  # type: ignore[arg-type]
     if size == 0:
         raise ValueError("`dataset` expected at least one example, got an empty dataset")
-    collate = default_collate if collate_fn is None else collate_fn
     labels = dataset_labels(dataset)
     if labels is not None:
         positions = class_balanced_indices(labels, num_samples, seed=seed)
@@ -283,14 +388,14 @@ def draw_probe_set(
         gen = torch.Generator().manual_seed(seed % 2**63)
         pool = torch.randperm(size, generator=gen)[:pool_size].sort().values
         with isolated_global_rng(seed):
-            pool_labels = torch.cat([split_batch(collate([dataset[int(i)]]), batch_transform)[1] for i in pool])
-        positions = pool[class_balanced_indices(pool_labels, num_samples, seed=seed)]
+            pool_targets = torch.cat([split_batch(collate([dataset[int(i)]]), batch_transform)[1] for i in pool])
+        positions = pool[_choose(pool_targets, num_samples, seed)]
     with isolated_global_rng(seed):
         batch = collate([dataset[int(i)] for i in positions])
-    inputs, targets = split_batch(batch, batch_transform)
-    if inputs.shape[0] != positions.shape[0] or targets.shape[0] != positions.shape[0]:
+    inputs, targets, kwargs = split_batch(batch, batch_transform)
+    if inputs.shape[0] != positions.shape[0]:
         raise ValueError(
             f"expected one example per dataset item, got inputs {tuple(inputs.shape)} and targets "
             f"{tuple(targets.shape)} for {positions.shape[0]} items"
         )
-    return ProbeSet(inputs.detach().cpu(), targets, positions.clone())
+    return ProbeSet(inputs.detach().cpu(), targets, positions.clone(), {k: v.detach().cpu() for k, v in kwargs.items()})

@@ -134,7 +134,8 @@ def resolve_schedule(
     """The schedule described by the callbacks' common arguments.
 
     Precedence: an explicit ``epochs`` list wins over everything (``at_init`` is then ignored: list ``0`` to measure
-    the initialisation); otherwise ``log_spaced=True`` wins over ``every_n_epochs``.
+    the initialisation); ``log_spaced=True`` with a non-default ``every_n_epochs`` is refused (two schedules at once),
+    and so is an empty ``epochs`` list (it would never measure).
 
     Raises:
         TypeError / ValueError: naming the offending argument.
@@ -142,8 +143,16 @@ def resolve_schedule(
     _check_bool(log_spaced, "log_spaced")
     _check_bool(at_init, "at_init")
     every = _make_every_n_epochs(every_n_epochs, at_init)  # validated even when overridden below
+    if log_spaced and every_n_epochs != 1 and epochs is None:
+        raise ValueError(
+            f"`every_n_epochs` expected to be left at its default with `log_spaced=True` (they are two schedules), "
+            f"got every_n_epochs={every_n_epochs!r}"
+        )
     if epochs is not None:
-        return at_epochs(epochs)
+        schedule = at_epochs(epochs)
+        if not schedule.epochs:  # type: ignore[attr-defined]
+            raise ValueError(f"`epochs` expected a non-empty sequence of non-negative ints, got {list(epochs)!r}")
+        return schedule
     if log_spaced:
         return _LogSpaced(at_init)
     return every

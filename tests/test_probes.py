@@ -161,18 +161,61 @@ def test_batch_transform():
 
 
 def test_draw_errors():
-    class Stream(IterableDataset):
+    class Empty(IterableDataset):
         def __iter__(self):
-            yield torch.zeros(2), 0
+            return iter(())
 
+    with pytest.raises(ValueError, match="empty"):
+        draw_probe_set(Empty(), 4, seed=0)
     with pytest.raises(TypeError, match="map-style"):
-        draw_probe_set(Stream(), 4, seed=0)
+        draw_probe_set(object(), 4, seed=0)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="empty"):
         draw_probe_set(TensorDataset(torch.zeros(0, 2), torch.zeros(0)), 4, seed=0)
     with pytest.raises(TypeError, match="batch_transform"):
         split_batch({"a": torch.zeros(2)})
-    with pytest.raises(TypeError, match="floating"):
-        split_batch((torch.zeros(2, dtype=torch.long), torch.zeros(2, dtype=torch.long)))
+    with pytest.raises(TypeError, match="model_kwargs"):
+        split_batch(torch.zeros(3, 2), lambda b: (b, b[:, 0], [b]))
+    with pytest.raises(ValueError, match="first dimension 3"):
+        split_batch(torch.zeros(3, 2), lambda b: (b, b[:, 0], {"mask": b[:2]}))
+
+
+def test_streams_give_their_first_examples_class_balanced_with_the_global_rng_untouched():
+    """An IterableDataset is read through a fresh iterator of the dataset itself (never the user's loader)."""
+
+    class Stream(IterableDataset):
+        def __init__(self):
+            self.iterations = 0
+
+        def __iter__(self):
+            self.iterations += 1
+            for i in range(5000):
+                torch.rand(1)  # a random transform drawing from the global stream
+                yield torch.full((2,), float(i)), i % 3
+
+    stream = Stream()
+    before = torch.get_rng_state()
+    probe = draw_probe_set(stream, 30, seed=0)
+    assert torch.equal(torch.get_rng_state(), before)
+    assert stream.iterations == 1
+    assert torch.bincount(probe.targets).tolist() == [10, 10, 10]
+    # positions are stream positions, the inputs those items, all from the first pool of the stream
+    assert torch.equal(probe.inputs[:, 0].long(), probe.indices)
+    assert int(probe.indices.max()) < 1024
+    assert torch.equal(draw_probe_set(Stream(), 30, seed=0).indices, probe.indices)
+
+
+def test_token_ids_float_targets_and_model_kwargs_are_kept():
+    ids = torch.randint(0, 50, (40, 7))
+    mask = torch.ones(40, 7, dtype=torch.long)
+    multi_hot = (torch.rand(40, 5) > 0.5).float()
+    data = TensorDataset(ids, multi_hot, mask)
+    probe = draw_probe_set(data, 16, seed=1, batch_transform=lambda b: (b[0], b[1], {"attention_mask": b[2]}))
+    assert probe.inputs.dtype == torch.long and probe.targets.dtype == torch.float32 and not probe.class_targets
+    assert torch.equal(probe.inputs, ids[probe.indices]) and torch.equal(probe.targets, multi_hot[probe.indices])
+    assert torch.equal(probe.model_kwargs["attention_mask"], mask[probe.indices])
+    assert len(probe) == 16 and len(set(probe.indices.tolist())) == 16
+    restored = type(probe).from_state(probe.state())
+    assert torch.equal(restored.model_kwargs["attention_mask"], probe.model_kwargs["attention_mask"])
 
 
 def test_from_tensors_subsamples_balanced():

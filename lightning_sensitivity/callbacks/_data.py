@@ -10,14 +10,23 @@ datamodule and module hooks.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping
-from typing import Any
+from typing import Any, NamedTuple
 
 import lightning.pytorch as pl
 from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities.model_helpers import is_overridden
-from torch.utils.data import DataLoader, Dataset, IterableDataset
+from torch.utils.data import DataLoader, Dataset
 
-TRAIN, VAL = "train", "val"
+from lightning_sensitivity.keys import TEST, TRAIN, VAL
+
+
+class Found(NamedTuple):
+    """The dataset a probe set is drawn from, with how it is batched and which of how many loaders it is."""
+
+    dataset: Dataset
+    collate_fn: Callable[[list[Any]], Any] | None
+    index: int
+    num_loaders: int
 
 
 class _HookSource:
@@ -50,6 +59,9 @@ def _sources(trainer: pl.Trainer, pl_module: pl.LightningModule, split: str) -> 
     if split == TRAIN:
         candidates.append(_loop_source(fit_loop))
         hook = "train_dataloader"
+    elif split == TEST:
+        candidates.append(_loop_source(getattr(trainer, "test_loop", None)))
+        hook = "test_dataloader"
     else:
         if fn == TrainerFn.VALIDATING:
             candidates.append(_loop_source(getattr(trainer, "validate_loop", None)))
@@ -66,11 +78,13 @@ def _sources(trainer: pl.Trainer, pl_module: pl.LightningModule, split: str) -> 
     return [c for c in candidates if c is not None]
 
 
+def _loaded(trainer: pl.Trainer, split: str) -> Any:
+    return {TRAIN: trainer.train_dataloader, VAL: trainer.val_dataloaders, TEST: trainer.test_dataloaders}[split]
+
+
 def has_source(trainer: pl.Trainer, pl_module: pl.LightningModule, split: str) -> bool:
     """Whether some data for ``split`` is reachable (without instantiating any loader)."""
-    if split == TRAIN and trainer.train_dataloader is not None:
-        return True
-    if split == VAL and trainer.val_dataloaders is not None:
+    if _loaded(trainer, split) is not None:
         return True
     for source in _sources(trainer, pl_module, split):
         try:
@@ -99,19 +113,22 @@ def _loaders(value: Any) -> Iterator[Any]:
 
 
 def find_dataset(
-    trainer: pl.Trainer, pl_module: pl.LightningModule, split: str
-) -> tuple[Dataset, Callable[[list[Any]], Any] | None] | None:
-    """``(dataset, collate_fn)`` of the first ``split`` loader found, or None when there is no source at all.
+    trainer: pl.Trainer, pl_module: pl.LightningModule, split: str, index: int = 0
+) -> Found | None:
+    """The dataset of the ``index``-th ``split`` loader found (the first one for the training data), or None when
+    there is no source at all.
 
     Raises:
         TypeError: a source exists but yields no ``torch.utils.data.DataLoader`` over a dataset.
+        ValueError: ``index`` is beyond the number of loaders.
     """
     if split == TRAIN:
         # A datamodule may expose the training examples without augmentation; a probe set should not be augmented.
         clean = getattr(trainer.datamodule, "train_eval_dataset", None)
-        if isinstance(clean, Dataset) and not isinstance(clean, IterableDataset):
-            return clean, None
-    loaded = trainer.train_dataloader if split == TRAIN else trainer.val_dataloaders
+        if isinstance(clean, Dataset):
+            return Found(clean, None, 0, 1)
+        index = 0
+    loaded = _loaded(trainer, split)
     found: list[Any] = [] if loaded is None else [loaded]
     if not found:
         for source in _sources(trainer, pl_module, split):
@@ -120,12 +137,28 @@ def find_dataset(
                 break
     if not found:
         return None
-    for loader in _loaders(found[0]):
-        if isinstance(loader, DataLoader):
-            return loader.dataset, loader.collate_fn
-        if isinstance(loader, Dataset):  # a dataset passed where a loader is expected still has items
-            return loader, None
-    raise TypeError(
-        f"the {split} data expected a torch.utils.data.DataLoader over a map-style dataset, got "
-        f"{type(found[0]).__name__}"
-    )
+    loaders = [
+        (loader.dataset, loader.collate_fn) if isinstance(loader, DataLoader) else (loader, None)
+        for loader in _loaders(found[0])
+        if isinstance(loader, (DataLoader, Dataset))  # a dataset passed where a loader is expected still has items
+    ]
+    if not loaders:
+        raise TypeError(
+            f"the {split} data expected a torch.utils.data.DataLoader over a dataset, got {type(found[0]).__name__}"
+        )
+    if index >= len(loaders):
+        raise ValueError(
+            f"`val_dataloader_idx` expected an index below the number of {split} loaders ({len(loaders)}), got {index}"
+        )
+    dataset, collate_fn = loaders[index]
+    return Found(dataset, collate_fn, index, len(loaders))
+
+
+def sensitivity_monitors_keys(trainer: pl.Trainer) -> list[str]:
+    """The ``sensitivity/...`` keys other callbacks (ModelCheckpoint, EarlyStopping) monitor."""
+    wanted = []
+    for callback in getattr(trainer, "callbacks", []):
+        monitor = getattr(callback, "monitor", None)
+        if isinstance(monitor, str) and monitor.startswith("sensitivity/"):
+            wanted.append(monitor)
+    return wanted

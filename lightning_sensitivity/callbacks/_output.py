@@ -1,18 +1,37 @@
-"""Where a measurement goes: scalars to every logger, images/histograms/text to TensorBoard, one artifact file.
+"""Where a measurement goes: scalars to every logger, images/histograms/text to the loggers that take them, one
+artifact file.
 
 Rank-zero decisions are the caller's; nothing here issues a collective (``trainer.log_dir`` would: it broadcasts).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
-from typing import Any
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, NamedTuple
 
 import lightning.pytorch as pl
+import numpy as np
 import torch
-from torch import Tensor
 
-from lightning_sensitivity.logging import add_sensitivity_layout, log_figure, log_histogram, log_text, save_artifact
+from lightning_sensitivity import keys
+from lightning_sensitivity.callbacks.measurement import Measurement
+from lightning_sensitivity.logging import (
+    add_sensitivity_layout,
+    find_tensorboard_writer,
+    log_figure,
+    log_histogram,
+    log_text,
+    save_artifact,
+)
+
+
+def log_step(trainer: pl.Trainer) -> int:
+    """The step Lightning writes its own epoch-end metrics at (``_batches_that_stepped``, which lags
+    ``global_step`` under manual optimisation and at some epoch ends), so sensitivity points line up with them."""
+    loop = getattr(getattr(trainer, "fit_loop", None), "epoch_loop", None)
+    step = getattr(loop, "_batches_that_stepped", None)
+    return int(step) if isinstance(step, int) else int(trainer.global_step)
 
 
 def log_scalars(
@@ -32,35 +51,54 @@ def log_scalars(
             pl_module.log(key, value, on_step=False, on_epoch=True, sync_dist=False)
 
 
+def tensorboard_writer(trainer: pl.Trainer) -> Any:
+    return find_tensorboard_writer(trainer)
+
+
 def write_run_summary(writer: Any, name: str, config: Mapping[str, Any], layout_groups: tuple[str, ...]) -> None:
     """Once per run and writer: the custom-scalars layout and a Markdown table of the monitor's configuration."""
     add_sensitivity_layout(writer, groups=layout_groups)
     rows = "\n".join(f"| {k} | {v} |" for k, v in config.items())
-    log_text(writer, f"sensitivity/config/{name}", f"| setting | value |\n|---|---|\n{rows}", 0)
+    log_text(writer, keys.config_tag(name), f"| setting | value |\n|---|---|\n{rows}", 0)
 
 
-def write_step(
-    writer: Any,
-    histograms: Mapping[str, Tensor],
-    figures: Iterable[tuple[str, Callable[[], Any]]],
-    step: int,
-) -> None:
-    """Histograms and images of one measurement; figures are built lazily, so skipped ones cost nothing."""
-    for tag, values in histograms.items():
+def write_histograms(trainer: pl.Trainer, result: Measurement, step: int) -> None:
+    writer = find_tensorboard_writer(trainer)
+    if writer is None:
+        return
+    for tag, values in result.histograms.items():
         log_histogram(writer, tag, values.detach().cpu(), step)
-    for tag, make_figure in figures:
-        fig, _ = make_figure()
-        log_figure(writer, tag, fig, step)
 
 
-def write_artifact(
-    trainer: pl.Trainer, quantity: str, epoch: int, step: int, arrays: Mapping[str, Any], meta: Mapping[str, Any]
-) -> None:
-    """Save one NPZ under the first logger's directory; nothing without a logger."""
-    if not trainer.loggers:
+def write_figures(trainer: pl.Trainer, result: Measurement, step: int) -> None:
+    """Images of one measurement; figures are built lazily here, so skipped ones cost nothing."""
+    writer = find_tensorboard_writer(trainer)
+    if writer is None:
         return
-    logger = trainer.loggers[0]
-    log_dir = getattr(logger, "log_dir", None) or getattr(logger, "save_dir", None)
-    if log_dir is None:
-        return
-    save_artifact(log_dir, quantity, epoch, step, arrays, meta)
+    for tag, make in result.figures:
+        image = make()
+        if isinstance(image, np.ndarray):
+            writer.add_image(tag, image, global_step=step, dataformats="HWC")
+        else:
+            fig = image[0] if isinstance(image, tuple) else image
+            log_figure(writer, tag, fig, step)
+
+
+class ArtifactRoot(NamedTuple):
+    path: str
+    fallback: bool  # True when no logger has a directory and `trainer.default_root_dir` is used
+
+
+def artifact_root(trainer: pl.Trainer) -> ArtifactRoot:
+    """The directory artifacts go under: the first logger's ``log_dir`` (or ``save_dir``) that has one, else
+    ``trainer.default_root_dir``."""
+    for logger in trainer.loggers:
+        log_dir = getattr(logger, "log_dir", None) or getattr(logger, "save_dir", None)
+        if log_dir is not None:
+            return ArtifactRoot(str(log_dir), False)
+    return ArtifactRoot(str(Path(trainer.default_root_dir)), True)
+
+
+def write_artifact(root: str, quantity: str, epoch: int, step: int, arrays: Mapping[str, Any], meta: Mapping[str, Any]) -> None:
+    """Save one NPZ under ``{root}/sensitivity/{quantity}/``."""
+    save_artifact(root, quantity, epoch, step, arrays, meta)

@@ -7,10 +7,12 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
+from typing_extensions import override
 
-from lightning_sensitivity.callbacks._data import TRAIN, VAL
-from lightning_sensitivity.callbacks._progress import ProgressFactory
-from lightning_sensitivity.callbacks.base import Measurement, SensitivityMonitor, check_names
+from lightning_sensitivity.callbacks.progress import ProgressFactory
+from lightning_sensitivity.keys import TRAIN, VAL
+from lightning_sensitivity._checks import check_names
+from lightning_sensitivity.callbacks.base import Measurement, ProbeSplits, SensitivityMonitor
 from lightning_sensitivity.functional import jacobian_norm, predict_logits
 from lightning_sensitivity.probes import ProbeSet
 
@@ -73,6 +75,7 @@ class JacobianNormMonitor(SensitivityMonitor):
     """
 
     quantity = "jacobian_norm"
+    state_fields = ("num_samples", "seed", "output")
 
     def __init__(self, *, output: str = "softmax", class_names: Sequence[str] | None = None, **kwargs: Any) -> None:
         if output not in OUTPUTS:
@@ -81,14 +84,13 @@ class JacobianNormMonitor(SensitivityMonitor):
         self.class_names = check_names(class_names, "class_names")
         super().__init__(**kwargs)
 
-    def _splits(self) -> tuple[frozenset[str], frozenset[str]]:
+    @override
+    def probe_splits(self) -> ProbeSplits:
         return frozenset({VAL}), frozenset({TRAIN})
 
-    def _state_key_args(self) -> dict[str, Any]:
-        return {**super()._state_key_args(), "output": self.output}
-
-    def _config(self) -> dict[str, Any]:
-        return {**super()._config(), "output": self.output, "class_names": self.class_names}
+    @override
+    def config(self) -> dict[str, Any]:
+        return {**super().config(), "output": self.output, "class_names": self.class_names}
 
     def _norms(self, model: nn.Module, probe: ProbeSet, progress: ProgressFactory, split: str) -> tuple[Tensor, Tensor]:
         with progress(f"{split} Jacobian norms") as bar:
@@ -96,7 +98,8 @@ class JacobianNormMonitor(SensitivityMonitor):
         correct = predict_logits(model, probe.inputs, self.chunk_size).argmax(dim=1) == probe.targets
         return norms.detach().float().cpu(), correct.cpu()
 
-    def _compute(
+    @override
+    def compute(
         self, model: nn.Module, probes: dict[str, ProbeSet], progress: ProgressFactory, epoch: int
     ) -> Measurement:
         result = Measurement(meta={"output": self.output, "class_names": self.class_names})
@@ -108,7 +111,7 @@ class JacobianNormMonitor(SensitivityMonitor):
         result.arrays.update(val_norms=val_norms, val_labels=val_labels, val_correct=val_correct)
 
         if TRAIN in probes:
-            train = self._attempt(
+            train = self.attempt(
                 "the train Jacobian norms", lambda: self._norms(model, probes[TRAIN], progress, TRAIN), epoch
             )
             if train is not None:

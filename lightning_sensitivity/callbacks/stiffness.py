@@ -8,10 +8,12 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from typing_extensions import override
 
-from lightning_sensitivity.callbacks._data import TRAIN, VAL
-from lightning_sensitivity.callbacks._progress import ProgressFactory
-from lightning_sensitivity.callbacks.base import Measurement, SensitivityMonitor, check_int, check_names
+from lightning_sensitivity.callbacks.progress import ProgressFactory
+from lightning_sensitivity.keys import TRAIN, VAL
+from lightning_sensitivity._checks import check_int, check_names
+from lightning_sensitivity.callbacks.base import Measurement, ProbeSplits, SensitivityMonitor
 from lightning_sensitivity.functional import (
     class_stiffness,
     critical_length,
@@ -103,6 +105,7 @@ class StiffnessMonitor(SensitivityMonitor):
     """
 
     quantity = "stiffness"
+    state_fields = ("num_samples", "seed", "groups")
 
     def __init__(
         self,
@@ -153,22 +156,23 @@ class StiffnessMonitor(SensitivityMonitor):
         self.distance = distance
         super().__init__(**kwargs)
 
-    def _splits(self) -> tuple[frozenset[str], frozenset[str]]:
+    @override
+    def probe_splits(self) -> ProbeSplits:
         return frozenset(split for g in self.groups for split in g.split("_")), frozenset()
 
-    def _missing_hint(self, missing: list[str]) -> str:
+    @override
+    def missing_hint(self, missing: list[str]) -> str:
         return " Or measure validation pairs only: `groups=('val_val',)`." if TRAIN in missing else ""
 
-    def _layout_groups(self) -> tuple[str, ...]:
+    @override
+    def layout_groups(self) -> tuple[str, ...]:
         return self.groups
 
-    def _state_key_args(self) -> dict[str, Any]:
-        return {**super()._state_key_args(), "groups": self.groups}
-
-    def _config(self) -> dict[str, Any]:
+    @override
+    def config(self) -> dict[str, Any]:
         return {
-            **super()._config(),
-            "groups": list(self.groups),
+            **super().config(),
+            "groups": self.groups,
             "loss_fn": getattr(self.loss_fn, "__name__", type(self.loss_fn).__name__),
             "num_distance_bins": self.num_distance_bins,
             "distance": self.distance,
@@ -177,10 +181,11 @@ class StiffnessMonitor(SensitivityMonitor):
             "group_names": self.group_names,
         }
 
-    def _compute(
+    @override
+    def compute(
         self, model: nn.Module, probes: dict[str, ProbeSet], progress: ProgressFactory, epoch: int
     ) -> Measurement:
-        splits = [s for s in (TRAIN, VAL) if s in self._splits()[0]]
+        splits = [s for s in (TRAIN, VAL) if s in self.probe_splits()[0]]
         # One set of per-example gradients for all groups: the stiffness of a slice of the joint matrix is the
         # stiffness between the two slices' examples.
         inputs = torch.cat([probes[s].inputs for s in splits])
@@ -200,7 +205,7 @@ class StiffnessMonitor(SensitivityMonitor):
         result = Measurement(
             meta={
                 "class_names": names,
-                "groups": list(self.groups),
+                "groups": self.groups,
                 "group_names": self.group_names,
                 "distance": self.distance,
                 "num_classes": num_classes,

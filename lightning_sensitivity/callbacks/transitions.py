@@ -7,10 +7,12 @@ from typing import Any
 
 import torch
 from torch import nn
+from typing_extensions import override
 
-from lightning_sensitivity.callbacks._data import TRAIN, VAL
-from lightning_sensitivity.callbacks._progress import ProgressFactory
-from lightning_sensitivity.callbacks.base import Measurement, SensitivityMonitor, check_int
+from lightning_sensitivity.callbacks.progress import ProgressFactory
+from lightning_sensitivity.keys import TRAIN, VAL
+from lightning_sensitivity._checks import check_int
+from lightning_sensitivity.callbacks.base import Measurement, ProbeSplits, SensitivityMonitor
 from lightning_sensitivity.functional import ellipse_trajectories, transition_counts
 from lightning_sensitivity.probes import ProbeSet
 
@@ -56,6 +58,7 @@ class TransitionMonitor(SensitivityMonitor):
     """
 
     quantity = "transitions"
+    state_fields = ("num_samples", "seed", "num_trajectories", "num_points", "splits")
 
     def __init__(
         self, *, num_trajectories: int = 16, num_points: int = 128, splits: Sequence[str] = (VAL,), **kwargs: Any
@@ -71,16 +74,14 @@ class TransitionMonitor(SensitivityMonitor):
         self.splits = tuple(s for s in SPLITS if s in splits)
         super().__init__(**kwargs)
 
-    def _splits(self) -> tuple[frozenset[str], frozenset[str]]:
+    @override
+    def probe_splits(self) -> ProbeSplits:
         # Training trajectories are required when asked for: setup then names the missing training source.
         return frozenset(self.splits), frozenset()
 
-    def _state_key_args(self) -> dict[str, Any]:
-        args = {**super()._state_key_args(), "num_trajectories": self.num_trajectories, "num_points": self.num_points}
-        return args if self.splits == (VAL,) else {**args, "splits": self.splits}
-
-    def _config(self) -> dict[str, Any]:
-        return {**super()._config(), "num_trajectories": self.num_trajectories, "num_points": self.num_points,
+    @override
+    def config(self) -> dict[str, Any]:
+        return {**super().config(), "num_trajectories": self.num_trajectories, "num_points": self.num_points,
                 "splits": ",".join(self.splits)}  # fmt: skip
 
     def anchor_indices(self, num_probe: int) -> torch.Tensor:
@@ -90,7 +91,8 @@ class TransitionMonitor(SensitivityMonitor):
         gen = torch.Generator().manual_seed(self.seed % 2**63)
         return torch.stack([torch.randperm(num_probe, generator=gen)[:3] for _ in range(self.num_trajectories)])
 
-    def _compute(
+    @override
+    def compute(
         self, model: nn.Module, probes: dict[str, ProbeSet], progress: ProgressFactory, epoch: int
     ) -> Measurement:
         result = Measurement(meta={"num_points": self.num_points, "splits": list(self.splits)})
@@ -111,7 +113,7 @@ class TransitionMonitor(SensitivityMonitor):
         result.arrays.update({f"{array}prediction": prediction, f"{array}anchor_indices": anchors_idx})
         result.scalars[f"{prefix}/prediction_mean"] = float(prediction.double().mean())
         if counts.num_units == 0:
-            self._warn_once(
+            self.warn_once(
                 "no ReLU units",
                 f"{type(self).__name__}: the model has no recognised ReLU-family unit (nn.ReLU, F.relu, LeakyReLU, "
                 "ReLU6, PReLU, ...), so it has no activation pattern; only prediction changes are logged. Use "

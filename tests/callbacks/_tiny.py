@@ -121,6 +121,7 @@ def make_trainer(tmp_path: Path, callbacks: list[pl.Callback], **kwargs: Any) ->
         "enable_checkpointing": False,
         "logger": TensorBoardLogger(str(tmp_path), name="tb", version=0, default_hp_metric=False),
         "deterministic": True,
+        "default_root_dir": str(tmp_path),
     }
     defaults.update(kwargs)
     return pl.Trainer(callbacks=callbacks, **defaults)

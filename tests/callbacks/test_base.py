@@ -28,9 +28,19 @@ from lightning.pytorch.loggers import CSVLogger
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from lightning_sensitivity import JacobianNormMonitor, SensitivityMonitor, StiffnessMonitor, TransitionMonitor
+from lightning_sensitivity import (
+    JacobianNormMonitor,
+    SensitivityMonitor,
+    StiffnessMonitor,
+    TransitionMonitor,
+)
 from lightning_sensitivity.callbacks import SensitivityWarning
-from lightning_sensitivity.callbacks._progress import MeasurementProgress, progress_factory
+from lightning_sensitivity.callbacks.progress import (
+    MeasurementProgress,
+    progress_factory,
+)
+from lightning_sensitivity.functional import jacobian_norm
+from lightning_sensitivity.keys import rename_split
 
 X, Y = make_data(20, seed=5)
 
@@ -54,8 +64,9 @@ BAD_COMMON = [
     ("val_data", X, TypeError),
     ("val_data", (X, Y, Y), TypeError),
     ("val_data", (X, Y[:5]), ValueError),
-    ("val_data", (X.long(), Y), ValueError),
-    ("val_data", (X, Y.float()), ValueError),
+    ("val_data", (X, Y, {"attention_mask": Y[:5]}), ValueError),
+    ("val_data", (X, Y, {"attention_mask": 3}), TypeError),
+    ("val_data", (X, Y.float()[:3]), ValueError),
     ("train_data", (X[0, 0, 0], Y), ValueError),
     ("train_data", [X.numpy(), Y], TypeError),
     ("batch_transform", 3, TypeError),
@@ -198,10 +209,18 @@ def test_validate_and_test_log_through_returned_dict(tmp_path):
     trainer.fit(module, datamodule=data)
     fit_values = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("sensitivity/")}
     assert len(fit_values) >= 20
-    for run in (trainer.validate, trainer.test):
-        (returned,) = run(module, datamodule=data, verbose=False)
-        for key, value in fit_values.items():
-            assert returned[key] == pytest.approx(value, rel=1e-5, abs=1e-6), (run.__name__, key)
+    (returned,) = trainer.validate(module, datamodule=data, verbose=False)
+    for key, value in fit_values.items():
+        assert returned[key] == pytest.approx(value, rel=1e-5, abs=1e-6), key
+    # trainer.test measures a probe set drawn from the test data and logs it under .../test/...
+    (tested,) = trainer.test(module, datamodule=data, verbose=False)
+    expected_keys = {rename_split(k, "val", "test") for k in fit_values}
+    assert expected_keys <= tested.keys() and not any("/val" in k for k in tested if k.startswith("sensitivity/"))
+    probe = monitors[0].probe_sets["test"]
+    assert torch.equal(probe.inputs, data.test_set.tensors[0][probe.indices])
+    with torch.no_grad():
+        mean = float(jacobian_norm(module, probe.inputs).mean())
+    assert tested["sensitivity/jacobian_norm/test/mean"] == pytest.approx(mean, rel=1e-5)
     # fit measured 0 and 1 only; validate/test do not add to the fit schedule
     assert monitors[0].measured_epochs == [0, 1]
 
@@ -301,11 +320,11 @@ def test_forward_fn_and_compiled_module_are_measured_through_the_original_forwar
     module = TinyModule()
     plain = JacobianNormMonitor(num_samples=20)
     wrapped = JacobianNormMonitor(num_samples=20, forward_fn=lambda m, x: m.net(x))
-    assert plain._model(torch.compile(module)) is module
+    assert plain.measured_model(torch.compile(module)) is module
     probes = {"val": _probe()}
 
-    a = plain._compute(plain._model(module), probes, progress_factory("t", False), 0)
-    b = wrapped._compute(wrapped._model(module), probes, progress_factory("t", False), 0)
+    a = plain.compute(plain.measured_model(module), probes, progress_factory("t", False), 0)
+    b = wrapped.compute(wrapped.measured_model(module), probes, progress_factory("t", False), 0)
     assert torch.equal(a.arrays["val_norms"], b.arrays["val_norms"])
 
 
@@ -337,32 +356,38 @@ def test_base_class_is_exported():
 
 
 def test_compiled_submodule_is_measured_eagerly():
-    from lightning_sensitivity.callbacks.base import _eager
+    from lightning_sensitivity.callbacks._compat import eager as _eager
 
     plain = TinyModule()
     compiled = TinyModule(torch.compile(plain.net))
     monitor = JacobianNormMonitor(num_samples=20)
     probes = {"val": _probe()}
-    expected = monitor._compute(plain, probes, progress_factory("t", False), 0).arrays["val_norms"]
+    expected = monitor.compute(plain, probes, progress_factory("t", False), 0).arrays["val_norms"]
     with _eager():
-        got = monitor._compute(monitor._model(compiled), probes, progress_factory("t", False), 0).arrays["val_norms"]
+        got = monitor.compute(monitor.measured_model(compiled), probes, progress_factory("t", False), 0).arrays["val_norms"]
     torch.testing.assert_close(got, expected)
 
 
 @pytest.mark.parametrize(
-    ("figures", "fit_epochs", "validate"),
+    ("figures", "drawn_counts", "validate"),
     [
-        ("log_spaced", [0, 1, 2, 4, 8, 16], True),
-        (True, list(range(20)), True),
-        ("all", list(range(20)), True),
+        ("log_spaced", [1, 2, 4, 8, 16], True),
+        (True, list(range(1, 20)), True),
+        ("all", list(range(1, 20)), True),
         (False, [], False),
         ("none", [], False),
     ],
 )
-def test_figures_schedule(figures, fit_epochs, validate):
+def test_figures_schedule_counts_measurements(figures, drawn_counts, validate):
+    """Images are drawn at the 1st, 2nd, 4th, ... measurement of a fit, whatever epochs those are."""
     monitor = JacobianNormMonitor(figures=figures)
-    assert [e for e in range(20) if monitor._draw_figures(e, fitting=True)] == [e for e in fit_epochs if e < 20]
-    assert monitor._draw_figures(3, fitting=False) is validate
+    drawn = []
+    for count in range(1, 20):
+        monitor._measured = set(range(0, 3 * (count - 1), 3))  # every_n_epochs=3: epochs 0, 3, 6, ... measured before
+        if monitor._draw_figures(fitting=True):
+            drawn.append(count)
+    assert drawn == drawn_counts
+    assert monitor._draw_figures(fitting=False) is validate
 
 
 def test_skipped_figures_are_never_built(tmp_path):
@@ -378,6 +403,8 @@ def test_skipped_figures_are_never_built(tmp_path):
 
     monitor = JacobianNormMonitor(figures="log_spaced")
     result = Measurement(figures=[("sensitivity/x", make_figure)])
-    monitor._write_tensorboard(Trainer(), result, step=3, probes={}, figures=monitor._draw_figures(3, fitting=True))
+    monitor._measured = {0, 1}  # this is the 3rd measurement: no images
+    monitor._write(Trainer(), result, 3, {}, monitor._draw_figures(fitting=True))
+    monitor._measured = {0, 1, 2}  # the 4th: images
     with pytest.raises(AssertionError, match="skipped figure"):
-        monitor._write_tensorboard(Trainer(), result, step=4, probes={}, figures=monitor._draw_figures(4, fitting=True))
+        monitor._write(Trainer(), result, 4, {}, monitor._draw_figures(fitting=True))

@@ -12,7 +12,7 @@ from oracles import jacobian_norm_loop
 from sklearn.metrics import roc_auc_score
 
 from lightning_sensitivity import JacobianNormMonitor
-from lightning_sensitivity.callbacks._progress import progress_factory
+from lightning_sensitivity.callbacks.progress import progress_factory
 from lightning_sensitivity.logging import load_artifacts
 from lightning_sensitivity.probes import probe_set_from_tensors
 
@@ -84,7 +84,7 @@ def test_auroc_is_not_squashed_by_a_sigmoid():
     x = torch.randn(60, 4)
     y = torch.randint(0, 3, (60,))
     monitor = JacobianNormMonitor(output="logits", num_samples=60)
-    result = monitor._compute(net, {"val": probe_set_from_tensors(x, y, 60, seed=0)}, progress_factory("t", False), 0)
+    result = monitor.compute(net, {"val": probe_set_from_tensors(x, y, 60, seed=0)}, progress_factory("t", False), 0)
     norms = result.arrays["val_norms"].numpy()
     wrong = ~result.arrays["val_correct"].numpy()
     assert norms.min() > 50 and len(np.unique(norms)) > 5 and 0 < wrong.sum() < wrong.size
@@ -98,7 +98,7 @@ def test_class_names_label_the_bar_chart_and_title_has_epoch():
     y = torch.arange(12) % 3
     net = torch.nn.Sequential(torch.nn.Linear(5, 8), torch.nn.Tanh(), torch.nn.Linear(8, 3))
     monitor = JacobianNormMonitor(class_names=["cat", "dog", "car"], num_samples=12)
-    result = monitor._compute(net, {"val": probe_set_from_tensors(x, y, 12, seed=0)}, progress_factory("t", False), 7)
+    result = monitor.compute(net, {"val": probe_set_from_tensors(x, y, 12, seed=0)}, progress_factory("t", False), 7)
     (tag, make), *_ = result.figures
     fig, ax = make()
     assert tag == f"{P}/val/per_class"

@@ -11,7 +11,7 @@ from callbacks._tiny import fitted  # noqa: F401 (`fitted` is a fixture)
 from oracles import class_mean_loop, stiffness_loop
 
 from lightning_sensitivity import StiffnessMonitor
-from lightning_sensitivity.callbacks._progress import progress_factory
+from lightning_sensitivity.callbacks.progress import progress_factory
 from lightning_sensitivity.logging import load_artifacts
 from lightning_sensitivity.logging.artifacts import STIFFNESS_GROUP_KEYS
 from lightning_sensitivity.probes import probe_set_from_tensors
@@ -83,7 +83,7 @@ def test_superclasses_names_and_figure_titles():
         group_names=["ab", "cd"],
         num_distance_bins=5,
     )
-    result = monitor._compute(net, {"val": probe_set_from_tensors(x, y, 24, seed=0)}, progress_factory("t", False), 3)
+    result = monitor.compute(net, {"val": probe_set_from_tensors(x, y, 24, seed=0)}, progress_factory("t", False), 3)
     ref = stiffness_loop(net, x, y)
     coarse = torch.tensor([0, 0, 1, 1])[y]
     expected = class_mean_loop(ref["sign"], coarse, num_classes=2)
@@ -113,6 +113,6 @@ def test_frozen_parameters_are_left_out():
     net[0].requires_grad_(False)
     x, y = torch.randn(12, 5), torch.arange(12) % 3
     monitor = StiffnessMonitor(groups=("val_val",))
-    result = monitor._compute(net, {"val": probe_set_from_tensors(x, y, 12, seed=0)}, progress_factory("t", False), 0)
+    result = monitor.compute(net, {"val": probe_set_from_tensors(x, y, 12, seed=0)}, progress_factory("t", False), 0)
     ref = stiffness_loop(net, x, y)  # the oracle differentiates trainable parameters only
     assert result.scalars[f"{P}/val_val/cosine"] == pytest.approx(ref["cosine_mean"], abs=1e-5)

@@ -13,7 +13,7 @@ from oracles import transitions_loop
 
 from lightning_sensitivity import TransitionMonitor
 from lightning_sensitivity.callbacks import SensitivityWarning
-from lightning_sensitivity.callbacks._progress import progress_factory
+from lightning_sensitivity.callbacks.progress import progress_factory
 from lightning_sensitivity.logging import load_artifacts
 from lightning_sensitivity.probes import probe_set_from_tensors
 
@@ -65,12 +65,12 @@ def test_model_without_relu_logs_predictions_only():
     monitor = TransitionMonitor(num_trajectories=3, num_points=12)
     probes = {"val": probe_set_from_tensors(x, y, 30, seed=0)}
     with pytest.warns(SensitivityWarning, match="no recognised ReLU"):
-        result = monitor._compute(net, probes, progress_factory("t", False), 0)
+        result = monitor.compute(net, probes, progress_factory("t", False), 0)
     assert set(result.scalars) == {f"{P}/prediction_mean"}
     assert "activation" not in result.arrays and result.arrays["prediction"].shape == (3,)
     with warnings.catch_warnings(record=True) as again:
         warnings.simplefilter("always")
-        monitor._compute(net, probes, progress_factory("t", False), 1)
+        monitor.compute(net, probes, progress_factory("t", False), 1)
     assert not [w for w in again if issubclass(w.category, SensitivityWarning)]  # warned once per monitor
 
 
@@ -92,7 +92,7 @@ def test_train_split_counts_match_oracle():
     y = torch.arange(30) % 4
     monitor = TransitionMonitor(num_trajectories=3, num_points=12, splits=("val", "train"))
     probes = {"val": probe_set_from_tensors(xv, y, 30, seed=0), "train": probe_set_from_tensors(xt, y, 30, seed=0)}
-    result = monitor._compute(net, probes, progress_factory("t", False), 0)
+    result = monitor.compute(net, probes, progress_factory("t", False), 0)
     for split, prefix in (("val", ""), ("train", "train_")):
         probe = probes[split]
         anchors = result.arrays[f"{prefix}anchor_indices"]

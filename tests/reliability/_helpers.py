@@ -184,6 +184,7 @@ def make_trainer(root: Path, callbacks: list[pl.Callback], *, logger: str | Any 
         "deterministic": True,
         "log_every_n_steps": 1,
         "logger": logger,
+        "default_root_dir": str(root),
     }
     options.update(kwargs)
     return pl.Trainer(callbacks=callbacks, **options)

@@ -20,7 +20,7 @@ import torch
 from reliability._helpers import ReliableData, ReliableModule, all_monitors, make_trainer, report_figure
 
 from lightning_sensitivity.callbacks import SensitivityWarning
-from lightning_sensitivity.callbacks._progress import progress_factory
+from lightning_sensitivity.callbacks.progress import progress_factory
 from lightning_sensitivity.logging import load_artifacts
 
 pytestmark = pytest.mark.slow
@@ -94,7 +94,7 @@ def test_compiled_model_is_measured_through_the_original_forward(tmp_path, what,
         plain = ReliableModule("mlp")
         plain.load_state_dict(weights)
         for monitor, fresh in zip(monitors, all_monitors(num_samples=12), strict=True):
-            result = fresh._compute(fresh._model(plain), monitor.probe_sets, progress_factory("", False), epoch)
+            result = fresh.compute(fresh.measured_model(plain), monitor.probe_sets, progress_factory("", False), epoch)
             logged = artifacts[monitor.quantity, epoch].arrays
             for key, value in result.arrays.items():
                 expected = np.asarray(value.cpu() if isinstance(value, torch.Tensor) else value)

@@ -25,7 +25,7 @@ from reliability._helpers import (
     report_figure,
 )
 
-from lightning_sensitivity.callbacks._progress import progress_factory
+from lightning_sensitivity.callbacks.progress import progress_factory
 
 pytestmark = pytest.mark.slow
 
@@ -47,7 +47,7 @@ class ContextRecorder(pl.Callback):
         results = {}
         for monitor in self.monitors:
             probes = {split: p.to(pl_module.device) for split, p in monitor.probe_sets.items()}
-            result = monitor._compute(monitor._model(pl_module), probes, progress_factory("", False), 1)
+            result = monitor.compute(monitor.measured_model(pl_module), probes, progress_factory("", False), 1)
             results[type(monitor).__name__] = {"scalars": result.scalars, "arrays": result.arrays}
         # The module's own mode and the caller's grad mode are given back exactly.
         assert (torch.is_grad_enabled(), torch.is_inference_mode_enabled(), pl_module.training) == tuple(

@@ -24,7 +24,7 @@ import torch
 from reliability import ddp_script
 from reliability._helpers import ReliableData, ReliableModule, all_monitors, report_figure
 
-from lightning_sensitivity.callbacks._progress import progress_factory
+from lightning_sensitivity.callbacks.progress import progress_factory
 from lightning_sensitivity.logging import load_artifacts
 from lightning_sensitivity.probes import draw_probe_set
 
@@ -120,7 +120,7 @@ def test_logged_values_equal_single_process_values(ddp_run):
         module.load_state_dict(record["state_dict"])
         for monitor in all_monitors(num_samples=ddp_script.NUM_SAMPLES):
             needed = {s: probes[s] for s in (("val",) if type(monitor).__name__ == "TransitionMonitor" else probes)}
-            result = monitor._compute(monitor._model(module), needed, progress_factory("", False), epoch)
+            result = monitor.compute(monitor.measured_model(module), needed, progress_factory("", False), epoch)
             artifact = artifacts[monitor.quantity, epoch]
             for key, value in result.scalars.items():
                 logged = [e for e in events.Scalars(key) if e.step == record["step"]]

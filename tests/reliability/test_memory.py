@@ -27,7 +27,7 @@ from reliability._helpers import report_figure
 from torch import nn
 
 from lightning_sensitivity import JacobianNormMonitor, StiffnessMonitor, TransitionMonitor
-from lightning_sensitivity.callbacks._progress import progress_factory
+from lightning_sensitivity.callbacks.progress import progress_factory
 from lightning_sensitivity.probes import probe_set_from_tensors
 
 CHUNK = 32
@@ -99,7 +99,7 @@ def test_ten_chunks_stay_within_a_fixed_bound(quantity):
     def measure(n: int, chunk: int | None) -> int:
         monitor = make_monitor(quantity, n, chunk)
         probes = {"val": probe_set_from_tensors(x[:n], y[:n], n, seed=0)}
-        return peak_bytes(lambda: monitor._compute(net, probes, progress_factory("", False), 0))
+        return peak_bytes(lambda: monitor.compute(net, probes, progress_factory("", False), 0))
 
     measure(3 * POINTS, None)  # warm-up: one-off allocations (kernels, thread pools) are not the measurement's
     small = measure(CHUNK, None)
