@@ -36,7 +36,9 @@ PAGES = {
 
 pytestmark = [
     pytest.mark.slow,
-    pytest.mark.skipif(importlib.util.find_spec("sphinx") is None, reason="sphinx not installed (pip install -e .[docs])"),
+    pytest.mark.skipif(
+        importlib.util.find_spec("sphinx") is None, reason="sphinx not installed (pip install -e .[docs])"
+    ),
 ]
 
 

@@ -26,7 +26,6 @@ import shutil
 import subprocess
 import sys
 import tarfile
-import tomllib
 import zipfile
 from pathlib import Path
 
@@ -40,7 +39,9 @@ COPY_IGNORE = shutil.ignore_patterns(
 
 pytestmark = [
     pytest.mark.slow,
-    pytest.mark.skipif(importlib.util.find_spec("build") is None, reason="`build` not installed (pip install -e .[dev])"),
+    pytest.mark.skipif(
+        importlib.util.find_spec("build") is None, reason="`build` not installed (pip install -e .[dev])"
+    ),
 ]
 
 
@@ -67,7 +68,9 @@ def test_wheel_holds_every_package_module_and_nothing_else(dists):
     names = zipfile.ZipFile(dists["wheel"]).namelist()
     modules = {n for n in names if n.endswith(".py")}
     assert _source_modules() <= modules, f"missing from the wheel: {sorted(_source_modules() - modules)}"
-    stray = sorted({n.split("/")[0] for n in names} - {PACKAGE} - {n.split("/")[0] for n in names if ".dist-info/" in n})
+    stray = sorted(
+        {n.split("/")[0] for n in names} - {PACKAGE} - {n.split("/")[0] for n in names if ".dist-info/" in n}
+    )
     assert not stray, f"top-level entries in the wheel besides the package: {stray}"
     assert not [n for n in names if n.startswith(("tests/", "benchmarks/", "examples/", "experiments/"))]
 
@@ -98,14 +101,17 @@ def test_wheel_installs_into_a_fresh_venv_and_imports(dists):
     # Dependencies (torch, Lightning, ...) from this environment, searched after the venv's own site-packages.
     deps = [p for p in sys.path if p.endswith("site-packages") and Path(p).is_dir()]
     (Path(purelib) / "_test_deps.pth").write_text("\n".join(deps) + "\n")
-    version = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
+
     script = f"""
-import pathlib, torch, lightning_sensitivity as ls
+import importlib.metadata, pathlib, torch, lightning_sensitivity as ls
 from lightning_sensitivity.functional import jacobian_norm
 from lightning_sensitivity.callbacks import JacobianNormMonitor, StiffnessMonitor, TransitionMonitor
 import lightning_sensitivity.logging, lightning_sensitivity.models, lightning_sensitivity.report
 assert pathlib.Path(ls.__file__).resolve().is_relative_to(pathlib.Path({purelib!r}).resolve()), ls.__file__
-assert ls.__version__ == {version!r}, ls.__version__
+# The installed metadata (pyproject's version) and the package's __version__ agree, and the metadata is the wheel's.
+dist = importlib.metadata.distribution("lightning-sensitivity")
+assert dist.version == ls.__version__, (dist.version, ls.__version__)
+assert pathlib.Path(dist.locate_file("")).resolve() == pathlib.Path({purelib!r}).resolve(), dist.locate_file("")
 torch.manual_seed(0)
 norms = jacobian_norm(torch.nn.Linear(3, 2), torch.randn(4, 3), output="logits")
 assert norms.shape == (4,) and bool((norms > 0).all()), norms

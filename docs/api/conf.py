@@ -19,7 +19,7 @@ import lightning_sensitivity  # noqa: E402
 
 project = "lightning-sensitivity"
 author = "lightning-sensitivity developers"
-copyright = "lightning-sensitivity developers"  # noqa: A001 -- the name Sphinx reads
+copyright = "lightning-sensitivity developers"
 release = lightning_sensitivity.__version__
 version = release
 
