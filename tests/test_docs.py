@@ -6,13 +6,17 @@ The build runs in a subprocess, exactly as a contributor would run it::
 
 so a docstring that breaks RST (a role split across lines, a bad indent under ``Args:``, an unknown section) fails
 this test with Sphinx's own message naming the file and line. It takes about 10 s on one core, hence ``slow``.
+
+The ``Example:`` doctests in the package's docstrings run here too (fast, no Sphinx needed).
 """
 
 from __future__ import annotations
 
+import doctest
 import importlib
 import importlib.util
 import os
+import pkgutil
 import re
 import subprocess
 import sys
@@ -34,12 +38,9 @@ PAGES = {
     "report": "lightning_sensitivity.report",
 }
 
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.skipif(
-        importlib.util.find_spec("sphinx") is None, reason="sphinx not installed (pip install -e .[docs])"
-    ),
-]
+needs_sphinx = pytest.mark.skipif(
+    importlib.util.find_spec("sphinx") is None, reason="sphinx not installed (pip install -e .[docs])"
+)
 
 
 @pytest.fixture(scope="module")
@@ -56,6 +57,8 @@ def html_dir(tmp_path_factory) -> Path:
     return out
 
 
+@pytest.mark.slow
+@needs_sphinx
 def test_build_has_one_page_per_public_module(html_dir):
     assert (html_dir / "index.html").is_file()
     index = (html_dir / "index.html").read_text(encoding="utf-8")
@@ -64,6 +67,8 @@ def test_build_has_one_page_per_public_module(html_dir):
         assert f'href="{page}.html"' in index, f"{page} is not in the index toctree"
 
 
+@pytest.mark.slow
+@needs_sphinx
 @pytest.mark.parametrize("page", sorted(PAGES))
 def test_every_public_name_is_documented(html_dir, page):
     """Each name in the module's ``__all__`` has an entry (an autodoc import failure or a lost docstring shows here)."""
@@ -71,3 +76,24 @@ def test_every_public_name_is_documented(html_dir, page):
     ids = set(re.findall(r'id="([^"]+)"', (html_dir / f"{page}.html").read_text(encoding="utf-8")))
     missing = [name for name in importlib.import_module(module).__all__ if f"{module}.{name}" not in ids]
     assert not missing, f"{page}.html lacks entries for {missing} (add a docstring or a `#:` comment)"
+
+
+def test_docstring_examples_run():
+    """Every ``>>>`` example in the package passes (``python -m pytest --doctest-modules lightning_sensitivity``)."""
+    import torch
+
+    import lightning_sensitivity
+
+    names = [lightning_sensitivity.__name__] + [
+        m.name
+        for m in pkgutil.walk_packages(lightning_sensitivity.__path__, prefix=f"{lightning_sensitivity.__name__}.")
+    ]
+    failed, attempted = [], 0
+    with torch.random.fork_rng(devices=[]):  # the examples draw random tensors; other tests keep their streams
+        for name in names:
+            result = doctest.testmod(importlib.import_module(name), optionflags=doctest.ELLIPSIS, report=False)
+            attempted += result.attempted
+            if result.failed:
+                failed.append(name)
+    assert not failed, f"doctest failures in {failed} (details above, in the captured stdout)"
+    assert attempted > 0
