@@ -17,6 +17,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
+#: A schedule: called with the number of completed epochs, returns whether to measure at that point.
 Schedule = Callable[[int], bool]
 
 __all__ = ["Schedule", "every_n_epochs", "at_epochs", "log_spaced", "resolve_schedule"]
