@@ -7,16 +7,19 @@ chunks of ``chunk_size`` examples so memory is bounded by the chunk, and every f
 """
 
 from lightning_sensitivity.functional._model import predict_logits
+from lightning_sensitivity.functional.critical_length import critical_length, critical_length_bootstrap
+from lightning_sensitivity.functional.gram_statistics import gram_statistics
 from lightning_sensitivity.functional.jacobian import jacobian_norm
 from lightning_sensitivity.functional.jacobian_estimate import jacobian_norm_estimate
 from lightning_sensitivity.functional.stiffness import (
     Stiffness,
     class_stiffness,
-    critical_length,
     loss_gradient_gram,
     stiffness,
     stiffness_by_distance,
 )
+from lightning_sensitivity.functional.stiffness_summary import StiffnessSummary, stiffness_summary
+from lightning_sensitivity.functional.summaries import binary_auroc, jacobian_norm_summary
 from lightning_sensitivity.functional.trajectories import ellipse_trajectories
 from lightning_sensitivity.functional.transitions import TransitionCounts, transition_counts
 
@@ -33,4 +36,10 @@ __all__ = [
     "class_stiffness",
     "stiffness_by_distance",
     "critical_length",
+    "critical_length_bootstrap",
+    "binary_auroc",
+    "jacobian_norm_summary",
+    "stiffness_summary",
+    "StiffnessSummary",
+    "gram_statistics",
 ]

@@ -1,0 +1,284 @@
+"""Everything measured about one pair group of stiffness matrices: means, class splits, curve by distance.
+
+A pair group is the rows of one probe set against the columns of another (or of itself). From its sign and cosine
+stiffness matrices (Fort et al. 2019) this module derives, in one place, what a monitor logs: the overall mean, the
+same-class and different-class means, the class-by-class (and super-class) matrices, the stiffness binned by input
+distance and the critical length.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import torch
+from torch import Tensor
+
+from lightning_sensitivity.functional.critical_length import METHODS, Method, critical_length
+from lightning_sensitivity.functional.stiffness import DISTANCES, class_stiffness, stiffness_by_distance
+
+KINDS = ("sign", "cosine")
+
+
+@dataclass(frozen=True)
+class StiffnessSummary:
+    """Summary of one pair group (all tensors on the CPU; means are Python floats, NaN when there is no pair).
+
+    Attributes:
+        self_pairs: True for a set with itself (``targets_cols`` was None): the diagonal was left out everywhere.
+        num_pairs, num_same_class_pairs, num_different_class_pairs: ordered pairs counted in each mean (the class
+            counts are 0 when the class split is absent).
+        sign_mean, cosine_mean: mean over all pairs (NaN when a pair is NaN, so a diverged model shows).
+        same_class_sign, same_class_cosine, different_class_sign, different_class_cosine: means over the pairs
+            whose two examples share / do not share a class; NaN without such pairs or without a class split.
+        class_sign, class_cosine: ``[C, C]`` class-by-class means (:func:`class_stiffness`), NaN for empty cells;
+            None without a class split.
+        superclass_sign, superclass_cosine: ``[K, K]`` the same over super-classes (with ``class_groups``), else None.
+        bin_edges: ``[B + 1]`` float64 distance bin edges, as :func:`stiffness_by_distance` chooses them.
+        distance_sign, distance_cosine: ``[B]`` float64 mean stiffness per bin (NaN in empty bins).
+        distance_count: ``[B]`` int64 number of finite pairs in each bin of the sign curve.
+        critical_length: distance at which the binned sign stiffness reaches zero (by ``critical_length_method``),
+            NaN when it does not.
+        critical_length_method: ``"first_crossing"`` or ``"linear_fit"``.
+        class_splits_skipped: None when the class splits were computed; otherwise why they are absent (e.g. the
+            targets are not integer class indices).
+    """
+
+    self_pairs: bool
+    num_pairs: int
+    num_same_class_pairs: int
+    num_different_class_pairs: int
+    sign_mean: float
+    cosine_mean: float
+    same_class_sign: float
+    same_class_cosine: float
+    different_class_sign: float
+    different_class_cosine: float
+    class_sign: Tensor | None
+    class_cosine: Tensor | None
+    superclass_sign: Tensor | None
+    superclass_cosine: Tensor | None
+    bin_edges: Tensor
+    distance_sign: Tensor
+    distance_cosine: Tensor
+    distance_count: Tensor
+    critical_length: float
+    critical_length_method: str
+    class_splits_skipped: str | None = field(default=None)
+
+    def arrays(self) -> dict[str, Any]:
+        """The fields under the names of the stiffness artifact (``class_sign``, ``sign_mean``, ``bin_edges``...),
+        leaving out those that are None."""
+        names = (
+            "class_sign",
+            "class_cosine",
+            "superclass_sign",
+            "superclass_cosine",
+            "sign_mean",
+            "cosine_mean",
+            "same_class_sign",
+            "same_class_cosine",
+            "different_class_sign",
+            "different_class_cosine",
+            "bin_edges",
+            "distance_sign",
+            "distance_cosine",
+            "distance_count",
+            "critical_length",
+        )
+        return {k: getattr(self, k) for k in names if getattr(self, k) is not None}
+
+
+def _mean(values: Tensor, mask: Tensor) -> float:
+    return float(values[mask].mean()) if bool(mask.any()) else math.nan
+
+
+def _class_groups(class_groups: object, num_classes: int) -> Tensor:
+    if isinstance(class_groups, Mapping):
+        keys = sorted(class_groups)
+        if keys != list(range(len(keys))):
+            raise ValueError(f"`class_groups` expected a mapping with keys 0..C-1 (fine classes), got keys {keys}")
+        class_groups = [class_groups[k] for k in keys]
+    if isinstance(class_groups, Tensor):
+        class_groups = class_groups.tolist()
+    if isinstance(class_groups, (str, bytes)) or not isinstance(class_groups, Sequence) or not class_groups:
+        raise TypeError(
+            "`class_groups` expected a non-empty sequence or mapping (fine class -> super-class), got "
+            f"{type(class_groups).__name__}"
+        )
+    for value in class_groups:
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise ValueError(f"`class_groups` expected non-negative int super-class indices, got {value!r}")
+    if len(class_groups) < num_classes:
+        raise ValueError(f"`class_groups` expected an entry for each of {num_classes} classes, got {len(class_groups)}")
+    return torch.tensor(class_groups, dtype=torch.long)
+
+
+def _why_not_classes(targets: Tensor) -> str | None:
+    if targets.dim() != 1:
+        return f"targets are not class indices [N] (shape {tuple(targets.shape)})"
+    if targets.is_floating_point() or targets.is_complex() or targets.dtype == torch.bool:
+        return f"targets are not integer class indices (dtype {targets.dtype})"
+    return None
+
+
+def _check_set(matrix_dim: int, targets: object, inputs: object, t_name: str, x_name: str) -> None:
+    if not isinstance(targets, Tensor):
+        raise TypeError(f"`{t_name}` expected a torch.Tensor, got {type(targets).__name__}")
+    if targets.dim() < 1 or targets.shape[0] != matrix_dim:
+        raise ValueError(f"`{t_name}` expected {matrix_dim} entries to match `sign`, got shape {tuple(targets.shape)}")
+    if not isinstance(inputs, Tensor):
+        raise TypeError(f"`{x_name}` expected a torch.Tensor [N, *input_shape], got {type(inputs).__name__}")
+    if inputs.dim() < 1 or inputs.shape[0] != matrix_dim:
+        raise ValueError(f"`{x_name}` expected {matrix_dim} examples to match `sign`, got shape {tuple(inputs.shape)}")
+
+
+def stiffness_summary(
+    sign: Tensor,
+    cosine: Tensor,
+    targets_rows: Tensor,
+    targets_cols: Tensor | None = None,
+    *,
+    inputs_rows: Tensor,
+    inputs_cols: Tensor | None = None,
+    num_classes: int | None = None,
+    class_groups: Sequence[int] | Mapping[int, int] | Tensor | None = None,
+    num_distance_bins: int = 20,
+    distance: Literal["cosine", "euclidean"] = "cosine",
+    critical_length_method: Method = "linear_fit",
+) -> StiffnessSummary:
+    """Means, class splits, class matrices and stiffness by distance of one pair group.
+
+    Args:
+        sign, cosine: ``[N, M]`` sign and cosine stiffness (e.g. :attr:`Stiffness.sign`, :attr:`Stiffness.cosine`,
+            or slices of them); NaN entries (a diverged model) make the means NaN and are left out of the curve.
+        targets_rows: ``[N, ...]`` targets of the row examples.
+        targets_cols: ``[M, ...]`` targets of the columns; None when the columns are the rows' set (the matrices are
+            square and pairs of an example with itself are left out).
+        inputs_rows, inputs_cols: ``[N, *input_shape]`` / ``[M, *input_shape]`` the examples, for the distances
+            (``inputs_cols`` None = ``inputs_rows``; it must be None exactly when ``targets_cols`` is).
+        num_classes: ``C`` for the class matrices; default the largest target + 1.
+        class_groups: fine class -> super-class index (a sequence with one entry per class, a tensor, or a mapping
+            with keys ``0..C-1``); adds the super-class matrices.
+        num_distance_bins, distance: as in :func:`~lightning_sensitivity.functional.stiffness_by_distance`.
+        critical_length_method: ``"linear_fit"`` (default) or ``"first_crossing"``, see
+            :func:`~lightning_sensitivity.functional.critical_length`; applied to the sign curve with its counts.
+
+    When the targets are not integer class indices ``[N]`` (one-hot / multi-hot or regression targets), only the
+    overall means, the distance curves and the critical length are computed and
+    :attr:`StiffnessSummary.class_splits_skipped` says why.
+
+    Returns:
+        :class:`StiffnessSummary`.
+
+    Raises:
+        TypeError / ValueError: a bad argument, naming it (shapes that do not match, a class index outside
+            ``[0, num_classes)``, ``class_groups`` too short, an unknown ``distance`` or method).
+
+    Example:
+        >>> s = torch.tensor([[1.0, 1.0, -1.0], [1.0, 1.0, -1.0], [-1.0, -1.0, 1.0]])
+        >>> out = stiffness_summary(s, s, torch.tensor([0, 0, 1]), inputs_rows=torch.eye(3))
+        >>> out.sign_mean, out.same_class_sign, out.different_class_sign
+        (-0.3333333333333333, 1.0, -1.0)
+    """
+    for name, value in (("sign", sign), ("cosine", cosine)):
+        if not isinstance(value, Tensor):
+            raise TypeError(f"`{name}` expected a torch.Tensor [N, M], got {type(value).__name__}")
+        if value.dim() != 2:
+            raise ValueError(f"`{name}` expected a 2-D tensor [N, M], got shape {tuple(value.shape)}")
+    if cosine.shape != sign.shape:
+        raise ValueError(f"`cosine` expected shape {tuple(sign.shape)} like `sign`, got {tuple(cosine.shape)}")
+    if distance not in DISTANCES:
+        raise ValueError(f"`distance` expected one of {DISTANCES}, got {distance!r}")
+    if critical_length_method not in METHODS:
+        raise ValueError(f"`critical_length_method` expected one of {METHODS}, got {critical_length_method!r}")
+    if isinstance(num_distance_bins, bool) or not isinstance(num_distance_bins, int) or num_distance_bins < 1:
+        raise ValueError(f"`num_distance_bins` expected a positive int, got {num_distance_bins!r}")
+    if num_classes is not None and (isinstance(num_classes, bool) or not isinstance(num_classes, int)):
+        raise TypeError(f"`num_classes` expected an int or None, got {type(num_classes).__name__}")
+    if num_classes is not None and num_classes < 1:
+        raise ValueError(f"`num_classes` expected a positive int, got {num_classes}")
+    n, m = sign.shape
+    if n == 0 or m == 0:
+        raise ValueError(f"`sign` expected at least one row and one column, got shape {(n, m)}")
+    self_pairs = targets_cols is None
+    if (inputs_cols is None) != self_pairs:
+        raise ValueError(
+            "`inputs_cols` expected to be None exactly when `targets_cols` is, got "
+            f"inputs_cols={'None' if inputs_cols is None else 'a tensor'} and "
+            f"targets_cols={'None' if targets_cols is None else 'a tensor'}"
+        )
+    if self_pairs and n != m:
+        raise ValueError(f"`sign` expected to be square when `targets_cols` is None, got shape {(n, m)}")
+    _check_set(n, targets_rows, inputs_rows, "targets_rows", "inputs_rows")
+    if not self_pairs:
+        _check_set(m, targets_cols, inputs_cols, "targets_cols", "inputs_cols")
+
+    matrices = {"sign": sign.detach().to(torch.float64).cpu(), "cosine": cosine.detach().to(torch.float64).cpu()}
+    x_rows = inputs_rows.detach().cpu()
+    x_cols = None if self_pairs else inputs_cols.detach().cpu()
+    pair = torch.ones(n, m, dtype=torch.bool)
+    if self_pairs:
+        pair.fill_diagonal_(False)
+
+    y_rows = targets_rows.detach().cpu()
+    y_cols = y_rows if self_pairs else targets_cols.detach().cpu()
+    reason = _why_not_classes(y_rows) or (None if self_pairs else _why_not_classes(y_cols))
+    same = None
+    coarse = None
+    if reason is None:
+        y_all = y_rows if self_pairs else torch.cat([y_rows, y_cols])
+        if num_classes is None:
+            num_classes = int(y_all.max()) + 1
+        for name, y in (("targets_rows", y_rows), ("targets_cols", y_cols)):
+            if y.numel() and (int(y.min()) < 0 or int(y.max()) >= num_classes):
+                raise ValueError(
+                    f"`{name}` expected class indices in [0, {num_classes}), got values in "
+                    f"[{int(y.min())}, {int(y.max())}]"
+                )
+        same = y_rows[:, None] == y_cols[None, :]
+        if class_groups is not None:
+            coarse = _class_groups(class_groups, num_classes)
+    elif class_groups is not None:
+        _class_groups(class_groups, 1)  # still reject a malformed argument
+
+    out: dict[str, Any] = {}
+    for kind, values in matrices.items():
+        out[f"{kind}_mean"] = _mean(values, pair)
+        if same is None:
+            out[f"same_class_{kind}"] = out[f"different_class_{kind}"] = math.nan
+            out[f"class_{kind}"] = out[f"superclass_{kind}"] = None
+        else:
+            out[f"same_class_{kind}"] = _mean(values, pair & same)
+            out[f"different_class_{kind}"] = _mean(values, pair & ~same)
+            labels2 = None if self_pairs else y_cols
+            out[f"class_{kind}"] = class_stiffness(values, y_rows, labels2, num_classes=num_classes)
+            out[f"superclass_{kind}"] = None
+            if coarse is not None:
+                out[f"superclass_{kind}"] = class_stiffness(
+                    values,
+                    coarse[y_rows],
+                    None if self_pairs else coarse[y_cols],
+                    num_classes=int(coarse.max()) + 1,
+                )
+        edges, mean, count = stiffness_by_distance(
+            values, x_rows, x_cols, num_bins=num_distance_bins, distance=distance
+        )
+        out["bin_edges"] = edges.cpu()
+        out[f"distance_{kind}"] = mean.cpu()
+        if kind == "sign":
+            out["distance_count"] = count.cpu()
+    centers = (out["bin_edges"][1:] + out["bin_edges"][:-1]) / 2
+    length = critical_length(centers, out["distance_sign"], out["distance_count"], method=critical_length_method)
+    return StiffnessSummary(
+        self_pairs=self_pairs,
+        num_pairs=int(pair.sum()),
+        num_same_class_pairs=0 if same is None else int((pair & same).sum()),
+        num_different_class_pairs=0 if same is None else int((pair & ~same).sum()),
+        critical_length=length,
+        critical_length_method=critical_length_method,
+        class_splits_skipped=reason,
+        **out,
+    )

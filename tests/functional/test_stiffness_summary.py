@@ -1,0 +1,212 @@
+"""stiffness_summary against double loops over pairs in float64: means, class splits, matrices, curve, length."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from lightning_sensitivity.functional import StiffnessSummary, stiffness_summary
+
+
+def _pairs(n, m, self_pairs):
+    return [(i, j) for i in range(n) for j in range(m) if not (self_pairs and i == j)]
+
+
+def _mean_loop(matrix, pairs, keep=lambda i, j: True):
+    vals = [float(matrix[i, j]) for i, j in pairs if keep(i, j)]
+    return sum(vals) / len(vals) if vals else math.nan
+
+
+def _class_matrix_loop(matrix, pairs, labels_r, labels_c, k):
+    out = [[math.nan] * k for _ in range(k)]
+    for a in range(k):
+        for b in range(k):
+            out[a][b] = _mean_loop(matrix, pairs, lambda i, j: labels_r[i] == a and labels_c[j] == b)
+    return torch.tensor(out, dtype=torch.float64)
+
+
+def _cos_distance(x, y):
+    x, y = x.double().flatten(), y.double().flatten()
+    return min(max(1.0 - float(x @ y) / float(x.norm() * y.norm()), 0.0), 2.0)
+
+
+def _curve_loop(matrix, pairs, xr, xc, bins):
+    sums, counts = [0.0] * bins, [0] * bins
+    for i, j in pairs:
+        v = float(matrix[i, j])
+        if not math.isfinite(v):
+            continue
+        k = min(int(_cos_distance(xr[i], xc[j]) / (2.0 / bins)), bins - 1)
+        sums[k] += v
+        counts[k] += 1
+    return [s / c if c else math.nan for s, c in zip(sums, counts)], counts
+
+
+def _polyfit_zero(x, y, w):
+    x, y, w = np.asarray(x), np.asarray(y), np.asarray(w, dtype=float)
+    keep = np.isfinite(y) & (w > 0)
+    slope, intercept = np.polyfit(x[keep], y[keep], 1, w=np.sqrt(w[keep]))
+    return -intercept / slope if slope < 0 else math.nan
+
+
+def _problem(n, m=None, classes=4, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    xr = torch.randn(n, 3, 2, generator=g, dtype=torch.float64)
+    xc = xr if m is None else torch.randn(m, 3, 2, generator=g, dtype=torch.float64)
+    cos = torch.nn.functional.cosine_similarity(xr.flatten(1)[:, None], xc.flatten(1)[None], dim=-1)
+    cosine = (0.8 * cos + 0.4 * torch.randn(cos.shape, generator=g, dtype=torch.float64)).clamp(-1, 1)
+    if m is None:
+        cosine = (cosine + cosine.T) / 2
+    sign = torch.sign(cosine)
+    yr = torch.randint(0, classes, (n,), generator=g)
+    yc = None if m is None else torch.randint(0, classes, (m,), generator=g)
+    return sign, cosine, xr, xc, yr, yc
+
+
+def _labels(yr, yc):
+    return yr.tolist(), (yr if yc is None else yc).tolist()
+
+
+@pytest.mark.parametrize("two_sets", [False, True])
+def test_means_and_class_matrices_match_loops(two_sets):
+    sign, cosine, xr, xc, yr, yc = _problem(14, 11 if two_sets else None, classes=4)
+    groups = [0, 1, 1, 0]
+    out = stiffness_summary(
+        sign,
+        cosine.float(),
+        yr,
+        yc,
+        inputs_rows=xr,
+        inputs_cols=xc if two_sets else None,
+        num_classes=4,
+        class_groups=groups,
+        num_distance_bins=6,
+    )
+    assert isinstance(out, StiffnessSummary) and out.self_pairs is not two_sets
+    n, m = sign.shape
+    pairs = _pairs(n, m, not two_sets)
+    lr, lc = _labels(yr, yc)
+    assert out.num_pairs == len(pairs)
+    assert out.num_same_class_pairs == sum(lr[i] == lc[j] for i, j in pairs)
+    assert out.num_same_class_pairs + out.num_different_class_pairs == out.num_pairs
+    for kind, matrix in (("sign", sign), ("cosine", cosine.float().double())):
+        assert getattr(out, f"{kind}_mean") == pytest.approx(_mean_loop(matrix, pairs), rel=1e-9)
+        same = _mean_loop(matrix, pairs, lambda i, j: lr[i] == lc[j])
+        diff = _mean_loop(matrix, pairs, lambda i, j: lr[i] != lc[j])
+        assert getattr(out, f"same_class_{kind}") == pytest.approx(same, rel=1e-9)
+        assert getattr(out, f"different_class_{kind}") == pytest.approx(diff, rel=1e-9)
+        expected = _class_matrix_loop(matrix, pairs, lr, lc, 4)
+        torch.testing.assert_close(getattr(out, f"class_{kind}").double(), expected, equal_nan=True)
+        coarse = _class_matrix_loop(matrix, pairs, [groups[v] for v in lr], [groups[v] for v in lc], 2)
+        torch.testing.assert_close(getattr(out, f"superclass_{kind}").double(), coarse, equal_nan=True)
+        curve, counts = _curve_loop(matrix, pairs, xr, xc, 6)
+        torch.testing.assert_close(
+            getattr(out, f"distance_{kind}"), torch.tensor(curve, dtype=torch.float64), equal_nan=True
+        )
+    assert out.distance_count.tolist() == _curve_loop(sign, pairs, xr, xc, 6)[1]
+    torch.testing.assert_close(out.bin_edges, torch.linspace(0, 2, 7, dtype=torch.float64))
+    assert out.class_splits_skipped is None
+    centers = [(k + 0.5) / 3 for k in range(6)]
+    curve, counts = _curve_loop(sign, pairs, xr, xc, 6)
+    assert out.critical_length == pytest.approx(_polyfit_zero(centers, curve, counts), rel=1e-9)
+    assert out.critical_length_method == "linear_fit"
+
+
+def test_first_crossing_and_arrays_keys():
+    sign, cosine, xr, _, yr, _ = _problem(12, seed=1)
+    out = stiffness_summary(
+        sign, cosine, yr, inputs_rows=xr, critical_length_method="first_crossing", num_distance_bins=5
+    )
+    centers = [0.2 + 0.4 * k for k in range(5)]
+    curve = out.distance_sign.tolist()
+    expected = math.nan
+    last = None
+    for c, v in zip(centers, curve):  # first crossing, interpolated from the last positive bin
+        if v != v:
+            continue
+        if v <= 0:
+            expected = c if last is None else last[0] + (c - last[0]) * last[1] / (last[1] - v)
+            break
+        last = (c, v)
+    assert not math.isnan(expected)  # the data cross zero: the comparison is not NaN against NaN
+    assert out.critical_length == pytest.approx(expected)
+    arrays = out.arrays()
+    assert "superclass_sign" not in arrays and "class_sign" in arrays and "distance_count" in arrays
+    assert arrays["sign_mean"] == out.sign_mean and arrays["critical_length"] == out.critical_length
+
+
+def test_nan_entries_make_means_nan_and_are_left_out_of_the_curve():
+    sign, cosine, xr, _, yr, _ = _problem(8, classes=2, seed=2)
+    sign[1, 2] = cosine[1, 2] = float("nan")
+    out = stiffness_summary(sign, cosine, yr, inputs_rows=xr, num_distance_bins=4)
+    assert math.isnan(out.sign_mean) and math.isnan(out.cosine_mean)
+    assert int(out.distance_count.sum()) == 8 * 7 - 1
+    a, b = int(yr[1]), int(yr[2])
+    assert math.isnan(float(out.class_sign[a, b]))
+
+
+@pytest.mark.parametrize("distance, upper", [("cosine", 2.0), ("euclidean", 1.0)])
+def test_no_finite_pair_gives_nan_curve_with_the_functional_edges(distance, upper):
+    sign = torch.full((5, 5), float("nan"))
+    x = torch.randn(5, 3)
+    out = stiffness_summary(
+        sign, sign, torch.tensor([0, 1, 0, 1, 1]), inputs_rows=x, num_distance_bins=4, distance=distance
+    )
+    torch.testing.assert_close(out.bin_edges, torch.linspace(0, upper, 5, dtype=torch.float64))
+    assert out.distance_sign.isnan().all() and out.distance_count.sum() == 0
+    assert math.isnan(out.critical_length) and math.isnan(out.sign_mean)
+    one = stiffness_summary(torch.ones(1, 1), torch.ones(1, 1), torch.tensor([0]), inputs_rows=x[:1])
+    assert one.num_pairs == 0 and math.isnan(one.sign_mean) and math.isnan(one.same_class_sign)
+
+
+@pytest.mark.parametrize("kind", ["multi_hot", "regression", "bool"])
+def test_targets_that_are_not_class_indices_give_only_means_and_curve(kind):
+    sign, cosine, xr, _, _, _ = _problem(9, seed=3)
+    targets = {
+        "multi_hot": (torch.rand(9, 4) < 0.5).float(),
+        "regression": torch.randn(9),
+        "bool": torch.rand(9) < 0.5,
+    }[kind]
+    out = stiffness_summary(sign, cosine, targets, inputs_rows=xr, num_distance_bins=4, class_groups=[0, 1])
+    pairs = _pairs(9, 9, True)
+    assert out.sign_mean == pytest.approx(_mean_loop(sign, pairs))
+    assert out.class_sign is None and out.superclass_cosine is None
+    assert math.isnan(out.same_class_sign) and math.isnan(out.different_class_cosine)
+    assert out.num_same_class_pairs == 0
+    assert "class indices" in out.class_splits_skipped
+    torch.testing.assert_close(
+        out.distance_cosine, torch.tensor(_curve_loop(cosine, pairs, xr, xr, 4)[0], dtype=torch.float64), equal_nan=True
+    )
+    assert "class_sign" not in out.arrays()
+
+
+def test_stiffness_summary_bad_input():
+    sign, cosine, xr, _, yr, _ = _problem(6)
+    kw = {"inputs_rows": xr}
+    with pytest.raises(TypeError, match="`sign`"):
+        stiffness_summary(sign.tolist(), cosine, yr, **kw)
+    with pytest.raises(ValueError, match="`cosine`"):
+        stiffness_summary(sign, cosine[:5], yr, **kw)
+    with pytest.raises(ValueError, match="`targets_rows`"):
+        stiffness_summary(sign, cosine, yr[:5], **kw)
+    with pytest.raises(ValueError, match="`inputs_rows`"):
+        stiffness_summary(sign, cosine, yr, inputs_rows=xr[:5])
+    with pytest.raises(ValueError, match="`inputs_cols`"):
+        stiffness_summary(sign, cosine, yr, inputs_rows=xr, inputs_cols=xr)
+    with pytest.raises(ValueError, match="`sign`"):
+        stiffness_summary(sign[:, :5], cosine[:, :5], yr, **kw)
+    with pytest.raises(ValueError, match="`targets_cols`"):
+        stiffness_summary(sign, cosine, yr, yr + 10, inputs_rows=xr, inputs_cols=xr, num_classes=4)
+    with pytest.raises(ValueError, match="`targets_rows`"):
+        stiffness_summary(sign, cosine, yr, num_classes=1, **kw)
+    with pytest.raises(ValueError, match="`class_groups`"):
+        stiffness_summary(sign, cosine, yr, num_classes=4, class_groups=[0, 1], **kw)
+    with pytest.raises(TypeError, match="`class_groups`"):
+        stiffness_summary(sign, cosine, yr, class_groups="ab", **kw)
+    with pytest.raises(ValueError, match="`distance`"):
+        stiffness_summary(sign, cosine, yr, distance="l1", **kw)
+    with pytest.raises(ValueError, match="`critical_length_method`"):
+        stiffness_summary(sign, cosine, yr, critical_length_method="zero", **kw)
+    with pytest.raises(ValueError, match="`num_distance_bins`"):
+        stiffness_summary(sign, cosine, yr, num_distance_bins=0, **kw)
