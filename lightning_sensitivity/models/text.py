@@ -99,11 +99,12 @@ class TextClassifier(nn.Module):
         if not isinstance(input_ids, Tensor):
             raise TypeError(f"`input_ids` expected a Tensor, got {type(input_ids).__name__}")
         if input_ids.ndim != 2 or input_ids.dtype.is_floating_point or input_ids.dtype == torch.bool:
-            raise ValueError(
-                f"`input_ids` expected an integer tensor [N, T], got {input_ids.dtype} of shape {tuple(input_ids.shape)}"
-            )
+            shape = tuple(input_ids.shape)
+            raise ValueError(f"`input_ids` expected an integer tensor [N, T], got {input_ids.dtype} of shape {shape}")
         if input_ids.shape[1] > self.max_length:
-            raise ValueError(f"`input_ids` expected at most max_length={self.max_length} positions, got {input_ids.shape[1]}")
+            raise ValueError(
+                f"`input_ids` expected at most max_length={self.max_length} positions, got {input_ids.shape[1]}"
+            )
         positions = torch.arange(input_ids.shape[1], device=input_ids.device)
         return self.token_embedding(input_ids) + self.position_embedding(positions)
 
@@ -135,5 +136,5 @@ class TextClassifier(nn.Module):
         return self.head(pooled)
 
     def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None) -> Tensor:
-        """Logits ``[N, num_classes]`` of token ids ``[N, T]``: ``forward_embedded(embed(input_ids), attention_mask)``."""
+        """Logits ``[N, num_classes]`` of token ids ``[N, T]``: ``forward_embedded(embed(ids), attention_mask)``."""
         return self.forward_embedded(self.embed(input_ids), attention_mask)
