@@ -143,3 +143,21 @@ def by_distance_loop(matrix, inputs, inputs2=None, num_bins=20, distance="cosine
         counts[k] += 1
     means = [s / c if c else math.nan for s, c in zip(sums, counts)]
     return means, counts
+
+
+def embedding_jacobian_norm_loop(
+    model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, output: str = "softmax"
+) -> torch.Tensor:
+    """Per-example Frobenius norm of d output / d embedded sequence, one example at a time, in float64.
+
+    ``model`` has ``embed(ids) -> [N, T, d]`` and ``forward_embedded(embedded, attention_mask) -> logits``.
+    """
+    net = _eval_copy(model).double()
+    norms = []
+    for ids, mask in zip(input_ids, attention_mask, strict=True):
+        embedded = net.embed(ids.unsqueeze(0)).detach()[0]
+        jac = torch.autograd.functional.jacobian(
+            lambda e, mask=mask: _out(net.forward_embedded(e.unsqueeze(0), mask.unsqueeze(0)), output)[0], embedded
+        )
+        norms.append(torch.sqrt((jac**2).sum()))
+    return torch.stack(norms)

@@ -14,10 +14,14 @@ from lightning_sensitivity.models.datamodules import (
 )
 from lightning_sensitivity.models.lit import LitClassifier
 from lightning_sensitivity.models.nets import MLP, SmallCNN
+from lightning_sensitivity.models.text import TextClassifier
+from lightning_sensitivity.models.text_data import TextDataModule
 
 __all__ = [
     "MLP",
     "SmallCNN",
+    "TextClassifier",
+    "TextDataModule",
     "LitClassifier",
     "SensitivityDataModule",
     "DigitsDataModule",

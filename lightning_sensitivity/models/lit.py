@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import lightning.pytorch as pl
@@ -27,6 +28,22 @@ def _infer_num_classes(model: nn.Module) -> int | None:
     return None if last_linear is None else last_linear.out_features
 
 
+def _unpack_batch(batch: Any) -> tuple[Any, torch.Tensor, dict[str, Any]]:
+    """``(inputs, targets, model_kwargs)`` of a batch.
+
+    Accepted: ``(inputs, targets, ...)`` (extra items ignored, as before), ``(inputs, targets, {kwargs})``, and a
+    dict ``{"input_ids": ..., "labels": ..., **kwargs}`` as built by text datamodules.
+    """
+    if isinstance(batch, Mapping):
+        missing = [key for key in ("input_ids", "labels") if key not in batch]
+        if missing:
+            raise ValueError(f"`batch` as a dict expected keys 'input_ids' and 'labels', got {sorted(batch)}")
+        kwargs = {key: value for key, value in batch.items() if key not in ("input_ids", "labels")}
+        return batch["input_ids"], batch["labels"], kwargs
+    kwargs = batch[2] if len(batch) > 2 and isinstance(batch[2], Mapping) else {}
+    return batch[0], batch[1], dict(kwargs)
+
+
 class LitClassifier(pl.LightningModule):
     """Train any classifier ``nn.Module`` (returning logits) with cross-entropy and SGD or Adam.
 
@@ -42,7 +59,10 @@ class LitClassifier(pl.LightningModule):
 
     Args:
         model: the classifier; any ``nn.Module`` mapping a batch of inputs to logits ``[N, num_classes]``. With
-            LightningCLI it is given as ``class_path``/``init_args``.
+            LightningCLI it is given as ``class_path``/``init_args``. Batches are ``(inputs, targets)``,
+            ``(inputs, targets, model_kwargs)`` or dicts ``{"input_ids", "labels", **model_kwargs}`` (e.g. an
+            ``attention_mask`` for :class:`~lightning_sensitivity.models.TextClassifier`); ``model_kwargs`` are
+            passed to the model as keyword arguments.
         lr: learning rate.
         optimizer: ``"sgd"`` or ``"adam"``.
         momentum: SGD momentum (ignored by Adam).
@@ -108,13 +128,13 @@ class LitClassifier(pl.LightningModule):
             }
         )
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Return the logits of the wrapped model."""
-        return self.model(x)
+    def forward(self, x: torch.Tensor, **model_kwargs: Any) -> torch.Tensor:
+        """Return the logits of the wrapped model; ``model_kwargs`` (e.g. ``attention_mask``) are passed on."""
+        return self.model(x, **model_kwargs)
 
     def _shared_step(self, batch: Any, stage: str) -> torch.Tensor:
-        x, y = batch[0], batch[1]
-        logits = self(x)
+        x, y, model_kwargs = _unpack_batch(batch)
+        logits = self(x, **model_kwargs)
         loss = F.cross_entropy(logits, y)
         self.metrics[f"{stage}_loss"].update(loss.detach(), weight=y.shape[0])
         self.metrics[f"{stage}_acc"].update(logits.detach(), y)
