@@ -8,10 +8,10 @@ Every directory under ``LOG_ROOT`` (itself included) that directly holds TensorB
 (``events.out.tfevents.*``, e.g. ``LOG_ROOT/<name>/version_<k>/`` of Lightning's ``TensorBoardLogger``) is one run;
 its ``hparams.yaml`` (when present) gives the ``hparams/<name>`` columns (nested keys joined with ``.``). Written to
 ``DIR`` (default ``LOG_ROOT/comparison``): ``compare.csv`` (one row per run: ``run``, the hyperparameters, every
-``sensitivity/...`` scalar, :data:`GENERALIZATION_KEYS`, any other requested key, ``note``) and ``compare.html`` with one
-scatter plot (PNG beside it) of each x key against each y key, annotated with Spearman's rho and Kendall's tau-b, their
-p-values and seeded bootstrap 95 % intervals -- Novak et al.'s (2018) Jacobian norm vs generalization gap figure for
-your own sweep. Any column (a hyperparameter too) can be an x or y key.
+``sensitivity/...`` scalar, :data:`GENERALIZATION_KEYS`, any other requested key, ``note``) and ``compare.html``
+with one scatter plot (PNG beside it) of each x key against each y key, annotated with Spearman's rho and Kendall's
+tau-b, their p-values and seeded bootstrap 95 % intervals -- Novak et al.'s (2018) Jacobian norm vs generalization
+gap figure for your own sweep. Any column (a hyperparameter too) can be an x or y key.
 
 Which value of a key a row holds (``--epoch``): ``last`` (default) takes the value written at the largest step.
 ``N`` means "after N completed training epochs", the monitors' numbering (0 = at initialisation). Lightning writes an
@@ -217,7 +217,8 @@ def correlations(rows: Sequence[Row], x_key: str, y_key: str, *, num_bootstrap: 
     df = n - 2
     t = math.inf if abs(rho) >= 1.0 else rho * math.sqrt(df / ((1.0 + rho) * (1.0 - rho)))
     tau, score, discordant = _kendall_terms(x, y)
-    result.update(spearman=rho, spearman_p=_t_two_sided(t, df), kendall=tau, kendall_p=_kendall_p(x, y, score, discordant))
+    result.update(spearman=rho, spearman_p=_t_two_sided(t, df), kendall=tau)
+    result["kendall_p"] = _kendall_p(x, y, score, discordant)
     if num_bootstrap:
         rng = np.random.default_rng(seed)
         rhos, taus = [], []
@@ -295,7 +296,8 @@ def _read_hparams(run: Path) -> dict[str, Any]:
             for key, value in node.items():
                 visit(f"{prefix}.{key}" if prefix else str(key), value)
         else:
-            flat[HPARAMS_PREFIX + prefix] = node if isinstance(node, (int, float, str, bool)) or node is None else str(node)
+            plain = isinstance(node, (int, float, str, bool)) or node is None
+            flat[HPARAMS_PREFIX + prefix] = node if plain else str(node)
 
     if isinstance(loaded, dict):
         visit("", loaded)
@@ -465,7 +467,9 @@ def _table(header: Sequence[str], body: Sequence[Sequence[str]]) -> str:
     return f"<table><tr>{head}</tr>{rows}</table>"
 
 
-def _page(root: Path, rows: Sequence[Row], results: list[tuple[dict, str]], epoch: int | str, missing: list[str]) -> str:
+def _page(
+    root: Path, rows: Sequence[Row], results: list[tuple[dict, str]], epoch: int | str, missing: list[str]
+) -> str:
     from lightning_sensitivity.report import _STYLE  # one look for the report and the comparison pages
 
     when = "the last logged value of each key" if epoch == "last" else f"epoch {epoch} ({epoch} completed epochs)"
@@ -490,7 +494,8 @@ def _page(root: Path, rows: Sequence[Row], results: list[tuple[dict, str]], epoc
     current_x = None
     for stats, filename in results:
         if stats["x"] != current_x:
-            parts.append(("</section>" if current_x is not None else "") + f"<section><h2>{html.escape(stats['x'])}</h2>")
+            close = "</section>" if current_x is not None else ""
+            parts.append(f"{close}<section><h2>{html.escape(stats['x'])}</h2>")
             current_x = stats["x"]
         caption = f"{stats['y']} vs {stats['x']}: " + _annotation(stats).replace("\n", "; ")
         parts.append(f"<figure><img src='{html.escape(filename)}' alt='{html.escape(caption)}'>"
@@ -584,8 +589,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("log_root", metavar="LOG_ROOT", help="directory searched recursively for TensorBoard runs")
     parser.add_argument("--x", nargs="+", default=None, metavar="KEY", help=f"x keys (default: {', '.join(DEFAULT_X)})")
     parser.add_argument("--y", nargs="+", default=None, metavar="KEY", help=f"y keys (default: {', '.join(DEFAULT_Y)})")
-    parser.add_argument("--epoch", type=_epoch_arg, default="last",
-                        help="'last' (default: each key's last value) or N = after N completed epochs (0 = at init)")  # fmt: skip
+    parser.add_argument(
+        "--epoch", type=_epoch_arg, default="last",
+        help="'last' (default: each key's last value) or N: after N completed epochs (0: at init)",
+    )  # fmt: skip
     parser.add_argument("--out", default=None, help=f"output directory (default: LOG_ROOT/{DEFAULT_OUT})")
     parser.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the 95%% intervals")
     parser.add_argument("--seed", type=int, default=0, help="seed of the bootstrap")
