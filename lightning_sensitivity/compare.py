@@ -438,11 +438,24 @@ def _annotation(stats: dict) -> str:
     )
 
 
+def _short_labels(runs: Sequence[str]) -> list[str]:
+    """Run paths without the leading and trailing path parts they all share (``a/lr0.1/version_0`` -> ``lr0.1``)."""
+    parts = [run.split("/") for run in runs]
+    lead = 0
+    while all(len(p) > lead + 1 for p in parts) and len({p[lead] for p in parts}) == 1:
+        lead += 1
+    trail = 0
+    while all(len(p) > lead + trail + 1 for p in parts) and len({p[-1 - trail] for p in parts}) == 1:
+        trail += 1
+    return ["/".join(p[lead : len(p) - trail]) for p in parts]
+
+
 def _scatter(rows: Sequence[Row], x_key: str, y_key: str, stats: dict, path: Path) -> None:
     from lightning_sensitivity.report import _new_figure  # the report's Agg figure factory (no pyplot)
 
     fig, (ax,) = _new_figure(1, 6.0, 5.0)
-    points = [(r["run"], _as_float(r.get(x_key)), _as_float(r.get(y_key))) for r in rows]
+    labels = _short_labels([r["run"] for r in rows])
+    points = [(label, _as_float(r.get(x_key)), _as_float(r.get(y_key))) for label, r in zip(labels, rows)]
     points = [(label, a, b) for label, a, b in points if math.isfinite(a) and math.isfinite(b)]
     if points:
         ax.scatter([a for _, a, _ in points], [b for _, _, b in points], s=36, color="C0", edgecolor="k", zorder=3)

@@ -15,7 +15,15 @@ import numpy as np
 import pytest
 import scipy.stats
 
-from lightning_sensitivity.compare import DEFAULT_X, DEFAULT_Y, compare_runs, correlations, main, write_comparison
+from lightning_sensitivity.compare import (
+    DEFAULT_X,
+    DEFAULT_Y,
+    _short_labels,
+    compare_runs,
+    correlations,
+    main,
+    write_comparison,
+)
 
 JAC = "sensitivity/jacobian_norm/val/mean"
 SAME = "sensitivity/stiffness/val_val/same_class_cosine"
@@ -247,6 +255,13 @@ def test_write_comparison_of_the_fake_sweep(fake_sweep, tmp_path):
     check_outputs(default, compare_runs(fake_sweep), plots=1)
     # the output folder holds no event files, so it is not a run next time
     assert len(compare_runs(fake_sweep)) == 5
+
+
+def test_point_labels_drop_the_path_parts_all_runs_share():
+    assert _short_labels(["s/lr0.1/version_0", "s/lr1/version_0"]) == ["lr0.1", "lr1"]
+    assert _short_labels(["a/version_0", "a/version_1"]) == ["version_0", "version_1"]
+    assert _short_labels(["x/version_0", "y/z/version_0"]) == ["x", "y/z"]
+    assert _short_labels(["only/version_0"]) == ["version_0"] and _short_labels(["."]) == ["."]
 
 
 # ------------------------------------------------------------------ command line
