@@ -42,6 +42,7 @@ import html
 import math
 import re
 import sys
+import textwrap
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -299,7 +300,7 @@ def _read_hparams(run: Path) -> dict[str, Any]:
             plain = isinstance(node, (int, float, str, bool)) or node is None
             flat[HPARAMS_PREFIX + prefix] = node if plain else str(node)
 
-    if isinstance(loaded, dict):
+    if isinstance(loaded, dict) and loaded:
         visit("", loaded)
     return flat
 
@@ -321,7 +322,7 @@ def _value_at(series: dict[int, float], key: str, epoch: int | str, ends: dict[i
 def _check_epoch(epoch: Any, name: str = "`epoch`") -> int | str:
     if epoch == "last":
         return "last"
-    if isinstance(epoch, bool) or not isinstance(epoch, (int, str)):
+    if isinstance(epoch, (bool, np.bool_)) or not isinstance(epoch, (int, np.integer, str)):
         raise TypeError(f"{name} expected 'last' or an int >= 0, got {type(epoch).__name__} {epoch!r}")
     try:
         value = int(epoch)
@@ -429,7 +430,7 @@ def _fmt_p(value: float) -> str:
 
 def _annotation(stats: dict) -> str:
     if not math.isfinite(stats["spearman"]):
-        return f"n={stats['n']}: {stats['note']}"
+        return "\n".join(textwrap.wrap(f"n={stats['n']}: {stats['note']}", 90))
     return (
         f"n={stats['n']}\nSpearman ρ={_fmt(stats['spearman'])} (p={_fmt_p(stats['spearman_p'])}), "
         f"95% CI [{_fmt(stats['spearman_low'], 2)}, {_fmt(stats['spearman_high'], 2)}]\n"
@@ -517,8 +518,8 @@ def _page(
         parts.append("</section>")
     shown = [c for c in (rows[0] if rows else {}) if c == "run" or c.startswith(HPARAMS_PREFIX)]
     shown += list(dict.fromkeys(s[k] for s, _ in results for k in ("x", "y") if s[k] not in shown))
-    cells = [[_cell(r.get(c)) if not isinstance(r.get(c), float) else _fmt(r[c], 4) for c in shown] + [r["note"]]
-             for r in rows]  # fmt: skip
+    cells = [[_cell(v) if not isinstance(v := r.get(c), float) or math.isnan(v) else f"{v:.4g}" for c in shown]
+             + [r["note"]] for r in rows]  # fmt: skip
     parts.append("<details open><summary>Runs</summary>" + _table([*shown, "note"], cells) + "</details>")
     return "\n".join(parts) + "</body></html>\n"
 

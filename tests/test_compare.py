@@ -170,6 +170,31 @@ def test_rows_hold_the_last_values_and_the_hparams(fake_sweep):
     assert list(rows[0])[:2] == ["run", "hparams/lr"] and list(rows[0])[-1] == "note"
 
 
+def test_tensor_scalars_and_odd_hparams(tmp_path):
+    """Scalars stored as tensors (TensorBoard's own summary API) count too; python-object tags in hparams.yaml are
+    read as their plain content, an empty hparams.yaml gives no column."""
+    from tensorboard.compat.proto import event_pb2, summary_pb2
+    from tensorboard.summary.writer.event_file_writer import EventFileWriter
+    from tensorboard.util import tensor_util
+
+    for name, hparams in (("a", "!!python/object:argparse.Namespace\nlr: 0.5\n"), ("b", "{}\n")):
+        run = tmp_path / name / "version_0"
+        run.mkdir(parents=True)
+        writer = EventFileWriter(str(run))
+        for step, value in ((0, 1.5), (7, 2.5)):
+            plugin = summary_pb2.SummaryMetadata.PluginData(plugin_name="scalars")
+            metadata = summary_pb2.SummaryMetadata(plugin_data=plugin)
+            tensor = tensor_util.make_tensor_proto(np.float32(value + (name == "b")))
+            summary = summary_pb2.Summary(value=[summary_pb2.Summary.Value(tag=JAC, tensor=tensor, metadata=metadata)])
+            writer.add_event(event_pb2.Event(step=step, summary=summary))
+        writer.close()
+        (run / "hparams.yaml").write_text(hparams)
+    rows = compare_runs(tmp_path)
+    assert [r[JAC] for r in rows] == [2.5, 3.5]
+    assert rows[0]["hparams/lr"] == 0.5 and math.isnan(rows[1]["hparams/lr"])
+    assert not [k for r in rows for k in r if k.startswith("hparams/") and k != "hparams/lr"]
+
+
 @pytest.mark.parametrize("epoch", [0, 1, 2, 3])
 def test_epoch_n_maps_to_the_steps_of_n_completed_epochs(fake_sweep, epoch):
     rows = compare_runs(fake_sweep, epoch=epoch, x=["train/loss"])
