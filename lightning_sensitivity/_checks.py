@@ -25,6 +25,7 @@ __all__ = [
     "check_bool",
     "check_callable",
     "check_choice",
+    "check_class_names",
     "check_int",
     "check_loss_fn",
     "check_names",
@@ -148,3 +149,11 @@ def check_names(value: Any, name: str) -> list[str] | None:
     if not value or not all(isinstance(v, str) for v in value):
         raise ValueError(f"`{name}` expected a non-empty sequence of str, got {list(value)!r}")
     return list(value)
+
+
+def check_class_names(names: Sequence[str] | None, num_classes: int, name: str) -> None:
+    """Display names must match the number of classes of the data (checked once the classes are known)."""
+    if names is not None and len(names) != num_classes:
+        raise ValueError(
+            f"`{name}` expected {num_classes} names (one per class of the data), got {len(names)}: {list(names)!r}"
+        )

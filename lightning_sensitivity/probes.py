@@ -236,9 +236,9 @@ def _parts(out: Any, what: str) -> Batch:
     x, y = out[0], out[1]
     if not isinstance(x, Tensor) or not isinstance(y, Tensor):
         raise TypeError(f"{what} expected tensors (inputs, targets), got ({type(x).__name__}, {type(y).__name__})")
-    if x.dim() < 1 or y.dim() < 1 or x.shape[0] != y.shape[0] or x.shape[0] == 0:
+    if x.dim() < 2 or y.dim() < 1 or x.shape[0] != y.shape[0] or x.shape[0] == 0:
         raise ValueError(
-            f"{what} expected inputs [N, ...] and targets [N, ...] with the same N >= 1, got inputs "
+            f"{what} expected inputs [N, *input_shape] and targets [N, ...] with the same N >= 1, got inputs "
             f"{tuple(x.shape)} and targets {tuple(y.shape)}"
         )
     kwargs = _check_kwargs(out[2], x.shape[0], f"{what}'s model_kwargs") if len(out) == 3 else {}

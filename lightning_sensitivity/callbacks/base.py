@@ -38,7 +38,7 @@ from lightning_sensitivity.functional import predict_logits  # noqa: F401 (re-ex
 from lightning_sensitivity.probes import BatchTransform, ProbeSet, check_probe_data, draw_probe_set, probe_set_from_data
 from lightning_sensitivity.schedules import resolve_schedule
 
-__all__ = ["Measurement", "ProbeSplits", "SensitivityMonitor", "SensitivityWarning"]
+__all__ = ["Measurement", "ProbeSplits", "SensitivityMonitor", "SensitivityWarning", "model_kwargs"]
 
 TRAIN, VAL, TEST = keys.TRAIN, keys.VAL, keys.TEST
 ProbeSplits = tuple[frozenset[str], frozenset[str]]
@@ -53,6 +53,20 @@ _DRAW_HINT = (
 )
 _OUTPUT_HINT = "Check that the log directory is writable; the scalars were logged."
 _FIGURES = {True: "all", False: "none", "all": "all", "log_spaced": "log_spaced", "none": "none"}
+
+
+def model_kwargs(probe: ProbeSet) -> dict[str, Any]:
+    """Keyword arguments for a functional call on ``probe``: its per-example model inputs, when it has any."""
+    return {"model_kwargs": probe.model_kwargs} if probe.model_kwargs else {}
+
+
+def known_num_classes(trainer: pl.Trainer, pl_module: pl.LightningModule) -> int | None:
+    """The number of classes, when the datamodule or the module states it (``num_classes``), else None."""
+    for holder in (trainer.datamodule, pl_module, getattr(pl_module, "hparams", None)):
+        value = getattr(holder, "num_classes", None)
+        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+            return value
+    return None
 
 
 class SensitivityMonitor(Callback):
@@ -201,6 +215,9 @@ class SensitivityMonitor(Callback):
         """Stiffness pair groups to put in the custom-scalars layout (empty for other quantities)."""
         return ()
 
+    def check_classes(self, num_classes: int) -> None:
+        """Refuse arguments that do not fit ``num_classes`` (called in ``setup`` when the data states it)."""
+
     def missing_hint(self, missing: list[str]) -> str:
         """Extra advice for the error raised in ``setup`` when splits in ``missing`` have no data source."""
         return ""
@@ -285,6 +302,9 @@ class SensitivityMonitor(Callback):
                 "through `torch.func.functional_call`. Measure in a run with `strategy='ddp'` or on a single device"
             )
             return
+        num_classes = known_num_classes(trainer, pl_module)
+        if num_classes is not None:
+            self.check_classes(num_classes)
         required, _ = self.probe_splits()
         missing = [s for s in sorted(required) if s not in self._probes and not has_source(trainer, pl_module, s)]
         if missing:

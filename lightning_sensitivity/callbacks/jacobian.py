@@ -11,22 +11,13 @@ from typing_extensions import override
 
 from lightning_sensitivity.callbacks.progress import ProgressFactory
 from lightning_sensitivity.keys import TRAIN, VAL
-from lightning_sensitivity._checks import check_names
-from lightning_sensitivity.callbacks.base import Measurement, ProbeSplits, SensitivityMonitor
-from lightning_sensitivity.functional import jacobian_norm, predict_logits
+from lightning_sensitivity import keys
+from lightning_sensitivity._checks import check_choice, check_class_names, check_names
+from lightning_sensitivity.callbacks.base import Measurement, ProbeSplits, SensitivityMonitor, model_kwargs
+from lightning_sensitivity.functional import jacobian_norm, jacobian_norm_summary, predict_logits
+from lightning_sensitivity.functional.jacobian import OUTPUTS
 from lightning_sensitivity.probes import ProbeSet
 
-PREFIX = "sensitivity/jacobian_norm"
-OUTPUTS = ("softmax", "logits", "log_softmax")
-
-
-def _summary(norms: Tensor) -> dict[str, float]:
-    values = norms.detach().double().cpu()
-    return {
-        "mean": float(values.mean()),
-        "median": float(torch.quantile(values, 0.5)),
-        "p90": float(torch.quantile(values, 0.9)),
-    }
 
 
 class JacobianNormMonitor(SensitivityMonitor):
@@ -78,9 +69,7 @@ class JacobianNormMonitor(SensitivityMonitor):
     state_fields = ("num_samples", "seed", "output")
 
     def __init__(self, *, output: str = "softmax", class_names: Sequence[str] | None = None, **kwargs: Any) -> None:
-        if output not in OUTPUTS:
-            raise ValueError(f"`output` expected one of {OUTPUTS}, got {output!r}")
-        self.output = output
+        self.output = check_choice(output, "output", OUTPUTS)
         self.class_names = check_names(class_names, "class_names")
         super().__init__(**kwargs)
 
@@ -92,63 +81,85 @@ class JacobianNormMonitor(SensitivityMonitor):
     def config(self) -> dict[str, Any]:
         return {**super().config(), "output": self.output, "class_names": self.class_names}
 
+    @override
+    def check_classes(self, num_classes: int) -> None:
+        check_class_names(self.class_names, num_classes, "class_names")
+
     def _norms(self, model: nn.Module, probe: ProbeSet, progress: ProgressFactory, split: str) -> tuple[Tensor, Tensor]:
+        kwargs = model_kwargs(probe)
         with progress(f"{split} Jacobian norms") as bar:
-            norms = jacobian_norm(model, probe.inputs, output=self.output, chunk_size=self.chunk_size, progress=bar)
-        correct = predict_logits(model, probe.inputs, self.chunk_size).argmax(dim=1) == probe.targets
-        return norms.detach().float().cpu(), correct.cpu()
+            norms = jacobian_norm(
+                model, probe.inputs, output=self.output, chunk_size=self.chunk_size, progress=bar, **kwargs
+            )
+        logits = predict_logits(model, probe.inputs, self.chunk_size, **kwargs)
+        return norms.detach().float().cpu(), logits.detach().cpu()
+
+    def _split(self, result: Measurement, split: str, probe: ProbeSet, norms: Tensor, logits: Tensor) -> dict[str, Any]:
+        classes = probe.class_targets
+        targets = probe.targets.cpu()
+        summary = jacobian_norm_summary(
+            norms, targets if classes else None, logits if classes else None, num_classes=self._num_classes(logits)
+        )
+        for stat in keys.JACOBIAN_STATS:
+            result.scalars[keys.metric(keys.JACOBIAN, split, stat)] = summary[stat]
+            result.arrays[keys.split_array(split, stat)] = summary[stat]
+        result.histograms[keys.metric(keys.JACOBIAN, split)] = norms
+        result.arrays.update({keys.split_array(split, "norms"): norms, keys.split_array(split, "labels"): targets})
+        if classes:
+            result.arrays[keys.split_array(split, "correct")] = logits.argmax(dim=1) == targets
+        return summary
 
     @override
-    def compute(
-        self, model: nn.Module, probes: dict[str, ProbeSet], progress: ProgressFactory, epoch: int
-    ) -> Measurement:
+    def compute(self, model: nn.Module, probes: dict[str, ProbeSet], progress: ProgressFactory, epoch: int) -> Measurement:
         result = Measurement(meta={"output": self.output, "class_names": self.class_names})
         val = probes[VAL]
-        val_norms, val_correct = self._norms(model, val, progress, VAL)
-        val_labels = val.targets.cpu()
-        stats = {VAL: _summary(val_norms)}
-        result.histograms[f"{PREFIX}/val"] = val_norms
-        result.arrays.update(val_norms=val_norms, val_labels=val_labels, val_correct=val_correct)
-
+        val_norms, val_logits = self._norms(model, val, progress, VAL)
+        stats = {VAL: self._split(result, VAL, val, val_norms, val_logits)}
         if TRAIN in probes:
             train = self.attempt(
                 "the train Jacobian norms", lambda: self._norms(model, probes[TRAIN], progress, TRAIN), epoch
             )
             if train is not None:
-                train_norms, train_correct = train
-                stats[TRAIN] = _summary(train_norms)
-                result.histograms[f"{PREFIX}/train"] = train_norms
-                result.arrays.update(
-                    train_norms=train_norms, train_labels=probes[TRAIN].targets.cpu(), train_correct=train_correct
-                )
-        for split, values in stats.items():
-            for stat, value in values.items():
-                result.scalars[f"{PREFIX}/{split}/{stat}"] = value
-                result.arrays[f"{split}_{stat}"] = value
+                stats[TRAIN] = self._split(result, TRAIN, probes[TRAIN], *train)
         if TRAIN in stats and stats[VAL]["mean"] != 0:
             ratio = stats[TRAIN]["mean"] / stats[VAL]["mean"]
-            result.scalars[f"{PREFIX}/train_val_ratio"] = ratio
+            result.scalars[keys.metric(keys.JACOBIAN, "train_val_ratio")] = ratio
             result.arrays["train_val_ratio"] = ratio
-
-        wrong = ~val_correct
-        if 0 < int(wrong.sum()) < wrong.numel() and bool(val_norms.isfinite().all()):
-            from torchmetrics.functional.classification import binary_auroc
-
-            # Scaled into [0, 1] so torchmetrics does not squash the scores with a sigmoid, which would turn large
-            # norms into ties at 1.0 in float32 and bias the AUROC.
-            scores = val_norms.double() / val_norms.max() if val_norms.max() > 0 else val_norms.double()
-            auroc = float(binary_auroc(scores, wrong.long()))
-            result.scalars[f"{PREFIX}/val/misclassification_auroc"] = auroc
-            result.arrays["misclassification_auroc"] = auroc
-
-        num_classes = max(int(val_labels.max()) + 1, len(self.class_names or ()))
-        per_class = torch.full((num_classes,), float("nan"), dtype=torch.float64)
-        for c in val_labels.unique().tolist():
-            per_class[c] = val_norms[val_labels == c].double().mean()
-            result.scalars[f"{PREFIX}/val/class_{c}"] = float(per_class[c])
-        names = self.class_names if self.class_names and len(self.class_names) == num_classes else None
-        result.figures.append((f"{PREFIX}/val/per_class", lambda: self._bar_chart(per_class, names, epoch)))
+        if not val.class_targets:
+            self.warn_once(
+                "not classes",
+                f"{type(self).__name__}: the targets are not integer class indices [N] (got {val.targets.dtype} of "
+                f"shape {tuple(val.targets.shape)}), so per-class norms and the AUROCs are not logged.",
+            )
+            return result
+        summary = stats[VAL]
+        for name in keys.JACOBIAN_AUROCS:
+            if summary[name] == summary[name]:  # NaN when all predictions are right (or all wrong)
+                result.scalars[keys.metric(keys.JACOBIAN, VAL, name)] = summary[name]
+                result.arrays[name] = summary[name]
+        per_class = summary["per_class"]
+        for c in val.targets.unique().tolist():
+            result.scalars[keys.metric(keys.JACOBIAN, VAL, f"class_{c}")] = float(per_class[c])
+        names = self._class_names(per_class.shape[0])
+        result.figures.append(
+            (keys.metric(keys.JACOBIAN, VAL, "per_class"), lambda: self._bar_chart(per_class, names, epoch))
+        )
         return result
+
+    def _num_classes(self, logits: Tensor) -> int:
+        return max(logits.shape[1], len(self.class_names or ()))
+
+    def _class_names(self, num_classes: int) -> list[str] | None:
+        if self.class_names is None:
+            return None
+        if len(self.class_names) != num_classes:
+            self.warn_once(
+                "class names",
+                f"{type(self).__name__}: `class_names` has {len(self.class_names)} names but the model has "
+                f"{num_classes} classes; the figures use class indices.",
+            )
+            return None
+        return self.class_names
 
     def _bar_chart(self, per_class: Tensor, names: list[str] | None, epoch: int) -> Any:
         from lightning_sensitivity.logging import plot_per_class

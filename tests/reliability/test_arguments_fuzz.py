@@ -67,14 +67,18 @@ def is_seq(v: Any) -> bool:
 
 
 def valid_data(v: Any) -> bool:
+    """(inputs [N, ...] with >= 2 dims, targets [N, ...] of any dtype) or a triple with a dict of [N, ...] tensors."""
     if v is None:
         return True
-    if not (isinstance(v, (tuple, list)) and len(v) == 2 and all(isinstance(t, torch.Tensor) for t in v)):
+    if not (isinstance(v, (tuple, list)) and len(v) in (2, 3) and all(isinstance(t, torch.Tensor) for t in v[:2])):
         return False
-    x, y = v
-    integer = not y.is_floating_point() and y.dtype != torch.bool
-    inputs_ok = x.is_floating_point() and x.dim() >= 2 and x.shape[0] > 0
-    return inputs_ok and integer and y.dim() == 1 and y.shape[0] == x.shape[0]
+    x, y = v[0], v[1]
+    if len(v) == 3 and not (
+        isinstance(v[2], dict)
+        and all(isinstance(t, torch.Tensor) and t.dim() >= 1 and t.shape[0] == x.shape[0] for t in v[2].values())
+    ):
+        return False
+    return x.dim() >= 2 and x.shape[0] > 0 and y.dim() >= 1 and y.shape[0] == x.shape[0]
 
 
 def valid_names(v: Any) -> bool:
@@ -96,7 +100,7 @@ def valid_class_groups(v: Any) -> bool:
 COMMON: dict[str, Callable[[Any], bool]] = {
     "every_n_epochs": lambda v: v is None or (is_int(v) and v >= 1),
     "epochs": lambda v: v is None
-    or ((is_seq(v) or isinstance(v, AbstractSet)) and all(is_int(e) and e >= 0 for e in v)),
+    or ((is_seq(v) or isinstance(v, AbstractSet)) and len(v) > 0 and all(is_int(e) and e >= 0 for e in v)),
     "log_spaced": lambda v: isinstance(v, bool),
     "at_init": lambda v: isinstance(v, bool),
     "num_samples": lambda v: is_int(v) and v >= 1,
@@ -117,7 +121,7 @@ SPECIFIC: dict[type, dict[str, Callable[[Any], bool]]] = {
         "num_points": lambda v: is_int(v) and v >= 3,
     },
     StiffnessMonitor: {
-        "loss_fn": callable,
+        "loss_fn": lambda v: callable(v) and not isinstance(v, type),
         "groups": lambda v: is_seq(v)
         and 0 < len(v) == len(set(v))
         and all(isinstance(g, str) and g in GROUPS for g in v),
