@@ -35,7 +35,7 @@ def jacobian_norm_loop(model: nn.Module, inputs: torch.Tensor, output: str = "so
     norms = []
     for i, x in enumerate(inputs):
         kw = _own(model_kwargs, i)
-        jac = torch.autograd.functional.jacobian(lambda z: _out(net(z.unsqueeze(0), **kw), output)[0], x)
+        jac = torch.autograd.functional.jacobian(lambda z, kw=kw: _out(net(z.unsqueeze(0), **kw), output)[0], x)
         norms.append(torch.sqrt((jac**2).sum()))
     return torch.stack(norms)
 

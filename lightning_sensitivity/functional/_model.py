@@ -98,7 +98,9 @@ def match_model(x: Tensor, params: dict[str, Tensor]) -> Tensor:
     cast it to that parameter's dtype. Integer and bool batches (token ids, masks) keep their dtype."""
     for p in params.values():
         if p.is_floating_point():
-            return x.to(device=p.device, dtype=p.dtype if x.is_floating_point() else x.dtype)
+            # Outside inference mode: a cast made under it would be an inference tensor autograd cannot use.
+            with torch.inference_mode(False):
+                return x.to(device=p.device, dtype=p.dtype if x.is_floating_point() else x.dtype)
     return x
 
 

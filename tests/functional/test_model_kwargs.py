@@ -169,7 +169,7 @@ def test_bad_model_kwargs():
         jacobian_norm_estimate(model, x, model_kwargs={"attention_mask": mask.tolist()})
     with pytest.raises(ValueError, match=r"`model_kwargs\['attention_mask'\]` expected 5 entries .* got shape \(4, 4\)"):
         loss_gradient_gram(model, x, y, model_kwargs={"attention_mask": mask[:4]})
-    x2, kw2 = _batch(n=4, seed=1)
+    x2, _ = _batch(n=4, seed=1)
     y2 = y[:4]
     with pytest.raises(ValueError, match=r"`model_kwargs2\['attention_mask'\]` expected 4 entries .*`inputs2`"):
         stiffness(model, x, y, x2, y2, model_kwargs=kw, model_kwargs2=kw)
@@ -177,3 +177,19 @@ def test_bad_model_kwargs():
         loss_gradient_gram(model, x, y, x2, y2, model_kwargs=kw)
     with pytest.raises(ValueError, match="`model_kwargs2` expected None when `inputs2` is None"):
         loss_gradient_gram(model, x, y, model_kwargs=kw, model_kwargs2=kw)
+
+
+@pytest.mark.parametrize("mask_dtype", [torch.bool, torch.float32])
+@pytest.mark.parametrize("method", ["looped", "batched", "per_example"])
+def test_under_inference_mode_inputs_and_masks_are_cast_to_the_model(method, mask_dtype):
+    # float32 inputs and masks into a float64 model: casts made under inference mode must still be differentiable.
+    model = _model()
+    x, kw = _batch()
+    expected = jacobian_norm_loop(model, x, "softmax", kw)
+    kw32 = {"attention_mask": kw["attention_mask"].to(mask_dtype)}
+    with torch.inference_mode():
+        got = jacobian_norm(model, x.float(), method=method, model_kwargs=kw32)
+        gram = loss_gradient_gram(model, x.float(), torch.tensor([0, 3, 1, 2, 1]), model_kwargs=kw32)
+    assert got.dtype == gram.dtype == torch.float64
+    torch.testing.assert_close(got, expected, rtol=1e-6, atol=1e-7)  # the inputs were rounded to float32
+    assert not gram.is_inference()
