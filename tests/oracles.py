@@ -30,7 +30,9 @@ def _own(model_kwargs, i: int) -> dict:
     return {k: v[i : i + 1] for k, v in (model_kwargs or {}).items()}
 
 
-def jacobian_norm_loop(model: nn.Module, inputs: torch.Tensor, output: str = "softmax", model_kwargs=None) -> torch.Tensor:
+def jacobian_norm_loop(
+    model: nn.Module, inputs: torch.Tensor, output: str = "softmax", model_kwargs=None
+) -> torch.Tensor:
     net = _eval_copy(model)
     norms = []
     for i, x in enumerate(inputs):

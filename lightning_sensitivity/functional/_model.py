@@ -169,7 +169,7 @@ def prepare_inputs(inputs: Tensor, name: str = "inputs", min_dim: int = 2, allow
         raise ValueError(f"`{name}` expected at least one example, got shape {tuple(inputs.shape)}")
     if inputs.is_complex() or (not allow_integer and not inputs.is_floating_point()):
         hint = "" if allow_integer or inputs.is_complex() else (
-            "; a derivative with respect to integer inputs (e.g. token ids) is not defined -- embed them first and "
+            "; integer inputs (e.g. token ids) have no derivative and no path between them -- embed them first and "
             "pass the embeddings (the callbacks take an `embed_fn`)"
         )
         kind = "a real tensor" if allow_integer else "a floating-point tensor"
@@ -307,6 +307,5 @@ def predict_logits(
     x = match_model(prepare_inputs(inputs, allow_integer=True), params)
     kwargs = prepare_model_kwargs(model_kwargs, x.shape[0], params)
     with measurement_context(model, grad=False):
-        return torch.cat(
-            [check_logits(f(params, buffers, x[piece], **take(kwargs, piece))) for piece in chunks(x.shape[0], chunk_size)]
-        )
+        pieces = chunks(x.shape[0], chunk_size)
+        return torch.cat([check_logits(f(params, buffers, x[piece], **take(kwargs, piece))) for piece in pieces])

@@ -63,10 +63,11 @@ def cotangent_rows(logits: Tensor, output: str) -> Tensor:
     ``A_i = d out(z_i) / d z_i`` is the Jacobian of the output transform at example ``i``, so
     ``||A_i J_i||_F^2 = sum_r ||M_i[r] J_i||^2`` for the logit Jacobian ``J_i``: ``R`` reverse passes give the exact
     norm. For ``"logits"`` ``M_i = I`` (``R = C``); for ``"sigmoid"`` (elementwise, multi-label)
-    ``M_i = A_i = diag(s_i (1 - s_i))`` with ``s_i`` the sigmoid of the logits (``R = C``). Softmax and log-softmax are invariant to adding a constant to
-    every logit (``A_i 1 = 0``), so one direction carries nothing and ``R = C - 1``: with ``Q`` orthonormal rows
-    orthogonal to ``1``, softmax (``A_i`` symmetric) takes ``M_i = Q A_i`` and log-softmax takes
-    ``M_i = T_i Q`` from the QR factorisation ``A_i Q^T = O_i T_i``. One reverse pass in ``C`` is saved, exactly.
+    ``M_i = A_i = diag(s_i (1 - s_i))`` with ``s_i`` the sigmoid of the logits (``R = C``). Softmax and
+    log-softmax are invariant to adding a constant to every logit (``A_i 1 = 0``), so one direction carries
+    nothing and ``R = C - 1``: with ``Q`` orthonormal rows orthogonal to ``1``, softmax (``A_i`` symmetric) takes
+    ``M_i = Q A_i`` and log-softmax takes ``M_i = T_i Q`` from the QR factorisation ``A_i Q^T = O_i T_i``. One
+    reverse pass in ``C`` is saved, exactly.
     """
     n, num_classes = logits.shape
     if output == "logits":
@@ -112,16 +113,16 @@ def jacobian_norm(
         output: ``"softmax"`` (default, as in Novak et al. 2018), ``"logits"``, ``"log_softmax"``, or
             ``"sigmoid"`` (elementwise, for multi-label models; ``R = C`` reverse passes).
         chunk_size: examples per chunk (memory is about ``C * chunk_size * input_size`` numbers); None = one chunk.
-        method: how the reverse passes are organised. Every method is exact. ``"looped"`` runs one batched
-            forward pass and pulls ``R`` cotangents back through it one after another (``R = C`` for logits,
-            ``C - 1`` for softmax and log-softmax, see :func:`cotangent_rows`), holding one input-sized gradient at
-            a time; when the input enters the model only through one narrowing ``F.linear`` the passes stop at its
-            output and use ``u^T (W W^T) u``. ``"batched"`` pulls all ``R`` back at once with ``vmap`` over ``vjp`` (``R`` times the
-            activation memory). Both rely on examples not interacting inside the forward pass, which holds in eval
-            mode for every standard layer. ``"per_example"`` runs ``vmap(jacrev(...))`` over single examples and
-            makes no such assumption. ``"auto"`` (default) picks ``"looped"``: measured on this project's
-            benchmark (``benchmarks/run.py``) it was the fastest on both the MLP and the CNN, because the batching
-            rules of ``vmap`` for pooling backward materialise large zero tensors.
+        method: how the reverse passes are organised. Every method is exact. ``"looped"`` runs one batched forward pass
+            and pulls ``R`` cotangents back through it one after another (``R = C`` for logits and sigmoid, ``C - 1``
+            for softmax and log-softmax, see :func:`cotangent_rows`), holding one input-sized gradient at a time; when
+            the input enters the model only through one narrowing ``F.linear`` the passes stop at its output and use
+            ``u^T (W W^T) u``. ``"batched"`` pulls all ``R`` back at once with ``vmap`` over ``vjp`` (``R`` times the
+            activation memory). Both rely on examples not interacting inside the forward pass, which holds in eval mode
+            for every standard layer. ``"per_example"`` runs ``vmap(jacrev(...))`` over single examples and makes no
+            such assumption. ``"auto"`` (default) picks ``"looped"``: measured on this project's benchmark
+            (``benchmarks/run.py``) it was the fastest on both the MLP and the CNN, because the batching rules of
+            ``vmap`` for pooling backward materialise large zero tensors.
         train_mode: evaluate the model in train mode instead of eval mode (refused for models with batch
             normalisation or dropout, whose train-mode per-example Jacobian is not defined).
         progress: optional ``progress(done, total)`` called after each chunk.

@@ -76,8 +76,9 @@ def loss_gradient_gram(
 
     Raises:
         ValueError: inputs of the wrong rank, targets or ``model_kwargs`` values whose first dimension is not
-            ``N``, a model output that is not ``[N, C]``, only one of ``inputs2``/``targets2`` given, a model without trainable parameters, an unknown
-            ``method``, or ``method="layerwise"`` for a model it does not cover.
+            ``N``, a model output that is not ``[N, C]``, only one of ``inputs2``/``targets2`` given, a model
+            without trainable parameters, an unknown ``method``, or ``method="layerwise"`` for a model it does not
+            cover.
         TypeError: arguments of the wrong type, including ``loss_fn=nn.CrossEntropyLoss`` (the class).
 
     Example:

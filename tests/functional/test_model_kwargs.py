@@ -167,7 +167,7 @@ def test_bad_model_kwargs():
         predict_logits(model, x, model_kwargs={0: mask})
     with pytest.raises(TypeError, match=r"`model_kwargs\['attention_mask'\]` expected a torch.Tensor"):
         jacobian_norm_estimate(model, x, model_kwargs={"attention_mask": mask.tolist()})
-    with pytest.raises(ValueError, match=r"`model_kwargs\['attention_mask'\]` expected 5 entries .* got shape \(4, 4\)"):
+    with pytest.raises(ValueError, match=r"`model_kwargs\['attention_mask'\]` expected 5 entries .*shape \(4, 4\)"):
         loss_gradient_gram(model, x, y, model_kwargs={"attention_mask": mask[:4]})
     x2, _ = _batch(n=4, seed=1)
     y2 = y[:4]
@@ -193,3 +193,29 @@ def test_under_inference_mode_inputs_and_masks_are_cast_to_the_model(method, mas
     assert got.dtype == gram.dtype == torch.float64
     torch.testing.assert_close(got, expected, rtol=1e-6, atol=1e-7)  # the inputs were rounded to float32
     assert not gram.is_inference()
+
+
+class ScaledHead(nn.Module):
+    """Flat inputs through a narrowing first layer (the looped method's ``W W^T`` path), logits scaled per example."""
+
+    def __init__(self):
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(12, 4), nn.Tanh(), nn.Linear(4, 3))
+
+    def forward(self, x, scale):
+        return self.net(x) * scale[:, None]
+
+
+@pytest.mark.parametrize("chunk_size", [None, 2])
+@pytest.mark.parametrize("method", ["looped", "batched", "per_example"])
+def test_float_keyword_inputs_reach_the_narrowing_first_layer_path(method, chunk_size):
+    torch.manual_seed(3)
+    model = ScaledHead().double()
+    x = torch.randn(5, 12, dtype=torch.float64)
+    kw = {"scale": torch.tensor([0.5, 2.0, -1.0, 3.0, 1.0], dtype=torch.float32)}  # cast to the model's dtype
+    got = jacobian_norm(model, x, output="logits", method=method, chunk_size=chunk_size, model_kwargs=kw)
+    expected = jacobian_norm_loop(model, x, "logits", {"scale": kw["scale"].double()})
+    torch.testing.assert_close(got, expected, rtol=1e-6, atol=1e-12)
+    # Logits scale linearly with ``scale``: a check that does not depend on the oracle.
+    unit = jacobian_norm(model, x, output="logits", method=method, model_kwargs={"scale": torch.ones(5)})
+    torch.testing.assert_close(got, unit * kw["scale"].double().abs(), rtol=1e-6, atol=1e-12)
