@@ -20,19 +20,35 @@ def _eval_copy(model: nn.Module) -> nn.Module:
 
 
 def _out(logits: torch.Tensor, output: str) -> torch.Tensor:
+    if output == "sigmoid":
+        return 1.0 / (1.0 + torch.exp(-logits))
     return {"softmax": logits.softmax(-1), "log_softmax": logits.log_softmax(-1), "logits": logits}[output]
 
 
-def jacobian_norm_loop(model: nn.Module, inputs: torch.Tensor, output: str = "softmax") -> torch.Tensor:
+def _own(model_kwargs, i: int) -> dict:
+    """Example ``i``'s keyword inputs, as a batch of one."""
+    return {k: v[i : i + 1] for k, v in (model_kwargs or {}).items()}
+
+
+def jacobian_norm_loop(
+    model: nn.Module, inputs: torch.Tensor, output: str = "softmax", model_kwargs=None
+) -> torch.Tensor:
     net = _eval_copy(model)
     norms = []
-    for x in inputs:
-        jac = torch.autograd.functional.jacobian(lambda z: _out(net(z.unsqueeze(0)), output)[0], x)
+    for i, x in enumerate(inputs):
+        kw = _own(model_kwargs, i)
+        jac = torch.autograd.functional.jacobian(lambda z, kw=kw: _out(net(z.unsqueeze(0), **kw), output)[0], x)
         norms.append(torch.sqrt((jac**2).sum()))
     return torch.stack(norms)
 
 
-def activation_pattern(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, int]:
+def predict_loop(model: nn.Module, inputs: torch.Tensor, model_kwargs=None) -> torch.Tensor:
+    net = _eval_copy(model)
+    with torch.no_grad():
+        return torch.cat([net(inputs[i : i + 1], **_own(model_kwargs, i)) for i in range(inputs.shape[0])])
+
+
+def activation_pattern(model: nn.Module, x: torch.Tensor, kwargs=None) -> tuple[torch.Tensor, int]:
     """Binary pattern (pre-activation > 0) of every activation module, recorded with forward hooks, and the class."""
     net = _eval_copy(model)
     recorded = []
@@ -42,16 +58,17 @@ def activation_pattern(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor,
         if isinstance(m, ACTIVATION_MODULES)
     ]
     with torch.no_grad():
-        pred = int(net(x.unsqueeze(0)).argmax(dim=1))
+        pred = int(net(x.unsqueeze(0), **(kwargs or {})).argmax(dim=1))
     for h in hooks:
         h.remove()
     return (torch.cat(recorded) if recorded else torch.zeros(0, dtype=torch.bool)), pred
 
 
-def transitions_loop(model: nn.Module, trajectories: torch.Tensor) -> dict[str, list[int]]:
+def transitions_loop(model: nn.Module, trajectories: torch.Tensor, model_kwargs=None) -> dict[str, list[int]]:
+    """``model_kwargs`` values have one entry per trajectory, shared by all its points."""
     out: dict[str, list[int]] = {"activation": [], "region_changes": [], "prediction": []}
-    for traj in trajectories:
-        seq = [activation_pattern(model, x) for x in traj]
+    for t, traj in enumerate(trajectories):
+        seq = [activation_pattern(model, x, _own(model_kwargs, t)) for x in traj]
         act = reg = pred = 0
         for k in range(len(seq)):
             (a, pa), (b, pb) = seq[k], seq[(k + 1) % len(seq)]  # closed: the last point meets the first
@@ -65,27 +82,33 @@ def transitions_loop(model: nn.Module, trajectories: torch.Tensor) -> dict[str, 
     return out
 
 
-def per_example_gradients_loop(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, loss_fn) -> list:
+def per_example_gradients_loop(
+    model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, loss_fn, model_kwargs=None
+) -> list:
     net = _eval_copy(model)
     params = [p for p in net.parameters() if p.requires_grad]
     grads = []
-    for x, y in zip(inputs, targets):
-        loss = loss_fn(net(x.unsqueeze(0)), y.unsqueeze(0))
+    for i in range(inputs.shape[0]):
+        loss = loss_fn(net(inputs[i : i + 1], **_own(model_kwargs, i)), targets[i : i + 1]).sum()
         grads.append(torch.cat([g.reshape(-1) for g in torch.autograd.grad(loss, params)]))
     return grads
 
 
-def gram_loop(model, inputs, targets, inputs2=None, targets2=None, loss_fn=None) -> torch.Tensor:
+def gram_loop(
+    model, inputs, targets, inputs2=None, targets2=None, loss_fn=None, model_kwargs=None, model_kwargs2=None
+) -> torch.Tensor:
     loss_fn = loss_fn or torch.nn.functional.cross_entropy
-    g1 = per_example_gradients_loop(model, inputs, targets, loss_fn)
-    g2 = g1 if inputs2 is None else per_example_gradients_loop(model, inputs2, targets2, loss_fn)
+    g1 = per_example_gradients_loop(model, inputs, targets, loss_fn, model_kwargs)
+    g2 = g1 if inputs2 is None else per_example_gradients_loop(model, inputs2, targets2, loss_fn, model_kwargs2)
     return torch.tensor([[float(a @ b) for b in g2] for a in g1], dtype=torch.float64)
 
 
-def stiffness_loop(model, inputs, targets, inputs2=None, targets2=None, loss_fn=None) -> dict:
+def stiffness_loop(
+    model, inputs, targets, inputs2=None, targets2=None, loss_fn=None, model_kwargs=None, model_kwargs2=None
+) -> dict:
     loss_fn = loss_fn or torch.nn.functional.cross_entropy
-    g1 = per_example_gradients_loop(model, inputs, targets, loss_fn)
-    g2 = g1 if inputs2 is None else per_example_gradients_loop(model, inputs2, targets2, loss_fn)
+    g1 = per_example_gradients_loop(model, inputs, targets, loss_fn, model_kwargs)
+    g2 = g1 if inputs2 is None else per_example_gradients_loop(model, inputs2, targets2, loss_fn, model_kwargs2)
     sign = [[0.0] * len(g2) for _ in g1]
     cos = [[0.0] * len(g2) for _ in g1]
     off_sign, off_cos = [], []

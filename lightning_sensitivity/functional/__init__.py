@@ -3,7 +3,8 @@
 Every function takes an ``nn.Module`` mapping ``[N, *input_shape]`` to logits ``[N, C]`` and leaves it exactly as it
 found it (parameters, ``.grad``, buffers, every submodule's ``training`` flag, the global RNG). Work is done in
 chunks of ``chunk_size`` examples so memory is bounded by the chunk, and every function works inside
-``torch.no_grad()`` / ``torch.inference_mode()`` and on inference tensors.
+``torch.no_grad()`` / ``torch.inference_mode()`` and on inference tensors. Extra per-example inputs of the model
+(an attention mask) go in ``model_kwargs={"name": tensor [N, ...]}`` and are chunked with the inputs.
 """
 
 from lightning_sensitivity.functional._model import predict_logits

@@ -9,7 +9,7 @@ autocast state are escaped for the duration of the measurement and restored afte
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import torch
@@ -94,11 +94,19 @@ def _normal(t: Tensor) -> Tensor:
 
 
 def match_model(x: Tensor, params: dict[str, Tensor]) -> Tensor:
-    """Cast a batch to the dtype and device of the model's first floating-point parameter (if it has one)."""
+    """Move a batch to the device of the model's first floating-point parameter and, if the batch is floating-point,
+    cast it to that parameter's dtype. Integer and bool batches (token ids, masks) keep their dtype."""
     for p in params.values():
         if p.is_floating_point():
-            return x.to(device=p.device, dtype=p.dtype)
+            # Outside inference mode: a cast made under it would be an inference tensor autograd cannot use.
+            with torch.inference_mode(False):
+                return x.to(device=p.device, dtype=p.dtype if x.is_floating_point() else x.dtype)
     return x
+
+
+def model_dtype(params: dict[str, Tensor]) -> torch.dtype:
+    """The dtype of the model's first floating-point parameter (the default dtype for a model without one)."""
+    return next((p.dtype for p in params.values() if p.is_floating_point()), torch.get_default_dtype())
 
 
 def state_slots(model: nn.Module) -> dict[str, str]:
@@ -137,15 +145,19 @@ def as_function(model: nn.Module) -> Callable[..., Tensor]:
 
 
 def pure_model(model: nn.Module) -> tuple[nn.Module, Callable[..., Tensor], dict[str, Tensor], dict[str, Tensor]]:
-    """``(module, f, params, buffers)``: the original module (behind ``torch.compile``), ``f(params, buffers, x)``
-    and its detached state -- the preamble of every measurement."""
+    """``(module, f, params, buffers)``: the original module (behind ``torch.compile``), ``f(params, buffers, x,
+    **kwargs)`` and its detached state -- the preamble of every measurement."""
     model = unwrap_model(model)
     params, buffers = detached_state(model)
     return model, as_function(model), params, buffers
 
 
-def prepare_inputs(inputs: Tensor, name: str = "inputs", min_dim: int = 2) -> Tensor:
-    """Validate a batch ``[N, *input_shape]`` and make it a normal (non-inference) floating tensor."""
+def prepare_inputs(inputs: Tensor, name: str = "inputs", min_dim: int = 2, allow_integer: bool = False) -> Tensor:
+    """Validate a batch ``[N, *input_shape]`` and make it a normal (non-inference) tensor.
+
+    Floating-point inputs are required unless ``allow_integer`` (quantities that never differentiate with respect to
+    the inputs, such as the loss-gradient Gram or predictions, take token ids ``[N, T]`` directly).
+    """
     if not isinstance(inputs, Tensor):
         raise TypeError(f"`{name}` expected a torch.Tensor of shape [N, *input_shape], got {type(inputs).__name__}")
     if inputs.dim() < min_dim:
@@ -155,26 +167,88 @@ def prepare_inputs(inputs: Tensor, name: str = "inputs", min_dim: int = 2) -> Te
         )
     if inputs.shape[0] == 0:
         raise ValueError(f"`{name}` expected at least one example, got shape {tuple(inputs.shape)}")
-    if not inputs.is_floating_point():
-        raise TypeError(f"`{name}` expected a floating-point tensor, got dtype {inputs.dtype}")
+    if inputs.is_complex() or (not allow_integer and not inputs.is_floating_point()):
+        hint = "" if allow_integer or inputs.is_complex() else (
+            "; integer inputs (e.g. token ids) have no derivative and no path between them -- embed them first and "
+            "pass the embeddings (the callbacks take an `embed_fn`)"
+        )
+        kind = "a real tensor" if allow_integer else "a floating-point tensor"
+        raise TypeError(f"`{name}` expected {kind}, got dtype {inputs.dtype}{hint}")
     # A clone made outside inference mode is a normal tensor autograd can save; cheap next to any measurement.
     with torch.inference_mode(False):
         return inputs.clone() if inputs.is_inference() else inputs
 
 
 def prepare_targets(targets: Tensor, num: int, name: str = "targets", inputs_name: str = "inputs") -> Tensor:
-    """Validate integer class targets ``[N]`` matching ``num`` examples."""
+    """Validate targets ``[N, ...]`` of any dtype (class indices, multi-hot labels, regression values) matching
+    ``num`` examples; the loss function decides what they mean."""
     if not isinstance(targets, Tensor):
-        raise TypeError(f"`{name}` expected a torch.Tensor of class indices [N], got {type(targets).__name__}")
-    if targets.dim() != 1:
-        raise ValueError(f"`{name}` expected a 1-D tensor of class indices [N], got shape {tuple(targets.shape)}")
+        raise TypeError(f"`{name}` expected a torch.Tensor of shape [N, ...], got {type(targets).__name__}")
+    if targets.dim() < 1:
+        raise ValueError(f"`{name}` expected a tensor of shape [N, ...], got a 0-dim tensor")
     if targets.shape[0] != num:
         raise ValueError(
-            f"`{name}` expected {num} entries to match `{inputs_name}`, got {targets.shape[0]} "
+            f"`{name}` expected {num} entries along dimension 0 to match `{inputs_name}`, got {targets.shape[0]} "
             f"(shape {tuple(targets.shape)})"
         )
     with torch.inference_mode(False):
         return targets.clone() if targets.is_inference() else targets
+
+
+ModelKwargs = Mapping[str, Tensor]
+
+
+def prepare_model_kwargs(
+    model_kwargs: ModelKwargs | None,
+    num: int,
+    params: dict[str, Tensor],
+    name: str = "model_kwargs",
+    inputs_name: str = "inputs",
+) -> dict[str, Tensor]:
+    """Validate per-example keyword inputs of the model (``{"attention_mask": [N, T]}``) and place them like the model.
+
+    Every value is a tensor whose dimension 0 runs over the ``num`` examples of ``inputs_name``; it is sliced with
+    the inputs and passed as ``model(x[piece], **{k: v[piece]})``. Floating-point values are cast to the model's
+    dtype (like the inputs), others keep theirs; all are moved to the model's device.
+    """
+    if model_kwargs is None:
+        return {}
+    if not isinstance(model_kwargs, Mapping):
+        raise TypeError(
+            f"`{name}` expected a mapping of str -> torch.Tensor [N, ...] or None, got {type(model_kwargs).__name__}"
+        )
+    out: dict[str, Tensor] = {}
+    for key, value in model_kwargs.items():
+        if not isinstance(key, str):
+            raise TypeError(f"`{name}` expected str keys (the model's keyword names), got {type(key).__name__} {key!r}")
+        if not isinstance(value, Tensor):
+            raise TypeError(f"`{name}[{key!r}]` expected a torch.Tensor [N, ...], got {type(value).__name__}")
+        if value.dim() < 1 or value.shape[0] != num:
+            raise ValueError(
+                f"`{name}[{key!r}]` expected {num} entries along dimension 0 to match `{inputs_name}`, got shape "
+                f"{tuple(value.shape)}"
+            )
+        with torch.inference_mode(False):
+            value = value.clone() if value.is_inference() else value
+        out[key] = match_model(value.detach(), params)
+    return out
+
+
+def take(kwargs: dict[str, Tensor], piece: slice | Tensor) -> dict[str, Tensor]:
+    """The per-example keyword inputs of the examples ``piece``."""
+    return {k: v[piece] for k, v in kwargs.items()}
+
+
+def check_loss_fn(loss_fn: Any, name: str = "loss_fn") -> None:
+    """A loss must be a callable ``(logits, targets) -> loss``; an ``nn.Module`` *class* is refused by name because
+    calling it would construct a module instead of computing a loss."""
+    if isinstance(loss_fn, type):
+        raise TypeError(
+            f"`{name}` expected a callable (logits, targets) -> loss, got the class {loss_fn.__name__}; pass an "
+            f"instance nn.{loss_fn.__name__}() or a function such as F.cross_entropy"
+        )
+    if not callable(loss_fn):
+        raise TypeError(f"`{name}` expected a callable (logits, targets) -> loss, got {type(loss_fn).__name__}")
 
 
 def check_chunk_size(chunk_size: int | None, name: str = "chunk_size") -> None:
@@ -212,8 +286,17 @@ def check_progress(progress: Any) -> None:
         raise TypeError(f"`progress` expected a callable (done, total) -> None or None, got {type(progress).__name__}")
 
 
-def predict_logits(model: nn.Module, inputs: Tensor, chunk_size: int | None = None) -> Tensor:
+def predict_logits(
+    model: nn.Module,
+    inputs: Tensor,
+    chunk_size: int | None = None,
+    *,
+    model_kwargs: ModelKwargs | None = None,
+) -> Tensor:
     """Eval-mode logits ``[N, C]`` of ``inputs``, leaving the model exactly as it was (no grad, flags restored).
+
+    ``inputs`` may be floating-point or integer (token ids ``[N, T]``); ``model_kwargs`` are per-example keyword
+    inputs of the model (each ``[N, ...]``, sliced with the inputs: ``model(x[piece], **{k: v[piece]})``).
 
     Example:
         >>> predict_logits(torch.nn.Linear(3, 2), torch.randn(4, 3)).shape
@@ -221,6 +304,8 @@ def predict_logits(model: nn.Module, inputs: Tensor, chunk_size: int | None = No
     """
     check_chunk_size(chunk_size)
     model, f, params, buffers = pure_model(model)
-    x = match_model(prepare_inputs(inputs), params)
+    x = match_model(prepare_inputs(inputs, allow_integer=True), params)
+    kwargs = prepare_model_kwargs(model_kwargs, x.shape[0], params)
     with measurement_context(model, grad=False):
-        return torch.cat([check_logits(f(params, buffers, x[piece])) for piece in chunks(x.shape[0], chunk_size)])
+        pieces = chunks(x.shape[0], chunk_size)
+        return torch.cat([check_logits(f(params, buffers, x[piece], **take(kwargs, piece))) for piece in pieces])

@@ -1,7 +1,8 @@
 """Input-output Jacobian norm (Novak et al. 2018, "Sensitivity and Generalization in Neural Networks").
 
 For each example ``x_i`` the Frobenius norm ``|| d out(f(x_i)) / d x_i ||_F`` where ``out`` is the softmax (the
-paper's choice), the identity (logits) or the log-softmax of the logits.
+paper's choice), the identity (logits), the log-softmax or -- for multi-label models -- the elementwise sigmoid of
+the logits.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_flatten
 
 from lightning_sensitivity.functional._model import (
+    ModelKwargs,
     Progress,
     check_chunk_size,
     check_logits,
@@ -24,13 +26,15 @@ from lightning_sensitivity.functional._model import (
     match_model,
     measurement_context,
     prepare_inputs,
+    prepare_model_kwargs,
     pure_model,
     report,
+    take,
 )
 
-Output = Literal["softmax", "logits", "log_softmax"]
+Output = Literal["softmax", "logits", "log_softmax", "sigmoid"]
 Method = Literal["auto", "looped", "batched", "per_example"]
-OUTPUTS = ("softmax", "logits", "log_softmax")
+OUTPUTS = ("softmax", "logits", "log_softmax", "sigmoid")
 METHODS = ("auto", "looped", "batched", "per_example")
 
 
@@ -39,6 +43,8 @@ def _transform(logits: Tensor, output: str) -> Tensor:
         return logits.softmax(dim=-1)
     if output == "log_softmax":
         return logits.log_softmax(dim=-1)
+    if output == "sigmoid":
+        return logits.sigmoid()
     return logits
 
 
@@ -56,15 +62,22 @@ def cotangent_rows(logits: Tensor, output: str) -> Tensor:
 
     ``A_i = d out(z_i) / d z_i`` is the Jacobian of the output transform at example ``i``, so
     ``||A_i J_i||_F^2 = sum_r ||M_i[r] J_i||^2`` for the logit Jacobian ``J_i``: ``R`` reverse passes give the exact
-    norm. For ``"logits"`` ``M_i = I`` (``R = C``). Softmax and log-softmax are invariant to adding a constant to
-    every logit (``A_i 1 = 0``), so one direction carries nothing and ``R = C - 1``: with ``Q`` orthonormal rows
-    orthogonal to ``1``, softmax (``A_i`` symmetric) takes ``M_i = Q A_i`` and log-softmax takes
-    ``M_i = T_i Q`` from the QR factorisation ``A_i Q^T = O_i T_i``. One reverse pass in ``C`` is saved, exactly.
+    norm. For ``"logits"`` ``M_i = I`` (``R = C``); for ``"sigmoid"`` (elementwise, multi-label)
+    ``M_i = A_i = diag(s_i (1 - s_i))`` with ``s_i`` the sigmoid of the logits (``R = C``). Softmax and
+    log-softmax are invariant to adding a constant to every logit (``A_i 1 = 0``), so one direction carries
+    nothing and ``R = C - 1``: with ``Q`` orthonormal rows orthogonal to ``1``, softmax (``A_i`` symmetric) takes
+    ``M_i = Q A_i`` and log-softmax takes ``M_i = T_i Q`` from the QR factorisation ``A_i Q^T = O_i T_i``. One
+    reverse pass in ``C`` is saved, exactly.
     """
     n, num_classes = logits.shape
     if output == "logits":
         eye = torch.eye(num_classes, dtype=logits.dtype, device=logits.device)
         return eye[:, None, :].expand(num_classes, n, num_classes)
+    if output == "sigmoid":
+        probs = logits.sigmoid()
+        slope = probs * (1 - probs)  # [N, C]: d s_c / d z_c, the diagonal of A_i
+        eye = torch.eye(num_classes, dtype=logits.dtype, device=logits.device)
+        return eye[:, None, :] * slope[None, :, :]
     if num_classes == 1:  # a one-class softmax is constant: no direction moves it
         return logits.new_zeros(0, n, 1)
     basis = _centred_basis(num_classes, logits)
@@ -89,27 +102,34 @@ def jacobian_norm(
     method: Method = "auto",
     train_mode: bool = False,
     progress: Progress | None = None,
+    model_kwargs: ModelKwargs | None = None,
 ) -> Tensor:
     """Per-example Frobenius norm of the input-output Jacobian.
 
     Args:
         model: maps a batch ``[N, *input_shape]`` to logits ``[N, C]``. Left exactly as it was.
-        inputs: ``[N, *input_shape]``; cast to the dtype and device of the model's parameters.
-        output: ``"softmax"`` (default, as in Novak et al. 2018), ``"logits"`` or ``"log_softmax"``.
+        inputs: ``[N, *input_shape]`` floating-point; cast to the dtype and device of the model's parameters.
+            Integer inputs (token ids) are refused: embed them first and measure with respect to the embeddings.
+        output: ``"softmax"`` (default, as in Novak et al. 2018), ``"logits"``, ``"log_softmax"``, or
+            ``"sigmoid"`` (elementwise, for multi-label models; ``R = C`` reverse passes).
         chunk_size: examples per chunk (memory is about ``C * chunk_size * input_size`` numbers); None = one chunk.
-        method: how the reverse passes are organised. Every method is exact. ``"looped"`` runs one batched
-            forward pass and pulls ``R`` cotangents back through it one after another (``R = C`` for logits,
-            ``C - 1`` for softmax and log-softmax, see :func:`cotangent_rows`), holding one input-sized gradient at
-            a time; when the input enters the model only through one narrowing ``F.linear`` the passes stop at its
-            output and use ``u^T (W W^T) u``. ``"batched"`` pulls all ``R`` back at once with ``vmap`` over ``vjp`` (``R`` times the
-            activation memory). Both rely on examples not interacting inside the forward pass, which holds in eval
-            mode for every standard layer. ``"per_example"`` runs ``vmap(jacrev(...))`` over single examples and
-            makes no such assumption. ``"auto"`` (default) picks ``"looped"``: measured on this project's
-            benchmark (``benchmarks/run.py``) it was the fastest on both the MLP and the CNN, because the batching
-            rules of ``vmap`` for pooling backward materialise large zero tensors.
+        method: how the reverse passes are organised. Every method is exact. ``"looped"`` runs one batched forward pass
+            and pulls ``R`` cotangents back through it one after another (``R = C`` for logits and sigmoid, ``C - 1``
+            for softmax and log-softmax, see :func:`cotangent_rows`), holding one input-sized gradient at a time; when
+            the input enters the model only through one narrowing ``F.linear`` the passes stop at its output and use
+            ``u^T (W W^T) u``. ``"batched"`` pulls all ``R`` back at once with ``vmap`` over ``vjp`` (``R`` times the
+            activation memory). Both rely on examples not interacting inside the forward pass, which holds in eval mode
+            for every standard layer. ``"per_example"`` runs ``vmap(jacrev(...))`` over single examples and makes no
+            such assumption. ``"auto"`` (default) picks ``"looped"``: measured on this project's benchmark
+            (``benchmarks/run.py``) it was the fastest on both the MLP and the CNN, because the batching rules of
+            ``vmap`` for pooling backward materialise large zero tensors.
         train_mode: evaluate the model in train mode instead of eval mode (refused for models with batch
             normalisation or dropout, whose train-mode per-example Jacobian is not defined).
         progress: optional ``progress(done, total)`` called after each chunk.
+        model_kwargs: per-example keyword inputs of the model, e.g. ``{"attention_mask": mask [N, T]}``: each value
+            has ``N`` entries along dimension 0, is chunked with ``inputs`` and passed as
+            ``model(x[piece], **{k: v[piece]})`` (under ``method="per_example"`` each example gets its own
+            ``v[i:i + 1]``). They are not differentiated.
 
     Returns:
         Tensor ``[N]`` of norms, in the model's dtype, on the model's device.
@@ -133,11 +153,12 @@ def jacobian_norm(
     check_progress(progress)
     model, f, params, buffers = pure_model(model)
     x_all = match_model(prepare_inputs(inputs), params)
+    kwargs = prepare_model_kwargs(model_kwargs, x_all.shape[0], params)
     compute = {"per_example": _norms_per_example, "batched": _norms_batched}.get(method, _norms_looped)
     results = []
     with measurement_context(model, train_mode=train_mode):
         for piece in chunks(x_all.shape[0], chunk_size):
-            results.append(compute(f, params, buffers, x_all[piece], output).detach())
+            results.append(compute(f, params, buffers, x_all[piece], output, take(kwargs, piece)).detach())
             report(progress, piece.stop, x_all.shape[0])
     return torch.cat(results)
 
@@ -180,11 +201,11 @@ class _InputLayer(TorchFunctionMode):
         return out
 
 
-def _norms_looped(f, params, buffers, x: Tensor, output: str) -> Tensor:
+def _norms_looped(f, params, buffers, x: Tensor, output: str, kwargs: dict[str, Tensor]) -> Tensor:
     x = x.detach().requires_grad_(True)
     finder = _InputLayer(x)
     with finder:
-        logits = check_logits(f(params, buffers, x))
+        logits = check_logits(f(params, buffers, x, **kwargs))
     rows = cotangent_rows(logits.detach(), output)
     total = x.new_zeros(x.shape[0])
     if finder.leaf is not None and not finder.other_use:
@@ -194,16 +215,16 @@ def _norms_looped(f, params, buffers, x: Tensor, output: str) -> Tensor:
             total += ((u @ gram) * u).sum(dim=1)
         return total.clamp_min(0).sqrt()
     if finder.leaf is not None:  # the input is used elsewhere too: differentiate w.r.t. it the plain way
-        logits = check_logits(f(params, buffers, x))
+        logits = check_logits(f(params, buffers, x, **kwargs))
     for r in range(rows.shape[0]):
         (grad_x,) = torch.autograd.grad(logits, x, rows[r], retain_graph=r < rows.shape[0] - 1)
         total += grad_x.pow(2).flatten(1).sum(dim=1)
     return total.sqrt()
 
 
-def _norms_batched(f, params, buffers, x: Tensor, output: str) -> Tensor:
+def _norms_batched(f, params, buffers, x: Tensor, output: str, kwargs: dict[str, Tensor]) -> Tensor:
     def logits_fn(x_: Tensor) -> Tensor:
-        return check_logits(f(params, buffers, x_))
+        return check_logits(f(params, buffers, x_, **kwargs))
 
     logits, pullback = vjp(logits_fn, x)
     rows = cotangent_rows(logits.detach(), output)
@@ -215,9 +236,10 @@ def _norms_batched(f, params, buffers, x: Tensor, output: str) -> Tensor:
     return grads.pow(2).flatten(2).sum(dim=(0, 2)).sqrt()
 
 
-def _norms_per_example(f, params, buffers, x: Tensor, output: str) -> Tensor:
-    def single(x_i: Tensor) -> Tensor:
-        return _transform(check_logits(f(params, buffers, x_i.unsqueeze(0))), output).squeeze(0)
+def _norms_per_example(f, params, buffers, x: Tensor, output: str, kwargs: dict[str, Tensor]) -> Tensor:
+    def single(x_i: Tensor, kwargs_i: dict[str, Tensor]) -> Tensor:
+        batch_of_one = {k: v.unsqueeze(0) for k, v in kwargs_i.items()}
+        return _transform(check_logits(f(params, buffers, x_i.unsqueeze(0), **batch_of_one)), output).squeeze(0)
 
-    jac = vmap(jacrev(single))(x)  # [n, C, *input_shape]
+    jac = vmap(jacrev(single))(x, kwargs)  # [n, C, *input_shape]; each example with its own keyword inputs
     return jac.pow(2).flatten(1).sum(dim=1).sqrt()

@@ -13,6 +13,7 @@ import torch
 from torch import Tensor, nn
 
 from lightning_sensitivity.functional._model import (
+    ModelKwargs,
     Progress,
     check_chunk_size,
     check_logits,
@@ -21,8 +22,10 @@ from lightning_sensitivity.functional._model import (
     match_model,
     measurement_context,
     prepare_inputs,
+    prepare_model_kwargs,
     pure_model,
     report,
+    take,
 )
 from lightning_sensitivity.functional.jacobian import OUTPUTS, Output
 
@@ -37,19 +40,23 @@ def jacobian_norm_estimate(
     squared: bool = False,
     chunk_size: int | None = None,
     progress: Progress | None = None,
+    model_kwargs: ModelKwargs | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Per-example estimate of ``||d out(f(x_i)) / d x_i||_F`` from random projections, with its standard error.
 
     Args:
         model: maps ``[N, *input_shape]`` to logits ``[N, C]``; evaluated in eval mode and left as it was.
-        inputs: ``[N, *input_shape]``.
+        inputs: ``[N, *input_shape]`` floating-point (embed token ids first).
         num_projections: ``K >= 2`` random unit directions per example (one reverse pass each).
-        output: ``"softmax"`` (default), ``"logits"`` or ``"log_softmax"``, as in :func:`jacobian_norm`.
+        output: ``"softmax"`` (default), ``"logits"``, ``"log_softmax"`` or ``"sigmoid"``, as in
+            :func:`jacobian_norm`.
         seed: seeds a private generator (the global RNG is not touched); the directions do not depend on
             ``chunk_size``.
         squared: return the unbiased estimate of ``||J||_F^2`` and its standard error instead of the norm.
         chunk_size: examples per forward pass; None = all at once.
         progress: optional ``progress(done, total)`` called after each chunk.
+        model_kwargs: per-example keyword inputs of the model (each ``[N, ...]``), chunked with ``inputs`` and
+            passed as ``model(x[piece], **{k: v[piece]})``, as in :func:`jacobian_norm`.
 
     Returns:
         ``(estimate [N], stderr [N])``. For the norm (default) the estimate is the square root of the unbiased
@@ -78,13 +85,14 @@ def jacobian_norm_estimate(
     check_progress(progress)
     model, f, params, buffers = pure_model(model)
     x_all = match_model(prepare_inputs(inputs), params)
+    kwargs = prepare_model_kwargs(model_kwargs, x_all.shape[0], params)
     generator = torch.Generator().manual_seed(seed)
     directions: Tensor | None = None
     samples = []
     with measurement_context(model):
         for piece in chunks(x_all.shape[0], chunk_size):
             x = x_all[piece].detach().requires_grad_(True)
-            logits = check_logits(f(params, buffers, x))
+            logits = check_logits(f(params, buffers, x, **take(kwargs, piece)))
             if directions is None:  # drawn once for all examples, so chunking does not change them
                 shape = (num_projections, x_all.shape[0], logits.shape[1])
                 directions = torch.randn(shape, generator=generator, dtype=torch.float64)
@@ -103,7 +111,7 @@ def jacobian_norm_estimate(
 
 def _projections(logits: Tensor, x: Tensor, directions: Tensor, output: str) -> Tensor:
     """``C * ||J_i^T v_ik||^2`` for each direction ``k`` and example ``i``: ``[K, n]``."""
-    probs = logits.detach().softmax(dim=-1)
+    probs = logits.detach().sigmoid() if output == "sigmoid" else logits.detach().softmax(dim=-1)
     num_classes = logits.shape[1]
     out = []
     for k in range(directions.shape[0]):
@@ -113,6 +121,8 @@ def _projections(logits: Tensor, x: Tensor, directions: Tensor, output: str) -> 
             cotangent = probs * v - probs * (probs * v).sum(dim=1, keepdim=True)
         elif output == "log_softmax":
             cotangent = v - probs * v.sum(dim=1, keepdim=True)
+        elif output == "sigmoid":  # A_i = diag(s (1 - s)) is symmetric
+            cotangent = probs * (1 - probs) * v
         else:
             cotangent = v
         (grad_x,) = torch.autograd.grad(logits, x, cotangent, retain_graph=k < directions.shape[0] - 1)

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lightning_sensitivity.functional._model import Progress
+from lightning_sensitivity.functional._model import ModelKwargs, Progress
 from lightning_sensitivity.functional.gram import GramMethod, LossFn, gram_and_norms
 
 DISTANCES = ("cosine", "euclidean")
@@ -33,15 +33,26 @@ def loss_gradient_gram(
     chunk_size: int | None = None,
     progress: Progress | None = None,
     method: GramMethod = "auto",
+    model_kwargs: ModelKwargs | None = None,
+    model_kwargs2: ModelKwargs | None = None,
 ) -> Tensor:
     """Dot products ``g_i . g_j`` of per-example loss gradients over all trainable parameters.
 
     Args:
-        model: maps ``[N, *input_shape]`` to logits ``[N, C]``; evaluated in eval mode and left as it was.
-        inputs, targets: the first set, ``[N, *input_shape]`` and class indices ``[N]``.
-        inputs2, targets2: the second set (``[M, ...]``, ``[M]``); the first set again when None.
-        loss_fn: ``loss_fn(logits, targets)`` returning the batch-mean loss (PyTorch's default reduction) or
-            per-example losses; it is called on batches of one, so both give the example's own loss.
+        model: maps ``[N, *input_shape]`` to outputs ``[N, C]`` (logits, or ``C`` regression values); evaluated in
+            eval mode and left as it was.
+        inputs: the first set ``[N, *input_shape]``, floating-point or integer (token ids ``[N, T]`` for a model
+            that embeds them: nothing is differentiated with respect to the inputs).
+        targets: ``[N, ...]`` of any dtype, whatever ``loss_fn`` expects: class indices ``[N]``, multi-hot labels
+            ``[N, K]`` (``F.binary_cross_entropy_with_logits``), regression values ``[N]`` or ``[N, K]``.
+        inputs2, targets2: the second set (``[M, ...]``, ``[M, ...]``); the first set again when None.
+        loss_fn: a callable ``loss_fn(logits, targets)`` (a function or an ``nn.Module`` instance, not a class)
+            evaluated on each example as a batch of one: ``logits`` ``[1, C]`` (the model's output for that example
+            alone) and ``targets`` ``[1, ...]`` (its own ``targets[i:i + 1]``). It returns a scalar (the mean
+            reduction, PyTorch's default) or per-example losses, which are summed -- for a batch of one both are
+            the example's own loss. For ``F.cross_entropy``/``F.nll_loss`` with integer targets ``[N]`` the
+            layerwise engine calls it once per chunk instead, with ``logits`` ``[n, C]``, ``targets`` ``[n]`` and
+            ``reduction="none"`` (the same numbers).
         chunk_size: examples per block; memory is bounded by two blocks (of layer activations and output
             gradients, or of per-example gradients).
         progress: optional ``progress(done, total)`` called after each block.
@@ -53,22 +64,31 @@ def loss_gradient_gram(
             the norm layers) and checks itself against explicit gradients of two examples. ``"per_example"``
             materialises per-example gradients with ``vmap(grad)`` and works for any model. ``"auto"``
             (default) uses ``"layerwise"`` and falls back to ``"per_example"`` for models it does not cover.
+        model_kwargs: per-example keyword inputs of the model for the first set, e.g.
+            ``{"attention_mask": mask [N, T]}``: each value has ``N`` entries along dimension 0, is chunked with
+            ``inputs`` and passed as ``model(x[piece], **{k: v[piece]})`` (``v[i:i + 1]`` with each example's
+            explicit gradient). Floating-point values are cast to the model's dtype.
+        model_kwargs2: the same for the second set (``[M, ...]``); required when ``model_kwargs`` and ``inputs2``
+            are given, refused without ``inputs2``.
 
     Returns:
         ``[N, M]`` Gram matrix in the model's dtype.
 
     Raises:
-        ValueError: inputs/targets of the wrong rank or mismatched lengths, a model output that is not ``[N, C]``,
-            only one of ``inputs2``/``targets2`` given, a model without trainable parameters, an unknown
-            ``method``, or ``method="layerwise"`` for a model it does not cover.
-        TypeError: arguments of the wrong type.
+        ValueError: inputs of the wrong rank, targets or ``model_kwargs`` values whose first dimension is not
+            ``N``, a model output that is not ``[N, C]``, only one of ``inputs2``/``targets2`` given, a model
+            without trainable parameters, an unknown ``method``, or ``method="layerwise"`` for a model it does not
+            cover.
+        TypeError: arguments of the wrong type, including ``loss_fn=nn.CrossEntropyLoss`` (the class).
 
     Example:
         >>> model = torch.nn.Linear(4, 3)
         >>> loss_gradient_gram(model, torch.randn(5, 4), torch.randint(0, 3, (5,))).shape
         torch.Size([5, 5])
     """
-    return gram_and_norms(model, inputs, targets, inputs2, targets2, loss_fn, chunk_size, progress, method)[0]
+    return gram_and_norms(
+        model, inputs, targets, inputs2, targets2, loss_fn, chunk_size, progress, method, model_kwargs, model_kwargs2
+    )[0]
 
 
 @dataclass(frozen=True)
@@ -103,6 +123,8 @@ def stiffness(
     chunk_size: int | None = None,
     progress: Progress | None = None,
     method: GramMethod = "auto",
+    model_kwargs: ModelKwargs | None = None,
+    model_kwargs2: ModelKwargs | None = None,
 ) -> Stiffness:
     """Sign and cosine stiffness between per-example loss gradients (Fort et al. 2019).
 
@@ -116,7 +138,7 @@ def stiffness(
         (torch.Size([6, 6]), True)
     """
     gram, sq1, sq2 = gram_and_norms(
-        model, inputs, targets, inputs2, targets2, loss_fn, chunk_size, progress, method
+        model, inputs, targets, inputs2, targets2, loss_fn, chunk_size, progress, method, model_kwargs, model_kwargs2
     )
     norms = sq1.sqrt()[:, None] * sq2.sqrt()[None, :]
     cosine = torch.where(norms > 0, gram / norms.clamp_min(torch.finfo(gram.dtype).tiny), torch.zeros_like(gram))

@@ -20,6 +20,7 @@ from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 
 from lightning_sensitivity.functional._model import (
+    ModelKwargs,
     Progress,
     check_chunk_size,
     check_logits,
@@ -28,8 +29,10 @@ from lightning_sensitivity.functional._model import (
     match_model,
     measurement_context,
     prepare_inputs,
+    prepare_model_kwargs,
     pure_model,
     report,
+    take,
 )
 
 _RELU_FAMILY: frozenset[Callable[..., Any]] = frozenset(
@@ -115,6 +118,7 @@ def transition_counts(
     *,
     chunk_size: int | None = None,
     progress: Progress | None = None,
+    model_kwargs: ModelKwargs | None = None,
 ) -> TransitionCounts:
     """Count activation-pattern and prediction changes along closed trajectories.
 
@@ -123,9 +127,13 @@ def transition_counts(
 
     Args:
         model: maps ``[N, *input_shape]`` to logits ``[N, C]``. Left exactly as it was.
-        trajectories: ``[K, P, *input_shape]`` with ``P >= 2`` (e.g. from :func:`ellipse_trajectories`).
+        trajectories: ``[K, P, *input_shape]`` with ``P >= 2`` (e.g. from :func:`ellipse_trajectories`),
+            floating-point (a trajectory through token ids is not defined: embed them first).
         chunk_size: points per forward pass; None = all ``K * P`` points at once.
         progress: optional ``progress(done, total)`` called after each chunk.
+        model_kwargs: per-trajectory keyword inputs of the model, e.g. ``{"attention_mask": mask [K, T]}``: each
+            value has ``K`` entries along dimension 0 (one per trajectory, not per point), is repeated for the
+            trajectory's ``P`` points and passed as ``model(points, **{k: v_of_each_point})``.
 
     Returns:
         :class:`TransitionCounts` with long tensors ``[K]``.
@@ -148,6 +156,8 @@ def transition_counts(
         raise ValueError(f"`trajectories` expected at least 2 points per trajectory, got shape {tuple(traj.shape)}")
     model, f, params, buffers = pure_model(model)
     points = match_model(traj.reshape(num_traj * num_points, *traj.shape[2:]), params)
+    per_trajectory = prepare_model_kwargs(model_kwargs, num_traj, params, inputs_name="trajectories")
+    kwargs = {k: v.repeat_interleave(num_points, dim=0) for k, v in per_trajectory.items()}  # [K * P, ...]
     total = points.shape[0]
     device = points.device
     first_pattern: Tensor | None = None  # [K, U] pattern of each trajectory's first point
@@ -162,7 +172,7 @@ def transition_counts(
         for piece in chunks(total, chunk_size):
             recorder = _ActivationRecorder()
             with recorder:
-                logits = check_logits(f(params, buffers, points[piece]))
+                logits = check_logits(f(params, buffers, points[piece], **take(kwargs, piece)))
             pred = logits.argmax(dim=1)
             if recorder.patterns:
                 pattern = torch.cat(recorder.patterns, dim=1)

@@ -8,7 +8,7 @@ from lightning_sensitivity.functional import jacobian_norm
 
 
 @pytest.mark.parametrize("method", ["auto", "batched", "per_example"])
-@pytest.mark.parametrize("output", ["softmax", "logits", "log_softmax"])
+@pytest.mark.parametrize("output", ["softmax", "logits", "log_softmax", "sigmoid"])
 def test_matches_naive_loop_float64(model_and_shape, output, method):
     model, shape = model_and_shape
     model = model.double()

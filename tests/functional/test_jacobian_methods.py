@@ -11,7 +11,7 @@ from lightning_sensitivity.functional.jacobian import cotangent_rows
 
 
 @pytest.mark.parametrize("method", ["looped", "batched", "per_example"])
-@pytest.mark.parametrize("output", ["softmax", "logits", "log_softmax"])
+@pytest.mark.parametrize("output", ["softmax", "logits", "log_softmax", "sigmoid"])
 @pytest.mark.parametrize("num_classes", [1, 2, 7])
 def test_methods_match_loop_for_any_number_of_classes(method, output, num_classes):
     torch.manual_seed(num_classes)
@@ -22,17 +22,22 @@ def test_methods_match_loop_for_any_number_of_classes(method, output, num_classe
     torch.testing.assert_close(got, expected, rtol=1e-6, atol=1e-12)
 
 
-@pytest.mark.parametrize("output", ["softmax", "log_softmax", "logits"])
+@pytest.mark.parametrize("output", ["softmax", "log_softmax", "logits", "sigmoid"])
 def test_cotangent_rows_reproduce_the_output_jacobian_gram(output):
     # M_i^T M_i must equal A_i^T A_i with A_i the Jacobian of the output transform, computed here by autograd.
     logits = torch.randn(4, 6, dtype=torch.float64)
     rows = cotangent_rows(logits, output)
-    transform = {"softmax": lambda z: z.softmax(-1), "log_softmax": lambda z: z.log_softmax(-1), "logits": lambda z: z}
+    transform = {
+        "softmax": lambda z: z.softmax(-1),
+        "log_softmax": lambda z: z.log_softmax(-1),
+        "logits": lambda z: z,
+        "sigmoid": lambda z: 1 / (1 + torch.exp(-z)),
+    }
     for i in range(4):
         a = torch.autograd.functional.jacobian(transform[output], logits[i])
         m = rows[:, i, :]
         torch.testing.assert_close(m.T @ m, a.T @ a, rtol=1e-10, atol=1e-12)
-    assert rows.shape[0] == (6 if output == "logits" else 5)
+    assert rows.shape[0] == (6 if output in ("logits", "sigmoid") else 5)
 
 
 def test_looped_under_inference_mode_leaves_model_untouched(model_and_shape):
@@ -47,7 +52,7 @@ def test_looped_under_inference_mode_leaves_model_untouched(model_and_shape):
     torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-6)
 
 
-@pytest.mark.parametrize("output", ["softmax", "log_softmax", "logits"])
+@pytest.mark.parametrize("output", ["softmax", "log_softmax", "logits", "sigmoid"])
 def test_estimate_is_unbiased_within_standard_errors(output):
     torch.manual_seed(11)
     model = nn.Sequential(nn.Linear(6, 16), nn.Tanh(), nn.Linear(16, 50)).double()

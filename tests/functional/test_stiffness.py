@@ -156,7 +156,9 @@ def test_critical_length_hand_cases():
     "call, error, match",
     [
         (lambda m, x, y: loss_gradient_gram(m, x, y[:3]), ValueError, r"`targets`.*5 entries.*got 3"),
-        (lambda m, x, y: loss_gradient_gram(m, x, y.float()[:, None]), ValueError, r"`targets`.*1-D"),
+        # Any dtype and shape [N, ...] is the loss's business; a non-tensor or a 0-dim tensor is not.
+        (lambda m, x, y: loss_gradient_gram(m, x, y.tolist()), TypeError, r"`targets`.*torch.Tensor"),
+        (lambda m, x, y: loss_gradient_gram(m, x, y[0]), ValueError, r"`targets`.*0-dim"),
         (lambda m, x, y: loss_gradient_gram(m, x[0], y), ValueError, "`inputs`"),
         (lambda m, x, y: loss_gradient_gram(m, x, y, x), ValueError, "`inputs2` and `targets2`"),
         (lambda m, x, y: loss_gradient_gram(m, x, y, torch.randn(2, 7), y[:2]), ValueError, r"`inputs2`.*\(4,\)"),

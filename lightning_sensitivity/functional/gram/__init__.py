@@ -16,13 +16,16 @@ from typing import Literal
 from torch import Tensor, nn
 
 from lightning_sensitivity.functional._model import (
+    ModelKwargs,
     Progress,
     check_chunk_size,
+    check_loss_fn,
     check_progress,
     detached_state,
     match_model,
     measurement_context,
     prepare_inputs,
+    prepare_model_kwargs,
     prepare_targets,
     unwrap_model,
 )
@@ -47,14 +50,19 @@ def gram_and_norms(
     chunk_size: int | None,
     progress: Progress | None,
     method: str = "auto",
+    model_kwargs: ModelKwargs | None = None,
+    model_kwargs2: ModelKwargs | None = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """``(G, |g_i|^2, |g_j|^2)`` for :func:`~lightning_sensitivity.functional.loss_gradient_gram` and
     :func:`~lightning_sensitivity.functional.stiffness`: validates the arguments, puts the model in measurement
-    mode and runs the engine ``method`` names (``"auto"``: layerwise, falling back to per-example gradients)."""
+    mode and runs the engine ``method`` names (``"auto"``: layerwise, falling back to per-example gradients).
+
+    Inputs may be integer (token ids): nothing is differentiated with respect to them. Targets may be of any dtype
+    and shape ``[N, ...]``; ``model_kwargs``/``model_kwargs2`` are per-example keyword inputs of the model for the
+    two sets."""
     if method not in GRAM_METHODS:
         raise ValueError(f"`method` expected one of {GRAM_METHODS}, got {method!r}")
-    if not callable(loss_fn):
-        raise TypeError(f"`loss_fn` expected a callable (logits, targets) -> loss, got {type(loss_fn).__name__}")
+    check_loss_fn(loss_fn)
     check_chunk_size(chunk_size)
     check_progress(progress)
     if (inputs2 is None) != (targets2 is None):
@@ -62,15 +70,24 @@ def gram_and_norms(
             "`inputs2` and `targets2` expected to be given together, got "
             f"inputs2={'None' if inputs2 is None else 'a tensor'} and targets2={'None' if targets2 is None else 'a tensor'}"
         )
+    if inputs2 is None and model_kwargs2 is not None:
+        raise ValueError("`model_kwargs2` expected None when `inputs2` is None (one set), got a mapping")
+    if inputs2 is not None and model_kwargs and model_kwargs2 is None:
+        # A second set silently run without the first set's keyword inputs (a mask) would measure another model.
+        raise ValueError(
+            f"`model_kwargs2` expected the second set's keyword inputs {sorted(model_kwargs)} since `model_kwargs` "
+            "and `inputs2` are given, got None"
+        )
     model = unwrap_model(model)
-    x1 = prepare_inputs(inputs)
+    x1 = prepare_inputs(inputs, allow_integer=True)
     y1 = prepare_targets(targets, x1.shape[0])
     params, buffers = detached_state(model)
     x1 = match_model(x1, params)
     y1 = y1.to(x1.device)
-    x2 = y2 = None
+    kw1 = prepare_model_kwargs(model_kwargs, x1.shape[0], params)
+    x2 = y2 = kw2 = None
     if inputs2 is not None:
-        x2 = prepare_inputs(inputs2, name="inputs2")
+        x2 = prepare_inputs(inputs2, name="inputs2", allow_integer=True)
         if x2.shape[1:] != x1.shape[1:]:
             raise ValueError(
                 f"`inputs2` expected examples of shape {tuple(x1.shape[1:])} like `inputs`, got {tuple(x2.shape[1:])}"
@@ -78,16 +95,17 @@ def gram_and_norms(
         y2 = prepare_targets(targets2, x2.shape[0], name="targets2", inputs_name="inputs2")
         x2 = match_model(x2, params)
         y2 = y2.to(x2.device)
+        kw2 = prepare_model_kwargs(model_kwargs2, x2.shape[0], params, name="model_kwargs2", inputs_name="inputs2")
     args = (model, params, buffers, x1, y1, x2, y2, loss_fn, chunk_size, progress)
     with measurement_context(model):
         if method == "per_example":
-            gram, sq1, sq2 = per_example_gram(*args)
+            gram, sq1, sq2 = per_example_gram(*args, kwargs1=kw1, kwargs2=kw2)
         else:
             try:
-                gram, sq1, sq2 = layerwise_gram(*args)
+                gram, sq1, sq2 = layerwise_gram(*args, kwargs1=kw1, kwargs2=kw2)
             except LayerwiseUnsupported as err:
                 if method == "layerwise":
                     raise ValueError(f"`method='layerwise'` cannot handle this model: {err}") from None
                 # Exactness first: the generic engine handles any model, at the cost of per-example gradients.
-                gram, sq1, sq2 = per_example_gram(*args)
+                gram, sq1, sq2 = per_example_gram(*args, kwargs1=kw1, kwargs2=kw2)
     return gram.detach(), sq1.detach(), sq2.detach()

@@ -148,7 +148,12 @@ def _fn_name(func) -> str:
 
 
 def per_example_losses(loss_fn: LossFn, logits: Tensor, y: Tensor) -> Tensor:
-    """``[n]`` losses, each ``loss_fn`` of a batch of one (so a batch-mean and an unreduced loss agree)."""
+    """``[n]`` losses, each ``loss_fn`` of a batch of one (so a batch-mean and an unreduced loss agree).
+
+    ``loss_fn`` receives ``logits[i:i + 1]`` ``[1, C]`` and ``y[i:i + 1]`` ``[1, ...]`` (any dtype) and its result is
+    summed. Only ``F.cross_entropy``/``F.nll_loss`` with integer class indices ``[n]`` take the fast path: one call
+    on the chunk with ``reduction="none"``, which gives the same numbers.
+    """
 
     def single(logit: Tensor, target: Tensor) -> Tensor:
         return loss_fn(logit.unsqueeze(0), target.unsqueeze(0)).sum()
@@ -178,18 +183,20 @@ def layer_features(
     y: Tensor,
     loss_fn: LossFn,
     reference_rows: int,
+    model_kwargs: dict[str, Tensor] | None = None,
 ) -> Features:
     """One batched forward and backward pass over a chunk, turned into Gram factors per trainable parameter.
 
     ``reference_rows`` is the block size the factors will be multiplied at; it decides, identically for every
-    chunk, whether a call is kept as factor pairs or as explicit per-example gradients.
+    chunk, whether a call is kept as factor pairs or as explicit per-example gradients. ``model_kwargs`` are the
+    chunk's per-example keyword inputs of the model (``model(x, **model_kwargs)``).
 
     Raises:
         LayerwiseUnsupported: the model uses a trainable parameter outside the recognised ops.
     """
     capture = _Capture(trainable)
     with capture:
-        logits = check_logits(as_function(model)({**frozen, **trainable}, buffers, x))
+        logits = check_logits(as_function(model)({**frozen, **trainable}, buffers, x, **(model_kwargs or {})))
     calls = capture.calls
     losses = per_example_losses(loss_fn, logits, y)
     if not calls or not losses.requires_grad:
@@ -215,7 +222,8 @@ def layer_features(
             else:
                 flat[name] = flat[name] + piece if name in flat else piece
     columns = [flat[k] for k in sorted(flat)]  # a fixed order so that row and column chunks line up
-    return Features(torch.cat(columns, dim=1) if columns else x.new_zeros(n, 0), kron)
+    # ``logits.new_zeros``, not ``x.new_zeros``: for token ids that would be an integer tensor.
+    return Features(torch.cat(columns, dim=1) if columns else logits.new_zeros(n, 0), kron)
 
 
 def _pieces(call: _Call, delta: Tensor, n: int, reference_rows: int, shared: bool):

@@ -11,7 +11,7 @@ import weakref
 import torch
 from torch import Tensor, nn
 
-from lightning_sensitivity.functional._model import Progress, as_function, check_logits
+from lightning_sensitivity.functional._model import Progress, as_function, check_logits, model_dtype, take
 from lightning_sensitivity.functional.gram import capture as lg
 from lightning_sensitivity.functional.gram.blocks import LossFn, blockwise_gram, split_trainable
 
@@ -27,8 +27,13 @@ def layerwise_gram(
     loss_fn: LossFn,
     chunk_size: int | None,
     progress: Progress | None,
+    *,
+    kwargs1: dict[str, Tensor] | None = None,
+    kwargs2: dict[str, Tensor] | None = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Blockwise Gram from per-layer factors of one batched pass per chunk (see :mod:`.capture`).
+
+    ``kwargs1``/``kwargs2`` are the per-example keyword inputs of the two sets, sliced with the inputs.
 
     Before any block is assembled, the first chunk's factors are checked against explicit gradients of two of its
     examples (``vmap(grad)``): a model that mixes examples in its forward pass, keeps the batch on another
@@ -38,19 +43,22 @@ def layerwise_gram(
         LayerwiseUnsupported: an unsupported use of a trainable parameter, or a failed check.
     """
     trainable, frozen = split_trainable(params, model)
-    sets = ((x1, y1), (x2, y2))
+    sets = ((x1, y1, kwargs1 or {}), (x2, y2, kwargs2 or {}))
     reference_rows = min(max(x1.shape[0], 0 if x2 is None else x2.shape[0]), chunk_size or 1 << 62)
     checked = False
 
     def features(s: int, piece: slice) -> lg.Features:
         nonlocal checked
-        x, y = sets[s]
-        feats = lg.layer_features(model, trainable, frozen, buffers, x[piece], y[piece], loss_fn, reference_rows)
+        x, y, kw = sets[s]
+        kw = take(kw, piece)
+        feats = lg.layer_features(
+            model, trainable, frozen, buffers, x[piece], y[piece], loss_fn, reference_rows, model_kwargs=kw
+        )
         if not checked:
-            key = _check_key(trainable, x, loss_fn)
+            key = _check_key(trainable, x, y, kw, loss_fn)
             verified = _VERIFIED.setdefault(model, set())
             if key not in verified:
-                _check_against_explicit(model, trainable, frozen, buffers, x[piece], y[piece], loss_fn, feats)
+                _check_against_explicit(model, trainable, frozen, buffers, x[piece], y[piece], kw, loss_fn, feats)
                 verified.add(key)
             checked = True
         return feats
@@ -63,7 +71,7 @@ def layerwise_gram(
         None if x2 is None else x2.shape[0],
         chunk_size,
         progress,
-        x1,
+        x1.new_zeros(0, dtype=model_dtype(params)),  # not x1 itself: token ids would make an integer Gram
     )
 
 
@@ -72,19 +80,22 @@ def layerwise_gram(
 _VERIFIED: weakref.WeakKeyDictionary[nn.Module, set] = weakref.WeakKeyDictionary()
 
 
-def _check_key(trainable: dict[str, Tensor], x: Tensor, loss_fn: LossFn) -> tuple:
+def _check_key(trainable: dict[str, Tensor], x: Tensor, y: Tensor, kwargs: dict[str, Tensor], loss_fn: LossFn) -> tuple:
     shapes = tuple((k, tuple(v.shape)) for k, v in trainable.items())
-    return (shapes, tuple(x.shape[1:]), x.dtype, x.device, id(loss_fn))
+    # Keyword inputs and targets can steer the forward pass and the loss (a mask, another kind of label).
+    extra = tuple((k, tuple(v.shape[1:]), v.dtype) for k, v in sorted(kwargs.items()))
+    return (shapes, tuple(x.shape[1:]), x.dtype, x.device, tuple(y.shape[1:]), y.dtype, extra, id(loss_fn))
 
 
-def _check_against_explicit(model, trainable, frozen, buffers, x, y, loss_fn, feats: lg.Features) -> None:
+def _check_against_explicit(model, trainable, frozen, buffers, x, y, kwargs, loss_fn, feats: lg.Features) -> None:
     index = torch.tensor(sorted({0, x.shape[0] - 1}), device=x.device)
     # Plain autograd on batches of one: far less overhead than vmap for two examples.
     leaves = {k: v.detach().requires_grad_(True) for k, v in trainable.items()}
     f = as_function(model)
     rows = []
     for i in index.tolist():
-        loss = loss_fn(check_logits(f({**frozen, **leaves}, buffers, x[i : i + 1])), y[i : i + 1]).sum()
+        logits = check_logits(f({**frozen, **leaves}, buffers, x[i : i + 1], **take(kwargs, slice(i, i + 1))))
+        loss = loss_fn(logits, y[i : i + 1]).sum()
         grads = torch.autograd.grad(loss, list(leaves.values()), allow_unused=True)
         rows.append(torch.cat([(torch.zeros_like(p) if g is None else g).flatten() for g, p in zip(grads, leaves.values())]))
     explicit = torch.stack(rows)

@@ -6,7 +6,7 @@ import torch
 from torch import Tensor, nn
 from torch.func import grad, vmap
 
-from lightning_sensitivity.functional._model import Progress, as_function, check_logits
+from lightning_sensitivity.functional._model import Progress, as_function, check_logits, model_dtype, take
 from lightning_sensitivity.functional.gram.blocks import LossFn, blockwise_gram, split_trainable
 
 
@@ -18,16 +18,21 @@ def per_example_gradients(
     x: Tensor,
     y: Tensor,
     loss_fn: LossFn,
+    kwargs: dict[str, Tensor] | None = None,
 ) -> Tensor:
-    """``[n, P]`` flattened gradients of each example's own loss (``vmap`` over ``grad``)."""
+    """``[n, P]`` flattened gradients of each example's own loss (``vmap`` over ``grad``).
+
+    Each example is a batch of one: the model sees ``x[i:i + 1]`` and ``{k: v[i:i + 1]}`` of ``kwargs``, and
+    ``loss_fn`` gets its logits ``[1, C]`` and targets ``y[i:i + 1]`` (``[1, ...]``)."""
     f = as_function(model)
 
-    def loss_single(p: dict[str, Tensor], x_i: Tensor, y_i: Tensor) -> Tensor:
-        logits = check_logits(f({**frozen, **p}, buffers, x_i.unsqueeze(0)))
+    def loss_single(p: dict[str, Tensor], x_i: Tensor, y_i: Tensor, kwargs_i: dict[str, Tensor]) -> Tensor:
+        batch_of_one = {k: v.unsqueeze(0) for k, v in kwargs_i.items()}
+        logits = check_logits(f({**frozen, **p}, buffers, x_i.unsqueeze(0), **batch_of_one))
         # Sum: a mean-reduced or an unreduced loss of a batch of one is the example's own loss either way.
         return loss_fn(logits, y_i.unsqueeze(0)).sum()
 
-    grads = vmap(grad(loss_single), in_dims=(None, 0, 0))(trainable, x, y)
+    grads = vmap(grad(loss_single), in_dims=(None, 0, 0, 0))(trainable, x, y, kwargs or {})
     return torch.cat([g.flatten(1) for g in grads.values()], dim=1)
 
 
@@ -42,14 +47,19 @@ def per_example_gram(
     loss_fn: LossFn,
     chunk_size: int | None,
     progress: Progress | None,
+    *,
+    kwargs1: dict[str, Tensor] | None = None,
+    kwargs2: dict[str, Tensor] | None = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """Blockwise Gram from explicit per-example gradients (``vmap`` over ``grad``): works for any model."""
+    """Blockwise Gram from explicit per-example gradients (``vmap`` over ``grad``): works for any model.
+
+    ``kwargs1``/``kwargs2`` are the per-example keyword inputs of the two sets (values ``[N, ...]``/``[M, ...]``)."""
     trainable, frozen = split_trainable(params, model)
-    sets = ((x1, y1), (x2, y2))
+    sets = ((x1, y1, kwargs1 or {}), (x2, y2, kwargs2 or {}))
 
     def features(s: int, piece: slice) -> Tensor:
-        x, y = sets[s]
-        return per_example_gradients(model, trainable, frozen, buffers, x[piece], y[piece], loss_fn)
+        x, y, kw = sets[s]
+        return per_example_gradients(model, trainable, frozen, buffers, x[piece], y[piece], loss_fn, take(kw, piece))
 
     return blockwise_gram(
         features,
@@ -59,5 +69,5 @@ def per_example_gram(
         None if x2 is None else x2.shape[0],
         chunk_size,
         progress,
-        x1,
+        x1.new_zeros(0, dtype=model_dtype(params)),  # not x1 itself: token ids would make an integer Gram
     )
