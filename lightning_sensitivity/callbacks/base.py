@@ -57,7 +57,7 @@ _FIGURES = {True: "all", False: "none", "all": "all", "log_spaced": "log_spaced"
 
 def model_kwargs(probe: ProbeSet) -> dict[str, Any]:
     """Keyword arguments for a functional call on ``probe``: its per-example model inputs, when it has any."""
-    return {"model_kwargs": probe.model_kwargs} if probe.model_kwargs else {}
+    return {"model_kwargs": probe.model_kwargs or None}
 
 
 def known_num_classes(trainer: pl.Trainer, pl_module: pl.LightningModule) -> int | None:

@@ -16,6 +16,8 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call
 
+from lightning_sensitivity._checks import check_int, check_loss_fn  # noqa: F401 (check_loss_fn: shared here)
+
 # Layers whose train-mode forward mixes examples (batch statistics) or draws random numbers. Inside
 # ``torch.func.vmap`` they fail with obscure errors, and their per-example derivatives are not defined, so
 # ``train_mode=True`` is refused for models that contain one.
@@ -239,25 +241,8 @@ def take(kwargs: dict[str, Tensor], piece: slice | Tensor) -> dict[str, Tensor]:
     return {k: v[piece] for k, v in kwargs.items()}
 
 
-def check_loss_fn(loss_fn: Any, name: str = "loss_fn") -> None:
-    """A loss must be a callable ``(logits, targets) -> loss``; an ``nn.Module`` *class* is refused by name because
-    calling it would construct a module instead of computing a loss."""
-    if isinstance(loss_fn, type):
-        raise TypeError(
-            f"`{name}` expected a callable (logits, targets) -> loss, got the class {loss_fn.__name__}; pass an "
-            f"instance nn.{loss_fn.__name__}() or a function such as F.cross_entropy"
-        )
-    if not callable(loss_fn):
-        raise TypeError(f"`{name}` expected a callable (logits, targets) -> loss, got {type(loss_fn).__name__}")
-
-
 def check_chunk_size(chunk_size: int | None, name: str = "chunk_size") -> None:
-    if chunk_size is None:
-        return
-    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int):
-        raise TypeError(f"`{name}` expected a positive int or None, got {type(chunk_size).__name__} {chunk_size!r}")
-    if chunk_size < 1:
-        raise ValueError(f"`{name}` expected a positive int or None, got {chunk_size}")
+    check_int(chunk_size, name, minimum=1, allow_none=True)
 
 
 def check_logits(out: Any) -> Tensor:
