@@ -10,37 +10,34 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from typing_extensions import override
 
-from lightning_sensitivity.callbacks.progress import ProgressFactory
-from lightning_sensitivity.keys import TRAIN, VAL
-from lightning_sensitivity._checks import check_int, check_names
+from lightning_sensitivity import keys
+from lightning_sensitivity._checks import check_choice, check_class_names, check_int, check_loss_fn, check_names
 from lightning_sensitivity.callbacks.base import Measurement, ProbeSplits, SensitivityMonitor
+from lightning_sensitivity.callbacks.progress import ProgressFactory
 from lightning_sensitivity.functional import (
-    class_stiffness,
-    critical_length,
+    critical_length_bootstrap,
+    gram_statistics,
     predict_logits,
     stiffness,
-    stiffness_by_distance,
+    stiffness_summary,
 )
-from lightning_sensitivity.probes import ProbeSet
+from lightning_sensitivity.functional.critical_length import METHODS as CRITICAL_METHODS
+from lightning_sensitivity.functional.stiffness import DISTANCES
+from lightning_sensitivity.keys import GROUPS, TRAIN, VAL
+from lightning_sensitivity.keys import STIFFNESS_KINDS as KINDS
+from lightning_sensitivity.probes import ProbeSet, is_class_targets
 
-PREFIX = "sensitivity/stiffness"
-GROUPS = ("train_train", "train_val", "val_val")
-DISTANCES = ("cosine", "euclidean")
-KINDS = ("sign", "cosine")
-
-
-def _masked_mean(values: Tensor, mask: Tensor) -> float:
-    return float(values[mask].double().mean()) if bool(mask.any()) else float("nan")
+PREFIX = keys.prefix(keys.STIFFNESS)
 
 
 def _check_class_groups(class_groups: Any) -> list[int] | None:
     if class_groups is None:
         return None
     if isinstance(class_groups, Mapping):
-        keys = list(class_groups)
-        if sorted(keys) != list(range(len(keys))):
-            raise ValueError(f"`class_groups` expected a mapping with keys 0..C-1 (fine labels), got keys {keys}")
-        class_groups = [class_groups[k] for k in range(len(keys))]
+        fine = list(class_groups)
+        if sorted(fine) != list(range(len(fine))):
+            raise ValueError(f"`class_groups` expected a mapping with keys 0..C-1 (fine labels), got keys {fine}")
+        class_groups = [class_groups[k] for k in range(len(fine))]
     if isinstance(class_groups, Tensor):
         class_groups = class_groups.tolist()
     if isinstance(class_groups, (str, bytes)) or not isinstance(class_groups, Sequence) or not class_groups:
@@ -117,27 +114,25 @@ class StiffnessMonitor(SensitivityMonitor):
         group_names: Sequence[str] | None = None,
         num_distance_bins: int = 20,
         distance: str = "cosine",
+        critical_length_method: str = "first_crossing",
+        critical_length_bootstrap: int = 0,
         **kwargs: Any,
     ) -> None:
-        if not callable(loss_fn):
-            raise TypeError(f"`loss_fn` expected a callable (logits, targets) -> loss, got {type(loss_fn).__name__}")
+        self.loss_fn = check_loss_fn(loss_fn)
         if isinstance(groups, (str, bytes)) or not isinstance(groups, Sequence):
             raise TypeError(
                 f"`groups` expected a sequence of names from {GROUPS}, got {type(groups).__name__} {groups!r}"
             )
         if not groups or any(g not in GROUPS for g in groups) or len(set(groups)) != len(groups):
             raise ValueError(f"`groups` expected distinct names from {GROUPS}, got {list(groups)!r}")
-        check_int(num_distance_bins, "num_distance_bins", minimum=1)
-        if distance not in DISTANCES:
-            raise ValueError(f"`distance` expected one of {DISTANCES}, got {distance!r}")
+        self.num_distance_bins = check_int(num_distance_bins, "num_distance_bins", minimum=1)
+        self.distance = check_choice(distance, "distance", DISTANCES)
+        self.critical_length_method = check_choice(critical_length_method, "critical_length_method", CRITICAL_METHODS)
+        self.critical_length_bootstrap = check_int(critical_length_bootstrap, "critical_length_bootstrap", minimum=0)
         self.class_names = check_names(class_names, "class_names")
         self.class_groups = _check_class_groups(class_groups)
         self.group_names = check_names(group_names, "group_names")
-        if (
-            self.class_names is not None
-            and self.class_groups is not None
-            and len(self.class_names) != len(self.class_groups)
-        ):
+        if self.class_names is not None and self.class_groups is not None and len(self.class_names) != len(self.class_groups):
             raise ValueError(
                 f"`class_groups` expected one entry per class ({len(self.class_names)} class names), "
                 f"got {len(self.class_groups)}"
@@ -150,15 +145,17 @@ class StiffnessMonitor(SensitivityMonitor):
                     f"`group_names` expected {max(self.class_groups) + 1} names (one per super-class in "
                     f"`class_groups`), got {len(self.group_names)}"
                 )
-        self.loss_fn = loss_fn
         self.groups = tuple(groups)
-        self.num_distance_bins = num_distance_bins
-        self.distance = distance
         super().__init__(**kwargs)
 
     @override
     def probe_splits(self) -> ProbeSplits:
         return frozenset(split for g in self.groups for split in g.split("_")), frozenset()
+
+    @override
+    def measurable(self, probes: dict[str, ProbeSet]) -> bool:
+        # A split that could not be drawn (reported once) must not silence the groups that do not need it.
+        return any(set(g.split("_")) <= probes.keys() for g in self.groups)
 
     @override
     def missing_hint(self, missing: list[str]) -> str:
@@ -169,6 +166,15 @@ class StiffnessMonitor(SensitivityMonitor):
         return self.groups
 
     @override
+    def check_classes(self, num_classes: int) -> None:
+        check_class_names(self.class_names, num_classes, "class_names")
+        if self.class_groups is not None and len(self.class_groups) != num_classes:
+            raise ValueError(
+                f"`class_groups` expected one super-class per class of the data ({num_classes}), got "
+                f"{len(self.class_groups)}"
+            )
+
+    @override
     def config(self) -> dict[str, Any]:
         return {
             **super().config(),
@@ -176,126 +182,115 @@ class StiffnessMonitor(SensitivityMonitor):
             "loss_fn": getattr(self.loss_fn, "__name__", type(self.loss_fn).__name__),
             "num_distance_bins": self.num_distance_bins,
             "distance": self.distance,
+            "critical_length_method": self.critical_length_method,
+            "critical_length_bootstrap": self.critical_length_bootstrap,
             "class_names": self.class_names,
             "class_groups": self.class_groups,
             "group_names": self.group_names,
         }
 
     @override
-    def compute(
-        self, model: nn.Module, probes: dict[str, ProbeSet], progress: ProgressFactory, epoch: int
-    ) -> Measurement:
-        splits = [s for s in (TRAIN, VAL) if s in self.probe_splits()[0]]
+    def compute(self, model: nn.Module, probes: dict[str, ProbeSet], progress: ProgressFactory, epoch: int) -> Measurement:
+        groups = [g for g in self.groups if set(g.split("_")) <= probes.keys()]
+        skipped = [g for g in self.groups if g not in groups]
+        if skipped:
+            self.warn_once(
+                f"groups {skipped}",
+                f"{type(self).__name__}: groups {skipped} are not measured because their probe sets could not be drawn "
+                f"(see the earlier warning); {groups} are.",
+            )
+        splits = [s for s in (TRAIN, VAL) if any(s in g.split("_") for g in groups)]
         # One set of per-example gradients for all groups: the stiffness of a slice of the joint matrix is the
         # stiffness between the two slices' examples.
         inputs = torch.cat([probes[s].inputs for s in splits])
         targets = torch.cat([probes[s].targets for s in splits])
+        kwargs = {k: torch.cat([probes[s].model_kwargs[k] for s in splits]) for k in probes[splits[0]].model_kwargs}
         offsets, start = {}, 0
         for s in splits:
             offsets[s] = slice(start, start + len(probes[s]))
             start += len(probes[s])
         with progress("per-example gradients") as bar:
-            joint = stiffness(model, inputs, targets, loss_fn=self.loss_fn, chunk_size=self.chunk_size, progress=bar)
-        num_classes = max(int(targets.max()) + 1, predict_logits(model, inputs[:1]).shape[1])
-        if self.class_groups is not None and len(self.class_groups) < num_classes:
-            raise ValueError(
-                f"`class_groups` expected an entry for each of {num_classes} classes, got {len(self.class_groups)}"
+            joint = stiffness(
+                model, inputs, targets, loss_fn=self.loss_fn, chunk_size=self.chunk_size, progress=bar,
+                model_kwargs=kwargs or None,
+            )  # fmt: skip
+        classes = is_class_targets(targets)
+        num_classes = None
+        if classes:
+            first = {k: v[:1] for k, v in kwargs.items()} or None
+            num_classes = max(int(targets.max()) + 1, predict_logits(model, inputs[:1], model_kwargs=first).shape[1])
+        else:
+            self.warn_once(
+                "not classes",
+                f"{type(self).__name__}: the targets are not integer class indices [N] (got {targets.dtype} of shape "
+                f"{tuple(targets.shape)}), so same-/different-class stiffness and class matrices are not logged.",
             )
-        names = self.class_names if self.class_names and len(self.class_names) == num_classes else None
+        names = self._class_names(num_classes)
         result = Measurement(
             meta={
                 "class_names": names,
-                "groups": self.groups,
+                "groups": list(groups),
                 "group_names": self.group_names,
                 "distance": self.distance,
                 "num_classes": num_classes,
             }
         )
-        for group in self.groups:
-            rows, cols = group.split("_")
-            self._group(
-                result,
-                group,
-                joint,
-                offsets[rows],
-                offsets[cols],
-                rows == cols,
-                inputs,
-                targets,
-                num_classes,
-                names,
-                epoch,
+        distance_inputs = inputs if inputs.is_floating_point() else inputs.double()
+        for group in groups:
+            rows, cols = (offsets[s] for s in group.split("_"))
+            same = rows == cols
+            summary = stiffness_summary(
+                joint.sign[rows, cols],
+                joint.cosine[rows, cols],
+                targets[rows],
+                None if same else targets[cols],
+                inputs_rows=distance_inputs[rows],
+                inputs_cols=None if same else distance_inputs[cols],
+                num_classes=num_classes,
+                class_groups=self.class_groups if classes else None,
+                num_distance_bins=self.num_distance_bins,
+                distance=self.distance,
+                critical_length_method=self.critical_length_method,
             )
+            arrays = summary.arrays()
+            scalars = {
+                "sign": summary.sign_mean,
+                "cosine": summary.cosine_mean,
+                "critical_length": summary.critical_length,
+            }
+            if classes:
+                scalars.update({f"{w}_{k}": getattr(summary, f"{w}_{k}") for w in ("same_class", "different_class") for k in KINDS})
+            if same:
+                scalars.update(gram_statistics(joint.gram[rows, rows], targets[rows] if classes else None, num_classes=num_classes))
+                if self.critical_length_bootstrap:
+                    _, low, high = critical_length_bootstrap(
+                        joint.sign[rows, rows], distance_inputs[rows], num_bootstrap=self.critical_length_bootstrap,
+                        seed=self.seed, num_bins=self.num_distance_bins, distance=self.distance,
+                        method=self.critical_length_method,
+                    )  # fmt: skip
+                    scalars.update(critical_length_low=low, critical_length_high=high)
+            for name, value in scalars.items():
+                if name not in ("sign", "cosine"):  # stored as sign_mean / cosine_mean
+                    arrays.setdefault(name, value)
+                # NaN in the overall means is a diverged model (reported by the base class); elsewhere it means no
+                # pairs of this kind, no zero crossing or too few examples -- not a failure, just not logged.
+                if value == value or name in ("sign", "cosine"):
+                    result.scalars[keys.metric(keys.STIFFNESS, group, name)] = value
+            result.arrays.update({keys.stiffness_array(group, k): v for k, v in arrays.items()})
+            self._figures(result, group, arrays, names, epoch)
         return result
 
-    def _group(
-        self,
-        result: Measurement,
-        group: str,
-        joint: Any,
-        rows: slice,
-        cols: slice,
-        self_pairs: bool,
-        inputs: Tensor,
-        targets: Tensor,
-        num_classes: int,
-        names: list[str] | None,
-        epoch: int,
-    ) -> None:
-        tag = f"{PREFIX}/{group}"
-        y_rows, y_cols = targets[rows], targets[cols]
-        pair = torch.ones(y_rows.shape[0], y_cols.shape[0], dtype=torch.bool, device=targets.device)
-        if self_pairs:
-            pair.fill_diagonal_(False)
-        same = y_rows[:, None] == y_cols[None, :]
-        arrays: dict[str, Any] = {}
-        finite = joint.gram[rows, cols].isfinite()
-        for kind in KINDS:
-            # torch.sign(nan) is 0 and a NaN norm gives cosine 0: put the NaN back so divergence is reported.
-            matrix = getattr(joint, kind)[rows, cols].masked_fill(~finite, float("nan"))
-            labels2 = None if self_pairs else y_cols
-            arrays[f"class_{kind}"] = class_stiffness(matrix, y_rows, labels2, num_classes=num_classes).cpu()
-            if self.class_groups is not None:
-                coarse = torch.tensor(self.class_groups, device=targets.device)
-                arrays[f"superclass_{kind}"] = class_stiffness(
-                    matrix,
-                    coarse[y_rows],
-                    None if self_pairs else coarse[y_cols],
-                    num_classes=max(self.class_groups) + 1,
-                ).cpu()
-            arrays[f"{kind}_mean"] = _masked_mean(matrix, pair)
-            arrays[f"same_class_{kind}"] = _masked_mean(matrix, pair & same)
-            arrays[f"different_class_{kind}"] = _masked_mean(matrix, pair & ~same)
-            if bool((pair & finite).any()):
-                edges, mean, count = stiffness_by_distance(
-                    matrix,
-                    inputs[rows],
-                    None if self_pairs else inputs[cols],
-                    num_bins=self.num_distance_bins,
-                    distance=self.distance,
-                )
-            else:  # no finite pair at all: the functional version fails on an empty bincount
-                edges = torch.linspace(0.0, 2.0, self.num_distance_bins + 1, dtype=torch.float64)
-                mean = torch.full((self.num_distance_bins,), float("nan"), dtype=torch.float64)
-                count = torch.zeros(self.num_distance_bins, dtype=torch.long)
-            arrays["bin_edges"], arrays[f"distance_{kind}"], arrays["distance_count"] = (
-                edges.cpu(),
-                mean.cpu(),
-                count.cpu(),
+    def _class_names(self, num_classes: int | None) -> list[str] | None:
+        if self.class_names is None or num_classes is None:
+            return None
+        if len(self.class_names) != num_classes:
+            self.warn_once(
+                "class names",
+                f"{type(self).__name__}: `class_names` has {len(self.class_names)} names but the data has "
+                f"{num_classes} classes; the figures use class indices.",
             )
-            result.scalars[f"{tag}/{kind}"] = arrays[f"{kind}_mean"]
-            for which in ("same_class", "different_class"):
-                value = arrays[f"{which}_{kind}"]
-                if value == value:  # no pairs of this kind (e.g. one class only) is not a failure
-                    result.scalars[f"{tag}/{which}_{kind}"] = value
-        edges = arrays["bin_edges"]
-        centres = (edges[1:] + edges[:-1]) / 2
-        length = critical_length(centres, arrays["distance_sign"])
-        arrays["critical_length"] = length
-        if length == length:
-            result.scalars[f"{tag}/critical_length"] = length
-        result.arrays.update({f"{group}/{k}": v for k, v in arrays.items()})
-        self._figures(result, group, arrays, names, epoch)
+            return None
+        return self.class_names
 
     def _figures(
         self, result: Measurement, group: str, arrays: dict[str, Any], names: list[str] | None, epoch: int

@@ -79,7 +79,7 @@ BAD_COMMON = [
 ]
 BAD_SPECIFIC = [
     (JacobianNormMonitor, "output", "probs", ValueError),
-    (JacobianNormMonitor, "output", None, ValueError),
+    (JacobianNormMonitor, "output", None, TypeError),  # wrong type: TypeError (one rule, _checks)
     (JacobianNormMonitor, "class_names", "abc", TypeError),
     (JacobianNormMonitor, "class_names", [1, 2], ValueError),
     (TransitionMonitor, "num_trajectories", 0, ValueError),
