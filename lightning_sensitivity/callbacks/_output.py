@@ -1,18 +1,23 @@
-"""Where a measurement goes: scalars to every logger, images/histograms/text to TensorBoard, one artifact file.
+"""Where a measurement goes: scalars to every logger, images and histograms to every logger with an image API
+(TensorBoard, W&B, MLflow), the run summary text to TensorBoard, one artifact file.
 
 Rank-zero decisions are the caller's; nothing here issues a collective (``trainer.log_dir`` would: it broadcasts).
 """
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import lightning.pytorch as pl
+import numpy as np
 import torch
 from torch import Tensor
 
-from lightning_sensitivity.logging import add_sensitivity_layout, log_figure, log_histogram, log_text, save_artifact
+from lightning_sensitivity.logging import add_sensitivity_layout, log_text, save_artifact
+from lightning_sensitivity.logging.plots import figure_to_array
+from lightning_sensitivity.logging.writers import ImageWriter, TensorBoardImageWriter, image_writers
 
 
 def log_scalars(
@@ -39,18 +44,50 @@ def write_run_summary(writer: Any, name: str, config: Mapping[str, Any], layout_
     log_text(writer, f"sensitivity/config/{name}", f"| setting | value |\n|---|---|\n{rows}", 0)
 
 
+def _as_image(made: Any) -> np.ndarray:
+    """A figure callable's result as RGB: an array as is; a matplotlib ``Figure`` or ``(fig, ax)`` rendered (and
+    closed), so figure callables written for the matplotlib plots keep working."""
+    if isinstance(made, np.ndarray):
+        return made
+    fig = made[0] if isinstance(made, tuple) else made
+    try:
+        return figure_to_array(fig)
+    finally:
+        pyplot = sys.modules.get("matplotlib.pyplot")
+        if pyplot is not None:
+            pyplot.close(fig)
+
+
+def _writers(target: Any) -> list[ImageWriter]:
+    if hasattr(target, "add_image"):  # a SummaryWriter, as before loggers other than TensorBoard were written to
+        return [TensorBoardImageWriter(target)]
+    return image_writers(target)
+
+
 def write_step(
-    writer: Any,
+    target: Any,
     histograms: Mapping[str, Tensor],
     figures: Iterable[tuple[str, Callable[[], Any]]],
     step: int,
 ) -> None:
-    """Histograms and images of one measurement; figures are built lazily, so skipped ones cost nothing."""
+    """Histograms and images of one measurement to every writer; images are built lazily and only when some logger
+    takes them, so skipped ones cost nothing.
+
+    ``target`` is ``trainer.loggers`` (every TensorBoard / W&B / MLflow logger among them is written to) or a bare
+    ``SummaryWriter``. A figure callable returns an ``[H, W, 3]`` ``uint8`` array (``logging.render``) or a matplotlib
+    figure (``logging.plots``).
+    """
+    writers = _writers(target)
+    if not writers:
+        return
     for tag, values in histograms.items():
-        log_histogram(writer, tag, values.detach().cpu(), step)
+        cpu = values.detach().cpu()
+        for writer in writers:
+            writer.write_histogram(tag, cpu, step)
     for tag, make_figure in figures:
-        fig, _ = make_figure()
-        log_figure(writer, tag, fig, step)
+        image = _as_image(make_figure())
+        for writer in writers:
+            writer.write_image(tag, image, step)
 
 
 def write_artifact(

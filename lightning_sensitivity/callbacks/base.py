@@ -449,13 +449,11 @@ class SensitivityMonitor(Callback):
         self, trainer: pl.Trainer, result: Measurement, step: int, probes: dict[str, ProbeSet], figures: bool = True
     ) -> None:
         writer = find_tensorboard_writer(trainer)
-        if writer is None:
-            return
-        if self._summary_writer_id != id(writer):
+        if writer is not None and self._summary_writer_id != id(writer):
             self._summary_writer_id = id(writer)
             config = {**self._config(), **{f"{s} probe size": len(p) for s, p in probes.items()}}
             write_run_summary(writer, type(self).__name__, config, self._layout_groups())
-        write_step(writer, result.histograms, result.figures if figures else (), step)
+        write_step(trainer.loggers, result.histograms, result.figures if figures else (), step)
 
     def _layout_groups(self) -> tuple[str, ...]:
         return ()

@@ -401,10 +401,12 @@ def render_stiffness_by_distance(
         if counts.size != means.size:
             raise ValueError(f"`count` expected {means.size} entries like `mean`, got {counts.size}")
         means = np.where(counts > 0, means, np.nan)
-    if critical_length is not None and (isinstance(critical_length, bool)
-                                        or not isinstance(critical_length, (int, float, np.floating, np.integer))):
+    if isinstance(critical_length, (bool, str)):
         raise TypeError(f"`critical_length` expected a float or None, got {type(critical_length).__name__}")
-    length = math.nan if critical_length is None else float(critical_length)
+    try:
+        length = math.nan if critical_length is None else float(critical_length)
+    except (TypeError, ValueError) as err:
+        raise TypeError(f"`critical_length` expected a float or None, got {type(critical_length).__name__}") from err
     _check_title(title)
 
     finite = np.isfinite(means)
