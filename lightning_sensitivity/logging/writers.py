@@ -78,7 +78,8 @@ class TensorBoardImageWriter:
 
     def write_image(self, tag: str, image: np.ndarray, step: int) -> None:
         _check(tag, step)
-        self.writer.add_image(tag, check_image(image), global_step=int(step), dataformats="HWC")
+        image = check_image(image)
+        self.writer.add_image(tag, image, global_step=int(step), dataformats="HWC")
 
     def write_histogram(self, tag: str, values: Any, step: int) -> None:
         _check(tag, step)
@@ -100,7 +101,8 @@ class WandbImageWriter:
 
     def write_image(self, tag: str, image: np.ndarray, step: int) -> None:
         _check(tag, step)
-        self.logger.log_image(key=tag, images=[check_image(image)], step=int(step))
+        image = check_image(image)
+        self.logger.log_image(key=tag, images=[image], step=int(step))
 
     def write_histogram(self, tag: str, values: Any, step: int) -> None:
         import wandb
@@ -133,10 +135,9 @@ class MLflowImageWriter:
 
     def write_image(self, tag: str, image: np.ndarray, step: int) -> None:
         _check(tag, step)
+        image = check_image(image)
         # synchronous: an error surfaces here (not in a background thread) and the file exists when this returns.
-        self.logger.experiment.log_image(
-            self.logger.run_id, check_image(image), key=_mlflow_key(tag), step=int(step), synchronous=True
-        )
+        self.logger.experiment.log_image(self.logger.run_id, image, key=_mlflow_key(tag), step=int(step), synchronous=True)
 
     def write_histogram(self, tag: str, values: Any, step: int) -> None:
         _check(tag, step)
