@@ -176,3 +176,52 @@ def test_errors_propagate():
 def test_no_network_settings_hold():
     # a stray WANDB_MODE=online here would mean a leak
     assert os.environ.get("WANDB_MODE") in (None, "offline", "dryrun", "disabled")  # WandbLogger sets "dryrun"
+
+
+@pytest.mark.slow
+def test_fit_with_tensorboard_wandb_mlflow_and_csv(tmp_path, monkeypatch):
+    """A real fit with four loggers at once: every image logger gets the images, CSV the scalars."""
+    import lightning.pytorch as pl
+    from callbacks._tiny import TinyData, TinyModule, read_events
+    from lightning.pytorch.loggers import CSVLogger, MLFlowLogger, TensorBoardLogger, WandbLogger
+
+    from lightning_sensitivity import JacobianNormMonitor, StiffnessMonitor
+
+    offline_wandb_env(monkeypatch, tmp_path)
+    tb = TensorBoardLogger(str(tmp_path), name="tb", version=0, default_hp_metric=False)
+    wb = WandbLogger(save_dir=str(tmp_path), offline=True, project="e2e")
+    ml = MLFlowLogger(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db", artifact_location=str(tmp_path / "artifacts"))
+    csv = CSVLogger(str(tmp_path), name="csv", version=0)
+    monitors = [
+        JacobianNormMonitor(num_samples=40, figures="all"),
+        StiffnessMonitor(num_samples=40, num_distance_bins=6, groups=("val_val",), figures="all"),
+    ]
+    trainer = pl.Trainer(
+        max_epochs=1, accelerator="cpu", devices=1, logger=[tb, wb, ml, csv], callbacks=monitors,
+        enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False,
+    )
+    try:
+        trainer.fit(TinyModule(), datamodule=TinyData(n_train=100, n_val=50))
+    finally:
+        wb.experiment.finish()
+    assert [m._warned for m in monitors] == [set(), set()]  # no output (or other) failure was reported
+
+    expected = {
+        "sensitivity/jacobian_norm/val/per_class",
+        "sensitivity/stiffness/val_val/class_sign_matrix",
+        "sensitivity/stiffness/val_val/by_distance",
+    }
+    tb_images = set(read_events(tb.log_dir).Tags()["images"])
+    assert expected <= tb_images
+    wb_images = {
+        str(p.relative_to(Path(wb.experiment.dir) / "media" / "images").parent / p.name.rsplit("_", 2)[0])
+        for p in (Path(wb.experiment.dir) / "media" / "images").rglob("*.png")
+    }
+    assert expected <= wb_images
+    ml_images = {p.name.split("+")[0].replace("~", "/") for p in artifact_files(ml, "images") if p.suffix == ".png"}
+    assert expected <= ml_images
+    assert artifact_files(ml, "histograms/sensitivity/jacobian_norm/val")
+    metrics = (Path(csv.log_dir) / "metrics.csv").read_text()
+    assert "sensitivity/jacobian_norm/val/mean" in metrics
+    # the artifact NPZ files go to the first logger's folder only
+    assert list(Path(tb.log_dir).rglob("*.npz"))
