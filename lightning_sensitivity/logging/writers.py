@@ -5,7 +5,7 @@
 * ``TensorBoardLogger``: ``SummaryWriter.add_image(..., dataformats="HWC")``, ``add_histogram``, ``add_text``.
 * ``WandbLogger``: ``logger.log_image`` (a ``wandb.Image``), histograms as ``wandb.Histogram`` and text as
   ``wandb.Html``, all logged with ``trainer/global_step = step`` like Lightning's own scalars.
-* ``MLFlowLogger``: ``MlflowClient.log_image(run_id, image, key=tag, step=step)`` (the run's "images" artifact
+* ``MLFlowLogger`` (MLflow >= 2.12): ``MlflowClient.log_image(run_id, image, key=tag, step=step)`` (the run's "images" artifact
   folder, shown stepwise in the MLflow UI; ``/`` in the tag becomes ``~`` in the file name); a histogram is a small
   JSON artifact ``histograms/<tag>/step_<step>.json`` (``{"step", "count", "min", "max", "mean", "bin_edges",
   "counts"}``: MLflow has no histogram type, and JSON stays machine-readable); text is
@@ -19,6 +19,7 @@ them.
 
 from __future__ import annotations
 
+import inspect
 import re
 from collections.abc import Iterable
 from typing import Any, Protocol
@@ -136,8 +137,11 @@ class MLflowImageWriter:
     def write_image(self, tag: str, image: np.ndarray, step: int) -> None:
         _check(tag, step)
         image = check_image(image)
-        # synchronous: an error surfaces here (not in a background thread) and the file exists when this returns.
-        self.logger.experiment.log_image(self.logger.run_id, image, key=_mlflow_key(tag), step=int(step), synchronous=True)
+        client = self.logger.experiment
+        # synchronous (MLflow >= 2.15 has the switch; older ones always are): an error surfaces here, not in a
+        # background thread, and the file exists when this returns.
+        extra = {"synchronous": True} if "synchronous" in inspect.signature(client.log_image).parameters else {}
+        client.log_image(self.logger.run_id, image, key=_mlflow_key(tag), step=int(step), **extra)
 
     def write_histogram(self, tag: str, values: Any, step: int) -> None:
         _check(tag, step)
