@@ -265,7 +265,8 @@ def write_skewed_jacobian_run(run_dir: Path, jacobian_names=None, stiffness_name
     save_artifact(run_dir, "jacobian_norm", 1, 10, arrays, meta={"class_names": jacobian_names})
     if stiffness_names is not None:
         matrix = rng.uniform(-1, 1, (3, 3))
-        save_artifact(run_dir, "stiffness", 1, 10, {"val_val/class_sign": matrix}, meta={"class_names": stiffness_names})
+        meta = {"class_names": stiffness_names}
+        save_artifact(run_dir, "stiffness", 1, 10, {"val_val/class_sign": matrix}, meta=meta)
 
 
 def reddish(image: np.ndarray) -> int:

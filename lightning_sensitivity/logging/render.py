@@ -15,114 +15,34 @@ from functools import lru_cache
 from typing import Any
 
 import numpy as np
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image, ImageDraw
 
+from lightning_sensitivity.logging._draw import (
+    AXIS,
+    BAR_GREY,
+    BLACK,
+    BLUE,
+    MAX_ANNOTATED,
+    NAN_GREY,
+    PAD,
+    RED,
+    TITLE_SIZE,
+    WHITE,
+    _check_names,
+    _check_title,
+    _finish,
+    _fmt,
+    _label_step,
+    _nice_ticks,
+    _put,
+    _text_size,
+    _tick_label_width,
+    _y_axis,
+    colormap_lut,
+)
 from lightning_sensitivity.logging.plots import to_numpy
 
 __all__ = ["render_class_matrix", "render_per_class", "render_stiffness_by_distance", "render_timings", "colormap_lut"]
-
-WHITE = (255, 255, 255)
-BLACK = (0, 0, 0)
-AXIS = (60, 60, 60)
-NAN_GREY = (200, 200, 200)  # the same neutral grey as the matplotlib heatmaps
-BLUE = (31, 119, 180)  # matplotlib's C0
-RED = (214, 39, 40)  # matplotlib's C3
-BAR_GREY = (217, 217, 217)
-PAD = 10
-TITLE_SIZE = 14
-# Above this many classes per side the per-cell numbers are left out (they would not fit in the cells).
-MAX_ANNOTATED = 20
-
-
-@lru_cache(maxsize=8)
-def colormap_lut(name: str = "RdBu_r") -> np.ndarray:
-    """A matplotlib colormap sampled once at 256 points: ``[256, 3]`` ``uint8`` (entry 0 = low end)."""
-    from matplotlib import colormaps
-
-    if not isinstance(name, str) or name not in colormaps:
-        raise TypeError(f"`name` expected the name of a matplotlib colormap, got {name!r}")
-    lut = (colormaps[name](np.linspace(0.0, 1.0, 256))[:, :3] * 255).round().astype(np.uint8)
-    lut.setflags(write=False)
-    return lut
-
-
-@lru_cache(maxsize=16)
-def _font(size: int) -> ImageFont.FreeTypeFont:
-    from matplotlib import font_manager
-
-    return ImageFont.truetype(font_manager.findfont("DejaVu Sans"), size)
-
-
-@lru_cache(maxsize=8192)
-def _text_mask(text: str, size: int, vertical: bool = False) -> Image.Image:
-    """The text as an 8-bit coverage mask, one line high (ascent + descent), rotated to read upwards if vertical."""
-    font = _font(size)
-    ascent, descent = font.getmetrics()
-    width = max(1, math.ceil(font.getlength(text)))
-    mask = Image.new("L", (width, ascent + descent), 0)
-    ImageDraw.Draw(mask).text((0, 0), text, font=font, fill=255)
-    return mask.transpose(Image.Transpose.ROTATE_90) if vertical else mask
-
-
-def _text_size(text: str, size: int, vertical: bool = False) -> tuple[int, int]:
-    return _text_mask(text, size, vertical).size
-
-
-def _put(img: Image.Image, text: str, size: int, x: float, y: float, anchor: str = "lt", color: tuple = BLACK,
-         vertical: bool = False) -> None:
-    """Paste text with ``anchor`` = horizontal (l/m/r) + vertical (t/m/b) point at ``(x, y)``."""
-    mask = _text_mask(text, size, vertical)
-    w, h = mask.size
-    left = int(round(x - {"l": 0, "m": w / 2, "r": w}[anchor[0]]))
-    top = int(round(y - {"t": 0, "m": h / 2, "b": h}[anchor[1]]))
-    img.paste(color, (left, top, left + w, top + h), mask)
-
-
-def _check_title(title: Any, name: str = "title") -> str:
-    if not isinstance(title, str):
-        raise TypeError(f"`{name}` expected a str, got {type(title).__name__}")
-    return title
-
-
-def _check_names(names: Sequence[Any] | None, count: int) -> tuple[str, ...]:
-    if names is None:
-        return tuple(str(i) for i in range(count))
-    if isinstance(names, str) or not isinstance(names, Sequence):
-        raise TypeError(f"`names` expected a sequence of names, got {type(names).__name__}")
-    if len(names) != count:
-        raise ValueError(f"`names` expected {count} names to match the data, got {len(names)}")
-    return tuple(str(n) for n in names)
-
-
-def _label_step(count: int, slot: float, extent: int) -> int:
-    """Label every k-th class so that labels ``extent`` pixels tall (across the axis) do not overlap."""
-    return max(1, math.ceil((extent + 2) / max(slot, 1e-9)), math.ceil(count / 50))
-
-
-def _fmt(value: float) -> str:
-    return f"{value:.4g}" if value != 0 else "0"
-
-
-def _nice_ticks(lo: float, hi: float, count: int = 5) -> np.ndarray:
-    """Round tick values (1, 2, 5 x 10^k apart) covering ``[lo, hi]``."""
-    if not hi > lo:
-        lo, hi = lo - 0.5, hi + 0.5
-    raw = (hi - lo) / count
-    magnitude = 10.0 ** math.floor(math.log10(raw))
-    step = next(m * magnitude for m in (1, 2, 2.5, 5, 10) if m * magnitude >= raw)
-    return np.arange(math.floor(lo / step), math.ceil(hi / step) + 1) * step
-
-
-def _finish(img: Image.Image, title: str) -> np.ndarray:
-    """Write the title centred in the top band (widening the picture if it does not fit) and return the array."""
-    if title:
-        width = _font(TITLE_SIZE).getlength(title)
-        if width + 2 * PAD > img.width:
-            wider = Image.new("RGB", (math.ceil(width) + 2 * PAD, img.height), WHITE)
-            wider.paste(img, ((wider.width - img.width) // 2, 0))
-            img = wider
-        ImageDraw.Draw(img).text((img.width / 2, PAD), title, font=_font(TITLE_SIZE), fill=BLACK, anchor="mt")
-    return np.asarray(img).copy()
 
 
 # ---------------------------------------------------------------------------------------------------------- heatmap
@@ -131,8 +51,9 @@ def _finish(img: Image.Image, title: str) -> np.ndarray:
 class _MatrixFrame:
     """Everything of a heatmap but the cells, the numbers in them and the title; cached per layout."""
 
-    def __init__(self, rows: int, cols: int, row_names: tuple[str, ...], col_names: tuple[str, ...],
-                 vmin: float, vmax: float) -> None:
+    def __init__(
+        self, rows: int, cols: int, row_names: tuple[str, ...], col_names: tuple[str, ...], vmin: float, vmax: float
+    ) -> None:
         n = max(rows, cols)
         self.cell = cell = int(min(48, max(7, 600 // n)))
         label_size = 11 if n <= 20 else 9
@@ -169,9 +90,9 @@ class _MatrixFrame:
         lut = colormap_lut("RdBu_r")
         arr = np.asarray(img).copy()
         rows_idx = np.linspace(255, 0, bar_h).round().astype(int)
-        arr[self.y0:self.y0 + bar_h, bar_x:bar_x + 18] = lut[rows_idx][:, None, :]
+        arr[self.y0 : self.y0 + bar_h, bar_x : bar_x + 18] = lut[rows_idx][:, None, :]
         nan_y = self.y0 + bar_h + 12
-        arr[nan_y:nan_y + 12, bar_x:bar_x + 18] = NAN_GREY
+        arr[nan_y : nan_y + 12, bar_x : bar_x + 18] = NAN_GREY
         img = Image.fromarray(arr)
         draw = ImageDraw.Draw(img)
         draw.rectangle([bar_x - 1, self.y0 - 1, bar_x + 18, self.y0 + bar_h], outline=AXIS)
@@ -188,8 +109,9 @@ class _MatrixFrame:
 
 
 @lru_cache(maxsize=32)
-def _matrix_frame(rows: int, cols: int, row_names: tuple[str, ...], col_names: tuple[str, ...], vmin: float,
-                  vmax: float) -> _MatrixFrame:
+def _matrix_frame(
+    rows: int, cols: int, row_names: tuple[str, ...], col_names: tuple[str, ...], vmin: float, vmax: float
+) -> _MatrixFrame:
     return _MatrixFrame(rows, cols, row_names, col_names, vmin, vmax)
 
 
@@ -224,8 +146,14 @@ def render_class_matrix(
     values = to_numpy(matrix, "matrix")
     if values.ndim != 2 or values.size == 0:
         raise ValueError(f"`matrix` expected a non-empty 2-D matrix, got shape {tuple(values.shape)}")
-    if not isinstance(vmin, (int, float)) or not isinstance(vmax, (int, float)) or isinstance(vmin, bool) \
-            or isinstance(vmax, bool) or not (math.isfinite(vmin) and math.isfinite(vmax)) or vmin >= vmax:
+    if (
+        not isinstance(vmin, (int, float))
+        or not isinstance(vmax, (int, float))
+        or isinstance(vmin, bool)
+        or isinstance(vmax, bool)
+        or not (math.isfinite(vmin) and math.isfinite(vmax))
+        or vmin >= vmax
+    ):
         raise ValueError(f"`vmin` and `vmax` expected finite numbers with vmin < vmax, got vmin={vmin}, vmax={vmax}")
     _check_title(title)
     rows, cols = values.shape
@@ -239,7 +167,7 @@ def render_class_matrix(
     colours = colormap_lut("RdBu_r")[index]
     colours[~finite] = NAN_GREY
     canvas = frame.array.copy()
-    canvas[y0:y0 + rows * cell, x0:x0 + cols * cell] = colours.repeat(cell, axis=0).repeat(cell, axis=1)
+    canvas[y0 : y0 + rows * cell, x0 : x0 + cols * cell] = colours.repeat(cell, axis=0).repeat(cell, axis=1)
     img = Image.fromarray(canvas)
     if frame.annotate:
         midpoint, half = (vmin + vmax) / 2, (vmax - vmin) / 2
@@ -254,31 +182,7 @@ def render_class_matrix(
     return _finish(img, title)
 
 
-# ------------------------------------------------------------------------------------------------------- axes, bars
-
-
-def _y_axis(img: Image.Image, ticks: np.ndarray, to_y: Any, x: int, right: bool, label: str, colour: tuple = AXIS
-            ) -> None:
-    draw = ImageDraw.Draw(img)
-    for t in ticks:
-        ty = to_y(t)
-        if right:
-            draw.line([(x, ty), (x + 4, ty)], fill=colour)
-            _put(img, _fmt(float(t)), 10, x + 6, ty, "lm", colour)
-        else:
-            draw.line([(x - 4, ty), (x, ty)], fill=colour)
-            _put(img, _fmt(float(t)), 10, x - 6, ty, "rm", colour)
-    if label:
-        width = max(_text_size(_fmt(float(t)), 10)[0] for t in ticks)
-        mid = (to_y(ticks[0]) + to_y(ticks[-1])) / 2
-        if right:
-            _put(img, label, 11, x + 8 + width + 4, mid, "lm", colour, vertical=True)
-        else:
-            _put(img, label, 11, x - 8 - width - 4, mid, "rm", colour, vertical=True)
-
-
-def _tick_label_width(ticks: np.ndarray) -> int:
-    return max(_text_size(_fmt(float(t)), 10)[0] for t in ticks)
+# ------------------------------------------------------------------------------------------------------------- bars
 
 
 def render_per_class(
@@ -286,7 +190,8 @@ def render_per_class(
 ) -> np.ndarray:
     """Bar chart of one value per class (e.g. each class's mean Jacobian norm), as an RGB array.
 
-    Classes whose value is NaN (no probe points) get no bar (and an "n/a" where there is room). With many classes only every k-th bar is labelled.
+    Classes whose value is NaN (no probe points) get no bar (and an "n/a" where there is room). With many classes
+    only every k-th bar is labelled.
 
     Args:
         values: ``[C]`` tensor or array.
@@ -443,8 +348,9 @@ def render_stiffness_by_distance(
 
         for k in range(counts.size):
             if counts[k] > 0:
-                draw.rectangle([to_x(edges[k]) + 1, to_cy(float(counts[k])), to_x(edges[k + 1]) - 1, y0 + plot_h],
-                               fill=BAR_GREY)
+                draw.rectangle(
+                    [to_x(edges[k]) + 1, to_cy(float(counts[k])), to_x(edges[k + 1]) - 1, y0 + plot_h], fill=BAR_GREY
+                )
         draw.line([(x1, y0), (x1, y0 + plot_h)], fill=AXIS)
         _y_axis(img, cticks, to_cy, x1, True, "pairs per bin", (115, 115, 115))
     draw.line([(x0, to_y(0.0)), (x1, to_y(0.0))], fill=(77, 77, 77))
@@ -511,14 +417,15 @@ def render_timings(repeats: int = 20, seed: int = 0) -> dict[str, float]:
     rng = np.random.default_rng(seed)
     names100 = [f"class_{i}" for i in range(100)]
     cases = {
-        "class_matrix_10": lambda t: render_class_matrix(rng.uniform(-1, 1, (10, 10)), [str(i) for i in range(10)],
-                                                         title=t),
+        "class_matrix_10": lambda t: render_class_matrix(
+            rng.uniform(-1, 1, (10, 10)), [str(i) for i in range(10)], title=t
+        ),
         "class_matrix_100": lambda t: render_class_matrix(rng.uniform(-1, 1, (100, 100)), names100, title=t),
         "per_class_10": lambda t: render_per_class(rng.uniform(0, 3, 10), title=t, ylabel="||d logits / dx||_F"),
         "per_class_100": lambda t: render_per_class(rng.uniform(0, 3, 100), names100, title=t, ylabel="norm"),
         "by_distance": lambda t: render_stiffness_by_distance(
-            np.linspace(0, 10, 21), np.linspace(0.8, -0.3, 20), rng.integers(0, 500, 20), critical_length=7.3,
-            title=t),
+            np.linspace(0, 10, 21), np.linspace(0.8, -0.3, 20), rng.integers(0, 500, 20), critical_length=7.3, title=t
+        ),
     }
     result = {}
     for key, make in cases.items():

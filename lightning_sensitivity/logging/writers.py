@@ -5,10 +5,10 @@
 * ``TensorBoardLogger``: ``SummaryWriter.add_image(..., dataformats="HWC")``, ``add_histogram``, ``add_text``.
 * ``WandbLogger``: ``logger.log_image`` (a ``wandb.Image``), histograms as ``wandb.Histogram`` and text as
   ``wandb.Html``, all logged with ``trainer/global_step = step`` like Lightning's own scalars.
-* ``MLFlowLogger`` (MLflow >= 2.12): ``MlflowClient.log_image(run_id, image, key=tag, step=step)`` (the run's "images" artifact
-  folder, shown stepwise in the MLflow UI; ``/`` in the tag becomes ``~`` in the file name); a histogram is a small
-  JSON artifact ``histograms/<tag>/step_<step>.json`` (``{"step", "count", "min", "max", "mean", "bin_edges",
-  "counts"}``: MLflow has no histogram type, and JSON stays machine-readable); text is
+* ``MLFlowLogger`` (MLflow >= 2.12): ``MlflowClient.log_image(run_id, image, key=tag, step=step)`` (the run's
+  "images" artifact folder, shown stepwise in the MLflow UI; ``/`` in the tag becomes ``~`` in the file name); a
+  histogram is a small JSON artifact ``histograms/<tag>/step_<step>.json`` (``{"step", "count", "min", "max",
+  "mean", "bin_edges", "counts"}``: MLflow has no histogram type, and JSON stays machine-readable); text is
   ``text/<tag>/step_<step>.md``.
 
 Other loggers (``CSVLogger``, custom ones) get no writer: scalars already go to every logger elsewhere. Loggers are
@@ -28,8 +28,14 @@ import numpy as np
 
 from lightning_sensitivity.logging.plots import to_numpy
 
-__all__ = ["ImageWriter", "TensorBoardImageWriter", "WandbImageWriter", "MLflowImageWriter", "image_writers",
-           "check_image"]
+__all__ = [
+    "ImageWriter",
+    "TensorBoardImageWriter",
+    "WandbImageWriter",
+    "MLflowImageWriter",
+    "image_writers",
+    "check_image",
+]
 
 _HISTOGRAM_BINS = 30
 

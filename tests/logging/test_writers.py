@@ -197,8 +197,14 @@ def test_fit_with_tensorboard_wandb_mlflow_and_csv(tmp_path, monkeypatch):
         StiffnessMonitor(num_samples=40, num_distance_bins=6, groups=("val_val",), figures="all"),
     ]
     trainer = pl.Trainer(
-        max_epochs=1, accelerator="cpu", devices=1, logger=[tb, wb, ml, csv], callbacks=monitors,
-        enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False,
+        max_epochs=1,
+        accelerator="cpu",
+        devices=1,
+        logger=[tb, wb, ml, csv],
+        callbacks=monitors,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,
     )
     try:
         trainer.fit(TinyModule(), datamodule=TinyData(n_train=100, n_val=50))
