@@ -27,11 +27,14 @@ from lightning_sensitivity.logging.tensorboard import (
     log_text,
     sensitivity_layout,
 )
+from lightning_sensitivity.logging.writers import ImageWriter, image_writers
 
 __all__ = [
     "Artifact",
+    "ImageWriter",
     "add_sensitivity_layout",
     "figure_to_array",
+    "image_writers",
     "find_tensorboard_writer",
     "load_artifacts",
     "log_figure",

@@ -231,3 +231,15 @@ def test_fit_with_tensorboard_wandb_mlflow_and_csv(tmp_path, monkeypatch):
     assert "sensitivity/jacobian_norm/val/mean" in metrics
     # the artifact NPZ files go to the first logger's folder only
     assert list(Path(tb.log_dir).rglob("*.npz"))
+
+
+def test_importing_the_logging_package_imports_no_logger_library():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, lightning_sensitivity.logging as m; m.image_writers([]);"
+        "print(sorted(k for k in ('wandb', 'mlflow', 'lightning') if k in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    assert out.stdout.strip() == "[]"
