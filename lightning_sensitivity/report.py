@@ -190,12 +190,18 @@ def _jacobian_figures(arts: Sequence[Artifact], save: Callable[[Figure, str], st
             # Norms spanning orders of magnitude are only readable on a log axis.
             bins = np.geomspace(positive.min(), positive.max(), 31)
             ax.set_xscale("log")
+        # Each group as a fraction of its own points (not a density: on log-spaced bins a density shrinks the wide
+        # bins of large norms, where the misclassified points are, to nothing), the misclassified group also as a
+        # thick outline so that it stays visible where it overlaps the (usually far larger) correct group.
         for mask, label, color in ((correct, "correct", "C0"), (~correct, "misclassified", "C3")):
-            if (mask & finite).any():
-                ax.hist(norms[mask & finite], bins=bins, density=True, alpha=0.55, color=color,
-                        label=f"{label} (n={int((mask & finite).sum())})")  # fmt: skip
+            group = norms[mask & finite]
+            if group.size:
+                ax.hist(group, bins=bins, weights=np.full(group.size, 1 / group.size), histtype="stepfilled", alpha=0.4,
+                        color=color, label=f"{label} (n={group.size})")
+                ax.hist(group, bins=bins, weights=np.full(group.size, 1 / group.size), histtype="step",
+                        linewidth=2 if label == "misclassified" else 1.2, color=color)
         auc = _auroc(norms[finite], ~correct[finite])
-        ax.set(xlabel="Jacobian norm", ylabel="density",
+        ax.set(xlabel="Jacobian norm", ylabel="fraction of the group's points",
                title=f"val points, epoch {last.epoch}" + (f", AUROC {auc:.3f}" if math.isfinite(auc) else ""))  # fmt: skip
         _legend(ax, fontsize=8)
         entries.append(
@@ -326,6 +332,12 @@ def _summary_rows(artifacts: Sequence[Artifact]) -> list[tuple[str, str]]:
 
 def _render_run(run: Path, label: str, out_dir: Path, prefix: str) -> list[str]:
     artifacts = load_artifacts(run)
+    # One monitor may have been given the class names and another not (say StiffnessMonitor but not
+    # JacobianNormMonitor): the names of the run label every per-class figure.
+    known = [a.meta["class_names"] for a in artifacts if isinstance(a.meta.get("class_names"), list)]
+    for artifact in artifacts:
+        if known and not isinstance(artifact.meta.get("class_names"), list):
+            artifact.meta["class_names"] = known[-1]
     by_quantity: dict[str, list[Artifact]] = {}
     for artifact in artifacts:
         by_quantity.setdefault(artifact.quantity, []).append(artifact)

@@ -253,3 +253,50 @@ def test_validate_and_test_measurements_get_their_own_figures(tmp_path):
     )
     text = (tmp_path / "out" / "index.html").read_text()
     assert "Jacobian norm (trainer.validate)" in text and "Jacobian norm (trainer.test)" in text
+
+
+def write_skewed_jacobian_run(run_dir: Path, jacobian_names=None, stiffness_names=None) -> None:
+    """Realistic skew: ~8 % misclassified with norms 20x larger, spanning orders of magnitude (log-scaled bins)."""
+    rng = np.random.default_rng(0)
+    labels = np.arange(500) % 3
+    correct = rng.random(500) > 0.08
+    norms = np.where(correct, rng.lognormal(-3, 1, 500), rng.lognormal(0, 1, 500))
+    arrays = {"val_norms": norms.astype(np.float32), "val_labels": labels, "val_correct": correct}
+    save_artifact(run_dir, "jacobian_norm", 1, 10, arrays, meta={"class_names": jacobian_names})
+    if stiffness_names is not None:
+        matrix = rng.uniform(-1, 1, (3, 3))
+        meta = {"class_names": stiffness_names}
+        save_artifact(run_dir, "stiffness", 1, 10, {"val_val/class_sign": matrix}, meta=meta)
+
+
+def reddish(image: np.ndarray) -> int:
+    r, g, b = image.astype(int).transpose(2, 0, 1)
+    return int(((r > g + 40) & (r > b + 40)).sum())
+
+
+def bluish(image: np.ndarray) -> int:
+    r, g, b = image.astype(int).transpose(2, 0, 1)
+    return int(((b > r + 40) & (b > g + 10)).sum())
+
+
+def test_point_histogram_shows_both_groups(tmp_path):
+    write_skewed_jacobian_run(tmp_path / "run")
+    out = report.build_report(tmp_path / "run", tmp_path / "out").parent
+    image = np.asarray(Image.open(out / "jacobian_norm_correct_vs_misclassified.png").convert("RGB"))
+    # C0 (correct) and C3 (misclassified), filled or outlined: each group covers a real area of the plot. On
+    # density-normalised log bins the misclassified group was a sliver.
+    blue, red = bluish(image), reddish(image)
+    assert blue > 5000 and red > 5000, (blue, red)
+
+
+def test_class_names_of_another_monitor_label_the_jacobian_bars(tmp_path):
+    names = ["zero", "one", "two"]
+    for run, jac, stiff in (("given", names, None), ("borrowed", None, names), ("none", None, None)):
+        write_skewed_jacobian_run(tmp_path / run, jac, stiff)
+        report.build_report(tmp_path / run, tmp_path / f"out_{run}")
+
+    def bars(run: str) -> np.ndarray:
+        return np.asarray(Image.open(tmp_path / f"out_{run}" / "jacobian_norm_per_class.png").convert("RGB"))
+
+    np.testing.assert_array_equal(bars("borrowed"), bars("given"))
+    assert bars("none").shape != bars("given").shape or (bars("none") != bars("given")).any()

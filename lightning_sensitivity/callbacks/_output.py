@@ -1,11 +1,12 @@
-"""Where a measurement goes: scalars to every logger, images/histograms/text to the loggers that take them, one
-artifact file.
+"""Where a measurement goes: scalars to every logger, images and histograms to every logger with an image API
+(TensorBoard, W&B, MLflow), the run summary to TensorBoard, one artifact file.
 
 Rank-zero decisions are the caller's; nothing here issues a collective (``trainer.log_dir`` would: it broadcasts).
 """
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -16,14 +17,9 @@ import torch
 
 from lightning_sensitivity import keys
 from lightning_sensitivity.callbacks.measurement import Measurement
-from lightning_sensitivity.logging import (
-    add_sensitivity_layout,
-    find_tensorboard_writer,
-    log_figure,
-    log_histogram,
-    log_text,
-    save_artifact,
-)
+from lightning_sensitivity.logging import add_sensitivity_layout, find_tensorboard_writer, log_text, save_artifact
+from lightning_sensitivity.logging.plots import figure_to_array
+from lightning_sensitivity.logging.writers import image_writers
 
 
 def log_step(trainer: pl.Trainer) -> int:
@@ -63,25 +59,38 @@ def write_run_summary(writer: Any, name: str, config: Mapping[str, Any], layout_
 
 
 def write_histograms(trainer: pl.Trainer, result: Measurement, step: int) -> None:
-    writer = find_tensorboard_writer(trainer)
-    if writer is None:
-        return
+    """Histograms of one measurement to every logger that takes them."""
+    writers = image_writers(trainer.loggers)
     for tag, values in result.histograms.items():
-        log_histogram(writer, tag, values.detach().cpu(), step)
+        cpu = values.detach().cpu()
+        for writer in writers:
+            writer.write_histogram(tag, cpu, step)
+
+
+def _as_image(made: Any) -> np.ndarray:
+    """A figure callable's result as RGB: an array as is; a matplotlib ``Figure`` or ``(fig, ax)`` rendered (and
+    closed), so figure callables written for the matplotlib plots keep working."""
+    if isinstance(made, np.ndarray):
+        return made
+    fig = made[0] if isinstance(made, tuple) else made
+    try:
+        return figure_to_array(fig)
+    finally:
+        pyplot = sys.modules.get("matplotlib.pyplot")
+        if pyplot is not None:
+            pyplot.close(fig)
 
 
 def write_figures(trainer: pl.Trainer, result: Measurement, step: int) -> None:
-    """Images of one measurement; figures are built lazily here, so skipped ones cost nothing."""
-    writer = find_tensorboard_writer(trainer)
-    if writer is None:
+    """Images of one measurement to every logger that takes them; built lazily here (and only when some logger
+    takes images), so skipped ones cost nothing."""
+    writers = image_writers(trainer.loggers)
+    if not writers:
         return
     for tag, make in result.figures:
-        image = make()
-        if isinstance(image, np.ndarray):
-            writer.add_image(tag, image, global_step=step, dataformats="HWC")
-        else:
-            fig = image[0] if isinstance(image, tuple) else image
-            log_figure(writer, tag, fig, step)
+        image = _as_image(make())
+        for writer in writers:
+            writer.write_image(tag, image, step)
 
 
 class ArtifactRoot(NamedTuple):

@@ -161,9 +161,9 @@ class JacobianNormMonitor(SensitivityMonitor):
         return self.class_names
 
     def _bar_chart(self, per_class: Tensor, names: list[str] | None, epoch: int) -> Any:
-        from lightning_sensitivity.logging import plot_per_class
+        from lightning_sensitivity.logging.render import render_per_class
 
-        return plot_per_class(
+        return render_per_class(
             per_class,
             names,
             title=f"Mean Jacobian norm per class (val probe set), epoch {epoch}",

@@ -295,14 +295,14 @@ class StiffnessMonitor(SensitivityMonitor):
     def _figures(
         self, result: Measurement, group: str, arrays: dict[str, Any], names: list[str] | None, epoch: int
     ) -> None:
-        from lightning_sensitivity.logging import plot_class_matrix, plot_stiffness_by_distance
+        from lightning_sensitivity.logging.render import render_class_matrix, render_stiffness_by_distance
 
         tag = f"{PREFIX}/{group}"
         for kind in KINDS:
             result.figures.append(
                 (
                     f"{tag}/class_{kind}_matrix",
-                    lambda k=kind: plot_class_matrix(
+                    lambda k=kind: render_class_matrix(
                         arrays[f"class_{k}"],
                         names,
                         title=f"{group} class {k} stiffness, epoch {epoch}",
@@ -315,7 +315,7 @@ class StiffnessMonitor(SensitivityMonitor):
                 result.figures.append(
                     (
                         f"{tag}/superclass_{kind}_matrix",
-                        lambda k=kind: plot_class_matrix(
+                        lambda k=kind: render_class_matrix(
                             arrays[f"superclass_{k}"],
                             self.group_names,
                             title=f"{group} super-class {k} stiffness, epoch {epoch}",
@@ -327,7 +327,7 @@ class StiffnessMonitor(SensitivityMonitor):
         result.figures.append(
             (
                 f"{tag}/by_distance",
-                lambda: plot_stiffness_by_distance(
+                lambda: render_stiffness_by_distance(
                     arrays["bin_edges"],
                     arrays["distance_sign"],
                     arrays["distance_count"],

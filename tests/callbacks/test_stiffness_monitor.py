@@ -76,7 +76,7 @@ def test_final_values_match_gradient_loops(fitted):  # noqa: F811
             assert fitted.events.Scalars(f"{P}/{g}/critical_length")[-1].value == pytest.approx(length, rel=1e-6)
 
 
-def test_superclasses_names_and_figure_titles():
+def test_superclasses_names_and_figure_titles(monkeypatch):
     torch.manual_seed(0)
     net = torch.nn.Sequential(torch.nn.Linear(5, 8), torch.nn.ReLU(), torch.nn.Linear(8, 4))
     x, y = torch.randn(24, 5), torch.arange(24) % 4
@@ -87,6 +87,11 @@ def test_superclasses_names_and_figure_titles():
         group_names=["ab", "cd"],
         num_distance_bins=5,
     )
+    from lightning_sensitivity.logging import render
+
+    calls = []
+    real = render.render_class_matrix
+    monkeypatch.setattr(render, "render_class_matrix", lambda *a, **k: calls.append((a, k)) or real(*a, **k))
     result = monitor.compute(net, {"val": probe_set_from_tensors(x, y, 24, seed=0)}, progress_factory("t", False), 3)
     ref = stiffness_loop(net, x, y)
     coarse = torch.tensor([0, 0, 1, 1])[y]
@@ -103,11 +108,16 @@ def test_superclasses_names_and_figure_titles():
             "by_distance",
         )
     }
-    fig, ax = figures[f"{P}/val_val/superclass_sign_matrix"]()
-    assert "epoch 3" in ax.get_title()
-    assert [t.get_text() for t in ax.get_yticklabels()] == ["ab", "cd"]
-    fig, ax = figures[f"{P}/val_val/class_cosine_matrix"]()
-    assert [t.get_text() for t in ax.get_xticklabels()] == ["a", "b", "c", "d"]
+    assert not calls  # built lazily: nothing rendered before a callable is called
+    image = figures[f"{P}/val_val/superclass_sign_matrix"]()
+    assert image.dtype == np.uint8 and image.ndim == 3 and image.shape[2] == 3
+    calls.clear()
+    figures[f"{P}/val_val/superclass_sign_matrix"]()
+    figures[f"{P}/val_val/class_cosine_matrix"]()
+    (super_args, super_kwargs), (class_args, class_kwargs) = calls
+    assert "epoch 3" in super_kwargs["title"] and "epoch 3" in class_kwargs["title"]
+    assert list(super_args[1]) == ["ab", "cd"]
+    assert list(class_args[1]) == ["a", "b", "c", "d"]
     assert result.meta["group_names"] == ["ab", "cd"]
 
 
