@@ -26,6 +26,7 @@ __all__ = [
     "check_callable",
     "check_choice",
     "check_class_names",
+    "check_count_or_fraction",
     "check_int",
     "check_loss_fn",
     "check_names",
@@ -135,7 +136,7 @@ def check_loss_fn(loss_fn: Any, name: str = "loss_fn") -> Callable[..., Any]:
     if isinstance(loss_fn, type):
         raise TypeError(
             f"`{name}` expected a callable (logits, targets) -> loss, got the class {loss_fn.__name__}; pass an "
-            f"instance such as {loss_fn.__name__}() or a function such as torch.nn.functional.cross_entropy"
+            f"instance nn.{loss_fn.__name__}() or a function such as F.cross_entropy"
         )
     return check_callable(loss_fn, name, "(logits, targets) -> loss")
 
@@ -157,3 +158,13 @@ def check_class_names(names: Sequence[str] | None, num_classes: int, name: str) 
         raise ValueError(
             f"`{name}` expected {num_classes} names (one per class of the data), got {len(names)}: {list(names)!r}"
         )
+
+
+def check_count_or_fraction(value: Any, name: str) -> None:
+    """An int count (>= 1) or a float fraction in (0, 1) -- a validation split, a subset size."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"`{name}` expected an int count or a float fraction, got {describe(value)}")
+    if isinstance(value, float) and not 0.0 < value < 1.0:
+        raise ValueError(f"`{name}` expected a fraction in (0, 1), got {value!r}")
+    if isinstance(value, int) and value < 1:
+        raise ValueError(f"`{name}` expected a positive int, got {value!r}")

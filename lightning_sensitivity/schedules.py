@@ -17,6 +17,8 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
+from lightning_sensitivity._checks import check_bool, check_int
+
 #: A schedule: called with the number of completed epochs, returns whether to measure at that point.
 Schedule = Callable[[int], bool]
 
@@ -24,8 +26,7 @@ __all__ = ["Schedule", "every_n_epochs", "at_epochs", "log_spaced", "resolve_sch
 
 
 def _check_bool(value: object, name: str) -> None:
-    if not isinstance(value, bool):
-        raise TypeError(f"`{name}` expected a bool, got {type(value).__name__} {value!r}")
+    check_bool(value, name)
 
 
 def _check_epoch(epoch: object) -> int:
@@ -81,10 +82,7 @@ def every_n_epochs(n: int | None, at_init: bool = True) -> Schedule:
         TypeError: ``n`` is not an int or None, ``at_init`` is not a bool.
         ValueError: ``n < 1``.
     """
-    if n is not None and (isinstance(n, bool) or not isinstance(n, int)):
-        raise TypeError(f"`every_n_epochs` expected a positive int or None, got {type(n).__name__} {n!r}")
-    if n is not None and n < 1:
-        raise ValueError(f"`every_n_epochs` expected a positive int or None, got {n}")
+    check_int(n, "every_n_epochs", minimum=1, allow_none=True)
     _check_bool(at_init, "at_init")
     return _EveryN(n, at_init)
 

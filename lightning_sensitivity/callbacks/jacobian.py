@@ -8,15 +8,14 @@ from typing import Any
 from torch import Tensor, nn
 from typing_extensions import override
 
-from lightning_sensitivity.callbacks.progress import ProgressFactory
-from lightning_sensitivity.keys import TRAIN, VAL
 from lightning_sensitivity import keys
 from lightning_sensitivity._checks import check_choice, check_class_names, check_names
 from lightning_sensitivity.callbacks.base import Measurement, ProbeSplits, SensitivityMonitor, model_kwargs
+from lightning_sensitivity.callbacks.progress import ProgressFactory
 from lightning_sensitivity.functional import jacobian_norm, jacobian_norm_summary, predict_logits
 from lightning_sensitivity.functional.jacobian import OUTPUTS
+from lightning_sensitivity.keys import TRAIN, VAL
 from lightning_sensitivity.probes import ProbeSet
-
 
 
 class JacobianNormMonitor(SensitivityMonitor):

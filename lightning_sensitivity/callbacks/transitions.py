@@ -9,11 +9,11 @@ import torch
 from torch import nn
 from typing_extensions import override
 
-from lightning_sensitivity.callbacks.progress import ProgressFactory
-from lightning_sensitivity.keys import TRAIN, VAL
 from lightning_sensitivity._checks import check_int
 from lightning_sensitivity.callbacks.base import Measurement, ProbeSplits, SensitivityMonitor
+from lightning_sensitivity.callbacks.progress import ProgressFactory
 from lightning_sensitivity.functional import ellipse_trajectories, transition_counts
+from lightning_sensitivity.keys import TRAIN, VAL
 from lightning_sensitivity.probes import ProbeSet
 
 PREFIX = "sensitivity/transitions"

@@ -12,6 +12,8 @@ import math
 import torch
 from torch import Tensor
 
+from lightning_sensitivity._checks import check_int
+
 
 def _ratio(num: Tensor | float, den: Tensor | float) -> float:
     num, den = float(num), float(den)
@@ -89,14 +91,8 @@ def gram_statistics(
     m = gram.shape[0]
     if batch_size is None:
         batch_size = m
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int):
-        raise TypeError(f"`batch_size` expected an int or None, got {type(batch_size).__name__}")
-    if batch_size < 1:
-        raise ValueError(f"`batch_size` expected a positive int, got {batch_size}")
-    if num_classes is not None and (isinstance(num_classes, bool) or not isinstance(num_classes, int)):
-        raise TypeError(f"`num_classes` expected an int or None, got {type(num_classes).__name__}")
-    if num_classes is not None and num_classes < 1:
-        raise ValueError(f"`num_classes` expected a positive int, got {num_classes}")
+    check_int(batch_size, "batch_size", minimum=1)
+    check_int(num_classes, "num_classes", minimum=1, allow_none=True)
     G = gram.detach().to(torch.float64).cpu()
     B = batch_size
     total = G.sum()  # S = ‖Σ g_i‖²

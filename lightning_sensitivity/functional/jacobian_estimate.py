@@ -12,6 +12,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from lightning_sensitivity._checks import check_int
 from lightning_sensitivity.functional._model import (
     ModelKwargs,
     Progress,
@@ -75,12 +76,8 @@ def jacobian_norm_estimate(
     """
     if output not in OUTPUTS:
         raise ValueError(f"`output` expected one of {OUTPUTS}, got {output!r}")
-    if isinstance(num_projections, bool) or not isinstance(num_projections, int):
-        raise TypeError(f"`num_projections` expected an int >= 2, got {type(num_projections).__name__}")
-    if num_projections < 2:
-        raise ValueError(f"`num_projections` expected an int >= 2 (the standard error needs two), got {num_projections}")
-    if isinstance(seed, bool) or not isinstance(seed, int):
-        raise TypeError(f"`seed` expected an int, got {type(seed).__name__}")
+    check_int(num_projections, "num_projections", minimum=2)  # the standard error needs two
+    check_int(seed, "seed")
     check_chunk_size(chunk_size)
     check_progress(progress)
     model, f, params, buffers = pure_model(model)

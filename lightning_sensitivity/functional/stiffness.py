@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from lightning_sensitivity._checks import check_int
 from lightning_sensitivity.functional._model import ModelKwargs, Progress
 from lightning_sensitivity.functional.gram import GramMethod, LossFn, gram_and_norms
 
@@ -222,8 +223,7 @@ def class_stiffness(
                 [1., 1.]])
     """
     _check_matrix(matrix)
-    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
-        raise ValueError(f"`num_classes` expected a positive int, got {num_classes!r}")
+    check_int(num_classes, "num_classes", minimum=1)
     _check_labels(labels, matrix.shape[0], num_classes, "labels")
     same = labels2 is None
     if same:
@@ -291,8 +291,7 @@ def stiffness_by_distance(
         (torch.Size([5]), torch.Size([4]), 6)
     """
     _check_matrix(matrix)
-    if isinstance(num_bins, bool) or not isinstance(num_bins, int) or num_bins < 1:
-        raise ValueError(f"`num_bins` expected a positive int, got {num_bins!r}")
+    check_int(num_bins, "num_bins", minimum=1)
     dist = pairwise_distance(inputs, inputs2, distance)
     if dist.shape != matrix.shape:
         raise ValueError(

@@ -16,6 +16,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
+from lightning_sensitivity._checks import check_choice, check_int
 from lightning_sensitivity.functional.critical_length import METHODS, Method, critical_length
 from lightning_sensitivity.functional.stiffness import DISTANCES, class_stiffness, stiffness_by_distance
 
@@ -109,8 +110,7 @@ def _class_groups(class_groups: object, num_classes: int) -> Tensor:
             f"{type(class_groups).__name__}"
         )
     for value in class_groups:
-        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-            raise ValueError(f"`class_groups` expected non-negative int super-class indices, got {value!r}")
+        check_int(value, "class_groups", minimum=0)
     if len(class_groups) < num_classes:
         raise ValueError(f"`class_groups` expected an entry for each of {num_classes} classes, got {len(class_groups)}")
     return torch.tensor(class_groups, dtype=torch.long)
@@ -192,14 +192,9 @@ def stiffness_summary(
         raise ValueError(f"`cosine` expected shape {tuple(sign.shape)} like `sign`, got {tuple(cosine.shape)}")
     if distance not in DISTANCES:
         raise ValueError(f"`distance` expected one of {DISTANCES}, got {distance!r}")
-    if critical_length_method not in METHODS:
-        raise ValueError(f"`critical_length_method` expected one of {METHODS}, got {critical_length_method!r}")
-    if isinstance(num_distance_bins, bool) or not isinstance(num_distance_bins, int) or num_distance_bins < 1:
-        raise ValueError(f"`num_distance_bins` expected a positive int, got {num_distance_bins!r}")
-    if num_classes is not None and (isinstance(num_classes, bool) or not isinstance(num_classes, int)):
-        raise TypeError(f"`num_classes` expected an int or None, got {type(num_classes).__name__}")
-    if num_classes is not None and num_classes < 1:
-        raise ValueError(f"`num_classes` expected a positive int, got {num_classes}")
+    check_choice(critical_length_method, "critical_length_method", METHODS)
+    check_int(num_distance_bins, "num_distance_bins", minimum=1)
+    check_int(num_classes, "num_classes", minimum=1, allow_none=True)
     n, m = sign.shape
     if n == 0 or m == 0:
         raise ValueError(f"`sign` expected at least one row and one column, got shape {(n, m)}")

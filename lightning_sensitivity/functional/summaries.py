@@ -12,6 +12,8 @@ import math
 import torch
 from torch import Tensor
 
+from lightning_sensitivity._checks import check_int
+
 
 def _check_vector(values: object, name: str, num: int | None = None) -> Tensor:
     if not isinstance(values, Tensor):
@@ -133,10 +135,7 @@ def jacobian_norm_summary(
     }
     if logits is not None and targets is None:
         raise ValueError("`logits` expected `targets` to be given too, got targets=None")
-    if num_classes is not None and (isinstance(num_classes, bool) or not isinstance(num_classes, int)):
-        raise TypeError(f"`num_classes` expected an int, got {type(num_classes).__name__}")
-    if num_classes is not None and num_classes < 1:
-        raise ValueError(f"`num_classes` expected a positive int, got {num_classes}")
+    check_int(num_classes, "num_classes", minimum=1, allow_none=True)
     if targets is None:
         return out
     y = _check_targets(targets, n)

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw
 
+from lightning_sensitivity._checks import check_int
 from lightning_sensitivity.logging._draw import (
     AXIS,
     BAR_GREY,
@@ -412,8 +413,7 @@ def render_timings(repeats: int = 20, seed: int = 0) -> dict[str, float]:
     """
     import time
 
-    if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1:
-        raise ValueError(f"`repeats` expected a positive int, got {repeats!r}")
+    check_int(repeats, "repeats", minimum=1)
     rng = np.random.default_rng(seed)
     names100 = [f"class_{i}" for i in range(100)]
     cases = {

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from matplotlib.figure import Figure
 
+from lightning_sensitivity._checks import check_int
 from lightning_sensitivity.logging.plots import figure_to_array, to_numpy
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -59,8 +60,7 @@ def _check_tag(tag: Any) -> None:
 
 
 def _check_step(step: Any) -> None:
-    if isinstance(step, bool) or not isinstance(step, (int, np.integer)) or step < 0:
-        raise ValueError(f"`step` expected a non-negative int, got {step!r}")
+    check_int(step, "step", minimum=0)
 
 
 def log_figure(writer: SummaryWriter, tag: str, fig: Figure, step: int) -> None:

@@ -26,6 +26,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from lightning_sensitivity._checks import check_int
 from lightning_sensitivity.logging.plots import to_numpy
 
 __all__ = [
@@ -62,8 +63,7 @@ def check_image(image: Any) -> np.ndarray:
 def _check(tag: Any, step: Any) -> None:
     if not isinstance(tag, str) or not tag:
         raise TypeError(f"`tag` expected a non-empty str, got {tag!r}")
-    if isinstance(step, bool) or not isinstance(step, (int, np.integer)) or step < 0:
-        raise ValueError(f"`step` expected a non-negative int, got {step!r}")
+    check_int(step, "step", minimum=0)
 
 
 def _check_text(text: Any) -> None:

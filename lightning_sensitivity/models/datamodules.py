@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
+from lightning_sensitivity._checks import check_bool, check_count_or_fraction, check_int, check_number
 from lightning_sensitivity.models import _data, _labels
 
 __all__ = [
@@ -29,15 +30,6 @@ __all__ = [
 ]
 
 Arrays = tuple[torch.Tensor, torch.Tensor]
-
-
-def _check_count_or_fraction(name: str, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"`{name}` expected an int count or a float fraction, got {type(value).__name__}")
-    if isinstance(value, float) and not 0.0 < value < 1.0:
-        raise ValueError(f"`{name}` expected a fraction in (0, 1), got {value!r}")
-    if isinstance(value, int) and value < 1:
-        raise ValueError(f"`{name}` expected a positive int, got {value!r}")
 
 
 class SensitivityDataModule(pl.LightningDataModule):
@@ -80,24 +72,13 @@ class SensitivityDataModule(pl.LightningDataModule):
         num_workers: int = 0,
     ) -> None:
         super().__init__()
-        if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int)):
-            raise TypeError(f"`batch_size` expected an int or None, got {type(batch_size).__name__}")
-        if batch_size is not None and batch_size < 0:
-            raise ValueError(f"`batch_size` expected a non-negative int (0 = full batch), got {batch_size!r}")
-        if train_subset is not None:
-            if isinstance(train_subset, bool) or not isinstance(train_subset, int) or train_subset < 1:
-                raise ValueError(f"`train_subset` expected a positive int or None, got {train_subset!r}")
-        if isinstance(random_label_fraction, bool) or not isinstance(random_label_fraction, (int, float)):
-            raise TypeError(f"`random_label_fraction` expected a float, got {type(random_label_fraction).__name__}")
-        if not 0.0 <= random_label_fraction <= 1.0:
-            raise ValueError(f"`random_label_fraction` expected a float in [0, 1], got {random_label_fraction!r}")
-        if not isinstance(augment, bool):
-            raise TypeError(f"`augment` expected a bool, got {type(augment).__name__}")
-        _check_count_or_fraction("val_split", val_split)
-        if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-            raise ValueError(f"`seed` expected a non-negative int, got {seed!r}")
-        if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 0:
-            raise ValueError(f"`num_workers` expected a non-negative int, got {num_workers!r}")
+        check_int(batch_size, "batch_size", minimum=0, allow_none=True)  # 0 = full batch
+        check_int(train_subset, "train_subset", minimum=1, allow_none=True)
+        check_number(random_label_fraction, "random_label_fraction", low=0.0, high=1.0)
+        check_bool(augment, "augment")
+        check_count_or_fraction(val_split, "val_split")
+        check_int(seed, "seed", minimum=0)
+        check_int(num_workers, "num_workers", minimum=0)
         self.batch_size = batch_size or None
         self.train_subset = train_subset
         self.random_label_fraction = float(random_label_fraction)

@@ -12,6 +12,8 @@ from torch import nn
 from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
+from lightning_sensitivity._checks import check_choice, check_int, check_number
+
 __all__ = ["LitClassifier"]
 
 _OPTIMIZERS = ("sgd", "adam")
@@ -100,14 +102,10 @@ class LitClassifier(pl.LightningModule):
         super().__init__()
         if not isinstance(model, nn.Module):
             raise TypeError(f"`model` expected an nn.Module, got {type(model).__name__}")
-        if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not lr > 0:
-            raise ValueError(f"`lr` expected a positive float, got {lr!r}")
-        if optimizer not in _OPTIMIZERS:
-            raise ValueError(f"`optimizer` expected one of {_OPTIMIZERS}, got {optimizer!r}")
-        if isinstance(momentum, bool) or not isinstance(momentum, (int, float)) or not 0 <= momentum < 1:
-            raise ValueError(f"`momentum` expected a float in [0, 1), got {momentum!r}")
-        if isinstance(weight_decay, bool) or not isinstance(weight_decay, (int, float)) or not weight_decay >= 0:
-            raise ValueError(f"`weight_decay` expected a non-negative float, got {weight_decay!r}")
+        check_number(lr, "lr", low=0.0, low_open=True)
+        check_choice(optimizer, "optimizer", _OPTIMIZERS)
+        check_number(momentum, "momentum", low=0.0, high=1.0, high_open=True)
+        check_number(weight_decay, "weight_decay", low=0.0)
         if num_classes is None:
             num_classes = _infer_num_classes(model)
             if num_classes is None:
@@ -115,8 +113,7 @@ class LitClassifier(pl.LightningModule):
                     "`num_classes` could not be inferred from the model (no `num_classes` attribute and no nn.Linear);"
                     " pass it explicitly"
                 )
-        if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
-            raise ValueError(f"`num_classes` expected an int >= 2, got {num_classes!r}")
+        check_int(num_classes, "num_classes", minimum=2)
         self.save_hyperparameters(ignore=["model"])
         self.model = model
         self.num_classes = num_classes

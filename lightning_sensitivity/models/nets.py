@@ -11,16 +11,15 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from lightning_sensitivity._checks import check_bool, check_int, check_number
+
 __all__ = ["MLP", "SmallCNN"]
 
 _ACTIVATIONS: dict[str, type[nn.Module]] = {"relu": nn.ReLU, "tanh": nn.Tanh, "leaky_relu": nn.LeakyReLU}
 
 
 def _check_positive_int(name: str, value: object) -> int:
-    # bool is an int subclass; True as a width is always a mistake
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise ValueError(f"`{name}` expected a positive int, got {value!r}")
-    return value
+    return check_int(value, name, minimum=1)
 
 
 def _check_widths(name: str, value: object, *, allow_empty: bool) -> tuple[int, ...]:
@@ -33,15 +32,11 @@ def _check_widths(name: str, value: object, *, allow_empty: bool) -> tuple[int, 
 
 
 def _check_dropout(value: object) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= float(value) < 1.0:
-        raise ValueError(f"`dropout` expected a float in [0, 1), got {value!r}")
-    return float(value)
+    return check_number(value, "dropout", low=0.0, high=1.0, high_open=True)
 
 
 def _check_bool(name: str, value: object) -> bool:
-    if not isinstance(value, bool):
-        raise TypeError(f"`{name}` expected a bool, got {type(value).__name__}")
-    return value
+    return check_bool(value, name)
 
 
 class MLP(nn.Module):
@@ -148,8 +143,7 @@ class SmallCNN(nn.Module):
         in_channels = _check_positive_int("in_channels", in_channels)
         num_classes = _check_positive_int("num_classes", num_classes)
         widths = _check_widths("channels", channels, allow_empty=False)
-        if isinstance(hidden, bool) or not isinstance(hidden, int) or hidden < 0:
-            raise ValueError(f"`hidden` expected a non-negative int, got {hidden!r}")
+        check_int(hidden, "hidden", minimum=0)
         if isinstance(input_size, int) and not isinstance(input_size, bool):
             size = (input_size, input_size)
         elif isinstance(input_size, Sequence) and not isinstance(input_size, str) and len(input_size) == 2:

@@ -10,15 +10,13 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from lightning_sensitivity._checks import check_int, check_number
+
 __all__ = ["TextClassifier"]
 
 
 def _check_positive_int(name: str, value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"`{name}` expected an int, got {type(value).__name__}")
-    if value < 1:
-        raise ValueError(f"`{name}` expected a positive int, got {value!r}")
-    return value
+    return check_int(value, name, minimum=1)
 
 
 class TextClassifier(nn.Module):
@@ -79,8 +77,7 @@ class TextClassifier(nn.Module):
             _check_positive_int(name, value)
         if d_model % num_heads:
             raise ValueError(f"`num_heads` expected a divisor of d_model={d_model}, got {num_heads!r}")
-        if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0.0 <= dropout < 1.0:
-            raise ValueError(f"`dropout` expected a float in [0, 1), got {dropout!r}")
+        check_number(dropout, "dropout", low=0.0, high=1.0, high_open=True)
         self.vocab_size = vocab_size
         self.num_classes = num_classes
         self.max_length = max_length

@@ -23,6 +23,7 @@ import lightning.pytorch as pl
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from lightning_sensitivity._checks import check_count_or_fraction, check_int
 from lightning_sensitivity.models import _data
 
 __all__ = ["TextDataModule", "tokenize", "build_vocab", "CORPUS_PACKAGE"]
@@ -113,19 +114,11 @@ class TokenDataset(Dataset):
 
 
 def _check_int(name: str, value: object, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"`{name}` expected an int, got {type(value).__name__}")
-    if value < minimum:
-        raise ValueError(f"`{name}` expected an int >= {minimum}, got {value!r}")
+    check_int(value, name, minimum=minimum)
 
 
 def _check_split(name: str, value: object) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"`{name}` expected an int count or a float fraction, got {type(value).__name__}")
-    if isinstance(value, float) and not 0.0 < value < 1.0:
-        raise ValueError(f"`{name}` expected a fraction in (0, 1), got {value!r}")
-    if isinstance(value, int) and value < 1:
-        raise ValueError(f"`{name}` expected a positive int, got {value!r}")
+    check_count_or_fraction(value, name)
 
 
 class TextDataModule(pl.LightningDataModule):

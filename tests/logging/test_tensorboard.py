@@ -103,7 +103,7 @@ def test_log_text(writer, tmp_path):
         (lambda w: log_figure(w, "", Figure(), 0), TypeError, "`tag`"),
         (lambda w: log_figure(w, "t", Figure(), -1), ValueError, "`step`"),
         (lambda w: log_figure(w, "t", "not a figure", 0), TypeError, "Figure"),
-        (lambda w: log_histogram(w, "t", [1.0], 1.5), ValueError, "`step`"),
+        (lambda w: log_histogram(w, "t", [1.0], 1.5), TypeError, "`step`"),
         (lambda w: log_histogram(w, "t", ["a"], 0), TypeError, "`values`"),
         (lambda w: log_text(w, "t", 3), TypeError, "`text`"),
         (lambda w: add_sensitivity_layout(w, "val_val"), TypeError, "`groups`"),

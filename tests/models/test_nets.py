@@ -57,8 +57,8 @@ def test_mlp_matches_manual_forward():
     "kwargs, error",
     [
         ({"in_features": 0}, ValueError),
-        ({"in_features": 2.5}, ValueError),
-        ({"in_features": True}, ValueError),
+        ({"in_features": 2.5}, TypeError),
+        ({"in_features": True}, TypeError),
         ({"num_classes": -1}, ValueError),
         ({"hidden": (4, 0)}, ValueError),
         ({"hidden": 4}, TypeError),
