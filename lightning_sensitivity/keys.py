@@ -19,21 +19,27 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 
+#: The first segment of every tag, and the artifact folder under the log directory.
 ROOT = "sensitivity"
+#: The quantity of ``JacobianNormMonitor``: tags ``sensitivity/jacobian_norm/...``.
 JACOBIAN = "jacobian_norm"
+#: The quantity of ``TransitionMonitor``.
 TRANSITIONS = "transitions"
+#: The quantity of ``StiffnessMonitor``.
 STIFFNESS = "stiffness"
+#: The built-in quantities, the keys of :data:`SCHEMA`.
 QUANTITIES = (JACOBIAN, TRANSITIONS, STIFFNESS)
 
 # Probe splits and the stiffness pair groups built from them.
 TRAIN, VAL, TEST = "train", "val", "test"
+#: The stiffness pair groups: rows' probe set, then columns' probe set.
 GROUPS = ("train_train", "train_val", "val_val")
 SAME_SET_GROUPS = ("train_train", "val_val")
 STIFFNESS_KINDS = ("sign", "cosine")
 JACOBIAN_STATS = ("mean", "median", "p90")
 JACOBIAN_AUROCS = ("misclassification_auroc", "confidence_auroc", "entropy_auroc")
 TRANSITION_STATS = ("activation", "region_changes", "prediction")
-# Statistics of one set's gradient Gram matrix (functional.gram_statistics), logged for the same-set groups.
+#: Statistics of one set's gradient Gram matrix (``functional.gram_statistics``), logged for the same-set groups.
 GRAM_STATS = (
     "coherence",
     "m_coherence",
@@ -45,10 +51,10 @@ GRAM_STATS = (
     "orthogonality_test",
 )
 
-# Artifacts: ``{log_dir}/sensitivity/{quantity}/epoch_NNNN.npz``.
+#: The artifact folder: files ``{log_dir}/sensitivity/{quantity}/epoch_NNNN.npz``.
 ARTIFACT_DIR = ROOT
 
-# The keys users read next to the sensitivity ones (the reference LitClassifier logs them).
+#: The keys users read next to the sensitivity ones (the reference ``LitClassifier`` logs them).
 GENERALIZATION_KEYS = ("generalization_gap/acc", "generalization_gap/loss", "val/acc", "val/loss")
 
 __all__ = [
@@ -129,12 +135,12 @@ def rename_split(tag: str, old: str, new: str) -> str:
     return "/".join(parts)
 
 
-# The metric tags each monitor can log. Placeholders: {split} (val, train, test), {group} (a stiffness pair group),
-# {same_group} (a group of one set with itself), {held_out} (val, or test under trainer.test), {c} (a class index),
-# {kind} (sign or cosine), {layer} (a layer name).
-# Add a new tag here first; tests/test_keys.py checks that the monitors log exactly these and that the README's
-# "Logged metrics" table lists them.
 _J, _T, _S = prefix(JACOBIAN), prefix(TRANSITIONS), prefix(STIFFNESS)
+#: The metric tags each monitor can log, per quantity. Placeholders: ``{split}`` (val, train, test), ``{group}`` (a
+#: stiffness pair group), ``{same_group}`` (a group of one set with itself), ``{held_out}`` (val, or test under
+#: ``trainer.test``), ``{c}`` (a class index), ``{kind}`` (sign or cosine), ``{layer}`` (a layer name). Add a new tag
+#: here first: ``tests/test_keys.py`` checks that the monitors log exactly these and that the README's "Logged
+#: metrics" table lists them.
 SCHEMA: dict[str, tuple[str, ...]] = {
     JACOBIAN: (
         *(f"{_J}/{{split}}/{stat}" for stat in JACOBIAN_STATS),
@@ -183,9 +189,7 @@ CONDITIONAL: dict[str, str] = {
     f"{_S}/{{group}}/layer/{{layer}}/{{kind}}": _PENDING + "; then only with per-layer stiffness asked for",
 }
 
-#: Arrays of each quantity's artifact file (NPZ keys) as the monitors write them; for ``stiffness`` the names are
-#: per pair group, stored as :func:`stiffness_array` ``(group, name)`` (the same-set ones only for ``train_train``
-#: and ``val_val``).
+#: The arrays the stiffness artifact holds for each pair group, stored as :func:`stiffness_array` ``(group, name)``.
 STIFFNESS_GROUP_ARRAYS = (
     "class_sign",
     "class_cosine",
@@ -203,7 +207,10 @@ STIFFNESS_GROUP_ARRAYS = (
     "different_class_cosine",
     "critical_length",
 )
+#: Per-group stiffness artifact arrays written for the same-set groups only.
 STIFFNESS_SAME_SET_ARRAYS = (*GRAM_STATS, "critical_length_low", "critical_length_high")
+#: The arrays (NPZ keys) of each quantity's artifact file as the monitors write them; for ``stiffness`` the names
+#: per pair group (the same-set ones only for ``train_train`` and ``val_val``).
 ARTIFACT_ARRAYS: dict[str, tuple[str, ...]] = {
     JACOBIAN: (
         *(split_array(s, n) for s in (VAL, TRAIN) for n in ("norms", "labels", "correct", *JACOBIAN_STATS)),
@@ -220,6 +227,7 @@ COMPARE_X = (
     metric(STIFFNESS, "val_val", "same_class_cosine"),
     metric(STIFFNESS, "val_val", "different_class_cosine"),
 )
+#: The default y axes of the compare tool.
 COMPARE_Y = ("generalization_gap/acc", "generalization_gap/loss", "val/acc")
 
 _PLACEHOLDERS = {
