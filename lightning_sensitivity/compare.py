@@ -50,15 +50,13 @@ from typing import Any
 
 import numpy as np
 
-# Default keys (to move to a central keys module later).
-SENSITIVITY_PREFIX = "sensitivity/"
-GENERALIZATION_KEYS = ("generalization_gap/acc", "generalization_gap/loss", "val/acc", "val/loss")
-DEFAULT_X = (
-    "sensitivity/jacobian_norm/val/mean",
-    "sensitivity/stiffness/val_val/same_class_cosine",
-    "sensitivity/stiffness/val_val/different_class_cosine",
-)
-DEFAULT_Y = ("generalization_gap/acc", "generalization_gap/loss", "val/acc")
+from lightning_sensitivity import keys as _keys
+
+# The names are built in lightning_sensitivity.keys.
+SENSITIVITY_PREFIX = _keys.ROOT + "/"
+GENERALIZATION_KEYS = _keys.GENERALIZATION_KEYS
+DEFAULT_X = _keys.COMPARE_X
+DEFAULT_Y = _keys.COMPARE_Y
 EPOCH_KEY = "epoch"
 HPARAMS_PREFIX = "hparams/"
 DEFAULT_OUT = "comparison"

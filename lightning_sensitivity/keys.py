@@ -19,33 +19,62 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 
+#: The first segment of every tag, and the artifact folder under the log directory.
 ROOT = "sensitivity"
+#: The quantity of ``JacobianNormMonitor``: tags ``sensitivity/jacobian_norm/...``.
 JACOBIAN = "jacobian_norm"
+#: The quantity of ``TransitionMonitor``.
 TRANSITIONS = "transitions"
+#: The quantity of ``StiffnessMonitor``.
 STIFFNESS = "stiffness"
+#: The built-in quantities, the keys of :data:`SCHEMA`.
 QUANTITIES = (JACOBIAN, TRANSITIONS, STIFFNESS)
 
 # Probe splits and the stiffness pair groups built from them.
 TRAIN, VAL, TEST = "train", "val", "test"
+#: The stiffness pair groups: rows' probe set, then columns' probe set.
 GROUPS = ("train_train", "train_val", "val_val")
 SAME_SET_GROUPS = ("train_train", "val_val")
 STIFFNESS_KINDS = ("sign", "cosine")
 JACOBIAN_STATS = ("mean", "median", "p90")
 JACOBIAN_AUROCS = ("misclassification_auroc", "confidence_auroc", "entropy_auroc")
 TRANSITION_STATS = ("activation", "region_changes", "prediction")
+#: Statistics of one set's gradient Gram matrix (``functional.gram_statistics``), logged for the same-set groups.
+GRAM_STATS = (
+    "coherence",
+    "m_coherence",
+    "gradient_diversity",
+    "fisher_trace",
+    "label_alignment",
+    "norm_test",
+    "inner_product_test",
+    "orthogonality_test",
+)
 
-# The keys users read next to the sensitivity ones (the reference LitClassifier logs them).
+#: The artifact folder: files ``{log_dir}/sensitivity/{quantity}/epoch_NNNN.npz``.
+ARTIFACT_DIR = ROOT
+
+#: The keys users read next to the sensitivity ones (the reference ``LitClassifier`` logs them).
 GENERALIZATION_KEYS = ("generalization_gap/acc", "generalization_gap/loss", "val/acc", "val/loss")
 
 __all__ = [
+    "ARTIFACT_ARRAYS",
+    "ARTIFACT_DIR",
+    "COMPARE_X",
+    "COMPARE_Y",
+    "CONDITIONAL",
     "GENERALIZATION_KEYS",
+    "GRAM_STATS",
     "GROUPS",
     "JACOBIAN",
     "QUANTITIES",
     "ROOT",
     "SCHEMA",
     "STIFFNESS",
+    "STIFFNESS_GROUP_ARRAYS",
+    "STIFFNESS_SAME_SET_ARRAYS",
     "TRANSITIONS",
+    "artifact_file",
     "config_tag",
     "matches",
     "metric",
@@ -54,6 +83,7 @@ __all__ = [
     "schema_keys",
     "split_array",
     "stiffness_array",
+    "transition_array",
 ]
 
 
@@ -87,6 +117,11 @@ def stiffness_array(group: str, name: str) -> str:
     return f"{group}/{name}"
 
 
+def artifact_file(epoch: int) -> str:
+    """The file name of one epoch's artifact: ``epoch_0003.npz``."""
+    return f"epoch_{epoch:04d}.npz"
+
+
 def rename_split(tag: str, old: str, new: str) -> str:
     """``tag`` with the probe split ``old`` renamed ``new`` in its split/group segment.
 
@@ -100,27 +135,106 @@ def rename_split(tag: str, old: str, new: str) -> str:
     return "/".join(parts)
 
 
-# The metric tags each monitor can log. Placeholders: {split} (val, train, test), {group} (a stiffness pair group),
-# {c} (a class index), {kind} (sign or cosine), {layer} (a layer name).
+_J, _T, _S = prefix(JACOBIAN), prefix(TRANSITIONS), prefix(STIFFNESS)
+#: The metric tags each monitor can log, per quantity. Placeholders: ``{split}`` (val, train, test), ``{group}`` (a
+#: stiffness pair group), ``{same_group}`` (a group of one set with itself), ``{held_out}`` (val, or test under
+#: ``trainer.test``), ``{c}`` (a class index), ``{kind}`` (sign or cosine), ``{layer}`` (a layer name). Add a new tag
+#: here first: ``tests/test_keys.py`` checks that the monitors log exactly these and that the README's "Logged
+#: metrics" table lists them.
 SCHEMA: dict[str, tuple[str, ...]] = {
     JACOBIAN: (
-        *(f"{ROOT}/{JACOBIAN}/{{split}}/{stat}" for stat in JACOBIAN_STATS),
-        f"{ROOT}/{JACOBIAN}/train_val_ratio",
-        *(f"{ROOT}/{JACOBIAN}/{{split}}/{name}" for name in JACOBIAN_AUROCS),
-        f"{ROOT}/{JACOBIAN}/{{split}}/class_{{c}}",
+        *(f"{_J}/{{split}}/{stat}" for stat in JACOBIAN_STATS),
+        f"{_J}/train_{{held_out}}_ratio",
+        *(f"{_J}/{{split}}/{name}" for name in JACOBIAN_AUROCS),
+        f"{_J}/{{split}}/class_{{c}}",
     ),
-    TRANSITIONS: tuple(f"{ROOT}/{TRANSITIONS}/{{split}}/{stat}_mean" for stat in TRANSITION_STATS),
+    TRANSITIONS: (
+        *(f"{_T}/{{split}}/{stat}_mean" for stat in TRANSITION_STATS),
+        f"{_T}/{{split}}/near_anchor_ratio",
+    ),
     STIFFNESS: (
-        f"{ROOT}/{STIFFNESS}/{{group}}/{{kind}}",
-        f"{ROOT}/{STIFFNESS}/{{group}}/same_class_{{kind}}",
-        f"{ROOT}/{STIFFNESS}/{{group}}/different_class_{{kind}}",
-        f"{ROOT}/{STIFFNESS}/{{group}}/critical_length",
+        f"{_S}/{{group}}/{{kind}}",
+        f"{_S}/{{group}}/same_class_{{kind}}",
+        f"{_S}/{{group}}/different_class_{{kind}}",
+        f"{_S}/{{group}}/critical_length",
+        f"{_S}/{{same_group}}/critical_length_low",
+        f"{_S}/{{same_group}}/critical_length_high",
+        *(f"{_S}/{{same_group}}/{stat}" for stat in GRAM_STATS),
+        f"{_S}/{{group}}/layer/{{layer}}/{{kind}}",
     ),
 }
+
+_PENDING = "not logged yet: the monitor change that adds it is being merged (then delete this entry)"
+#: SCHEMA templates a monitor may leave out even with every option that enables it on, and why. Every other
+#: template is logged at each measurement of a fit whose options enable it.
+CONDITIONAL: dict[str, str] = {
+    f"{_J}/train_{{held_out}}_ratio": "needs the train probe set and a non-zero val mean norm",
+    **{
+        f"{_J}/{{split}}/{name}": "needs integer class targets and both right and wrong predictions on the probe set"
+        for name in JACOBIAN_AUROCS
+    },
+    f"{_J}/{{split}}/class_{{c}}": "needs integer class targets",
+    f"{_T}/{{split}}/activation_mean": "needs ReLU-family units (a model without them has no activation pattern)",
+    f"{_T}/{{split}}/region_changes_mean": "needs ReLU-family units",
+    f"{_T}/{{split}}/near_anchor_ratio": _PENDING,
+    f"{_S}/{{group}}/same_class_{{kind}}": "needs a pair of distinct examples of one class",
+    f"{_S}/{{group}}/different_class_{{kind}}": "needs two classes in the group",
+    f"{_S}/{{group}}/critical_length": "only when the binned sign stiffness crosses zero",
+    **{
+        f"{_S}/{{same_group}}/critical_length_{end}": _PENDING
+        + "; then only with `critical_length_bootstrap=` > 0 and a finite bootstrap interval"
+        for end in ("low", "high")
+    },
+    **{f"{_S}/{{same_group}}/{stat}": _PENDING + "; then only where finite" for stat in GRAM_STATS},
+    f"{_S}/{{group}}/layer/{{layer}}/{{kind}}": _PENDING + "; then only with per-layer stiffness asked for",
+}
+
+#: The arrays the stiffness artifact holds for each pair group, stored as :func:`stiffness_array` ``(group, name)``.
+STIFFNESS_GROUP_ARRAYS = (
+    "class_sign",
+    "class_cosine",
+    "superclass_sign",
+    "superclass_cosine",
+    "bin_edges",
+    "distance_sign",
+    "distance_cosine",
+    "distance_count",
+    "sign_mean",
+    "cosine_mean",
+    "same_class_sign",
+    "different_class_sign",
+    "same_class_cosine",
+    "different_class_cosine",
+    "critical_length",
+)
+#: Per-group stiffness artifact arrays written for the same-set groups only.
+STIFFNESS_SAME_SET_ARRAYS = (*GRAM_STATS, "critical_length_low", "critical_length_high")
+#: The arrays (NPZ keys) of each quantity's artifact file as the monitors write them; for ``stiffness`` the names
+#: per pair group (the same-set ones only for ``train_train`` and ``val_val``).
+ARTIFACT_ARRAYS: dict[str, tuple[str, ...]] = {
+    JACOBIAN: (
+        *(split_array(s, n) for s in (VAL, TRAIN) for n in ("norms", "labels", "correct", *JACOBIAN_STATS)),
+        "train_val_ratio",
+        *JACOBIAN_AUROCS,
+    ),
+    TRANSITIONS: tuple(transition_array(s, n) for s in (VAL, TRAIN) for n in (*TRANSITION_STATS, "anchor_indices")),
+    STIFFNESS: STIFFNESS_GROUP_ARRAYS + STIFFNESS_SAME_SET_ARRAYS,
+}
+
+#: The default axes of ``python -m lightning_sensitivity.compare``: sensitivity keys (x) against generalization (y).
+COMPARE_X = (
+    metric(JACOBIAN, VAL, "mean"),
+    metric(STIFFNESS, "val_val", "same_class_cosine"),
+    metric(STIFFNESS, "val_val", "different_class_cosine"),
+)
+#: The default y axes of the compare tool.
+COMPARE_Y = ("generalization_gap/acc", "generalization_gap/loss", "val/acc")
 
 _PLACEHOLDERS = {
     "split": "|".join((VAL, TRAIN, TEST)),
     "group": "|".join(GROUPS + tuple(g.replace(VAL, TEST) for g in GROUPS if VAL in g)),
+    "same_group": "|".join(SAME_SET_GROUPS + ("test_test",)),
+    "held_out": f"{VAL}|{TEST}",
     "c": r"\d+",
     "kind": "|".join(STIFFNESS_KINDS),
     "layer": r"[^/]+",

@@ -46,22 +46,28 @@ from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from lightning_sensitivity.logging.artifacts import (
+from lightning_sensitivity import keys
+from lightning_sensitivity.keys import (
     ARTIFACT_DIR,
-    JACOBIAN_NORM,
     STIFFNESS,
+    TRAIN,
     TRANSITIONS,
-    Artifact,
-    load_artifacts,
+    VAL,
+    split_array,
+    stiffness_array,
+    transition_array,
 )
+from lightning_sensitivity.keys import JACOBIAN as JACOBIAN_NORM
+from lightning_sensitivity.logging.artifacts import Artifact, load_artifacts
 from lightning_sensitivity.logging.plots import plot_class_matrix, plot_per_class
 
 __all__ = ["build_report", "find_runs", "main"]
 
 DEFAULT_OUT = "sensitivity_report"
-STATS = ("mean", "median", "p90")
-TRANSITION_STATS = ("activation", "region_changes", "prediction")
-DEFAULT_GROUPS = ("train_train", "train_val", "val_val")
+STATS = keys.JACOBIAN_STATS
+TRANSITION_STATS = keys.TRANSITION_STATS
+DEFAULT_GROUPS = keys.GROUPS
+KINDS = keys.STIFFNESS_KINDS
 
 # (file name, caption) of the figures of one run section.
 Entry = tuple[str, str]
@@ -106,10 +112,10 @@ def _values(artifact: Artifact, key: str) -> np.ndarray | None:
 
 
 def _statistic(artifact: Artifact, split: str, stat: str) -> float:
-    stored = artifact.scalar(f"{split}_{stat}")
+    stored = artifact.scalar(split_array(split, stat))
     if math.isfinite(stored):
         return stored
-    norms = _values(artifact, f"{split}_norms")
+    norms = _values(artifact, split_array(split, "norms"))
     if norms is None or not np.isfinite(norms).any():
         return math.nan
     finite = norms[np.isfinite(norms)]
@@ -143,7 +149,7 @@ def _jacobian_figures(arts: Sequence[Artifact], save: Callable[[Figure, str], st
     entries: list[Entry] = []
     fig, (ax, side) = _new_figure(2)
     drawn = False
-    for split, style in (("val", "-"), ("train", "--")):
+    for split, style in ((VAL, "-"), (TRAIN, "--")):
         for stat, color in zip(STATS, ("C0", "C1", "C2")):
             epochs, values = _series(arts, lambda a, s=split, t=stat: _statistic(a, s, t))
             if epochs.size:
@@ -166,7 +172,7 @@ def _jacobian_figures(arts: Sequence[Artifact], save: Callable[[Figure, str], st
         entries.append((save(fig, "jacobian_norm_curves"), "Jacobian norm (mean, median, p90) over epochs"))
 
     last = arts[-1]
-    norms, labels = _values(last, "val_norms"), last.arrays.get("val_labels")
+    norms, labels = _values(last, split_array(VAL, "norms")), last.arrays.get(split_array(VAL, "labels"))
     if norms is not None and labels is not None and labels.size == norms.size and norms.size:
         labels = labels.astype(np.int64).reshape(-1)
         count = int(labels.max()) + 1
@@ -179,7 +185,7 @@ def _jacobian_figures(arts: Sequence[Artifact], save: Callable[[Figure, str], st
         )
         entries.append((save(fig, "jacobian_norm_per_class"), f"Mean val Jacobian norm per class at epoch {last.epoch}"))
 
-    correct = last.arrays.get("val_correct")
+    correct = last.arrays.get(split_array(VAL, "correct"))
     if norms is not None and correct is not None and correct.size == norms.size:
         correct = correct.astype(bool).reshape(-1)
         finite = np.isfinite(norms)
@@ -212,12 +218,14 @@ def _jacobian_figures(arts: Sequence[Artifact], save: Callable[[Figure, str], st
 
 
 def _transition_figures(arts: Sequence[Artifact], save: Callable[[Figure, str], str]) -> list[Entry]:
-    present = [s for s in TRANSITION_STATS if any(s in a.arrays or f"train_{s}" in a.arrays for a in arts)]
+    named = {s: (transition_array(VAL, s), transition_array(TRAIN, s)) for s in TRANSITION_STATS}
+    present = [s for s in TRANSITION_STATS if any(k in a.arrays for a in arts for k in named[s])]
     if not present:
         return []
     fig, axes = _new_figure(len(present), 4.5, 3.8)
     for ax, stat in zip(axes, present):
-        for key, style, label in ((stat, "-", "val points"), (f"train_{stat}", "--", "train points")):
+        val_key, train_key = named[stat]
+        for key, style, label in ((val_key, "-", "val points"), (train_key, "--", "train points")):
             rows = [(a.epoch, _values(a, key)) for a in arts if key in a.arrays]
             rows = [(e, v[np.isfinite(v)]) for e, v in rows if v is not None and np.isfinite(v).any()]
             if not rows:
@@ -225,8 +233,8 @@ def _transition_figures(arts: Sequence[Artifact], save: Callable[[Figure, str], 
             epochs = np.array([e for e, _ in rows], dtype=float)
             mean = np.array([v.mean() for _, v in rows])
             std = np.array([v.std() for _, v in rows])
-            ax.plot(epochs, mean, style, marker="o", markersize=3, color="C0" if key == stat else "C1", label=label)
-            ax.fill_between(epochs, mean - std, mean + std, alpha=0.2, color="C0" if key == stat else "C1")
+            ax.plot(epochs, mean, style, marker="o", markersize=3, color="C0" if key == val_key else "C1", label=label)
+            ax.fill_between(epochs, mean - std, mean + std, alpha=0.2, color="C0" if key == val_key else "C1")
         ax.set(xlabel="epoch", ylabel="count per trajectory", title=stat.replace("_", " "))
         _legend(ax, fontsize=8)
     return [(save(fig, "transitions_curves"), "Transitions along ellipse trajectories (mean ± std) over epochs")]
@@ -243,10 +251,11 @@ def _stiffness_figures(arts: Sequence[Artifact], save: Callable[[Figure, str], s
         slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", str(group))
         fig, axes = _new_figure(2, 5.5, 3.8)
         drawn = False
-        for ax, kind in zip(axes, ("sign", "cosine")):
+        for ax, kind in zip(axes, KINDS):
             for key, label in ((f"same_class_{kind}", "same class"), (f"different_class_{kind}", "different class"),
                                (f"{kind}_mean", "all pairs")):  # fmt: skip
-                epochs, values = _series(arts, lambda a, k=f"{group}/{key}": a.scalar(k))
+                name = stiffness_array(group, key)
+                epochs, values = _series(arts, lambda a, k=name: a.scalar(k))
                 if epochs.size:
                     ax.plot(epochs, values, marker="o", markersize=3, label=label)
                     drawn = True
@@ -259,7 +268,7 @@ def _stiffness_figures(arts: Sequence[Artifact], save: Callable[[Figure, str], s
 
         for matrix in ("class_sign", "class_cosine", "superclass_sign", "superclass_cosine"):
             for artifact in (a for a in arts if a.epoch in picks):
-                values = artifact.arrays.get(f"{group}/{matrix}")
+                values = artifact.arrays.get(stiffness_array(group, matrix))
                 if values is None or values.ndim != 2:
                     continue
                 names_key = "group_names" if matrix.startswith("super") else "class_names"
@@ -278,7 +287,7 @@ def _stiffness_figures(arts: Sequence[Artifact], save: Callable[[Figure, str], s
 def _distance_figure(
     arts: Sequence[Artifact], group: str, slug: str, save: Callable[[Figure, str], str]
 ) -> Entry | None:
-    kinds = [k for k in ("sign", "cosine") if any(f"{group}/distance_{k}" in a.arrays for a in arts)]
+    kinds = [k for k in KINDS if any(stiffness_array(group, f"distance_{k}") in a.arrays for a in arts)]
     if not kinds:
         return None
     fig, axes = _new_figure(len(kinds) + 1, 5.0, 3.8)
@@ -287,22 +296,23 @@ def _distance_figure(
     colormap = colormaps["viridis"]
     for ax, kind in zip(axes, kinds):
         for artifact in arts:
-            edges, mean = _values(artifact, f"{group}/bin_edges"), _values(artifact, f"{group}/distance_{kind}")
+            edges = _values(artifact, stiffness_array(group, "bin_edges"))
+            mean = _values(artifact, stiffness_array(group, f"distance_{kind}"))
             if edges is None or mean is None or edges.size != mean.size + 1:
                 continue
-            count = _values(artifact, f"{group}/distance_count")
+            count = _values(artifact, stiffness_array(group, "distance_count"))
             if count is not None and count.size == mean.size:
                 mean = np.where(count > 0, mean, np.nan)  # an empty bin has no mean, whatever was stored
             color = colormap(norm_epoch(artifact.epoch))
             ax.plot((edges[:-1] + edges[1:]) / 2, mean, color=color, marker="o", markersize=2,
                     label=f"epoch {artifact.epoch}")  # fmt: skip
-            length = artifact.scalar(f"{group}/critical_length")
+            length = artifact.scalar(stiffness_array(group, "critical_length"))
             if kind == "sign" and math.isfinite(length):
                 ax.axvline(length, color=color, linestyle="--", linewidth=0.8)
         ax.axhline(0.0, color="0.5", linewidth=0.7)
         ax.set(xlabel="input distance", ylabel=f"{kind} stiffness", title=f"{group}: {kind} stiffness by distance")
         _legend(ax, fontsize=7, ncol=2)
-    epochs_cl, lengths = _series(arts, lambda a: a.scalar(f"{group}/critical_length"))
+    epochs_cl, lengths = _series(arts, lambda a: a.scalar(stiffness_array(group, "critical_length")))
     if epochs_cl.size:
         axes[-1].plot(epochs_cl, lengths, marker="o", markersize=3)
         axes[-1].set(xlabel="epoch", ylabel="critical length", title=f"{group}: critical length")

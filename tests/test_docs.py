@@ -36,6 +36,7 @@ PAGES = {
     "probes": "lightning_sensitivity.probes",
     "schedules": "lightning_sensitivity.schedules",
     "report": "lightning_sensitivity.report",
+    "keys": "lightning_sensitivity.keys",
 }
 
 needs_sphinx = pytest.mark.skipif(

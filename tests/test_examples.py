@@ -131,3 +131,37 @@ def test_cli_mnist_real_data(tmp_path):
     run([str(EXAMPLES / "cli.py"), "fit", "--config", str(config)], tmp_path)
     found = tags(tmp_path / "lightning_logs")
     assert MODULE_SCALARS | SENSITIVITY_SCALARS <= found["scalars"]
+
+
+def test_custom_quantity(tmp_path):
+    # in-process, to reach the monitor's probe set and the trained model for an independent recomputation
+    import numpy as np
+    import torch
+
+    from lightning_sensitivity.logging import load_artifacts
+
+    spec = importlib.util.spec_from_file_location("custom_quantity_example", EXAMPLES / "custom_quantity.py")
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    trainer = example.main(["--fast", "--log-dir", str(tmp_path)])
+    expected = {f"sensitivity/logit_margin/{split}/{stat}" for split in ("val", "train") for stat in ("mean", "p10")}
+    found = tags(tmp_path / "lightning_logs")
+    assert {t for t in found["scalars"] if t.startswith("sensitivity/")} == expected
+
+    # The margin by its definition, on the monitor's val probe set with the final weights (nothing trains after the
+    # last measurement): the largest minus the second largest logit, from a full sort.
+    (monitor,) = [c for c in trainer.callbacks if isinstance(c, example.LogitMarginMonitor)]
+    probe = monitor.probe_sets["val"]
+    module = trainer.lightning_module.eval()
+    with torch.no_grad():
+        ordered = module(probe.inputs).double().sort(dim=1, descending=True).values.numpy()
+    margins = ordered[:, 0] - ordered[:, 1]
+    assert len(margins) == 64 and (margins >= 0).all()
+    last = load_artifacts(trainer.logger.log_dir, "logit_margin")[-1]
+    assert last.epoch == 1
+    np.testing.assert_allclose(last.arrays["val_margins"], margins, rtol=1e-5, atol=1e-6)
+    metrics = trainer.callback_metrics
+    assert float(metrics["sensitivity/logit_margin/val/mean"]) == pytest.approx(margins.mean(), rel=1e-5, abs=1e-6)
+    assert float(metrics["sensitivity/logit_margin/val/p10"]) == pytest.approx(
+        np.percentile(margins, 10), rel=1e-5, abs=1e-6
+    )

@@ -4,17 +4,19 @@ Layout: ``{log_dir}/sensitivity/{quantity}/epoch_{epoch:04d}.npz``, one NumPy ar
 the measured arrays plus ``epoch``, ``step`` and ``meta`` (a JSON string). Files are written atomically (temporary
 file + ``os.replace``), so a reader never sees a half-written file.
 
-Key conventions (what the callbacks write and the report reads; every key is optional for the reader):
+Key conventions (what the callbacks write and the report reads; every key is optional for the reader). The names
+are built in :mod:`lightning_sensitivity.keys` (``ARTIFACT_ARRAYS``, ``split_array``, ``stiffness_array``):
 
 ``jacobian_norm`` (:data:`JACOBIAN_NORM`)
     ``val_norms`` ``[N]`` per-point norms, ``val_labels`` ``[N]`` int, ``val_correct`` ``[N]`` bool (prediction is
     right), ``train_norms`` / ``train_labels`` / ``train_correct`` likewise for the training probe set; scalars
     ``val_mean``, ``val_median``, ``val_p90``, ``train_mean``, ``train_median``, ``train_p90``, ``train_val_ratio``,
-    ``misclassification_auroc``. ``meta``: ``class_names``, ``output``.
+    ``misclassification_auroc``, ``confidence_auroc``, ``entropy_auroc``. ``meta``: ``class_names``, ``output``.
 ``transitions`` (:data:`TRANSITIONS`)
     ``activation``, ``region_changes``, ``prediction``: ``[K]`` counts per trajectory through validation points;
-    optional ``train_activation``, ``train_region_changes``, ``train_prediction`` for trajectories through training
-    points. ``meta``: ``num_points``, ``num_units``.
+    ``anchor_indices`` ``[K, 3]`` probe positions of the anchors; optional ``train_activation``,
+    ``train_region_changes``, ``train_prediction``, ``train_anchor_indices`` for trajectories through training
+    points. ``meta``: ``num_points``, ``num_units``, ``splits``.
 ``stiffness`` (:data:`STIFFNESS`), for each pair group ``g`` in ``meta["groups"]`` (``train_train``, ``train_val``,
     ``val_val``), keys ``f"{g}/{name}"`` for ``name`` in :data:`STIFFNESS_GROUP_KEYS`: ``class_sign``,
     ``class_cosine`` ``[C, C]`` (NaN where a cell has no pairs), ``superclass_sign``, ``superclass_cosine`` (when
@@ -45,6 +47,8 @@ from typing import Any
 
 import numpy as np
 
+from lightning_sensitivity import keys
+
 __all__ = [
     "Artifact",
     "save_artifact",
@@ -59,51 +63,14 @@ __all__ = [
     "STIFFNESS_GROUP_KEYS",
 ]
 
-ARTIFACT_DIR = "sensitivity"
-JACOBIAN_NORM = "jacobian_norm"
-TRANSITIONS = "transitions"
-STIFFNESS = "stiffness"
-JACOBIAN_KEYS = (
-    "val_norms",
-    "val_labels",
-    "val_correct",
-    "train_norms",
-    "train_labels",
-    "train_correct",
-    "val_mean",
-    "val_median",
-    "val_p90",
-    "train_mean",
-    "train_median",
-    "train_p90",
-    "train_val_ratio",
-    "misclassification_auroc",
-)
-TRANSITION_KEYS = (
-    "activation",
-    "region_changes",
-    "prediction",
-    "train_activation",
-    "train_region_changes",
-    "train_prediction",
-)
-STIFFNESS_GROUP_KEYS = (
-    "class_sign",
-    "class_cosine",
-    "superclass_sign",
-    "superclass_cosine",
-    "bin_edges",
-    "distance_sign",
-    "distance_cosine",
-    "distance_count",
-    "sign_mean",
-    "cosine_mean",
-    "same_class_sign",
-    "different_class_sign",
-    "same_class_cosine",
-    "different_class_cosine",
-    "critical_length",
-)
+# The names are built in lightning_sensitivity.keys; these aliases keep the older spellings importable.
+ARTIFACT_DIR = keys.ARTIFACT_DIR
+JACOBIAN_NORM = keys.JACOBIAN
+TRANSITIONS = keys.TRANSITIONS
+STIFFNESS = keys.STIFFNESS
+JACOBIAN_KEYS = keys.ARTIFACT_ARRAYS[keys.JACOBIAN]
+TRANSITION_KEYS = keys.ARTIFACT_ARRAYS[keys.TRANSITIONS]
+STIFFNESS_GROUP_KEYS = keys.STIFFNESS_GROUP_ARRAYS
 # Names numpy.savez takes as its own parameters cannot be array names either.
 _RESERVED = ("epoch", "step", "meta", "file", "allow_pickle")
 _QUANTITY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
@@ -111,8 +78,11 @@ _FILE = re.compile(r"^epoch_(\d+)\.npz$")
 
 
 def stiffness_key(group: str, name: str) -> str:
-    """Array key of a per-group stiffness entry, e.g. ``stiffness_key("train_val", "class_sign")``."""
-    return f"{group}/{name}"
+    """Array key of a per-group stiffness entry, e.g. ``stiffness_key("train_val", "class_sign")``.
+
+    The same as :func:`lightning_sensitivity.keys.stiffness_array`, kept under this name for existing callers.
+    """
+    return keys.stiffness_array(group, name)
 
 
 @dataclass
@@ -223,7 +193,7 @@ def save_artifact(
 
     directory = Path(log_dir) / ARTIFACT_DIR / quantity
     directory.mkdir(parents=True, exist_ok=True)
-    target = directory / f"epoch_{epoch:04d}.npz"
+    target = directory / keys.artifact_file(epoch)
     handle, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=directory)
     try:
         with os.fdopen(handle, "wb") as file:
