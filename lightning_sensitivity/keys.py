@@ -181,11 +181,11 @@ CONDITIONAL: dict[str, str] = {
     f"{_S}/{{group}}/different_class_{{kind}}": "needs two classes in the group",
     f"{_S}/{{group}}/critical_length": "only when the binned sign stiffness crosses zero",
     **{
-        f"{_S}/{{same_group}}/critical_length_{end}": _PENDING
-        + "; then only with `critical_length_bootstrap=` > 0 and a finite bootstrap interval"
+        f"{_S}/{{same_group}}/critical_length_{end}": "only with `critical_length_bootstrap=` > 0 and a finite "
+        "bootstrap interval"
         for end in ("low", "high")
     },
-    **{f"{_S}/{{same_group}}/{stat}": _PENDING + "; then only where finite" for stat in GRAM_STATS},
+    f"{_S}/{{same_group}}/label_alignment": "needs integer class targets and at least two classes",
     f"{_S}/{{group}}/layer/{{layer}}/{{kind}}": _PENDING + "; then only with per-layer stiffness asked for",
 }
 
