@@ -311,7 +311,8 @@ def _value_at(series: dict[int, float], key: str, epoch: int | str, ends: dict[i
         return series.get(0, math.nan) if key.startswith(SENSITIVITY_PREFIX) else math.nan
     end = ends[epoch - 1]
     if key.startswith(SENSITIVITY_PREFIX):
-        return series.get(end + 1, series.get(end, math.nan))
+        # The monitors log at Lightning's epoch-end step E; runs written before 0.1 logged at E + 1.
+        return series.get(end, series.get(end + 1, math.nan))
     start = ends.get(epoch - 2, -1)
     steps = [s for s in series if start < s <= end]
     return series[max(steps)] if steps else math.nan

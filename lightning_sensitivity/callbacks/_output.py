@@ -22,12 +22,16 @@ from lightning_sensitivity.logging.plots import figure_to_array
 from lightning_sensitivity.logging.writers import image_writers
 
 
-def log_step(trainer: pl.Trainer) -> int:
-    """The step Lightning writes its own epoch-end metrics at (``_batches_that_stepped``, which lags
-    ``global_step`` under manual optimisation and at some epoch ends), so sensitivity points line up with them."""
+def log_step(trainer: pl.Trainer, epoch_end: bool = False) -> int:
+    """The step Lightning writes its own metrics at, so sensitivity points line up with them: the loop's
+    ``_batches_that_stepped`` (``global_step`` counts optimizer steps, several per batch with multiple optimizers),
+    minus one at the end of a training epoch, as Lightning does for its epoch-end metrics (the counter has already
+    moved past the last batch there)."""
     loop = getattr(getattr(trainer, "fit_loop", None), "epoch_loop", None)
     step = getattr(loop, "_batches_that_stepped", None)
-    return int(step) if isinstance(step, int) else int(trainer.global_step)
+    if not isinstance(step, int):
+        return int(trainer.global_step)
+    return max(step - 1, 0) if epoch_end else step
 
 
 def log_scalars(

@@ -338,7 +338,7 @@ class SensitivityMonitor(Callback):
     @override
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         # The epoch counter is incremented after this hook: the epoch just finished is completed epoch + 1.
-        self._maybe_measure_fit(trainer, pl_module, trainer.current_epoch + 1)
+        self._maybe_measure_fit(trainer, pl_module, trainer.current_epoch + 1, epoch_end=True)
 
     @override
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -369,12 +369,14 @@ class SensitivityMonitor(Callback):
         self._undrawn = None
 
     # ---------------------------------------------------------------- the loop
-    def _maybe_measure_fit(self, trainer: pl.Trainer, pl_module: pl.LightningModule, epoch: int) -> None:
+    def _maybe_measure_fit(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, epoch: int, epoch_end: bool = False
+    ) -> None:
         if self._disabled is not None or trainer.sanity_checking:
             return
         if epoch in self._measured or not self._schedule(epoch):
             return
-        self._measure(trainer, pl_module, epoch, fitting=True)
+        self._measure(trainer, pl_module, epoch, fitting=True, epoch_end=epoch_end)
         self._measured.add(epoch)
 
     def _ensure_probes(self, trainer: pl.Trainer, pl_module: pl.LightningModule, epoch: int, held_out: str) -> dict[str, ProbeSet]:
@@ -430,7 +432,9 @@ class SensitivityMonitor(Callback):
         with torch.no_grad():  # the embedding at the current weights; its graph is not needed
             return {role: p.with_inputs(self.embed_fn(pl_module, p.inputs).detach()) for role, p in on_device.items()}
 
-    def _measure(self, trainer: pl.Trainer, pl_module: pl.LightningModule, epoch: int, *, fitting: bool) -> None:
+    def _measure(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, epoch: int, *, fitting: bool, epoch_end: bool = False
+    ) -> None:
         if self._disabled is not None:
             return
         held_out = TEST if trainer.state.fn == TrainerFn.TESTING else VAL
@@ -459,7 +463,7 @@ class SensitivityMonitor(Callback):
                 "The model may have diverged (check the learning rate) or its output may overflow in its dtype.",
             )
         scalars = {k: v for k, v in scalars.items() if math.isfinite(v)}
-        step = _output.log_step(trainer)
+        step = _output.log_step(trainer, epoch_end)
         _output.log_scalars(trainer, pl_module, scalars, step, fitting)
         if not trainer.is_global_zero:
             return

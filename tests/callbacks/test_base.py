@@ -194,7 +194,7 @@ def test_resume_keeps_probes_and_does_not_remeasure(tmp_path):
     for split in ("val", "train"):
         assert torch.equal(second.probe_sets[split].inputs, first.probe_sets[split].inputs)
     steps = [int(r["step"]) for r in csv_rows(logger.log_dir) if r.get(key)]
-    assert steps == [8, 12]  # epochs 2 and 3 only (4 steps per epoch); 0 and 1 were measured before the resume
+    assert steps == [7, 11]  # epochs 2 and 3 only, at their epoch-end steps (4 batches per epoch); 0 and 1 were before
 
 
 def test_validate_and_test_log_through_returned_dict(tmp_path):
@@ -308,7 +308,7 @@ def test_csv_logger_only_scalars_and_artifacts(tmp_path):
     rows = csv_rows(logger.log_dir)
     for key in ("sensitivity/stiffness/val_val/sign", "sensitivity/jacobian_norm/val/mean"):
         measured = [r for r in rows if r.get(key)]
-        assert [int(r["step"]) for r in measured] == [0, 4], key
+        assert [int(r["step"]) for r in measured] == [0, 3], key  # init, then the epoch-end step of Lightning's own metrics
         assert all(abs(float(r[key])) > 0 for r in measured)
     assert sorted(p.name for p in (Path(logger.log_dir) / "sensitivity" / "stiffness").iterdir()) == [
         "epoch_0000.npz",
@@ -408,3 +408,18 @@ def test_skipped_figures_are_never_built(tmp_path):
     monitor._measured = {0, 1, 2}  # the 4th: images
     with pytest.raises(AssertionError, match="skipped figure"):
         monitor._write(Trainer(), result, 4, {}, monitor._draw_figures(fitting=True))
+
+
+@pytest.mark.slow
+def test_steps_line_up_with_lightnings_epoch_metrics_and_images_follow_the_measurement_count(tmp_path):
+    """Sensitivity points sit at the step of Lightning's own epoch-end validation metrics; with every_n_epochs=3
+    images are drawn at the 1st, 2nd and 4th measurement (epochs 0, 3, 9), and at the fit's last one (epoch 12)."""
+    monitor = JacobianNormMonitor(num_samples=20, every_n_epochs=3)
+    trainer = make_trainer(tmp_path, [monitor], max_epochs=12, log_every_n_steps=1)
+    trainer.fit(TinyModule(), datamodule=TinyData())
+    events = read_events(trainer.logger.log_dir)
+    val_steps = [e.step for e in events.Scalars("val/loss")]
+    sensitivity = [e.step for e in events.Scalars("sensitivity/jacobian_norm/val/mean")]
+    assert sensitivity == [0] + [val_steps[e - 1] for e in (3, 6, 9, 12)]
+    images = [e.step for e in events.Images("sensitivity/jacobian_norm/val/per_class")]
+    assert images == [sensitivity[i] for i in (0, 1, 3, 4)]
