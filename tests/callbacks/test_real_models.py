@@ -30,8 +30,8 @@ pytestmark = pytest.mark.slow
 
 JAC, STIFF, TRANS = "sensitivity/jacobian_norm", "sensitivity/stiffness", "sensitivity/transitions"
 NO_KWARGS_YET = (
-    "StiffnessMonitor/TransitionMonitor.compute do not pass the probe's model_kwargs (attention_mask) to "
-    "functional.stiffness / transition_counts yet, so forward_fn is called without attention_mask"
+    "TransitionMonitor.compute does not pass the probe's model_kwargs (attention_mask) to transition_counts yet, so "
+    "forward_fn is called without attention_mask"
 )
 
 
@@ -92,11 +92,7 @@ def test_text_model_jacobian_norm_is_the_embedding_jacobian_and_ignores_padding(
     assert (unmasked - expected).abs().max() > 1e-3  # the comparison can tell a mask that is ignored
 
 
-@pytest.mark.parametrize(
-    "mask",
-    [pytest.param(True, marks=pytest.mark.xfail(strict=True, reason=NO_KWARGS_YET)), False],
-    ids=["mask", "no-mask"],
-)
+@pytest.mark.parametrize("mask", [True, False], ids=["mask", "no-mask"])
 def test_text_model_stiffness_differentiates_the_embedding_table_too(tmp_path, mask):
     dm, lit = text_setup(tmp_path)
     monitor = StiffnessMonitor(groups=("val_val",), num_distance_bins=4, **text_options(mask))
@@ -207,11 +203,6 @@ def test_multilabel_jacobian_of_the_sigmoid_logs_norms_only_with_one_notice(tmp_
     assert len(notices) == 1 and "AUROC" in notices[0], messages
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="StiffnessMonitor.compute builds class splits from any targets (multi-hot "
-    "[N, K] targets fail in class_stiffness/pair masks); not yet rewired for non-class targets",
-)
 def test_multilabel_stiffness_with_bce_matches_the_oracle_without_class_splits(tmp_path):
     train, val = multilabel_loaders()
     torch.manual_seed(0)
@@ -230,11 +221,6 @@ def test_multilabel_stiffness_with_bce_matches_the_oracle_without_class_splits(t
     assert len([m for m in messages if "class" in m and "targets" in m]) == 1, messages
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="StiffnessMonitor.compute builds class splits from any targets (float "
-    "regression targets fail in class_stiffness); not yet rewired for non-class targets",
-)
 def test_regression_stiffness_with_mse_matches_the_oracle(tmp_path):
     gen = torch.Generator().manual_seed(1)
     x = torch.randn(64, 5, generator=gen)
@@ -253,7 +239,6 @@ def test_regression_stiffness_with_mse_matches_the_oracle(tmp_path):
     assert metrics[f"{STIFF}/train_val/cosine"] == pytest.approx(expected["cosine_mean"], rel=1e-4, abs=1e-6)
 
 
-@pytest.mark.xfail(strict=True, reason="StiffnessMonitor checks `loss_fn` with callable() only; a loss class passes")
 def test_a_loss_class_is_refused_at_construction_naming_loss_fn():
     with pytest.raises(TypeError, match="`loss_fn`.*CrossEntropyLoss"):
         StiffnessMonitor(loss_fn=nn.CrossEntropyLoss)

@@ -141,11 +141,6 @@ def test_a_train_split_that_cannot_be_drawn_is_reported_once_and_the_val_split_s
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    strict=True,
-    reason="StiffnessMonitor measures only when every split of `groups` has a probe set "
-    "(base `measurable`): a failed train draw also silences val_val",
-)
 def test_stiffness_still_logs_val_val_when_the_train_probe_set_cannot_be_drawn(tmp_path):
     stiff = StiffnessMonitor(num_samples=12, num_distance_bins=4)
     module, _ = broken_train_fit(tmp_path, [stiff])
@@ -255,7 +250,8 @@ class NamedTinyData(TinyData):
 
 
 @pytest.mark.slow
-def test_class_names_of_the_wrong_length_are_refused_in_setup(tmp_path):
-    monitor = JacobianNormMonitor(num_samples=10, class_names=["a", "b", "c"])
+@pytest.mark.parametrize("cls", [JacobianNormMonitor, StiffnessMonitor])
+def test_class_names_of_the_wrong_length_are_refused_in_setup(tmp_path, cls):
+    monitor = cls(num_samples=10, class_names=["a", "b", "c"])
     with pytest.raises(ValueError, match="`class_names`.*10.*3|`class_names`.*3.*10"):
         trainer(tmp_path, [monitor], max_epochs=1).fit(TinyModule(), datamodule=NamedTinyData())
