@@ -256,6 +256,7 @@ def test_torchvision_resnet18_all_monitors_and_training_untouched(tmp_path):
         train = DataLoader(TensorDataset(x[:16], y[:16]), batch_size=8, shuffle=True)
         val = DataLoader(TensorDataset(x[16:], y[16:]), batch_size=16)
         messages = fit(trainer(root, callbacks, max_epochs=1), module, train, val)
+        module.rng_after = torch.get_rng_state()
         return module, messages
 
     common = {"num_samples": 16, "chunk_size": 8, "at_init": False}
@@ -267,6 +268,10 @@ def test_torchvision_resnet18_all_monitors_and_training_untouched(tmp_path):
     assert not [m for m in messages if "could not" in m or "disabled" in m], messages
     state, reference = monitored.state_dict(), plain.state_dict()
     assert [k for k in state if not torch.equal(state[k], reference[k])] == []  # BatchNorm statistics included
+    momenta = [s["momentum_buffer"] for s in monitored.trainer.optimizers[0].state.values()]
+    reference_momenta = [s["momentum_buffer"] for s in plain.trainer.optimizers[0].state.values()]
+    assert len(momenta) == 62 and all(map(torch.equal, momenta, reference_momenta))
+    assert torch.equal(monitored.rng_after, plain.rng_after)
     metrics = sensitivity_metrics(monitored.trainer)
     for key in (f"{JAC}/val/mean", f"{JAC}/train/mean", f"{STIFF}/val_val/cosine", f"{STIFF}/val_val/sign",
                 f"{TRANS}/val/activation_mean", f"{TRANS}/val/prediction_mean"):  # fmt: skip
