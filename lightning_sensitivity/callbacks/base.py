@@ -407,7 +407,12 @@ class SensitivityMonitor(Callback):
         return out
 
     def _draw(self, trainer: pl.Trainer, pl_module: pl.LightningModule, split: str) -> ProbeSet | None:
-        found = find_dataset(trainer, pl_module, split, self.val_dataloader_idx)
+        try:  # `val_dataloader_idx` chooses among the validation loaders only; test data is its first loader
+            found = find_dataset(trainer, pl_module, split, self.val_dataloader_idx if split == VAL else 0)
+        except ValueError as err:
+            # An index beyond the loaders is a configuration error: say so once, plainly, and stop retrying.
+            self._disable(str(err))
+            return None
         if found is None:
             if split in self.probe_splits()[0] or split == TEST:
                 raise MisconfigurationException(f"no {split} data source; pass `{split}_data=(inputs, targets)`")

@@ -103,6 +103,8 @@ class StiffnessMonitor(SensitivityMonitor):
 
     quantity = "stiffness"
     state_fields = ("num_samples", "seed", "groups")
+    # Loss gradients are taken w.r.t. the parameters: with `embed_fn` the composition (embedding table included).
+    differentiates_inputs = False
 
     def __init__(
         self,
