@@ -13,9 +13,13 @@ interact. Per call the engine picks the cheaper of that identity and the explici
 
 Recognition happens at the operator level with a :class:`~torch.overrides.TorchFunctionMode`: every torch function
 that receives a trainable parameter must be one of ``F.linear``, ``F.conv1d``, ``F.conv2d`` (zero padding, any
-stride/dilation/groups), ``F.batch_norm`` (running statistics), ``F.layer_norm`` or ``F.group_norm``; anything
-else (a parametrisation, ``x @ W.T``, an embedding, a recurrent cell, batch statistics) raises
-:class:`LayerwiseUnsupported`, and the caller falls back to the generic ``vmap(grad)`` engine.
+stride/dilation/groups), ``F.batch_norm`` (running statistics), ``F.layer_norm``, ``F.group_norm``, ``F.rms_norm``,
+``F.embedding`` (ids whose pairs are compared for equality, or gradients scattered into the vocabulary),
+``F.multi_head_attention_forward`` (rebuilt from the above by :mod:`.attention`), or an elementwise ``x + P``,
+``x * P`` or ``P.expand(...)`` that broadcasts the parameter over the batch (positional embeddings, layer scales,
+class tokens); anything else (a parametrisation, ``x @ W.T``, a recurrent cell, batch statistics) raises
+:class:`LayerwiseUnsupported`, and the caller falls back to the generic ``vmap(grad)`` engine. Parameter-free ops
+(``F.scaled_dot_product_attention``, ``torch.cat``, activations) pass through untouched.
 """
 
 from __future__ import annotations
@@ -30,10 +34,15 @@ from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_flatten
 
 from lightning_sensitivity.functional._model import as_function, check_logits
+from lightning_sensitivity.functional.gram.attention import AttentionUnsupported, multi_head_attention
 from lightning_sensitivity.functional.gram.blocks import LossFn
 
 _CONV = {F.conv1d: 1, F.conv2d: 2}
-_NORMS = (F.batch_norm, F.layer_norm, F.group_norm)
+_NORMS = (F.batch_norm, F.layer_norm, F.group_norm) + ((F.rms_norm,) if hasattr(F, "rms_norm") else ())
+# Elementwise uses of a parameter broadcast over the batch: ``x + P`` (positional embeddings), ``x * P`` (layer
+# scales) and ``P.expand(n, ...)`` (class tokens, later concatenated).
+_ADD = (torch.add, Tensor.add, Tensor.__add__, Tensor.__radd__)
+_MUL = (torch.mul, Tensor.mul, Tensor.__mul__, Tensor.__rmul__)
 # Losses whose batch-of-one value equals their ``reduction="none"`` entry for class-index targets.
 _UNREDUCIBLE = (F.cross_entropy, F.nll_loss)
 
@@ -46,10 +55,10 @@ class LayerwiseUnsupported(Exception):
 class _Call:
     """One use of trainable parameters by a recognised op, with what its Gram contribution needs."""
 
-    kind: str  # "linear" | "conv" | "norm"
+    kind: str  # "linear" | "conv" | "norm" | "embedding" | "add" | "mul"
     weight: str | None  # trainable parameter names (None when absent or frozen)
     bias: str | None
-    inputs: Tensor  # detached op input (the normalised input for "norm")
+    inputs: Tensor  # detached op input (normalised input for "norm", token ids for "embedding", other factor for "mul")
     leaf: Tensor  # zeros added to the op output; its gradient is delta
     options: dict = field(default_factory=dict)
 
@@ -75,6 +84,15 @@ class _Capture(TorchFunctionMode):
             return self._affine(func, args, kwargs, used)
         if func in _NORMS:
             return self._norm(func, args, kwargs, used)
+        if func is F.embedding:
+            return self._embedding(args, kwargs, used)
+        if func is F.multi_head_attention_forward:
+            try:
+                return multi_head_attention(args, kwargs, self._linear, self._expand)
+            except AttentionUnsupported as err:
+                raise LayerwiseUnsupported(str(err)) from None
+        if func in _ADD or func in _MUL or func is Tensor.expand:
+            return self._elementwise(func, args, kwargs, used)
         out = func(*args, **kwargs)
         if any(isinstance(t, Tensor) for t in tree_flatten(out)[0]):
             raise LayerwiseUnsupported(f"trainable parameter {used[0]!r} is used by {_fn_name(func)}")
@@ -110,6 +128,49 @@ class _Capture(TorchFunctionMode):
         return self._record("conv", out, weight, bias, x, kernel=tuple(w.shape[2:]) if dims == 2 else (1, w.shape[2]),
                             **options)  # fmt: skip
 
+    def _linear(self, x: Tensor, w: Tensor, b: Tensor | None) -> Tensor:
+        used = [name for name in (self._name(x), self._name(w), self._name(b)) if name is not None]
+        return self._affine(F.linear, (x, w, b), {}, used) if used else F.linear(x, w, b)
+
+    def _expand(self, p: Tensor, shape: tuple[int, ...]) -> Tensor:
+        name = self._name(p)
+        return self._elementwise(Tensor.expand, (p, shape), {}, [name]) if name is not None else p.expand(shape)
+
+    def _elementwise(self, func, args, kwargs, used) -> Tensor:
+        if func is Tensor.expand:
+            p, other = args[0], None
+        else:
+            if len(args) != 2 or kwargs.get("alpha", 1) != 1 or kwargs.get("out") is not None:
+                raise LayerwiseUnsupported(f"trainable parameter {used[0]!r} is used by {_fn_name(func)} with options")
+            p, other = (args[0], args[1]) if self._name(args[0]) is not None else (args[1], args[0])
+        if len(used) != 1 or self._name(other) is not None:
+            raise LayerwiseUnsupported(f"trainable parameter {used[0]!r} meets another parameter in {_fn_name(func)}")
+        out = func(*args, **kwargs)
+        lead = out.dim() - p.dim()
+        if not isinstance(out, Tensor) or lead < 0 or (lead == 0 and p.shape[0] != 1):
+            raise LayerwiseUnsupported(f"trainable parameter {used[0]!r} is not broadcast over the batch by {_fn_name(func)}")
+        kind = "mul" if func in _MUL else "add"
+        if kind == "mul" and not (isinstance(other, Tensor) and other.dim() == out.dim()):
+            raise LayerwiseUnsupported(f"trainable parameter {used[0]!r} is scaled by a tensor without a batch dimension")
+        # Dimensions of the output over which the parameter is broadcast (besides the batch): its gradient sums there.
+        padded = (1,) * lead + tuple(p.shape)
+        dims = tuple(k for k in range(1, out.dim()) if padded[k] == 1 and out.shape[k] != 1)
+        inputs = other.expand_as(out) if kind == "mul" else out
+        return self._record(kind, out, used[0], None, inputs, dims=dims)
+
+    def _embedding(self, args, kwargs, used) -> Tensor:
+        ids, w = _arg(args, kwargs, 0, "input"), _arg(args, kwargs, 1, "weight")
+        if self._name(w) is None or len(used) != 1:
+            raise LayerwiseUnsupported(f"trainable parameter {used[0]!r} is an input of embedding")
+        if _arg(args, kwargs, 3, "max_norm") is not None or _arg(args, kwargs, 5, "scale_grad_by_freq", False):
+            # max_norm rewrites the weight in place; scale_grad_by_freq scales by counts over the whole batch.
+            raise LayerwiseUnsupported("embedding with max_norm or scale_grad_by_freq")
+        padding_idx = _arg(args, kwargs, 2, "padding_idx")
+        if padding_idx is not None and padding_idx < 0:
+            padding_idx += w.shape[0]
+        out = F.embedding(*args, **kwargs)
+        return self._record("embedding", out, self._name(w), None, ids, padding_idx=padding_idx, rows=w.shape[0])
+
     def _norm(self, func, args, kwargs, used) -> Tensor:
         x = _arg(args, kwargs, 0, "input")
         if func is F.batch_norm:
@@ -119,6 +180,11 @@ class _Capture(TorchFunctionMode):
             shape = (1, -1) + (1,) * (x.dim() - 2)
             normalised = (x - mean.reshape(shape)) / torch.sqrt(var.reshape(shape) + eps)
             lead = 2  # parameters live on the channel dimension 1
+        elif func is not F.layer_norm and func is not F.group_norm:  # rms_norm: a layer norm without a mean
+            shape = _arg(args, kwargs, 1, "normalized_shape")
+            w, b = _arg(args, kwargs, 2, "weight"), None
+            normalised = F.rms_norm(x, shape, None, _arg(args, kwargs, 3, "eps"))
+            lead = -len(tuple(shape))
         elif func is F.layer_norm:
             shape = _arg(args, kwargs, 1, "normalized_shape")
             w, b = _arg(args, kwargs, 2, "weight"), _arg(args, kwargs, 3, "bias")
@@ -258,6 +324,24 @@ def _pieces(call: _Call, delta: Tensor, n: int, reference_rows: int, shared: boo
                     groups=n * groups,
                 )
                 yield call.weight, grads.reshape(n, -1)
+    elif call.kind == "embedding":
+        ids = call.inputs.reshape(n, -1)
+        d = delta.reshape(n, ids.shape[1], -1)
+        if call.options["padding_idx"] is not None:  # the padding row receives no gradient
+            d = d * (ids != call.options["padding_idx"]).unsqueeze(2).to(d.dtype)
+        vocabulary, (positions, q) = call.options["rows"], d.shape[1:]
+        # Token pairs with equal ids (the identity with one-hot inputs) against gradients scattered into [n, V * q].
+        identity_cost = reference_rows**2 * positions**2 * (q + 1)
+        explicit_cost = n * positions * q + reference_rows**2 * vocabulary * q
+        if not shared and identity_cost <= explicit_cost:
+            yield call.weight, (ids, d)
+        else:
+            grads = d.new_zeros(n, vocabulary, q).scatter_add_(1, ids.unsqueeze(2).expand(-1, -1, q), d)
+            yield call.weight, grads.reshape(n, -1)
+    elif call.kind in ("add", "mul"):
+        factor = delta if call.kind == "add" else delta * call.inputs
+        dims = call.options["dims"]
+        yield call.weight, (factor.sum(dim=dims, keepdim=True) if dims else factor).reshape(n, -1)
     else:
         lead = call.options["lead"]
         dims = tuple(range(1, delta.dim() + lead)) if lead < 0 else tuple(range(2, delta.dim()))
@@ -287,18 +371,26 @@ def _weight_piece(a: Tensor, d: Tensor, rows: int, shared: bool):
     return torch.bmm(d.transpose(1, 2), a).reshape(a.shape[0], q * p)
 
 
+def _similarity(a1: Tensor, a2: Tensor) -> Tensor:
+    """``[n1 * t1, n2 * t2]`` input products of two factors: dot products, or id equality for token ids."""
+    a1, a2 = a1.reshape(a1.shape[0] * a1.shape[1], -1), a2.reshape(a2.shape[0] * a2.shape[1], -1)
+    if not a1.is_floating_point():  # embedding ids: one-hot inputs, whose dot product is equality
+        return a1 == a2.T
+    return a1 @ a2.T
+
+
 def cross(rows: Features, cols: Features) -> Tensor:
     """Gram block ``[n_rows, n_cols]`` between two chunks' features."""
     if rows.flat.shape[1] != cols.flat.shape[1] or len(rows.kron) != len(cols.kron):
         raise LayerwiseUnsupported("the model took a different path for two chunks of examples")
     block = rows.flat @ cols.flat.T
     for (a1, d1), (a2, d2) in zip(rows.kron, cols.kron):
-        if a1.shape[1] == 1:
+        if a1.shape[1] == 1 and a1.is_floating_point():
             block += (a1[:, 0] @ a2[:, 0].T) * (d1[:, 0] @ d2[:, 0].T)
         else:
             n1, t1 = a1.shape[:2]
             n2, t2 = a2.shape[:2]
-            prod = (a1.reshape(n1 * t1, -1) @ a2.reshape(n2 * t2, -1).T) * (d1.reshape(n1 * t1, -1) @ d2.reshape(n2 * t2, -1).T)
+            prod = _similarity(a1, a2) * (d1.reshape(n1 * t1, -1) @ d2.reshape(n2 * t2, -1).T)
             block += prod.reshape(n1, t1, n2, t2).sum(dim=(1, 3))
     return block
 
@@ -312,8 +404,9 @@ def squared_norms(features: Features) -> Tensor:
     """``|g_i|^2`` of each example of a chunk."""
     total = features.flat.pow(2).sum(dim=1)
     for a, d in features.kron:
-        if a.shape[1] == 1:
+        if a.shape[1] == 1 and a.is_floating_point():
             total += a[:, 0].pow(2).sum(dim=1) * d[:, 0].pow(2).sum(dim=1)
         else:
-            total += (torch.bmm(a, a.transpose(1, 2)) * torch.bmm(d, d.transpose(1, 2))).sum(dim=(1, 2))
+            inner = torch.bmm(a, a.transpose(1, 2)) if a.is_floating_point() else a.unsqueeze(2) == a.unsqueeze(1)
+            total += (inner * torch.bmm(d, d.transpose(1, 2))).sum(dim=(1, 2))
     return total
