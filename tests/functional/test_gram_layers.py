@@ -82,7 +82,7 @@ class Attention(nn.Module):
     ids=[
         "self", "sequence-first", "key-is-value", "distinct+weights", "causal+weights", "key-padding",
         "bias-kv+zero-attn", "separate-projections", "no-bias",
-    ],  # fmt: skip
+    ],
 )
 def test_multihead_attention(options):
     torch.manual_seed(0)

@@ -52,7 +52,8 @@ def blockwise_gram(
     done = 0
     for i, rows in enumerate(row_slices):
         f_rows = features(0, rows)
-        sq1[rows] = squared_norms(f_rows)
+        if not same:  # with one set the diagonal block holds them: no second pass over the features
+            sq1[rows] = squared_norms(f_rows)
         for j, cols in enumerate(col_slices):
             if same and j < i:
                 continue
@@ -61,6 +62,8 @@ def blockwise_gram(
             gram[rows, cols] = block
             if same:
                 gram[cols, rows] = block.T
+                if j == i:
+                    sq1[rows] = block.diagonal()
             elif i == 0:
                 sq2[cols] = squared_norms(f_cols)
             done += 1

@@ -99,7 +99,8 @@ class _Capture(TorchFunctionMode):
         return out  # a query such as .shape or .dim() touches no value
 
     def _record(self, kind, out, weight, bias, inputs, **options) -> Tensor:
-        leaf = torch.zeros_like(out, requires_grad=True)
+        # A broadcast zero, not ``zeros_like``: nothing to fill; the gradient with respect to it is still delta.
+        leaf = out.new_zeros((), requires_grad=True).expand(out.shape)
         self.calls.append(_Call(kind, weight, bias, inputs.detach(), leaf, options))
         return out + leaf  # the sum, not ``out``: in-place ops after the layer must not alter delta
 
@@ -229,10 +230,12 @@ def per_example_losses(loss_fn: LossFn, logits: Tensor, y: Tensor) -> Tensor:
 
 @dataclass
 class Features:
-    """What a chunk contributes to Gram blocks: explicit gradients ``flat`` and factor pairs ``kron``."""
+    """What a chunk contributes to Gram blocks, per trainable parameter: explicit gradients ``flat`` and factor
+    pairs ``kron``. Kept apart rather than concatenated: a copy of every per-example gradient costs as much memory
+    traffic as their Gram."""
 
-    flat: Tensor  # [n, K]
-    kron: list[tuple[Tensor, Tensor]]  # (A [n, T, p], D [n, T, q])
+    flat: dict[str, Tensor]  # name -> [n, k], names sorted
+    kron: list[tuple[str, Tensor, Tensor]]  # (name, A [n, T, p] or token ids [n, T], D [n, T, q])
 
 
 def layer_features(
@@ -268,7 +271,7 @@ def layer_features(
             if name is not None:
                 uses[name] = uses.get(name, 0) + 1
     flat: dict[str, Tensor] = {}
-    kron: list[tuple[Tensor, Tensor]] = []
+    kron: list[tuple[str, Tensor, Tensor]] = []
     for call, delta in zip(calls, deltas):
         if call.inputs.shape[0] != n or call.leaf.shape[0] != n:
             # Per-example factors need the example index first; a sequence-first layout would mix them up.
@@ -277,11 +280,10 @@ def layer_features(
         shared = uses.get(call.weight, 0) > 1 or uses.get(call.bias, 0) > 1
         for name, piece in _pieces(call, delta, n, reference_rows, shared):
             if isinstance(piece, tuple):
-                kron.append(piece)
+                kron.append((name, *piece))
             else:
                 flat[name] = flat[name] + piece if name in flat else piece
-    columns = [flat[k] for k in sorted(flat)]  # a fixed order so that row and column chunks line up
-    return Features(torch.cat(columns, dim=1) if columns else x.new_zeros(n, 0), kron)
+    return Features({k: flat[k] for k in sorted(flat)}, kron)  # a fixed order, so that row and column chunks line up
 
 
 def _pieces(call: _Call, delta: Tensor, n: int, reference_rows: int, shared: bool):
@@ -289,10 +291,12 @@ def _pieces(call: _Call, delta: Tensor, n: int, reference_rows: int, shared: boo
     if call.kind == "linear":
         a = call.inputs.reshape(n, -1, call.inputs.shape[-1])
         d = delta.reshape(n, -1, delta.shape[-1])
-        if call.weight is not None and call.bias is not None and not shared:
+        positions, p, q = a.shape[1], a.shape[2], d.shape[2]
+        combined = call.weight is not None and call.bias is not None and not shared
+        if combined and _factor_pair_cheaper(reference_rows, positions, p + 1, q):
             # The bias is a weight on a constant input 1: one factor pair covers both, no separate bias Gram.
             a = torch.cat([a, a.new_ones(a.shape[0], a.shape[1], 1)], dim=2)
-            yield call.weight, _weight_piece(a, d, reference_rows, shared)
+            yield call.weight, (a, d)
             return
         if call.bias is not None:
             yield call.bias, d.sum(dim=1)
@@ -379,34 +383,41 @@ def _similarity(a1: Tensor, a2: Tensor) -> Tensor:
     return a1 @ a2.T
 
 
-def cross(rows: Features, cols: Features) -> Tensor:
-    """Gram block ``[n_rows, n_cols]`` between two chunks' features."""
-    if rows.flat.shape[1] != cols.flat.shape[1] or len(rows.kron) != len(cols.kron):
+def cross_by_name(rows: Features, cols: Features) -> dict[str, Tensor]:
+    """Gram blocks ``[n_rows, n_cols]`` between two chunks' features, one per trainable parameter (a parameter with
+    several factor pairs, e.g. shared between calls, sums them)."""
+    if list(rows.flat) != list(cols.flat) or [k[0] for k in rows.kron] != [k[0] for k in cols.kron]:
         raise LayerwiseUnsupported("the model took a different path for two chunks of examples")
-    block = rows.flat @ cols.flat.T
-    for (a1, d1), (a2, d2) in zip(rows.kron, cols.kron):
+    blocks = {name: g1 @ cols.flat[name].T for name, g1 in rows.flat.items()}
+    for (name, a1, d1), (_, a2, d2) in zip(rows.kron, cols.kron):
         if a1.shape[1] == 1 and a1.is_floating_point():
-            block += (a1[:, 0] @ a2[:, 0].T) * (d1[:, 0] @ d2[:, 0].T)
+            block = (a1[:, 0] @ a2[:, 0].T) * (d1[:, 0] @ d2[:, 0].T)
         else:
             n1, t1 = a1.shape[:2]
             n2, t2 = a2.shape[:2]
             prod = _similarity(a1, a2) * (d1.reshape(n1 * t1, -1) @ d2.reshape(n2 * t2, -1).T)
-            block += prod.reshape(n1, t1, n2, t2).sum(dim=(1, 3))
-    return block
+            block = prod.reshape(n1, t1, n2, t2).sum(dim=(1, 3))
+        blocks[name] = blocks[name] + block if name in blocks else block
+    return blocks
+
+
+def cross(rows: Features, cols: Features) -> Tensor:
+    """Gram block ``[n_rows, n_cols]`` between two chunks' features."""
+    return sum(cross_by_name(rows, cols).values())  # every recorded call names a parameter: never empty
 
 
 def select(features: Features, index: Tensor) -> Features:
     """The features of some examples of a chunk."""
-    return Features(features.flat[index], [(a[index], d[index]) for a, d in features.kron])
+    return Features({k: g[index] for k, g in features.flat.items()}, [(k, a[index], d[index]) for k, a, d in features.kron])
 
 
 def squared_norms(features: Features) -> Tensor:
     """``|g_i|^2`` of each example of a chunk."""
-    total = features.flat.pow(2).sum(dim=1)
-    for a, d in features.kron:
+    total = sum(g.pow(2).sum(dim=1) for g in features.flat.values())
+    for _, a, d in features.kron:
         if a.shape[1] == 1 and a.is_floating_point():
-            total += a[:, 0].pow(2).sum(dim=1) * d[:, 0].pow(2).sum(dim=1)
+            total = total + a[:, 0].pow(2).sum(dim=1) * d[:, 0].pow(2).sum(dim=1)
         else:
             inner = torch.bmm(a, a.transpose(1, 2)) if a.is_floating_point() else a.unsqueeze(2) == a.unsqueeze(1)
-            total += (inner * torch.bmm(d, d.transpose(1, 2))).sum(dim=(1, 2))
+            total = total + (inner * torch.bmm(d, d.transpose(1, 2))).sum(dim=(1, 2))
     return total
