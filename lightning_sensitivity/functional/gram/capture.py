@@ -312,9 +312,15 @@ def _pieces(call: _Call, delta: Tensor, n: int, reference_rows: int, shared: boo
             a, groups = call.inputs, o["groups"]
             q, positions = d.shape[1], d.shape[2]
             p = a.shape[1] // groups * o["kernel"][0] * o["kernel"][1]
+            def unfold() -> Tensor:  # [n, p, T]
+                return F.unfold(a, o["kernel"], dilation=o["dilation"], padding=o["padding"], stride=o["stride"])
+
             if groups == 1 and not shared and _factor_pair_cheaper(reference_rows, positions, p, q):
-                cols = F.unfold(a, o["kernel"], dilation=o["dilation"], padding=o["padding"], stride=o["stride"])
-                yield call.weight, (cols.transpose(1, 2), d.transpose(1, 2))
+                yield call.weight, (unfold().transpose(1, 2), d.transpose(1, 2))
+            elif groups == 1 and positions <= 2 * q:
+                # A batched matmul on unfolded inputs: ~3x faster than the grouped convolution below for few output
+                # pixels (measured on resnet18's later stages); the unfold buffer is then at most twice the gradients.
+                yield call.weight, torch.bmm(d, unfold().transpose(1, 2)).reshape(n, -1)
             else:
                 # Per-example weight gradients as the weight gradient of one convolution with the batch folded
                 # into the groups: no unfold buffer, and about the cost of the layer's forward pass.
