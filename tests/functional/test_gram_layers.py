@@ -218,3 +218,12 @@ def test_unrecognised_parameter_uses_are_refused(forward, used, match):
     with pytest.raises(ValueError, match=match):
         loss_gradient_gram(model, x, y, method="layerwise")
     torch.testing.assert_close(loss_gradient_gram(model, x, y), gram_loop(model, x, y), rtol=1e-6, atol=1e-12)
+
+
+def test_embedding_with_a_frequent_token():
+    # Most pairs share the id: the equal-id block switches from enumerated pairs to an equality mask.
+    torch.manual_seed(7)
+    x = _tokens(6, 2, 50)
+    x[:, 0] = 3.0
+    x[::2, 1] = 3.0
+    _check(Tokens(50, None, 2), x, two_sets=True)

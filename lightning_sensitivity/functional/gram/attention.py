@@ -95,15 +95,17 @@ def multi_head_attention(
         attn_mask = None if attn_mask is None else F.pad(attn_mask, (0, 1))
         padding = None if padding is None else F.pad(padding, (0, 1))
     target, source = q.shape[2], k.shape[2]
-    mask = q.new_zeros(1, 1, target, source)
+    terms = []
     if attn_mask is not None:
-        mask = mask + _additive(attn_mask, q).reshape(-1, heads if attn_mask.dim() == 3 else 1, target, source)
+        terms.append(_additive(attn_mask, q).reshape(-1, heads if attn_mask.dim() == 3 else 1, target, source))
     elif a["is_causal"]:
-        mask = mask + _additive(torch.ones(target, source, dtype=torch.bool, device=q.device).triu(1), q)
+        terms.append(_additive(torch.ones(target, source, dtype=torch.bool, device=q.device).triu(1), q))
     if padding is not None:
-        mask = mask + _additive(padding, q).reshape(n, 1, 1, source)
+        terms.append(_additive(padding, q).reshape(n, 1, 1, source))
+    mask = sum(terms[1:], terms[0]) if terms else None  # None lets SDPA pick a fused kernel
     if a["need_weights"]:
-        weights = torch.softmax(q @ k.transpose(-2, -1) / math.sqrt(head_dim) + mask, dim=-1)
+        scores = q @ k.transpose(-2, -1) / math.sqrt(head_dim)
+        weights = torch.softmax(scores if mask is None else scores + mask, dim=-1)
         out = weights @ v
         weights = weights.mean(dim=1) if a["average_attn_weights"] else weights
     else:

@@ -341,7 +341,9 @@ def _pieces(call: _Call, delta: Tensor, n: int, reference_rows: int, shared: boo
             d = d * (ids != call.options["padding_idx"]).unsqueeze(2).to(d.dtype)
         vocabulary, (positions, q) = call.options["rows"], d.shape[1:]
         # Token pairs with equal ids (the identity with one-hot inputs) against gradients scattered into [n, V * q].
-        identity_cost = reference_rows**2 * positions**2 * (q + 1)
+        # The pairs are enumerated (see ``_equal_id_block``): their number, sum_v count_v^2, sets the cost.
+        pairs = float(torch.bincount(ids.flatten(), minlength=vocabulary).double().pow(2).sum()) * (reference_rows / n) ** 2
+        identity_cost = min(pairs, (reference_rows * positions) ** 2) * (q + 1)
         explicit_cost = n * positions * q + reference_rows**2 * vocabulary * q
         if not shared and identity_cost <= explicit_cost:
             yield call.weight, (ids, d)
@@ -381,12 +383,29 @@ def _weight_piece(a: Tensor, d: Tensor, rows: int, shared: bool):
     return torch.bmm(d.transpose(1, 2), a).reshape(a.shape[0], q * p)
 
 
-def _similarity(a1: Tensor, a2: Tensor) -> Tensor:
-    """``[n1 * t1, n2 * t2]`` input products of two factors: dot products, or id equality for token ids."""
-    a1, a2 = a1.reshape(a1.shape[0] * a1.shape[1], -1), a2.reshape(a2.shape[0] * a2.shape[1], -1)
-    if not a1.is_floating_point():  # embedding ids: one-hot inputs, whose dot product is equality
-        return a1 == a2.T
-    return a1 @ a2.T
+def _equal_id_block(ids1: Tensor, d1: Tensor, ids2: Tensor, d2: Tensor) -> Tensor:
+    """``sum_{t, s} [id_it == id_js] d_it . d_js`` as ``[n1, n2]``: an embedding's Gram block.
+
+    Only pairs of equal ids contribute, and in text most pairs differ, so they are enumerated through a sort
+    (``sum_v count1_v count2_v`` dot products) unless they are many (a frequent token), then an equality mask.
+    """
+    (n1, t1), (n2, t2) = ids1.shape, ids2.shape
+    u1, u2 = ids1.reshape(-1), ids2.reshape(-1)
+    f1, f2 = d1.reshape(n1 * t1, -1), d2.reshape(n2 * t2, -1)
+    order = torch.argsort(u2)
+    sorted2 = u2[order]
+    start = torch.searchsorted(sorted2, u1)
+    counts = torch.searchsorted(sorted2, u1, right=True) - start
+    total = int(counts.sum())
+    if 4 * total > u1.numel() * u2.numel():
+        prod = (u1[:, None] == u2[None, :]) * (f1 @ f2.T)
+        return prod.reshape(n1, t1, n2, t2).sum(dim=(1, 3))
+    first = torch.repeat_interleave(torch.arange(u1.numel(), device=u1.device), counts)
+    offset = torch.arange(total, device=u1.device) - torch.repeat_interleave(counts.cumsum(0) - counts, counts)
+    second = order[start[first] + offset]
+    dots = (f1[first] * f2[second]).sum(dim=1)
+    flat = f1.new_zeros(n1 * n2).index_add_(0, (first // t1) * n2 + second // t2, dots)
+    return flat.reshape(n1, n2)
 
 
 def cross_by_name(rows: Features, cols: Features) -> dict[str, Tensor]:
@@ -398,10 +417,12 @@ def cross_by_name(rows: Features, cols: Features) -> dict[str, Tensor]:
     for (name, a1, d1), (_, a2, d2) in zip(rows.kron, cols.kron):
         if a1.shape[1] == 1 and a1.is_floating_point():
             block = (a1[:, 0] @ a2[:, 0].T) * (d1[:, 0] @ d2[:, 0].T)
+        elif not a1.is_floating_point():
+            block = _equal_id_block(a1, d1, a2, d2)
         else:
             n1, t1 = a1.shape[:2]
             n2, t2 = a2.shape[:2]
-            prod = _similarity(a1, a2) * (d1.reshape(n1 * t1, -1) @ d2.reshape(n2 * t2, -1).T)
+            prod = (a1.reshape(n1 * t1, -1) @ a2.reshape(n2 * t2, -1).T) * (d1.reshape(n1 * t1, -1) @ d2.reshape(n2 * t2, -1).T)
             block = prod.reshape(n1, t1, n2, t2).sum(dim=(1, 3))
         blocks[name] = blocks[name] + block if name in blocks else block
     return blocks
