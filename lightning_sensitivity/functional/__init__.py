@@ -9,6 +9,7 @@ chunks of ``chunk_size`` examples so memory is bounded by the chunk, and every f
 from lightning_sensitivity.functional._model import predict_logits
 from lightning_sensitivity.functional.jacobian import jacobian_norm
 from lightning_sensitivity.functional.jacobian_estimate import jacobian_norm_estimate
+from lightning_sensitivity.functional.per_layer import per_layer_gram
 from lightning_sensitivity.functional.stiffness import (
     Stiffness,
     class_stiffness,
@@ -28,6 +29,7 @@ __all__ = [
     "transition_counts",
     "TransitionCounts",
     "loss_gradient_gram",
+    "per_layer_gram",
     "stiffness",
     "Stiffness",
     "class_stiffness",

@@ -51,6 +51,34 @@ def gram_and_norms(
     """``(G, |g_i|^2, |g_j|^2)`` for :func:`~lightning_sensitivity.functional.loss_gradient_gram` and
     :func:`~lightning_sensitivity.functional.stiffness`: validates the arguments, puts the model in measurement
     mode and runs the engine ``method`` names (``"auto"``: layerwise, falling back to per-example gradients)."""
+    model, args = prepare_gram_call(model, inputs, targets, inputs2, targets2, loss_fn, chunk_size, progress, method)
+    with measurement_context(model):
+        if method == "per_example":
+            gram, sq1, sq2 = per_example_gram(*args)
+        else:
+            try:
+                gram, sq1, sq2 = layerwise_gram(*args)
+            except LayerwiseUnsupported as err:
+                if method == "layerwise":
+                    raise ValueError(f"`method='layerwise'` cannot handle this model: {err}") from None
+                # Exactness first: the generic engine handles any model, at the cost of per-example gradients.
+                gram, sq1, sq2 = per_example_gram(*args)
+    return gram.detach(), sq1.detach(), sq2.detach()
+
+
+def prepare_gram_call(
+    model: nn.Module,
+    inputs: Tensor,
+    targets: Tensor,
+    inputs2: Tensor | None,
+    targets2: Tensor | None,
+    loss_fn: LossFn,
+    chunk_size: int | None,
+    progress: Progress | None,
+    method: str,
+) -> tuple[nn.Module, tuple]:
+    """Validate a Gram call; ``(module, engine arguments)`` with the module behind ``torch.compile`` and the engine
+    arguments ``(model, params, buffers, x1, y1, x2, y2, loss_fn, chunk_size, progress)``."""
     if method not in GRAM_METHODS:
         raise ValueError(f"`method` expected one of {GRAM_METHODS}, got {method!r}")
     if not callable(loss_fn):
@@ -78,16 +106,4 @@ def gram_and_norms(
         y2 = prepare_targets(targets2, x2.shape[0], name="targets2", inputs_name="inputs2")
         x2 = match_model(x2, params)
         y2 = y2.to(x2.device)
-    args = (model, params, buffers, x1, y1, x2, y2, loss_fn, chunk_size, progress)
-    with measurement_context(model):
-        if method == "per_example":
-            gram, sq1, sq2 = per_example_gram(*args)
-        else:
-            try:
-                gram, sq1, sq2 = layerwise_gram(*args)
-            except LayerwiseUnsupported as err:
-                if method == "layerwise":
-                    raise ValueError(f"`method='layerwise'` cannot handle this model: {err}") from None
-                # Exactness first: the generic engine handles any model, at the cost of per-example gradients.
-                gram, sq1, sq2 = per_example_gram(*args)
-    return gram.detach(), sq1.detach(), sq2.detach()
+    return model, (model, params, buffers, x1, y1, x2, y2, loss_fn, chunk_size, progress)

@@ -7,6 +7,7 @@ blocks and, once per model structure, verifies them against ``torch.autograd`` g
 from __future__ import annotations
 
 import weakref
+from collections.abc import Callable
 
 import torch
 from torch import Tensor, nn
@@ -38,7 +39,23 @@ def layerwise_gram(
         LayerwiseUnsupported: an unsupported use of a trainable parameter, or a failed check.
     """
     trainable, frozen = split_trainable(params, model)
-    sets = ((x1, y1), (x2, y2))
+    features = checked_features(model, trainable, frozen, buffers, ((x1, y1), (x2, y2)), loss_fn, chunk_size)
+    return blockwise_gram(
+        features,
+        lg.cross,
+        lg.squared_norms,
+        x1.shape[0],
+        None if x2 is None else x2.shape[0],
+        chunk_size,
+        progress,
+        x1,
+    )
+
+
+def checked_features(model, trainable, frozen, buffers, sets, loss_fn, chunk_size) -> Callable[[int, slice], lg.Features]:
+    """``features(s, piece)``: the layerwise factors of examples ``piece`` of set ``s`` (0 = rows, 1 = columns) of
+    ``sets = ((x1, y1), (x2, y2))``, the first chunk's checked against explicit gradients (once per model)."""
+    (x1, _), (x2, _) = sets
     reference_rows = min(max(x1.shape[0], 0 if x2 is None else x2.shape[0]), chunk_size or 1 << 62)
     checked = False
 
@@ -55,16 +72,7 @@ def layerwise_gram(
             checked = True
         return feats
 
-    return blockwise_gram(
-        features,
-        lg.cross,
-        lg.squared_norms,
-        x1.shape[0],
-        None if x2 is None else x2.shape[0],
-        chunk_size,
-        progress,
-        x1,
-    )
+    return features
 
 
 # Models whose layerwise factors passed the check, with what they were checked on: the check is about the model's
