@@ -70,11 +70,11 @@ def tokens(n: int, seed: int = 0) -> tuple[Tensor, Tensor]:
     return ids, torch.randint(0, NUM_CLASSES, (n,), generator=g)
 
 
-# label -> (factory, data, target ratio to limit_G)
+# row -> (model label, factory, data, target ratio to limit_G)
 MODELS = {
-    "resnet18(num_classes=10), 3x32x32": (resnet18, images, 3.0),
-    "ViT 32/4, 4 layers, 3 heads, d=192, mlp 768": (vit, images, 2.0),
-    f"text: embedding {VOCABULARY}x64 + 2-layer encoder, T={TOKENS}": (TextTransformer, tokens, 2.0),
+    "gram resnet18": ("torchvision resnet18(num_classes=10), 3x32x32", resnet18, images, 3.0),
+    "gram ViT": ("torchvision ViT 32/4, 4 layers, 3 heads, d=192, mlp 768", vit, images, 2.0),
+    "gram text": (f"embedding {VOCABULARY}x64 + 2-layer TransformerEncoder, T={TOKENS}", TextTransformer, tokens, 2.0),
 }
 
 
@@ -83,7 +83,7 @@ def architecture_rows(n: int, rounds: int, per_example: bool = True) -> list[dic
     from run import _row, timed
 
     rows = []
-    for label, (factory, data, target) in MODELS.items():
+    for name, (label, factory, data, target) in MODELS.items():
         torch.manual_seed(0)
         model = factory().eval()
         x, y = data(n)
@@ -94,7 +94,7 @@ def architecture_rows(n: int, rounds: int, per_example: bool = True) -> list[dic
         if per_example:
             fns["per_example engine"] = lambda: loss_gradient_gram(model, x, y, method="per_example")
         times = timed(fns, rounds, once=frozenset({"per_example engine"}))
-        row = _row(f"gram {label.split(',')[0].split(' ')[0]}", "loss_gradient_gram (layerwise)", label, times,
+        row = _row(name, "loss_gradient_gram (layerwise)", label, times,
                    "package", "limit", 1, f"<= {target:g} x limit_G", "limit_G = forward + backward",
                    [k for k in fns if k not in ("limit", "package")], None)  # fmt: skip
         row["met"] = row["ratio_to_limit"] <= target

@@ -14,7 +14,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lightning_sensitivity.functional._model import chunks, measurement_context
-from lightning_sensitivity.functional.gram import GramMethod, LayerwiseUnsupported, LossFn, prepare_gram_call
+from lightning_sensitivity.functional.gram import (
+    GramMethod,
+    LayerwiseUnsupported,
+    LossFn,
+    prepare_gram_call,
+)
 from lightning_sensitivity.functional.gram import capture as lg
 from lightning_sensitivity.functional.gram.blocks import split_trainable
 from lightning_sensitivity.functional.gram.layerwise import checked_features
