@@ -92,8 +92,12 @@ class Capture(TorchFunctionMode):
         return out  # a query such as .shape or .dim() touches no value
 
     def _record(self, kind, out, weight, bias, inputs, **options) -> Tensor:
-        # A broadcast zero, not ``zeros_like``: nothing to fill; the gradient with respect to it is still delta.
-        leaf = out.new_zeros((), requires_grad=True).expand(out.shape)
+        if torch.compiler.is_compiling():
+            # Inside a compiled region the view below would be a graph intermediate, not a tensor autograd can reach.
+            leaf = torch.zeros_like(out, requires_grad=True)
+        else:
+            # A broadcast zero, not ``zeros_like``: nothing to fill; the gradient with respect to it is still delta.
+            leaf = out.new_zeros((), requires_grad=True).expand(out.shape)
         self.calls.append(Call(kind, weight, bias, inputs.detach(), leaf, options))
         return out + leaf  # the sum, not ``out``: in-place ops after the layer must not alter delta
 
@@ -140,8 +144,8 @@ class Capture(TorchFunctionMode):
         if len(used) != 1 or self._name(other) is not None:
             raise LayerwiseUnsupported(f"trainable parameter {used[0]!r} meets another parameter in {_fn_name(func)}")
         out = func(*args, **kwargs)
-        lead = out.dim() - p.dim()
-        if not isinstance(out, Tensor) or lead < 0 or (lead == 0 and p.shape[0] != 1):
+        lead = out.dim() - p.dim() if isinstance(out, Tensor) else -1
+        if lead < 0 or (lead == 0 and p.shape[0] != 1):
             raise LayerwiseUnsupported(f"trainable parameter {used[0]!r} is not broadcast over the batch by {_fn_name(func)}")
         kind = "mul" if func in _MUL else "add"
         if kind == "mul" and not (isinstance(other, Tensor) and other.dim() == out.dim()):
