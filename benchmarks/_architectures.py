@@ -42,10 +42,7 @@ def vit() -> nn.Module:
 
 
 class TextTransformer(nn.Module):
-    """Token embedding + learned positions + ``nn.TransformerEncoder`` (2 layers, d=64, ReLU) + mean-pooled head.
-
-    Token ids arrive as floats (the package's inputs are floating point) and are cast back here.
-    """
+    """Token embedding + learned positions + ``nn.TransformerEncoder`` (2 layers, d=64, ReLU) + mean-pooled head."""
 
     def __init__(self, vocabulary: int = VOCABULARY, length: int = TOKENS, d: int = 64) -> None:
         super().__init__()
@@ -56,7 +53,7 @@ class TextTransformer(nn.Module):
         self.head = nn.Linear(d, NUM_CLASSES)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.head(self.encoder(self.embed(x.long()) + self.pos).mean(dim=1))
+        return self.head(self.encoder(self.embed(x) + self.pos).mean(dim=1))
 
 
 def images(n: int, seed: int = 0) -> tuple[Tensor, Tensor]:
@@ -66,7 +63,7 @@ def images(n: int, seed: int = 0) -> tuple[Tensor, Tensor]:
 
 def tokens(n: int, seed: int = 0) -> tuple[Tensor, Tensor]:
     g = torch.Generator().manual_seed(seed)
-    ids = torch.randint(0, VOCABULARY, (n, TOKENS), generator=g).float()
+    ids = torch.randint(0, VOCABULARY, (n, TOKENS), generator=g)
     return ids, torch.randint(0, NUM_CLASSES, (n,), generator=g)
 
 

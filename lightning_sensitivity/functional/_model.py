@@ -94,10 +94,11 @@ def _normal(t: Tensor) -> Tensor:
 
 
 def match_model(x: Tensor, params: dict[str, Tensor]) -> Tensor:
-    """Cast a batch to the dtype and device of the model's first floating-point parameter (if it has one)."""
+    """Cast a batch to the dtype and device of the model's first floating-point parameter (if it has one); an
+    integer batch (token ids) keeps its dtype."""
     for p in params.values():
         if p.is_floating_point():
-            return x.to(device=p.device, dtype=p.dtype)
+            return x.to(device=p.device, dtype=p.dtype if x.is_floating_point() else x.dtype)
     return x
 
 
@@ -144,8 +145,9 @@ def pure_model(model: nn.Module) -> tuple[nn.Module, Callable[..., Tensor], dict
     return model, as_function(model), params, buffers
 
 
-def prepare_inputs(inputs: Tensor, name: str = "inputs", min_dim: int = 2) -> Tensor:
-    """Validate a batch ``[N, *input_shape]`` and make it a normal (non-inference) floating tensor."""
+def prepare_inputs(inputs: Tensor, name: str = "inputs", min_dim: int = 2, integer: bool = False) -> Tensor:
+    """Validate a batch ``[N, *input_shape]`` and make it a normal (non-inference) tensor: floating point, or also
+    integer (token ids) with ``integer=True``."""
     if not isinstance(inputs, Tensor):
         raise TypeError(f"`{name}` expected a torch.Tensor of shape [N, *input_shape], got {type(inputs).__name__}")
     if inputs.dim() < min_dim:
@@ -155,8 +157,9 @@ def prepare_inputs(inputs: Tensor, name: str = "inputs", min_dim: int = 2) -> Te
         )
     if inputs.shape[0] == 0:
         raise ValueError(f"`{name}` expected at least one example, got shape {tuple(inputs.shape)}")
-    if not inputs.is_floating_point():
-        raise TypeError(f"`{name}` expected a floating-point tensor, got dtype {inputs.dtype}")
+    if not inputs.is_floating_point() and not (integer and not inputs.is_complex() and inputs.dtype != torch.bool):
+        kinds = "a floating-point or integer" if integer else "a floating-point"
+        raise TypeError(f"`{name}` expected {kinds} tensor, got dtype {inputs.dtype}")
     # A clone made outside inference mode is a normal tensor autograd can save; cheap next to any measurement.
     with torch.inference_mode(False):
         return inputs.clone() if inputs.is_inference() else inputs

@@ -96,14 +96,18 @@ def _assemble(features, cross_by_name, groups: dict[str, str], layers: list[str]
     same = x2 is None
     rows_all = list(chunks(x1.shape[0], chunk_size))
     cols_all = rows_all if same else list(chunks(x2.shape[0], chunk_size))
-    out = {g: x1.new_zeros(x1.shape[0], x1.shape[0] if same else x2.shape[0]) for g in layers}
+    out: dict[str, Tensor] = {}
     for i, rows in enumerate(rows_all):
         f_rows = features(0, rows)
         for j, cols in enumerate(cols_all):
             if same and j < i:
                 continue
             f_cols = f_rows if (same and i == j) else features(0 if same else 1, cols)
-            for name, block in cross_by_name(f_rows, f_cols).items():
+            blocks = cross_by_name(f_rows, f_cols)
+            if not out:  # the model's dtype, whatever the inputs' (token ids are integers)
+                like = next(iter(blocks.values()))
+                out = {g: like.new_zeros(x1.shape[0], x1.shape[0] if same else x2.shape[0]) for g in layers}
+            for name, block in blocks.items():
                 out[groups[name]][rows, cols] += block
                 if same and j != i:
                     out[groups[name]][cols, rows] += block.T

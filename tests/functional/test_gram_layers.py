@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from oracles import gram_loop
 from torch import nn
 
-from lightning_sensitivity.functional import loss_gradient_gram
+from lightning_sensitivity.functional import loss_gradient_gram, per_layer_gram
 from lightning_sensitivity.functional.gram import capture
 
 CLASSES = 3
@@ -227,3 +227,28 @@ def test_embedding_with_a_frequent_token():
     x[:, 0] = 3.0
     x[::2, 1] = 3.0
     _check(Tokens(50, None, 2), x, two_sets=True)
+
+
+class Bag(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.embed = nn.Embedding(9, 4)
+        self.head = nn.Linear(4, CLASSES)
+
+    def forward(self, ids):
+        return self.head(torch.tanh(self.embed(ids).mean(dim=1)))
+
+
+@pytest.mark.parametrize("method", ["layerwise", "per_example"])
+def test_integer_token_ids_are_accepted_as_inputs(method):
+    torch.manual_seed(8)
+    model = Bag().double()
+    ids = torch.randint(0, 9, (5, 4), generator=torch.Generator().manual_seed(0))
+    y = torch.randint(0, CLASSES, (5,), generator=torch.Generator().manual_seed(1))
+    expected = gram_loop(model, ids, y, ids[:3], y[:3])
+    got = loss_gradient_gram(model, ids, y, ids[:3], y[:3], method=method)
+    torch.testing.assert_close(got, expected, rtol=1e-6, atol=1e-12)
+    blocks = per_layer_gram(model, ids, y, ids[:3], y[:3], method=method)
+    torch.testing.assert_close(sum(blocks.values()), expected, rtol=1e-6, atol=1e-12)
+    with pytest.raises(TypeError, match="`inputs` expected a floating-point or integer tensor, got dtype torch.bool"):
+        loss_gradient_gram(model, ids > 3, y)

@@ -91,14 +91,14 @@ def prepare_gram_call(
             f"inputs2={'None' if inputs2 is None else 'a tensor'} and targets2={'None' if targets2 is None else 'a tensor'}"
         )
     model = unwrap_model(model)
-    x1 = prepare_inputs(inputs)
+    x1 = prepare_inputs(inputs, integer=True)  # token ids for a model that starts with an embedding
     y1 = prepare_targets(targets, x1.shape[0])
     params, buffers = detached_state(model)
     x1 = match_model(x1, params)
     y1 = y1.to(x1.device)
     x2 = y2 = None
     if inputs2 is not None:
-        x2 = prepare_inputs(inputs2, name="inputs2")
+        x2 = prepare_inputs(inputs2, name="inputs2", integer=True)
         if x2.shape[1:] != x1.shape[1:]:
             raise ValueError(
                 f"`inputs2` expected examples of shape {tuple(x1.shape[1:])} like `inputs`, got {tuple(x2.shape[1:])}"

@@ -48,7 +48,6 @@ def layerwise_gram(
         None if x2 is None else x2.shape[0],
         chunk_size,
         progress,
-        x1,
     )
 
 

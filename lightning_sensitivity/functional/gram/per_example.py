@@ -59,5 +59,4 @@ def per_example_gram(
         None if x2 is None else x2.shape[0],
         chunk_size,
         progress,
-        x1,
     )
