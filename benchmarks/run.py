@@ -1,12 +1,13 @@
 """Benchmark of issue 7: every quantity against its cost limit and its naive baselines, measured in one run.
 
-    python benchmarks/run.py [--quick] [--json PATH] [--threads T] [--rounds R]
+    python benchmarks/run.py [--quick] [--json PATH] [--threads T] [--rounds R] [--architectures]
 
 Times are CPU seconds of this process (``time.process_time``) with ``T`` intra-op threads (default 1): on a shared
 machine wall time also counts the time other processes hold the cores, CPU time does not. Candidates of a row are
 timed round-robin (limit, package, baselines, limit, package, ...) so load drifts hit all of them alike; a ratio
 to the limit is the median over rounds of the per-round ratio. ``--quick`` shrinks
 every size (formats and code paths only -- its ratios mean little) and finishes in well under a minute.
+``--architectures`` adds the Gram rows of ``_architectures.py`` (resnet18, a ViT, a text transformer; minutes).
 """
 
 from __future__ import annotations
@@ -219,6 +220,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--json", type=Path, default=None, help="write the results here")
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (default 1)")
     parser.add_argument("--rounds", type=int, default=None, help="timing rounds per row (default 5; quick 1)")
+    parser.add_argument("--architectures", action="store_true", help="add resnet18 / ViT / text transformer rows")
     args = parser.parse_args(argv)
     # Opacus and BackPACK hooks warn on every call when the inputs do not require gradients; noise in a table.
     warnings.filterwarnings("ignore", message="Full backward hook is firing")
@@ -227,6 +229,10 @@ def main(argv: list[str] | None = None) -> dict:
     n = 16 if args.quick else 256
     start = time.perf_counter()
     rows = jacobian_rows(n, rounds) + stiffness_rows(n, rounds)
+    if args.architectures:
+        from _architectures import architecture_rows
+
+        rows += architecture_rows(8 if args.quick else 128, rounds)
     rows += transition_rows(4 if args.quick else 16, 32 if args.quick else 128, rounds)
     rows.append(memory_row(8 if args.quick else 64, args.threads))
     for figures in ("log_spaced", "none"):

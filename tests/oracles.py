@@ -184,3 +184,29 @@ def embedding_jacobian_norm_loop(
         )
         norms.append(torch.sqrt((jac**2).sum()))
     return torch.stack(norms)
+
+
+def per_layer_gram_loop(model, inputs, targets, layer_of, inputs2=None, targets2=None, loss_fn=None) -> dict:
+    """``{layer: [N, M]}`` from one example at a time: per-parameter gradients, dotted within each layer.
+
+    ``layer_of(parameter name) -> layer name`` says which layer a trainable parameter belongs to.
+    """
+    loss_fn = loss_fn or torch.nn.functional.cross_entropy
+    net = _eval_copy(model)
+    named = [(name, p) for name, p in net.named_parameters() if p.requires_grad]
+
+    def grads(xs, ys):
+        rows = []
+        for x, y in zip(xs, ys):
+            loss = loss_fn(net(x.unsqueeze(0)), y.unsqueeze(0))
+            rows.append(dict(zip([n for n, _ in named], torch.autograd.grad(loss, [p for _, p in named]))))
+        return rows
+
+    g1 = grads(inputs, targets)
+    g2 = g1 if inputs2 is None else grads(inputs2, targets2)
+    out = {}
+    for name, _ in named:
+        layer = layer_of(name)
+        block = torch.tensor([[float((a[name] * b[name]).sum()) for b in g2] for a in g1], dtype=torch.float64)
+        out[layer] = out[layer] + block if layer in out else block
+    return out

@@ -53,3 +53,17 @@ def test_quick_benchmark_reports_every_row(tmp_path):
     peaks = rows["memory CNN"]["peak_bytes"]
     assert set(peaks) == {"jacobian_norm", "loss_gradient_gram"}
     assert all(set(p) == {"8", "80", "unchunked"} for p in peaks.values())
+
+
+@pytest.mark.slow
+def test_architecture_rows_report_every_model():
+    pytest.importorskip("torchvision")
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        import _architectures
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+    rows = _architectures.architecture_rows(4, 1, per_example=False)
+    assert [r["row"] for r in rows] == ["gram resnet18", "gram ViT", "gram text"]
+    for row in rows:
+        assert set(row) == KEYS and row["ratio_to_limit"] > 0 and isinstance(row["met"], bool), row["row"]

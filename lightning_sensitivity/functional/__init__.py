@@ -12,6 +12,7 @@ from lightning_sensitivity.functional.critical_length import critical_length, cr
 from lightning_sensitivity.functional.gram_statistics import gram_statistics
 from lightning_sensitivity.functional.jacobian import jacobian_norm
 from lightning_sensitivity.functional.jacobian_estimate import jacobian_norm_estimate
+from lightning_sensitivity.functional.per_layer import per_layer_gram
 from lightning_sensitivity.functional.stiffness import (
     Stiffness,
     class_stiffness,
@@ -32,6 +33,7 @@ __all__ = [
     "transition_counts",
     "TransitionCounts",
     "loss_gradient_gram",
+    "per_layer_gram",
     "stiffness",
     "Stiffness",
     "class_stiffness",

@@ -60,6 +60,39 @@ def gram_and_norms(
     Inputs may be integer (token ids): nothing is differentiated with respect to them. Targets may be of any dtype
     and shape ``[N, ...]``; ``model_kwargs``/``model_kwargs2`` are per-example keyword inputs of the model for the
     two sets."""
+    model, args, kw1, kw2 = prepare_gram_call(
+        model, inputs, targets, inputs2, targets2, loss_fn, chunk_size, progress, method, model_kwargs, model_kwargs2
+    )
+    with measurement_context(model):
+        if method == "per_example":
+            gram, sq1, sq2 = per_example_gram(*args, kwargs1=kw1, kwargs2=kw2)
+        else:
+            try:
+                gram, sq1, sq2 = layerwise_gram(*args, kwargs1=kw1, kwargs2=kw2)
+            except LayerwiseUnsupported as err:
+                if method == "layerwise":
+                    raise ValueError(f"`method='layerwise'` cannot handle this model: {err}") from None
+                # Exactness first: the generic engine handles any model, at the cost of per-example gradients.
+                gram, sq1, sq2 = per_example_gram(*args, kwargs1=kw1, kwargs2=kw2)
+    return gram.detach(), sq1.detach(), sq2.detach()
+
+
+def prepare_gram_call(
+    model: nn.Module,
+    inputs: Tensor,
+    targets: Tensor,
+    inputs2: Tensor | None,
+    targets2: Tensor | None,
+    loss_fn: LossFn,
+    chunk_size: int | None,
+    progress: Progress | None,
+    method: str,
+    model_kwargs: ModelKwargs | None = None,
+    model_kwargs2: ModelKwargs | None = None,
+) -> tuple[nn.Module, tuple, dict[str, Tensor], dict[str, Tensor] | None]:
+    """Validate a Gram call: ``(module, engine arguments, kwargs1, kwargs2)`` with the module behind
+    ``torch.compile``, the engine arguments ``(model, params, buffers, x1, y1, x2, y2, loss_fn, chunk_size,
+    progress)`` and the two sets' per-example keyword inputs."""
     if method not in GRAM_METHODS:
         raise ValueError(f"`method` expected one of {GRAM_METHODS}, got {method!r}")
     check_loss_fn(loss_fn)
@@ -96,16 +129,4 @@ def gram_and_norms(
         x2 = match_model(x2, params)
         y2 = y2.to(x2.device)
         kw2 = prepare_model_kwargs(model_kwargs2, x2.shape[0], params, name="model_kwargs2", inputs_name="inputs2")
-    args = (model, params, buffers, x1, y1, x2, y2, loss_fn, chunk_size, progress)
-    with measurement_context(model):
-        if method == "per_example":
-            gram, sq1, sq2 = per_example_gram(*args, kwargs1=kw1, kwargs2=kw2)
-        else:
-            try:
-                gram, sq1, sq2 = layerwise_gram(*args, kwargs1=kw1, kwargs2=kw2)
-            except LayerwiseUnsupported as err:
-                if method == "layerwise":
-                    raise ValueError(f"`method='layerwise'` cannot handle this model: {err}") from None
-                # Exactness first: the generic engine handles any model, at the cost of per-example gradients.
-                gram, sq1, sq2 = per_example_gram(*args, kwargs1=kw1, kwargs2=kw2)
-    return gram.detach(), sq1.detach(), sq2.detach()
+    return model, (model, params, buffers, x1, y1, x2, y2, loss_fn, chunk_size, progress), kw1, kw2

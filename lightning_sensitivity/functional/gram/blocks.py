@@ -34,35 +34,42 @@ def blockwise_gram(
     num_cols: int | None,
     chunk_size: int | None,
     progress: Progress | None,
-    like: Tensor,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """``(G, |g_i|^2, |g_j|^2)`` assembled block by block from per-chunk features.
 
     ``features(s, piece)`` computes what examples ``piece`` of set ``s`` (0 = rows, 1 = columns) contribute;
     ``num_cols=None`` means the columns are the rows (only the upper blocks are computed). With ``chunk_size`` set,
     column features are recomputed for every row chunk rather than stored, so memory is bounded by two chunks.
+    The results take the blocks' dtype and device (the model's, whatever the inputs -- token ids are integers).
     """
     same = num_cols is None
     row_slices = list(chunks(num_rows, chunk_size))
     col_slices = row_slices if same else list(chunks(num_cols, chunk_size))
-    gram = like.new_zeros(num_rows, num_rows if same else num_cols)
-    sq1 = like.new_zeros(num_rows)
-    sq2 = sq1 if same else like.new_zeros(num_cols)
+    gram = sq1 = sq2 = None
     total = len(row_slices) * (len(row_slices) + 1) // 2 if same else len(row_slices) * len(col_slices)
     done = 0
     for i, rows in enumerate(row_slices):
         f_rows = features(0, rows)
-        sq1[rows] = squared_norms(f_rows)
+        # With one set the diagonal block holds the squared norms: no second pass over the features.
+        sq_rows = None if same else squared_norms(f_rows)
         for j, cols in enumerate(col_slices):
             if same and j < i:
                 continue
             f_cols = f_rows if (same and j == i) else features(0 if same else 1, cols)
             block = cross(f_rows, f_cols)
+            if gram is None:
+                gram = block.new_zeros(num_rows, num_rows if same else num_cols)
+                sq1 = block.new_zeros(num_rows)
+                sq2 = sq1 if same else block.new_zeros(num_cols)
             gram[rows, cols] = block
             if same:
                 gram[cols, rows] = block.T
-            elif i == 0:
-                sq2[cols] = squared_norms(f_cols)
+                if j == i:
+                    sq1[rows] = block.diagonal()
+            else:
+                sq1[rows] = sq_rows
+                if i == 0:
+                    sq2[cols] = squared_norms(f_cols)
             done += 1
             report(progress, done, total)
     return gram, sq1, sq2

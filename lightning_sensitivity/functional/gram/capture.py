@@ -11,140 +11,27 @@ both come out of a single batched pass on the *summed* per-example loss because,
 interact. Per call the engine picks the cheaper of that identity and the explicit per-example gradient (e.g.
 ``unfold`` for a convolution with many output pixels); affine normalisation layers have small explicit gradients.
 
-Recognition happens at the operator level with a :class:`~torch.overrides.TorchFunctionMode`: every torch function
-that receives a trainable parameter must be one of ``F.linear``, ``F.conv1d``, ``F.conv2d`` (zero padding, any
-stride/dilation/groups), ``F.batch_norm`` (running statistics), ``F.layer_norm`` or ``F.group_norm``; anything
-else (a parametrisation, ``x @ W.T``, an embedding, a recurrent cell, batch statistics) raises
+Which ops are recognised, and what each records, is :mod:`.recognition`; anything else raises
 :class:`LayerwiseUnsupported`, and the caller falls back to the generic ``vmap(grad)`` engine.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import vmap
-from torch.overrides import TorchFunctionMode
-from torch.utils._pytree import tree_flatten
 
 from lightning_sensitivity.functional._model import as_function, check_logits
 from lightning_sensitivity.functional.gram.blocks import LossFn
+from lightning_sensitivity.functional.gram.recognition import Call, Capture, LayerwiseUnsupported
 
-_CONV = {F.conv1d: 1, F.conv2d: 2}
-_NORMS = (F.batch_norm, F.layer_norm, F.group_norm)
+__all__ = ["Features", "LayerwiseUnsupported", "cross", "cross_by_name", "layer_features", "select", "squared_norms"]
+
 # Losses whose batch-of-one value equals their ``reduction="none"`` entry for class-index targets.
 _UNREDUCIBLE = (F.cross_entropy, F.nll_loss)
-
-
-class LayerwiseUnsupported(Exception):
-    """The model uses a trainable parameter in a way the layerwise engine has no exact Gram for."""
-
-
-@dataclass
-class _Call:
-    """One use of trainable parameters by a recognised op, with what its Gram contribution needs."""
-
-    kind: str  # "linear" | "conv" | "norm"
-    weight: str | None  # trainable parameter names (None when absent or frozen)
-    bias: str | None
-    inputs: Tensor  # detached op input (the normalised input for "norm")
-    leaf: Tensor  # zeros added to the op output; its gradient is delta
-    options: dict = field(default_factory=dict)
-
-
-class _Capture(TorchFunctionMode):
-    def __init__(self, trainable: dict[str, Tensor]) -> None:
-        super().__init__()
-        self.names = {id(t): name for name, t in trainable.items()}
-        self.calls: list[_Call] = []
-
-    def _name(self, t: object) -> str | None:
-        return self.names.get(id(t)) if isinstance(t, Tensor) else None
-
-    def __torch_function__(self, func, types, args=(), kwargs=None):
-        kwargs = kwargs or {}
-        if func is F.batch_norm and _arg(args, kwargs, 5, "training", False):
-            raise LayerwiseUnsupported("batch normalisation with batch statistics mixes the examples of a batch")
-        flat, _ = tree_flatten((args, kwargs))
-        used = [self._name(t) for t in flat if self._name(t) is not None]
-        if not used:
-            return func(*args, **kwargs)
-        if func is F.linear or func in _CONV:
-            return self._affine(func, args, kwargs, used)
-        if func in _NORMS:
-            return self._norm(func, args, kwargs, used)
-        out = func(*args, **kwargs)
-        if any(isinstance(t, Tensor) for t in tree_flatten(out)[0]):
-            raise LayerwiseUnsupported(f"trainable parameter {used[0]!r} is used by {_fn_name(func)}")
-        return out  # a query such as .shape or .dim() touches no value
-
-    def _record(self, kind, out, weight, bias, inputs, **options) -> Tensor:
-        leaf = torch.zeros_like(out, requires_grad=True)
-        self.calls.append(_Call(kind, weight, bias, inputs.detach(), leaf, options))
-        return out + leaf  # the sum, not ``out``: in-place ops after the layer must not alter delta
-
-    def _affine(self, func, args, kwargs, used) -> Tensor:
-        x, w = _arg(args, kwargs, 0, "input"), _arg(args, kwargs, 1, "weight")
-        b = _arg(args, kwargs, 2, "bias")
-        weight, bias = self._name(w), self._name(b)
-        if self._name(x) is not None or len(used) != (weight is not None) + (bias is not None):
-            raise LayerwiseUnsupported(f"trainable parameter {used[0]!r} is an input of {_fn_name(func)}")
-        out = func(*args, **kwargs)
-        if func is F.linear:
-            return self._record("linear", out, weight, bias, x)
-        dims = _CONV[func]
-        options = {
-            name: _arg(args, kwargs, pos, name, default)
-            for pos, name, default in ((3, "stride", 1), (4, "padding", 0), (5, "dilation", 1), (6, "groups", 1))
-        }
-        if isinstance(options["padding"], str):
-            if options["padding"] != "valid":
-                raise LayerwiseUnsupported(f"{_fn_name(func)} with padding={options['padding']!r}")
-            options["padding"] = 0
-        if dims == 1:  # a 1-D convolution is a 2-D one over a height of 1
-            x = x.unsqueeze(2)
-            heights = {"stride": 1, "padding": 0, "dilation": 1}
-            options = {k: (v if k == "groups" else (heights[k], _single(v))) for k, v in options.items()}
-        return self._record("conv", out, weight, bias, x, kernel=tuple(w.shape[2:]) if dims == 2 else (1, w.shape[2]),
-                            **options)  # fmt: skip
-
-    def _norm(self, func, args, kwargs, used) -> Tensor:
-        x = _arg(args, kwargs, 0, "input")
-        if func is F.batch_norm:
-            w, b = _arg(args, kwargs, 3, "weight"), _arg(args, kwargs, 4, "bias")
-            mean, var = _arg(args, kwargs, 1, "running_mean"), _arg(args, kwargs, 2, "running_var")
-            eps = _arg(args, kwargs, 7, "eps", 1e-5)
-            shape = (1, -1) + (1,) * (x.dim() - 2)
-            normalised = (x - mean.reshape(shape)) / torch.sqrt(var.reshape(shape) + eps)
-            lead = 2  # parameters live on the channel dimension 1
-        elif func is F.layer_norm:
-            shape = _arg(args, kwargs, 1, "normalized_shape")
-            w, b = _arg(args, kwargs, 2, "weight"), _arg(args, kwargs, 3, "bias")
-            normalised = F.layer_norm(x, shape, None, None, _arg(args, kwargs, 4, "eps", 1e-5))
-            lead = -len(tuple(shape))  # parameters cover the trailing normalised dimensions
-        else:
-            groups = _arg(args, kwargs, 1, "num_groups")
-            w, b = _arg(args, kwargs, 2, "weight"), _arg(args, kwargs, 3, "bias")
-            normalised = F.group_norm(x, groups, None, None, _arg(args, kwargs, 4, "eps", 1e-5))
-            lead = 2
-        weight, bias = self._name(w), self._name(b)
-        if self._name(x) is not None or len(used) != (weight is not None) + (bias is not None):
-            raise LayerwiseUnsupported(f"trainable parameter {used[0]!r} is an input of {_fn_name(func)}")
-        return self._record("norm", func(*args, **kwargs), weight, bias, normalised, lead=lead)
-
-
-def _arg(args, kwargs, pos: int, name: str, default=None):
-    return args[pos] if len(args) > pos else kwargs.get(name, default)
-
-
-def _single(v):
-    return v[0] if isinstance(v, (tuple, list)) else v
-
-
-def _fn_name(func) -> str:
-    return getattr(func, "__qualname__", None) or getattr(func, "__name__", repr(func))
 
 
 def per_example_losses(loss_fn: LossFn, logits: Tensor, y: Tensor) -> Tensor:
@@ -168,10 +55,12 @@ def per_example_losses(loss_fn: LossFn, logits: Tensor, y: Tensor) -> Tensor:
 
 @dataclass
 class Features:
-    """What a chunk contributes to Gram blocks: explicit gradients ``flat`` and factor pairs ``kron``."""
+    """What a chunk contributes to Gram blocks, per trainable parameter: explicit gradients ``flat`` and factor
+    pairs ``kron``. Kept apart rather than concatenated: a copy of every per-example gradient costs as much memory
+    traffic as their Gram."""
 
-    flat: Tensor  # [n, K]
-    kron: list[tuple[Tensor, Tensor]]  # (A [n, T, p], D [n, T, q])
+    flat: dict[str, Tensor]  # name -> [n, k], names sorted
+    kron: list[tuple[str, Tensor, Tensor]]  # (name, A [n, T, p] or token ids [n, T], D [n, T, q])
 
 
 def layer_features(
@@ -194,7 +83,7 @@ def layer_features(
     Raises:
         LayerwiseUnsupported: the model uses a trainable parameter outside the recognised ops.
     """
-    capture = _Capture(trainable)
+    capture = Capture(trainable)
     with capture:
         logits = check_logits(as_function(model)({**frozen, **trainable}, buffers, x, **(model_kwargs or {})))
     calls = capture.calls
@@ -209,7 +98,7 @@ def layer_features(
             if name is not None:
                 uses[name] = uses.get(name, 0) + 1
     flat: dict[str, Tensor] = {}
-    kron: list[tuple[Tensor, Tensor]] = []
+    kron: list[tuple[str, Tensor, Tensor]] = []
     for call, delta in zip(calls, deltas):
         if call.inputs.shape[0] != n or call.leaf.shape[0] != n:
             # Per-example factors need the example index first; a sequence-first layout would mix them up.
@@ -218,23 +107,23 @@ def layer_features(
         shared = uses.get(call.weight, 0) > 1 or uses.get(call.bias, 0) > 1
         for name, piece in _pieces(call, delta, n, reference_rows, shared):
             if isinstance(piece, tuple):
-                kron.append(piece)
+                kron.append((name, *piece))
             else:
                 flat[name] = flat[name] + piece if name in flat else piece
-    columns = [flat[k] for k in sorted(flat)]  # a fixed order so that row and column chunks line up
-    # ``logits.new_zeros``, not ``x.new_zeros``: for token ids that would be an integer tensor.
-    return Features(torch.cat(columns, dim=1) if columns else logits.new_zeros(n, 0), kron)
+    return Features({k: flat[k] for k in sorted(flat)}, kron)  # a fixed order, so that row and column chunks line up
 
 
-def _pieces(call: _Call, delta: Tensor, n: int, reference_rows: int, shared: bool):
+def _pieces(call: Call, delta: Tensor, n: int, reference_rows: int, shared: bool):
     """``(parameter name, [n, k] gradient or (A, D) factor pair)`` for each trainable parameter of a call."""
     if call.kind == "linear":
         a = call.inputs.reshape(n, -1, call.inputs.shape[-1])
         d = delta.reshape(n, -1, delta.shape[-1])
-        if call.weight is not None and call.bias is not None and not shared:
+        positions, p, q = a.shape[1], a.shape[2], d.shape[2]
+        combined = call.weight is not None and call.bias is not None and not shared
+        if combined and _factor_pair_cheaper(reference_rows, positions, p + 1, q):
             # The bias is a weight on a constant input 1: one factor pair covers both, no separate bias Gram.
             a = torch.cat([a, a.new_ones(a.shape[0], a.shape[1], 1)], dim=2)
-            yield call.weight, _weight_piece(a, d, reference_rows, shared)
+            yield call.weight, (a, d)
             return
         if call.bias is not None:
             yield call.bias, d.sum(dim=1)
@@ -250,9 +139,15 @@ def _pieces(call: _Call, delta: Tensor, n: int, reference_rows: int, shared: boo
             a, groups = call.inputs, o["groups"]
             q, positions = d.shape[1], d.shape[2]
             p = a.shape[1] // groups * o["kernel"][0] * o["kernel"][1]
+            def unfold() -> Tensor:  # [n, p, T]
+                return F.unfold(a, o["kernel"], dilation=o["dilation"], padding=o["padding"], stride=o["stride"])
+
             if groups == 1 and not shared and _factor_pair_cheaper(reference_rows, positions, p, q):
-                cols = F.unfold(a, o["kernel"], dilation=o["dilation"], padding=o["padding"], stride=o["stride"])
-                yield call.weight, (cols.transpose(1, 2), d.transpose(1, 2))
+                yield call.weight, (unfold().transpose(1, 2), d.transpose(1, 2))
+            elif groups == 1 and positions <= 2 * q:
+                # A batched matmul on unfolded inputs: ~3x faster than the grouped convolution below for few output
+                # pixels (measured on resnet18's later stages); the unfold buffer is then at most twice the gradients.
+                yield call.weight, torch.bmm(d, unfold().transpose(1, 2)).reshape(n, -1)
             else:
                 # Per-example weight gradients as the weight gradient of one convolution with the batch folded
                 # into the groups: no unfold buffer, and about the cost of the layer's forward pass.
@@ -266,6 +161,26 @@ def _pieces(call: _Call, delta: Tensor, n: int, reference_rows: int, shared: boo
                     groups=n * groups,
                 )
                 yield call.weight, grads.reshape(n, -1)
+    elif call.kind == "embedding":
+        ids = call.inputs.reshape(n, -1)
+        d = delta.reshape(n, ids.shape[1], -1)
+        if call.options["padding_idx"] is not None:  # the padding row receives no gradient
+            d = d * (ids != call.options["padding_idx"]).unsqueeze(2).to(d.dtype)
+        vocabulary, (positions, q) = call.options["rows"], d.shape[1:]
+        # Token pairs with equal ids (the identity with one-hot inputs) against gradients scattered into [n, V * q].
+        # The pairs are enumerated (see ``_equal_id_block``): their number, sum_v count_v^2, sets the cost.
+        pairs = float(torch.bincount(ids.flatten(), minlength=vocabulary).double().pow(2).sum()) * (reference_rows / n) ** 2
+        identity_cost = min(pairs, (reference_rows * positions) ** 2) * (q + 1)
+        explicit_cost = n * positions * q + reference_rows**2 * vocabulary * q
+        if not shared and identity_cost <= explicit_cost:
+            yield call.weight, (ids, d)
+        else:
+            grads = d.new_zeros(n, vocabulary, q).scatter_add_(1, ids.unsqueeze(2).expand(-1, -1, q), d)
+            yield call.weight, grads.reshape(n, -1)
+    elif call.kind in ("add", "mul"):
+        factor = delta if call.kind == "add" else delta * call.inputs
+        dims = call.options["dims"]
+        yield call.weight, (factor.sum(dim=dims, keepdim=True) if dims else factor).reshape(n, -1)
     else:
         lead = call.options["lead"]
         dims = tuple(range(1, delta.dim() + lead)) if lead < 0 else tuple(range(2, delta.dim()))
@@ -295,33 +210,68 @@ def _weight_piece(a: Tensor, d: Tensor, rows: int, shared: bool):
     return torch.bmm(d.transpose(1, 2), a).reshape(a.shape[0], q * p)
 
 
-def cross(rows: Features, cols: Features) -> Tensor:
-    """Gram block ``[n_rows, n_cols]`` between two chunks' features."""
-    if rows.flat.shape[1] != cols.flat.shape[1] or len(rows.kron) != len(cols.kron):
+def _equal_id_block(ids1: Tensor, d1: Tensor, ids2: Tensor, d2: Tensor) -> Tensor:
+    """``sum_{t, s} [id_it == id_js] d_it . d_js`` as ``[n1, n2]``: an embedding's Gram block.
+
+    Only pairs of equal ids contribute, and in text most pairs differ, so they are enumerated through a sort
+    (``sum_v count1_v count2_v`` dot products) unless they are many (a frequent token), then an equality mask.
+    """
+    (n1, t1), (n2, t2) = ids1.shape, ids2.shape
+    u1, u2 = ids1.reshape(-1), ids2.reshape(-1)
+    f1, f2 = d1.reshape(n1 * t1, -1), d2.reshape(n2 * t2, -1)
+    order = torch.argsort(u2)
+    sorted2 = u2[order]
+    start = torch.searchsorted(sorted2, u1)
+    counts = torch.searchsorted(sorted2, u1, right=True) - start
+    total = int(counts.sum())
+    if 4 * total > u1.numel() * u2.numel():
+        prod = (u1[:, None] == u2[None, :]) * (f1 @ f2.T)
+        return prod.reshape(n1, t1, n2, t2).sum(dim=(1, 3))
+    first = torch.repeat_interleave(torch.arange(u1.numel(), device=u1.device), counts)
+    offset = torch.arange(total, device=u1.device) - torch.repeat_interleave(counts.cumsum(0) - counts, counts)
+    second = order[start[first] + offset]
+    dots = (f1[first] * f2[second]).sum(dim=1)
+    flat = f1.new_zeros(n1 * n2).index_add_(0, (first // t1) * n2 + second // t2, dots)
+    return flat.reshape(n1, n2)
+
+
+def cross_by_name(rows: Features, cols: Features) -> dict[str, Tensor]:
+    """Gram blocks ``[n_rows, n_cols]`` between two chunks' features, one per trainable parameter (a parameter with
+    several factor pairs, e.g. shared between calls, sums them)."""
+    if list(rows.flat) != list(cols.flat) or [k[0] for k in rows.kron] != [k[0] for k in cols.kron]:
         raise LayerwiseUnsupported("the model took a different path for two chunks of examples")
-    block = rows.flat @ cols.flat.T
-    for (a1, d1), (a2, d2) in zip(rows.kron, cols.kron):
-        if a1.shape[1] == 1:
-            block += (a1[:, 0] @ a2[:, 0].T) * (d1[:, 0] @ d2[:, 0].T)
+    blocks = {name: g1 @ cols.flat[name].T for name, g1 in rows.flat.items()}
+    for (name, a1, d1), (_, a2, d2) in zip(rows.kron, cols.kron):
+        if a1.shape[1] == 1 and a1.is_floating_point():
+            block = (a1[:, 0] @ a2[:, 0].T) * (d1[:, 0] @ d2[:, 0].T)
+        elif not a1.is_floating_point():
+            block = _equal_id_block(a1, d1, a2, d2)
         else:
             n1, t1 = a1.shape[:2]
             n2, t2 = a2.shape[:2]
             prod = (a1.reshape(n1 * t1, -1) @ a2.reshape(n2 * t2, -1).T) * (d1.reshape(n1 * t1, -1) @ d2.reshape(n2 * t2, -1).T)
-            block += prod.reshape(n1, t1, n2, t2).sum(dim=(1, 3))
-    return block
+            block = prod.reshape(n1, t1, n2, t2).sum(dim=(1, 3))
+        blocks[name] = blocks[name] + block if name in blocks else block
+    return blocks
+
+
+def cross(rows: Features, cols: Features) -> Tensor:
+    """Gram block ``[n_rows, n_cols]`` between two chunks' features."""
+    return sum(cross_by_name(rows, cols).values())  # every recorded call names a parameter: never empty
 
 
 def select(features: Features, index: Tensor) -> Features:
     """The features of some examples of a chunk."""
-    return Features(features.flat[index], [(a[index], d[index]) for a, d in features.kron])
+    return Features({k: g[index] for k, g in features.flat.items()}, [(k, a[index], d[index]) for k, a, d in features.kron])
 
 
 def squared_norms(features: Features) -> Tensor:
     """``|g_i|^2`` of each example of a chunk."""
-    total = features.flat.pow(2).sum(dim=1)
-    for a, d in features.kron:
-        if a.shape[1] == 1:
-            total += a[:, 0].pow(2).sum(dim=1) * d[:, 0].pow(2).sum(dim=1)
+    total = sum(g.pow(2).sum(dim=1) for g in features.flat.values())
+    for _, a, d in features.kron:
+        if a.shape[1] == 1 and a.is_floating_point():
+            total = total + a[:, 0].pow(2).sum(dim=1) * d[:, 0].pow(2).sum(dim=1)
         else:
-            total += (torch.bmm(a, a.transpose(1, 2)) * torch.bmm(d, d.transpose(1, 2))).sum(dim=(1, 2))
+            inner = torch.bmm(a, a.transpose(1, 2)) if a.is_floating_point() else a.unsqueeze(2) == a.unsqueeze(1)
+            total = total + (inner * torch.bmm(d, d.transpose(1, 2))).sum(dim=(1, 2))
     return total

@@ -7,11 +7,12 @@ blocks and, once per model structure, verifies them against ``torch.autograd`` g
 from __future__ import annotations
 
 import weakref
+from collections.abc import Callable
 
 import torch
 from torch import Tensor, nn
 
-from lightning_sensitivity.functional._model import Progress, as_function, check_logits, model_dtype, take
+from lightning_sensitivity.functional._model import Progress, as_function, check_logits, take
 from lightning_sensitivity.functional.gram import capture as lg
 from lightning_sensitivity.functional.gram.blocks import LossFn, blockwise_gram, split_trainable
 
@@ -44,6 +45,23 @@ def layerwise_gram(
     """
     trainable, frozen = split_trainable(params, model)
     sets = ((x1, y1, kwargs1 or {}), (x2, y2, kwargs2 or {}))
+    features = checked_features(model, trainable, frozen, buffers, sets, loss_fn, chunk_size)
+    return blockwise_gram(
+        features,
+        lg.cross,
+        lg.squared_norms,
+        x1.shape[0],
+        None if x2 is None else x2.shape[0],
+        chunk_size,
+        progress,
+    )
+
+
+def checked_features(model, trainable, frozen, buffers, sets, loss_fn, chunk_size) -> Callable[[int, slice], lg.Features]:
+    """``features(s, piece)``: the layerwise factors of examples ``piece`` of set ``s`` (0 = rows, 1 = columns) of
+    ``sets = ((x1, y1, kwargs1), (x2, y2, kwargs2))``, the first chunk's checked against explicit gradients (once per
+    model structure)."""
+    (x1, _, _), (x2, _, _) = sets
     reference_rows = min(max(x1.shape[0], 0 if x2 is None else x2.shape[0]), chunk_size or 1 << 62)
     checked = False
 
@@ -63,16 +81,7 @@ def layerwise_gram(
             checked = True
         return feats
 
-    return blockwise_gram(
-        features,
-        lg.cross,
-        lg.squared_norms,
-        x1.shape[0],
-        None if x2 is None else x2.shape[0],
-        chunk_size,
-        progress,
-        x1.new_zeros(0, dtype=model_dtype(params)),  # not x1 itself: token ids would make an integer Gram
-    )
+    return features
 
 
 # Models whose layerwise factors passed the check, with what they were checked on: the check is about the model's

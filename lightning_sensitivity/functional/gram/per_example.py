@@ -6,7 +6,7 @@ import torch
 from torch import Tensor, nn
 from torch.func import grad, vmap
 
-from lightning_sensitivity.functional._model import Progress, as_function, check_logits, model_dtype, take
+from lightning_sensitivity.functional._model import Progress, as_function, check_logits, take
 from lightning_sensitivity.functional.gram.blocks import LossFn, blockwise_gram, split_trainable
 
 
@@ -69,5 +69,4 @@ def per_example_gram(
         None if x2 is None else x2.shape[0],
         chunk_size,
         progress,
-        x1.new_zeros(0, dtype=model_dtype(params)),  # not x1 itself: token ids would make an integer Gram
     )

@@ -1,0 +1,211 @@
+"""Which torch functions the layerwise engine recognises when they receive a trainable parameter, and what each records.
+
+Recognition happens at the operator level with a :class:`~torch.overrides.TorchFunctionMode`: every torch function
+that receives a trainable parameter must be one of ``F.linear``, ``F.conv1d``, ``F.conv2d`` (zero padding, any
+stride/dilation/groups), ``F.batch_norm`` (running statistics), ``F.layer_norm``, ``F.group_norm``, ``F.rms_norm``,
+``F.embedding`` (ids whose pairs are compared for equality, or gradients scattered into the vocabulary),
+``F.multi_head_attention_forward`` (rebuilt from the above by :mod:`.attention`), or an elementwise ``x + P``,
+``x * P`` or ``P.expand(...)`` that broadcasts the parameter over the batch (positional embeddings, layer scales,
+class tokens); anything else (a parametrisation, ``x @ W.T``, a recurrent cell, batch statistics) raises
+:class:`LayerwiseUnsupported`, and the caller falls back to the generic ``vmap(grad)`` engine. Parameter-free ops
+(``F.scaled_dot_product_attention``, ``torch.cat``, activations) pass through untouched.
+
+Each recognised call adds a zero to its output and records a :class:`Call`: the op's input (or what its parameter
+gradient needs) and that zero, whose gradient is the output gradient ``delta``; :mod:`.capture` turns the pair into
+Gram factors.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torch.overrides import TorchFunctionMode
+from torch.utils._pytree import tree_flatten
+
+from lightning_sensitivity.functional.gram.attention import (
+    AttentionUnsupported,
+    multi_head_attention,
+)
+
+_CONV = {F.conv1d: 1, F.conv2d: 2}
+_NORMS = (F.batch_norm, F.layer_norm, F.group_norm) + ((F.rms_norm,) if hasattr(F, "rms_norm") else ())
+# Elementwise uses of a parameter broadcast over the batch: ``x + P`` (positional embeddings), ``x * P`` (layer
+# scales) and ``P.expand(n, ...)`` (class tokens, later concatenated).
+_ADD = (torch.add, Tensor.add, Tensor.__add__, Tensor.__radd__)
+_MUL = (torch.mul, Tensor.mul, Tensor.__mul__, Tensor.__rmul__)
+
+
+class LayerwiseUnsupported(Exception):
+    """The model uses a trainable parameter in a way the layerwise engine has no exact Gram for."""
+
+
+@dataclass
+class Call:
+    """One use of trainable parameters by a recognised op, with what its Gram contribution needs."""
+
+    kind: str  # "linear" | "conv" | "norm" | "embedding" | "add" | "mul"
+    weight: str | None  # trainable parameter names (None when absent or frozen)
+    bias: str | None
+    inputs: Tensor  # detached op input (normalised input for "norm", token ids for "embedding", other factor for "mul")
+    leaf: Tensor  # zeros added to the op output; its gradient is delta
+    options: dict = field(default_factory=dict)
+
+
+class Capture(TorchFunctionMode):
+    """Records every recognised use of a trainable parameter (by tensor identity) during a forward pass."""
+
+    def __init__(self, trainable: dict[str, Tensor]) -> None:
+        super().__init__()
+        self.names = {id(t): name for name, t in trainable.items()}
+        self.calls: list[Call] = []
+
+    def _name(self, t: object) -> str | None:
+        return self.names.get(id(t)) if isinstance(t, Tensor) else None
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func is F.batch_norm and _arg(args, kwargs, 5, "training", False):
+            raise LayerwiseUnsupported("batch normalisation with batch statistics mixes the examples of a batch")
+        flat, _ = tree_flatten((args, kwargs))
+        used = [self._name(t) for t in flat if self._name(t) is not None]
+        if not used:
+            return func(*args, **kwargs)
+        if func is F.linear or func in _CONV:
+            return self._affine(func, args, kwargs, used)
+        if func in _NORMS:
+            return self._norm(func, args, kwargs, used)
+        if func is F.embedding:
+            return self._embedding(args, kwargs, used)
+        if func is F.multi_head_attention_forward:
+            try:
+                return multi_head_attention(args, kwargs, self._linear, self._expand)
+            except AttentionUnsupported as err:
+                raise LayerwiseUnsupported(str(err)) from None
+        if func in _ADD or func in _MUL or func is Tensor.expand:
+            return self._elementwise(func, args, kwargs, used)
+        out = func(*args, **kwargs)
+        if any(isinstance(t, Tensor) for t in tree_flatten(out)[0]):
+            raise LayerwiseUnsupported(f"trainable parameter {used[0]!r} is used by {_fn_name(func)}")
+        return out  # a query such as .shape or .dim() touches no value
+
+    def _record(self, kind, out, weight, bias, inputs, **options) -> Tensor:
+        if torch.compiler.is_compiling():
+            # Inside a compiled region the view below would be a graph intermediate, not a tensor autograd can reach.
+            leaf = torch.zeros_like(out, requires_grad=True)
+        else:
+            # A broadcast zero, not ``zeros_like``: nothing to fill; the gradient with respect to it is still delta.
+            leaf = out.new_zeros((), requires_grad=True).expand(out.shape)
+        self.calls.append(Call(kind, weight, bias, inputs.detach(), leaf, options))
+        return out + leaf  # the sum, not ``out``: in-place ops after the layer must not alter delta
+
+    def _affine(self, func, args, kwargs, used) -> Tensor:
+        x, w = _arg(args, kwargs, 0, "input"), _arg(args, kwargs, 1, "weight")
+        b = _arg(args, kwargs, 2, "bias")
+        weight, bias = self._name(w), self._name(b)
+        if self._name(x) is not None or len(used) != (weight is not None) + (bias is not None):
+            raise LayerwiseUnsupported(f"trainable parameter {used[0]!r} is an input of {_fn_name(func)}")
+        out = func(*args, **kwargs)
+        if func is F.linear:
+            return self._record("linear", out, weight, bias, x)
+        dims = _CONV[func]
+        options = {
+            name: _arg(args, kwargs, pos, name, default)
+            for pos, name, default in ((3, "stride", 1), (4, "padding", 0), (5, "dilation", 1), (6, "groups", 1))
+        }
+        if isinstance(options["padding"], str):
+            if options["padding"] != "valid":
+                raise LayerwiseUnsupported(f"{_fn_name(func)} with padding={options['padding']!r}")
+            options["padding"] = 0
+        if dims == 1:  # a 1-D convolution is a 2-D one over a height of 1
+            x = x.unsqueeze(2)
+            heights = {"stride": 1, "padding": 0, "dilation": 1}
+            options = {k: (v if k == "groups" else (heights[k], _single(v))) for k, v in options.items()}
+        return self._record("conv", out, weight, bias, x, kernel=tuple(w.shape[2:]) if dims == 2 else (1, w.shape[2]),
+                            **options)  # fmt: skip
+
+    def _linear(self, x: Tensor, w: Tensor, b: Tensor | None) -> Tensor:
+        used = [name for name in (self._name(x), self._name(w), self._name(b)) if name is not None]
+        return self._affine(F.linear, (x, w, b), {}, used) if used else F.linear(x, w, b)
+
+    def _expand(self, p: Tensor, shape: tuple[int, ...]) -> Tensor:
+        name = self._name(p)
+        return self._elementwise(Tensor.expand, (p, shape), {}, [name]) if name is not None else p.expand(shape)
+
+    def _elementwise(self, func, args, kwargs, used) -> Tensor:
+        if func is Tensor.expand:
+            p, other = args[0], None
+        else:
+            if len(args) != 2 or kwargs.get("alpha", 1) != 1 or kwargs.get("out") is not None:
+                raise LayerwiseUnsupported(f"trainable parameter {used[0]!r} is used by {_fn_name(func)} with options")
+            p, other = (args[0], args[1]) if self._name(args[0]) is not None else (args[1], args[0])
+        if len(used) != 1 or self._name(other) is not None:
+            raise LayerwiseUnsupported(f"trainable parameter {used[0]!r} meets another parameter in {_fn_name(func)}")
+        out = func(*args, **kwargs)
+        lead = out.dim() - p.dim() if isinstance(out, Tensor) else -1
+        if lead < 0 or (lead == 0 and p.shape[0] != 1):
+            raise LayerwiseUnsupported(f"trainable parameter {used[0]!r} is not broadcast over the batch by {_fn_name(func)}")
+        kind = "mul" if func in _MUL else "add"
+        if kind == "mul" and not (isinstance(other, Tensor) and other.dim() == out.dim()):
+            raise LayerwiseUnsupported(f"trainable parameter {used[0]!r} is scaled by a tensor without a batch dimension")
+        # Dimensions of the output over which the parameter is broadcast (besides the batch): its gradient sums there.
+        padded = (1,) * lead + tuple(p.shape)
+        dims = tuple(k for k in range(1, out.dim()) if padded[k] == 1 and out.shape[k] != 1)
+        inputs = other.expand_as(out) if kind == "mul" else out
+        return self._record(kind, out, used[0], None, inputs, dims=dims)
+
+    def _embedding(self, args, kwargs, used) -> Tensor:
+        ids, w = _arg(args, kwargs, 0, "input"), _arg(args, kwargs, 1, "weight")
+        if self._name(w) is None or len(used) != 1:
+            raise LayerwiseUnsupported(f"trainable parameter {used[0]!r} is an input of embedding")
+        if _arg(args, kwargs, 3, "max_norm") is not None or _arg(args, kwargs, 5, "scale_grad_by_freq", False):
+            # max_norm rewrites the weight in place; scale_grad_by_freq scales by counts over the whole batch.
+            raise LayerwiseUnsupported("embedding with max_norm or scale_grad_by_freq")
+        padding_idx = _arg(args, kwargs, 2, "padding_idx")
+        if padding_idx is not None and padding_idx < 0:
+            padding_idx += w.shape[0]
+        out = F.embedding(*args, **kwargs)
+        return self._record("embedding", out, self._name(w), None, ids, padding_idx=padding_idx, rows=w.shape[0])
+
+    def _norm(self, func, args, kwargs, used) -> Tensor:
+        x = _arg(args, kwargs, 0, "input")
+        if func is F.batch_norm:
+            w, b = _arg(args, kwargs, 3, "weight"), _arg(args, kwargs, 4, "bias")
+            mean, var = _arg(args, kwargs, 1, "running_mean"), _arg(args, kwargs, 2, "running_var")
+            eps = _arg(args, kwargs, 7, "eps", 1e-5)
+            shape = (1, -1) + (1,) * (x.dim() - 2)
+            normalised = (x - mean.reshape(shape)) / torch.sqrt(var.reshape(shape) + eps)
+            lead = 2  # parameters live on the channel dimension 1
+        elif func is not F.layer_norm and func is not F.group_norm:  # rms_norm: a layer norm without a mean
+            shape = _arg(args, kwargs, 1, "normalized_shape")
+            w, b = _arg(args, kwargs, 2, "weight"), None
+            normalised = F.rms_norm(x, shape, None, _arg(args, kwargs, 3, "eps"))
+            lead = -len(tuple(shape))
+        elif func is F.layer_norm:
+            shape = _arg(args, kwargs, 1, "normalized_shape")
+            w, b = _arg(args, kwargs, 2, "weight"), _arg(args, kwargs, 3, "bias")
+            normalised = F.layer_norm(x, shape, None, None, _arg(args, kwargs, 4, "eps", 1e-5))
+            lead = -len(tuple(shape))  # parameters cover the trailing normalised dimensions
+        else:
+            groups = _arg(args, kwargs, 1, "num_groups")
+            w, b = _arg(args, kwargs, 2, "weight"), _arg(args, kwargs, 3, "bias")
+            normalised = F.group_norm(x, groups, None, None, _arg(args, kwargs, 4, "eps", 1e-5))
+            lead = 2
+        weight, bias = self._name(w), self._name(b)
+        if self._name(x) is not None or len(used) != (weight is not None) + (bias is not None):
+            raise LayerwiseUnsupported(f"trainable parameter {used[0]!r} is an input of {_fn_name(func)}")
+        return self._record("norm", func(*args, **kwargs), weight, bias, normalised, lead=lead)
+
+
+def _arg(args, kwargs, pos: int, name: str, default=None):
+    return args[pos] if len(args) > pos else kwargs.get(name, default)
+
+
+def _single(v):
+    return v[0] if isinstance(v, (tuple, list)) else v
+
+
+def _fn_name(func) -> str:
+    return getattr(func, "__qualname__", None) or getattr(func, "__name__", repr(func))
