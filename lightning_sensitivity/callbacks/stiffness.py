@@ -11,14 +11,25 @@ from torch import Tensor, nn
 from typing_extensions import override
 
 from lightning_sensitivity import keys
-from lightning_sensitivity._checks import check_choice, check_class_names, check_int, check_loss_fn, check_names
+from lightning_sensitivity._checks import (
+    check_bool,
+    check_choice,
+    check_class_names,
+    check_int,
+    check_loss_fn,
+    check_names,
+    describe,
+)
 from lightning_sensitivity.callbacks.base import Measurement, ProbeSplits, SensitivityMonitor
 from lightning_sensitivity.callbacks.progress import ProgressFactory
 from lightning_sensitivity.functional import (
     critical_length_bootstrap,
     gram_statistics,
+    pair_means,
+    per_layer_gram,
     predict_logits,
     stiffness,
+    stiffness_from_gram,
     stiffness_summary,
 )
 from lightning_sensitivity.functional.critical_length import METHODS as CRITICAL_METHODS
@@ -118,9 +129,19 @@ class StiffnessMonitor(SensitivityMonitor):
         distance: str = "cosine",
         critical_length_method: str = "first_crossing",
         critical_length_bootstrap: int = 0,
+        per_layer: bool = False,
+        layer_groups: Mapping[str, Sequence[str]] | None = None,
         **kwargs: Any,
     ) -> None:
         self.loss_fn = check_loss_fn(loss_fn)
+        self.per_layer = check_bool(per_layer, "per_layer")
+        if layer_groups is not None:
+            if not isinstance(layer_groups, Mapping):
+                raise TypeError(f"`layer_groups` expected a mapping {{name: [module prefix, ...]}}, got {describe(layer_groups)}")
+            if not per_layer:
+                raise ValueError("`layer_groups` expected `per_layer=True` to be given too, got per_layer=False")
+        self.layer_groups = None if layer_groups is None else {k: list(v) for k, v in layer_groups.items()}
+        self._layer_history: dict[str, list[tuple[int, dict[str, dict[str, float]]]]] = {}
         if isinstance(groups, (str, bytes)) or not isinstance(groups, Sequence):
             raise TypeError(
                 f"`groups` expected a sequence of names from {GROUPS}, got {type(groups).__name__} {groups!r}"
@@ -186,6 +207,8 @@ class StiffnessMonitor(SensitivityMonitor):
             "distance": self.distance,
             "critical_length_method": self.critical_length_method,
             "critical_length_bootstrap": self.critical_length_bootstrap,
+            "per_layer": self.per_layer,
+            "layer_groups": self.layer_groups,
             "class_names": self.class_names,
             "class_groups": self.class_groups,
             "group_names": self.group_names,
@@ -211,11 +234,20 @@ class StiffnessMonitor(SensitivityMonitor):
         for s in splits:
             offsets[s] = slice(start, start + len(probes[s]))
             start += len(probes[s])
-        with progress("per-example gradients") as bar:
-            joint = stiffness(
-                model, inputs, targets, loss_fn=self.loss_fn, chunk_size=self.chunk_size, progress=bar,
-                model_kwargs=kwargs or None,
+        layers: dict[str, Tensor] = {}
+        if self.per_layer:
+            # One pass gives every layer's block; the full Gram is their sum, so the per-layer view costs little more.
+            layers = per_layer_gram(
+                model, inputs, targets, layer_groups=self.layer_groups, loss_fn=self.loss_fn,
+                chunk_size=self.chunk_size, model_kwargs=kwargs or None,
             )  # fmt: skip
+            joint = stiffness_from_gram(sum(layers.values()), self_pairs=True)
+        else:
+            with progress("per-example gradients") as bar:
+                joint = stiffness(
+                    model, inputs, targets, loss_fn=self.loss_fn, chunk_size=self.chunk_size, progress=bar,
+                    model_kwargs=kwargs or None,
+                )  # fmt: skip
         classes = is_class_targets(targets)
         num_classes = None
         if classes:
@@ -280,7 +312,44 @@ class StiffnessMonitor(SensitivityMonitor):
                     result.scalars[keys.metric(keys.STIFFNESS, group, name)] = value
             result.arrays.update({keys.stiffness_array(group, k): v for k, v in arrays.items()})
             self._figures(result, group, arrays, names, epoch)
+            if layers:
+                self._layers(result, group, layers, targets[rows], None if same else targets[cols], rows, cols, epoch)
         return result
+
+    @override
+    def setup(self, trainer: Any, pl_module: Any, stage: str) -> None:
+        super().setup(trainer, pl_module, stage)
+        if stage == "fit":
+            self._layer_history = {}
+
+    def _layers(self, result: Measurement, group: str, layers: dict[str, Tensor], y_rows: Tensor, y_cols: Tensor | None,
+                rows: slice, cols: slice, epoch: int) -> None:  # fmt: skip
+        """Per-layer sign and cosine stiffness of one group, and the layers x measured epochs image."""
+        cosines: dict[str, dict[str, float]] = {}
+        for layer, block in layers.items():
+            s = stiffness_from_gram(block, self_pairs=True)  # the joint set: every example's own norm is there
+            for kind in KINDS:
+                means = pair_means(getattr(s, kind)[rows, cols], y_rows, y_cols, self_pairs=y_cols is None)
+                if means["mean"] == means["mean"]:
+                    result.scalars[keys.metric(keys.STIFFNESS, group, "layer", layer, kind)] = means["mean"]
+                if kind == "cosine":
+                    cosines[layer] = means
+            result.arrays[keys.stiffness_array(group, f"layer/{layer}/cosine")] = cosines[layer]["mean"]
+        history = self._layer_history.setdefault(group, [])
+        history[:] = [h for h in history if h[0] != epoch] + [(epoch, cosines)]
+        classes = is_class_targets(y_rows)
+        parts = ("same_class", "different_class") if classes else ("mean",)
+        row_names = [f"{layer} {part.split('_')[0] if classes else ''}".strip() for part in parts for layer in layers]
+        matrix = torch.tensor([[h[1][layer][part] for h in history] for part in parts for layer in layers])
+        epochs = [str(h[0]) for h in history]
+        title = f"{group} per-layer cosine stiffness ({'same / different class' if classes else 'all pairs'}) by epoch"
+
+        def draw() -> Any:
+            from lightning_sensitivity.logging.render import render_class_matrix
+
+            return render_class_matrix(matrix, row_names, col_names=epochs, title=title)
+
+        result.figures.append((keys.metric(keys.STIFFNESS, group, "per_layer_cosine"), draw))
 
     def _class_names(self, num_classes: int | None) -> list[str] | None:
         if self.class_names is None or num_classes is None:

@@ -19,8 +19,9 @@ from lightning_sensitivity.functional.stiffness import (
     loss_gradient_gram,
     stiffness,
     stiffness_by_distance,
+    stiffness_from_gram,
 )
-from lightning_sensitivity.functional.stiffness_summary import StiffnessSummary, stiffness_summary
+from lightning_sensitivity.functional.stiffness_summary import StiffnessSummary, pair_means, stiffness_summary
 from lightning_sensitivity.functional.summaries import binary_auroc, jacobian_norm_summary
 from lightning_sensitivity.functional.trajectories import ellipse_trajectories
 from lightning_sensitivity.functional.transitions import TransitionCounts, transition_counts
@@ -43,6 +44,8 @@ __all__ = [
     "binary_auroc",
     "jacobian_norm_summary",
     "stiffness_summary",
+    "stiffness_from_gram",
+    "pair_means",
     "StiffnessSummary",
     "gram_statistics",
 ]

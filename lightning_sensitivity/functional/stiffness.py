@@ -141,14 +141,32 @@ def stiffness(
     gram, sq1, sq2 = gram_and_norms(
         model, inputs, targets, inputs2, targets2, loss_fn, chunk_size, progress, method, model_kwargs, model_kwargs2
     )
-    norms = sq1.sqrt()[:, None] * sq2.sqrt()[None, :]
+    return stiffness_from_gram(gram, sq1, sq2, self_pairs=inputs2 is None)
+
+
+def stiffness_from_gram(
+    gram: Tensor, sq1: Tensor | None = None, sq2: Tensor | None = None, *, self_pairs: bool = True
+) -> Stiffness:
+    """:class:`Stiffness` of a Gram matrix ``G[i, j] = g_i . g_j`` with squared norms ``sq1 = |g_i|^2``,
+    ``sq2 = |g_j|^2`` (the diagonal of a square ``gram`` when omitted) -- e.g. one layer's block of
+    :func:`~lightning_sensitivity.functional.per_layer_gram`.
+
+    Example:
+        >>> s = stiffness_from_gram(torch.tensor([[4.0, -2.0], [-2.0, 9.0]]))
+        >>> s.cosine[0, 1].item(), s.sign_mean.item()
+        (-0.3333333432674408, -1.0)
+    """
+    if sq1 is None or sq2 is None:
+        if gram.dim() != 2 or gram.shape[0] != gram.shape[1]:
+            raise ValueError(f"`gram` expected a square matrix when the norms are omitted, got {tuple(gram.shape)}")
+        sq1 = sq2 = gram.diagonal()
+    norms = sq1.clamp_min(0).sqrt()[:, None] * sq2.clamp_min(0).sqrt()[None, :]
     cosine = torch.where(norms > 0, gram / norms.clamp_min(torch.finfo(gram.dtype).tiny), torch.zeros_like(gram))
     sign = torch.sign(gram)
     # torch.sign(nan) is 0 and `nan > 0` is False: without this a diverged model would report a stiffness of 0.
     broken = ~(gram.isfinite() & norms.isfinite())
     sign = sign.masked_fill(broken, float("nan"))
     cosine = cosine.masked_fill(broken, float("nan"))
-    self_pairs = inputs2 is None
     mask = _pair_mask(gram, self_pairs)
     return Stiffness(
         sign=sign,

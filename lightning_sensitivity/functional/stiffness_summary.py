@@ -277,3 +277,28 @@ def stiffness_summary(
         class_splits_skipped=reason,
         **out,
     )
+
+
+def pair_means(
+    matrix: Tensor, targets_rows: Tensor | None = None, targets_cols: Tensor | None = None, *, self_pairs: bool
+) -> dict[str, float]:
+    """Mean of a pairwise matrix over all pairs and, for integer class targets, over same- and different-class
+    pairs (self pairs left out when ``self_pairs``): ``{"mean", "same_class", "different_class"}`` (NaN without
+    such pairs). The light part of :func:`stiffness_summary`, e.g. for every layer of a per-layer stiffness.
+
+    Example:
+        >>> pair_means(torch.tensor([[1.0, 0.5], [0.5, 1.0]]), torch.tensor([0, 1]), self_pairs=True)
+        {'mean': 0.5, 'same_class': nan, 'different_class': 0.5}
+    """
+    values = matrix.detach().to(torch.float64).cpu()
+    pair = torch.ones(values.shape, dtype=torch.bool)
+    if self_pairs:
+        pair.fill_diagonal_(False)
+    out = {"mean": _mean(values, pair), "same_class": math.nan, "different_class": math.nan}
+    y_rows = None if targets_rows is None else targets_rows.detach().cpu()
+    y_cols = y_rows if targets_cols is None else targets_cols.detach().cpu()
+    if y_rows is not None and _why_not_classes(y_rows) is None and _why_not_classes(y_cols) is None:
+        same = y_rows[:, None] == y_cols[None, :]
+        out["same_class"] = _mean(values, pair & same)
+        out["different_class"] = _mean(values, pair & ~same)
+    return out

@@ -117,7 +117,13 @@ def _matrix_frame(
 
 
 def render_class_matrix(
-    matrix: Any, names: Sequence[Any] | None = None, *, title: str = "", vmin: float = -1.0, vmax: float = 1.0
+    matrix: Any,
+    names: Sequence[Any] | None = None,
+    *,
+    title: str = "",
+    vmin: float = -1.0,
+    vmax: float = 1.0,
+    col_names: Sequence[Any] | None = None,
 ) -> np.ndarray:
     """Heatmap of a class-by-class matrix on a fixed colour range (``RdBu_r``), as an RGB array.
 
@@ -128,6 +134,7 @@ def render_class_matrix(
     Args:
         matrix: ``[C, C2]`` tensor or array; rows are the first set's classes, columns the second's.
         names: labels of the rows (length ``C``; a square matrix uses them on both axes). ``None``: indices.
+        col_names: labels of the columns when they differ from the rows (e.g. epochs); ``None``: as above.
         title: title, e.g. ``"train_val class sign stiffness, epoch 3"``.
         vmin: value at the low (blue) end of the colour bar.
         vmax: value at the high (red) end; must be greater than ``vmin``.
@@ -159,8 +166,11 @@ def render_class_matrix(
     _check_title(title)
     rows, cols = values.shape
     row_names = _check_names(names, rows)
-    col_names = row_names if rows == cols else tuple(str(j) for j in range(cols))
-    frame = _matrix_frame(rows, cols, row_names, col_names, float(vmin), float(vmax))
+    if col_names is not None:
+        columns = _check_names(col_names, cols)
+    else:
+        columns = row_names if rows == cols else tuple(str(j) for j in range(cols))
+    frame = _matrix_frame(rows, cols, row_names, columns, float(vmin), float(vmax))
     cell, x0, y0 = frame.cell, frame.x0, frame.y0
 
     finite = np.isfinite(values)
