@@ -30,6 +30,7 @@ from lightning_sensitivity import keys
 from lightning_sensitivity._checks import check_callable, check_choice, check_int
 from lightning_sensitivity.callbacks import _output
 from lightning_sensitivity.callbacks._compat import eager, unreachable_parameters, unsupported_strategy
+from lightning_sensitivity.callbacks._distributed import Lockstep, distributed_collective, map_sharded
 from lightning_sensitivity.callbacks._data import find_dataset, has_source, sensitivity_monitors_keys
 from lightning_sensitivity.callbacks._model import ForwardFn, ModelCache
 from lightning_sensitivity.callbacks.measurement import Measurement, SensitivityWarning
@@ -38,7 +39,7 @@ from lightning_sensitivity.functional import predict_logits  # noqa: F401 (re-ex
 from lightning_sensitivity.probes import BatchTransform, ProbeSet, check_probe_data, draw_probe_set, probe_set_from_data
 from lightning_sensitivity.schedules import resolve_schedule
 
-__all__ = ["Measurement", "ProbeSplits", "SensitivityMonitor", "SensitivityWarning", "model_kwargs"]
+__all__ = ["Measurement", "ProbeSplits", "SensitivityMonitor", "SensitivityWarning", "model_kwargs", "probe_shard"]
 
 TRAIN, VAL, TEST = keys.TRAIN, keys.VAL, keys.TEST
 ProbeSplits = tuple[frozenset[str], frozenset[str]]
@@ -58,6 +59,14 @@ _FIGURES = {True: "all", False: "none", "all": "all", "log_spaced": "log_spaced"
 def model_kwargs(probe: ProbeSet) -> dict[str, Any]:
     """Keyword arguments for a functional call on ``probe``: its per-example model inputs, when it has any."""
     return {"model_kwargs": probe.model_kwargs or None}
+
+
+def probe_shard(probe: ProbeSet, index: slice | Tensor) -> ProbeSet:
+    """The examples of ``probe`` at ``index`` (a slice or positions), model inputs included."""
+    if isinstance(index, slice) and index == slice(0, len(probe)):
+        return probe
+    kwargs = {k: v[index] for k, v in probe.model_kwargs.items()}
+    return ProbeSet(probe.inputs[index], probe.targets[index], probe.indices[index.cpu() if isinstance(index, Tensor) else index], kwargs)
 
 
 def known_num_classes(trainer: pl.Trainer, pl_module: pl.LightningModule) -> int | None:
@@ -181,6 +190,7 @@ class SensitivityMonitor(Callback):
         self._models = ModelCache()
         self._undrawn: tuple[Measurement, int] | None = None  # the last fit measurement, when its images were skipped
         self._bridged: set[int] = set()
+        self._lockstep: Lockstep | None = None  # set during a measurement of a distributed run
 
     # ---------------------------------------------------------------- the subclass API
     def probe_splits(self) -> ProbeSplits:
@@ -430,22 +440,40 @@ class SensitivityMonitor(Callback):
         with torch.no_grad():  # the embedding at the current weights; its graph is not needed
             return {role: p.with_inputs(self.embed_fn(pl_module, p.inputs).detach()) for role, p in on_device.items()}
 
+    def sharded(self, fn: Callable[[slice | Tensor], dict[str, Tensor]], n: int) -> dict[str, Tensor]:
+        """Evaluate per-example results of ``n`` examples, shared between the ranks of a distributed run.
+
+        ``fn(index)`` computes the results of the examples at ``index`` (a slice or a ``[s]`` long tensor: index the
+        probe tensors with it, e.g. through :func:`probe_shard`) as a dict of tensors of first dimension ``s``. In
+        one process it is called once with ``slice(0, n)``; under DDP (and the strategies measured alike) each rank
+        evaluates its shard and every rank receives all ``n`` results (see
+        :func:`~lightning_sensitivity.callbacks._distributed.map_sharded`). Call it from :meth:`compute` the same
+        way on every rank.
+        """
+        if self._lockstep is None:
+            return fn(slice(0, n))
+        return map_sharded(fn, n, self._lockstep.world_size, self._lockstep.rank, self._lockstep)
+
     def _measure(self, trainer: pl.Trainer, pl_module: pl.LightningModule, epoch: int, *, fitting: bool) -> None:
         if self._disabled is not None:
             return
         held_out = TEST if trainer.state.fn == TrainerFn.TESTING else VAL
-        probes = self._ensure_probes(trainer, pl_module, epoch, held_out)
-        if not self.measurable(probes):
-            return
-        enabled = trainer.is_global_zero and getattr(trainer.progress_bar_callback, "is_enabled", False)
-        progress = progress_factory(f"{type(self).__name__} epoch {epoch}", enabled)
-
-        def run() -> Measurement:
-            inputs = self._inputs_for(pl_module, probes)
-            return self.compute(self.measured_model(pl_module), inputs, progress, epoch)
-
-        with eager():
-            result = self.attempt(self.quantity, run, epoch)
+        # One collective of agreement per sharded call and one at the end, on every rank whatever fails where.
+        collective = distributed_collective(trainer)
+        self._lockstep = None if collective is None else Lockstep(collective)
+        result = None
+        try:
+            result, probes = self._compute_on_probes(trainer, pl_module, epoch, held_out)
+        finally:
+            lockstep, self._lockstep = self._lockstep, None
+            if lockstep is not None and not lockstep.finish(result is not None) and result is not None:
+                self.warn_once(
+                    f"{self.quantity} on another rank",
+                    f"{type(self).__name__} could not produce {self.quantity} at epoch {epoch} on every rank (a rank "
+                    "failed or had no probe data); it is logged by no rank. Training continues; further failures of "
+                    "this kind are not reported.",
+                )
+                result = None
         if result is None:
             return
         if held_out != VAL:
@@ -478,6 +506,22 @@ class SensitivityMonitor(Callback):
             epoch,
             _OUTPUT_HINT,
         )
+
+    def _compute_on_probes(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, epoch: int, held_out: str
+    ) -> tuple[Measurement | None, dict[str, ProbeSet]]:
+        probes = self._ensure_probes(trainer, pl_module, epoch, held_out)
+        if not self.measurable(probes):
+            return None, probes
+        enabled = trainer.is_global_zero and getattr(trainer.progress_bar_callback, "is_enabled", False)
+        progress = progress_factory(f"{type(self).__name__} epoch {epoch}", enabled)
+
+        def run() -> Measurement:
+            inputs = self._inputs_for(pl_module, probes)
+            return self.compute(self.measured_model(pl_module), inputs, progress, epoch)
+
+        with eager():
+            return self.attempt(self.quantity, run, epoch), probes
 
     def _draw_figures(self, fitting: bool) -> bool:
         if self.figures != "log_spaced":

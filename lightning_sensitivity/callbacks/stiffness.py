@@ -21,6 +21,8 @@ from lightning_sensitivity.functional import (
     stiffness,
     stiffness_by_distance,
 )
+from lightning_sensitivity.functional.gram import gram_and_norms
+from lightning_sensitivity.functional.stiffness import stiffness_from_gram
 from lightning_sensitivity.probes import ProbeSet
 
 PREFIX = "sensitivity/stiffness"
@@ -194,8 +196,7 @@ class StiffnessMonitor(SensitivityMonitor):
         for s in splits:
             offsets[s] = slice(start, start + len(probes[s]))
             start += len(probes[s])
-        with progress("per-example gradients") as bar:
-            joint = stiffness(model, inputs, targets, loss_fn=self.loss_fn, chunk_size=self.chunk_size, progress=bar)
+        joint = self._joint_stiffness(model, inputs, targets, progress)
         num_classes = max(int(targets.max()) + 1, predict_logits(model, inputs[:1]).shape[1])
         if self.class_groups is not None and len(self.class_groups) < num_classes:
             raise ValueError(
@@ -227,6 +228,22 @@ class StiffnessMonitor(SensitivityMonitor):
                 epoch,
             )
         return result
+
+    def _joint_stiffness(self, model: nn.Module, inputs: Tensor, targets: Tensor, progress: ProgressFactory) -> Any:
+        if self._lockstep is None:
+            with progress("per-example gradients") as bar:
+                return stiffness(model, inputs, targets, loss_fn=self.loss_fn, chunk_size=self.chunk_size, progress=bar)
+
+        def rows(index: Tensor) -> dict[str, Tensor]:
+            # A rank's block of Gram rows against every example: the rows of the one-set Gram, exactly.
+            with progress("per-example gradients") as bar:
+                gram, sq_rows, _ = gram_and_norms(
+                    model, inputs[index], targets[index], inputs, targets, self.loss_fn, self.chunk_size, bar
+                )
+            return {"gram": gram, "sq": sq_rows}
+
+        out = self.sharded(rows, inputs.shape[0])
+        return stiffness_from_gram(out["gram"], out["sq"], out["sq"], self_pairs=True)
 
     def _group(
         self,

@@ -140,6 +140,19 @@ def stiffness(
     gram, sq1, sq2 = gram_and_norms(
         model, inputs, targets, inputs2, targets2, loss_fn, chunk_size, progress, method, model_kwargs, model_kwargs2
     )
+    return stiffness_from_gram(gram, sq1, sq2, self_pairs=inputs2 is None)
+
+
+def stiffness_from_gram(gram: Tensor, sq1: Tensor, sq2: Tensor, *, self_pairs: bool) -> Stiffness:
+    """:class:`Stiffness` from a Gram matrix ``[N, M]`` and the squared gradient norms of its rows ``[N]`` and
+    columns ``[M]`` (e.g. a Gram assembled from row blocks computed elsewhere).
+
+    Example:
+        >>> g = torch.tensor([[4.0, -2.0], [-2.0, 1.0]])
+        >>> s = stiffness_from_gram(g, g.diagonal(), g.diagonal(), self_pairs=True)
+        >>> s.cosine.tolist(), float(s.sign_mean)
+        ([[1.0, -1.0], [-1.0, 1.0]], -1.0)
+    """
     norms = sq1.sqrt()[:, None] * sq2.sqrt()[None, :]
     cosine = torch.where(norms > 0, gram / norms.clamp_min(torch.finfo(gram.dtype).tiny), torch.zeros_like(gram))
     sign = torch.sign(gram)
@@ -147,7 +160,6 @@ def stiffness(
     broken = ~(gram.isfinite() & norms.isfinite())
     sign = sign.masked_fill(broken, float("nan"))
     cosine = cosine.masked_fill(broken, float("nan"))
-    self_pairs = inputs2 is None
     mask = _pair_mask(gram, self_pairs)
     return Stiffness(
         sign=sign,
