@@ -29,7 +29,13 @@ from typing_extensions import override
 from lightning_sensitivity import keys
 from lightning_sensitivity._checks import check_callable, check_choice, check_int
 from lightning_sensitivity.callbacks import _output
-from lightning_sensitivity.callbacks._compat import eager, unreachable_parameters, unsupported_strategy
+from lightning_sensitivity.callbacks._compat import (
+    eager,
+    fsdp_root,
+    sharding_strategy,
+    unreachable_parameters,
+    unsupported_strategy,
+)
 from lightning_sensitivity.callbacks._distributed import Lockstep, distributed_collective, map_sharded
 from lightning_sensitivity.callbacks._data import find_dataset, has_source, sensitivity_monitors_keys
 from lightning_sensitivity.callbacks._model import ForwardFn, ModelCache
@@ -141,6 +147,9 @@ class SensitivityMonitor(Callback):
     state_fields: ClassVar[tuple[str, ...]] = ("num_samples", "seed")
     #: Whether :meth:`compute` differentiates with respect to the inputs (then ``embed_fn`` output is measured).
     differentiates_inputs: ClassVar[bool] = True
+    #: Whether :meth:`compute` needs per-example gradients of the parameters (not measurable under FSDP: the monitor
+    #: is then disabled; quantities of the inputs only are measured through the sharded model).
+    needs_parameter_gradients: ClassVar[bool] = False
 
     def __init__(
         self,
@@ -308,8 +317,23 @@ class SensitivityMonitor(Callback):
         strategy = unsupported_strategy(getattr(trainer, "strategy", None))
         if strategy is not None:
             self._disable(
-                f"the {strategy} shards or wraps the model's parameters, so no rank can evaluate the whole model "
-                "through `torch.func.functional_call`. Measure in a run with `strategy='ddp'` or on a single device"
+                f"the {strategy} partitions the model's parameters behind its own engine, so no rank can evaluate "
+                "the model for a measurement. Measure in a run with `strategy='ddp'`, FSDP or on a single device"
+            )
+            return
+        sharding = sharding_strategy(getattr(trainer, "strategy", None))
+        if sharding == "FSDPStrategy" and (self.forward_fn is not None or self.embed_fn is not None):
+            self._disable(
+                "`forward_fn`/`embed_fn` would call the LightningModule around the FSDPStrategy's wrapper, which "
+                "gathers the sharded parameters. Measure the module's own forward (no `forward_fn`/`embed_fn`), "
+                "or use `ModelParallelStrategy` with `fully_shard`, `strategy='ddp'` or a single device"
+            )
+            return
+        if sharding is not None and self.needs_parameter_gradients:
+            self._disable(
+                f"the {sharding} shards the model's parameters, and {self.quantity} needs per-example gradients "
+                "with respect to all of them, which no rank holds. Measure in a run with `strategy='ddp'` or on a "
+                "single device (the input-gradient monitors -- Jacobian norms, transitions -- do run under it)"
             )
             return
         num_classes = known_num_classes(trainer, pl_module)
@@ -335,7 +359,10 @@ class SensitivityMonitor(Callback):
 
     @override
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        hidden = unreachable_parameters(trainer, pl_module)
+        # Under a sharding strategy the model is called as it is (not through `functional_call`), and the
+        # optimizers hold the shards while the modules may hold the gathered parameters: nothing to check.
+        sharded = sharding_strategy(getattr(trainer, "strategy", None)) is not None
+        hidden = 0 if sharded else unreachable_parameters(trainer, pl_module)
         if hidden and self._disabled is None:
             self._disable(
                 f"the optimizers train {hidden} parameter tensor(s) that are not registered in the LightningModule "
@@ -516,9 +543,12 @@ class SensitivityMonitor(Callback):
         enabled = trainer.is_global_zero and getattr(trainer.progress_bar_callback, "is_enabled", False)
         progress = progress_factory(f"{type(self).__name__} epoch {epoch}", enabled)
 
+        # FSDP1: the root wrapper gathers the parameters for each forward; `forward_fn`/`embed_fn` are refused there.
+        root = fsdp_root(trainer, pl_module)
+
         def run() -> Measurement:
             inputs = self._inputs_for(pl_module, probes)
-            return self.compute(self.measured_model(pl_module), inputs, progress, epoch)
+            return self.compute(root if root is not None else self.measured_model(pl_module), inputs, progress, epoch)
 
         with eager():
             return self.attempt(self.quantity, run, epoch), probes

@@ -107,6 +107,7 @@ class StiffnessMonitor(SensitivityMonitor):
     """
 
     quantity = "stiffness"
+    needs_parameter_gradients = True
     state_fields = ("num_samples", "seed", "groups")
 
     def __init__(
