@@ -99,10 +99,12 @@ def main(argv: list[str] | None = None) -> dict:
     ctx = mp.get_context("spawn")
     queue = ctx.SimpleQueue()
     start = time.perf_counter()
-    mp.start_processes(_worker, args=(_free_port(), samples, rounds, args.model == "cnn", queue), nprocs=2, start_method="spawn")
+    worker_args = (_free_port(), samples, rounds, args.model == "cnn", queue)
+    mp.start_processes(_worker, args=worker_args, nprocs=2, start_method="spawn")
     per_rank = dict(queue.get() for _ in range(2))
     rows = []
-    med = {r: {n: {k: statistics.median(v) for k, v in t.items() if v} for n, t in per_rank[r].items()} for r in (0, 1)}
+    med = {r: {n: {k: statistics.median(v) for k, v in t.items() if v} for n, t in per_rank[r].items()}
+           for r in (0, 1)}  # fmt: skip
     names = list(med[0])
     for name, members in [*((n, [n]) for n in names), ("all three monitors", names)]:
         row: dict = {"row": f"ddp sharing {name}", "samples": samples, "model": args.model,

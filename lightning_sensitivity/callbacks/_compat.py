@@ -37,7 +37,8 @@ def fsdp_root(trainer: Any, pl_module: Any) -> Any:
     """The ``FullyShardedDataParallel`` wrapper Lightning's ``FSDPStrategy`` put around ``pl_module``, else None.
 
     Its forward gathers the parameters and calls ``pl_module.forward``; calling ``pl_module`` itself would bypass it
-    and see only this rank's flat shard."""
+    and see only this rank's flat shard.
+    """
     model = getattr(getattr(trainer, "strategy", None), "model", None)
     if type(model).__name__ == "FullyShardedDataParallel" and getattr(model, "module", None) is pl_module:
         return model

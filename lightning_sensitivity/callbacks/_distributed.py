@@ -1,4 +1,4 @@
-"""Sharing one measurement between the ranks of a distributed run, without any rank ever waiting forever.
+r"""Sharing one measurement between the ranks of a distributed run, without any rank ever waiting forever.
 
 Each probe set of ``n`` examples is cut into ``world_size`` shards of the same size ``ceil(n / world_size)`` (the
 last shards padded by repeating the last example), so every rank runs the same collectives on tensors of the same
@@ -131,7 +131,8 @@ def map_sharded(fn: ShardFn, n: int, world_size: int, rank: int, collective: Loc
         fn: maps the shard's positions ``index`` ``[s]`` to a dict of tensors whose first dimension is ``s``; the
             same keys, dtypes and trailing shapes on every rank.
         n: number of examples.
-        world_size, rank: this process's place among the ranks.
+        world_size: number of ranks (that of ``collective``).
+        rank: this process's rank (that of ``collective``).
         collective: the measurement's :class:`Lockstep`.
 
     Returns:

@@ -36,8 +36,8 @@ from lightning_sensitivity.callbacks._compat import (
     unreachable_parameters,
     unsupported_strategy,
 )
-from lightning_sensitivity.callbacks._distributed import Lockstep, distributed_collective, map_sharded
 from lightning_sensitivity.callbacks._data import find_dataset, has_source, sensitivity_monitors_keys
+from lightning_sensitivity.callbacks._distributed import Lockstep, distributed_collective, map_sharded
 from lightning_sensitivity.callbacks._model import ForwardFn, ModelCache
 from lightning_sensitivity.callbacks.measurement import Measurement, SensitivityWarning
 from lightning_sensitivity.callbacks.progress import ProgressFactory, progress_factory
@@ -72,7 +72,8 @@ def probe_shard(probe: ProbeSet, index: slice | Tensor) -> ProbeSet:
     if isinstance(index, slice) and index == slice(0, len(probe)):
         return probe
     kwargs = {k: v[index] for k, v in probe.model_kwargs.items()}
-    return ProbeSet(probe.inputs[index], probe.targets[index], probe.indices[index.cpu() if isinstance(index, Tensor) else index], kwargs)
+    positions = index.cpu() if isinstance(index, Tensor) else index  # the dataset positions stay on the CPU
+    return ProbeSet(probe.inputs[index], probe.targets[index], probe.indices[positions], kwargs)
 
 
 def known_num_classes(trainer: pl.Trainer, pl_module: pl.LightningModule) -> int | None:
@@ -96,11 +97,16 @@ class SensitivityMonitor(Callback):
     runs before the first scheduled measurement); under ``validate``/``test`` through ``pl_module.log`` so they are
     part of the returned dict. Images, histograms and artifacts are written by rank 0 only, at the same step;
     artifacts of ``validate``/``test`` go to ``sensitivity/{quantity}.validate`` and ``sensitivity/{quantity}.test``.
-    Every rank computes (there is no collective), so nothing can hang under DDP.
+    Under DDP the ranks share the work: each evaluates its shard of every probe set (:meth:`sharded`), the results
+    are gathered, and every rank logs the same values. Each gather is preceded by an agreement of all ranks, so a
+    failure on one rank drops that measurement on every rank instead of leaving the others waiting
+    (:mod:`~lightning_sensitivity.callbacks._distributed`). Under strategies that shard the parameters (FSDP through
+    ``FSDPStrategy`` or ``ModelParallelStrategy`` with ``fully_shard``) quantities of input gradients are measured
+    through the sharded model itself, all ranks running the same forwards.
 
-    Unsupported setups disable the monitor for the run, with one warning, and training goes on: strategies that shard
-    the parameters (FSDP, DeepSpeed, model parallel) and optimizers training tensors that are not registered
-    parameters of the module (``functional_call`` cannot reach them).
+    Unsupported setups disable the monitor for the run, with one warning, and training goes on: DeepSpeed (and XLA
+    FSDP), quantities of parameter gradients (stiffness) under sharded parameters, and optimizers training tensors
+    that are not registered parameters of the module (``functional_call`` cannot reach them).
 
     Probe sets are drawn lazily at the first measurement from the datasets behind the trainer's loaders (explicit
     ``val_data``/``train_data``; a datamodule's ``train_eval_dataset`` -- un-augmented training examples -- when it

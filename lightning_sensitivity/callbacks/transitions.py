@@ -100,7 +100,9 @@ class TransitionMonitor(SensitivityMonitor):
             self._measure_split(model, split, probes[split], progress, result)
         return result
 
-    def _counts(self, model: nn.Module, trajectories: torch.Tensor, split: str, progress: ProgressFactory) -> dict[str, Any]:
+    def _counts(
+        self, model: nn.Module, trajectories: torch.Tensor, split: str, progress: ProgressFactory
+    ) -> dict[str, Any]:
         """Per-trajectory counts of ``trajectories`` (a shard of them under DDP), with the unit count per row."""
         with progress(f"transitions ({split})") as bar:
             counts = transition_counts(model, trajectories, chunk_size=self.chunk_size, progress=bar)

@@ -133,7 +133,8 @@ def state_slots(model: nn.Module) -> dict[str, str]:
 def has_sharded_parameters(model: nn.Module) -> bool:
     """Whether ``model`` holds parameters sharded across processes: modules sharded by ``fully_shard`` (FSDP2) or
     wrapped in ``FullyShardedDataParallel`` (FSDP1), ``DTensor`` parameters (tensor parallel), FSDP1's flat
-    parameters."""
+    parameters.
+    """
     try:
         from torch.distributed.fsdp import FSDPModule
         from torch.distributed.tensor import DTensor

@@ -144,8 +144,9 @@ def stiffness(
 
 
 def stiffness_from_gram(gram: Tensor, sq1: Tensor, sq2: Tensor, *, self_pairs: bool) -> Stiffness:
-    """:class:`Stiffness` from a Gram matrix ``[N, M]`` and the squared gradient norms of its rows ``[N]`` and
-    columns ``[M]`` (e.g. a Gram assembled from row blocks computed elsewhere).
+    """:class:`Stiffness` from a Gram matrix ``[N, M]`` and the squared gradient norms of its rows and columns.
+
+    ``sq1`` ``[N]`` and ``sq2`` ``[M]`` are those norms, e.g. for a Gram assembled from row blocks computed elsewhere.
 
     Example:
         >>> g = torch.tensor([[4.0, -2.0], [-2.0, 1.0]])

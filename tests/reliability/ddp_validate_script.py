@@ -1,6 +1,7 @@
-"""``trainer.validate`` under 2-process DDP (CPU, gloo) with failures injected on rank 1; run by
-``test_ddp_sharing.py`` as ``python ddp_validate_script.py OUT`` (not a test module: Lightning re-runs this command
-line for rank 1).
+"""``trainer.validate`` under 2-process DDP (CPU, gloo) with failures injected on rank 1.
+
+Run by ``test_ddp_sharing.py`` as ``python ddp_validate_script.py OUT`` (not a test module: Lightning re-runs this
+command line for rank 1).
 
 Three ``validate`` calls on the same trainer; ``FailingTransitions.mode`` decides what rank 1 does:
 
@@ -30,10 +31,10 @@ MODES = ("shard", "early", "none")
 def main(out: Path) -> None:
     import lightning.pytorch as pl
     import torch
-    from reliability._helpers import ReliableData, ReliableModule, make_trainer
 
     from lightning_sensitivity import JacobianNormMonitor, StiffnessMonitor, TransitionMonitor
     from lightning_sensitivity.callbacks.progress import progress_factory
+    from reliability._helpers import ReliableData, ReliableModule, make_trainer
 
     class FailingTransitions(TransitionMonitor):
         mode = "none"

@@ -1,6 +1,7 @@
-"""A 2-process fit on CPU (gloo) with ``ModelParallelStrategy(data_parallel_size=2, tensor_parallel_size=1)`` and
-``fully_shard`` on every layer (FSDP2: the parameters are ``DTensor`` shards), run by ``test_sharded.py`` as
-``python fsdp2_script.py OUT`` (Lightning re-runs this command line for rank 1).
+"""A 2-process FSDP2 fit on CPU (gloo): ``ModelParallelStrategy`` and ``fully_shard`` on every layer.
+
+``ModelParallelStrategy(data_parallel_size=2, tensor_parallel_size=1)``; the parameters are ``DTensor`` shards. Run
+by ``test_sharded.py`` as ``python fsdp2_script.py OUT`` (Lightning re-runs this command line for rank 1).
 
 Each rank writes ``OUT/rank{r}.pt`` at initialisation (after the monitors measured): its sensitivity values in
 ``callback_metrics``, the warnings raised, the full (gathered) initial weights and the per-rank shard sizes.
@@ -22,15 +23,17 @@ def full_state(module) -> dict:
     from torch.distributed.tensor import DTensor
 
     # `full_tensor` is a collective: every rank calls it for every entry, in the same order.
-    return {k: (v.full_tensor() if isinstance(v, DTensor) else v).detach().clone() for k, v in module.state_dict().items()}
+    state = module.state_dict()
+    return {k: (v.full_tensor() if isinstance(v, DTensor) else v).detach().clone() for k, v in state.items()}
 
 
 def main(out: Path) -> None:
     import lightning.pytorch as pl
     import torch
     from lightning.pytorch.strategies import ModelParallelStrategy
-    from reliability._helpers import ReliableData, ReliableModule, all_monitors, make_trainer
     from torch import nn
+
+    from reliability._helpers import ReliableData, ReliableModule, all_monitors, make_trainer
 
     class ShardedModule(ReliableModule):
         def configure_model(self) -> None:

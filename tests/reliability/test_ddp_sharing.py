@@ -1,5 +1,7 @@
-"""DDP shares each measurement between the ranks: ``trainer.validate`` on two CPU processes (gloo) with failures
-injected on rank 1 (``ddp_validate_script.py``, run as a subprocess for the reason given in ``ddp_script.py``).
+"""DDP shares each measurement between the ranks, and a failure on one rank hangs none.
+
+``trainer.validate`` on two CPU processes (gloo) with failures injected on rank 1 (``ddp_validate_script.py``, run
+as a subprocess for the reason given in ``ddp_script.py``):
 
 - each rank evaluates half of every probe set (padded shards of equal size) and both log the same values, equal to
   a single-process computation from the same weights to 1e-6;
@@ -18,12 +20,12 @@ import time
 
 import pytest
 import torch
-from reliability import ddp_validate_script as script
-from reliability._helpers import ReliableData, ReliableModule, report_figure
 
 from lightning_sensitivity import JacobianNormMonitor, StiffnessMonitor, TransitionMonitor
 from lightning_sensitivity.callbacks.progress import progress_factory
 from lightning_sensitivity.probes import draw_probe_set
+from reliability import ddp_validate_script as script
+from reliability._helpers import ReliableData, ReliableModule, report_figure
 
 pytestmark = pytest.mark.slow
 
@@ -41,7 +43,8 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> dict:
         proc = subprocess.run([sys.executable, script.__file__, str(out)], cwd=out, env=env, timeout=TIMEOUT,
                               capture_output=True, text=True)  # fmt: skip
     except subprocess.TimeoutExpired as err:
-        pytest.fail(f"the DDP validate run did not finish within {TIMEOUT} s (a hang?):\n{(err.stderr or b'')[-3000:]!r}")
+        tail = (err.stderr or b"")[-3000:]
+        pytest.fail(f"the DDP validate run did not finish within {TIMEOUT} s (a hang?):\n{tail!r}")
     report_figure("ddp sharing: wall time of the 2-process validate run (s)", round(time.monotonic() - start, 1))
     assert proc.returncode == 0, proc.stderr[-5000:]
     return {r: torch.load(out / f"rank{r}.pt", weights_only=False) for r in (0, 1)}
@@ -71,7 +74,7 @@ def expected_values(state_dict: dict) -> dict[str, float]:
 
 
 def test_each_rank_evaluates_its_half_of_every_probe_set(run):
-    for rank, record in run.items():
+    for record in run.values():
         assert record["world_size"] == 2
         shards = record["calls"]["none"]["shards"]
         assert shards["JacobianNormMonitor"] == [(script.NUM_SAMPLES, script.NUM_SAMPLES // 2)] * 2  # val, train

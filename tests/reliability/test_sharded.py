@@ -1,5 +1,4 @@
-"""Sharded parameters: the input-gradient monitors (Jacobian norms, transitions) measure through the sharded model,
-stiffness disables itself with its reason.
+"""Sharded parameters: Jacobian norms and transitions measure through the sharded model; stiffness says why not.
 
 - FSDP2 on this CPU machine: ``fsdp2_script.py`` runs a 2-process gloo fit with
   ``ModelParallelStrategy(data_parallel_size=2, tensor_parallel_size=1)`` and ``fully_shard`` on every layer; the
@@ -17,14 +16,14 @@ import time
 
 import pytest
 import torch
-from reliability import fsdp2_script as script
-from reliability._helpers import ReliableData, ReliableModule, all_monitors, make_trainer, report_figure
 from torch import nn
 
 from lightning_sensitivity.callbacks.progress import progress_factory
 from lightning_sensitivity.functional import jacobian_norm, loss_gradient_gram
 from lightning_sensitivity.functional._model import has_sharded_parameters
 from lightning_sensitivity.probes import draw_probe_set
+from reliability import fsdp2_script as script
+from reliability._helpers import ReliableData, ReliableModule, all_monitors, make_trainer, report_figure
 
 TIMEOUT = 120  # s; a healthy run takes ~20-30 s on 2 shared cores
 TOLERANCE = 1e-6
