@@ -21,7 +21,8 @@ from lightning_sensitivity.functional import (
     stiffness,
     stiffness_by_distance,
 )
-from lightning_sensitivity.functional.gram import gram_and_norms
+from lightning_sensitivity.functional.gram import LayerwiseUnsupported, gram_and_norms
+from lightning_sensitivity.functional.gram.shared import gram_factors, gram_rows
 from lightning_sensitivity.functional.stiffness import stiffness_from_gram
 from lightning_sensitivity.probes import ProbeSet
 
@@ -235,16 +236,38 @@ class StiffnessMonitor(SensitivityMonitor):
             with progress("per-example gradients") as bar:
                 return stiffness(model, inputs, targets, loss_fn=self.loss_fn, chunk_size=self.chunk_size, progress=bar)
 
-        def rows(index: Tensor) -> dict[str, Tensor]:
-            # A rank's block of Gram rows against every example: the rows of the one-set Gram, exactly.
-            with progress("per-example gradients") as bar:
-                gram, sq_rows, _ = gram_and_norms(
-                    model, inputs[index], targets[index], inputs, targets, self.loss_fn, self.chunk_size, bar
-                )
-            return {"gram": gram, "sq": sq_rows}
+        n = inputs.shape[0]
+        if self.chunk_size is None and self._layerwise(model, inputs, targets):
+            # Each rank the layer factors of its examples, exchanged; then each its block of rows from all factors.
+            def factors_of(index: Tensor) -> dict[str, Tensor]:
+                return gram_factors(model, inputs[index], targets[index], reference_rows=n, loss_fn=self.loss_fn)
 
-        out = self.sharded(rows, inputs.shape[0])
+            def rows_of(index: Tensor) -> dict[str, Tensor]:
+                gram, sq = gram_rows(factors, index)
+                return {"gram": gram, "sq": sq}
+
+            factors = self.sharded(factors_of, n)
+            out = self.sharded(rows_of, n)
+        else:
+
+            def rows(index: Tensor) -> dict[str, Tensor]:
+                # A rank's block of Gram rows against every example (memory bounded by `chunk_size`).
+                with progress("per-example gradients") as bar:
+                    gram, sq_rows, _ = gram_and_norms(
+                        model, inputs[index], targets[index], inputs, targets, self.loss_fn, self.chunk_size, bar
+                    )
+                return {"gram": gram, "sq": sq_rows}
+
+            out = self.sharded(rows, n)
         return stiffness_from_gram(out["gram"], out["sq"], out["sq"], self_pairs=True)
+
+    def _layerwise(self, model: nn.Module, inputs: Tensor, targets: Tensor) -> bool:
+        """Whether the layerwise engine covers ``model``: decided on the same two examples on every rank."""
+        try:
+            gram_factors(model, inputs[:2], targets[:2], reference_rows=inputs.shape[0], loss_fn=self.loss_fn)
+        except LayerwiseUnsupported:
+            return False
+        return True
 
     def _group(
         self,

@@ -22,6 +22,7 @@ from lightning_sensitivity.callbacks._distributed import Lockstep, PeerFailure, 
 from lightning_sensitivity.callbacks.progress import progress_factory
 from lightning_sensitivity.functional import loss_gradient_gram
 from lightning_sensitivity.functional.gram import gram_and_norms
+from lightning_sensitivity.functional.gram.shared import gram_factors, gram_rows
 from lightning_sensitivity.probes import ProbeSet
 
 TIMEOUT = 20.0  # s; a healthy exchange takes milliseconds
@@ -179,19 +180,39 @@ def test_row_sharded_gram_equals_the_one_set_gram_and_the_loop():
     torch.testing.assert_close(torch.cat([s for _, s, _ in rows])[:7], sharded.diagonal(), rtol=1e-10, atol=1e-10)
 
 
+@pytest.mark.parametrize("net", ["mlp", "cnn"])
+def test_gram_factors_of_shards_give_the_rows_of_the_one_set_gram(net):
+    torch.manual_seed(0)
+    if net == "mlp":
+        model, shape = small_model(), (6,)
+    else:
+        model = nn.Sequential(nn.Conv2d(1, 3, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(48, 3)).double()
+        shape = (1, 4, 4)
+    gen = torch.Generator().manual_seed(2)
+    x, y = torch.randn(7, *shape, generator=gen, dtype=torch.float64), torch.randint(0, 3, (7,), generator=gen)
+    shards = [shard_index(7, 2, r) for r in range(2)]
+    parts = [gram_factors(model, x[i], y[i], reference_rows=7) for i in shards]
+    factors = {k: torch.cat([p[k] for p in parts])[:7] for k in parts[0]}
+    rows = [gram_rows(factors, i) for i in shards]
+    gram, sq = torch.cat([g for g, _ in rows])[:7], torch.cat([s for _, s in rows])[:7]
+    torch.testing.assert_close(gram, oracles.gram_loop(model, x, y), rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(sq, gram.diagonal(), rtol=1e-10, atol=1e-10)
+
+
 def probes(n: int, seed: int) -> ProbeSet:
     gen = torch.Generator().manual_seed(seed)
     return ProbeSet(torch.randn(n, 6, generator=gen), torch.arange(n) % 3, torch.arange(n))
 
 
-@pytest.mark.parametrize("world_size", [2, 3])
-def test_every_monitor_computes_the_single_process_values_from_shards(world_size):
+@pytest.mark.parametrize("world_size, chunk_size", [(2, None), (3, None), (2, 4)])
+def test_every_monitor_computes_the_single_process_values_from_shards(world_size, chunk_size):
     model = small_model().float()
     data = {"val": probes(9, 1), "train": probes(8, 2)}
+    common = {"num_samples": 9, "chunk_size": chunk_size}
     monitors = [
-        JacobianNormMonitor(num_samples=9),
-        TransitionMonitor(num_trajectories=5, num_points=9, splits=("val", "train"), num_samples=9),
-        StiffnessMonitor(num_samples=9, num_distance_bins=4),
+        JacobianNormMonitor(**common),
+        TransitionMonitor(num_trajectories=5, num_points=9, splits=("val", "train"), **common),
+        StiffnessMonitor(num_distance_bins=4, **common),
     ]
     progress = progress_factory("", False)
     single = [m.compute(model, data, progress, 1) for m in monitors]
@@ -214,5 +235,6 @@ def test_every_monitor_computes_the_single_process_values_from_shards(world_size
                 a = torch.as_tensor(value, dtype=torch.float64)
                 torch.testing.assert_close(torch.as_tensor(got.arrays[key], dtype=torch.float64), a, rtol=1e-6,
                                            atol=1e-6, equal_nan=True, msg=key)  # fmt: skip
-    # jacobian: 2 splits x (agreement + 2 gathers); transitions: 2 splits x (1 + 4); stiffness: 1 + 2
-    assert calls == [6 + 10 + 3] * world_size
+    # jacobian: 2 splits x (agreement + 2 gathers); transitions: 2 splits x (1 + 4); stiffness: by Gram rows
+    # (1 + 2) with `chunk_size`, else factors (1 + their tensors: flat and the pairs of 2 layers) and rows (1 + 2)
+    assert calls == [6 + 10 + (3 if chunk_size else 1 + 1 + 2 * 2 + 3)] * world_size

@@ -79,7 +79,8 @@ def test_each_rank_evaluates_its_half_of_every_probe_set(run):
         shards = record["calls"]["none"]["shards"]
         assert shards["JacobianNormMonitor"] == [(script.NUM_SAMPLES, script.NUM_SAMPLES // 2)] * 2  # val, train
         assert shards["FailingTransitions"] == [(6, 3)]  # trajectories
-        assert shards["StiffnessMonitor"] == [(script.NUM_SAMPLES, script.NUM_SAMPLES // 2)]  # Gram rows
+        # stiffness: the layer factors of each rank's examples, then its block of Gram rows
+        assert shards["StiffnessMonitor"] == [(script.NUM_SAMPLES, script.NUM_SAMPLES // 2)] * 2
 
 
 def test_both_ranks_log_the_single_process_values(run):
