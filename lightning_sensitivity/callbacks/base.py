@@ -483,9 +483,10 @@ class SensitivityMonitor(Callback):
         :func:`~lightning_sensitivity.callbacks._distributed.map_sharded`). Call it from :meth:`compute` the same
         way on every rank.
         """
-        if self._lockstep is None:
+        lockstep = getattr(self, "_lockstep", None)  # a subclass may skip `__init__`'s attributes
+        if lockstep is None:
             return fn(slice(0, n))
-        return map_sharded(fn, n, self._lockstep.world_size, self._lockstep.rank, self._lockstep)
+        return map_sharded(fn, n, lockstep.world_size, lockstep.rank, lockstep)
 
     def _measure(self, trainer: pl.Trainer, pl_module: pl.LightningModule, epoch: int, *, fitting: bool) -> None:
         if self._disabled is not None:

@@ -232,7 +232,7 @@ class StiffnessMonitor(SensitivityMonitor):
         return result
 
     def _joint_stiffness(self, model: nn.Module, inputs: Tensor, targets: Tensor, progress: ProgressFactory) -> Any:
-        if self._lockstep is None:
+        if getattr(self, "_lockstep", None) is None:  # one process: the whole Gram at once
             with progress("per-example gradients") as bar:
                 return stiffness(model, inputs, targets, loss_fn=self.loss_fn, chunk_size=self.chunk_size, progress=bar)
 
