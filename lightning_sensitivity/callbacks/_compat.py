@@ -8,15 +8,41 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 
-# Strategies that shard or flatten the parameters: one rank cannot evaluate the whole model by `functional_call`.
-# Matched by class name along the MRO, so subclasses count and the optional packages are never imported.
-UNSUPPORTED_STRATEGIES = ("FSDPStrategy", "XLAFSDPStrategy", "DeepSpeedStrategy", "ModelParallelStrategy")
+# Strategies whose model no rank can evaluate on its own (DeepSpeed's ZeRO partitions and flattens the parameters
+# behind its own engine; XLA's FSDP wraps them for XLA devices). Matched by class name along the MRO, so subclasses
+# count and the optional packages are never imported.
+UNSUPPORTED_STRATEGIES = ("XLAFSDPStrategy", "DeepSpeedStrategy")
+# Strategies that shard the parameters across ranks (FSDP1, FSDP2 / tensor parallel through `ModelParallelStrategy`):
+# the model is still callable on every rank -- its wrappers gather the parameters -- so quantities differentiating
+# with respect to the inputs are measured through it; per-example parameter gradients are not.
+SHARDING_STRATEGIES = ("FSDPStrategy", "ModelParallelStrategy")
+
+
+def _first_match(strategy: Any, names: tuple[str, ...]) -> str | None:
+    found = {cls.__name__ for cls in type(strategy).__mro__}
+    return next((name for name in names if name in found), None)
 
 
 def unsupported_strategy(strategy: Any) -> str | None:
     """The name of the unsupported strategy class ``strategy`` is (or derives from), else None."""
-    names = {cls.__name__ for cls in type(strategy).__mro__}
-    return next((name for name in UNSUPPORTED_STRATEGIES if name in names), None)
+    return _first_match(strategy, UNSUPPORTED_STRATEGIES)
+
+
+def sharding_strategy(strategy: Any) -> str | None:
+    """The name of the parameter-sharding strategy class ``strategy`` is (or derives from), else None."""
+    return _first_match(strategy, SHARDING_STRATEGIES)
+
+
+def fsdp_root(trainer: Any, pl_module: Any) -> Any:
+    """The ``FullyShardedDataParallel`` wrapper Lightning's ``FSDPStrategy`` put around ``pl_module``, else None.
+
+    Its forward gathers the parameters and calls ``pl_module.forward``; calling ``pl_module`` itself would bypass it
+    and see only this rank's flat shard.
+    """
+    model = getattr(getattr(trainer, "strategy", None), "model", None)
+    if type(model).__name__ == "FullyShardedDataParallel" and getattr(model, "module", None) is pl_module:
+        return model
+    return None
 
 
 def unreachable_parameters(trainer: pl.Trainer, pl_module: pl.LightningModule) -> int:

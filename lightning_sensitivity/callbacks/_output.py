@@ -46,9 +46,15 @@ def log_scalars(
             logger.log_metrics(dict(scalars), step=step)
         trainer.callback_metrics.update({k: torch.tensor(v) for k, v in scalars.items()})
     else:
-        # Identical on every rank (same probe set, same weights): no sync, hence no collective that could hang.
+        # The values are identical on every rank (gathered, and logged only when every rank agreed on success), so
+        # under several ranks a "max" sync returns them exactly and keeps Lightning from warning that epoch-level
+        # values are not synced; every rank logs the same keys, so its collectives match. One rank: no sync at all.
+        distributed = int(getattr(trainer, "world_size", 1) or 1) > 1
         for key, value in scalars.items():
-            pl_module.log(key, value, on_step=False, on_epoch=True, sync_dist=False)
+            if distributed:
+                pl_module.log(key, value, on_step=False, on_epoch=True, sync_dist=True, reduce_fx="max")
+            else:
+                pl_module.log(key, value, on_step=False, on_epoch=True, sync_dist=False)
 
 
 def tensorboard_writer(trainer: pl.Trainer) -> Any:

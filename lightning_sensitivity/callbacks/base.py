@@ -29,8 +29,15 @@ from typing_extensions import override
 from lightning_sensitivity import keys
 from lightning_sensitivity._checks import check_callable, check_choice, check_int
 from lightning_sensitivity.callbacks import _output
-from lightning_sensitivity.callbacks._compat import eager, unreachable_parameters, unsupported_strategy
+from lightning_sensitivity.callbacks._compat import (
+    eager,
+    fsdp_root,
+    sharding_strategy,
+    unreachable_parameters,
+    unsupported_strategy,
+)
 from lightning_sensitivity.callbacks._data import find_dataset, has_source, sensitivity_monitors_keys
+from lightning_sensitivity.callbacks._distributed import Lockstep, distributed_collective, map_sharded
 from lightning_sensitivity.callbacks._model import ForwardFn, ModelCache
 from lightning_sensitivity.callbacks.measurement import Measurement, SensitivityWarning
 from lightning_sensitivity.callbacks.progress import ProgressFactory, progress_factory
@@ -38,7 +45,7 @@ from lightning_sensitivity.functional import predict_logits  # noqa: F401 (re-ex
 from lightning_sensitivity.probes import BatchTransform, ProbeSet, check_probe_data, draw_probe_set, probe_set_from_data
 from lightning_sensitivity.schedules import resolve_schedule
 
-__all__ = ["Measurement", "ProbeSplits", "SensitivityMonitor", "SensitivityWarning", "model_kwargs"]
+__all__ = ["Measurement", "ProbeSplits", "SensitivityMonitor", "SensitivityWarning", "model_kwargs", "probe_shard"]
 
 TRAIN, VAL, TEST = keys.TRAIN, keys.VAL, keys.TEST
 ProbeSplits = tuple[frozenset[str], frozenset[str]]
@@ -58,6 +65,15 @@ _FIGURES = {True: "all", False: "none", "all": "all", "log_spaced": "log_spaced"
 def model_kwargs(probe: ProbeSet) -> dict[str, Any]:
     """Keyword arguments for a functional call on ``probe``: its per-example model inputs, when it has any."""
     return {"model_kwargs": probe.model_kwargs or None}
+
+
+def probe_shard(probe: ProbeSet, index: slice | Tensor) -> ProbeSet:
+    """The examples of ``probe`` at ``index`` (a slice or positions), model inputs included."""
+    if isinstance(index, slice) and index == slice(0, len(probe)):
+        return probe
+    kwargs = {k: v[index] for k, v in probe.model_kwargs.items()}
+    positions = index.cpu() if isinstance(index, Tensor) else index  # the dataset positions stay on the CPU
+    return ProbeSet(probe.inputs[index], probe.targets[index], probe.indices[positions], kwargs)
 
 
 def known_num_classes(trainer: pl.Trainer, pl_module: pl.LightningModule) -> int | None:
@@ -81,11 +97,16 @@ class SensitivityMonitor(Callback):
     runs before the first scheduled measurement); under ``validate``/``test`` through ``pl_module.log`` so they are
     part of the returned dict. Images, histograms and artifacts are written by rank 0 only, at the same step;
     artifacts of ``validate``/``test`` go to ``sensitivity/{quantity}.validate`` and ``sensitivity/{quantity}.test``.
-    Every rank computes (there is no collective), so nothing can hang under DDP.
+    Under DDP the ranks share the work: each evaluates its shard of every probe set (:meth:`sharded`), the results
+    are gathered, and every rank logs the same values. Each gather is preceded by an agreement of all ranks, so a
+    failure on one rank drops that measurement on every rank instead of leaving the others waiting
+    (:mod:`~lightning_sensitivity.callbacks._distributed`). Under strategies that shard the parameters (FSDP through
+    ``FSDPStrategy`` or ``ModelParallelStrategy`` with ``fully_shard``) quantities of input gradients are measured
+    through the sharded model itself, all ranks running the same forwards.
 
-    Unsupported setups disable the monitor for the run, with one warning, and training goes on: strategies that shard
-    the parameters (FSDP, DeepSpeed, model parallel) and optimizers training tensors that are not registered
-    parameters of the module (``functional_call`` cannot reach them).
+    Unsupported setups disable the monitor for the run, with one warning, and training goes on: DeepSpeed (and XLA
+    FSDP), quantities of parameter gradients (stiffness) under sharded parameters, and optimizers training tensors
+    that are not registered parameters of the module (``functional_call`` cannot reach them).
 
     Probe sets are drawn lazily at the first measurement from the datasets behind the trainer's loaders (explicit
     ``val_data``/``train_data``; a datamodule's ``train_eval_dataset`` -- un-augmented training examples -- when it
@@ -132,6 +153,9 @@ class SensitivityMonitor(Callback):
     state_fields: ClassVar[tuple[str, ...]] = ("num_samples", "seed")
     #: Whether :meth:`compute` differentiates with respect to the inputs (then ``embed_fn`` output is measured).
     differentiates_inputs: ClassVar[bool] = True
+    #: Whether :meth:`compute` needs per-example gradients of the parameters (not measurable under FSDP: the monitor
+    #: is then disabled; quantities of the inputs only are measured through the sharded model).
+    needs_parameter_gradients: ClassVar[bool] = False
 
     def __init__(
         self,
@@ -181,6 +205,7 @@ class SensitivityMonitor(Callback):
         self._models = ModelCache()
         self._undrawn: tuple[Measurement, int] | None = None  # the last fit measurement, when its images were skipped
         self._bridged: set[int] = set()
+        self._lockstep: Lockstep | None = None  # set during a measurement of a distributed run
 
     # ---------------------------------------------------------------- the subclass API
     def probe_splits(self) -> ProbeSplits:
@@ -298,8 +323,23 @@ class SensitivityMonitor(Callback):
         strategy = unsupported_strategy(getattr(trainer, "strategy", None))
         if strategy is not None:
             self._disable(
-                f"the {strategy} shards or wraps the model's parameters, so no rank can evaluate the whole model "
-                "through `torch.func.functional_call`. Measure in a run with `strategy='ddp'` or on a single device"
+                f"the {strategy} partitions the model's parameters behind its own engine, so no rank can evaluate "
+                "the model for a measurement. Measure in a run with `strategy='ddp'`, FSDP or on a single device"
+            )
+            return
+        sharding = sharding_strategy(getattr(trainer, "strategy", None))
+        if sharding == "FSDPStrategy" and (self.forward_fn is not None or self.embed_fn is not None):
+            self._disable(
+                "`forward_fn`/`embed_fn` would call the LightningModule around the FSDPStrategy's wrapper, which "
+                "gathers the sharded parameters. Measure the module's own forward (no `forward_fn`/`embed_fn`), "
+                "or use `ModelParallelStrategy` with `fully_shard`, `strategy='ddp'` or a single device"
+            )
+            return
+        if sharding is not None and self.needs_parameter_gradients:
+            self._disable(
+                f"the {sharding} shards the model's parameters, and {self.quantity} needs per-example gradients "
+                "with respect to all of them, which no rank holds. Measure in a run with `strategy='ddp'` or on a "
+                "single device (the input-gradient monitors -- Jacobian norms, transitions -- do run under it)"
             )
             return
         num_classes = known_num_classes(trainer, pl_module)
@@ -325,7 +365,10 @@ class SensitivityMonitor(Callback):
 
     @override
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        hidden = unreachable_parameters(trainer, pl_module)
+        # Under a sharding strategy the model is called as it is (not through `functional_call`), and the
+        # optimizers hold the shards while the modules may hold the gathered parameters: nothing to check.
+        sharded = sharding_strategy(getattr(trainer, "strategy", None)) is not None
+        hidden = 0 if sharded else unreachable_parameters(trainer, pl_module)
         if hidden and self._disabled is None:
             self._disable(
                 f"the optimizers train {hidden} parameter tensor(s) that are not registered in the LightningModule "
@@ -437,24 +480,43 @@ class SensitivityMonitor(Callback):
         with torch.no_grad():  # the embedding at the current weights; its graph is not needed
             return {role: p.with_inputs(self.embed_fn(pl_module, p.inputs).detach()) for role, p in on_device.items()}
 
+    def sharded(self, fn: Callable[[slice | Tensor], dict[str, Tensor]], n: int) -> dict[str, Tensor]:
+        """Evaluate per-example results of ``n`` examples, shared between the ranks of a distributed run.
+
+        ``fn(index)`` computes the results of the examples at ``index`` (a slice or a ``[s]`` long tensor: index the
+        probe tensors with it, e.g. through :func:`probe_shard`) as a dict of tensors of first dimension ``s``. In
+        one process it is called once with ``slice(0, n)``; under DDP (and the strategies measured alike) each rank
+        evaluates its shard and every rank receives all ``n`` results (see
+        :func:`~lightning_sensitivity.callbacks._distributed.map_sharded`). Call it from :meth:`compute` the same
+        way on every rank.
+        """
+        lockstep = getattr(self, "_lockstep", None)  # a subclass may skip `__init__`'s attributes
+        if lockstep is None:
+            return fn(slice(0, n))
+        return map_sharded(fn, n, lockstep.world_size, lockstep.rank, lockstep)
+
     def _measure(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, epoch: int, *, fitting: bool, epoch_end: bool = False
     ) -> None:
         if self._disabled is not None:
             return
         held_out = TEST if trainer.state.fn == TrainerFn.TESTING else VAL
-        probes = self._ensure_probes(trainer, pl_module, epoch, held_out)
-        if not self.measurable(probes):
-            return
-        enabled = trainer.is_global_zero and getattr(trainer.progress_bar_callback, "is_enabled", False)
-        progress = progress_factory(f"{type(self).__name__} epoch {epoch}", enabled)
-
-        def run() -> Measurement:
-            inputs = self._inputs_for(pl_module, probes)
-            return self.compute(self.measured_model(pl_module), inputs, progress, epoch)
-
-        with eager():
-            result = self.attempt(self.quantity, run, epoch)
+        # One collective of agreement per sharded call and one at the end, on every rank whatever fails where.
+        collective = distributed_collective(trainer)
+        self._lockstep = None if collective is None else Lockstep(collective)
+        result = None
+        try:
+            result, probes = self._compute_on_probes(trainer, pl_module, epoch, held_out)
+        finally:
+            lockstep, self._lockstep = self._lockstep, None
+            if lockstep is not None and not lockstep.finish(result is not None) and result is not None:
+                self.warn_once(
+                    f"{self.quantity} on another rank",
+                    f"{type(self).__name__} could not produce {self.quantity} at epoch {epoch} on every rank (a rank "
+                    "failed or had no probe data); it is logged by no rank. Training continues; further failures of "
+                    "this kind are not reported.",
+                )
+                result = None
         if result is None:
             return
         if held_out != VAL:
@@ -487,6 +549,25 @@ class SensitivityMonitor(Callback):
             epoch,
             _OUTPUT_HINT,
         )
+
+    def _compute_on_probes(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, epoch: int, held_out: str
+    ) -> tuple[Measurement | None, dict[str, ProbeSet]]:
+        probes = self._ensure_probes(trainer, pl_module, epoch, held_out)
+        if not self.measurable(probes):
+            return None, probes
+        enabled = trainer.is_global_zero and getattr(trainer.progress_bar_callback, "is_enabled", False)
+        progress = progress_factory(f"{type(self).__name__} epoch {epoch}", enabled)
+
+        # FSDP1: the root wrapper gathers the parameters for each forward; `forward_fn`/`embed_fn` are refused there.
+        root = fsdp_root(trainer, pl_module)
+
+        def run() -> Measurement:
+            inputs = self._inputs_for(pl_module, probes)
+            return self.compute(root if root is not None else self.measured_model(pl_module), inputs, progress, epoch)
+
+        with eager():
+            return self.attempt(self.quantity, run, epoch), probes
 
     def _draw_figures(self, fitting: bool) -> bool:
         if self.figures != "log_spaced":

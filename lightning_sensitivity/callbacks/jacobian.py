@@ -10,7 +10,7 @@ from typing_extensions import override
 
 from lightning_sensitivity import keys
 from lightning_sensitivity._checks import check_choice, check_class_names, check_names
-from lightning_sensitivity.callbacks.base import Measurement, ProbeSplits, SensitivityMonitor, model_kwargs
+from lightning_sensitivity.callbacks.base import Measurement, ProbeSplits, SensitivityMonitor, model_kwargs, probe_shard
 from lightning_sensitivity.callbacks.progress import ProgressFactory
 from lightning_sensitivity.functional import jacobian_norm, jacobian_norm_summary, predict_logits
 from lightning_sensitivity.functional.jacobian import OUTPUTS
@@ -84,13 +84,18 @@ class JacobianNormMonitor(SensitivityMonitor):
         check_class_names(self.class_names, num_classes, "class_names")
 
     def _norms(self, model: nn.Module, probe: ProbeSet, progress: ProgressFactory, split: str) -> tuple[Tensor, Tensor]:
-        kwargs = model_kwargs(probe)
-        with progress(f"{split} Jacobian norms") as bar:
-            norms = jacobian_norm(
-                model, probe.inputs, output=self.output, chunk_size=self.chunk_size, progress=bar, **kwargs
-            )
-        logits = predict_logits(model, probe.inputs, self.chunk_size, **kwargs)
-        return norms.detach().float().cpu(), logits.detach().cpu()
+        def shard(index: slice | Tensor) -> dict[str, Tensor]:
+            part = probe_shard(probe, index)
+            kwargs = model_kwargs(part)
+            with progress(f"{split} Jacobian norms") as bar:
+                norms = jacobian_norm(
+                    model, part.inputs, output=self.output, chunk_size=self.chunk_size, progress=bar, **kwargs
+                )
+            logits = predict_logits(model, part.inputs, self.chunk_size, **kwargs)
+            return {"norms": norms.detach().float().cpu(), "logits": logits.detach().cpu()}
+
+        out = self.sharded(shard, len(probe))  # each rank its shard of the probe set under DDP
+        return out["norms"], out["logits"]
 
     def _split(self, result: Measurement, split: str, probe: ProbeSet, norms: Tensor, logits: Tensor) -> dict[str, Any]:
         classes = probe.class_targets

@@ -100,19 +100,31 @@ class TransitionMonitor(SensitivityMonitor):
             self._measure_split(model, split, probes[split], progress, result)
         return result
 
+    def _counts(
+        self, model: nn.Module, trajectories: torch.Tensor, split: str, progress: ProgressFactory
+    ) -> dict[str, Any]:
+        """Per-trajectory counts of ``trajectories`` (a shard of them under DDP), with the unit count per row."""
+        with progress(f"transitions ({split})") as bar:
+            counts = transition_counts(model, trajectories, chunk_size=self.chunk_size, progress=bar)
+        out = {"prediction": counts.prediction.cpu()}
+        out["num_units"] = torch.full_like(out["prediction"], counts.num_units, dtype=torch.long)
+        if counts.num_units:
+            out.update(activation=counts.activation.cpu(), region_changes=counts.region_changes.cpu())
+        return out
+
     def _measure_split(
         self, model: nn.Module, split: str, probe: ProbeSet, progress: ProgressFactory, result: Measurement
     ) -> None:
         anchors_idx = self.anchor_indices(len(probe))
         trajectories = ellipse_trajectories(probe.inputs[anchors_idx.to(probe.inputs.device)], self.num_points)
-        with progress(f"transitions ({split})") as bar:
-            counts = transition_counts(model, trajectories, chunk_size=self.chunk_size, progress=bar)
-        result.meta["num_units"] = counts.num_units
+        counts = self.sharded(lambda index: self._counts(model, trajectories[index], split, progress), len(anchors_idx))
+        num_units = int(counts["num_units"][0])
+        result.meta["num_units"] = num_units
         prefix, array = f"{PREFIX}/{split}", "" if split == VAL else f"{split}_"
-        prediction = counts.prediction.cpu()
+        prediction = counts["prediction"]
         result.arrays.update({f"{array}prediction": prediction, f"{array}anchor_indices": anchors_idx})
         result.scalars[f"{prefix}/prediction_mean"] = float(prediction.double().mean())
-        if counts.num_units == 0:
+        if num_units == 0:
             self.warn_once(
                 "no ReLU units",
                 f"{type(self).__name__}: the model has no recognised ReLU-family unit (nn.ReLU, F.relu, LeakyReLU, "
@@ -120,7 +132,7 @@ class TransitionMonitor(SensitivityMonitor):
                 "JacobianNormMonitor for smooth non-linearities.",
             )
             return
-        activation, region = counts.activation.cpu(), counts.region_changes.cpu()
+        activation, region = counts["activation"], counts["region_changes"]
         result.arrays.update({f"{array}activation": activation, f"{array}region_changes": region})
         result.scalars[f"{prefix}/activation_mean"] = float(activation.double().mean())
         result.scalars[f"{prefix}/region_changes_mean"] = float(region.double().mean())

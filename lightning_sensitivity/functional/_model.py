@@ -130,12 +130,39 @@ def state_slots(model: nn.Module) -> dict[str, str]:
     return slots
 
 
+def has_sharded_parameters(model: nn.Module) -> bool:
+    """Whether ``model`` holds parameters sharded across processes: modules sharded by ``fully_shard`` (FSDP2) or
+    wrapped in ``FullyShardedDataParallel`` (FSDP1), ``DTensor`` parameters (tensor parallel), FSDP1's flat
+    parameters.
+    """
+    try:
+        from torch.distributed.fsdp import FSDPModule
+        from torch.distributed.tensor import DTensor
+    except ImportError:  # a torch built without distributed support shards nothing
+        return False
+    # A root FSDP2 module keeps its parameters gathered between forwards: its class says it is sharded.
+    if any(isinstance(m, FSDPModule) or type(m).__name__ == "FullyShardedDataParallel" for m in model.modules()):
+        return True
+    return any(isinstance(p, DTensor) or type(p).__name__ == "FlatParameter" for p in model.parameters())
+
+
 def as_function(model: nn.Module) -> Callable[..., Tensor]:
     """``f(params, buffers, x, **kwargs) -> logits``: ``model`` as a pure function of its state and a batch.
 
     ``params``/``buffers`` are keyed by the de-duplicated names of :func:`detached_state`; every slot holding one of
     them (aliases and tied copies included) receives the same tensor, and every slot is put back as it was.
+
+    A model with sharded parameters (:func:`has_sharded_parameters`) is called as it is instead: its wrappers gather
+    the parameters for each forward, which swapped-in tensors would defeat. Measurements that differentiate only
+    with respect to the inputs (``torch.autograd.grad(out, inputs)``) stay exact and leave the parameters' ``.grad``
+    alone; every process must then run the same forwards (the gathers are collectives).
     """
+    if has_sharded_parameters(model):
+
+        def direct(params: dict[str, Tensor], buffers: dict[str, Tensor], x: Tensor, **kwargs: Any) -> Tensor:
+            return model(x, **kwargs)
+
+        return direct
     slots = state_slots(model)
 
     def f(params: dict[str, Tensor], buffers: dict[str, Tensor], x: Tensor, **kwargs: Any) -> Tensor:

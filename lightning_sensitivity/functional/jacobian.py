@@ -178,7 +178,7 @@ class _InputLayer(TorchFunctionMode):
         self.batch = x.shape[0]
         self.derived = {id(x): x}  # the input and reshapes of it (kept alive so ids stay unique)
         self.leaf: Tensor | None = None
-        self.weight: Tensor | None = None
+        self.gram: Tensor | None = None  # W W^T of that first layer
         self.other_use = False
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
@@ -195,7 +195,8 @@ class _InputLayer(TorchFunctionMode):
         first_linear = func is F.linear and self.leaf is None and len(used) == 1 and inp is used[0]
         if first_linear and inp.dim() == 2 and isinstance(weight, Tensor) and weight.shape[0] < weight.shape[1]:
             self.leaf = torch.zeros_like(out, requires_grad=True)
-            self.weight = weight.detach()
+            # Formed now: a sharded model (FSDP) frees the gathered weight once its forward is done.
+            self.gram = weight.detach() @ weight.detach().T
             return out.detach() + self.leaf
         self.other_use = True
         return out
@@ -209,7 +210,7 @@ def _norms_looped(f, params, buffers, x: Tensor, output: str, kwargs: dict[str, 
     rows = cotangent_rows(logits.detach(), output)
     total = x.new_zeros(x.shape[0])
     if finder.leaf is not None and not finder.other_use:
-        gram = finder.weight @ finder.weight.T
+        gram = finder.gram
         for r in range(rows.shape[0]):
             (u,) = torch.autograd.grad(logits, finder.leaf, rows[r], retain_graph=r < rows.shape[0] - 1)
             total += ((u @ gram) * u).sum(dim=1)

@@ -5,7 +5,8 @@ must not be pytest). The test then checks, from the files it wrote:
 
 - it finished within the timeout (no collective waited forever) and both ranks saw every measurement;
 - the probe sets are identical on both ranks and equal to a single-process draw from the same datasets;
-- every sensitivity value logged under DDP (TensorBoard scalars, artifact arrays, each rank's ``callback_metrics``)
+- every sensitivity value logged under DDP (each rank measures its shard of every probe set; TensorBoard scalars,
+  artifact arrays, each rank's ``callback_metrics``)
   equals the value computed here, in one process, from the same weights and probe sets, to 1e-6;
 - images, histograms, the TensorBoard event file and the artifacts exist once (rank 0), nothing else was written.
 """
@@ -87,7 +88,7 @@ def test_ran_on_two_gloo_processes_and_every_rank_measured(ddp_run):
         assert record["world_size"] == 2 and record["backend"] == "gloo", (rank, epoch)
         assert len(record["metrics"]) >= 25, (rank, epoch)
     for epoch in EPOCHS:
-        # no sync of any kind was needed: each rank computed the same values on its own
+        # each rank computed its shard; the gathered results give every rank the same values
         assert ddp_run["records"][0, epoch]["metrics"] == ddp_run["records"][1, epoch]["metrics"]
 
 

@@ -22,6 +22,7 @@ from lightning_sensitivity.functional._model import (
     check_loss_fn,
     check_progress,
     detached_state,
+    has_sharded_parameters,
     match_model,
     measurement_context,
     prepare_inputs,
@@ -112,6 +113,11 @@ def prepare_gram_call(
             "and `inputs2` are given, got None"
         )
     model = unwrap_model(model)
+    if has_sharded_parameters(model):
+        raise ValueError(
+            "`model` expected parameters held whole by this process, got sharded ones (FSDP / `fully_shard` / "
+            "DTensor): per-example parameter gradients cannot be formed from a shard"
+        )
     x1 = prepare_inputs(inputs, allow_integer=True)
     y1 = prepare_targets(targets, x1.shape[0])
     params, buffers = detached_state(model)

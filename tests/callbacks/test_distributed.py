@@ -1,0 +1,243 @@
+"""Sharing a measurement between ranks (``callbacks/_distributed.py``), with ranks simulated by threads.
+
+The threads exchange tensors through a barrier (:class:`ThreadCollective`), so the agreements and gathers of
+:func:`map_sharded` run as they would under ``torch.distributed``; a barrier timeout is how a hang would show. The
+real 2-process gloo run is ``tests/reliability/test_ddp.py``.
+"""
+
+from __future__ import annotations
+
+import copy
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import oracles
+import pytest
+import torch
+from torch import Tensor, nn
+
+from lightning_sensitivity import JacobianNormMonitor, StiffnessMonitor, TransitionMonitor
+from lightning_sensitivity.callbacks._distributed import Lockstep, PeerFailure, map_sharded, shard_index
+from lightning_sensitivity.callbacks.progress import progress_factory
+from lightning_sensitivity.functional import loss_gradient_gram
+from lightning_sensitivity.functional.gram import gram_and_norms
+from lightning_sensitivity.functional.gram.shared import gram_factors, gram_rows
+from lightning_sensitivity.probes import ProbeSet
+
+TIMEOUT = 20.0  # s; a healthy exchange takes milliseconds
+
+
+class Exchange:
+    def __init__(self, world_size: int) -> None:
+        self.barrier = threading.Barrier(world_size, timeout=TIMEOUT)
+        self.slots: list[Any] = [None] * world_size
+        self.calls = [0] * world_size
+
+
+class ThreadCollective:
+    def __init__(self, exchange: Exchange, world_size: int, rank: int) -> None:
+        self.exchange, self.world_size, self.rank = exchange, world_size, rank
+
+    def all_gather(self, tensor: Tensor) -> list[Tensor]:
+        ex = self.exchange
+        ex.calls[self.rank] += 1
+        ex.slots[self.rank] = tensor.clone()
+        ex.barrier.wait()  # everyone has put theirs
+        out = [t.clone() for t in ex.slots]
+        ex.barrier.wait()  # everyone has read before the next exchange overwrites
+        return out
+
+
+def run_ranks(world_size: int, body: Callable[[Lockstep, int], Any]) -> tuple[list[Any], list[int]]:
+    """``body(lockstep, rank)`` on ``world_size`` threads; their results (or exceptions) and collective counts."""
+    exchange = Exchange(world_size)
+    results: list[Any] = [None] * world_size
+
+    def target(rank: int) -> None:
+        try:
+            results[rank] = body(Lockstep(ThreadCollective(exchange, world_size, rank)), rank)
+        except BaseException as err:
+            results[rank] = err
+
+    threads = [threading.Thread(target=target, args=(r,)) for r in range(world_size)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(TIMEOUT * 3)
+    assert not any(t.is_alive() for t in threads), "a rank hangs"
+    assert not any(isinstance(r, threading.BrokenBarrierError) for r in results), results
+    return results, exchange.calls
+
+
+@pytest.mark.parametrize("n, world_size", [(1, 2), (5, 2), (8, 2), (7, 3), (2, 3)])
+def test_shards_cover_every_example_once_and_pad_with_the_last(n, world_size):
+    shards = [shard_index(n, world_size, r) for r in range(world_size)]
+    assert len({s.shape[0] for s in shards}) == 1
+    flat = torch.cat(shards).tolist()
+    assert flat[:n] == list(range(n)) and set(flat[n:]) <= {n - 1}
+
+
+@pytest.mark.parametrize("n, world_size", [(1, 2), (5, 2), (8, 2), (7, 3)])
+def test_map_sharded_gathers_the_results_of_every_example_in_order(n, world_size):
+    values = torch.randn(n, 3, generator=torch.Generator().manual_seed(n))
+
+    def body(lockstep: Lockstep, rank: int) -> dict[str, Tensor]:
+        seen = []
+
+        def fn(index: Tensor) -> dict[str, Tensor]:
+            seen.append(index.tolist())
+            return {"double": 2 * values[index], "flag": values[index, 0] > 0, "row": index.clone()}
+
+        out = map_sharded(fn, n, world_size, rank, lockstep)
+        assert lockstep.finish(True)
+        return out, seen
+
+    results, calls = run_ranks(world_size, body)
+    for out, seen in results:
+        assert torch.equal(out["double"], 2 * values) and torch.equal(out["flag"], values[:, 0] > 0)
+        assert out["flag"].dtype == torch.bool and out["row"].tolist() == list(range(n))
+        assert len(seen) == 1 and len(seen[0]) == -(-n // world_size)
+    assert calls == [1 + 3 + 1] * world_size  # agreement, three gathers, the end
+
+
+def test_a_failure_on_one_rank_raises_on_every_rank_and_keeps_them_in_lockstep():
+    def body(lockstep: Lockstep, rank: int) -> list[str]:
+        events = []
+
+        def fn(index: Tensor) -> dict[str, Tensor]:
+            if rank == 1:
+                raise ZeroDivisionError("rank 1 fails")
+            return {"x": index.float()}
+
+        try:
+            map_sharded(fn, 6, 2, rank, lockstep)
+        except ZeroDivisionError:
+            events.append("own error")
+        except PeerFailure as err:
+            events.append(f"peer: {err}")
+        # the ranks go on together: a second sharded call still works
+        events.append(map_sharded(lambda i: {"x": i.float()}, 6, 2, rank, lockstep)["x"].tolist())
+        events.append(lockstep.finish(True))
+        return events
+
+    (r0, r1), _ = run_ranks(2, body)
+    assert r0[0].startswith("peer: rank(s) [1]") and r1[0] == "own error"
+    assert r0[1:] == r1[1:] == [[0.0, 1.0, 2.0, 3.0, 4.0, 5.0], True]
+
+
+def test_a_rank_leaving_the_measurement_early_releases_the_others():
+    def body(lockstep: Lockstep, rank: int) -> tuple[Any, ...]:
+        if rank == 1:  # e.g. its compute failed before its first sharded call
+            return ("finished", lockstep.finish(False), lockstep.broken)
+        try:
+            map_sharded(lambda i: {"x": i.float()}, 4, 2, rank, lockstep)
+        except PeerFailure as err:
+            first = str(err)
+        try:  # no collective any more: this raises at once instead of waiting for rank 1
+            map_sharded(lambda i: {"x": i.float()}, 4, 2, rank, lockstep)
+        except PeerFailure:
+            second = "raised"
+        return (first, second, lockstep.finish(True), lockstep.broken)
+
+    (r0, r1), calls = run_ranks(2, body)
+    assert "rank(s) [1] left" in r0[0] and r0[1:] == ("raised", False, True)
+    assert r1 == ("finished", False, True)
+    assert calls == [1, 1]
+
+
+def test_the_end_agreement_fails_everywhere_when_one_rank_failed():
+    results, _ = run_ranks(3, lambda lockstep, rank: lockstep.finish(rank != 2))
+    assert results == [False, False, False]
+
+
+def test_bad_shard_results_are_refused_on_the_rank_and_shared():
+    def body(lockstep: Lockstep, rank: int) -> str:
+        try:
+            map_sharded(lambda i: {"x": torch.zeros(len(i) + rank)}, 4, 2, rank, lockstep)
+        except (ValueError, PeerFailure) as err:
+            return type(err).__name__
+        return "gathered"
+
+    results, _ = run_ranks(2, body)
+    assert results == ["PeerFailure", "ValueError"]
+
+
+def small_model() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Flatten(), nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 3)).double()
+
+
+def test_row_sharded_gram_equals_the_one_set_gram_and_the_loop():
+    model = small_model()
+    gen = torch.Generator().manual_seed(1)
+    x, y = torch.randn(7, 6, generator=gen, dtype=torch.float64), torch.randint(0, 3, (7,), generator=gen)
+    rows = [gram_and_norms(model, x[shard_index(7, 2, r)], y[shard_index(7, 2, r)], x, y, torch.nn.functional.
+                           cross_entropy, None, None) for r in range(2)]  # fmt: skip
+    sharded = torch.cat([g for g, _, _ in rows])[:7]
+    torch.testing.assert_close(sharded, loss_gradient_gram(model, x, y), rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(sharded, oracles.gram_loop(model, x, y), rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(torch.cat([s for _, s, _ in rows])[:7], sharded.diagonal(), rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("net", ["mlp", "cnn"])
+def test_gram_factors_of_shards_give_the_rows_of_the_one_set_gram(net):
+    torch.manual_seed(0)
+    if net == "mlp":
+        model, shape = small_model(), (6,)
+    else:
+        model = nn.Sequential(nn.Conv2d(1, 3, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(48, 3)).double()
+        shape = (1, 4, 4)
+    gen = torch.Generator().manual_seed(2)
+    x, y = torch.randn(7, *shape, generator=gen, dtype=torch.float64), torch.randint(0, 3, (7,), generator=gen)
+    shards = [shard_index(7, 2, r) for r in range(2)]
+    parts = [gram_factors(model, x[i], y[i], reference_rows=7) for i in shards]
+    factors = {k: torch.cat([p[k] for p in parts])[:7] for k in parts[0]}
+    rows = [gram_rows(factors, i) for i in shards]
+    gram, sq = torch.cat([g for g, _ in rows])[:7], torch.cat([s for _, s in rows])[:7]
+    torch.testing.assert_close(gram, oracles.gram_loop(model, x, y), rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(sq, gram.diagonal(), rtol=1e-10, atol=1e-10)
+
+
+def probes(n: int, seed: int) -> ProbeSet:
+    gen = torch.Generator().manual_seed(seed)
+    return ProbeSet(torch.randn(n, 6, generator=gen), torch.arange(n) % 3, torch.arange(n))
+
+
+@pytest.mark.parametrize("world_size, chunk_size", [(2, None), (3, None), (2, 4)])
+def test_every_monitor_computes_the_single_process_values_from_shards(world_size, chunk_size):
+    model = small_model().float()
+    data = {"val": probes(9, 1), "train": probes(8, 2)}
+    common = {"num_samples": 9, "chunk_size": chunk_size}
+    monitors = [
+        JacobianNormMonitor(**common),
+        TransitionMonitor(num_trajectories=5, num_points=9, splits=("val", "train"), **common),
+        StiffnessMonitor(num_distance_bins=4, **common),
+    ]
+    progress = progress_factory("", False)
+    single = [m.compute(model, data, progress, 1) for m in monitors]
+
+    def body(lockstep: Lockstep, rank: int) -> list[Any]:
+        out = []
+        for monitor in copy.deepcopy(monitors):
+            monitor._lockstep = lockstep  # what `_measure` sets for a distributed run
+            out.append(monitor.compute(copy.deepcopy(model), data, progress, 1))
+        return out
+
+    results, calls = run_ranks(world_size, body)
+    for rank, measured in enumerate(results):
+        assert not isinstance(measured, BaseException), measured
+        for expected, got in zip(single, measured, strict=True):
+            assert got.scalars.keys() == expected.scalars.keys()
+            for key, value in expected.scalars.items():
+                assert got.scalars[key] == pytest.approx(value, rel=1e-6, abs=1e-6, nan_ok=True), (rank, key)
+            for key, value in expected.arrays.items():
+                a = torch.as_tensor(value, dtype=torch.float64)
+                torch.testing.assert_close(torch.as_tensor(got.arrays[key], dtype=torch.float64), a, rtol=1e-6,
+                                           atol=1e-6, equal_nan=True, msg=key)  # fmt: skip
+    # jacobian: 2 splits x (agreement + 2 gathers); transitions: 2 splits x (1 + 4); stiffness: by Gram rows
+    # (1 + 2) with `chunk_size`, else factors (1 + one gather per factor tensor) and rows (1 + 2)
+    joint_x = torch.cat([data["train"].inputs, data["val"].inputs])
+    joint_y = torch.cat([data["train"].targets, data["val"].targets])
+    factor_tensors = len(gram_factors(model, joint_x, joint_y, reference_rows=17))
+    assert calls == [6 + 10 + (3 if chunk_size else 1 + factor_tensors + 3)] * world_size
