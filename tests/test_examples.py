@@ -165,3 +165,38 @@ def test_custom_quantity(tmp_path):
     assert float(metrics["sensitivity/logit_margin/val/p10"]) == pytest.approx(
         np.percentile(margins, 10), rel=1e-5, abs=1e-6
     )
+
+
+@pytest.mark.slow
+def test_text_classifier_example_measures_jacobians_with_respect_to_embeddings(tmp_path):
+    """The text example on a tiny CSV (no corpus package needed): every monitor logs, and the val Jacobian norm is
+    that of the embedded probe set through the classifier with its mask, recomputed one example at a time."""
+    import csv
+
+    import torch
+    from oracles import embedding_jacobian_norm_loop
+
+    words = ["good", "great", "fine", "bad", "awful", "dull", "plot", "actor", "scene", "music"]
+    gen = torch.Generator().manual_seed(0)
+    with open(tmp_path / "tiny.csv", "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["category", "text"])
+        for i in range(240):
+            length = int(torch.randint(3, 12, (1,), generator=gen))
+            picks = torch.randint(0, len(words), (length,), generator=gen).tolist()
+            label = "fresh" if sum(p < 3 for p in picks) >= sum(3 <= p < 6 for p in picks) else "rotten"
+            writer.writerow([label, " ".join(words[p] for p in picks) + f" r{i}"])
+    spec = importlib.util.spec_from_file_location("text_example", EXAMPLES / "text_classifier.py")
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    trainer = example.main(["--fast", "--csv", str(tmp_path / "tiny.csv"), "--log-dir", str(tmp_path)])
+    found = {t for t in tags(tmp_path / "lightning_logs")["scalars"] if t.startswith("sensitivity/")}
+    for quantity in ("jacobian_norm", "transitions", "stiffness"):
+        assert any(t.startswith(f"sensitivity/{quantity}/") for t in found), quantity
+    monitor = next(c for c in trainer.callbacks if type(c).__name__ == "JacobianNormMonitor")
+    probe = monitor.probe_sets["val"]
+    expected = embedding_jacobian_norm_loop(
+        trainer.lightning_module.model, probe.inputs, probe.model_kwargs["attention_mask"]
+    )
+    logged = float(trainer.callback_metrics["sensitivity/jacobian_norm/val/mean"])
+    assert logged == pytest.approx(float(expected.mean()), rel=1e-4)

@@ -101,11 +101,18 @@ class TransitionMonitor(SensitivityMonitor):
         return result
 
     def _counts(
-        self, model: nn.Module, trajectories: torch.Tensor, split: str, progress: ProgressFactory
+        self,
+        model: nn.Module,
+        trajectories: torch.Tensor,
+        split: str,
+        progress: ProgressFactory,
+        kwargs: dict[str, torch.Tensor] | None = None,
     ) -> dict[str, Any]:
         """Per-trajectory counts of ``trajectories`` (a shard of them under DDP), with the unit count per row."""
         with progress(f"transitions ({split})") as bar:
-            counts = transition_counts(model, trajectories, chunk_size=self.chunk_size, progress=bar)
+            counts = transition_counts(
+                model, trajectories, chunk_size=self.chunk_size, progress=bar, model_kwargs=kwargs or None
+            )
         out = {"prediction": counts.prediction.cpu()}
         out["num_units"] = torch.full_like(out["prediction"], counts.num_units, dtype=torch.long)
         if counts.num_units:
@@ -117,7 +124,15 @@ class TransitionMonitor(SensitivityMonitor):
     ) -> None:
         anchors_idx = self.anchor_indices(len(probe))
         trajectories = ellipse_trajectories(probe.inputs[anchors_idx.to(probe.inputs.device)], self.num_points)
-        counts = self.sharded(lambda index: self._counts(model, trajectories[index], split, progress), len(anchors_idx))
+        # Per-example model inputs (an attention mask) of a trajectory: the union of its three anchors' (elementwise
+        # max), so that every position real in one anchor is attended to along the ellipse.
+        kwargs = {k: v[anchors_idx.to(v.device)].amax(dim=1) for k, v in probe.model_kwargs.items()}
+        counts = self.sharded(
+            lambda index: self._counts(
+                model, trajectories[index], split, progress, {k: v[index] for k, v in kwargs.items()}
+            ),
+            len(anchors_idx),
+        )
         num_units = int(counts["num_units"][0])
         result.meta["num_units"] = num_units
         prefix, array = f"{PREFIX}/{split}", "" if split == VAL else f"{split}_"

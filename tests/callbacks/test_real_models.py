@@ -29,10 +29,6 @@ from lightning_sensitivity.models import LitClassifier, TextClassifier, TextData
 pytestmark = pytest.mark.slow
 
 JAC, STIFF, TRANS = "sensitivity/jacobian_norm", "sensitivity/stiffness", "sensitivity/transitions"
-NO_KWARGS_YET = (
-    "TransitionMonitor.compute does not pass the probe's model_kwargs (attention_mask) to transition_counts yet, so "
-    "forward_fn is called without attention_mask"
-)
 
 
 # ---------------------------------------------------------------- 1. a text model of token ids
@@ -121,7 +117,7 @@ def _prediction_changes(net: nn.Module, trajectories: torch.Tensor) -> list[int]
 
 @pytest.mark.parametrize(
     "mask",
-    [pytest.param(True, marks=pytest.mark.xfail(strict=True, reason=NO_KWARGS_YET)), False],
+    [True, False],
     ids=["mask", "no-mask"],
 )
 def test_text_model_transitions_run_on_embedded_ellipses(tmp_path, mask):

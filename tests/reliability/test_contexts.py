@@ -9,6 +9,7 @@ that it really was in the claimed context, and compares all measured arrays byte
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import lightning.pytorch as pl
@@ -16,6 +17,9 @@ import numpy as np
 import pytest
 import torch
 from lightning.pytorch.trainer.states import TrainerFn
+
+from lightning_sensitivity.callbacks.progress import progress_factory
+from lightning_sensitivity.keys import rename_split
 from reliability._helpers import (
     ReliableData,
     ReliableModule,
@@ -24,8 +28,6 @@ from reliability._helpers import (
     make_trainer,
     report_figure,
 )
-
-from lightning_sensitivity.callbacks.progress import progress_factory
 
 pytestmark = pytest.mark.slow
 
@@ -115,5 +117,8 @@ def test_identical_values_in_every_lightning_context(tmp_path):
 
     # What the monitors themselves logged: at the fit's train-epoch end, and into validate/test's returned dicts.
     assert len(fit_logged) >= 25
-    for returned in (validated, tested):
-        assert {k: v for k, v in returned.items() if k.startswith("sensitivity/")} == fit_logged
+    assert {k: v for k, v in validated.items() if k.startswith("sensitivity/")} == fit_logged
+    # trainer.test measures a probe set of the test data, under .../test/... (the same keys, renamed)
+    tested_keys = {k for k in tested if k.startswith("sensitivity/")}
+    assert tested_keys == {rename_split(k, "val", "test") for k in fit_logged}
+    assert all(math.isfinite(tested[k]) for k in tested_keys)
