@@ -24,6 +24,8 @@ def main(out: Path) -> None:
     import torch.distributed as dist
     from reliability._helpers import ReliableData, ReliableModule, all_monitors, make_trainer
 
+    from lightning_sensitivity.callbacks._output import log_step
+
     class RankRecorder(pl.Callback):
         """Placed after the monitors: saves this rank's view of each measurement."""
 
@@ -33,7 +35,8 @@ def main(out: Path) -> None:
         def _save(self, trainer: pl.Trainer, pl_module: pl.LightningModule, epoch: int) -> None:
             record = {
                 "epoch": epoch,
-                "step": trainer.global_step,
+                # the step the monitors logged this measurement at: Lightning's epoch-end step (0 at initialisation)
+                "step": log_step(trainer, epoch_end=epoch > 0),
                 "world_size": trainer.world_size,
                 "backend": dist.get_backend() if dist.is_initialized() else None,
                 "metrics": {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("sensitivity/")},

@@ -47,10 +47,10 @@ def main(out: Path) -> None:
                 raise RuntimeError("injected failure before sharing, rank 1")
             return super().compute(model, probes, progress, epoch)
 
-        def _counts(self, model, trajectories, split, progress):
+        def _counts(self, model, trajectories, split, progress, kwargs=None):
             if self.mode == "shard" and self._rank() == 1:
                 raise RuntimeError("injected failure in the shard, rank 1")
-            return super()._counts(model, trajectories, split, progress)
+            return super()._counts(model, trajectories, split, progress, kwargs)
 
     pl.seed_everything(0, verbose=False)
     common = {"num_samples": NUM_SAMPLES}
