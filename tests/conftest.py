@@ -1,16 +1,11 @@
-"""Root test configuration: makes ``tests/`` importable (``helpers``, ``oracles``) and provides shared fixtures."""
+"""Root test configuration: shared fixtures (``tests/`` itself is on the path through ``pythonpath`` in
+``pyproject.toml``, so tests ``import helpers, oracles``)."""
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import pytest
 import torch
-
-sys.path.insert(0, str(Path(__file__).parent))  # so tests can `import helpers, oracles`
-
-from helpers import MODEL_FACTORIES  # noqa: E402
+from helpers import MODEL_FACTORIES
 
 
 @pytest.fixture(params=sorted(MODEL_FACTORIES))

@@ -71,3 +71,12 @@ def assert_unchanged(model: nn.Module, before: dict) -> None:
         assert (a is None and b is None) or torch.equal(a, b)
     assert before["training"] == after["training"]
     assert torch.equal(before["rng"], after["rng"])
+
+
+def rng_states() -> dict:
+    """The global torch, numpy and python random states (what a measurement must leave as it found them)."""
+    import random
+
+    import numpy as np
+
+    return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}

@@ -1,4 +1,4 @@
-"""`benchmarks/run.py --quick` runs and reports every row of issue 7's table (format only: no timing assertions)."""
+"""`benchmarks/run.py --quick` runs and reports every row of its table (format only: no timing assertions)."""
 
 import importlib.util
 import json

@@ -11,9 +11,8 @@ from pathlib import Path
 import pytest
 import yaml
 from helpers import SHARED_DATA
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
 from models._synthetic import write_cifar10, write_cifar100
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 pytestmark = pytest.mark.slow
 

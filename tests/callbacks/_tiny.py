@@ -10,7 +10,6 @@ This is not a ``conftest.py``: a second module named ``conftest`` would replace 
 from __future__ import annotations
 
 import copy
-import random
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,6 +19,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import rng_states  # noqa: F401 (re-exported for the tests here)
 from lightning.pytorch.loggers import TensorBoardLogger
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
@@ -135,10 +135,6 @@ def read_events(log_dir: str | Path) -> Any:
     return acc
 
 
-def rng_states() -> tuple[Any, ...]:
-    return torch.get_rng_state(), np.random.get_state()[1].copy(), random.getstate()
-
-
 def training_snapshot(trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, Any]:
     """Everything a measurement must leave alone: weights, buffers, .grad, flags, optimizer state, RNG streams."""
     return {
@@ -178,8 +174,16 @@ def nested_equal(a: Any, b: Any) -> bool:
     return a == b
 
 
-def rng_equal(a: tuple[Any, ...], b: tuple[Any, ...]) -> bool:
-    return torch.equal(a[0], b[0]) and np.array_equal(a[1], b[1]) and a[2] == b[2]
+def rng_equal(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    """Whether two :func:`helpers.rng_states` are the same streams at the same positions."""
+    numpy_a, numpy_b = a["numpy"], b["numpy"]
+    return (
+        torch.equal(a["torch"], b["torch"])
+        and numpy_a[0] == numpy_b[0]
+        and np.array_equal(numpy_a[1], numpy_b[1])
+        and numpy_a[2:] == numpy_b[2:]
+        and a["python"] == b["python"]
+    )
 
 
 class Spy(pl.Callback):

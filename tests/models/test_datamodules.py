@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 from helpers import SHARED_DATA
+from models._synthetic import dump_pickle, write_cifar10, write_cifar100, write_mnist
 
 from lightning_sensitivity.models import (
     CIFAR10DataModule,
@@ -19,9 +20,8 @@ from lightning_sensitivity.models import (
     DigitsDataModule,
     FashionMNISTDataModule,
     MNISTDataModule,
+    _data,
 )
-from lightning_sensitivity.models import _data
-from models._synthetic import dump_pickle, write_cifar10, write_cifar100, write_mnist
 
 ALL = [DigitsDataModule, MNISTDataModule, FashionMNISTDataModule, CIFAR10DataModule, CIFAR100DataModule]
 

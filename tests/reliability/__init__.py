@@ -1,4 +1,4 @@
-"""Reliability tests (issue 6): the monitors can be left on in any real training run.
+"""Reliability tests: the monitors can be left on in any real training run.
 
 A package (unlike the other test folders) so that its module names (``reliability.test_memory``, ...) cannot clash
 with test files of the same basename elsewhere in ``tests/``.

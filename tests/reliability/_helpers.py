@@ -19,6 +19,7 @@ import lightning.pytorch as pl
 import numpy as np
 import torch
 import torch.nn.functional as F
+from helpers import rng_states  # noqa: F401 (re-exported for the tests here)
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
@@ -188,10 +189,6 @@ def make_trainer(root: Path, callbacks: list[pl.Callback], *, logger: str | Any 
     }
     options.update(kwargs)
     return pl.Trainer(callbacks=callbacks, **options)
-
-
-def rng_states() -> dict[str, Any]:
-    return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
 
 
 def csv_series(log_dir: str | Path, *, sensitivity: bool = False) -> dict[str, list[tuple[str, str]]]:

@@ -22,9 +22,9 @@ def main(out: Path) -> None:
     import lightning.pytorch as pl
     import torch
     import torch.distributed as dist
-    from reliability._helpers import ReliableData, ReliableModule, all_monitors, make_trainer
 
     from lightning_sensitivity.callbacks._output import log_step
+    from reliability._helpers import ReliableData, ReliableModule, all_monitors, make_trainer
 
     class RankRecorder(pl.Callback):
         """Placed after the monitors: saves this rank's view of each measurement."""

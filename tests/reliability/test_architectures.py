@@ -7,8 +7,9 @@ from __future__ import annotations
 import pytest
 import torch
 from architectures import ARCHITECTURES, parameter_identity
-from reliability._helpers import all_monitors, seeded_fit, training_differences
 from torch import nn
+
+from reliability._helpers import all_monitors, seeded_fit, training_differences
 
 pytestmark = pytest.mark.slow
 

@@ -1,4 +1,4 @@
-"""Issue 6.8, first half -- every constructor argument of the three monitors, fuzzed with hypothesis.
+"""Every constructor argument of the three monitors, fuzzed with hypothesis.
 
 Each argument has a validity rule written here from the documented signature (not from the implementation). Values
 are drawn from a wide universe (None, bools, ints, floats incl. NaN/inf, strings, lists, dicts, tensors of random
@@ -17,9 +17,9 @@ import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from reliability._helpers import report_figure
 
 from lightning_sensitivity import JacobianNormMonitor, StiffnessMonitor, TransitionMonitor
+from reliability._helpers import report_figure
 
 MONITORS = (JacobianNormMonitor, TransitionMonitor, StiffnessMonitor)
 GROUPS = ("train_train", "train_val", "val_val")

@@ -1,4 +1,4 @@
-"""Issue 6.5 -- torch.compile: a compiled LightningModule or compiled submodule is measured through its original
+"""Torch.compile: a compiled LightningModule or compiled submodule is measured through its original
 (uncompiled) forward, and the values equal those of the uncompiled model with the same weights.
 
 Backends: a counting backend (dynamo captures the graph, which is then run as is and counted) and ``aot_eager``
@@ -17,11 +17,11 @@ import lightning.pytorch as pl
 import numpy as np
 import pytest
 import torch
-from reliability._helpers import ReliableData, ReliableModule, all_monitors, make_trainer, report_figure
 
 from lightning_sensitivity.callbacks import SensitivityWarning
 from lightning_sensitivity.callbacks.progress import progress_factory
 from lightning_sensitivity.logging import load_artifacts
+from reliability._helpers import ReliableData, ReliableModule, all_monitors, make_trainer, report_figure
 
 pytestmark = pytest.mark.slow
 

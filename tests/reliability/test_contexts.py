@@ -1,4 +1,4 @@
-"""Issue 6.2 -- contexts: the same weights give the same measurement whatever Lightning's context.
+"""Contexts: the same weights give the same measurement whatever Lightning's context.
 
 Lightning calls hooks under different grad modes: ``fit`` validation under ``no_grad``, ``trainer.validate``/``test``
 under ``inference_mode`` (or ``no_grad`` with ``Trainer(inference_mode=False)``), the end of a training epoch with

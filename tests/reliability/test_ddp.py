@@ -1,4 +1,4 @@
-"""Issue 6.3 -- DDP: two CPU processes (gloo), all three monitors, no hang, single-process values, rank-0 output.
+"""DDP: two CPU processes (gloo), all three monitors, no hang, single-process values, rank-0 output.
 
 ``ddp_script.py`` runs the fit in a subprocess (``strategy="ddp"`` re-launches its command line for rank 1, which
 must not be pytest). The test then checks, from the files it wrote:
@@ -22,12 +22,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from reliability import ddp_script
-from reliability._helpers import ReliableData, ReliableModule, all_monitors, report_figure
 
 from lightning_sensitivity.callbacks.progress import progress_factory
 from lightning_sensitivity.logging import load_artifacts
 from lightning_sensitivity.probes import draw_probe_set
+from reliability import ddp_script
+from reliability._helpers import ReliableData, ReliableModule, all_monitors, report_figure
 
 pytestmark = pytest.mark.slow
 

@@ -1,8 +1,8 @@
-"""Issue 6.8, second half -- faults at run time: the run finishes, each monitor warns at most once with an actionable
+"""Faults at run time: the run finishes, each monitor warns at most once with an actionable
 message, and nothing already logged is lost or overwritten.
 
 An absent validation source is the one fault reported before training, as a ``MisconfigurationException`` from
-``setup`` (issue 4): it costs seconds, not a day. A validation loader that turns out to be empty at run time is a
+``setup``: it costs seconds, not a day. A validation loader that turns out to be empty at run time is a
 run-time fault like the others.
 """
 
@@ -16,6 +16,9 @@ import lightning.pytorch as pl
 import pytest
 import torch
 from lightning.fabric.utilities.exceptions import MisconfigurationException
+
+from lightning_sensitivity import JacobianNormMonitor, StiffnessMonitor, TransitionMonitor
+from lightning_sensitivity.callbacks import SensitivityWarning
 from reliability._helpers import (
     AugmentedDataset,
     ReliableData,
@@ -25,9 +28,6 @@ from reliability._helpers import (
     make_trainer,
     report_figure,
 )
-
-from lightning_sensitivity import JacobianNormMonitor, StiffnessMonitor, TransitionMonitor
-from lightning_sensitivity.callbacks import SensitivityWarning
 
 pytestmark = pytest.mark.slow
 EPOCHS = 3

@@ -1,4 +1,4 @@
-"""Issue 6.9 -- memory bound: a probe set ten times larger than ``chunk_size`` stays within a fixed memory bound.
+"""Memory bound: a probe set ten times larger than ``chunk_size`` stays within a fixed memory bound.
 
 Peak memory is the process's peak resident set (``VmHWM``), reset before each measurement through
 ``/proc/self/clear_refs`` after returning freed heap pages to the OS (``malloc_trim``), so it counts what the
@@ -23,12 +23,12 @@ from typing import Any
 
 import pytest
 import torch
-from reliability._helpers import report_figure
 from torch import nn
 
 from lightning_sensitivity import JacobianNormMonitor, StiffnessMonitor, TransitionMonitor
 from lightning_sensitivity.callbacks.progress import progress_factory
 from lightning_sensitivity.probes import probe_set_from_tensors
+from reliability._helpers import report_figure
 
 CHUNK = 32
 MIB = 2**20

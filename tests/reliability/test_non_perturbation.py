@@ -1,4 +1,4 @@
-"""Issue 6.1 -- non-perturbation, bitwise: the monitors do not change a training run in any way.
+"""Non-perturbation, bitwise: the monitors do not change a training run in any way.
 
 A seeded fit (shuffled loader, augmentation drawing from the global torch/numpy/python streams, BatchNorm, Dropout,
 ``accumulate_grad_batches=2``, gradient clipping, StepLR) is run with and without all three monitors measuring at
@@ -10,10 +10,12 @@ callback that disturbs training in any one of the ways a careless measurement co
 from __future__ import annotations
 
 import random
+
 import lightning.pytorch as pl
 import numpy as np
 import pytest
 import torch
+
 from reliability._helpers import FitRecord, all_monitors, report_figure, seeded_fit, training_differences
 
 pytestmark = pytest.mark.slow

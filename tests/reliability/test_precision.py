@@ -1,4 +1,4 @@
-"""Issue 6.4 -- precision: under ``bf16-mixed`` / ``16-mixed`` training the monitors measure in float32, outside
+"""Precision: under ``bf16-mixed`` / ``16-mixed`` training the monitors measure in float32, outside
 autocast, and get what a float64 loop computes from the same weights.
 
 The tolerance (1e-5 of the largest norm) is tight enough to fail if a measurement ran under the training's
@@ -16,11 +16,11 @@ import lightning.pytorch as pl
 import oracles
 import pytest
 import torch
-from reliability._helpers import ReliableData, ReliableModule, make_trainer, report_figure
 
 from lightning_sensitivity import JacobianNormMonitor, StiffnessMonitor, TransitionMonitor
 from lightning_sensitivity.callbacks import SensitivityWarning
 from lightning_sensitivity.logging import load_artifacts
+from reliability._helpers import ReliableData, ReliableModule, make_trainer, report_figure
 
 pytestmark = pytest.mark.slow
 

@@ -1,4 +1,4 @@
-"""Issue 6.6 -- resume: fit k epochs, checkpoint, resume to n; the sensitivity series equals an uninterrupted run.
+"""Resume: fit k epochs, checkpoint, resume to n; the sensitivity series equals an uninterrupted run.
 
 Lightning checkpoints do not hold the global random streams, so both runs reseed at every epoch start (Dropout),
 shuffle with an epoch-seeded sampler and do not augment: the resumed run then trains bit for bit like the
@@ -18,10 +18,10 @@ import numpy as np
 import pytest
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
-from reliability._helpers import ReliableData, ReliableModule, all_monitors, bitwise_equal, make_trainer, report_figure
 from torch.utils.data import DataLoader, Sampler
 
 from lightning_sensitivity.logging import load_artifacts
+from reliability._helpers import ReliableData, ReliableModule, all_monitors, bitwise_equal, make_trainer, report_figure
 
 pytestmark = pytest.mark.slow
 

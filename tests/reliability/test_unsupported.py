@@ -1,4 +1,4 @@
-"""Issue 6.7 -- unsupported setups: a clear warning, the monitor disables itself, training completes; frozen
+"""Unsupported setups: a clear warning, the monitor disables itself, training completes; frozen
 parameters are left out of stiffness. Under FSDP only stiffness (per-example parameter gradients) is disabled; the
 real sharded runs are ``test_sharded.py``.
 
@@ -20,12 +20,12 @@ import pytest
 import torch
 from lightning.pytorch.strategies import FSDPStrategy as RealFSDPStrategy
 from lightning.pytorch.strategies import SingleDeviceStrategy
-from reliability._helpers import ReliableData, ReliableModule, all_monitors, make_trainer, report_figure
 from torch import nn
 
 from lightning_sensitivity import StiffnessMonitor
 from lightning_sensitivity.callbacks import SensitivityWarning
 from lightning_sensitivity.logging import load_artifacts
+from reliability._helpers import ReliableData, ReliableModule, all_monitors, make_trainer, report_figure
 
 
 class FSDPStrategy(SingleDeviceStrategy):
