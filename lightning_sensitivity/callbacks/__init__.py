@@ -4,7 +4,9 @@
 ellipses through the data) and ``StiffnessMonitor`` (gradient stiffness) share :class:`SensitivityMonitor`.
 """
 
-from lightning_sensitivity.callbacks.base import Measurement, SensitivityMonitor, SensitivityWarning
+from lightning_sensitivity.callbacks._probes import model_kwargs, probe_shard
+from lightning_sensitivity.callbacks.base import Measurement, ProbeSplits, SensitivityMonitor, SensitivityWarning
+from lightning_sensitivity.callbacks.progress import ProgressFactory
 from lightning_sensitivity.callbacks.jacobian import JacobianNormMonitor
 from lightning_sensitivity.callbacks.stiffness import StiffnessMonitor
 from lightning_sensitivity.callbacks.transitions import TransitionMonitor
@@ -16,4 +18,8 @@ __all__ = [
     "SensitivityMonitor",
     "SensitivityWarning",
     "Measurement",
+    "ProbeSplits",
+    "ProgressFactory",
+    "model_kwargs",
+    "probe_shard",
 ]

@@ -13,7 +13,6 @@ Adding a quantity is subclassing (see ``CONTRIBUTING.md`` and ``examples/custom_
 from __future__ import annotations
 
 import inspect
-import math
 import weakref
 from collections.abc import Callable, Sequence
 from typing import Any, ClassVar
@@ -30,19 +29,19 @@ from lightning_sensitivity import keys
 from lightning_sensitivity._checks import check_callable, check_choice, check_int
 from lightning_sensitivity.callbacks import _output
 from lightning_sensitivity.callbacks._compat import (
-    eager,
-    fsdp_root,
     sharding_strategy,
     unreachable_parameters,
     unsupported_strategy,
 )
-from lightning_sensitivity.callbacks._data import find_dataset, has_source, sensitivity_monitors_keys
-from lightning_sensitivity.callbacks._distributed import Lockstep, distributed_collective, map_sharded
+from lightning_sensitivity.callbacks._data import has_source, sensitivity_monitors_keys
+from lightning_sensitivity.callbacks._distributed import Lockstep
+from lightning_sensitivity.callbacks._loop import MEASURE_HINT, OUTPUT_HINT, MeasureLoop
 from lightning_sensitivity.callbacks._model import ForwardFn, ModelCache
+from lightning_sensitivity.callbacks._probes import known_num_classes, model_kwargs, probe_shard  # noqa: F401
 from lightning_sensitivity.callbacks.measurement import Measurement, SensitivityWarning
-from lightning_sensitivity.callbacks.progress import ProgressFactory, progress_factory
+from lightning_sensitivity.callbacks.progress import ProgressFactory
 from lightning_sensitivity.functional import predict_logits  # noqa: F401 (re-exported: subclasses use it)
-from lightning_sensitivity.probes import BatchTransform, ProbeSet, check_probe_data, draw_probe_set, probe_set_from_data
+from lightning_sensitivity.probes import BatchTransform, ProbeSet, check_probe_data, probe_set_from_data
 from lightning_sensitivity.schedules import resolve_schedule
 
 __all__ = ["Measurement", "ProbeSplits", "SensitivityMonitor", "SensitivityWarning", "model_kwargs", "probe_shard"]
@@ -50,42 +49,10 @@ __all__ = ["Measurement", "ProbeSplits", "SensitivityMonitor", "SensitivityWarni
 TRAIN, VAL, TEST = keys.TRAIN, keys.VAL, keys.TEST
 ProbeSplits = tuple[frozenset[str], frozenset[str]]
 
-_MEASURE_HINT = (
-    "The model must map a batch of probe inputs to logits [N, C] (pass `forward_fn=` otherwise) and the probe data "
-    "must fit it (see `batch_transform=`, `val_data=`, `train_data=`)."
-)
-_DRAW_HINT = (
-    "The data must be a dataset whose items collate to (inputs, targets) (see `batch_transform=`); or pass the probe "
-    "tensors directly with `val_data=(inputs, targets)` / `train_data=(inputs, targets)`."
-)
-_OUTPUT_HINT = "Check that the log directory is writable; the scalars were logged."
 _FIGURES = {True: "all", False: "none", "all": "all", "log_spaced": "log_spaced", "none": "none"}
 
 
-def model_kwargs(probe: ProbeSet) -> dict[str, Any]:
-    """Keyword arguments for a functional call on ``probe``: its per-example model inputs, when it has any."""
-    return {"model_kwargs": probe.model_kwargs or None}
-
-
-def probe_shard(probe: ProbeSet, index: slice | Tensor) -> ProbeSet:
-    """The examples of ``probe`` at ``index`` (a slice or positions), model inputs included."""
-    if isinstance(index, slice) and index == slice(0, len(probe)):
-        return probe
-    kwargs = {k: v[index] for k, v in probe.model_kwargs.items()}
-    positions = index.cpu() if isinstance(index, Tensor) else index  # the dataset positions stay on the CPU
-    return ProbeSet(probe.inputs[index], probe.targets[index], probe.indices[positions], kwargs)
-
-
-def known_num_classes(trainer: pl.Trainer, pl_module: pl.LightningModule) -> int | None:
-    """The number of classes, when the datamodule or the module states it (``num_classes``), else None."""
-    for holder in (trainer.datamodule, pl_module, getattr(pl_module, "hparams", None)):
-        value = getattr(holder, "num_classes", None)
-        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
-            return value
-    return None
-
-
-class SensitivityMonitor(Callback):
+class SensitivityMonitor(MeasureLoop, Callback):
     """Base class of the sensitivity monitors: when to measure, on which probe sets, and where results go.
 
     Measurements are taken (1) before training (epoch 0, when ``at_init``), (2) at the end of every scheduled training
@@ -247,7 +214,7 @@ class SensitivityMonitor(Callback):
         """Extra advice for the error raised in ``setup`` when splits in ``missing`` have no data source."""
         return ""
 
-    def attempt(self, what: str, fn: Callable[[], Any], epoch: int, hint: str = _MEASURE_HINT, key: str | None = None) -> Any:
+    def attempt(self, what: str, fn: Callable[[], Any], epoch: int, hint: str = MEASURE_HINT, key: str | None = None) -> Any:
         """Run one part of a measurement; on failure warn once per ``key`` (default ``what``) and return None."""
         try:
             return fn()
@@ -408,193 +375,5 @@ class SensitivityMonitor(Callback):
         # The final state is always visible: draw the images of the last measurement if the schedule skipped them.
         if self._undrawn is not None and trainer.is_global_zero:
             result, step = self._undrawn
-            self.attempt("its images", lambda: _output.write_figures(trainer, result, step), step, _OUTPUT_HINT)
+            self.attempt("its images", lambda: _output.write_figures(trainer, result, step), step, OUTPUT_HINT)
         self._undrawn = None
-
-    # ---------------------------------------------------------------- the loop
-    def _maybe_measure_fit(
-        self, trainer: pl.Trainer, pl_module: pl.LightningModule, epoch: int, epoch_end: bool = False
-    ) -> None:
-        if self._disabled is not None or trainer.sanity_checking:
-            return
-        if epoch in self._measured or not self._schedule(epoch):
-            return
-        self._measure(trainer, pl_module, epoch, fitting=True, epoch_end=epoch_end)
-        self._measured.add(epoch)
-
-    def _ensure_probes(self, trainer: pl.Trainer, pl_module: pl.LightningModule, epoch: int, held_out: str) -> dict[str, ProbeSet]:
-        """``{"val": held-out probe set, "train": ...}`` as far as they can be drawn; ``held_out`` is the split the
-        held-out set comes from (``"test"`` under ``trainer.test``)."""
-        required, optional = self.probe_splits()
-        wanted = {s: (held_out if s == VAL else s) for s in sorted(required | optional)}
-        out: dict[str, ProbeSet] = {}
-        for role, split in wanted.items():
-            if split not in self._probes:
-                probe = self.attempt(
-                    f"the {split} probe set",
-                    lambda s=split: self._draw(trainer, pl_module, s),
-                    epoch,
-                    _DRAW_HINT,
-                    key=f"probe set {split}",
-                )
-                if probe is None:
-                    continue
-                if len(probe) < self.num_samples:
-                    self.warn_once(
-                        f"small {split}",
-                        f"{type(self).__name__}: the {split} probe set has {len(probe)} examples, fewer than "
-                        f"`num_samples={self.num_samples}`, because the {split} data is that small; using all of it.",
-                    )
-                self._probes[split] = probe
-            out[role] = self._probes[split]
-        return out
-
-    def _draw(self, trainer: pl.Trainer, pl_module: pl.LightningModule, split: str) -> ProbeSet | None:
-        try:  # `val_dataloader_idx` chooses among the validation loaders only; test data is its first loader
-            found = find_dataset(trainer, pl_module, split, self.val_dataloader_idx if split == VAL else 0)
-        except ValueError as err:
-            # An index beyond the loaders is a configuration error: say so once, plainly, and stop retrying.
-            self._disable(str(err))
-            return None
-        if found is None:
-            if split in self.probe_splits()[0] or split == TEST:
-                raise MisconfigurationException(f"no {split} data source; pass `{split}_data=(inputs, targets)`")
-            return None
-        if found.num_loaders > 1:
-            self.warn_once(
-                f"loaders {split}",
-                f"{type(self).__name__}: the {split} data has {found.num_loaders} loaders; the probe set is drawn from "
-                f"loader {found.index} (set `val_dataloader_idx=` to choose another).",
-            )
-        return draw_probe_set(
-            found.dataset, self.num_samples, seed=self.seed, batch_transform=self.batch_transform, collate_fn=found.collate_fn
-        )
-
-    def _inputs_for(self, pl_module: pl.LightningModule, probes: dict[str, ProbeSet]) -> dict[str, ProbeSet]:
-        """Probe sets as :meth:`compute` takes them: on the module's device, embedded when the quantity needs it."""
-        on_device = {role: p.to(pl_module.device) for role, p in probes.items()}
-        if self.embed_fn is None or not self.differentiates_inputs:
-            return on_device
-        import torch
-
-        with torch.no_grad():  # the embedding at the current weights; its graph is not needed
-            return {role: p.with_inputs(self.embed_fn(pl_module, p.inputs).detach()) for role, p in on_device.items()}
-
-    def sharded(self, fn: Callable[[slice | Tensor], dict[str, Tensor]], n: int) -> dict[str, Tensor]:
-        """Evaluate per-example results of ``n`` examples, shared between the ranks of a distributed run.
-
-        ``fn(index)`` computes the results of the examples at ``index`` (a slice or a ``[s]`` long tensor: index the
-        probe tensors with it, e.g. through :func:`probe_shard`) as a dict of tensors of first dimension ``s``. In
-        one process it is called once with ``slice(0, n)``; under DDP (and the strategies measured alike) each rank
-        evaluates its shard and every rank receives all ``n`` results (see
-        :func:`~lightning_sensitivity.callbacks._distributed.map_sharded`). Call it from :meth:`compute` the same
-        way on every rank.
-        """
-        lockstep = getattr(self, "_lockstep", None)  # a subclass may skip `__init__`'s attributes
-        if lockstep is None:
-            return fn(slice(0, n))
-        return map_sharded(fn, n, lockstep.world_size, lockstep.rank, lockstep)
-
-    def _measure(
-        self, trainer: pl.Trainer, pl_module: pl.LightningModule, epoch: int, *, fitting: bool, epoch_end: bool = False
-    ) -> None:
-        if self._disabled is not None:
-            return
-        held_out = TEST if trainer.state.fn == TrainerFn.TESTING else VAL
-        # One collective of agreement per sharded call and one at the end, on every rank whatever fails where.
-        collective = distributed_collective(trainer)
-        self._lockstep = None if collective is None else Lockstep(collective)
-        result = None
-        try:
-            result, probes = self._compute_on_probes(trainer, pl_module, epoch, held_out)
-        finally:
-            lockstep, self._lockstep = self._lockstep, None
-            if lockstep is not None and not lockstep.finish(result is not None) and result is not None:
-                self.warn_once(
-                    f"{self.quantity} on another rank",
-                    f"{type(self).__name__} could not produce {self.quantity} at epoch {epoch} on every rank (a rank "
-                    "failed or had no probe data); it is logged by no rank. Training continues; further failures of "
-                    "this kind are not reported.",
-                )
-                result = None
-        if result is None:
-            return
-        if held_out != VAL:
-            result = result.renamed(lambda tag: keys.rename_split(tag, VAL, held_out))
-        scalars = {k: float(v) for k, v in result.scalars.items()}
-        bad = sorted(k for k, v in scalars.items() if not math.isfinite(v))
-        if bad:
-            self.warn_once(
-                f"non-finite {self.quantity}",
-                f"{type(self).__name__}: non-finite values at epoch {epoch} for {', '.join(bad)}; they are not logged. "
-                "The model may have diverged (check the learning rate) or its output may overflow in its dtype.",
-            )
-        scalars = {k: v for k, v in scalars.items() if math.isfinite(v)}
-        step = _output.log_step(trainer, epoch_end)
-        _output.log_scalars(trainer, pl_module, scalars, step, fitting)
-        if not trainer.is_global_zero:
-            return
-        draw = self._draw_figures(fitting)
-        self._undrawn = None if draw or not fitting else (result, step)
-        probe_sizes = {f"{s} probe size": len(p) for s, p in probes.items()}
-        self.attempt(
-            "its logger output",
-            lambda: self._write(trainer, result, step, probe_sizes, draw),
-            epoch,
-            _OUTPUT_HINT,
-        )
-        self.attempt(
-            "its artifact file",
-            lambda: self._write_artifact(trainer, result, epoch, step, fitting),
-            epoch,
-            _OUTPUT_HINT,
-        )
-
-    def _compute_on_probes(
-        self, trainer: pl.Trainer, pl_module: pl.LightningModule, epoch: int, held_out: str
-    ) -> tuple[Measurement | None, dict[str, ProbeSet]]:
-        probes = self._ensure_probes(trainer, pl_module, epoch, held_out)
-        if not self.measurable(probes):
-            return None, probes
-        enabled = trainer.is_global_zero and getattr(trainer.progress_bar_callback, "is_enabled", False)
-        progress = progress_factory(f"{type(self).__name__} epoch {epoch}", enabled)
-
-        # FSDP1: the root wrapper gathers the parameters for each forward; `forward_fn`/`embed_fn` are refused there.
-        root = fsdp_root(trainer, pl_module)
-
-        def run() -> Measurement:
-            inputs = self._inputs_for(pl_module, probes)
-            return self.compute(root if root is not None else self.measured_model(pl_module), inputs, progress, epoch)
-
-        with eager():
-            return self.attempt(self.quantity, run, epoch), probes
-
-    def _draw_figures(self, fitting: bool) -> bool:
-        if self.figures != "log_spaced":
-            return self.figures == "all"
-        if not fitting:
-            return True
-        count = len(self._measured) + 1  # this measurement's position in the fit: 1st, 2nd, 4th, 8th, ...
-        return count & (count - 1) == 0
-
-    def _write(self, trainer: pl.Trainer, result: Measurement, step: int, sizes: dict[str, int], draw: bool) -> None:
-        writer = _output.tensorboard_writer(trainer)
-        if writer is not None and writer not in self._summary_writers:
-            self._summary_writers.add(writer)
-            _output.write_run_summary(writer, type(self).__name__, {**self.config(), **sizes}, self.layout_groups())
-        _output.write_histograms(trainer, result, step)
-        if draw:
-            _output.write_figures(trainer, result, step)
-
-    def _write_artifact(self, trainer: pl.Trainer, result: Measurement, epoch: int, step: int, fitting: bool) -> None:
-        # `trainer.validate`/`test` after `fit` share its epoch number (and often other weights, e.g. ckpt_path="best"):
-        # their own folder keeps them from replacing the training run's file of that epoch.
-        quantity = self.quantity if fitting else f"{self.quantity}.{trainer.state.fn.value}"
-        root = _output.artifact_root(trainer)
-        if root.fallback:
-            self.warn_once(
-                "no logger",
-                f"{type(self).__name__}: the trainer has no logger with a log directory; artifacts are written under "
-                f"{root.path}/sensitivity/ (`trainer.default_root_dir`).",
-            )
-        _output.write_artifact(root.path, quantity, epoch, step, result.arrays, {**self.config(), **result.meta})

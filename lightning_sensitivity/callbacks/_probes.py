@@ -1,0 +1,35 @@
+"""Small helpers around probe sets for the monitors: model keyword inputs, shards, and the number of classes."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import lightning.pytorch as pl
+from torch import Tensor
+
+from lightning_sensitivity.probes import ProbeSet
+
+__all__ = ["known_num_classes", "model_kwargs", "probe_shard"]
+
+
+def model_kwargs(probe: ProbeSet) -> dict[str, Any]:
+    """Keyword arguments for a functional call on ``probe``: its per-example model inputs, when it has any."""
+    return {"model_kwargs": probe.model_kwargs or None}
+
+
+def probe_shard(probe: ProbeSet, index: slice | Tensor) -> ProbeSet:
+    """The examples of ``probe`` at ``index`` (a slice or positions), model inputs included."""
+    if isinstance(index, slice) and index == slice(0, len(probe)):
+        return probe
+    kwargs = {k: v[index] for k, v in probe.model_kwargs.items()}
+    positions = index.cpu() if isinstance(index, Tensor) else index  # the dataset positions stay on the CPU
+    return ProbeSet(probe.inputs[index], probe.targets[index], probe.indices[positions], kwargs)
+
+
+def known_num_classes(trainer: pl.Trainer, pl_module: pl.LightningModule) -> int | None:
+    """The number of classes, when the datamodule or the module states it (``num_classes``), else None."""
+    for holder in (trainer.datamodule, pl_module, getattr(pl_module, "hparams", None)):
+        value = getattr(holder, "num_classes", None)
+        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+            return value
+    return None
