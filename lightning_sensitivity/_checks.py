@@ -16,7 +16,7 @@ Example:
 from __future__ import annotations
 
 import numbers
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
 T = TypeVar("T")
@@ -25,6 +25,7 @@ __all__ = [
     "check_bool",
     "check_callable",
     "check_choice",
+    "check_class_groups",
     "check_class_names",
     "check_count_or_fraction",
     "check_int",
@@ -168,3 +169,25 @@ def check_count_or_fraction(value: Any, name: str) -> None:
         raise ValueError(f"`{name}` expected a fraction in (0, 1), got {value!r}")
     if isinstance(value, int) and value < 1:
         raise ValueError(f"`{name}` expected a positive int, got {value!r}")
+
+
+def check_class_groups(class_groups: Any, name: str = "class_groups") -> list[int] | None:
+    """An optional fine class -> super-class map: a non-empty sequence (or 1-D tensor) of non-negative ints, or a
+    mapping with keys ``0..C-1``; returned as a list."""
+    if class_groups is None:
+        return None
+    if isinstance(class_groups, Mapping):
+        fine = sorted(class_groups)
+        if fine != list(range(len(fine))):
+            raise ValueError(f"`{name}` expected a mapping with keys 0..C-1 (fine classes), got keys {fine}")
+        class_groups = [class_groups[k] for k in fine]
+    if hasattr(class_groups, "tolist") and not isinstance(class_groups, Sequence):  # a tensor or an array
+        class_groups = class_groups.tolist()
+    if isinstance(class_groups, (str, bytes)) or not isinstance(class_groups, Sequence) or not class_groups:
+        raise TypeError(
+            f"`{name}` expected a non-empty sequence (fine class -> super-class) or mapping of ints, got "
+            f"{describe(class_groups)}"
+        )
+    for value in class_groups:
+        check_int(value, name, minimum=0)
+    return [int(v) for v in class_groups]

@@ -14,6 +14,7 @@ from lightning_sensitivity import keys
 from lightning_sensitivity._checks import (
     check_bool,
     check_choice,
+    check_class_groups,
     check_class_names,
     check_int,
     check_loss_fn,
@@ -41,27 +42,6 @@ from lightning_sensitivity.functional.gram import LayerwiseUnsupported, gram_and
 from lightning_sensitivity.functional.gram.shared import gram_factors, gram_rows
 
 PREFIX = keys.prefix(keys.STIFFNESS)
-
-
-def _check_class_groups(class_groups: Any) -> list[int] | None:
-    if class_groups is None:
-        return None
-    if isinstance(class_groups, Mapping):
-        fine = list(class_groups)
-        if sorted(fine) != list(range(len(fine))):
-            raise ValueError(f"`class_groups` expected a mapping with keys 0..C-1 (fine labels), got keys {fine}")
-        class_groups = [class_groups[k] for k in range(len(fine))]
-    if isinstance(class_groups, Tensor):
-        class_groups = class_groups.tolist()
-    if isinstance(class_groups, (str, bytes)) or not isinstance(class_groups, Sequence) or not class_groups:
-        raise TypeError(
-            f"`class_groups` expected a non-empty sequence (fine label -> super-class) or mapping of ints, got "
-            f"{type(class_groups).__name__} {class_groups!r}"
-        )
-    for value in class_groups:
-        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-            raise ValueError(f"`class_groups` expected non-negative int super-class indices, got {value!r}")
-    return list(class_groups)
 
 
 class StiffnessMonitor(SensitivityMonitor):
@@ -156,7 +136,7 @@ class StiffnessMonitor(SensitivityMonitor):
         self.critical_length_method = check_choice(critical_length_method, "critical_length_method", CRITICAL_METHODS)
         self.critical_length_bootstrap = check_int(critical_length_bootstrap, "critical_length_bootstrap", minimum=0)
         self.class_names = check_names(class_names, "class_names")
-        self.class_groups = _check_class_groups(class_groups)
+        self.class_groups = check_class_groups(class_groups)
         self.group_names = check_names(group_names, "group_names")
         if self.class_names is not None and self.class_groups is not None and len(self.class_names) != len(self.class_groups):
             raise ValueError(

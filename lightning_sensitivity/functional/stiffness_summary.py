@@ -16,7 +16,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
-from lightning_sensitivity._checks import check_choice, check_int
+from lightning_sensitivity._checks import check_choice, check_class_groups, check_int
 from lightning_sensitivity.functional.critical_length import METHODS, Method, critical_length
 from lightning_sensitivity.functional.stiffness import DISTANCES, class_stiffness, stiffness_by_distance
 
@@ -97,23 +97,10 @@ def _mean(values: Tensor, mask: Tensor) -> float:
 
 
 def _class_groups(class_groups: object, num_classes: int) -> Tensor:
-    if isinstance(class_groups, Mapping):
-        keys = sorted(class_groups)
-        if keys != list(range(len(keys))):
-            raise ValueError(f"`class_groups` expected a mapping with keys 0..C-1 (fine classes), got keys {keys}")
-        class_groups = [class_groups[k] for k in keys]
-    if isinstance(class_groups, Tensor):
-        class_groups = class_groups.tolist()
-    if isinstance(class_groups, (str, bytes)) or not isinstance(class_groups, Sequence) or not class_groups:
-        raise TypeError(
-            "`class_groups` expected a non-empty sequence or mapping (fine class -> super-class), got "
-            f"{type(class_groups).__name__}"
-        )
-    for value in class_groups:
-        check_int(value, "class_groups", minimum=0)
-    if len(class_groups) < num_classes:
-        raise ValueError(f"`class_groups` expected an entry for each of {num_classes} classes, got {len(class_groups)}")
-    return torch.tensor(class_groups, dtype=torch.long)
+    groups = check_class_groups(class_groups)
+    if len(groups) < num_classes:
+        raise ValueError(f"`class_groups` expected an entry for each of {num_classes} classes, got {len(groups)}")
+    return torch.tensor(groups, dtype=torch.long)
 
 
 def _why_not_classes(targets: Tensor) -> str | None:
