@@ -21,6 +21,7 @@ from lightning_sensitivity._checks import (
     check_names,
     describe,
 )
+from lightning_sensitivity.callbacks._gram import joint_stiffness
 from lightning_sensitivity.callbacks.base import Measurement, ProbeSplits, SensitivityMonitor
 from lightning_sensitivity.callbacks.progress import ProgressFactory
 from lightning_sensitivity.functional import (
@@ -29,7 +30,6 @@ from lightning_sensitivity.functional import (
     pair_means,
     per_layer_gram,
     predict_logits,
-    stiffness,
     stiffness_from_gram,
     stiffness_summary,
 )
@@ -38,8 +38,6 @@ from lightning_sensitivity.functional.stiffness import DISTANCES
 from lightning_sensitivity.keys import GROUPS, TRAIN, VAL
 from lightning_sensitivity.keys import STIFFNESS_KINDS as KINDS
 from lightning_sensitivity.probes import ProbeSet, is_class_targets
-from lightning_sensitivity.functional.gram import LayerwiseUnsupported, gram_and_norms
-from lightning_sensitivity.functional.gram.shared import gram_factors, gram_rows
 
 PREFIX = keys.prefix(keys.STIFFNESS)
 
@@ -226,7 +224,7 @@ class StiffnessMonitor(SensitivityMonitor):
             )  # fmt: skip
             joint = stiffness_from_gram(sum(layers.values()), self_pairs=True)
         else:
-            joint = self._joint_stiffness(model, inputs, targets, kwargs, progress)
+            joint = joint_stiffness(self, model, inputs, targets, kwargs, progress)
         classes = is_class_targets(targets)
         num_classes = None
         if classes:
@@ -341,51 +339,6 @@ class StiffnessMonitor(SensitivityMonitor):
             )
             return None
         return self.class_names
-
-    def _joint_stiffness(
-        self, model: nn.Module, inputs: Tensor, targets: Tensor, kwargs: dict[str, Tensor], progress: ProgressFactory
-    ) -> Any:
-        """Stiffness of the joint probe set; under DDP each rank computes its share of the Gram's rows."""
-        if getattr(self, "_lockstep", None) is None:  # one process: the whole Gram at once
-            with progress("per-example gradients") as bar:
-                return stiffness(
-                    model, inputs, targets, loss_fn=self.loss_fn, chunk_size=self.chunk_size, progress=bar,
-                    model_kwargs=kwargs or None,
-                )  # fmt: skip
-
-        n = inputs.shape[0]
-        if self.chunk_size is None and not kwargs and self._layerwise(model, inputs, targets):
-            # Each rank the layer factors of its examples, exchanged; then each its block of rows from all factors.
-            def factors_of(index: Tensor) -> dict[str, Tensor]:
-                return gram_factors(model, inputs[index], targets[index], reference_rows=n, loss_fn=self.loss_fn)
-
-            def rows_of(index: Tensor) -> dict[str, Tensor]:
-                gram, sq = gram_rows(factors, index)
-                return {"gram": gram, "sq": sq}
-
-            factors = self.sharded(factors_of, n)
-            out = self.sharded(rows_of, n)
-        else:
-
-            def rows(index: Tensor) -> dict[str, Tensor]:
-                # A rank's block of Gram rows against every example (memory bounded by `chunk_size`).
-                with progress("per-example gradients") as bar:
-                    gram, sq_rows, _ = gram_and_norms(
-                        model, inputs[index], targets[index], inputs, targets, self.loss_fn, self.chunk_size, bar,
-                        model_kwargs={k: v[index] for k, v in kwargs.items()} or None, model_kwargs2=kwargs or None,
-                    )  # fmt: skip
-                return {"gram": gram, "sq": sq_rows}
-
-            out = self.sharded(rows, n)
-        return stiffness_from_gram(out["gram"], out["sq"], out["sq"], self_pairs=True)
-
-    def _layerwise(self, model: nn.Module, inputs: Tensor, targets: Tensor) -> bool:
-        """Whether the layerwise engine covers ``model``: decided on the same two examples on every rank."""
-        try:
-            gram_factors(model, inputs[:2], targets[:2], reference_rows=inputs.shape[0], loss_fn=self.loss_fn)
-        except LayerwiseUnsupported:
-            return False
-        return True
 
     def _figures(
         self, result: Measurement, group: str, arrays: dict[str, Any], names: list[str] | None, epoch: int

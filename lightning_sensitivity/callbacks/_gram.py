@@ -1,0 +1,62 @@
+"""The joint probe set's stiffness for :class:`~lightning_sensitivity.callbacks.StiffnessMonitor`: one Gram in a
+single process; under DDP each rank computes its share of the Gram's rows (exchanging layer factors when the
+layerwise engine covers the model, else two-set Gram rows bounded by ``chunk_size``)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torch import Tensor, nn
+
+from lightning_sensitivity.callbacks.progress import ProgressFactory
+from lightning_sensitivity.functional import stiffness, stiffness_from_gram
+from lightning_sensitivity.functional.gram import LayerwiseUnsupported, gram_and_norms
+from lightning_sensitivity.functional.gram.shared import gram_factors, gram_rows
+
+__all__ = ["joint_stiffness"]
+
+
+def joint_stiffness(
+    monitor: Any, model: nn.Module, inputs: Tensor, targets: Tensor, kwargs: dict[str, Tensor], progress: ProgressFactory
+) -> Any:
+    """Stiffness of the joint probe set; under DDP each rank computes its share of the Gram's rows."""
+    if getattr(monitor, "_lockstep", None) is None:  # one process: the whole Gram at once
+        with progress("per-example gradients") as bar:
+            return stiffness(
+                model, inputs, targets, loss_fn=monitor.loss_fn, chunk_size=monitor.chunk_size, progress=bar,
+                model_kwargs=kwargs or None,
+            )  # fmt: skip
+
+    n = inputs.shape[0]
+    if monitor.chunk_size is None and not kwargs and _layerwise(model, inputs, targets, monitor.loss_fn):
+        # Each rank the layer factors of its examples, exchanged; then each its block of rows from all factors.
+        def factors_of(index: Tensor) -> dict[str, Tensor]:
+            return gram_factors(model, inputs[index], targets[index], reference_rows=n, loss_fn=monitor.loss_fn)
+
+        def rows_of(index: Tensor) -> dict[str, Tensor]:
+            gram, sq = gram_rows(factors, index)
+            return {"gram": gram, "sq": sq}
+
+        factors = monitor.sharded(factors_of, n)
+        out = monitor.sharded(rows_of, n)
+    else:
+
+        def rows(index: Tensor) -> dict[str, Tensor]:
+            # A rank's block of Gram rows against every example (memory bounded by `chunk_size`).
+            with progress("per-example gradients") as bar:
+                gram, sq_rows, _ = gram_and_norms(
+                    model, inputs[index], targets[index], inputs, targets, monitor.loss_fn, monitor.chunk_size, bar,
+                    model_kwargs={k: v[index] for k, v in kwargs.items()} or None, model_kwargs2=kwargs or None,
+                )  # fmt: skip
+            return {"gram": gram, "sq": sq_rows}
+
+        out = monitor.sharded(rows, n)
+    return stiffness_from_gram(out["gram"], out["sq"], out["sq"], self_pairs=True)
+
+def _layerwise(model: nn.Module, inputs: Tensor, targets: Tensor, loss_fn: Any) -> bool:
+    """Whether the layerwise engine covers ``model``: decided on the same two examples on every rank."""
+    try:
+        gram_factors(model, inputs[:2], targets[:2], reference_rows=inputs.shape[0], loss_fn=loss_fn)
+    except LayerwiseUnsupported:
+        return False
+    return True
