@@ -235,10 +235,19 @@ def main(argv: list[str] | None = None) -> dict:
         rows += architecture_rows(8 if args.quick else 128, rounds)
     rows += transition_rows(4 if args.quick else 16, 32 if args.quick else 128, rounds)
     rows.append(memory_row(8 if args.quick else 64, args.threads))
+    from _images import image_cost_row, per_layer_rows, render_rows
+
+    rows += per_layer_rows(16 if args.quick else 128, rounds)
+    rows += render_rows(2 if args.quick else 20)
+    end_to_end = {}
     for figures in ("log_spaced", "none"):
         monitors = monitor_row(512 if args.quick else 60000, 1 if args.quick else 3, 1 if args.quick else 2, figures)
         if monitors is not None:
             rows.append(monitors)
+            end_to_end[figures] = monitors
+    images = image_cost_row(end_to_end.get("log_spaced"), end_to_end.get("none"))
+    if images is not None:
+        rows.append(images)
     result = {
         "machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
                     "cpu_count": os.cpu_count(), "torch": torch.__version__, "threads": args.threads},  # fmt: skip

@@ -17,8 +17,13 @@ ROWS = [
     "transitions MLP",
     "transitions CNN",
     "memory CNN",
+    "per_layer MLP",
+    "per_layer CNN",
+    "render 10x10",
+    "render 100x100",
     "monitors end to end",
     "monitors end to end, figures='none'",
+    "images end to end",
 ]
 KEYS = {"row", "quantity", "model", "time_s", "limit", "limit_s", "ratio_to_limit", "target", "baselines",
         "peak_bytes", "met"}  # fmt: skip
