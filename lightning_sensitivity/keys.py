@@ -118,6 +118,12 @@ SCHEMA: dict[str, tuple[str, ...]] = {
     ),
 }
 
+# TransitionMonitor: ellipses through shuffled (off-manifold) validation anchors, and the near-anchor density ratio.
+TRANSITION_RANDOM = "random"
+SCHEMA[TRANSITIONS] += tuple(f"{ROOT}/{TRANSITIONS}/{TRANSITION_RANDOM}/{stat}_mean" for stat in TRANSITION_STATS)
+SCHEMA[TRANSITIONS] += tuple(f"{ROOT}/{TRANSITIONS}/{s}/near_anchor_ratio" for s in ("{split}", TRANSITION_RANDOM))
+SCHEMA[STIFFNESS] += (f"{ROOT}/{STIFFNESS}/{{group}}/same_class_critical_length",)
+
 _PLACEHOLDERS = {
     "split": "|".join((VAL, TRAIN, TEST)),
     "group": "|".join(GROUPS + tuple(g.replace(VAL, TEST) for g in GROUPS if VAL in g)),
