@@ -50,19 +50,24 @@ def within_confidence_bins(norms: np.ndarray, confidence: np.ndarray, wrong: np.
     """AUROC of the norm for "misclassified" inside quantile bins of the max softmax, and their weighted mean.
 
     A bin contributes when it holds both correct and misclassified points; the weights are its number of
-    (misclassified, correct) pairs, so the mean is the AUROC over pairs of equal-confidence-bin points."""
+    (misclassified, correct) pairs, so the mean is the AUROC over pairs of equal-confidence-bin points. The same is
+    computed for ``1 - confidence`` itself: confidence still varies inside a bin, so the norm adds information only
+    if it separates the classes there better than the residual confidence does."""
     edges = np.quantile(confidence, np.linspace(0, 1, bins + 1))
     index = np.clip(np.searchsorted(edges, confidence, side="right") - 1, 0, bins - 1)
-    rows, total, weight = [], 0.0, 0.0
+    rows, total, total_conf, weight = [], 0.0, 0.0, 0.0
     for b in range(bins):
         sel = index == b
-        value = auroc(norms[sel], wrong[sel])
+        value, conf = auroc(norms[sel], wrong[sel]), auroc(1 - confidence[sel], wrong[sel])
         pairs = float(wrong[sel].sum() * (~wrong[sel]).sum())
-        rows.append({"bin": b, "points": int(sel.sum()), "wrong": int(wrong[sel].sum()), "auroc": value})
+        rows.append({"bin": b, "points": int(sel.sum()), "wrong": int(wrong[sel].sum()), "auroc": value,
+                     "confidence_auroc": conf})  # fmt: skip
         if value is not None:
             total += value * pairs
+            total_conf += conf * pairs
             weight += pairs
-    return {"bins": rows, "weighted_auroc": total / weight if weight else None}
+    return {"bins": rows, "weighted_auroc": total / weight if weight else None,
+            "weighted_confidence_auroc": total_conf / weight if weight else None}  # fmt: skip
 
 
 def cross_validated(norms: np.ndarray, confidence: np.ndarray, wrong: np.ndarray, seed: int) -> dict:
@@ -196,6 +201,11 @@ def main(argv: list[str] | None = None) -> None:
          for f in finals]
     )  # fmt: skip
     summary["within_bins"] = C.mean_ci([f["within_confidence_bins"]["weighted_auroc"] for f in finals])
+    summary["within_bins_confidence"] = C.mean_ci([f["within_confidence_bins"]["weighted_confidence_auroc"] for f in finals])
+    summary["within_bins_difference"] = C.mean_ci(
+        [None if f["within_confidence_bins"]["weighted_auroc"] is None else
+         f["within_confidence_bins"]["weighted_auroc"] - f["within_confidence_bins"]["weighted_confidence_auroc"] for f in finals]
+    )  # fmt: skip
     summary["cv_confidence"] = C.mean_ci([f["cross_validated"].get("confidence", {}).get("mean") for f in finals])
     summary["cv_both"] = C.mean_ci([f["cross_validated"].get("confidence+norm", {}).get("mean") for f in finals])
     summary["cv_norm"] = C.mean_ci([f["cross_validated"].get("norm", {}).get("mean") for f in finals])

@@ -51,7 +51,8 @@ def _loss_recorder() -> Any:
     return LossRecorder()
 
 
-def make_monitor(cfg: dict, dm: Any, seed: int, method: str) -> Any:
+def make_monitor(cfg: dict, dm: Any, seed: int) -> Any:
+    """The monitor with its default ``critical_length_method``; both methods are recomputed from the saved curves."""
     from lightning_sensitivity.callbacks import StiffnessMonitor
 
     return StiffnessMonitor(
@@ -59,7 +60,6 @@ def make_monitor(cfg: dict, dm: Any, seed: int, method: str) -> Any:
         class_names=list(dm.class_names),
         distance=cfg["distance"],
         num_distance_bins=cfg["num_distance_bins"],
-        critical_length_method=method,
         critical_length_same_class=True,
         every_n_epochs=cfg["every_n_epochs"],
         num_samples=cfg["probe_samples"],
@@ -78,7 +78,7 @@ def train_at(args: Any, cfg: dict, lr: float, seed: int) -> tuple[Any, list[Any]
     pl.seed_everything(seed, workers=True, verbose=False)
     dm = C.make_datamodule(args, train_subset=cfg["train_subset"], val_split=cfg["val_split"],
                            batch_size=cfg["batch_size"], seed=seed)  # fmt: skip
-    monitor = make_monitor(cfg, dm, seed, "linear_fit")
+    monitor = make_monitor(cfg, dm, seed)
     recorder = _loss_recorder()
     net = C.build_mlp(dm, 0, 0, hidden=cfg["hidden"], unit_sphere=True)
     module = LitClassifier(net, lr=lr, optimizer=cfg["optimizer"], momentum=0.0, num_classes=dm.num_classes)
@@ -87,8 +87,8 @@ def train_at(args: Any, cfg: dict, lr: float, seed: int) -> tuple[Any, list[Any]
     return outcome, C.artifacts(outcome.log_dir, "stiffness"), recorder, dm
 
 
-def first_crossing_of(art: Any, group: str) -> float:
-    """The first-crossing critical length recomputed from the saved all-pairs curve of a measurement."""
+def length_of(art: Any, group: str, method: str) -> float:
+    """The critical length by ``method`` recomputed from the saved all-pairs curve of a measurement."""
     import torch
 
     from lightning_sensitivity.functional import critical_length
@@ -96,7 +96,7 @@ def first_crossing_of(art: Any, group: str) -> float:
     edges = torch.as_tensor(art.arrays[f"{group}/bin_edges"])
     centers = (edges[1:] + edges[:-1]) / 2
     return critical_length(centers, torch.as_tensor(art.arrays[f"{group}/distance_sign"]),
-                           torch.as_tensor(art.arrays[f"{group}/distance_count"]), method="first_crossing")  # fmt: skip
+                           torch.as_tensor(art.arrays[f"{group}/distance_count"]), method=method)  # fmt: skip
 
 
 def series(found: list[Any], recorder: Any) -> dict[str, Any]:
@@ -104,7 +104,8 @@ def series(found: list[Any], recorder: Any) -> dict[str, Any]:
     out: dict[str, Any] = {"epoch": [a.epoch for a in found], "val_loss": recorder.val_loss, "val_acc": recorder.val_acc}
     for group in GROUPS:
         out[group] = {name: [a.scalar(f"{group}/{name}") for a in found] for name in SCALARS}
-        out[group]["critical_length_first_crossing"] = [first_crossing_of(a, group) for a in found]
+        for method in METHODS:
+            out[group][f"critical_length_{method}"] = [length_of(a, group, method) for a in found]
     # onset of overfitting: the epoch (1-based, as the monitor counts) after which the held-out loss was lowest
     out["onset_epoch"] = int(np.argmin(recorder.val_loss)) + 1 if recorder.val_loss else None
     return out
@@ -179,13 +180,13 @@ def plot_over_training(by_lr: dict, path: Path) -> None:
         epochs = runs[0]["epoch"]
         _band(axes[0, 0], epochs, [r["train_val"]["same_class_sign"] for r in runs], color, f"lr {lr:g} same class")
         _band(axes[0, 0], epochs, [r["train_val"]["different_class_sign"] for r in runs], color, "", "--")
-        _band(axes[0, 1], epochs, [r["train_train"]["critical_length"] for r in runs], color, f"lr {lr:g}")
+        _band(axes[0, 1], epochs, [r["train_train"]["critical_length_first_crossing"] for r in runs], color, f"lr {lr:g}")
         onsets = [r["onset_epoch"] for r in runs]
         axes[0, 2].plot(range(1, len(runs[0]["val_loss"]) + 1), np.mean([r["val_loss"] for r in runs], axis=0), "-",
                         color=color, label=f"lr {lr:g} (onset {min(onsets)}-{max(onsets)})")  # fmt: skip
     axes[0, 0].set_title("train_val sign stiffness (solid: same class, dashed: different)", fontsize=8)
     axes[0, 0].axhline(0, color="grey", lw=1, ls=":")
-    axes[0, 1].set_title("critical length, train_train (linear fit)", fontsize=8)
+    axes[0, 1].set_title("critical length, train_train (first crossing; gaps: none)", fontsize=8)
     axes[0, 2].set_title("held-out loss (mean over seeds)", fontsize=8)
     for ax in axes[0]:
         ax.set_xlabel("epoch")
@@ -268,8 +269,8 @@ def main(argv: list[str] | None = None) -> None:
         "onset_epoch": trend(by_lr, lambda r: r["onset_epoch"]),
     }
     for group in GROUPS:
-        for name in ("sign_mean", "same_class_sign", "different_class_sign", "critical_length",
-                     "critical_length_first_crossing", "same_class_critical_length"):  # fmt: skip
+        for name in ("sign_mean", "cosine_mean", "same_class_sign", "different_class_sign", "same_class_cosine",
+                     "different_class_cosine", "critical_length_first_crossing", "critical_length_linear_fit"):  # fmt: skip
             trends[f"{group}/{name}/final"] = trend(by_lr, final(group, name))
             trends[f"{group}/{name}/first_trained"] = trend(by_lr, first_trained(group, name))
             trends[f"{group}/{name}/onset"] = trend(by_lr, lambda r, g=group, n=name: at_epoch(r, g, n, r["onset_epoch"]))
@@ -278,8 +279,16 @@ def main(argv: list[str] | None = None) -> None:
         f"{group}/{name}": C.mean_ci([r[group][name][-1] - r[group][name][1] for runs in by_lr.values() for r in runs
                                       if len(r["epoch"]) > 1 and r[group][name][-1] is not None and r[group][name][1] is not None
                                       and np.isfinite(r[group][name][-1]) and np.isfinite(r[group][name][1])])
-        for group in GROUPS for name in ("critical_length", "same_class_critical_length", "critical_length_first_crossing")
+        for group in GROUPS for name in ("critical_length_first_crossing", "critical_length_linear_fit")
     }  # fmt: skip
+    # towards zero at the onset of overfitting? |value| at the onset minus |value| at the first trained measurement
+    change.update({
+        f"train_val/{name}/onset_minus_first_trained": C.mean_ci([
+            abs(at_epoch(r, "train_val", name, r["onset_epoch"])) - abs(r["train_val"][name][1])
+            for runs in by_lr.values() for r in runs if len(r["epoch"]) > 1 and r["onset_epoch"] is not None
+        ])
+        for name in ("same_class_sign", "same_class_cosine", "different_class_sign", "different_class_cosine")
+    })  # fmt: skip
     results = {
         "seeds": C.seeds(args, cfg),
         "reference_lr": cfg["reference_lr"],

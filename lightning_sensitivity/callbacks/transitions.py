@@ -80,7 +80,7 @@ class TransitionMonitor(SensitivityMonitor):
 
     Example::
 
-        trainer = Trainer(callbacks=[TransitionMonitor(num_trajectories=16, num_points=128, every_n_epochs=2)])
+        trainer = Trainer(callbacks=[TransitionMonitor(num_trajectories=16, every_n_epochs=2, splits=("val", "random"))])
     """
 
     quantity = "transitions"
