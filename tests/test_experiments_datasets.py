@@ -1,6 +1,9 @@
-"""The experiment scripts run unchanged on Fashion-MNIST and CIFAR-10 given their files: tiny synthetic files in
-torchvision's layout (``tests/models/_synthetic.py``), ``run_all.py --quick --dataset NAME`` end to end. The dataset
-names are spelled the same in ``examples/quickstart.py --dataset`` and ``experiments/* --dataset``."""
+"""The experiment scripts run unchanged on Fashion-MNIST and CIFAR-10 given their files.
+
+Tiny synthetic files in torchvision's layout (``tests/models/_synthetic.py``), ``run_all.py --quick --dataset NAME``
+end to end. The dataset names are spelled the same in ``examples/quickstart.py --dataset`` and
+``experiments/* --dataset``.
+"""
 
 from __future__ import annotations
 

@@ -9,10 +9,9 @@ import torch
 from torch import nn
 from typing_extensions import override
 
-from lightning_sensitivity.callbacks.progress import ProgressFactory
-from lightning_sensitivity.keys import TRAIN, VAL
 from lightning_sensitivity._checks import check_int
 from lightning_sensitivity.callbacks.base import Measurement, ProbeSplits, SensitivityMonitor
+from lightning_sensitivity.callbacks.progress import ProgressFactory
 from lightning_sensitivity.functional import (
     ellipse_trajectories,
     near_anchor_ratio,
@@ -20,6 +19,7 @@ from lightning_sensitivity.functional import (
     transition_counts,
 )
 from lightning_sensitivity.functional.transition_density import DEFAULT_HALF_WIDTH
+from lightning_sensitivity.keys import TRAIN, VAL
 from lightning_sensitivity.probes import ProbeSet
 
 PREFIX = "sensitivity/transitions"
@@ -39,8 +39,8 @@ class TransitionMonitor(SensitivityMonitor):
     consecutive points. With ``"random"`` in ``splits`` the same validation triples are used with each anchor's
     pixels (features) shuffled within the example by a generator seeded with ``seed``
     (:func:`~lightning_sensitivity.functional.shuffled_anchors`): the anchors keep their intensity histograms but
-    leave the data manifold, which is Novak et al.'s "away from the data" comparison (Sec. 4.1). Novak et al. (2018) use the number of transitions as a measure of how
-    finely the network carves up the input space near the data. Models without ReLU-family units have no
+    leave the data manifold, which is Novak et al.'s "away from the data" comparison (Sec. 4.1). Novak et al. (2018)
+    use the number of transitions as a measure of how finely the network carves up the input space near the data. Models without ReLU-family units have no
     activation pattern: the monitor then warns once and logs the prediction changes only.
 
     Logged scalars (at ``trainer.global_step``), means over trajectories:
@@ -80,7 +80,8 @@ class TransitionMonitor(SensitivityMonitor):
 
     Example::
 
-        trainer = Trainer(callbacks=[TransitionMonitor(num_trajectories=16, every_n_epochs=2, splits=("val", "random"))])
+        monitor = TransitionMonitor(num_trajectories=16, every_n_epochs=2, splits=("val", "random"))
+        trainer = Trainer(callbacks=[monitor])
     """
 
     quantity = "transitions"

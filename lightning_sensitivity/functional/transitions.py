@@ -117,8 +117,10 @@ class TransitionCounts:
 
     @property
     def segments(self) -> Tensor:
-        """``[K, P]`` Hamming distance of the activation patterns at the two ends of each segment: segment ``j``
-        joins point ``j`` and point ``(j + 1) % P``, so ``segments.sum(1) == activation``."""
+        """``[K, P]`` Hamming distance of the activation patterns at the two ends of each segment.
+
+        Segment ``j`` joins point ``j`` and point ``(j + 1) % P``, so ``segments.sum(1) == activation``.
+        """
         self._require_units("segments")
         return self._segments
 

@@ -1,5 +1,8 @@
-"""End to end through a Lightning fit: the transition monitor's random anchors, per-segment artifacts and near-anchor
-ratio, and the stiffness monitor's same-class critical length, as logged to TensorBoard and saved as artifacts."""
+"""End to end through a Lightning fit: the monitors' options for the papers' comparisons.
+
+The transition monitor's random anchors, per-segment artifacts and near-anchor ratio, and the stiffness monitor's
+same-class critical length, as logged to TensorBoard and saved as artifacts.
+"""
 
 from __future__ import annotations
 
@@ -20,7 +23,8 @@ pytestmark = pytest.mark.slow
 
 
 def test_random_anchors_segments_and_same_class_length_in_a_fit(tmp_path: Path) -> None:
-    transitions = TransitionMonitor(num_samples=40, num_trajectories=3, num_points=96, splits=("val", "train", "random"))
+    splits = ("val", "train", "random")
+    transitions = TransitionMonitor(num_samples=40, num_trajectories=3, num_points=96, splits=splits)
     stiffness = StiffnessMonitor(num_samples=40, groups=("train_val", "val_val"), num_distance_bins=6,
                                  critical_length_method="linear_fit", critical_length_same_class=True,
                                  critical_length_bootstrap=4)  # fmt: skip
@@ -30,7 +34,8 @@ def test_random_anchors_segments_and_same_class_length_in_a_fit(tmp_path: Path) 
     tags = set(events.Tags()["scalars"])
     for split in ("val", "train", "random"):
         for stat in ("activation_mean", "region_changes_mean", "prediction_mean", "near_anchor_ratio"):
-            assert [e.step for e in events.Scalars(f"sensitivity/transitions/{split}/{stat}")] == [0, 4, 8], (split, stat)
+            steps = [e.step for e in events.Scalars(f"sensitivity/transitions/{split}/{stat}")]
+            assert steps == [0, 4, 8], (split, stat)
     # every logged transition tag, and the new stiffness one, is documented in keys.SCHEMA
     logged = [t for t in tags if t.startswith("sensitivity/transitions/")]
     assert logged and "?" not in schema_keys(TRANSITIONS, logged), schema_keys(TRANSITIONS, logged).get("?")
@@ -51,6 +56,7 @@ def test_random_anchors_segments_and_same_class_length_in_a_fit(tmp_path: Path) 
     for group in ("train_val", "val_val"):
         value = float(stiff.arrays[f"{group}/same_class_critical_length"])
         if math.isfinite(value):
-            assert events.Scalars(f"sensitivity/stiffness/{group}/same_class_critical_length")[-1].value == pytest.approx(value)
+            tag = f"sensitivity/stiffness/{group}/same_class_critical_length"
+            assert events.Scalars(tag)[-1].value == pytest.approx(value)
     assert "val_val/same_class_critical_length_low" in stiff.arrays
     assert torch.is_tensor(torch.as_tensor(stiff.arrays["val_val/critical_length"]))

@@ -149,13 +149,13 @@ def _same_class_length_loop(sign, x, y, x2, y2, bins, method):
             sums[k] += float(sign[i, j])
             counts[k] += 1
     centers = np.array([(k + 0.5) * 2.0 / bins for k in range(bins)])
-    means = np.array([s / c if c else np.nan for s, c in zip(sums, counts)])
+    means = np.array([s / c if c else np.nan for s, c in zip(sums, counts, strict=True)])
     keep = np.isfinite(means)
     if method == "linear_fit":
         slope, intercept = np.polyfit(centers[keep], means[keep], 1, w=np.sqrt(np.array(counts, dtype=float)[keep]))
         return -intercept / slope if slope < 0 else math.nan
     last = None
-    for c, v in zip(centers[keep], means[keep]):
+    for c, v in zip(centers[keep], means[keep], strict=True):
         if v <= 0:
             return c if last is None else last[0] + (c - last[0]) * last[1] / (last[1] - v)
         last = (c, v)
@@ -192,7 +192,8 @@ def test_same_class_critical_length_matches_gradient_loops(method):
     assert {"critical_length_low", "same_class_critical_length_low", "same_class_critical_length_high"} <= {
         k.split("/")[-1] for k in result.arrays if k.startswith("val_val/")
     }
-    off = StiffnessMonitor(groups=("val_val",), num_distance_bins=6).compute(net, probes, progress_factory("t", False), 0)
+    off = StiffnessMonitor(groups=("val_val",), num_distance_bins=6)
+    off = off.compute(net, probes, progress_factory("t", False), 0)
     assert not [k for k in off.scalars if "same_class_critical_length" in k]
     assert monitor.config()["critical_length_same_class"] is True
 

@@ -107,8 +107,10 @@ def test_train_split_counts_match_oracle():
 
 
 @pytest.mark.parametrize(
-    "splits, error", [(("train",), ValueError), (("val", "test"), ValueError), (("random",), ValueError), ("val", TypeError), ((), TypeError)]
-)
+    "splits, error",
+    [(("train",), ValueError), (("val", "test"), ValueError), (("random",), ValueError), ("val", TypeError),
+     ((), TypeError)],
+)  # fmt: skip
 def test_bad_splits(splits, error):
     with pytest.raises(error, match="`splits`"):
         TransitionMonitor(splits=splits)

@@ -217,8 +217,10 @@ def test_stiffness_summary_bad_input():
 def test_same_class_critical_length_matches_loop(method, two):
     sign, cosine, xr, xc, yr, yc = _problem(14, 11 if two else None, classes=2, seed=4)
     # same-class pairs of a noisy sign matrix whose stiffness falls with distance
-    out = stiffness_summary(sign, cosine, yr, yc, inputs_rows=xr, inputs_cols=xc if two else None,
-                            critical_length_method=method, num_distance_bins=6, same_class_critical_length=True)  # fmt: skip
+    out = stiffness_summary(
+        sign, cosine, yr, yc, inputs_rows=xr, inputs_cols=xc if two else None,
+        critical_length_method=method, num_distance_bins=6, same_class_critical_length=True,
+    )  # fmt: skip
     ly_r, ly_c = _labels(yr, yc)
     pairs = _pairs(14, 11 if two else 14, not two)
     same_pairs = [(i, j) for i, j in pairs if ly_r[i] == ly_c[j]]
@@ -228,7 +230,7 @@ def test_same_class_critical_length_matches_loop(method, two):
         expected = _polyfit_zero(centers, means, counts)
     else:
         expected, last = math.nan, None
-        for c, v in zip(centers, means):
+        for c, v in zip(centers, means, strict=True):
             if v != v:
                 continue
             if v <= 0:
