@@ -20,7 +20,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 sys.path.insert(0, str(HERE))
-from _findings import INTERVALS, Doc, beyond, ci, fmt, jacobian, per_point, seeds_text, verdict  # noqa: E402
+from _findings import INTERVALS, Doc, beyond, ci, fmt, jacobian, mean_ci, per_point, seeds_text, verdict  # noqa: E402
 
 ORDER = ("jacobian_vs_generalization", "per_point_prediction", "transitions", "stiffness")
 KINDS = {"val": "test", "train": "training", "random": "shuffled test (off-manifold)"}
@@ -118,13 +118,13 @@ def stiffness(doc: Doc, data: dict, folder: Path) -> None:
         "fully-connected 500-300-100, Adam at a constant learning rate, batch 32.",
         "",
         f"**Setting here:** MLP {'-'.join(map(str, cfg['hidden']))} (ReLU) on the unit sphere, Adam at constant "
-        f"learning rates {', '.join(lrs)}, batch {cfg['batch_size']}, {cfg['train_subset']} MNIST training examples (small, so "
-        f"that the run reaches the onset of overfitting), {cfg['max_epochs']} epochs, {seeds_text(r)} per learning "
-        f"rate. `StiffnessMonitor(critical_length_method='linear_fit', critical_length_same_class=True)` every "
-        f"{cfg['every_n_epochs']} epochs on {cfg['probe_samples']} training and {cfg['probe_samples']} test points, "
-        f"groups train_train and train_val, {cfg['distance']} input distance in {cfg['num_distance_bins']} bins; the "
-        "first-crossing length is recomputed from the saved curves. Onset of overfitting = the epoch of the lowest "
-        "held-out loss. " + INTERVALS,
+        f"learning rates {', '.join(lrs)}, batch {cfg['batch_size']}, {cfg['train_subset']} MNIST training examples "
+        f"(small, so that the run reaches the onset of overfitting), {cfg['max_epochs']} epochs, {seeds_text(r)} per "
+        f"learning rate. `StiffnessMonitor(critical_length_same_class=True)` every {cfg['every_n_epochs']} epochs on "
+        f"{cfg['probe_samples']} training and {cfg['probe_samples']} test points, groups train_train and train_val, "
+        f"{cfg['distance']} input distance in {cfg['num_distance_bins']} bins; both critical-length methods are "
+        "recomputed from the saved curves. Onset of overfitting = the epoch of the lowest held-out loss (the last "
+        "epoch when the loss is still falling). " + INTERVALS,
         "",
         "### Is the critical length decided by noise?",
         "",
@@ -156,47 +156,73 @@ def stiffness(doc: Doc, data: dict, folder: Path) -> None:
         "",
         "### Over training and across learning rates",
         "",
-        "| learning rate | onset of overfitting (epoch) | final val acc | train_val same-class sign, final | "
-        "different-class sign, at onset | final | critical length (linear fit), first trained | final |",
+        f"Critical length below: train_train pairs, by the steadier method ({steadier}), recomputed from the saved "
+        "curves; \"first\" is the first measurement after training started (epoch "
+        f"{r['by_lr'][lrs[0]][0]['epoch'][1] if len(r['by_lr'][lrs[0]][0]['epoch']) > 1 else 'n/a'}).",
+        "",
+        "| learning rate | onset of overfitting (epoch) | final val acc | critical length, first | final | "
+        "mean over trained measurements | late − early half of training | measurements without a crossing |",
         "|---|---|---|---|---|---|---|---|",
     )
+    key = f"critical_length_{steadier}"
+    lengths = {lr: [_length_summary(run["train_train"][key], run["epoch"]) for run in r["by_lr"][lr]] for lr in lrs}
     for lr in lrs:
         row = [ci(t["onset_epoch"]["per_lr"][lr], 2), ci(t["val_acc"]["per_lr"][lr]),
-               ci(t["train_val/same_class_sign/final"]["per_lr"][lr]),
-               ci(t["train_val/different_class_sign/onset"]["per_lr"][lr]),
-               ci(t["train_val/different_class_sign/final"]["per_lr"][lr]),
-               ci(t["train_train/critical_length/first_trained"]["per_lr"][lr]),
-               ci(t["train_train/critical_length/final"]["per_lr"][lr])]  # fmt: skip
+               ci(t[f"train_train/{key}/first_trained"]["per_lr"][lr]), ci(t[f"train_train/{key}/final"]["per_lr"][lr]),
+               ci(mean_ci([x["mean"] for x in lengths[lr]])), ci(mean_ci([x["late_minus_early"] for x in lengths[lr]])),
+               f"{sum(x['missing'] for x in lengths[lr])}/{sum(x['count'] for x in lengths[lr])}"]  # fmt: skip
         doc.add(f"| {lr} | " + " | ".join(row) + " |")
-    rho_len = t["train_train/critical_length/final"]["spearman"]
-    rho_first = t["train_train/critical_length_first_crossing/final"]["spearman"]
+    doc.add(
+        "",
+        "| learning rate | train_val | first | at onset | final |",
+        "|---|---|---|---|---|",
+        *[f"| {lr} | {name.replace('_', ' ')} | " + " | ".join(
+            ci(t[f"train_val/{name}/{when}"]["per_lr"][lr]) for when in ("first_trained", "onset", "final")) + " |"
+          for lr in lrs for name in ("same_class_sign", "same_class_cosine", "different_class_sign", "different_class_cosine")],
+    )  # fmt: skip
+    # per seed: Spearman rho of the learning rate vs the mean critical length over the trained measurements
+    rho_len = mean_ci([_spearman([float(lr) for lr in lrs], [lengths[lr][i]["mean"] for lr in lrs])
+                       for i in range(min(len(v) for v in lengths.values()))])  # fmt: skip
+    other = "linear_fit" if steadier == "first_crossing" else "first_crossing"
+    rho_other = t[f"train_train/critical_length_{other}/final"]["spearman"]
     rho_stiff = t["train_val/sign_mean/final"]["spearman"]
     rho_stiff_onset = t["train_val/sign_mean/onset"]["spearman"]
-    same_above = all(beyond({"mean": None, "low": (t["train_val/same_class_sign/final"]["per_lr"][lr] or {}).get("low"),
-                             "high": None}, 0, +1) is not False for lr in lrs)  # fmt: skip
+    rho_cos = t["train_val/cosine_mean/final"]["spearman"]
     same_gt_diff = all(
         (t["train_val/same_class_sign/final"]["per_lr"][lr].get("mean") or 0)
         > (t["train_val/different_class_sign/final"]["per_lr"][lr].get("mean") or 0) for lr in lrs
     )
-    shrink = change["train_train/critical_length"]
+    shrink = mean_ci([x["late_minus_early"] for v in lengths.values() for x in v])
+    fall = {name: change[f"train_val/{name}/onset_minus_first_trained"] for name in
+            ("same_class_sign", "same_class_cosine", "different_class_sign", "different_class_cosine")}  # fmt: skip
     doc.add(
         "",
         f"- Same-class stiffness above different-class stiffness at the end, every learning rate: "
-        f"{verdict(same_gt_diff and same_above)}.",
-        f"- Critical length (linear fit, train_train) decreases during training (final − first trained measurement, "
-        f"over all runs: {ci(shrink)}): {verdict(beyond(shrink, 0.0, -1))}.",
-        f"- Higher learning rate → smaller final critical length (later version; per-seed Spearman ρ of learning rate "
-        f"vs critical length {ci(rho_len)}; with the first crossing {ci(rho_first)}): {verdict(beyond(rho_len, 0.0, -1))}."
-        + (" The opposite direction, closer to the first version's longer-range correlations at higher learning "
-           "rates, is what the interval shows." if beyond(rho_len, 0.0, +1) else ""),
+        f"{verdict(same_gt_diff)}.",
+        f"- Critical length decreases during training (later version; mean over the second half of the trained "
+        f"measurements minus the first half, over all runs: {ci(shrink)}): {verdict(beyond(shrink, 0.0, -1))}.",
+        f"- Higher learning rate → smaller critical length (later version; per-seed Spearman ρ of learning rate vs the "
+        f"mean critical length over the trained measurements {ci(rho_len)}; by {other}, final measurement only: "
+        f"{ci(rho_other)}): {verdict(beyond(rho_len, 0.0, -1))}."
+        + (" The interval lies on the other side: higher learning rates give a longer critical length here, the "
+           "direction of the first version's \"positive correlation between changes in loss further apart\"."
+           if beyond(rho_len, 0.0, +1) else ""),
         f"- Smaller learning rate → higher train_val stiffness at a given epoch (later version; per-seed ρ of learning "
         f"rate vs mean sign stiffness at the final epoch {ci(rho_stiff)}, at the onset of overfitting "
-        f"{ci(rho_stiff_onset)}): {verdict(beyond(rho_stiff, 0.0, -1))}.",
-        "- Within- and between-class stiffness towards zero at the onset of overfitting (described): see the "
-        "table — train_val different-class sign stiffness at the onset and at the end, and the left panel below.",
+        f"{ci(rho_stiff_onset)}; vs mean cosine stiffness at the final epoch {ci(rho_cos)}): "
+        f"{verdict(beyond(rho_stiff, 0.0, -1))}."
+        + (" The interval lies on the other side: higher learning rates give higher stiffness here, closer to the "
+           "first version's \"high learning rates initially benefit all classes at once\"."
+           if beyond(rho_stiff, 0.0, +1) else ""),
+        "- Towards zero by the onset of overfitting: |train_val stiffness| at the onset minus at the first "
+        "measurement, over all runs: "
+        + "; ".join(f"{name.replace('_', ' ')} {ci(d)}" for name, d in fall.items())
+        + f". Within-class stiffness falls towards zero by the onset: {verdict(beyond(fall['same_class_cosine'], 0.0, -1))} "
+        f"(cosine); between-class: {verdict(beyond(fall['different_class_cosine'], 0.0, -1))} (cosine; its sign "
+        "stiffness is already near zero at the first measurement, after the anti-stiffness of initialisation).",
         "",
     )
-    doc.figure(folder / "stiffness_over_training.png", "Left: train_val sign stiffness over training (solid: same class, dashed: different class; band: range over seeds). Middle: train_train critical length (linear fit). Right: held-out loss (its minimum is the onset of overfitting).")
+    doc.figure(folder / "stiffness_over_training.png", "Left: train_val sign stiffness over training (solid: same class, dashed: different class; band: range over seeds). Middle: train_train critical length (first crossing; band: range over seeds). Right: held-out loss (its minimum is the onset of overfitting).")
     doc.figure(folder / "stiffness_class_matrices.png", f"Class sign-stiffness matrices at initialisation, mid-training and at the end (lr {r['reference_lr']}, first seed).")
     doc.figure(folder / "stiffness_by_distance.png", f"train_train sign stiffness vs cosine input distance over training (lr {r['reference_lr']}, first seed).")
     same_final = [t["train_val/same_class_sign/final"]["per_lr"][lr].get("mean") or 0 for lr in lrs]
@@ -205,13 +231,36 @@ def stiffness(doc: Doc, data: dict, folder: Path) -> None:
         + ("sign stiffness of same-class pairs is close to 1 here (final train_val mean "
            f"{fmt(min(same_final))} to {fmt(max(same_final))} over learning rates), so the critical length of all "
            "pairs mostly measures where different-class pairs take over. " if min(same_final) > 0.9 else "")
-        + "The binned curve can be nearly flat near zero; then the linear fit's zero moves far out and the first "
-        "crossing may not exist. "
+        + "The binned sign curve of trained nets dips to about zero at intermediate distances and rises again at the "
+        "largest ones (few pairs there), so a straight line through all bins fits it badly (its zero moves far out "
+        "or its slope is not negative) and the first crossing exists only when the dip reaches zero. "
         f"{cfg['probe_samples']} probe points per set and {len(r['seeds'])} seeds per learning rate give wide "
         "intervals; the runs are short next to the paper's.",
         "",
     )
     doc.run_info(data)
+
+
+def _length_summary(values: list, epochs: list) -> dict:
+    """One run's critical lengths after initialisation: their mean, second-half minus first-half mean, NaN count."""
+    trained = [(e, v) for e, v in zip(epochs[1:], values[1:], strict=True)]
+    finite = [(e, v) for e, v in trained if v is not None and v == v]
+    half = len(trained) // 2
+    early = [v for e, v in finite if e <= trained[half - 1][0]] if half else []
+    late = [v for e, v in finite if e > trained[half - 1][0]] if half else []
+    return {
+        "mean": sum(v for _, v in finite) / len(finite) if finite else None,
+        "late_minus_early": sum(late) / len(late) - sum(early) / len(early) if early and late else None,
+        "missing": len(trained) - len(finite),
+        "count": len(trained),
+    }
+
+
+def _spearman(x: list, y: list) -> float | None:
+    from scipy.stats import spearmanr
+
+    keep = [i for i, v in enumerate(y) if v is not None]
+    return float(spearmanr([x[i] for i in keep], [y[i] for i in keep]).statistic) if len(keep) >= 3 else None
 
 
 def _monitor_default(name: str) -> object:

@@ -59,9 +59,9 @@ def train_once(args: Any, cfg: dict, seed: int) -> tuple[Any, list[Any]]:
 
 def per_run(found: list[Any], num_points: int) -> dict[str, Any]:
     """Per measured epoch and anchor kind: mean counts per ellipse, near-anchor ratio, mean density profile."""
-    from lightning_sensitivity.functional import near_anchor_ratio
-
     import torch
+
+    from lightning_sensitivity.functional import near_anchor_ratio
 
     out: dict[str, Any] = {"epoch": [a.epoch for a in found]}
     for split in SPLITS:
