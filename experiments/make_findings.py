@@ -70,7 +70,9 @@ def transitions(doc: Doc, data: dict, folder: Path) -> None:
         "",
         f"- Fewer transitions through training points than through test points after training (test/training ratio "
         f"above 1): {verdict(beyond(vt, 1.0, +1))} (per-seed one-sided Mann-Whitney p: "
-        f"{', '.join(fmt(p, 2) for p in s1['val_over_train']['p_greater_per_seed'])}).",
+        f"{', '.join(fmt(p, 2) for p in s1['val_over_train']['p_greater_per_seed'])}); prediction changes: "
+        f"{ci(s1['val_over_train']['prediction'])} after training, {ci(s0['val_over_train']['prediction'])} at "
+        "initialisation.",
         f"- More transitions through off-manifold anchors than through test points after training (ratio above 1): "
         f"{verdict(beyond(rv, 1.0, +1))}; at initialisation the ratio is already {ci(rv0)}, so "
         + ("training does not create this difference (it shrinks it)." if rv0.get("mean") and rv.get("mean")
