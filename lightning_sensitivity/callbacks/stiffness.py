@@ -89,8 +89,9 @@ class StiffnessMonitor(SensitivityMonitor):
         group_names: names of the super-classes (needs ``class_groups``).
         num_distance_bins: bins of the stiffness-by-distance curve.
         distance: ``"cosine"`` (``1 - cos(x_i, x_j)``, Fort et al.) or ``"euclidean"`` input distance.
-        critical_length_method: ``"first_crossing"`` or ``"linear_fit"``
-            (:func:`~lightning_sensitivity.functional.critical_length`).
+        critical_length_method: ``"first_crossing"`` (default) or ``"linear_fit"``
+            (:func:`~lightning_sensitivity.functional.critical_length`). On trained MNIST MLPs the first crossing
+            moved less than the linear fit when the probe set was redrawn (``docs/findings.md``, section 4).
         critical_length_bootstrap: bootstrap replicates over probe points for a 95 % interval of the critical length
             of same-set groups (``critical_length_low`` / ``critical_length_high``); 0 = off.
         critical_length_same_class: also log ``{g}/same_class_critical_length``, the critical length of the
