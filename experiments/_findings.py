@@ -104,14 +104,16 @@ INTERVALS = ("Intervals: mean over seeds [95 % Student-t interval over seeds]; a
 
 def jacobian(doc: Doc, data: dict, folder: Path) -> None:
     r, cfg = data["results"], data["config"]
-    corr, direction, summary, per_seed = r["correlation"], r["direction"], r["summary"], r.get("per_seed_correlation", {})
+    corr, direction, summary = r["correlation"], r["direction"], r["summary"]
+    per_seed = r.get("per_seed_correlation", {})
     bases = ", ".join(f"{b['width']}×{b['depth']} lr {b['lr']} batch {b['batch_size']}" for b in cfg["bases"])
     doc.add(
         "## 1. Jacobian norm vs generalization gap (Novak et al. 2018)",
         "",
         "**Paper:** across many fully-connected nets, the Frobenius norm of the input-output Jacobian measured at "
         "held-out points correlates with the generalization gap; random labels and full-batch training give larger "
-        "norms, data augmentation smaller ones; trained nets are less sensitive at training points than at test points.",
+        "norms, data augmentation smaller ones; trained nets are less sensitive at training points than at test "
+        "points.",
         "",
         f"**Setting here:** {summary['num_runs']} runs = {len(cfg['bases'])} base configurations ({bases}; SGD "
         f"momentum {cfg['momentum']}) × {len(cfg['variants'])} variants ({', '.join(cfg['variants'])}; random-label "
@@ -154,8 +156,10 @@ def jacobian(doc: Doc, data: dict, folder: Path) -> None:
         f"- The same without random labels: {verdict(held_true)}.",
         "",
     )
-    doc.figure(folder / "jacobian_vs_gap.png", "Final test Jacobian norm vs generalization gap, one point per run (all seeds).")
-    doc.add("| variant vs its baseline | paper | agrees (base × seed pairs) | norm ratio, geometric mean over bases | verdict |",
+    doc.figure(folder / "jacobian_vs_gap.png", "Final test Jacobian norm vs generalization gap, one point per run "
+               "(all seeds).")
+    doc.add("| variant vs its baseline | paper | agrees (base × seed pairs) | norm ratio, geometric mean over bases "
+            "| verdict |",
             "|---|---|---|---|---|")
     for variant, d in direction.items():
         sign = 1 if d["expected"] == "larger norm" else -1
@@ -167,7 +171,8 @@ def jacobian(doc: Doc, data: dict, folder: Path) -> None:
                    sum(x["variant"] == v for x in r["runs"])) for v in cfg["variants"]}  # fmt: skip
     doc.add("", "Runs reaching the training-accuracy target, by variant: "
             + ", ".join(f"{v} {a}/{b}" for v, (a, b) in reached.items()) + ".", "")
-    doc.figure(folder / "jacobian_directions.png", "Test Jacobian norm of each variant divided by its baseline's (same base and seed).")
+    doc.figure(folder / "jacobian_directions.png", "Test Jacobian norm of each variant divided by its baseline's "
+               "(same base and seed).")
     ratio = summary.get("train_test_ratio_by_seed")
     doc.add(
         f"Less sensitive at training points than at test points: training/test norm ratio < 1 in "
@@ -182,7 +187,8 @@ def jacobian(doc: Doc, data: dict, folder: Path) -> None:
     for run in r["runs"]:
         batch = "full" if run["batch_size"] == 0 else run["batch_size"]
         doc.add(f"| {run['run']} | {run['width']}×{run['depth']} | {fmt(run['lr'])} | {batch} | {run['epochs']} | "
-                f"{fmt(run['train_acc'])} | {fmt(run['test_acc'])} | {fmt(run['gap_acc'])} | {fmt(run['jacobian_test_mean'])} |")
+                f"{fmt(run['train_acc'])} | {fmt(run['test_acc'])} | {fmt(run['gap_acc'])} | "
+                f"{fmt(run['jacobian_test_mean'])} |")
     doc.add("", "</details>", "")
     for variant, d in direction.items():
         sign = 1 if d["expected"] == "larger norm" else -1
@@ -252,7 +258,8 @@ def per_point(doc: Doc, data: dict, folder: Path) -> None:
         f"{verdict(adds)}.",
         "",
     )
-    doc.figure(folder / "per_point_auroc.png", "Left: per-point Jacobian norms of correct and misclassified test points at the last epoch (first seed). Right: the three AUROCs over training (mean over seeds).")
+    doc.figure(folder / "per_point_auroc.png", "Left: per-point Jacobian norms of correct and misclassified test "
+               "points at the last epoch (first seed). Right: the three AUROCs over training (mean over seeds).")
     monotone = abs(s["spearman_norm_vs_confidence"].get("mean") or 0) > 0.9
     if adds is False and monotone:
         doc.add(

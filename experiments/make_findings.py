@@ -1,4 +1,4 @@
-"""Assemble ``docs/findings.md`` from the experiments' ``results.json`` files and copy their figures to ``docs/figures``.
+"""Assemble ``docs/findings.md`` from the experiments' ``results.json`` files; copy their figures to ``docs/figures``.
 
 Every number in the document is read from a results file written by a script in ``experiments/``; nothing is typed
 by hand. Verdicts ("holds here" / "does not hold here") are computed from the same numbers: a verdict holds when the
@@ -82,8 +82,11 @@ def transitions(doc: Doc, data: dict, folder: Path) -> None:
         f"{verdict(beyond(s1['val']['near_anchor_ratio'], 1.0, -1))}.",
         "",
     )
-    doc.figure(folder / "transitions_density.png", "Transitions per segment (Hamming distance between consecutive points, mean over ellipses and seeds, divided by its mean) along the ellipse; shaded: the ±1/24 windows around the anchors at 0, 1/3, 2/3.")
-    doc.figure(folder / "transitions.png", "Mean transitions per ellipse over training (± s.e.m. over seeds) for the three kinds of anchors.")
+    doc.figure(folder / "transitions_density.png", "Transitions per segment (Hamming distance between consecutive "
+               "points, mean over ellipses and seeds, divided by its mean) along the ellipse; shaded: the ±1/24 "
+               "windows around the anchors at 0, 1/3, 2/3.")
+    doc.figure(folder / "transitions.png", "Mean transitions per ellipse over training (± s.e.m. over seeds) for "
+               "the three kinds of anchors.")
     failed = [beyond(vt, 1.0, +1), beyond(rv, 1.0, +1), beyond(near_train, 1.0, -1)]
     if False in failed or None in failed:
         doc.add(
@@ -153,7 +156,8 @@ def stiffness(doc: Doc, data: dict, folder: Path) -> None:
         + ("." if default == steadier else " (it differs from the steadier one in this run).")
         + (" Same-class sign stiffness stays positive at every measured distance on this net, so a same-class "
            "critical length is mostly undefined (no first crossing) and its linear-fit zero is an extrapolation "
-           "beyond the measured range." if st["first_crossing/same_class"]["missing"] > len(st["first_crossing/same_class"]["values"]) / 2
+           "beyond the measured range."
+           if st["first_crossing/same_class"]["missing"] > len(st["first_crossing/same_class"]["values"]) / 2
            else ""),
         "",
         "### Over training and across learning rates",
@@ -180,7 +184,8 @@ def stiffness(doc: Doc, data: dict, folder: Path) -> None:
         "|---|---|---|---|---|",
         *[f"| {lr} | {name.replace('_', ' ')} | " + " | ".join(
             ci(t[f"train_val/{name}/{when}"]["per_lr"][lr]) for when in ("first_trained", "onset", "final")) + " |"
-          for lr in lrs for name in ("same_class_sign", "same_class_cosine", "different_class_sign", "different_class_cosine")],
+          for lr in lrs
+          for name in ("same_class_sign", "same_class_cosine", "different_class_sign", "different_class_cosine")],
     )  # fmt: skip
     # per seed: Spearman rho of the learning rate vs the mean critical length over the trained measurements
     rho_len = mean_ci([_spearman([float(lr) for lr in lrs], [lengths[lr][i]["mean"] for lr in lrs])
@@ -219,14 +224,20 @@ def stiffness(doc: Doc, data: dict, folder: Path) -> None:
         "- Towards zero by the onset of overfitting: |train_val stiffness| at the onset minus at the first "
         "measurement, over all runs: "
         + "; ".join(f"{name.replace('_', ' ')} {ci(d)}" for name, d in fall.items())
-        + f". Within-class stiffness falls towards zero by the onset: {verdict(beyond(fall['same_class_cosine'], 0.0, -1))} "
+        + ". Within-class stiffness falls towards zero by the onset: "
+        f"{verdict(beyond(fall['same_class_cosine'], 0.0, -1))} "
         f"(cosine); between-class: {verdict(beyond(fall['different_class_cosine'], 0.0, -1))} (cosine; its sign "
         "stiffness is already near zero at the first measurement, after the anti-stiffness of initialisation).",
         "",
     )
-    doc.figure(folder / "stiffness_over_training.png", "Left: train_val sign stiffness over training (solid: same class, dashed: different class; band: range over seeds). Middle: train_train critical length (first crossing; band: range over seeds). Right: held-out loss (its minimum is the onset of overfitting).")
-    doc.figure(folder / "stiffness_class_matrices.png", f"Class sign-stiffness matrices at initialisation, mid-training and at the end (lr {r['reference_lr']}, first seed).")
-    doc.figure(folder / "stiffness_by_distance.png", f"train_train sign stiffness vs cosine input distance over training (lr {r['reference_lr']}, first seed).")
+    doc.figure(folder / "stiffness_over_training.png", "Left: train_val sign stiffness over training (solid: same "
+               "class, dashed: different class; band: range over seeds). Middle: train_train critical length "
+               "(first crossing; band: range over seeds). Right: held-out loss (its minimum is the onset of "
+               "overfitting).")
+    doc.figure(folder / "stiffness_class_matrices.png", f"Class sign-stiffness matrices at initialisation, "
+               f"mid-training and at the end (lr {r['reference_lr']}, first seed).")
+    doc.figure(folder / "stiffness_by_distance.png", f"train_train sign stiffness vs cosine input distance over "
+               f"training (lr {r['reference_lr']}, first seed).")
     same_final = [t["train_val/same_class_sign/final"]["per_lr"][lr].get("mean") or 0 for lr in lrs]
     doc.add(
         "**Caveats:** "
