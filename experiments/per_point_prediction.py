@@ -95,7 +95,8 @@ def cross_validated(norms: np.ndarray, confidence: np.ndarray, wrong: np.ndarray
             scores.append(float(roc_auc_score(y[test], model.predict_proba(x[test])[:, 1])))
         out[name] = {"fold_aurocs": scores, "mean": float(np.mean(scores))}
     out["gain"] = out["confidence+norm"]["mean"] - out["confidence"]["mean"]
-    out["fold_gains"] = [a - b for a, b in zip(out["confidence+norm"]["fold_aurocs"], out["confidence"]["fold_aurocs"])]
+    both, alone = out["confidence+norm"]["fold_aurocs"], out["confidence"]["fold_aurocs"]
+    out["fold_gains"] = [a - b for a, b in zip(both, alone, strict=True)]
     return out
 
 
@@ -168,7 +169,8 @@ def plot(runs: list[dict], path: Path) -> None:
     ax.legend(fontsize=7)
     ax = axes[0, 1]
     epochs = [e["epoch"] for e in first["per_epoch"]]
-    for name, style, label in (("misclassification_auroc", "o-", "Jacobian norm"), ("confidence_auroc", "s--", "1 - max softmax"),
+    for name, style, label in (("misclassification_auroc", "o-", "Jacobian norm"),
+                               ("confidence_auroc", "s--", "1 - max softmax"),
                                ("entropy_auroc", "^:", "entropy")):  # fmt: skip
         values = np.array([[np.nan if e[name] is None else e[name] for e in r["per_epoch"]] for r in runs], dtype=float)
         ax.plot(epochs, np.nanmean(values, axis=0), style, ms=3, label=f"{label} (mean of {len(runs)} seeds)")
@@ -201,11 +203,11 @@ def main(argv: list[str] | None = None) -> None:
          for f in finals]
     )  # fmt: skip
     summary["within_bins"] = C.mean_ci([f["within_confidence_bins"]["weighted_auroc"] for f in finals])
-    summary["within_bins_confidence"] = C.mean_ci([f["within_confidence_bins"]["weighted_confidence_auroc"] for f in finals])
+    bins = [f["within_confidence_bins"] for f in finals]
+    summary["within_bins_confidence"] = C.mean_ci([b["weighted_confidence_auroc"] for b in bins])
     summary["within_bins_difference"] = C.mean_ci(
-        [None if f["within_confidence_bins"]["weighted_auroc"] is None else
-         f["within_confidence_bins"]["weighted_auroc"] - f["within_confidence_bins"]["weighted_confidence_auroc"] for f in finals]
-    )  # fmt: skip
+        [None if b["weighted_auroc"] is None else b["weighted_auroc"] - b["weighted_confidence_auroc"] for b in bins]
+    )
     summary["cv_confidence"] = C.mean_ci([f["cross_validated"].get("confidence", {}).get("mean") for f in finals])
     summary["cv_both"] = C.mean_ci([f["cross_validated"].get("confidence+norm", {}).get("mean") for f in finals])
     summary["cv_norm"] = C.mean_ci([f["cross_validated"].get("norm", {}).get("mean") for f in finals])

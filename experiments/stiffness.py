@@ -101,7 +101,8 @@ def length_of(art: Any, group: str, method: str) -> float:
 
 def series(found: list[Any], recorder: Any) -> dict[str, Any]:
     """Per-group, per-measured-epoch scalars from the artifacts, and the per-epoch losses."""
-    out: dict[str, Any] = {"epoch": [a.epoch for a in found], "val_loss": recorder.val_loss, "val_acc": recorder.val_acc}
+    out: dict[str, Any] = {"epoch": [a.epoch for a in found], "val_loss": recorder.val_loss,
+                           "val_acc": recorder.val_acc}  # fmt: skip
     for group in GROUPS:
         out[group] = {name: [a.scalar(f"{group}/{name}") for a in found] for name in SCALARS}
         for method in METHODS:
@@ -126,7 +127,9 @@ def probe_seed_stability(cfg: dict, module: Any, dm: Any, num_draws: int) -> dic
         x, y = inputs[idx], targets[idx]
         sign = stiffness(net, x, y).sign.double()
         for pairs, matrix in (("all", sign), ("same_class", sign.masked_fill(y[:, None] != y[None, :], float("nan")))):
-            edges, mean, count = stiffness_by_distance(matrix, x, num_bins=cfg["num_distance_bins"], distance=cfg["distance"])
+            edges, mean, count = stiffness_by_distance(
+                matrix, x, num_bins=cfg["num_distance_bins"], distance=cfg["distance"]
+            )
             centers = (edges[1:] + edges[:-1]) / 2
             for m in METHODS:
                 out[f"{m}/{pairs}"].append(critical_length(centers, mean, count, method=m))
@@ -180,7 +183,8 @@ def plot_over_training(by_lr: dict, path: Path) -> None:
         epochs = runs[0]["epoch"]
         _band(axes[0, 0], epochs, [r["train_val"]["same_class_sign"] for r in runs], color, f"lr {lr:g} same class")
         _band(axes[0, 0], epochs, [r["train_val"]["different_class_sign"] for r in runs], color, "", "--")
-        _band(axes[0, 1], epochs, [r["train_train"]["critical_length_first_crossing"] for r in runs], color, f"lr {lr:g}")
+        lengths = [r["train_train"]["critical_length_first_crossing"] for r in runs]
+        _band(axes[0, 1], epochs, lengths, color, f"lr {lr:g}")
         onsets = [r["onset_epoch"] for r in runs]
         axes[0, 2].plot(range(1, len(runs[0]["val_loss"]) + 1), np.mean([r["val_loss"] for r in runs], axis=0), "-",
                         color=color, label=f"lr {lr:g} (onset {min(onsets)}-{max(onsets)})")  # fmt: skip
@@ -248,8 +252,12 @@ def main(argv: list[str] | None = None) -> None:
         for seed in C.seeds(args, cfg):
             outcome, found, recorder, dm = train_at(args, cfg, lr, seed)
             by_lr[lr].append(series(found, recorder))
-            fits[f"{lr:g}/{seed}"] = {"fit_seconds": round(outcome.seconds, 1), "val_acc": outcome.metrics.get("val/acc"),
-                                      "train_acc": outcome.metrics.get("train/acc"), "onset_epoch": by_lr[lr][-1]["onset_epoch"]}
+            fits[f"{lr:g}/{seed}"] = {
+                "fit_seconds": round(outcome.seconds, 1),
+                "val_acc": outcome.metrics.get("val/acc"),
+                "train_acc": outcome.metrics.get("train/acc"),
+                "onset_epoch": by_lr[lr][-1]["onset_epoch"],
+            }
             C.log(args, f"lr {lr:g} seed {seed}: val_acc={fits[f'{lr:g}/{seed}']['val_acc']} onset "
                   f"{by_lr[lr][-1]['onset_epoch']} ({fits[f'{lr:g}/{seed}']['fit_seconds']} s)")
             if lr == cfg["reference_lr"] and seed == args.seed:
@@ -270,17 +278,28 @@ def main(argv: list[str] | None = None) -> None:
     }
     for group in GROUPS:
         for name in ("sign_mean", "cosine_mean", "same_class_sign", "different_class_sign", "same_class_cosine",
-                     "different_class_cosine", "critical_length_first_crossing", "critical_length_linear_fit"):  # fmt: skip
+                     "different_class_cosine", "critical_length_first_crossing",
+                     "critical_length_linear_fit"):  # fmt: skip
             trends[f"{group}/{name}/final"] = trend(by_lr, final(group, name))
             trends[f"{group}/{name}/first_trained"] = trend(by_lr, first_trained(group, name))
-            trends[f"{group}/{name}/onset"] = trend(by_lr, lambda r, g=group, n=name: at_epoch(r, g, n, r["onset_epoch"]))
+            trends[f"{group}/{name}/onset"] = trend(
+                by_lr, lambda r, g=group, n=name: at_epoch(r, g, n, r["onset_epoch"])
+            )
     # does the critical length fall over training? final minus first trained measurement, per run
+    def final_minus_first(group: str, name: str) -> list[float]:
+        out = []
+        for runs in by_lr.values():
+            for r in runs:
+                a, b = (r[group][name][-1], r[group][name][1]) if len(r["epoch"]) > 1 else (None, None)
+                if a is not None and b is not None and np.isfinite(a) and np.isfinite(b):
+                    out.append(a - b)
+        return out
+
     change = {
-        f"{group}/{name}": C.mean_ci([r[group][name][-1] - r[group][name][1] for runs in by_lr.values() for r in runs
-                                      if len(r["epoch"]) > 1 and r[group][name][-1] is not None and r[group][name][1] is not None
-                                      and np.isfinite(r[group][name][-1]) and np.isfinite(r[group][name][1])])
-        for group in GROUPS for name in ("critical_length_first_crossing", "critical_length_linear_fit")
-    }  # fmt: skip
+        f"{group}/{name}": C.mean_ci(final_minus_first(group, name))
+        for group in GROUPS
+        for name in ("critical_length_first_crossing", "critical_length_linear_fit")
+    }
     # towards zero at the onset of overfitting? |value| at the onset minus |value| at the first trained measurement
     change.update({
         f"train_val/{name}/onset_minus_first_trained": C.mean_ci([
