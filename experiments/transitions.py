@@ -109,8 +109,8 @@ def plot_counts(runs: list[dict], path: Path) -> None:
     titles = {"activation": "ReLU pattern changes (Hamming)", "region_changes": "linear-region changes",
               "prediction": "prediction changes"}  # fmt: skip
     epochs = runs[0]["epoch"]
-    for ax, name in zip(axes[0], COUNTS):
-        for split, style in zip(SPLITS, ("o-", "s--", "^:")):
+    for ax, name in zip(axes[0], COUNTS, strict=True):
+        for split, style in zip(SPLITS, ("o-", "s--", "^:"), strict=True):
             values = np.array([r[split][f"{name}_mean"] for r in runs], dtype=float)  # [seeds, epochs]
             sem = values.std(axis=0, ddof=1) / np.sqrt(len(runs)) if len(runs) > 1 else np.zeros(values.shape[1])
             ax.errorbar(epochs, values.mean(axis=0), yerr=sem, fmt=style, ms=3, capsize=2, label=LABELS[split])
@@ -125,8 +125,8 @@ def plot_counts(runs: list[dict], path: Path) -> None:
 def plot_density(runs: list[dict], num_points: int, final_epoch: int, path: Path) -> None:
     fig, axes = C.new_figure(ncols=2, size=(5.0, 3.3))
     position = (np.arange(DENSITY_BINS) + 0.5) / DENSITY_BINS
-    for ax, (when, i) in zip(axes[0], (("initialisation", 0), (f"epoch {final_epoch}", 1))):
-        for split, style in zip(SPLITS, ("-", "--", ":")):
+    for ax, (when, i) in zip(axes[0], (("initialisation", 0), (f"epoch {final_epoch}", 1)), strict=True):
+        for split, style in zip(SPLITS, ("-", "--", ":"), strict=True):
             profile = np.array([r[split]["profile"][i] for r in runs], dtype=float).mean(axis=0)
             ax.plot(position, profile / profile.mean(), style, lw=1.3, label=LABELS[split])
         for anchor in (0.0, 1 / 3, 2 / 3):
