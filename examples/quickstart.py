@@ -36,7 +36,7 @@ from lightning_sensitivity.models import (
 DATASETS = {
     "digits": DigitsDataModule,
     "mnist": MNISTDataModule,
-    "fashion-mnist": FashionMNISTDataModule,
+    "fashion_mnist": FashionMNISTDataModule,  # the spelling of experiments/ --dataset too
     "cifar10": CIFAR10DataModule,
     "cifar100": CIFAR100DataModule,
 }

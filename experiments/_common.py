@@ -99,7 +99,8 @@ def make_datamodule(args: argparse.Namespace, **kwargs: Any) -> Any:
     import lightning_sensitivity.models as models
 
     cls = getattr(models, DATASETS[args.dataset][0])
-    dm = cls(data_dir=args.data_dir, download=False, seed=args.seed, **kwargs)
+    kwargs.setdefault("seed", args.seed)
+    dm = cls(data_dir=args.data_dir, download=False, **kwargs)
     dm.setup("fit")
     return dm
 
@@ -113,11 +114,55 @@ def dataset_tensors(dataset: Any, limit: int | None = None) -> tuple[Any, Any]:
     return torch.stack([x for x, _ in items]), torch.stack([torch.as_tensor(y) for _, y in items]).long()
 
 
-def build_mlp(dm: Any, width: int, depth: int) -> Any:
-    """A ReLU ``MLP`` with ``depth`` hidden layers of ``width`` units for the datamodule's input shape."""
+def build_mlp(dm: Any, width: int, depth: int, hidden: Sequence[int] | None = None, unit_sphere: bool = False) -> Any:
+    """A ReLU ``MLP`` with ``depth`` hidden layers of ``width`` units (or the widths ``hidden``) for the datamodule's
+    input shape; with ``unit_sphere`` the (already normalised) inputs are first projected onto the unit sphere."""
+    import torch
+
     from lightning_sensitivity.models import MLP
 
-    return MLP(int(np.prod(dm.input_shape)), dm.num_classes, hidden=(width,) * depth)
+    net = MLP(int(np.prod(dm.input_shape)), dm.num_classes, hidden=tuple(hidden) if hidden else (width,) * depth)
+    return torch.nn.Sequential(UnitSphere(), net) if unit_sphere else net
+
+
+def _unit_sphere_class() -> Any:
+    import torch
+
+    class _UnitSphere(torch.nn.Module):
+        """``x / ||x||`` per example (flattened): Fort et al.'s inputs on the unit sphere. Cosine input distances
+        are unchanged by it, so the monitors' distances on the datamodule's inputs are those on the sphere."""
+
+        def forward(self, x: Any) -> Any:
+            flat = x.flatten(1)
+            return flat / flat.norm(dim=1, keepdim=True).clamp_min(1e-12)
+
+    return _UnitSphere
+
+
+def UnitSphere() -> Any:  # noqa: N802 (a factory standing in for the class, so torch is imported lazily)
+    return _unit_sphere_class()()
+
+
+def seeds(args: argparse.Namespace, cfg: Mapping[str, Any]) -> list[int]:
+    """The seeds of the repeated runs: ``--seed`` and the ``num_seeds - 1`` following ones."""
+    return [args.seed + i for i in range(int(cfg.get("num_seeds", 1)))]
+
+
+def mean_ci(values: Sequence[Any], level: float = 0.95) -> dict[str, Any]:
+    """Mean, standard deviation and Student-t ``level`` interval of the finite values (over seeds)."""
+    from scipy.stats import t as student
+
+    x = np.array([np.nan if v is None else v for v in values], dtype=float)
+    x = x[np.isfinite(x)]
+    out: dict[str, Any] = {"n": int(x.size), "mean": None, "sd": None, "low": None, "high": None, "values": x.tolist()}
+    if x.size == 0:
+        return out
+    out["mean"] = float(x.mean())
+    if x.size >= 2:
+        sd = float(x.std(ddof=1))
+        half = float(student.ppf(0.5 + level / 2, x.size - 1)) * sd / math.sqrt(x.size)
+        out.update(sd=sd, low=out["mean"] - half, high=out["mean"] + half)
+    return out
 
 
 @dataclass

@@ -29,7 +29,9 @@ EXPECTED_DIRECTION = {"random_labels": +1, "full_batch": +1, "augment": -1}
 COLORS = {"baseline": "tab:blue", "random_labels": "tab:red", "full_batch": "tab:orange", "augment": "tab:green"}
 
 
-def run_one(args: Any, cfg: dict[str, Any], base: dict[str, Any], variant: str, run_name: str, probes: dict) -> dict:
+def run_one(
+    args: Any, cfg: dict[str, Any], base: dict[str, Any], variant: str, run_name: str, probes: dict, seed: int
+) -> dict:
     """Train one configuration and return its final Jacobian norms and generalization gap."""
     import lightning.pytorch as pl
 
@@ -38,9 +40,10 @@ def run_one(args: Any, cfg: dict[str, Any], base: dict[str, Any], variant: str, 
 
     settings = {**base, **cfg["variants"][variant]}
     full_batch = settings["batch_size"] == 0
-    pl.seed_everything(args.seed, workers=True, verbose=False)
+    pl.seed_everything(seed, workers=True, verbose=False)
     dm = C.make_datamodule(
         args,
+        seed=seed,
         train_subset=cfg["train_subset"],
         val_split=cfg["val_split"],
         batch_size=settings["batch_size"],
@@ -50,10 +53,10 @@ def run_one(args: Any, cfg: dict[str, Any], base: dict[str, Any], variant: str, 
     train_x, train_y = C.dataset_tensors(dm.train_eval_dataset)  # labels as trained on (random ones included)
     monitor = JacobianNormMonitor(
         # a full-batch epoch is a single step: measuring every 10th keeps the cost in proportion
-        every_n_epochs=10 if full_batch else 1,
+        every_n_epochs=10 * cfg["every_n_epochs"] if full_batch else cfg["every_n_epochs"],
         at_init=True,
         num_samples=cfg["probe_samples"],
-        seed=args.seed,
+        seed=seed,
         val_data=probes["test"],
         train_data=(train_x, train_y),
     )
@@ -73,6 +76,7 @@ def run_one(args: Any, cfg: dict[str, Any], base: dict[str, Any], variant: str, 
     test_loss, test_acc = outcome.metrics["test/loss"], outcome.metrics["test/acc"]
     return {
         "run": run_name,
+        "seed": seed,
         "variant": variant,
         **settings,
         "epochs": outcome.epochs,
@@ -106,20 +110,26 @@ def correlations(runs: list[dict], x_key: str, y_key: str) -> dict[str, Any]:
     return {"n": int(keep.sum()), "spearman": rho, "spearman_p": rho_p, "kendall": tau, "kendall_p": tau_p}
 
 
-def directional(runs: list[dict], num_bases: int) -> dict[str, Any]:
-    """For each variant, compare its final test Jacobian norm and gap with its own baseline, base by base."""
-    by_key = {(r["base"], r["variant"]): r for r in runs}
+def directional(runs: list[dict], num_bases: int, seeds: list[int]) -> dict[str, Any]:
+    """For each variant, compare its final test Jacobian norm and gap with its own baseline (same base, same seed);
+    the geometric-mean ratio of each seed (over bases) gives the interval over seeds."""
+    by_key = {(r["seed"], r["base"], r["variant"]): r for r in runs}
     out: dict[str, Any] = {}
     for variant, sign in EXPECTED_DIRECTION.items():
         pairs = []
-        for b in range(num_bases):
-            base, other = by_key.get((b, "baseline")), by_key.get((b, variant))
-            if base is None or other is None:
-                continue
-            ratio = other["jacobian_test_mean"] / base["jacobian_test_mean"]
-            pairs.append({"base": b, "norm_ratio": ratio, "gap_acc_change": other["gap_acc"] - base["gap_acc"]})
+        for seed in seeds:
+            for b in range(num_bases):
+                base, other = by_key.get((seed, b, "baseline")), by_key.get((seed, b, variant))
+                if base is None or other is None:
+                    continue
+                ratio = other["jacobian_test_mean"] / base["jacobian_test_mean"]
+                pairs.append({"seed": seed, "base": b, "norm_ratio": ratio,
+                              "gap_acc_change": other["gap_acc"] - base["gap_acc"]})  # fmt: skip
         ratios = np.array([p["norm_ratio"] for p in pairs], dtype=float)
         held = int(np.sum(np.sign(np.log(ratios)) == sign)) if len(pairs) else 0
+        per_seed = [float(np.mean([np.log(p["norm_ratio"]) for p in pairs if p["seed"] == s])) for s in seeds
+                    if any(p["seed"] == s for p in pairs)]  # fmt: skip
+        log_ci = C.mean_ci(per_seed)
         out[variant] = {
             "expected": "larger norm" if sign > 0 else "smaller norm",
             "pairs": pairs,
@@ -127,6 +137,11 @@ def directional(runs: list[dict], num_bases: int) -> dict[str, Any]:
             "total": len(pairs),
             "median_norm_ratio": float(np.median(ratios)) if len(pairs) else None,
             "holds_in_majority": bool(len(pairs) and held > len(pairs) / 2),
+            # geometric-mean ratio over bases, mean and 95 % interval over seeds (on the log scale, back-transformed)
+            "geomean_ratio": None if log_ci["mean"] is None else float(np.exp(log_ci["mean"])),
+            "geomean_ratio_low": None if log_ci["low"] is None else float(np.exp(log_ci["low"])),
+            "geomean_ratio_high": None if log_ci["high"] is None else float(np.exp(log_ci["high"])),
+            "per_seed_geomean_ratio": [float(np.exp(v)) for v in per_seed],
         }
     return out
 
@@ -172,14 +187,16 @@ def main(argv: list[str] | None = None) -> None:
     dm = C.make_datamodule(args, train_subset=cfg["train_subset"], val_split=cfg["val_split"])
     probes = {"test": C.dataset_tensors(dm.test_dataset)}  # the monitor draws a class-balanced subset of these
     runs = []
-    for b, base in enumerate(cfg["bases"]):
-        for variant in cfg["variants"]:
-            run_name = f"base{b}_{variant}"
-            result = run_one(args, cfg, base, variant, run_name, probes)
-            result["base"] = b
-            runs.append(result)
-            C.log(args, f"{run_name}: epochs={result['epochs']} train_acc={result['train_acc']:.3f} "
-                  f"test_acc={result['test_acc']:.3f} jac={result['jacobian_test_mean']:.4f} ({result['fit_seconds']} s)")
+    seeds = C.seeds(args, cfg)
+    for seed in seeds:
+        for b, base in enumerate(cfg["bases"]):
+            for variant in cfg["variants"]:
+                run_name = f"seed{seed}_base{b}_{variant}"
+                result = run_one(args, cfg, base, variant, run_name, probes, seed)
+                result["base"] = b
+                runs.append(result)
+                C.log(args, f"{run_name}: epochs={result['epochs']} train_acc={result['train_acc']:.3f} "
+                      f"test_acc={result['test_acc']:.3f} jac={result['jacobian_test_mean']:.4f} ({result['fit_seconds']} s)")
     fitted = [r for r in runs if r["train_acc"] >= cfg["stop_at_train_acc"]]
     stats = {
         "jacobian_vs_gap_acc": correlations(runs, "jacobian_test_mean", "gap_acc"),
@@ -191,17 +208,28 @@ def main(argv: list[str] | None = None) -> None:
         ),
         "jacobian_vs_test_acc": correlations(runs, "jacobian_test_mean", "test_acc"),
     }
-    direction = directional(runs, len(cfg["bases"]))
+    direction = directional(runs, len(cfg["bases"]), seeds)
+    # the same correlations within each seed, summarised over seeds
+    per_seed = {}
+    for key, select in (("jacobian_vs_gap_acc", lambda r: True),
+                        ("jacobian_vs_gap_acc_true_labels", lambda r: r["variant"] != "random_labels")):  # fmt: skip
+        values = [correlations([r for r in runs if r["seed"] == s and select(r)], "jacobian_test_mean", "gap_acc")
+                  for s in seeds]  # fmt: skip
+        per_seed[key] = {"spearman": C.mean_ci([v["spearman"] for v in values]), "n_per_seed": [v["n"] for v in values],
+                         "p_per_seed": [v["spearman_p"] for v in values]}  # fmt: skip
     ratios = np.array([r["train_test_ratio"] for r in runs], dtype=float)
     summary = {
         "num_runs": len(runs),
         "num_fitted": len(fitted),
         "train_below_test_norm": int(np.sum(ratios < 1)),
         "median_train_test_ratio": float(np.nanmedian(ratios)),
+        "train_test_ratio_by_seed": C.mean_ci([float(np.nanmedian([r["train_test_ratio"] for r in runs if r["seed"] == s]))
+                                               for s in seeds]),
     }
     plot_scatter(runs, stats, args.out / "jacobian_vs_gap.png")
     plot_directions(direction, args.out / "jacobian_directions.png")
-    C.write_results(args, start, cfg, {"runs": runs, "correlation": stats, "direction": direction, "summary": summary})
+    C.write_results(args, start, cfg, {"seeds": seeds, "runs": runs, "correlation": stats, "per_seed_correlation": per_seed,
+                                         "direction": direction, "summary": summary})
 
 
 if __name__ == "__main__":

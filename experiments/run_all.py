@@ -6,7 +6,7 @@ runs, starting each script on its own works just as well (``make_findings.py`` o
 Usage::
 
     python experiments/run_all.py [--quick] [--data-dir ../shared/data] [--out-root experiments/output]
-        [--findings docs/findings.md] [--only NAME ...]
+        [--findings docs/findings.md] [--only NAME ...] [--dataset NAME]
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--data-dir", type=Path, default=None)
+    parser.add_argument("--dataset", default=None, help="forwarded to every script (mnist, fashion_mnist, cifar10, cifar100)")
     parser.add_argument("--out-root", type=Path, default=HERE / "output")
     parser.add_argument("--findings", type=Path, default=None, help="where to write findings.md (default: docs/findings.md)")
     parser.add_argument("--only", nargs="+", choices=EXPERIMENTS, default=list(EXPERIMENTS))
@@ -36,6 +37,8 @@ def main(argv: list[str] | None = None) -> None:
         forwarded = ["--out", str(args.out_root / name)] + (["--quick"] if args.quick else [])
         if args.data_dir is not None:
             forwarded += ["--data-dir", str(args.data_dir)]
+        if args.dataset is not None:
+            forwarded += ["--dataset", args.dataset]
         importlib.import_module(name).main(forwarded)
         print(f"[run_all] {name} done in {time.time() - start:.1f} s", flush=True)
     findings = ["--results-dir", str(args.out_root)]

@@ -1,11 +1,13 @@
 """Fort et al. (2019): gradient stiffness by class and by input distance over training, and the learning rate's effect.
 
-For each learning rate, one fully-connected net is trained with plain SGD on an MNIST training subset while
-``StiffnessMonitor`` measures, every epoch, the sign and cosine stiffness of per-example loss gradients between
-training probe points (``train_train``) and between training and held-out points (``train_val``): class-by-class
-matrices, same-class vs different-class means, and the stiffness as a function of the input distance of the pair
-with its critical length (the distance where the binned sign stiffness first reaches zero). Everything is read back
-from the saved artifacts.
+In Fort et al.'s setting -- inputs normalised and projected onto the unit sphere, a fully-connected ReLU net
+500-300-100, Adam at a constant learning rate, batch 32 -- one net per (learning rate, seed) is trained on an MNIST
+training subset small enough to overfit within the run, while ``StiffnessMonitor`` measures the sign and cosine
+stiffness of per-example loss gradients between training probe points (``train_train``) and between training and
+held-out points (``train_val``): class-by-class matrices, same- vs different-class means, stiffness by input
+distance and its critical length (both methods, all pairs and same-class pairs). The onset of overfitting is the
+epoch of the lowest held-out loss. Separately, on one fixed trained net, the critical length is recomputed on 10
+independently drawn probe sets to see how much each method moves with the probe draw alone.
 
 Usage::
 
@@ -26,157 +28,294 @@ import _common as C  # noqa: E402
 NAME = "stiffness"
 GROUPS = ("train_train", "train_val")
 SCALARS = ("sign_mean", "cosine_mean", "same_class_sign", "different_class_sign", "same_class_cosine",
-           "different_class_cosine", "critical_length")  # fmt: skip
+           "different_class_cosine", "critical_length", "same_class_critical_length")  # fmt: skip
+METHODS = ("first_crossing", "linear_fit")
 
 
-def train_at(args: Any, cfg: dict, lr: float) -> tuple[Any, list[Any]]:
-    """One seeded fit at learning rate ``lr`` with a StiffnessMonitor measuring every epoch."""
+def _loss_recorder() -> Any:
     import lightning.pytorch as pl
 
-    from lightning_sensitivity.callbacks import StiffnessMonitor
-    from lightning_sensitivity.models import LitClassifier
+    class LossRecorder(pl.Callback):
+        """Held-out and training loss at the end of every epoch (the overfitting onset is read from them)."""
 
-    pl.seed_everything(args.seed, workers=True, verbose=False)
-    dm = C.make_datamodule(args, train_subset=cfg["train_subset"], val_split=cfg["val_split"], batch_size=cfg["batch_size"])
-    monitor = StiffnessMonitor(
+        def __init__(self) -> None:
+            self.val_loss: list[float] = []
+            self.val_acc: list[float] = []
+
+        def on_train_epoch_end(self, trainer: Any, pl_module: Any) -> None:
+            # validation ran inside the epoch; its epoch-level values are in callback_metrics by now
+            if "val/loss" in trainer.callback_metrics:
+                self.val_loss.append(float(trainer.callback_metrics["val/loss"]))
+                self.val_acc.append(float(trainer.callback_metrics["val/acc"]))
+
+    return LossRecorder()
+
+
+def make_monitor(cfg: dict, dm: Any, seed: int) -> Any:
+    """The monitor with its default ``critical_length_method``; both methods are recomputed from the saved curves."""
+    from lightning_sensitivity.callbacks import StiffnessMonitor
+
+    return StiffnessMonitor(
         groups=GROUPS,
         class_names=list(dm.class_names),
         distance=cfg["distance"],
         num_distance_bins=cfg["num_distance_bins"],
-        every_n_epochs=1,
+        critical_length_same_class=True,
+        every_n_epochs=cfg["every_n_epochs"],
         num_samples=cfg["probe_samples"],
-        seed=args.seed,
+        seed=seed,
         val_data=C.dataset_tensors(dm.test_dataset),
         train_data=C.dataset_tensors(dm.train_eval_dataset),
     )
-    module = LitClassifier(C.build_mlp(dm, cfg["width"], cfg["depth"]), lr=lr, momentum=cfg["momentum"])
-    outcome = C.fit(module, dm, out=args.out, run_name=f"lr{lr:g}", max_epochs=cfg["max_epochs"], callbacks=[monitor])
-    return outcome, C.artifacts(outcome.log_dir, "stiffness")
 
 
-def series(found: list[Any]) -> dict[str, Any]:
-    """Per-group, per-epoch scalars from the artifacts."""
-    out: dict[str, Any] = {"epoch": [a.epoch for a in found]}
+def train_at(args: Any, cfg: dict, lr: float, seed: int) -> tuple[Any, list[Any], Any, Any]:
+    """One seeded fit at learning rate ``lr`` with a StiffnessMonitor and a loss recorder."""
+    import lightning.pytorch as pl
+
+    from lightning_sensitivity.models import LitClassifier
+
+    pl.seed_everything(seed, workers=True, verbose=False)
+    dm = C.make_datamodule(args, train_subset=cfg["train_subset"], val_split=cfg["val_split"],
+                           batch_size=cfg["batch_size"], seed=seed)  # fmt: skip
+    monitor = make_monitor(cfg, dm, seed)
+    recorder = _loss_recorder()
+    net = C.build_mlp(dm, 0, 0, hidden=cfg["hidden"], unit_sphere=True)
+    module = LitClassifier(net, lr=lr, optimizer=cfg["optimizer"], momentum=0.0, num_classes=dm.num_classes)
+    outcome = C.fit(module, dm, out=args.out, run_name=f"lr{lr:g}_seed{seed}", max_epochs=cfg["max_epochs"],
+                    callbacks=[monitor, recorder])  # fmt: skip
+    return outcome, C.artifacts(outcome.log_dir, "stiffness"), recorder, dm
+
+
+def length_of(art: Any, group: str, method: str) -> float:
+    """The critical length by ``method`` recomputed from the saved all-pairs curve of a measurement."""
+    import torch
+
+    from lightning_sensitivity.functional import critical_length
+
+    edges = torch.as_tensor(art.arrays[f"{group}/bin_edges"])
+    centers = (edges[1:] + edges[:-1]) / 2
+    return critical_length(centers, torch.as_tensor(art.arrays[f"{group}/distance_sign"]),
+                           torch.as_tensor(art.arrays[f"{group}/distance_count"]), method=method)  # fmt: skip
+
+
+def series(found: list[Any], recorder: Any) -> dict[str, Any]:
+    """Per-group, per-measured-epoch scalars from the artifacts, and the per-epoch losses."""
+    out: dict[str, Any] = {"epoch": [a.epoch for a in found], "val_loss": recorder.val_loss,
+                           "val_acc": recorder.val_acc}  # fmt: skip
     for group in GROUPS:
         out[group] = {name: [a.scalar(f"{group}/{name}") for a in found] for name in SCALARS}
+        for method in METHODS:
+            out[group][f"critical_length_{method}"] = [length_of(a, group, method) for a in found]
+    # onset of overfitting: the epoch (1-based, as the monitor counts) after which the held-out loss was lowest
+    out["onset_epoch"] = int(np.argmin(recorder.val_loss)) + 1 if recorder.val_loss else None
     return out
 
 
-def pick_epochs(epochs: list[int], count: int) -> list[int]:
-    """``count`` epochs spread over the run, always the first and the last."""
-    idx = np.unique(np.round(np.linspace(0, len(epochs) - 1, count)).astype(int))
-    return [epochs[i] for i in idx]
+def probe_seed_stability(cfg: dict, module: Any, dm: Any, num_draws: int) -> dict[str, Any]:
+    """Critical length of ``train_train`` pairs on ``num_draws`` independently drawn probe sets of one fixed net."""
+    import torch
+
+    from lightning_sensitivity.functional import critical_length, stiffness, stiffness_by_distance
+
+    inputs, targets = C.dataset_tensors(dm.train_eval_dataset)
+    net = module.model.eval()
+    out: dict[str, Any] = {f"{m}/{pairs}": [] for m in METHODS for pairs in ("all", "same_class")}
+    for draw in range(num_draws):
+        gen = torch.Generator().manual_seed(1000 + draw)
+        idx = torch.randperm(len(targets), generator=gen)[: cfg["probe_samples"]]
+        x, y = inputs[idx], targets[idx]
+        sign = stiffness(net, x, y).sign.double()
+        for pairs, matrix in (("all", sign), ("same_class", sign.masked_fill(y[:, None] != y[None, :], float("nan")))):
+            edges, mean, count = stiffness_by_distance(
+                matrix, x, num_bins=cfg["num_distance_bins"], distance=cfg["distance"]
+            )
+            centers = (edges[1:] + edges[:-1]) / 2
+            for m in METHODS:
+                out[f"{m}/{pairs}"].append(critical_length(centers, mean, count, method=m))
+    stats = {}
+    for key, values in out.items():
+        v = np.array(values, dtype=float)
+        finite = v[np.isfinite(v)]
+        stats[key] = {
+            "values": v.tolist(),
+            "missing": int((~np.isfinite(v)).sum()),
+            "mean": float(finite.mean()) if finite.size else None,
+            "sd": float(finite.std(ddof=1)) if finite.size > 1 else None,
+            "cv": float(finite.std(ddof=1) / abs(finite.mean())) if finite.size > 1 and finite.mean() else None,
+            "min": float(finite.min()) if finite.size else None,
+            "max": float(finite.max()) if finite.size else None,
+        }
+    return stats
 
 
-def plot_matrices(found: list[Any], epochs: list[int], names: list[str], path: Path) -> None:
-    by_epoch = {a.epoch: a for a in found}
-    fig, axes = C.new_figure(ncols=len(epochs), nrows=len(GROUPS), size=(2.6, 2.5))
+def plot_matrices(found: list[Any], names: list[str], path: Path) -> None:
+    shown = [found[0], found[len(found) // 2], found[-1]] if len(found) >= 3 else found
+    fig, axes = C.new_figure(ncols=len(shown), nrows=len(GROUPS), size=(2.6, 2.5))
     image = None
     for r, group in enumerate(GROUPS):
-        for c, epoch in enumerate(epochs):
+        for c, art in enumerate(shown):
             ax = axes[r, c]
-            matrix = by_epoch[epoch].arrays[f"{group}/class_sign"]
-            image = ax.imshow(np.ma.masked_invalid(matrix), cmap="RdBu_r", vmin=-1, vmax=1, interpolation="nearest")
-            ax.set_title(f"{group}, epoch {epoch}", fontsize=8)
+            image = ax.imshow(np.ma.masked_invalid(art.arrays[f"{group}/class_sign"]), cmap="RdBu_r", vmin=-1, vmax=1,
+                              interpolation="nearest")  # fmt: skip
+            ax.set_title(f"{group}, epoch {art.epoch}", fontsize=8)
             ax.set_xticks(range(len(names)), names, fontsize=6)
             ax.set_yticks(range(len(names)), names, fontsize=6)
     fig.colorbar(image, ax=axes, shrink=0.6, label="class sign stiffness")
     C.save_figure(fig, path)
 
 
-def plot_same_vs_different(ref: dict, path: Path) -> None:
-    fig, axes = C.new_figure(ncols=2, size=(4.0, 3.2))
-    for ax, kind in zip(axes[0], ("sign", "cosine")):
-        for group, style in zip(GROUPS, ("-", "--")):
-            for which, color in (("same_class", "tab:blue"), ("different_class", "tab:red")):
-                values = np.array([np.nan if v is None else v for v in ref[group][f"{which}_{kind}"]], dtype=float)
-                ax.plot(ref["epoch"], values, style, color=color, marker="o", ms=3, label=f"{group} {which.replace('_', '-')}")
-        ax.axhline(0, color="grey", lw=1, ls=":")
+def _band(ax: Any, x: list, rows: list[list], color: Any, label: str, style: str = "-") -> None:
+    values = np.array([[np.nan if v is None else v for v in row] for row in rows], dtype=float)
+    mean = np.nanmean(values, axis=0)
+    ax.plot(x, mean, style, color=color, marker="o", ms=2.5, label=label)
+    if values.shape[0] > 1:
+        ax.fill_between(x, np.nanmin(values, axis=0), np.nanmax(values, axis=0), color=color, alpha=0.15, lw=0)
+
+
+def plot_over_training(by_lr: dict, path: Path) -> None:
+    from matplotlib import colormaps
+
+    cmap = colormaps["viridis"]
+    fig, axes = C.new_figure(ncols=3, size=(3.6, 3.2))
+    for i, (lr, runs) in enumerate(by_lr.items()):
+        color = cmap(i / max(1, len(by_lr) - 1))
+        epochs = runs[0]["epoch"]
+        _band(axes[0, 0], epochs, [r["train_val"]["same_class_sign"] for r in runs], color, f"lr {lr:g} same class")
+        _band(axes[0, 0], epochs, [r["train_val"]["different_class_sign"] for r in runs], color, "", "--")
+        lengths = [r["train_train"]["critical_length_first_crossing"] for r in runs]
+        _band(axes[0, 1], epochs, lengths, color, f"lr {lr:g}")
+        onsets = [r["onset_epoch"] for r in runs]
+        axes[0, 2].plot(range(1, len(runs[0]["val_loss"]) + 1), np.mean([r["val_loss"] for r in runs], axis=0), "-",
+                        color=color, label=f"lr {lr:g} (onset {min(onsets)}-{max(onsets)})")  # fmt: skip
+    axes[0, 0].set_title("train_val sign stiffness (solid: same class, dashed: different)", fontsize=8)
+    axes[0, 0].axhline(0, color="grey", lw=1, ls=":")
+    axes[0, 1].set_title("critical length, train_train (first crossing; gaps: none)", fontsize=8)
+    axes[0, 2].set_title("held-out loss (mean over seeds)", fontsize=8)
+    for ax in axes[0]:
         ax.set_xlabel("epoch")
-        ax.set_ylabel(f"{kind} stiffness")
     axes[0, 0].legend(fontsize=6)
+    axes[0, 1].legend(fontsize=6)
+    axes[0, 2].legend(fontsize=6)
     C.save_figure(fig, path)
 
 
-def plot_distance(found: list[Any], by_lr: dict, path: Path) -> None:
+def plot_distance(found: list[Any], path: Path) -> None:
     from matplotlib import colormaps
 
-    fig, axes = C.new_figure(ncols=2, size=(4.2, 3.3))
+    fig, axes = C.new_figure(ncols=1, size=(4.6, 3.3))
     ax = axes[0, 0]
     cmap = colormaps["viridis"]
     for i, art in enumerate(found):
-        edges = art.arrays["train_val/bin_edges"]
+        edges = art.arrays["train_train/bin_edges"]
         centres = (edges[:-1] + edges[1:]) / 2
-        ax.plot(centres, art.arrays["train_val/distance_sign"], color=cmap(i / max(1, len(found) - 1)), lw=1.2,
-                label=f"epoch {art.epoch}" if i in (0, len(found) - 1) else None)
-        length = art.scalar("train_val/critical_length")
-        if np.isfinite(length):
-            ax.plot([length], [0], "x", color=cmap(i / max(1, len(found) - 1)))
+        ax.plot(centres, art.arrays["train_train/distance_sign"], color=cmap(i / max(1, len(found) - 1)), lw=1.2,
+                label=f"epoch {art.epoch}" if i in (0, len(found) - 1) else None)  # fmt: skip
     ax.axhline(0, color="grey", lw=1, ls=":")
-    ax.set_xlabel(f"{found[0].meta.get('distance', 'cosine')} input distance (train_val pairs)")
+    ax.set_xlabel("cosine input distance (train_train pairs)")
     ax.set_ylabel("mean sign stiffness")
-    ax.legend(fontsize=7)
-    ax = axes[0, 1]
-    for lr, data in by_lr.items():
-        values = np.array([np.nan if v is None else v for v in data["train_val"]["critical_length"]], dtype=float)
-        ax.plot(data["epoch"], values, "o-", ms=3, label=f"lr {lr:g}")
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("critical length (train_val)")
     ax.legend(fontsize=7)
     C.save_figure(fig, path)
 
 
-def last_finite(values: list) -> float | None:
-    finite = [v for v in values if v is not None and np.isfinite(v)]
-    return finite[-1] if finite else None
+def trend(by_lr: dict, value: Any) -> dict[str, Any]:
+    """Per learning rate: mean and interval over seeds of ``value(run)``; and the Spearman rho of lr vs value per
+    seed (seeds paired by index), summarised over seeds."""
+    from scipy.stats import spearmanr
+
+    lrs = list(by_lr)
+    per_lr = {f"{lr:g}": C.mean_ci([value(r) for r in by_lr[lr]]) for lr in lrs}
+    rhos = []
+    for s in range(min(len(v) for v in by_lr.values())):
+        y = [value(by_lr[lr][s]) for lr in lrs]
+        keep = [i for i, v in enumerate(y) if v is not None and np.isfinite(v)]
+        rhos.append(spearmanr([lrs[i] for i in keep], [y[i] for i in keep]).statistic if len(keep) >= 3 else None)
+    return {"per_lr": per_lr, "spearman_per_seed": rhos, "spearman": C.mean_ci(rhos)}
+
+
+def at_epoch(run: dict, group: str, name: str, epoch: int | None) -> float | None:
+    """The measurement at the measured epoch nearest to ``epoch``."""
+    if epoch is None:
+        return None
+    i = int(np.argmin([abs(e - epoch) for e in run["epoch"]]))
+    return run[group][name][i]
 
 
 def main(argv: list[str] | None = None) -> None:
-    from scipy.stats import spearmanr
-
     args = C.parse_args(NAME, __doc__.splitlines()[0], argv)
     start = C.setup(args)
     cfg = C.load_config(args)
-    by_lr, found_ref, fits = {}, None, {}
+    by_lr: dict[float, list[dict]] = {}
+    fits, reference, stability = {}, None, None
     for lr in cfg["lrs"]:
-        outcome, found = train_at(args, cfg, lr)
-        by_lr[lr] = series(found)
-        fits[f"{lr:g}"] = {"fit_seconds": round(outcome.seconds, 1), "val_acc": outcome.metrics.get("val/acc"),
-                           "train_loss": outcome.metrics.get("train/loss")}  # fmt: skip
-        C.log(args, f"lr {lr:g}: val_acc={fits[f'{lr:g}']['val_acc']} ({fits[f'{lr:g}']['fit_seconds']} s)")
-        if lr == cfg["reference_lr"]:
-            found_ref = found
-    if found_ref is None:
+        by_lr[lr] = []
+        for seed in C.seeds(args, cfg):
+            outcome, found, recorder, dm = train_at(args, cfg, lr, seed)
+            by_lr[lr].append(series(found, recorder))
+            fits[f"{lr:g}/{seed}"] = {
+                "fit_seconds": round(outcome.seconds, 1),
+                "val_acc": outcome.metrics.get("val/acc"),
+                "train_acc": outcome.metrics.get("train/acc"),
+                "onset_epoch": by_lr[lr][-1]["onset_epoch"],
+            }
+            C.log(args, f"lr {lr:g} seed {seed}: val_acc={fits[f'{lr:g}/{seed}']['val_acc']} onset "
+                  f"{by_lr[lr][-1]['onset_epoch']} ({fits[f'{lr:g}/{seed}']['fit_seconds']} s)")
+            if lr == cfg["reference_lr"] and seed == args.seed:
+                reference = found
+                stability = probe_seed_stability(cfg, outcome.module, dm, cfg["stability_draws"])
+    if reference is None:
         raise ValueError(f"`reference_lr` {cfg['reference_lr']} is not one of `lrs` {cfg['lrs']}")
-    ref = by_lr[cfg["reference_lr"]]
-    names = list(found_ref[-1].meta.get("class_names") or range(found_ref[-1].arrays["train_val/class_sign"].shape[0]))
-    shown = pick_epochs(ref["epoch"], cfg["heatmap_epochs"])
-    plot_matrices(found_ref, shown, [str(n) for n in names], args.out / "stiffness_class_matrices.png")
-    plot_same_vs_different(ref, args.out / "stiffness_same_vs_different.png")
-    plot_distance(found_ref, by_lr, args.out / "stiffness_by_distance.png")
+    names = [str(n) for n in (reference[-1].meta.get("class_names") or range(10))]
+    plot_matrices(reference, names, args.out / "stiffness_class_matrices.png")
+    plot_over_training(by_lr, args.out / "stiffness_over_training.png")
+    plot_distance(reference, args.out / "stiffness_by_distance.png")
 
-    final_lengths = {lr: last_finite(d["train_val"]["critical_length"]) for lr, d in by_lr.items()}
-    final_stiffness = {lr: d["train_val"]["sign_mean"][-1] for lr, d in by_lr.items()}
-    lrs = [lr for lr in cfg["lrs"] if final_lengths[lr] is not None]
-    lr_corr = spearmanr(lrs, [final_lengths[lr] for lr in lrs]).statistic if len(lrs) >= 3 else None
-    stiff_corr = spearmanr(cfg["lrs"], [final_stiffness[lr] for lr in cfg["lrs"]]).statistic if len(cfg["lrs"]) >= 3 else None
-    final = {g: {k: v[-1] for k, v in ref[g].items()} for g in GROUPS}
-    first = {g: {k: v[0] for k, v in ref[g].items()} for g in GROUPS}
-    lengths = [v for v in ref["train_val"]["critical_length"][1:] if v is not None and np.isfinite(v)]
+    final = lambda group, name: (lambda r: r[group][name][-1])  # noqa: E731
+    first_trained = lambda group, name: (lambda r: r[group][name][1] if len(r["epoch"]) > 1 else None)  # noqa: E731
+    trends = {
+        "val_acc": trend(by_lr, lambda r: r["val_acc"][-1]),
+        "onset_epoch": trend(by_lr, lambda r: r["onset_epoch"]),
+    }
+    for group in GROUPS:
+        for name in ("sign_mean", "cosine_mean", "same_class_sign", "different_class_sign", "same_class_cosine",
+                     "different_class_cosine", "critical_length_first_crossing",
+                     "critical_length_linear_fit"):  # fmt: skip
+            trends[f"{group}/{name}/final"] = trend(by_lr, final(group, name))
+            trends[f"{group}/{name}/first_trained"] = trend(by_lr, first_trained(group, name))
+            trends[f"{group}/{name}/onset"] = trend(
+                by_lr, lambda r, g=group, n=name: at_epoch(r, g, n, r["onset_epoch"])
+            )
+    # does the critical length fall over training? final minus first trained measurement, per run
+    def final_minus_first(group: str, name: str) -> list[float]:
+        out = []
+        for runs in by_lr.values():
+            for r in runs:
+                a, b = (r[group][name][-1], r[group][name][1]) if len(r["epoch"]) > 1 else (None, None)
+                if a is not None and b is not None and np.isfinite(a) and np.isfinite(b):
+                    out.append(a - b)
+        return out
+
+    change = {
+        f"{group}/{name}": C.mean_ci(final_minus_first(group, name))
+        for group in GROUPS
+        for name in ("critical_length_first_crossing", "critical_length_linear_fit")
+    }
+    # towards zero at the onset of overfitting? |value| at the onset minus |value| at the first trained measurement
+    change.update({
+        f"train_val/{name}/onset_minus_first_trained": C.mean_ci([
+            abs(at_epoch(r, "train_val", name, r["onset_epoch"])) - abs(r["train_val"][name][1])
+            for runs in by_lr.values() for r in runs if len(r["epoch"]) > 1 and r["onset_epoch"] is not None
+        ])
+        for name in ("same_class_sign", "same_class_cosine", "different_class_sign", "different_class_cosine")
+    })  # fmt: skip
     results = {
+        "seeds": C.seeds(args, cfg),
         "reference_lr": cfg["reference_lr"],
-        "heatmap_epochs": shown,
-        "by_lr": {f"{lr:g}": d for lr, d in by_lr.items()},
+        "by_lr": {f"{lr:g}": runs for lr, runs in by_lr.items()},
         "fits": fits,
-        "reference_initial": first,
-        "reference_final": final,
-        "final_critical_length_by_lr": {f"{lr:g}": v for lr, v in final_lengths.items()},
-        "final_train_val_sign_by_lr": {f"{lr:g}": v for lr, v in final_stiffness.items()},
-        "spearman_lr_vs_critical_length": lr_corr,
-        "spearman_lr_vs_train_val_sign": stiff_corr,
-        # a trend needs two trained epochs with a finite critical length
-        "critical_length_first_trained_epoch": lengths[0] if len(lengths) >= 2 else None,
-        "critical_length_final": lengths[-1] if len(lengths) >= 2 else None,
+        "trends": trends,
+        "change_over_training": change,
+        "stability": stability,
     }
     C.write_results(args, start, cfg, results)
 

@@ -164,7 +164,14 @@ SCHEMA: dict[str, tuple[str, ...]] = {
     ),
 }
 
-_PENDING = "not logged yet: the monitor change that adds it is being merged (then delete this entry)"
+# TransitionMonitor: ellipses through shuffled (off-manifold) validation anchors, and the near-anchor density ratio.
+TRANSITION_RANDOM = "random"
+SCHEMA[TRANSITIONS] += (
+    *(f"{_T}/{TRANSITION_RANDOM}/{stat}_mean" for stat in TRANSITION_STATS),
+    f"{_T}/{TRANSITION_RANDOM}/near_anchor_ratio",
+)
+SCHEMA[STIFFNESS] += (f"{_S}/{{group}}/same_class_critical_length",)
+
 #: SCHEMA templates a monitor may leave out even with every option that enables it on, and why. Every other
 #: template is logged at each measurement of a fit whose options enable it.
 CONDITIONAL: dict[str, str] = {
@@ -176,7 +183,7 @@ CONDITIONAL: dict[str, str] = {
     f"{_J}/{{split}}/class_{{c}}": "needs integer class targets",
     f"{_T}/{{split}}/activation_mean": "needs ReLU-family units (a model without them has no activation pattern)",
     f"{_T}/{{split}}/region_changes_mean": "needs ReLU-family units",
-    f"{_T}/{{split}}/near_anchor_ratio": _PENDING,
+    f"{_T}/{{split}}/near_anchor_ratio": "NaN (so not logged) when no segment away from the anchors changes",
     f"{_S}/{{group}}/same_class_{{kind}}": "needs a pair of distinct examples of one class",
     f"{_S}/{{group}}/different_class_{{kind}}": "needs two classes in the group",
     f"{_S}/{{group}}/critical_length": "only when the binned sign stiffness crosses zero",
@@ -186,7 +193,10 @@ CONDITIONAL: dict[str, str] = {
         for end in ("low", "high")
     },
     f"{_S}/{{same_group}}/label_alignment": "needs integer class targets and at least two classes",
-    f"{_S}/{{group}}/layer/{{layer}}/{{kind}}": _PENDING + "; then only with per-layer stiffness asked for",
+    f"{_S}/{{group}}/layer/{{layer}}/{{kind}}": "only with `per_layer=True`",
+    **{f"{_T}/{TRANSITION_RANDOM}/{stat}_mean": "only with \"random\" in `splits`" for stat in TRANSITION_STATS},
+    f"{_T}/{TRANSITION_RANDOM}/near_anchor_ratio": "only with \"random\" in `splits`",
+    f"{_S}/{{group}}/same_class_critical_length": "only with `critical_length_same_class=True` and a zero crossing",
 }
 
 #: The arrays the stiffness artifact holds for each pair group, stored as :func:`stiffness_array` ``(group, name)``.
@@ -217,7 +227,11 @@ ARTIFACT_ARRAYS: dict[str, tuple[str, ...]] = {
         "train_val_ratio",
         *JACOBIAN_AUROCS,
     ),
-    TRANSITIONS: tuple(transition_array(s, n) for s in (VAL, TRAIN) for n in (*TRANSITION_STATS, "anchor_indices")),
+    TRANSITIONS: tuple(
+        transition_array(s, n)
+        for s in (VAL, TRAIN, "random")
+        for n in (*TRANSITION_STATS, "anchor_indices", "segments")  # segments: [K, P] per-segment Hamming distances
+    ),
     STIFFNESS: STIFFNESS_GROUP_ARRAYS + STIFFNESS_SAME_SET_ARRAYS,
 }
 

@@ -66,20 +66,48 @@ def activation_pattern(model: nn.Module, x: torch.Tensor, kwargs=None) -> tuple[
 
 def transitions_loop(model: nn.Module, trajectories: torch.Tensor, model_kwargs=None) -> dict[str, list[int]]:
     """``model_kwargs`` values have one entry per trajectory, shared by all its points."""
-    out: dict[str, list[int]] = {"activation": [], "region_changes": [], "prediction": []}
+    """``segments[t][k]``: Hamming distance from point k to point k + 1 (the last segment closes the loop);
+    ``segment_prediction[t][k]``: whether the prediction changes along it."""
+    out: dict[str, list] = {"activation": [], "region_changes": [], "prediction": [], "segments": [],
+                            "segment_prediction": []}  # fmt: skip
     for t, traj in enumerate(trajectories):
         seq = [activation_pattern(model, x, _own(model_kwargs, t)) for x in traj]
         act = reg = pred = 0
+        segs, seg_pred = [], []
         for k in range(len(seq)):
             (a, pa), (b, pb) = seq[k], seq[(k + 1) % len(seq)]  # closed: the last point meets the first
             hamming = int((a != b).sum())
             act += hamming
             reg += int(hamming > 0)
             pred += int(pa != pb)
+            segs.append(hamming)
+            seg_pred.append(bool(pa != pb))
         out["activation"].append(act)
         out["region_changes"].append(reg)
         out["prediction"].append(pred)
+        out["segments"].append(segs)
+        out["segment_prediction"].append(seg_pred)
     return out
+
+
+def near_anchor_ratio_loop(segments: list[list[float]], half_width: float) -> float:
+    """Density of counts on segments whose midpoint lies within ``half_width`` of the period of an anchor (at 0,
+    1/3, 2/3 of the period) over the density on the others, pooled over trajectories."""
+    near_sum = near_n = far_sum = far_n = 0.0
+    for row in segments:
+        p = len(row)
+        for k, value in enumerate(row):
+            mid = (k + 0.5) / p
+            gaps = []
+            for anchor in (0.0, 1.0 / 3.0, 2.0 / 3.0):
+                d = abs(mid - anchor)
+                gaps.append(min(d, 1.0 - d))
+            if min(gaps) <= half_width:
+                near_sum, near_n = near_sum + value, near_n + 1
+            else:
+                far_sum, far_n = far_sum + value, far_n + 1
+    far = far_sum / far_n
+    return math.nan if far == 0 else (near_sum / near_n) / far
 
 
 def per_example_gradients_loop(

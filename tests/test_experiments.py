@@ -18,8 +18,8 @@ DATA = REPO.parent / "shared" / "data"
 EXPERIMENTS = {
     "jacobian_vs_generalization": ("jacobian_vs_gap.png", "jacobian_directions.png"),
     "per_point_prediction": ("per_point_auroc.png",),
-    "transitions": ("transitions.png",),
-    "stiffness": ("stiffness_class_matrices.png", "stiffness_same_vs_different.png", "stiffness_by_distance.png"),
+    "transitions": ("transitions.png", "transitions_density.png"),
+    "stiffness": ("stiffness_class_matrices.png", "stiffness_over_training.png", "stiffness_by_distance.png"),
 }
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -75,29 +75,46 @@ def test_jacobian_sweep_reads_the_callback_artifacts(quick_run: Path) -> None:
 
 
 def test_per_point_auroc_matches_callback(quick_run: Path) -> None:
-    final = _results(quick_run, "per_point_prediction")["results"]["final"]
-    if final["auroc"] is not None:
-        assert 0.0 <= final["auroc"] <= 1.0
-        # scikit-learn on the saved arrays and the callback's own torchmetrics value agree
-        assert final["auroc"] == pytest.approx(final["callback_auroc"], abs=1e-6)
+    results = _results(quick_run, "per_point_prediction")["results"]
+    assert len(results["seeds"]) >= 2 and len(results["runs"]) == len(results["seeds"])
+    for run in results["runs"]:
+        final = run["final"]
+        # scikit-learn on the saved arrays / the final model and the callback's logged values agree
+        for mine, logged in (("norm_auroc", "misclassification_auroc"), ("confidence_auroc", "confidence_auroc"),
+                             ("entropy_auroc", "entropy_auroc")):  # fmt: skip
+            if final[mine] is not None:
+                assert 0.0 <= final[mine] <= 1.0
+                assert final[mine] == pytest.approx(final["callback"][logged], abs=1e-6)
+        assert final["cross_validated"]["folds"] >= 2
+    assert results["summary"]["norm_auroc"]["n"] == len(results["seeds"])
 
 
-def test_transitions_compare_test_and_train_trajectories(quick_run: Path) -> None:
+def test_transitions_compare_three_anchor_kinds_per_segment(quick_run: Path) -> None:
     results = _results(quick_run, "transitions")["results"]
-    assert results["test"]["epoch"] == results["train"]["epoch"] == [0, 1]
-    assert all(v is not None and v >= 0 for v in results["test"]["activation_mean"] + results["train"]["activation_mean"])
-    if "identical_training" in results["runs"]:
-        assert results["runs"]["identical_training"] is True
+    assert len(results["runs"]) == len(results["seeds"]) >= 2
+    for run in results["runs"]:
+        assert run["epoch"] == [0, 1]
+        for split in ("val", "train", "random"):
+            assert all(v >= 0 for v in run[split]["activation_mean"])
+            assert len(run[split]["profile"]) == 2 and len(run[split]["profile"][0]) == results["density_bins"]
+            assert all(r is None or r > 0 for r in run[split]["near_anchor_ratio"])
+    for when in ("init", "final"):
+        assert results["summary"][when]["random_over_val"]["activation"]["n"] == len(results["seeds"])
 
 
-def test_stiffness_series_per_learning_rate(quick_run: Path) -> None:
+def test_stiffness_series_per_learning_rate_and_seed(quick_run: Path) -> None:
     results = _results(quick_run, "stiffness")["results"]
-    assert set(results["by_lr"]) == {"0.03", "0.1"}
-    for series in results["by_lr"].values():
-        assert series["epoch"] == [0, 1]
-        for group in ("train_train", "train_val"):
-            signs = [v for v in series[group]["sign_mean"] if v is not None]
-            assert signs and all(-1.0 <= v <= 1.0 for v in signs)
+    assert set(results["by_lr"]) == {"0.0003", "0.001", "0.003"}
+    for runs in results["by_lr"].values():
+        assert len(runs) == len(results["seeds"])
+        for series in runs:
+            assert series["epoch"] == [0, 1, 2] and len(series["val_loss"]) == 2
+            for group in ("train_train", "train_val"):
+                signs = [v for v in series[group]["sign_mean"] if v is not None]
+                assert signs and all(-1.0 <= v <= 1.0 for v in signs)
+    stability = results["stability"]
+    assert {"first_crossing/all", "linear_fit/all", "first_crossing/same_class", "linear_fit/same_class"} <= set(stability)
+    assert all(len(v["values"]) == 3 for v in stability.values())
 
 
 def test_findings_document_is_generated(quick_run: Path) -> None:

@@ -41,7 +41,7 @@ SAMPLES = {
 # depend on data and model like the CONDITIONAL tags above.
 CONDITIONAL_ARRAYS = {
     keys.JACOBIAN: set(keys.JACOBIAN_AUROCS) | {"train_val_ratio"},
-    keys.TRANSITIONS: set(),
+    keys.TRANSITIONS: {n for n in keys.ARTIFACT_ARRAYS[keys.TRANSITIONS] if n.startswith("random_")},  # with "random"
     keys.STIFFNESS: {"superclass_sign", "superclass_cosine", *keys.STIFFNESS_SAME_SET_ARRAYS},
 }
 

@@ -80,6 +80,14 @@ class StiffnessMonitor(SensitivityMonitor):
         group_names: names of the super-classes (needs ``class_groups``).
         num_distance_bins: bins of the stiffness-by-distance curve.
         distance: ``"cosine"`` (``1 - cos(x_i, x_j)``, Fort et al.) or ``"euclidean"`` input distance.
+        critical_length_method: ``"first_crossing"`` (default) or ``"linear_fit"``
+            (:func:`~lightning_sensitivity.functional.critical_length`). On trained MNIST MLPs the first crossing
+            moved less than the linear fit when the probe set was redrawn (``docs/findings.md``, section 4).
+        critical_length_bootstrap: bootstrap replicates over probe points for a 95 % interval of the critical length
+            of same-set groups (``critical_length_low`` / ``critical_length_high``); 0 = off.
+        critical_length_same_class: also log ``{g}/same_class_critical_length``, the critical length of the
+            same-class pairs only (Fort et al. read the length scale within a class), with its bootstrap interval
+            when ``critical_length_bootstrap`` is on.
         **kwargs: the common arguments of :class:`SensitivityMonitor`.
 
     Raises:
@@ -112,6 +120,7 @@ class StiffnessMonitor(SensitivityMonitor):
         critical_length_bootstrap: int = 0,
         per_layer: bool = False,
         layer_groups: Mapping[str, Sequence[str]] | None = None,
+        critical_length_same_class: bool = False,
         **kwargs: Any,
     ) -> None:
         self.loss_fn = check_loss_fn(loss_fn)
@@ -133,6 +142,7 @@ class StiffnessMonitor(SensitivityMonitor):
         self.distance = check_choice(distance, "distance", DISTANCES)
         self.critical_length_method = check_choice(critical_length_method, "critical_length_method", CRITICAL_METHODS)
         self.critical_length_bootstrap = check_int(critical_length_bootstrap, "critical_length_bootstrap", minimum=0)
+        self.critical_length_same_class = check_bool(critical_length_same_class, "critical_length_same_class")
         self.class_names = check_names(class_names, "class_names")
         self.class_groups = check_class_groups(class_groups)
         self.group_names = check_names(group_names, "group_names")
@@ -190,6 +200,7 @@ class StiffnessMonitor(SensitivityMonitor):
             "critical_length_bootstrap": self.critical_length_bootstrap,
             "per_layer": self.per_layer,
             "layer_groups": self.layer_groups,
+            "critical_length_same_class": self.critical_length_same_class,
             "class_names": self.class_names,
             "class_groups": self.class_groups,
             "group_names": self.group_names,
@@ -262,6 +273,7 @@ class StiffnessMonitor(SensitivityMonitor):
                 num_distance_bins=self.num_distance_bins,
                 distance=self.distance,
                 critical_length_method=self.critical_length_method,
+                same_class_critical_length=self.critical_length_same_class and classes,
             )
             arrays = summary.arrays()
             scalars = {
@@ -271,6 +283,8 @@ class StiffnessMonitor(SensitivityMonitor):
             }
             if classes:
                 scalars.update({f"{w}_{k}": getattr(summary, f"{w}_{k}") for w in ("same_class", "different_class") for k in KINDS})
+                if self.critical_length_same_class:
+                    scalars["same_class_critical_length"] = summary.same_class_critical_length
             if same:
                 scalars.update(gram_statistics(joint.gram[rows, rows], targets[rows] if classes else None, num_classes=num_classes))
                 if self.critical_length_bootstrap:
@@ -280,6 +294,14 @@ class StiffnessMonitor(SensitivityMonitor):
                         method=self.critical_length_method,
                     )  # fmt: skip
                     scalars.update(critical_length_low=low, critical_length_high=high)
+                    if self.critical_length_same_class and classes:
+                        _, low, high = critical_length_bootstrap(
+                            joint.sign[rows, rows], distance_inputs[rows], targets[rows],
+                            num_bootstrap=self.critical_length_bootstrap, seed=self.seed,
+                            num_bins=self.num_distance_bins, distance=self.distance,
+                            method=self.critical_length_method, same_class_only=True,
+                        )  # fmt: skip
+                        scalars.update(same_class_critical_length_low=low, same_class_critical_length_high=high)
             for name, value in scalars.items():
                 if name not in ("sign", "cosine"):  # stored as sign_mean / cosine_mean
                     arrays.setdefault(name, value)

@@ -12,22 +12,35 @@ from typing_extensions import override
 from lightning_sensitivity._checks import check_int
 from lightning_sensitivity.callbacks.base import Measurement, ProbeSplits, SensitivityMonitor
 from lightning_sensitivity.callbacks.progress import ProgressFactory
-from lightning_sensitivity.functional import ellipse_trajectories, transition_counts
+from lightning_sensitivity.functional import (
+    ellipse_trajectories,
+    near_anchor_ratio,
+    shuffled_anchors,
+    transition_counts,
+)
+from lightning_sensitivity.functional.transition_density import DEFAULT_HALF_WIDTH
 from lightning_sensitivity.keys import TRAIN, VAL
 from lightning_sensitivity.probes import ProbeSet
 
 PREFIX = "sensitivity/transitions"
-SPLITS = (VAL, TRAIN)
+RANDOM = "random"
+SPLITS = (VAL, TRAIN, RANDOM)
+# A count this close to the number of segments (every pair of neighbours differs) no longer resolves anything.
+SATURATION = 0.95
 
 
 class TransitionMonitor(SensitivityMonitor):
     """Count how often the activation pattern and the prediction change along closed trajectories through the data.
 
     Each trajectory is the ellipse through three validation probe points (triples drawn with the monitor's ``seed``,
-    fixed for the run; with ``splits=("val", "train")`` also through training probe points), sampled at ``num_points`` points (:func:`~lightning_sensitivity.functional.
-    ellipse_trajectories`); :func:`~lightning_sensitivity.functional.transition_counts` then counts, in eval mode,
-    the changes between consecutive points. Novak et al. (2018) use the number of transitions as a measure of how
-    finely the network carves up the input space near the data. Models without ReLU-family units have no
+    fixed for the run; with ``"train"`` in ``splits`` also through training probe points), sampled at
+    ``num_points`` points (:func:`~lightning_sensitivity.functional.ellipse_trajectories`);
+    :func:`~lightning_sensitivity.functional.transition_counts` then counts, in eval mode, the changes between
+    consecutive points. With ``"random"`` in ``splits`` the same validation triples are used with each anchor's
+    pixels (features) shuffled within the example by a generator seeded with ``seed``
+    (:func:`~lightning_sensitivity.functional.shuffled_anchors`): the anchors keep their intensity histograms but
+    leave the data manifold, which is Novak et al.'s "away from the data" comparison (Sec. 4.1). Novak et al. (2018)
+    use the number of transitions as a measure of how finely the network carves up the input space near the data. Models without ReLU-family units have no
     activation pattern: the monitor then warns once and logs the prediction changes only.
 
     Logged scalars (at ``trainer.global_step``), means over trajectories:
@@ -35,18 +48,31 @@ class TransitionMonitor(SensitivityMonitor):
     - ``sensitivity/transitions/val/activation_mean``: summed Hamming distances between consecutive patterns
     - ``sensitivity/transitions/val/region_changes_mean``: consecutive pairs in different linear regions
     - ``sensitivity/transitions/val/prediction_mean``: consecutive pairs with different predicted classes
-    - the same three under ``sensitivity/transitions/train/`` when ``"train"`` is in ``splits``
+    - ``sensitivity/transitions/val/near_anchor_ratio``: mean Hamming distance per segment within
+      ``near_anchor_fraction`` of the period around the three anchors, divided by the mean elsewhere
+      (:func:`~lightning_sensitivity.functional.near_anchor_ratio`; < 1: fewer transitions near the data)
+    - the same under ``sensitivity/transitions/train/`` and ``sensitivity/transitions/random/`` for those splits
+
+    When, on average, at least 95 % of a split's segments change linear region, the count is saturated (the
+    ellipses are sampled too coarsely for this network to resolve its regions): the monitor warns once, suggesting
+    more ``num_points``.
 
     TensorBoard (rank 0): histogram ``sensitivity/transitions/val/activation``. Artifact
     ``{log_dir}/sensitivity/transitions/epoch_XXXX.npz`` with per-trajectory ``activation``, ``region_changes``,
-    ``prediction`` and the probe positions of the anchors ``anchor_indices`` ``[K, 3]`` (for the training split the
-    same arrays prefixed ``train_``).
+    ``prediction``, the per-segment Hamming distances ``segments`` ``[K, P]`` (segment ``j`` joins point ``j`` and
+    ``j + 1``; anchors at points 0, P/3, 2P/3) and the probe positions of the anchors ``anchor_indices`` ``[K, 3]``
+    (for the other splits the same arrays prefixed ``train_`` / ``random_``).
 
     Args:
         num_trajectories: number of ellipses ``K``.
-        num_points: points per ellipse (at least 3; a multiple of 3 puts all anchors on the sampled points).
-        splits: which probe sets the ellipses go through: ``("val",)`` (default) or ``("val", "train")`` to compare
-            held-out with training points (Novak et al. find fewer transitions near training data).
+        num_points: points per ellipse (at least 3; a multiple of 3 puts all anchors on the sampled points). The
+            default 960 resolves the linear regions of a trained MNIST MLP with two hidden layers of 256 units
+            (about half the segments change region); 128 points saturate there.
+        splits: which anchors the ellipses go through, out of ``"val"`` (always), ``"train"`` (training probe
+            points: Novak et al. find fewer transitions near training data) and ``"random"`` (shuffled validation
+            anchors, off the data manifold).
+        near_anchor_fraction: half-width, as a fraction of the ellipse's period, of the window around each anchor
+            for ``near_anchor_ratio`` (default 1/24: a quarter of the ellipse is "near").
         **kwargs: the common arguments of :class:`SensitivityMonitor`.
 
     Raises:
@@ -54,35 +80,48 @@ class TransitionMonitor(SensitivityMonitor):
 
     Example::
 
-        trainer = Trainer(callbacks=[TransitionMonitor(num_trajectories=16, num_points=128, every_n_epochs=2)])
+        monitor = TransitionMonitor(num_trajectories=16, every_n_epochs=2, splits=("val", "random"))
+        trainer = Trainer(callbacks=[monitor])
     """
 
     quantity = "transitions"
     state_fields = ("num_samples", "seed", "num_trajectories", "num_points", "splits")
 
     def __init__(
-        self, *, num_trajectories: int = 16, num_points: int = 128, splits: Sequence[str] = (VAL,), **kwargs: Any
+        self,
+        *,
+        num_trajectories: int = 16,
+        num_points: int = 960,
+        splits: Sequence[str] = (VAL,),
+        near_anchor_fraction: float = DEFAULT_HALF_WIDTH,
+        **kwargs: Any,
     ) -> None:
         check_int(num_trajectories, "num_trajectories", minimum=1)
         check_int(num_points, "num_points", minimum=3)
         if isinstance(splits, str) or not isinstance(splits, Sequence) or not splits:
             raise TypeError(f"`splits` expected a non-empty sequence out of {SPLITS}, got {splits!r}")
         if any(s not in SPLITS for s in splits) or len(set(splits)) != len(splits) or VAL not in splits:
-            raise ValueError(f"`splits` expected ('val',) or ('val', 'train'), got {tuple(splits)!r}")
+            raise ValueError(f"`splits` expected distinct names out of {SPLITS} including 'val', got {tuple(splits)!r}")
+        if isinstance(near_anchor_fraction, bool) or not isinstance(near_anchor_fraction, (int, float)):
+            raise TypeError(f"`near_anchor_fraction` expected a float, got {type(near_anchor_fraction).__name__}")
+        if not 0 < near_anchor_fraction < 1 / 6:
+            raise ValueError(f"`near_anchor_fraction` expected a float in (0, 1/6), got {near_anchor_fraction}")
         self.num_trajectories = num_trajectories
         self.num_points = num_points
         self.splits = tuple(s for s in SPLITS if s in splits)
+        self.near_anchor_fraction = float(near_anchor_fraction)
         super().__init__(**kwargs)
 
     @override
     def probe_splits(self) -> ProbeSplits:
-        # Training trajectories are required when asked for: setup then names the missing training source.
-        return frozenset(self.splits), frozenset()
+        # Training trajectories are required when asked for: setup then names the missing training source. The
+        # random anchors are made from the validation probe set.
+        return frozenset(s for s in self.splits if s != RANDOM), frozenset()
 
     @override
     def config(self) -> dict[str, Any]:
         return {**super().config(), "num_trajectories": self.num_trajectories, "num_points": self.num_points,
-                "splits": ",".join(self.splits)}  # fmt: skip
+                "splits": ",".join(self.splits), "near_anchor_fraction": self.near_anchor_fraction}  # fmt: skip
 
     def anchor_indices(self, num_probe: int) -> torch.Tensor:
         """``[K, 3]`` positions in a probe set of each trajectory's three anchors (seeded, distinct per row)."""
@@ -97,7 +136,7 @@ class TransitionMonitor(SensitivityMonitor):
     ) -> Measurement:
         result = Measurement(meta={"num_points": self.num_points, "splits": list(self.splits)})
         for split in self.splits:
-            self._measure_split(model, split, probes[split], progress, result)
+            self._measure_split(model, split, probes[VAL if split == RANDOM else split], progress, result)
         return result
 
     def _counts(
@@ -116,14 +155,22 @@ class TransitionMonitor(SensitivityMonitor):
         out = {"prediction": counts.prediction.cpu()}
         out["num_units"] = torch.full_like(out["prediction"], counts.num_units, dtype=torch.long)
         if counts.num_units:
-            out.update(activation=counts.activation.cpu(), region_changes=counts.region_changes.cpu())
+            out.update(
+                activation=counts.activation.cpu(),
+                region_changes=counts.region_changes.cpu(),
+                segments=counts.segments.cpu(),  # [K, P]: sharded and gathered by trajectory like the rest
+            )
         return out
 
     def _measure_split(
         self, model: nn.Module, split: str, probe: ProbeSet, progress: ProgressFactory, result: Measurement
     ) -> None:
         anchors_idx = self.anchor_indices(len(probe))
-        trajectories = ellipse_trajectories(probe.inputs[anchors_idx.to(probe.inputs.device)], self.num_points)
+        inputs = probe.inputs
+        if split == RANDOM:
+            # Seeded apart from the triples (which are the validation ones), fixed for the run like them.
+            inputs = shuffled_anchors(inputs, seed=self.seed + 1)
+        trajectories = ellipse_trajectories(inputs[anchors_idx.to(inputs.device)], self.num_points)
         # Per-example model inputs (an attention mask) of a trajectory: the union of its three anchors' (elementwise
         # max), so that every position real in one anchor is attended to along the ellipse.
         kwargs = {k: v[anchors_idx.to(v.device)].amax(dim=1) for k, v in probe.model_kwargs.items()}
@@ -147,8 +194,20 @@ class TransitionMonitor(SensitivityMonitor):
                 "JacobianNormMonitor for smooth non-linearities.",
             )
             return
-        activation, region = counts["activation"], counts["region_changes"]
-        result.arrays.update({f"{array}activation": activation, f"{array}region_changes": region})
+        activation, region, segments = counts["activation"], counts["region_changes"], counts["segments"]
+        result.arrays.update({f"{array}activation": activation, f"{array}region_changes": region,
+                              f"{array}segments": segments.to(torch.int32)})  # fmt: skip
         result.scalars[f"{prefix}/activation_mean"] = float(activation.double().mean())
         result.scalars[f"{prefix}/region_changes_mean"] = float(region.double().mean())
+        ratio = near_anchor_ratio(segments, self.near_anchor_fraction)
+        if ratio == ratio:  # NaN: no transitions away from the anchors, nothing to compare with
+            result.scalars[f"{prefix}/near_anchor_ratio"] = ratio
         result.histograms[f"{prefix}/activation"] = activation.double()
+        fraction = float(region.double().mean()) / self.num_points
+        if fraction >= SATURATION:
+            self.warn_once(
+                "saturated",
+                f"{type(self).__name__}: on average {fraction:.0%} of the segments of the {split!r} ellipses change "
+                f"linear region (num_points={self.num_points}): the counts are saturated and measure little; "
+                "increase `num_points`.",
+            )

@@ -23,7 +23,8 @@ from lightning_sensitivity.functional.stiffness import (
 )
 from lightning_sensitivity.functional.stiffness_summary import StiffnessSummary, pair_means, stiffness_summary
 from lightning_sensitivity.functional.summaries import binary_auroc, jacobian_norm_summary
-from lightning_sensitivity.functional.trajectories import ellipse_trajectories
+from lightning_sensitivity.functional.trajectories import ellipse_trajectories, shuffled_anchors
+from lightning_sensitivity.functional.transition_density import near_anchor_mask, near_anchor_ratio
 from lightning_sensitivity.functional.transitions import TransitionCounts, transition_counts
 
 __all__ = [
@@ -31,6 +32,9 @@ __all__ = [
     "jacobian_norm",
     "jacobian_norm_estimate",
     "ellipse_trajectories",
+    "shuffled_anchors",
+    "near_anchor_mask",
+    "near_anchor_ratio",
     "transition_counts",
     "TransitionCounts",
     "loss_gradient_gram",

@@ -43,6 +43,8 @@ class StiffnessSummary:
         critical_length: distance at which the binned sign stiffness reaches zero (by ``critical_length_method``),
             NaN when it does not.
         critical_length_method: ``"first_crossing"`` or ``"linear_fit"``.
+        same_class_critical_length: the critical length of the same-class pairs' sign curve (Fort et al. read the
+            length scale within a class), with ``same_class_critical_length=True`` and a class split; else NaN.
         class_splits_skipped: None when the class splits were computed; otherwise why they are absent (e.g. the
             targets are not integer class indices).
     """
@@ -68,6 +70,7 @@ class StiffnessSummary:
     critical_length: float
     critical_length_method: str
     class_splits_skipped: str | None = field(default=None)
+    same_class_critical_length: float = field(default=math.nan)
 
     def arrays(self) -> dict[str, Any]:
         """The fields under the names of the stiffness artifact (``class_sign``, ``sign_mean``, ``bin_edges``...),
@@ -135,6 +138,7 @@ def stiffness_summary(
     num_distance_bins: int = 20,
     distance: Literal["cosine", "euclidean"] = "cosine",
     critical_length_method: Method = "linear_fit",
+    same_class_critical_length: bool = False,
 ) -> StiffnessSummary:
     """Means, class splits, class matrices and stiffness by distance of one pair group.
 
@@ -152,6 +156,8 @@ def stiffness_summary(
         num_distance_bins, distance: as in :func:`~lightning_sensitivity.functional.stiffness_by_distance`.
         critical_length_method: ``"linear_fit"`` (default) or ``"first_crossing"``, see
             :func:`~lightning_sensitivity.functional.critical_length`; applied to the sign curve with its counts.
+        same_class_critical_length: also compute the critical length of the sign curve of same-class pairs only
+            (:attr:`StiffnessSummary.same_class_critical_length`; its bins span that curve's own distance range).
 
     When the targets are not integer class indices ``[N]`` (one-hot / multi-hot or regression targets), only the
     overall means, the distance curves and the critical length are computed and
@@ -254,7 +260,17 @@ def stiffness_summary(
             out["distance_count"] = count.cpu()
     centers = (out["bin_edges"][1:] + out["bin_edges"][:-1]) / 2
     length = critical_length(centers, out["distance_sign"], out["distance_count"], method=critical_length_method)
+    same_length = math.nan
+    if same_class_critical_length and same is not None and bool((pair & same).any()):
+        # stiffness_by_distance skips non-finite entries: NaN marks the different-class pairs to leave out.
+        within = matrices["sign"].masked_fill(~same, math.nan)
+        s_edges, s_mean, s_count = stiffness_by_distance(
+            within, x_rows, x_cols, num_bins=num_distance_bins, distance=distance
+        )
+        s_centers = (s_edges[1:] + s_edges[:-1]) / 2
+        same_length = critical_length(s_centers, s_mean, s_count, method=critical_length_method)
     return StiffnessSummary(
+        same_class_critical_length=same_length,
         self_pairs=self_pairs,
         num_pairs=int(pair.sum()),
         num_same_class_pairs=0 if same is None else int((pair & same).sum()),

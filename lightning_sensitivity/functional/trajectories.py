@@ -52,3 +52,41 @@ def ellipse_trajectories(anchors: Tensor, num_points: int) -> Tensor:
     cos = t.cos().to(anchors.dtype).reshape(shape)
     sin = t.sin().to(anchors.dtype).reshape(shape)
     return center.unsqueeze(1) + cos * u.unsqueeze(1) + sin * v.unsqueeze(1)
+
+
+def shuffled_anchors(inputs: Tensor, seed: int = 0) -> Tensor:
+    """Off-manifold stand-ins for data points: every example's features permuted at random, on its own.
+
+    Each example keeps its own multiset of values (for images: the intensity histogram, so the same norm and
+    marginal distribution of pixel values) but loses all spatial structure, so it lies far from the data manifold.
+    A private generator seeded with ``seed`` draws one permutation per example; the global RNG is untouched.
+
+    Args:
+        inputs: ``[N, *input_shape]`` floating-point examples.
+        seed: seed of the private generator.
+
+    Returns:
+        ``[N, *input_shape]`` on the device and in the dtype of ``inputs``.
+
+    Raises:
+        TypeError: ``inputs`` is not a floating tensor or ``seed`` is not an int.
+        ValueError: ``inputs`` has fewer than 2 dimensions.
+
+    Example:
+        >>> x = torch.arange(6.0).reshape(2, 3)
+        >>> y = shuffled_anchors(x, seed=1)
+        >>> torch.equal(y.sort(dim=1).values, x)
+        True
+    """
+    if not isinstance(inputs, Tensor):
+        raise TypeError(f"`inputs` expected a torch.Tensor [N, *input_shape], got {type(inputs).__name__}")
+    if inputs.dim() < 2:
+        raise ValueError(f"`inputs` expected shape [N, *input_shape], got {tuple(inputs.shape)}")
+    if not inputs.is_floating_point():
+        raise TypeError(f"`inputs` expected a floating-point tensor, got dtype {inputs.dtype}")
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise TypeError(f"`seed` expected an int, got {type(seed).__name__} {seed!r}")
+    flat = inputs.reshape(inputs.shape[0], -1)
+    gen = torch.Generator().manual_seed(seed % 2**63)
+    order = torch.stack([torch.randperm(flat.shape[1], generator=gen) for _ in range(flat.shape[0])])
+    return flat.gather(1, order.to(flat.device)).reshape(inputs.shape)

@@ -83,6 +83,8 @@ class TransitionCounts:
         prediction: ``[K]`` number of consecutive pairs (last to first included) whose arg-max class differs.
         num_units: number of ReLU-family units in the activation pattern (0 when none was recognised).
         num_points: points per trajectory.
+        segment_prediction: ``[K, P]`` bool, whether the prediction changes along segment ``j`` (from point ``j``
+            to point ``j + 1``, the last segment closing the loop from point ``P - 1`` to point 0).
     """
 
     _activation: Tensor = field(repr=False)
@@ -90,6 +92,8 @@ class TransitionCounts:
     prediction: Tensor
     num_units: int
     num_points: int
+    _segments: Tensor = field(repr=False, default=None)  # type: ignore[assignment]
+    segment_prediction: Tensor = field(repr=False, default=None)  # type: ignore[assignment]
 
     def _require_units(self, name: str) -> None:
         if self.num_units == 0:
@@ -110,6 +114,15 @@ class TransitionCounts:
         """``[K]`` number of consecutive pairs whose activation pattern differs at all (linear-region changes)."""
         self._require_units("region_changes")
         return self._region_changes
+
+    @property
+    def segments(self) -> Tensor:
+        """``[K, P]`` Hamming distance of the activation patterns at the two ends of each segment.
+
+        Segment ``j`` joins point ``j`` and point ``(j + 1) % P``, so ``segments.sum(1) == activation``.
+        """
+        self._require_units("segments")
+        return self._segments
 
 
 def transition_counts(
@@ -136,7 +149,7 @@ def transition_counts(
             trajectory's ``P`` points and passed as ``model(points, **{k: v_of_each_point})``.
 
     Returns:
-        :class:`TransitionCounts` with long tensors ``[K]``.
+        :class:`TransitionCounts` with long tensors ``[K]`` and the per-segment ``[K, P]`` counts they sum.
 
     Raises:
         ValueError: ``trajectories`` has fewer than 3 dimensions or fewer than 2 points, ``chunk_size < 1``, or the
@@ -145,8 +158,10 @@ def transition_counts(
     Example:
         >>> model = torch.nn.Sequential(torch.nn.Linear(2, 8), torch.nn.ReLU(), torch.nn.Linear(8, 3))
         >>> counts = transition_counts(model, torch.randn(4, 50, 2))
-        >>> counts.activation.shape, counts.prediction.shape
-        (torch.Size([4]), torch.Size([4]))
+        >>> counts.activation.shape, counts.prediction.shape, counts.segments.shape
+        (torch.Size([4]), torch.Size([4]), torch.Size([4, 50]))
+        >>> bool((counts.segments.sum(1) == counts.activation).all())
+        True
     """
     check_chunk_size(chunk_size)
     check_progress(progress)
@@ -166,9 +181,10 @@ def transition_counts(
     num_units = 0
     # Counters are made inside the context: under inference_mode they would be inference tensors.
     with measurement_context(model, grad=False):
-        activation, region, prediction, first_pred = (
-            torch.zeros(num_traj, dtype=torch.long, device=device) for _ in range(4)
-        )
+        # Flat [K * P]: entry k * P + j is segment j of trajectory k (point j to point j + 1, closing at j = P - 1).
+        segments = torch.zeros(total, dtype=torch.long, device=device)
+        seg_pred = torch.zeros(total, dtype=torch.bool, device=device)
+        first_pred = torch.zeros(num_traj, dtype=torch.long, device=device)
         for piece in chunks(total, chunk_size):
             recorder = _ActivationRecorder()
             with recorder:
@@ -188,7 +204,8 @@ def transition_counts(
             first_pred[traj_id[is_first]] = pred[is_first]
             # Changes of every point against its predecessor, as one vector per chunk: neighbouring rows are
             # compared in place (no gathered copies of the [points, units] patterns), and the first row against
-            # the last row of the previous chunk. Rows starting a trajectory are dropped below.
+            # the last row of the previous chunk. The change into point i is segment i - 1; rows starting a
+            # trajectory have no predecessor on it and are dropped.
             if prev_pattern is None:
                 head = torch.zeros(1, dtype=torch.long, device=device)
                 head_pred = torch.zeros(1, dtype=torch.bool, device=device)
@@ -198,28 +215,23 @@ def transition_counts(
             hamming = torch.cat([head, _count_true(pattern[1:] != pattern[:-1])])
             changed = torch.cat([head_pred, pred[1:] != pred[:-1]])
             keep = ~is_first
-            _accumulate(activation, region, prediction, traj_id[keep], hamming[keep], changed[keep])
+            segments[flat[keep] - 1] = hamming[keep]
+            seg_pred[flat[keep] - 1] = changed[keep]
             is_last = pos == num_points - 1  # closes the loop: last point against the first
             closing = traj_id[is_last]
-            _accumulate(
-                activation, region, prediction, closing,
-                _count_true(pattern[is_last] != first_pattern[closing]),
-                pred[is_last] != first_pred[closing],
-            )  # fmt: skip
+            segments[flat[is_last]] = _count_true(pattern[is_last] != first_pattern[closing])
+            seg_pred[flat[is_last]] = pred[is_last] != first_pred[closing]
             prev_pattern, prev_pred = pattern[-1:], pred[-1:]
             report(progress, piece.stop, total)
-    return TransitionCounts(activation, region, prediction, num_units, num_points)
+        segments = segments.reshape(num_traj, num_points)
+        seg_pred = seg_pred.reshape(num_traj, num_points)
+        activation = segments.sum(dim=1)
+        region = (segments > 0).sum(dim=1)
+        prediction = seg_pred.sum(dim=1)
+    return TransitionCounts(activation, region, prediction, num_units, num_points, segments, seg_pred)
 
 
 def _count_true(mask: Tensor) -> Tensor:
     """Row sums of a bool matrix. Summing bools (or count_nonzero) first copies them to int64; a uint8 view reduced
     with an int32 accumulator reads the bytes once (2-3x faster on [points, units] patterns)."""
     return mask.view(torch.uint8).sum(dim=1, dtype=torch.int32).long()
-
-
-def _accumulate(
-    activation: Tensor, region: Tensor, prediction: Tensor, traj_id: Tensor, hamming: Tensor, changed: Tensor
-) -> None:
-    activation.index_add_(0, traj_id, hamming)
-    region.index_add_(0, traj_id, (hamming > 0).long())
-    prediction.index_add_(0, traj_id, changed.long())

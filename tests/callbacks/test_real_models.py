@@ -21,7 +21,7 @@ from oracles import embedding_jacobian_norm_loop, jacobian_norm_loop, stiffness_
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-import lightning_sensitivity.callbacks.base as base
+import lightning_sensitivity.callbacks._loop as _loop
 from lightning_sensitivity import JacobianNormMonitor, StiffnessMonitor, TransitionMonitor
 from lightning_sensitivity.functional import jacobian_norm
 from lightning_sensitivity.models import LitClassifier, TextClassifier, TextDataModule
@@ -155,7 +155,7 @@ def test_text_probe_set_with_its_mask_survives_a_checkpoint_resume(tmp_path, mon
     def no_draw(*args, **kwargs):
         raise AssertionError("the probe set was drawn again instead of being restored")
 
-    monkeypatch.setattr(base, "draw_probe_set", no_draw)
+    monkeypatch.setattr(_loop, "draw_probe_set", no_draw)
     dm2, lit2 = text_setup(tmp_path, seed=1)
     second = JacobianNormMonitor(**text_options())
     messages = fit(

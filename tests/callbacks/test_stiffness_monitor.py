@@ -130,3 +130,74 @@ def test_frozen_parameters_are_left_out():
     result = monitor.compute(net, {"val": probe_set_from_tensors(x, y, 12, seed=0)}, progress_factory("t", False), 0)
     ref = stiffness_loop(net, x, y)  # the oracle differentiates trainable parameters only
     assert result.scalars[f"{P}/val_val/cosine"] == pytest.approx(ref["cosine_mean"], abs=1e-5)
+
+
+def _same_class_length_loop(sign, x, y, x2, y2, bins, method):
+    """Oracle: binned mean over same-class pairs (cosine distance, bins on [0, 2]) and its zero."""
+    import math
+
+    same = x2 is None
+    cols, ycols = (x, y) if same else (x2, y2)
+    sums, counts = [0.0] * bins, [0] * bins
+    for i in range(len(x)):
+        for j in range(len(cols)):
+            if (same and i == j) or int(y[i]) != int(ycols[j]):
+                continue
+            a, b = x[i].double().flatten(), cols[j].double().flatten()
+            d = min(max(1.0 - float(a @ b) / float(a.norm() * b.norm()), 0.0), 2.0)
+            k = min(int(d / (2.0 / bins)), bins - 1)
+            sums[k] += float(sign[i, j])
+            counts[k] += 1
+    centers = np.array([(k + 0.5) * 2.0 / bins for k in range(bins)])
+    means = np.array([s / c if c else np.nan for s, c in zip(sums, counts, strict=True)])
+    keep = np.isfinite(means)
+    if method == "linear_fit":
+        slope, intercept = np.polyfit(centers[keep], means[keep], 1, w=np.sqrt(np.array(counts, dtype=float)[keep]))
+        return -intercept / slope if slope < 0 else math.nan
+    last = None
+    for c, v in zip(centers[keep], means[keep], strict=True):
+        if v <= 0:
+            return c if last is None else last[0] + (c - last[0]) * last[1] / (last[1] - v)
+        last = (c, v)
+    return math.nan
+
+
+@pytest.mark.parametrize("method", ["linear_fit", "first_crossing"])
+def test_same_class_critical_length_matches_gradient_loops(method):
+    torch.manual_seed(2)
+    net = torch.nn.Sequential(torch.nn.Linear(6, 16), torch.nn.ReLU(), torch.nn.Linear(16, 3)).double()
+    g = torch.Generator().manual_seed(0)
+    # large inputs: the first layer's term (sign of x_i . x_j) makes some same-class pairs anti-stiff, so the
+    # same-class curve crosses zero
+    x = 10 * torch.randn(24, 6, generator=g, dtype=torch.float64)
+    xt = 10 * torch.randn(24, 6, generator=g, dtype=torch.float64)
+    y = torch.arange(24) % 3
+    monitor = StiffnessMonitor(groups=("train_val", "val_val"), num_distance_bins=6, critical_length_method=method,
+                               critical_length_same_class=True, critical_length_bootstrap=8)  # fmt: skip
+    probes = {"val": probe_set_from_tensors(x, y, 24, seed=0), "train": probe_set_from_tensors(xt, y, 24, seed=0)}
+    result = monitor.compute(net, probes, progress_factory("t", False), 0)
+    pv, pt = probes["val"], probes["train"]
+    ref = stiffness_loop(net, pv.inputs, pv.targets)
+    expected = _same_class_length_loop(ref["sign"], pv.inputs, pv.targets, None, None, 6, method)
+    got = result.scalars.get(f"{P}/val_val/same_class_critical_length", math.nan)
+    assert not math.isnan(expected) and got == pytest.approx(expected, rel=1e-6)
+    cross = stiffness_loop(net, pt.inputs, pt.targets, pv.inputs, pv.targets)
+    expected = _same_class_length_loop(cross["sign"], pt.inputs, pt.targets, pv.inputs, pv.targets, 6, method)
+    got = result.scalars.get(f"{P}/train_val/same_class_critical_length", math.nan)
+    assert (math.isnan(expected) and math.isnan(got)) or got == pytest.approx(expected, rel=1e-6)
+    assert result.arrays["val_val/same_class_critical_length"] == pytest.approx(
+        result.scalars[f"{P}/val_val/same_class_critical_length"]
+    )
+    # the bootstrap interval of the same-set group, for all pairs and for same-class pairs
+    assert {"critical_length_low", "same_class_critical_length_low", "same_class_critical_length_high"} <= {
+        k.split("/")[-1] for k in result.arrays if k.startswith("val_val/")
+    }
+    off = StiffnessMonitor(groups=("val_val",), num_distance_bins=6)
+    off = off.compute(net, probes, progress_factory("t", False), 0)
+    assert not [k for k in off.scalars if "same_class_critical_length" in k]
+    assert monitor.config()["critical_length_same_class"] is True
+
+
+def test_bad_critical_length_same_class():
+    with pytest.raises(TypeError, match="`critical_length_same_class`"):
+        StiffnessMonitor(critical_length_same_class="yes")

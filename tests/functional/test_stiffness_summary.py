@@ -210,3 +210,35 @@ def test_stiffness_summary_bad_input():
         stiffness_summary(sign, cosine, yr, critical_length_method="zero", **kw)
     with pytest.raises(ValueError, match="`num_distance_bins`"):
         stiffness_summary(sign, cosine, yr, num_distance_bins=0, **kw)
+
+
+@pytest.mark.parametrize("method", ["linear_fit", "first_crossing"])
+@pytest.mark.parametrize("two", [False, True])
+def test_same_class_critical_length_matches_loop(method, two):
+    sign, cosine, xr, xc, yr, yc = _problem(14, 11 if two else None, classes=2, seed=4)
+    # same-class pairs of a noisy sign matrix whose stiffness falls with distance
+    out = stiffness_summary(
+        sign, cosine, yr, yc, inputs_rows=xr, inputs_cols=xc if two else None,
+        critical_length_method=method, num_distance_bins=6, same_class_critical_length=True,
+    )  # fmt: skip
+    ly_r, ly_c = _labels(yr, yc)
+    pairs = _pairs(14, 11 if two else 14, not two)
+    same_pairs = [(i, j) for i, j in pairs if ly_r[i] == ly_c[j]]
+    means, counts = _curve_loop(sign, same_pairs, xr, xc if two else xr, 6)
+    centers = [(k + 0.5) * 2.0 / 6 for k in range(6)]
+    if method == "linear_fit":
+        expected = _polyfit_zero(centers, means, counts)
+    else:
+        expected, last = math.nan, None
+        for c, v in zip(centers, means, strict=True):
+            if v != v:
+                continue
+            if v <= 0:
+                expected = c if last is None else last[0] + (c - last[0]) * last[1] / (last[1] - v)
+                break
+            last = (c, v)
+    assert not math.isnan(expected)
+    assert out.same_class_critical_length == pytest.approx(expected, rel=1e-9)
+    assert out.same_class_critical_length != pytest.approx(out.critical_length)  # a different curve
+    assert math.isnan(stiffness_summary(sign, cosine, yr, yc, inputs_rows=xr, inputs_cols=xc if two else None,
+                                        num_distance_bins=6).same_class_critical_length)  # off by default

@@ -14,6 +14,8 @@ def _check_against_oracle(model, traj, chunk_size=None):
     assert got.activation.tolist() == expected["activation"]
     assert got.region_changes.tolist() == expected["region_changes"]
     assert got.prediction.tolist() == expected["prediction"]
+    assert got.segments.tolist() == expected["segments"]
+    assert got.segment_prediction.tolist() == expected["segment_prediction"]
     return got
 
 
@@ -26,6 +28,8 @@ def test_matches_naive_loop(chunk_size):
     got = _check_against_oracle(model, traj, chunk_size)
     assert got.num_units == 24 and got.num_points == 15
     assert got.activation.sum() > 0  # the test would be vacuous otherwise
+    assert got.segments.shape == (4, 15) and got.segment_prediction.shape == (4, 15)
+    assert 0 < int((got.segments > 0).sum()) < got.segments.numel()  # some segments change, some do not
 
 
 def test_cnn_with_batchnorm_and_dropout_matches_naive_loop():
@@ -106,6 +110,8 @@ def test_model_without_relu_raises_for_activation_but_counts_predictions():
         counts.activation
     with pytest.raises(ValueError, match="ReLU-family"):
         counts.region_changes
+    with pytest.raises(ValueError, match="ReLU-family"):
+        counts.segments
     assert counts.prediction.tolist() == transitions_loop(model, traj)["prediction"]
 
 

@@ -165,7 +165,7 @@ def all_monitors(num_samples: int = 24, **common: Any) -> list[pl.Callback]:
     common = {"num_samples": num_samples, **common}
     return [
         JacobianNormMonitor(**common),
-        TransitionMonitor(num_trajectories=3, num_points=12, **common),
+        TransitionMonitor(num_trajectories=3, num_points=96, **common),
         StiffnessMonitor(num_distance_bins=6, **common),
     ]
 

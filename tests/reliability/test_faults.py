@@ -38,7 +38,7 @@ def monitors(**common: Any) -> list[pl.Callback]:
     common = {"num_samples": 12, **common}
     return [
         JacobianNormMonitor(**common),
-        TransitionMonitor(num_trajectories=3, num_points=9, **common),
+        TransitionMonitor(num_trajectories=3, num_points=96, **common),
         StiffnessMonitor(groups=("val_val",), num_distance_bins=5, **common),
     ]
 

@@ -82,7 +82,7 @@ def test_mixed_precision_training_is_measured_in_float32(tmp_path, precision):
     monitors = [
         JacobianNormMonitor(num_samples=12),
         StiffnessMonitor(num_samples=12, groups=("val_val",)),
-        TransitionMonitor(num_samples=12, num_trajectories=3, num_points=12),
+        TransitionMonitor(num_samples=12, num_trajectories=3, num_points=96),
     ]
     spy = WeightsSpy()
     pl.seed_everything(0, verbose=False)

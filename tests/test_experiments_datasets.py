@@ -1,0 +1,57 @@
+"""The experiment scripts run unchanged on Fashion-MNIST and CIFAR-10 given their files.
+
+Tiny synthetic files in torchvision's layout (``tests/models/_synthetic.py``), ``run_all.py --quick --dataset NAME``
+end to end. The dataset names are spelled the same in ``examples/quickstart.py --dataset`` and
+``experiments/* --dataset``.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from models._synthetic import write_cifar10, write_mnist
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _module(path: Path):
+    spec = importlib.util.spec_from_file_location(path.stem + "_under_test", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    sys.path.insert(0, str(path.parent))
+    try:
+        spec.loader.exec_module(module)
+    finally:
+        sys.path.remove(str(path.parent))
+    return module
+
+
+def test_one_spelling_of_dataset_names():
+    common = _module(REPO / "experiments" / "_common.py")
+    quickstart = _module(REPO / "examples" / "quickstart.py")
+    assert set(common.DATASETS) <= set(quickstart.DATASETS)  # the examples also have the offline "digits"
+    assert set(quickstart.DATASETS) - set(common.DATASETS) == {"digits"}
+    assert "fashion_mnist" in common.DATASETS
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("dataset", ["fashion_mnist", "cifar10"])
+def test_experiments_run_on_other_datasets(tmp_path: Path, dataset: str) -> None:
+    data = tmp_path / "data"
+    if dataset == "fashion_mnist":
+        write_mnist(data, "FashionMNIST", n_train=450, n_test=250)
+    else:
+        write_cifar10(data, per_batch=90, n_test=250)
+    cmd = [sys.executable, str(REPO / "experiments" / "run_all.py"), "--quick", "--dataset", dataset, "--data-dir",
+           str(data), "--out-root", str(tmp_path / "output"), "--findings", str(tmp_path / "findings.md")]  # fmt: skip
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900, cwd=REPO)
+    assert proc.returncode == 0, f"run_all failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
+    for name in ("jacobian_vs_generalization", "per_point_prediction", "transitions", "stiffness"):
+        results = json.loads((tmp_path / "output" / name / "results.json").read_text())
+        assert results["dataset"] == dataset and results["quick"] is True
+    assert "## 4." in (tmp_path / "findings.md").read_text()
