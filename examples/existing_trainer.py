@@ -1,7 +1,7 @@
 """You already have a LightningModule and a Trainer: add one callback, change nothing else.
 
-    python examples/existing_trainer.py
-    tensorboard --logdir lightning_logs
+python examples/existing_trainer.py
+tensorboard --logdir lightning_logs
 """
 
 import lightning.pytorch as pl

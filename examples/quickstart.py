@@ -64,9 +64,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def build_datamodule(args: argparse.Namespace) -> SensitivityDataModule:
-    options = dict(
-        train_subset=args.train_subset, random_label_fraction=args.random_label_fraction, seed=args.seed
-    )
+    options = dict(train_subset=args.train_subset, random_label_fraction=args.random_label_fraction, seed=args.seed)
     if args.dataset == "digits":
         return DigitsDataModule(batch_size=64, **options)
     return DATASETS[args.dataset](args.data_dir, download=args.download, batch_size=128, **options)
@@ -88,9 +86,7 @@ def build_monitors(args: argparse.Namespace, dm: SensitivityDataModule) -> list[
     groups = getattr(dm, "class_groups", None)
     return [
         JacobianNormMonitor(num_samples=num_samples, seed=args.seed),
-        TransitionMonitor(
-            num_trajectories=4 if args.fast else 16, num_points=32 if args.fast else 128, seed=args.seed
-        ),
+        TransitionMonitor(num_trajectories=4 if args.fast else 16, num_points=32 if args.fast else 128, seed=args.seed),
         # stiffness is the costliest measurement (per-example gradients, several heatmaps): epochs 0, 1, 2, 4, 8, ...
         StiffnessMonitor(
             num_samples=num_samples,
@@ -124,8 +120,10 @@ def main(argv: list[str] | None = None) -> pl.Trainer:
     metrics = dict(trainer.callback_metrics)  # `test` replaces them
     (result,) = trainer.test(module, datamodule=dm, verbose=False)
 
-    print(f"\nval/acc {metrics['val/acc']:.3f}   test/acc {result['test/acc']:.3f}   "
-          f"generalization_gap/loss {metrics['generalization_gap/loss']:.3f}")
+    print(
+        f"\nval/acc {metrics['val/acc']:.3f}   test/acc {result['test/acc']:.3f}   "
+        f"generalization_gap/loss {metrics['generalization_gap/loss']:.3f}"
+    )
     root = Path(args.log_dir) / "lightning_logs"
     print(f"TensorBoard logs of this run: {logger.log_dir}")
     print(f"Watch them with:\n    tensorboard --logdir {shlex.quote(str(root))}")

@@ -194,8 +194,8 @@ CONDITIONAL: dict[str, str] = {
     },
     f"{_S}/{{same_group}}/label_alignment": "needs integer class targets and at least two classes",
     f"{_S}/{{group}}/layer/{{layer}}/{{kind}}": "only with `per_layer=True`",
-    **{f"{_T}/{TRANSITION_RANDOM}/{stat}_mean": "only with \"random\" in `splits`" for stat in TRANSITION_STATS},
-    f"{_T}/{TRANSITION_RANDOM}/near_anchor_ratio": "only with \"random\" in `splits`",
+    **{f"{_T}/{TRANSITION_RANDOM}/{stat}_mean": 'only with "random" in `splits`' for stat in TRANSITION_STATS},
+    f"{_T}/{TRANSITION_RANDOM}/near_anchor_ratio": 'only with "random" in `splits`',
     f"{_S}/{{group}}/same_class_critical_length": "only with `critical_length_same_class=True` and a zero crossing",
 }
 

@@ -2,9 +2,10 @@
 
 A probe set is read by indexing the dataset, never by iterating the user's ``DataLoader``: iterating would advance
 its sampler's random stream and change the training run. A streaming ``IterableDataset`` has no index: its probe set
-is the first examples of a fresh iterator over the dataset itself (for a shuffling stream, whichever come first). Random transforms inside ``dataset[i]`` draw from the
-global torch/numpy/python generators; those are seeded from ``seed`` for the read (so the probe set is reproducible
-and identical on every rank) and restored afterwards (so the training run's streams are not advanced).
+is the first examples of a fresh iterator over the dataset itself (for a shuffling stream, whichever come first). Random
+transforms inside ``dataset[i]`` draw from the global torch/numpy/python generators; those are seeded from ``seed`` for
+the read (so the probe set is reproducible and identical on every rank) and restored afterwards (so the training run's
+streams are not advanced).
 
 This module does not import Lightning.
 """
@@ -88,7 +89,12 @@ class ProbeSet:
 
     def state(self) -> dict[str, Any]:
         """A plain dict for a checkpoint (see :meth:`from_state`)."""
-        return {"inputs": self.inputs, "targets": self.targets, "indices": self.indices, "model_kwargs": self.model_kwargs}
+        return {
+            "inputs": self.inputs,
+            "targets": self.targets,
+            "indices": self.indices,
+            "model_kwargs": self.model_kwargs,
+        }
 
     @classmethod
     def from_state(cls, state: dict[str, Any]) -> ProbeSet:
@@ -99,7 +105,12 @@ class ProbeSet:
 
 def is_class_targets(targets: Tensor) -> bool:
     """Integer (not bool) class indices of shape ``[N]``."""
-    return targets.dim() == 1 and not targets.is_floating_point() and not targets.is_complex() and targets.dtype != torch.bool
+    return (
+        targets.dim() == 1
+        and not targets.is_floating_point()
+        and not targets.is_complex()
+        and targets.dtype != torch.bool
+    )
 
 
 def _as_label_tensor(labels: Any, name: str = "labels") -> Tensor:
@@ -215,7 +226,9 @@ Batch = tuple[Tensor, Tensor, dict[str, Tensor]]
 
 
 def _check_kwargs(kwargs: Any, num: int, name: str) -> dict[str, Tensor]:
-    if not isinstance(kwargs, Mapping) or not all(isinstance(k, str) and isinstance(v, Tensor) for k, v in kwargs.items()):
+    if not isinstance(kwargs, Mapping) or not all(
+        isinstance(k, str) and isinstance(v, Tensor) for k, v in kwargs.items()
+    ):
         raise TypeError(f"`{name}` expected a dict of str -> per-example tensors, got {type(kwargs).__name__}")
     for key, value in kwargs.items():
         if value.dim() == 0 or value.shape[0] != num:
@@ -279,8 +292,7 @@ def check_probe_data(data: Any, name: str) -> None:
     """Validate explicit probe data: ``(inputs, targets)`` or ``(inputs, targets, model_kwargs)``."""
     if not isinstance(data, (tuple, list)) or len(data) not in (2, 3):
         raise TypeError(
-            f"`{name}` expected (inputs, targets) or (inputs, targets, model_kwargs) or None, got "
-            f"{type(data).__name__}"
+            f"`{name}` expected (inputs, targets) or (inputs, targets, model_kwargs) or None, got {type(data).__name__}"
         )
     try:
         _parts(tuple(data), f"`{name}`")
@@ -371,7 +383,12 @@ def draw_probe_set(
             raise ValueError("`dataset` expected at least one example, got an empty stream")
         x, y, kwargs = split_batch(collate(items), batch_transform)
         positions = _choose(y, num_samples, seed)
-        return ProbeSet(x[positions].detach().cpu(), y[positions].cpu(), positions, {k: v[positions].cpu() for k, v in kwargs.items()})
+        return ProbeSet(
+            x[positions].detach().cpu(),
+            y[positions].cpu(),
+            positions,
+            {k: v[positions].cpu() for k, v in kwargs.items()},
+        )
     if not (hasattr(dataset, "__getitem__") and hasattr(dataset, "__len__")):
         raise TypeError(
             f"`dataset` expected a map-style dataset (with __len__ and __getitem__) or an IterableDataset, got "

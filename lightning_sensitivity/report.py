@@ -150,7 +150,7 @@ def _jacobian_figures(arts: Sequence[Artifact], save: Callable[[Figure, str], st
     fig, (ax, side) = _new_figure(2)
     drawn = False
     for split, style in ((VAL, "-"), (TRAIN, "--")):
-        for stat, color in zip(STATS, ("C0", "C1", "C2")):
+        for stat, color in zip(STATS, ("C0", "C1", "C2"), strict=False):
             epochs, values = _series(arts, lambda a, s=split, t=stat: _statistic(a, s, t))
             if epochs.size:
                 ax.plot(epochs, values, style, color=color, marker="o", markersize=3, label=f"{split} {stat}")
@@ -181,9 +181,14 @@ def _jacobian_figures(arts: Sequence[Artifact], save: Callable[[Figure, str], st
             count = len(names)
         means = np.array([np.nanmean(norms[labels == c]) if (labels == c).any() else np.nan for c in range(count)])
         fig, _ = plot_per_class(
-            means, _class_names(arts, count), title=f"val Jacobian norm per class, epoch {last.epoch}", ylabel="mean norm"
+            means,
+            _class_names(arts, count),
+            title=f"val Jacobian norm per class, epoch {last.epoch}",
+            ylabel="mean norm",
         )
-        entries.append((save(fig, "jacobian_norm_per_class"), f"Mean val Jacobian norm per class at epoch {last.epoch}"))
+        entries.append(
+            (save(fig, "jacobian_norm_per_class"), f"Mean val Jacobian norm per class at epoch {last.epoch}")
+        )
 
     correct = last.arrays.get(split_array(VAL, "correct"))
     if norms is not None and correct is not None and correct.size == norms.size:
@@ -202,13 +207,27 @@ def _jacobian_figures(arts: Sequence[Artifact], save: Callable[[Figure, str], st
         for mask, label, color in ((correct, "correct", "C0"), (~correct, "misclassified", "C3")):
             group = norms[mask & finite]
             if group.size:
-                ax.hist(group, bins=bins, weights=np.full(group.size, 1 / group.size), histtype="stepfilled", alpha=0.4,
-                        color=color, label=f"{label} (n={group.size})")
-                ax.hist(group, bins=bins, weights=np.full(group.size, 1 / group.size), histtype="step",
-                        linewidth=2 if label == "misclassified" else 1.2, color=color)
+                ax.hist(
+                    group,
+                    bins=bins,
+                    weights=np.full(group.size, 1 / group.size),
+                    histtype="stepfilled",
+                    alpha=0.4,
+                    color=color,
+                    label=f"{label} (n={group.size})",
+                )
+                ax.hist(
+                    group,
+                    bins=bins,
+                    weights=np.full(group.size, 1 / group.size),
+                    histtype="step",
+                    linewidth=2 if label == "misclassified" else 1.2,
+                    color=color,
+                )
         auc = _auroc(norms[finite], ~correct[finite])
         ax.set(xlabel="Jacobian norm", ylabel="fraction of the group's points",
-               title=f"val points, epoch {last.epoch}" + (f", AUROC {auc:.3f}" if math.isfinite(auc) else ""))  # fmt: skip
+               title=f"val points, epoch {last.epoch}"
+               + (f", AUROC {auc:.3f}" if math.isfinite(auc) else ""))  # fmt: skip
         _legend(ax, fontsize=8)
         entries.append(
             (save(fig, "jacobian_norm_correct_vs_misclassified"),
@@ -223,7 +242,7 @@ def _transition_figures(arts: Sequence[Artifact], save: Callable[[Figure, str], 
     if not present:
         return []
     fig, axes = _new_figure(len(present), 4.5, 3.8)
-    for ax, stat in zip(axes, present):
+    for ax, stat in zip(axes, present, strict=False):
         val_key, train_key = named[stat]
         for key, style, label in ((val_key, "-", "val points"), (train_key, "--", "train points")):
             rows = [(a.epoch, _values(a, key)) for a in arts if key in a.arrays]
@@ -251,7 +270,7 @@ def _stiffness_figures(arts: Sequence[Artifact], save: Callable[[Figure, str], s
         slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", str(group))
         fig, axes = _new_figure(2, 5.5, 3.8)
         drawn = False
-        for ax, kind in zip(axes, KINDS):
+        for ax, kind in zip(axes, KINDS, strict=False):
             for key, label in ((f"same_class_{kind}", "same class"), (f"different_class_{kind}", "different class"),
                                (f"{kind}_mean", "all pairs")):  # fmt: skip
                 name = stiffness_array(group, key)
@@ -292,9 +311,11 @@ def _distance_figure(
         return None
     fig, axes = _new_figure(len(kinds) + 1, 5.0, 3.8)
     epochs = [a.epoch for a in arts]
-    norm_epoch = (lambda e: 0.5) if min(epochs) == max(epochs) else (lambda e: (e - min(epochs)) / (max(epochs) - min(epochs)))
+    norm_epoch = (
+        (lambda e: 0.5) if min(epochs) == max(epochs) else (lambda e: (e - min(epochs)) / (max(epochs) - min(epochs)))
+    )
     colormap = colormaps["viridis"]
-    for ax, kind in zip(axes, kinds):
+    for ax, kind in zip(axes, kinds, strict=False):
         for artifact in arts:
             edges = _values(artifact, stiffness_array(group, "bin_edges"))
             mean = _values(artifact, stiffness_array(group, f"distance_{kind}"))
@@ -318,7 +339,9 @@ def _distance_figure(
         axes[-1].set(xlabel="epoch", ylabel="critical length", title=f"{group}: critical length")
     else:
         axes[-1].set_visible(False)
-    caption = f"{group}: stiffness vs input distance per epoch (dashed: critical length) and critical length over epochs"
+    caption = (
+        f"{group}: stiffness vs input distance per epoch (dashed: critical length) and critical length over epochs"
+    )
     return save(fig, f"stiffness_{slug}_by_distance"), caption
 
 
@@ -380,7 +403,9 @@ def _render_run(run: Path, label: str, out_dir: Path, prefix: str) -> list[str]:
         rows = _summary_rows(arts)
         if rows:
             cells = "".join(f"<tr><td>{html.escape(k)}</td><td>{v}</td></tr>" for k, v in rows)
-            parts.append(f"<details><summary>Values at epoch {arts[-1].epoch}</summary><table>{cells}</table></details>")
+            parts.append(
+                f"<details><summary>Values at epoch {arts[-1].epoch}</summary><table>{cells}</table></details>"
+            )
     parts.append("</section>")
     return parts
 

@@ -6,8 +6,8 @@ ellipses through the data) and ``StiffnessMonitor`` (gradient stiffness) share :
 
 from lightning_sensitivity.callbacks._probes import model_kwargs, probe_shard
 from lightning_sensitivity.callbacks.base import Measurement, ProbeSplits, SensitivityMonitor, SensitivityWarning
-from lightning_sensitivity.callbacks.progress import ProgressFactory
 from lightning_sensitivity.callbacks.jacobian import JacobianNormMonitor
+from lightning_sensitivity.callbacks.progress import ProgressFactory
 from lightning_sensitivity.callbacks.stiffness import StiffnessMonitor
 from lightning_sensitivity.callbacks.transitions import TransitionMonitor
 

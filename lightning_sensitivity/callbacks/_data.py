@@ -112,9 +112,7 @@ def _loaders(value: Any) -> Iterator[Any]:
         yield value
 
 
-def find_dataset(
-    trainer: pl.Trainer, pl_module: pl.LightningModule, split: str, index: int = 0
-) -> Found | None:
+def find_dataset(trainer: pl.Trainer, pl_module: pl.LightningModule, split: str, index: int = 0) -> Found | None:
     """The dataset of the ``index``-th ``split`` loader found (the first one for the training data), or None when
     there is no source at all.
 

@@ -17,7 +17,12 @@ __all__ = ["joint_stiffness"]
 
 
 def joint_stiffness(
-    monitor: Any, model: nn.Module, inputs: Tensor, targets: Tensor, kwargs: dict[str, Tensor], progress: ProgressFactory
+    monitor: Any,
+    model: nn.Module,
+    inputs: Tensor,
+    targets: Tensor,
+    kwargs: dict[str, Tensor],
+    progress: ProgressFactory,
 ) -> Any:
     """Stiffness of the joint probe set; under DDP each rank computes its share of the Gram's rows."""
     if getattr(monitor, "_lockstep", None) is None:  # one process: the whole Gram at once
@@ -52,6 +57,7 @@ def joint_stiffness(
 
         out = monitor.sharded(rows, n)
     return stiffness_from_gram(out["gram"], out["sq"], out["sq"], self_pairs=True)
+
 
 def _layerwise(model: nn.Module, inputs: Tensor, targets: Tensor, loss_fn: Any) -> bool:
     """Whether the layerwise engine covers ``model``: decided on the same two examples on every rank."""

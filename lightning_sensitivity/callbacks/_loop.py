@@ -50,7 +50,9 @@ class MeasureLoop:
         self._measure(trainer, pl_module, epoch, fitting=True, epoch_end=epoch_end)
         self._measured.add(epoch)
 
-    def _ensure_probes(self, trainer: pl.Trainer, pl_module: pl.LightningModule, epoch: int, held_out: str) -> dict[str, ProbeSet]:
+    def _ensure_probes(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, epoch: int, held_out: str
+    ) -> dict[str, ProbeSet]:
         """``{"val": held-out probe set, "train": ...}`` as far as they can be drawn; ``held_out`` is the split the
         held-out set comes from (``"test"`` under ``trainer.test``)."""
         required, optional = self.probe_splits()
@@ -95,7 +97,11 @@ class MeasureLoop:
                 f"loader {found.index} (set `val_dataloader_idx=` to choose another).",
             )
         return draw_probe_set(
-            found.dataset, self.num_samples, seed=self.seed, batch_transform=self.batch_transform, collate_fn=found.collate_fn
+            found.dataset,
+            self.num_samples,
+            seed=self.seed,
+            batch_transform=self.batch_transform,
+            collate_fn=found.collate_fn,
         )
 
     def _inputs_for(self, pl_module: pl.LightningModule, probes: dict[str, ProbeSet]) -> dict[str, ProbeSet]:

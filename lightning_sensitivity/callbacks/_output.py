@@ -118,6 +118,8 @@ def artifact_root(trainer: pl.Trainer) -> ArtifactRoot:
     return ArtifactRoot(str(Path(trainer.default_root_dir)), True)
 
 
-def write_artifact(root: str, quantity: str, epoch: int, step: int, arrays: Mapping[str, Any], meta: Mapping[str, Any]) -> None:
+def write_artifact(
+    root: str, quantity: str, epoch: int, step: int, arrays: Mapping[str, Any], meta: Mapping[str, Any]
+) -> None:
     """Save one NPZ under ``{root}/sensitivity/{quantity}/``."""
     save_artifact(root, quantity, epoch, step, arrays, meta)

@@ -78,8 +78,8 @@ class SensitivityMonitor(MeasureLoop, Callback):
     Probe sets are drawn lazily at the first measurement from the datasets behind the trainer's loaders (explicit
     ``val_data``/``train_data``; a datamodule's ``train_eval_dataset`` -- un-augmented training examples -- when it
     has one; the loaders of the datamodule, of the module's ``*_dataloader`` hooks, or passed to ``fit``). Map-style
-    datasets are indexed (class-balanced, seeded); streaming ``IterableDataset``\\ s contribute the first examples of a
-    fresh iterator over the dataset (for a shuffling stream, its first examples). The user's loaders are never
+    datasets are indexed (class-balanced, seeded); streaming ``IterableDataset`` objects contribute the first examples
+    of a fresh iterator over the dataset (for a shuffling stream, its first examples). The user's loaders are never
     iterated. Each ``fit`` starts a new run unless a checkpoint is resumed, which restores probe sets and schedule
     through :meth:`load_state_dict`.
 
@@ -179,7 +179,9 @@ class SensitivityMonitor(MeasureLoop, Callback):
         """``(required, optional)`` probe splits (``"val"``, ``"train"``) the quantity uses."""
         return frozenset({VAL}), frozenset()
 
-    def compute(self, model: nn.Module, probes: dict[str, ProbeSet], progress: ProgressFactory, epoch: int) -> Measurement:
+    def compute(
+        self, model: nn.Module, probes: dict[str, ProbeSet], progress: ProgressFactory, epoch: int
+    ) -> Measurement:
         """Measure ``model`` on ``probes`` (already on the model's device) and name the results.
 
         ``model`` maps ``probes[s].inputs`` (embedded, when ``embed_fn`` is given and the quantity
@@ -214,7 +216,9 @@ class SensitivityMonitor(MeasureLoop, Callback):
         """Extra advice for the error raised in ``setup`` when splits in ``missing`` have no data source."""
         return ""
 
-    def attempt(self, what: str, fn: Callable[[], Any], epoch: int, hint: str = MEASURE_HINT, key: str | None = None) -> Any:
+    def attempt(
+        self, what: str, fn: Callable[[], Any], epoch: int, hint: str = MEASURE_HINT, key: str | None = None
+    ) -> Any:
         """Run one part of a measurement; on failure warn once per ``key`` (default ``what``) and return None."""
         try:
             return fn()

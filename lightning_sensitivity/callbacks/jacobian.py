@@ -27,7 +27,7 @@ class JacobianNormMonitor(SensitivityMonitor):
     and, when training data is reachable, a training probe set. See :class:`SensitivityMonitor` for when and where
     results are written.
 
-    Logged scalars (at ``trainer.global_step``):
+    Logged scalars (at the step of Lightning's epoch-end metrics):
 
     - ``sensitivity/jacobian_norm/val/mean``, ``.../val/median``, ``.../val/p90``
     - ``sensitivity/jacobian_norm/train/mean``, ``.../train/median``, ``.../train/p90`` (training probe set)
@@ -113,7 +113,9 @@ class JacobianNormMonitor(SensitivityMonitor):
         return summary
 
     @override
-    def compute(self, model: nn.Module, probes: dict[str, ProbeSet], progress: ProgressFactory, epoch: int) -> Measurement:
+    def compute(
+        self, model: nn.Module, probes: dict[str, ProbeSet], progress: ProgressFactory, epoch: int
+    ) -> Measurement:
         result = Measurement(meta={"output": self.output, "class_names": self.class_names})
         val = probes[VAL]
         val_norms, val_logits = self._norms(model, val, progress, VAL)

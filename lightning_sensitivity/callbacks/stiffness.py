@@ -54,7 +54,7 @@ class StiffnessMonitor(SensitivityMonitor):
     binned sign stiffness first reaches zero). Per-example gradients of all needed probe examples are computed once
     per measurement and shared by the groups.
 
-    Logged scalars (at ``trainer.global_step``), for each group ``g``:
+    Logged scalars (at the step of Lightning's epoch-end metrics), for each group ``g``:
 
     - ``sensitivity/stiffness/{g}/sign``, ``sensitivity/stiffness/{g}/cosine``
     - ``sensitivity/stiffness/{g}/same_class_sign``, ``.../same_class_cosine``, ``.../different_class_sign``,
@@ -127,7 +127,9 @@ class StiffnessMonitor(SensitivityMonitor):
         self.per_layer = check_bool(per_layer, "per_layer")
         if layer_groups is not None:
             if not isinstance(layer_groups, Mapping):
-                raise TypeError(f"`layer_groups` expected a mapping {{name: [module prefix, ...]}}, got {describe(layer_groups)}")
+                raise TypeError(
+                    f"`layer_groups` expected a mapping {{name: [module prefix, ...]}}, got {describe(layer_groups)}"
+                )
             if not per_layer:
                 raise ValueError("`layer_groups` expected `per_layer=True` to be given too, got per_layer=False")
         self.layer_groups = None if layer_groups is None else {k: list(v) for k, v in layer_groups.items()}
@@ -146,7 +148,11 @@ class StiffnessMonitor(SensitivityMonitor):
         self.class_names = check_names(class_names, "class_names")
         self.class_groups = check_class_groups(class_groups)
         self.group_names = check_names(group_names, "group_names")
-        if self.class_names is not None and self.class_groups is not None and len(self.class_names) != len(self.class_groups):
+        if (
+            self.class_names is not None
+            and self.class_groups is not None
+            and len(self.class_names) != len(self.class_groups)
+        ):
             raise ValueError(
                 f"`class_groups` expected one entry per class ({len(self.class_names)} class names), "
                 f"got {len(self.class_groups)}"
@@ -207,7 +213,9 @@ class StiffnessMonitor(SensitivityMonitor):
         }
 
     @override
-    def compute(self, model: nn.Module, probes: dict[str, ProbeSet], progress: ProgressFactory, epoch: int) -> Measurement:
+    def compute(
+        self, model: nn.Module, probes: dict[str, ProbeSet], progress: ProgressFactory, epoch: int
+    ) -> Measurement:
         groups = [g for g in self.groups if set(g.split("_")) <= probes.keys()]
         skipped = [g for g in self.groups if g not in groups]
         if skipped:
@@ -282,11 +290,15 @@ class StiffnessMonitor(SensitivityMonitor):
                 "critical_length": summary.critical_length,
             }
             if classes:
-                scalars.update({f"{w}_{k}": getattr(summary, f"{w}_{k}") for w in ("same_class", "different_class") for k in KINDS})
+                scalars.update(
+                    {f"{w}_{k}": getattr(summary, f"{w}_{k}") for w in ("same_class", "different_class") for k in KINDS}
+                )
                 if self.critical_length_same_class:
                     scalars["same_class_critical_length"] = summary.same_class_critical_length
             if same:
-                scalars.update(gram_statistics(joint.gram[rows, rows], targets[rows] if classes else None, num_classes=num_classes))
+                scalars.update(
+                    gram_statistics(joint.gram[rows, rows], targets[rows] if classes else None, num_classes=num_classes)
+                )
                 if self.critical_length_bootstrap:
                     _, low, high = critical_length_bootstrap(
                         joint.sign[rows, rows], distance_inputs[rows], num_bootstrap=self.critical_length_bootstrap,

@@ -40,10 +40,11 @@ class TransitionMonitor(SensitivityMonitor):
     pixels (features) shuffled within the example by a generator seeded with ``seed``
     (:func:`~lightning_sensitivity.functional.shuffled_anchors`): the anchors keep their intensity histograms but
     leave the data manifold, which is Novak et al.'s "away from the data" comparison (Sec. 4.1). Novak et al. (2018)
-    use the number of transitions as a measure of how finely the network carves up the input space near the data. Models without ReLU-family units have no
-    activation pattern: the monitor then warns once and logs the prediction changes only.
+    use the number of transitions as a measure of how finely the network carves up the input space near the data. Models
+    without ReLU-family units have no activation pattern: the monitor then warns once and logs the prediction changes
+    only.
 
-    Logged scalars (at ``trainer.global_step``), means over trajectories:
+    Logged scalars (at the step of Lightning's epoch-end metrics), means over trajectories:
 
     - ``sensitivity/transitions/val/activation_mean``: summed Hamming distances between consecutive patterns
     - ``sensitivity/transitions/val/region_changes_mean``: consecutive pairs in different linear regions

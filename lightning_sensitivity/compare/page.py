@@ -79,7 +79,7 @@ def _scatter(rows: Sequence[Row], x_key: str, y_key: str, stats: dict, path: Pat
 
     fig, (ax,) = _new_figure(1, 6.0, 5.0)
     labels = _short_labels([r["run"] for r in rows])
-    points = [(label, _as_float(r.get(x_key)), _as_float(r.get(y_key))) for label, r in zip(labels, rows)]
+    points = [(label, _as_float(r.get(x_key)), _as_float(r.get(y_key))) for label, r in zip(labels, rows, strict=False)]
     points = [(label, a, b) for label, a, b in points if math.isfinite(a) and math.isfinite(b)]
     if points:
         ax.scatter([a for _, a, _ in points], [b for _, _, b in points], s=36, color="C0", edgecolor="k", zorder=3)

@@ -198,9 +198,13 @@ def prepare_inputs(inputs: Tensor, name: str = "inputs", min_dim: int = 2, allow
         raise ValueError(f"`{name}` expected at least one example, got shape {tuple(inputs.shape)}")
     integer = not inputs.is_floating_point() and not inputs.is_complex() and inputs.dtype != torch.bool
     if not inputs.is_floating_point() and not (allow_integer and integer):
-        hint = "" if allow_integer or not integer else (
-            "; integer inputs (e.g. token ids) have no derivative and no path between them -- embed them first and "
-            "pass the embeddings (the callbacks take an `embed_fn`)"
+        hint = (
+            ""
+            if allow_integer or not integer
+            else (
+                "; integer inputs (e.g. token ids) have no derivative and no path between them -- embed them first and "
+                "pass the embeddings (the callbacks take an `embed_fn`)"
+            )
         )
         kind = "a floating-point or integer tensor" if allow_integer else "a floating-point tensor"
         raise TypeError(f"`{name}` expected {kind}, got dtype {inputs.dtype}{hint}")

@@ -35,7 +35,7 @@ def _check_method(method: object) -> None:
 
 
 def _first_crossing(centers: list[float], values: list[float]) -> float:
-    for k, (c, v) in enumerate(zip(centers, values)):
+    for k, (c, v) in enumerate(zip(centers, values, strict=False)):
         if v <= 0:
             if k == 0:
                 return float(c)

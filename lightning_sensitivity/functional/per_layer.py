@@ -85,8 +85,10 @@ def per_layer_gram(
 
         def explicit(s: int, piece: slice) -> dict[str, Tensor]:
             x, y, kw = sets[s]
-            flat = per_example_gradients(module, trainable, frozen, buffers, x[piece], y[piece], loss_fn, take(kw, piece))
-            return dict(zip([n for n, _ in sizes], flat.split([k for _, k in sizes], dim=1)))
+            flat = per_example_gradients(
+                module, trainable, frozen, buffers, x[piece], y[piece], loss_fn, take(kw, piece)
+            )
+            return dict(zip([n for n, _ in sizes], flat.split([k for _, k in sizes], dim=1), strict=False))
 
         def explicit_cross(rows: dict[str, Tensor], cols: dict[str, Tensor]) -> dict[str, Tensor]:
             return {name: g @ cols[name].T for name, g in rows.items()}
@@ -94,7 +96,9 @@ def per_layer_gram(
         return _assemble(explicit, explicit_cross, groups, layers, sets, chunk_size)
 
 
-def _assemble(features, cross_by_name, groups: dict[str, str], layers: list[str], sets, chunk_size) -> dict[str, Tensor]:
+def _assemble(
+    features, cross_by_name, groups: dict[str, str], layers: list[str], sets, chunk_size
+) -> dict[str, Tensor]:
     """Per-layer ``[N, M]`` blocks, chunk pair by chunk pair (the upper pairs only when the columns are the rows)."""
     (x1, _, _), (x2, _, _) = sets
     same = x2 is None
@@ -125,7 +129,9 @@ def _groups(model: nn.Module, layer_groups: Mapping[str, Sequence[str]] | None) 
         assigned = {name: name.rpartition(".")[0] or name for name in names}
         return assigned, list(dict.fromkeys(assigned.values()))
     if not isinstance(layer_groups, Mapping):
-        raise TypeError(f"`layer_groups` expected a mapping {{name: [module prefix, ...]}}, got {type(layer_groups).__name__}")
+        raise TypeError(
+            f"`layer_groups` expected a mapping {{name: [module prefix, ...]}}, got {type(layer_groups).__name__}"
+        )
     prefixes: dict[str, str] = {}
     for group, members in layer_groups.items():
         if not isinstance(group, str) or isinstance(members, str) or not isinstance(members, Sequence):
@@ -155,4 +161,3 @@ def _groups(model: nn.Module, layer_groups: Mapping[str, Sequence[str]] | None) 
 
 def _covers(prefix: str, name: str) -> bool:
     return prefix == "" or name == prefix or name.startswith(prefix + ".")
-

@@ -312,9 +312,7 @@ def stiffness_by_distance(
     check_int(num_bins, "num_bins", minimum=1)
     dist = pairwise_distance(inputs, inputs2, distance)
     if dist.shape != matrix.shape:
-        raise ValueError(
-            f"`matrix` expected shape {tuple(dist.shape)} to match the inputs, got {tuple(matrix.shape)}"
-        )
+        raise ValueError(f"`matrix` expected shape {tuple(dist.shape)} to match the inputs, got {tuple(matrix.shape)}")
     values = matrix.detach().to(torch.float64).to(dist.device)
     mask = _pair_mask(values, inputs2 is None) & values.isfinite()
     upper = 2.0 if distance == "cosine" else float(dist[mask].max()) if mask.any() else 1.0
@@ -344,10 +342,12 @@ def critical_length(bin_centers: Tensor, mean: Tensor) -> float:
     centers = torch.as_tensor(bin_centers, dtype=torch.float64).flatten()
     values = torch.as_tensor(mean, dtype=torch.float64).flatten()
     if centers.shape != values.shape:
-        raise ValueError(f"`bin_centers` and `mean` expected the same length, got {centers.numel()} and {values.numel()}")
+        raise ValueError(
+            f"`bin_centers` and `mean` expected the same length, got {centers.numel()} and {values.numel()}"
+        )
     keep = values.isfinite() & centers.isfinite()
     centers, values = centers[keep].tolist(), values[keep].tolist()
-    for k, (c, v) in enumerate(zip(centers, values)):
+    for k, (c, v) in enumerate(zip(centers, values, strict=False)):
         if v <= 0:
             if k == 0:
                 return float(c)

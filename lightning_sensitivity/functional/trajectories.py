@@ -33,7 +33,9 @@ def ellipse_trajectories(anchors: Tensor, num_points: int) -> Tensor:
         torch.Size([4, 30, 1, 8, 8])
     """
     if not isinstance(anchors, Tensor):
-        raise TypeError(f"`anchors` expected a torch.Tensor of shape [K, 3, *input_shape], got {type(anchors).__name__}")
+        raise TypeError(
+            f"`anchors` expected a torch.Tensor of shape [K, 3, *input_shape], got {type(anchors).__name__}"
+        )
     if anchors.dim() < 3 or anchors.shape[1] != 3:
         raise ValueError(f"`anchors` expected shape [K, 3, *input_shape], got {tuple(anchors.shape)}")
     if not anchors.is_floating_point():

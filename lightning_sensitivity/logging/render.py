@@ -366,10 +366,10 @@ def render_stiffness_by_distance(
         _y_axis(img, cticks, to_cy, x1, True, "pairs per bin", (115, 115, 115))
     draw.line([(x0, to_y(0.0)), (x1, to_y(0.0))], fill=(77, 77, 77))
     centres = (edges[:-1] + edges[1:]) / 2
-    points = [(to_x(c), to_y(m)) for c, m, ok in zip(centres, means, finite) if ok]
+    points = [(to_x(c), to_y(m)) for c, m, ok in zip(centres, means, finite, strict=False) if ok]
     # Empty bins break the curve, as NaN does in matplotlib.
     segment: list[tuple[float, float]] = []
-    for ok, c, m in zip(finite, centres, means):
+    for ok, c, m in zip(finite, centres, means, strict=False):
         if ok:
             segment.append((to_x(c), to_y(m)))
         else:

@@ -159,7 +159,9 @@ def sensitivity_layout(groups: Sequence[str] = DEFAULT_GROUPS) -> dict[str, dict
             "Jacobian norm: train / val ratio": _multiline(f"{jac}/train_val_ratio"),
             "Generalization gap: val loss - train loss": _multiline("generalization_gap/loss"),
             "Generalization gap: train acc - val acc": _multiline("generalization_gap/acc"),
-            "Jacobian norm: val mean, median, p90": _multiline(f"{jac}/val/mean", f"{jac}/val/median", f"{jac}/val/p90"),
+            "Jacobian norm: val mean, median, p90": _multiline(
+                f"{jac}/val/mean", f"{jac}/val/median", f"{jac}/val/p90"
+            ),
             "Jacobian norm as misclassification predictor (val AUROC)": _multiline(
                 f"{jac}/val/misclassification_auroc"
             ),

@@ -235,9 +235,9 @@ def test_every_monitor_computes_the_single_process_values_from_shards(world_size
                 a = torch.as_tensor(value, dtype=torch.float64)
                 torch.testing.assert_close(torch.as_tensor(got.arrays[key], dtype=torch.float64), a, rtol=1e-6,
                                            atol=1e-6, equal_nan=True, msg=key)  # fmt: skip
-    # jacobian: 2 splits x (agreement + 2 gathers); transitions: 2 splits x (1 + 4); stiffness: by Gram rows
+    # jacobian: 2 splits x (agreement + 2 gathers); transitions: 2 splits x (1 + 5 count tensors); stiffness: by Gram rows
     # (1 + 2) with `chunk_size`, else factors (1 + one gather per factor tensor) and rows (1 + 2)
     joint_x = torch.cat([data["train"].inputs, data["val"].inputs])
     joint_y = torch.cat([data["train"].targets, data["val"].targets])
     factor_tensors = len(gram_factors(model, joint_x, joint_y, reference_rows=17))
-    assert calls == [6 + 10 + (3 if chunk_size else 1 + factor_tensors + 3)] * world_size
+    assert calls == [6 + 12 + (3 if chunk_size else 1 + factor_tensors + 3)] * world_size

@@ -102,7 +102,8 @@ def prepare_gram_call(
     if (inputs2 is None) != (targets2 is None):
         raise ValueError(
             "`inputs2` and `targets2` expected to be given together, got "
-            f"inputs2={'None' if inputs2 is None else 'a tensor'} and targets2={'None' if targets2 is None else 'a tensor'}"
+            f"inputs2={'None' if inputs2 is None else 'a tensor'} and "
+            f"targets2={'None' if targets2 is None else 'a tensor'}"
         )
     if inputs2 is None and model_kwargs2 is not None:
         raise ValueError("`model_kwargs2` expected None when `inputs2` is None (one set), got a mapping")

@@ -73,7 +73,7 @@ def multi_head_attention(
                            for i, x in enumerate((q_in, k_in, v_in)))  # fmt: skip
         q, k, v = (
             linear(x, a[f"{name}_proj_weight"], None) + (0 if b is None else b)
-            for x, name, b in zip((q_in, k_in, v_in), "qkv", biases)
+            for x, name, b in zip((q_in, k_in, v_in), "qkv", biases, strict=False)
         )
     attn_mask, padding = a["attn_mask"], a["key_padding_mask"]
     if a["bias_k"] is not None and a["bias_v"] is not None:

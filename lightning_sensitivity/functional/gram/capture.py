@@ -99,7 +99,7 @@ def layer_features(
                 uses[name] = uses.get(name, 0) + 1
     flat: dict[str, Tensor] = {}
     kron: list[tuple[str, Tensor, Tensor]] = []
-    for call, delta in zip(calls, deltas):
+    for call, delta in zip(calls, deltas, strict=False):
         if call.inputs.shape[0] != n or call.leaf.shape[0] != n:
             # Per-example factors need the example index first; a sequence-first layout would mix them up.
             raise LayerwiseUnsupported(f"a layer sees a batch of shape {tuple(call.inputs.shape)}, not [{n}, ...]")
@@ -139,6 +139,7 @@ def _pieces(call: Call, delta: Tensor, n: int, reference_rows: int, shared: bool
             a, groups = call.inputs, o["groups"]
             q, positions = d.shape[1], d.shape[2]
             p = a.shape[1] // groups * o["kernel"][0] * o["kernel"][1]
+
             def unfold() -> Tensor:  # [n, p, T]
                 return F.unfold(a, o["kernel"], dilation=o["dilation"], padding=o["padding"], stride=o["stride"])
 
@@ -169,7 +170,9 @@ def _pieces(call: Call, delta: Tensor, n: int, reference_rows: int, shared: bool
         vocabulary, (positions, q) = call.options["rows"], d.shape[1:]
         # Token pairs with equal ids (the identity with one-hot inputs) against gradients scattered into [n, V * q].
         # The pairs are enumerated (see ``_equal_id_block``): their number, sum_v count_v^2, sets the cost.
-        pairs = float(torch.bincount(ids.flatten(), minlength=vocabulary).double().pow(2).sum()) * (reference_rows / n) ** 2
+        pairs = (
+            float(torch.bincount(ids.flatten(), minlength=vocabulary).double().pow(2).sum()) * (reference_rows / n) ** 2
+        )
         identity_cost = min(pairs, (reference_rows * positions) ** 2) * (q + 1)
         explicit_cost = n * positions * q + reference_rows**2 * vocabulary * q
         if not shared and identity_cost <= explicit_cost:
@@ -184,6 +187,7 @@ def _pieces(call: Call, delta: Tensor, n: int, reference_rows: int, shared: bool
     else:
         lead = call.options["lead"]
         dims = tuple(range(1, delta.dim() + lead)) if lead < 0 else tuple(range(2, delta.dim()))
+
         # ``sum(dim=())`` would reduce every dimension, so no positions means no sum.
         def over_positions(t: Tensor) -> Tensor:
             return (t.sum(dim=dims) if dims else t).reshape(n, -1)
@@ -241,7 +245,7 @@ def cross_by_name(rows: Features, cols: Features) -> dict[str, Tensor]:
     if list(rows.flat) != list(cols.flat) or [k[0] for k in rows.kron] != [k[0] for k in cols.kron]:
         raise LayerwiseUnsupported("the model took a different path for two chunks of examples")
     blocks = {name: g1 @ cols.flat[name].T for name, g1 in rows.flat.items()}
-    for (name, a1, d1), (_, a2, d2) in zip(rows.kron, cols.kron):
+    for (name, a1, d1), (_, a2, d2) in zip(rows.kron, cols.kron, strict=False):
         if a1.shape[1] == 1 and a1.is_floating_point():
             block = (a1[:, 0] @ a2[:, 0].T) * (d1[:, 0] @ d2[:, 0].T)
         elif not a1.is_floating_point():
@@ -249,7 +253,9 @@ def cross_by_name(rows: Features, cols: Features) -> dict[str, Tensor]:
         else:
             n1, t1 = a1.shape[:2]
             n2, t2 = a2.shape[:2]
-            prod = (a1.reshape(n1 * t1, -1) @ a2.reshape(n2 * t2, -1).T) * (d1.reshape(n1 * t1, -1) @ d2.reshape(n2 * t2, -1).T)
+            prod = (a1.reshape(n1 * t1, -1) @ a2.reshape(n2 * t2, -1).T) * (
+                d1.reshape(n1 * t1, -1) @ d2.reshape(n2 * t2, -1).T
+            )
             block = prod.reshape(n1, t1, n2, t2).sum(dim=(1, 3))
         blocks[name] = blocks[name] + block if name in blocks else block
     return blocks
@@ -262,7 +268,9 @@ def cross(rows: Features, cols: Features) -> Tensor:
 
 def select(features: Features, index: Tensor) -> Features:
     """The features of some examples of a chunk."""
-    return Features({k: g[index] for k, g in features.flat.items()}, [(k, a[index], d[index]) for k, a, d in features.kron])
+    return Features(
+        {k: g[index] for k, g in features.flat.items()}, [(k, a[index], d[index]) for k, a, d in features.kron]
+    )
 
 
 def squared_norms(features: Features) -> Tensor:

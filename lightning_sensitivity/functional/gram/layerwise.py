@@ -57,7 +57,9 @@ def layerwise_gram(
     )
 
 
-def checked_features(model, trainable, frozen, buffers, sets, loss_fn, chunk_size) -> Callable[[int, slice], lg.Features]:
+def checked_features(
+    model, trainable, frozen, buffers, sets, loss_fn, chunk_size
+) -> Callable[[int, slice], lg.Features]:
     """``features(s, piece)``: the layerwise factors of examples ``piece`` of set ``s`` (0 = rows, 1 = columns) of
     ``sets = ((x1, y1, kwargs1), (x2, y2, kwargs2))``, the first chunk's checked against explicit gradients (once per
     model structure)."""
@@ -106,13 +108,22 @@ def _check_against_explicit(model, trainable, frozen, buffers, x, y, kwargs, los
         logits = check_logits(f({**frozen, **leaves}, buffers, x[i : i + 1], **take(kwargs, slice(i, i + 1))))
         loss = loss_fn(logits, y[i : i + 1]).sum()
         grads = torch.autograd.grad(loss, list(leaves.values()), allow_unused=True)
-        rows.append(torch.cat([(torch.zeros_like(p) if g is None else g).flatten() for g, p in zip(grads, leaves.values())]))
+        rows.append(
+            torch.cat(
+                [
+                    (torch.zeros_like(p) if g is None else g).flatten()
+                    for g, p in zip(grads, leaves.values(), strict=True)
+                ]
+            )
+        )
     explicit = torch.stack(rows)
     expected = explicit @ explicit.T
     picked = lg.select(feats, index)
     got = lg.cross(picked, picked)
     scale = expected.diagonal().sqrt()
-    tolerance = torch.finfo(expected.dtype).eps ** 0.5 * (scale[:, None] * scale[None, :] + torch.finfo(expected.dtype).tiny)
+    tolerance = torch.finfo(expected.dtype).eps ** 0.5 * (
+        scale[:, None] * scale[None, :] + torch.finfo(expected.dtype).tiny
+    )
     if not bool(((got - expected).abs() <= tolerance).all()):
         raise lg.LayerwiseUnsupported(
             "the layerwise Gram disagrees with explicit per-example gradients on a check pair (does the model mix "

@@ -146,10 +146,14 @@ class Capture(TorchFunctionMode):
         out = func(*args, **kwargs)
         lead = out.dim() - p.dim() if isinstance(out, Tensor) else -1
         if lead < 0 or (lead == 0 and p.shape[0] != 1):
-            raise LayerwiseUnsupported(f"trainable parameter {used[0]!r} is not broadcast over the batch by {_fn_name(func)}")
+            raise LayerwiseUnsupported(
+                f"trainable parameter {used[0]!r} is not broadcast over the batch by {_fn_name(func)}"
+            )
         kind = "mul" if func in _MUL else "add"
         if kind == "mul" and not (isinstance(other, Tensor) and other.dim() == out.dim()):
-            raise LayerwiseUnsupported(f"trainable parameter {used[0]!r} is scaled by a tensor without a batch dimension")
+            raise LayerwiseUnsupported(
+                f"trainable parameter {used[0]!r} is scaled by a tensor without a batch dimension"
+            )
         # Dimensions of the output over which the parameter is broadcast (besides the batch): its gradient sums there.
         padded = (1,) * lead + tuple(p.shape)
         dims = tuple(k for k in range(1, out.dim()) if padded[k] == 1 and out.shape[k] != 1)

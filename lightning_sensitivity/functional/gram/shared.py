@@ -104,6 +104,8 @@ def _features(factors: dict[str, Tensor]) -> lg.Features:
 def gram_rows(factors: dict[str, Tensor], index: Tensor | slice) -> tuple[Tensor, Tensor]:
     """``(G[index, :], |g_index|^2)`` from the :func:`gram_factors` of all ``N`` examples: ``[s, N]`` and ``[s]``."""
     feats = _features(factors)
-    rows = lg.Features({k: g[index] for k, g in feats.flat.items()}, [(k, a[index], d[index]) for k, a, d in feats.kron])
+    rows = lg.Features(
+        {k: g[index] for k, g in feats.flat.items()}, [(k, a[index], d[index]) for k, a, d in feats.kron]
+    )
     with torch.no_grad():
         return lg.cross(rows, feats), lg.squared_norms(rows)
