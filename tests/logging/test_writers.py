@@ -137,6 +137,12 @@ def test_tensorboard_writer(tmp_path):
     acc.Reload()
     (event,) = acc.Images(TAG)
     assert event.step == 2 and (event.width, event.height) == (20, 12)
+    # the stored PNG decodes to the array written, pixel for pixel
+    import io
+
+    from PIL import Image
+
+    assert np.array_equal(np.asarray(Image.open(io.BytesIO(event.encoded_image_string)).convert("RGB")), picture(4))
     (hist,) = acc.Histograms(HIST)
     assert hist.histogram_value.num == 2 and hist.histogram_value.max == 3.0
     assert acc.Tags()["histograms"] == [HIST]
