@@ -212,6 +212,21 @@ class SensitivityMonitor(MeasureLoop, Callback):
     def check_classes(self, num_classes: int) -> None:
         """Refuse arguments that do not fit ``num_classes`` (called in ``setup`` when the data states it)."""
 
+    def display_names(self, num_classes: int | None) -> list[str] | None:
+        """The monitor's ``class_names`` when they fit ``num_classes`` (else None, warned once: figures then use
+        class indices)."""
+        names = getattr(self, "class_names", None)
+        if names is None or num_classes is None:
+            return None
+        if len(names) != num_classes:
+            self.warn_once(
+                "class names",
+                f"{type(self).__name__}: `class_names` has {len(names)} names but the data has {num_classes} "
+                "classes; the figures use class indices.",
+            )
+            return None
+        return list(names)
+
     def missing_hint(self, missing: list[str]) -> str:
         """Extra advice for the error raised in ``setup`` when splits in ``missing`` have no data source."""
         return ""

@@ -145,7 +145,7 @@ class JacobianNormMonitor(SensitivityMonitor):
         per_class = summary["per_class"]
         for c in val.targets.unique().tolist():
             result.scalars[keys.metric(keys.JACOBIAN, VAL, f"class_{c}")] = float(per_class[c])
-        names = self._class_names(per_class.shape[0])
+        names = self.display_names(per_class.shape[0])
         result.figures.append(
             (keys.metric(keys.JACOBIAN, VAL, "per_class"), lambda: self._bar_chart(per_class, names, epoch))
         )
@@ -153,18 +153,6 @@ class JacobianNormMonitor(SensitivityMonitor):
 
     def _num_classes(self, logits: Tensor) -> int:
         return max(logits.shape[1], len(self.class_names or ()))
-
-    def _class_names(self, num_classes: int) -> list[str] | None:
-        if self.class_names is None:
-            return None
-        if len(self.class_names) != num_classes:
-            self.warn_once(
-                "class names",
-                f"{type(self).__name__}: `class_names` has {len(self.class_names)} names but the model has "
-                f"{num_classes} classes; the figures use class indices.",
-            )
-            return None
-        return self.class_names
 
     def _bar_chart(self, per_class: Tensor, names: list[str] | None, epoch: int) -> Any:
         from lightning_sensitivity.logging.render import render_per_class

@@ -255,7 +255,7 @@ class StiffnessMonitor(SensitivityMonitor):
                 f"{type(self).__name__}: the targets are not integer class indices [N] (got {targets.dtype} of shape "
                 f"{tuple(targets.shape)}), so same-/different-class stiffness and class matrices are not logged.",
             )
-        names = self._class_names(num_classes)
+        names = self.display_names(num_classes)
         result = Measurement(
             meta={
                 "class_names": names,
@@ -361,18 +361,6 @@ class StiffnessMonitor(SensitivityMonitor):
             return render_class_matrix(matrix, row_names, col_names=epochs, title=title)
 
         result.figures.append((keys.metric(keys.STIFFNESS, group, "per_layer_cosine"), draw))
-
-    def _class_names(self, num_classes: int | None) -> list[str] | None:
-        if self.class_names is None or num_classes is None:
-            return None
-        if len(self.class_names) != num_classes:
-            self.warn_once(
-                "class names",
-                f"{type(self).__name__}: `class_names` has {len(self.class_names)} names but the data has "
-                f"{num_classes} classes; the figures use class indices.",
-            )
-            return None
-        return self.class_names
 
     def _figures(
         self, result: Measurement, group: str, arrays: dict[str, Any], names: list[str] | None, epoch: int

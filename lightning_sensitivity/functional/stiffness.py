@@ -8,7 +8,6 @@ loss of another.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Literal
 
@@ -324,33 +323,3 @@ def stiffness_by_distance(
     total = torch.zeros(num_bins, dtype=torch.float64, device=dist.device).index_add_(0, index, values[mask])
     mean = torch.where(count > 0, total / count.clamp_min(1), torch.full_like(total, float("nan")))
     return edges, mean, count
-
-
-def critical_length(bin_centers: Tensor, mean: Tensor) -> float:
-    """The smallest distance at which binned stiffness first crosses zero (Fort et al.'s critical length).
-
-    Empty (NaN) bins are skipped. Between the last positive bin and the first non-positive one the crossing is
-    interpolated linearly; when the first non-empty bin is already non-positive its centre is returned.
-
-    Returns:
-        The distance, or NaN when the stiffness never reaches zero.
-
-    Example:
-        >>> critical_length(torch.tensor([0.5, 1.5, 2.5]), torch.tensor([0.6, 0.2, -0.2]))
-        2.0
-    """
-    centers = torch.as_tensor(bin_centers, dtype=torch.float64).flatten()
-    values = torch.as_tensor(mean, dtype=torch.float64).flatten()
-    if centers.shape != values.shape:
-        raise ValueError(
-            f"`bin_centers` and `mean` expected the same length, got {centers.numel()} and {values.numel()}"
-        )
-    keep = values.isfinite() & centers.isfinite()
-    centers, values = centers[keep].tolist(), values[keep].tolist()
-    for k, (c, v) in enumerate(zip(centers, values, strict=False)):
-        if v <= 0:
-            if k == 0:
-                return float(c)
-            c0, v0 = centers[k - 1], values[k - 1]
-            return float(c0 + (c - c0) * v0 / (v0 - v))
-    return math.nan

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -114,3 +115,16 @@ class ImageTensorDataset(Dataset):
         if self.augment is not None:
             image = self.augment(image)
         return (image - self.mean) / self.std, self.targets[index]
+
+
+class SplitLoaders:
+    """``train/val/test_dataloader`` of a datamodule from its ``_loader(dataset, shuffle)`` and three datasets."""
+
+    def train_dataloader(self) -> Any:
+        return self._loader(self.train_dataset, shuffle=True)  # type: ignore[attr-defined]
+
+    def val_dataloader(self) -> Any:
+        return self._loader(self.val_dataset, shuffle=False)  # type: ignore[attr-defined]
+
+    def test_dataloader(self) -> Any:
+        return self._loader(self.test_dataset, shuffle=False)  # type: ignore[attr-defined]

@@ -32,7 +32,7 @@ __all__ = [
 Arrays = tuple[torch.Tensor, torch.Tensor]
 
 
-class SensitivityDataModule(pl.LightningDataModule):
+class SensitivityDataModule(_data.SplitLoaders, pl.LightningDataModule):
     """Base class: seeded validation split, training subset, random labels, augmentation and loaders.
 
     Subclasses set the class attributes and implement :meth:`_load` returning ``(train, test)`` arrays.
@@ -129,15 +129,6 @@ class SensitivityDataModule(pl.LightningDataModule):
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
         )
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_dataset, shuffle=True)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader(self.val_dataset, shuffle=False)
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader(self.test_dataset, shuffle=False)
 
 
 class DigitsDataModule(SensitivityDataModule):

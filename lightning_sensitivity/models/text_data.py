@@ -121,7 +121,7 @@ def _check_split(name: str, value: object) -> None:
     check_count_or_fraction(value, name)
 
 
-class TextDataModule(pl.LightningDataModule):
+class TextDataModule(_data.SplitLoaders, pl.LightningDataModule):
     """Binary sentiment of Rotten Tomatoes review snippets (label 0 ``rotten``, 1 ``fresh``) as padded token ids.
 
     12,752 distinct snippets (5,384 rotten, 7,368 fresh; 21 tokens median, 63 at most). The corpus has no official
@@ -243,12 +243,3 @@ class TextDataModule(pl.LightningDataModule):
         if dataset is None:
             raise RuntimeError("call `setup()` before asking for a dataloader")
         return DataLoader(dataset, batch_size=self.batch_size, shuffle=shuffle, num_workers=self.num_workers)
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_dataset, shuffle=True)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader(self.val_dataset, shuffle=False)
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader(self.test_dataset, shuffle=False)
