@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from lightning_sensitivity import _report_figures as figures
 from lightning_sensitivity import report
 from lightning_sensitivity.logging import load_artifacts, save_artifact
 
@@ -102,7 +103,7 @@ def test_full_run_report(tmp_path, monkeypatch):
     log_dir = tmp_path / "logs"
     write_run(log_dir / "lightning_logs" / "version_0")
     per_class_calls, matrix_calls = [], []
-    real_per_class, real_matrix = report.plot_per_class, report.plot_class_matrix
+    real_per_class, real_matrix = figures.plot_per_class, figures.plot_class_matrix
 
     def spy_per_class(values, class_names=None, **kwargs):
         per_class_calls.append((np.asarray(values), class_names, kwargs))
@@ -112,8 +113,8 @@ def test_full_run_report(tmp_path, monkeypatch):
         matrix_calls.append((np.asarray(matrix), class_names, kwargs))
         return real_matrix(matrix, class_names, **kwargs)
 
-    monkeypatch.setattr(report, "plot_per_class", spy_per_class)
-    monkeypatch.setattr(report, "plot_class_matrix", spy_matrix)
+    monkeypatch.setattr(figures, "plot_per_class", spy_per_class)
+    monkeypatch.setattr(figures, "plot_class_matrix", spy_matrix)
 
     index = report.build_report(log_dir)
     assert index == log_dir / "sensitivity_report" / "index.html"
@@ -179,8 +180,8 @@ def test_auroc_matches_sklearn():
     rng = np.random.default_rng(1)
     scores = np.round(rng.normal(size=200), 1)  # rounded so that ties occur
     wrong = rng.random(200) < 0.3
-    assert report._auroc(scores, wrong) == pytest.approx(metrics.roc_auc_score(wrong, scores))
-    assert np.isnan(report._auroc(scores, np.zeros(200, dtype=bool)))
+    assert figures._auroc(scores, wrong) == pytest.approx(metrics.roc_auc_score(wrong, scores))
+    assert np.isnan(figures._auroc(scores, np.zeros(200, dtype=bool)))
 
 
 def test_no_artifacts_is_a_clear_error(tmp_path, capsys):

@@ -5,9 +5,14 @@ ellipses through the data) and ``StiffnessMonitor`` (gradient stiffness) share :
 """
 
 from lightning_sensitivity.callbacks._probes import model_kwargs, probe_shard
-from lightning_sensitivity.callbacks.base import Measurement, ProbeSplits, SensitivityMonitor, SensitivityWarning
+from lightning_sensitivity.callbacks.base import (  # noqa: F401 (the type aliases are importable from here too)
+    Measurement,
+    ProbeSplits,
+    SensitivityMonitor,
+    SensitivityWarning,
+)
 from lightning_sensitivity.callbacks.jacobian import JacobianNormMonitor
-from lightning_sensitivity.callbacks.progress import ProgressFactory
+from lightning_sensitivity.callbacks.progress import ProgressFactory  # noqa: F401
 from lightning_sensitivity.callbacks.stiffness import StiffnessMonitor
 from lightning_sensitivity.callbacks.transitions import TransitionMonitor
 
@@ -18,8 +23,6 @@ __all__ = [
     "SensitivityMonitor",
     "SensitivityWarning",
     "Measurement",
-    "ProbeSplits",
-    "ProgressFactory",
     "model_kwargs",
     "probe_shard",
 ]

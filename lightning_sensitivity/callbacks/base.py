@@ -47,6 +47,7 @@ from lightning_sensitivity.schedules import resolve_schedule
 __all__ = ["Measurement", "ProbeSplits", "SensitivityMonitor", "SensitivityWarning", "model_kwargs", "probe_shard"]
 
 TRAIN, VAL, TEST = keys.TRAIN, keys.VAL, keys.TEST
+#: ``(required, optional)`` probe splits a monitor uses, see :meth:`SensitivityMonitor.probe_splits`.
 ProbeSplits = tuple[frozenset[str], frozenset[str]]
 
 _FIGURES = {True: "all", False: "none", "all": "all", "log_spaced": "log_spaced", "none": "none"}

@@ -8,6 +8,7 @@ from typing import Any
 from tqdm.auto import tqdm
 
 Progress = Callable[[int, int], None]
+#: ``factory(part) -> progress`` (a context manager called as ``progress(done, total)``) handed to :meth:`compute`.
 ProgressFactory = Callable[[str], "MeasurementProgress"]
 
 # Seconds before a bar is shown: short measurements stay silent, long ones are visibly alive.

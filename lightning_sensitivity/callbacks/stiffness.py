@@ -96,7 +96,7 @@ class StiffnessMonitor(SensitivityMonitor):
 
     Example::
 
-        monitor = StiffnessMonitor(groups=("train_val", "val_val"), class_names=dm.classes, every_n_epochs=5)
+        monitor = StiffnessMonitor(groups=("train_val", "val_val"), class_names=dm.class_names, every_n_epochs=5)
         trainer = Trainer(callbacks=[monitor])
     """
 

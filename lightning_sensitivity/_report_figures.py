@@ -1,0 +1,293 @@
+"""The offline report's figures, one builder per quantity, from a run's artifacts (matplotlib, no pyplot)."""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from matplotlib import colormaps
+from matplotlib.axes import Axes
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from lightning_sensitivity import keys
+from lightning_sensitivity.keys import JACOBIAN as JACOBIAN_NORM
+from lightning_sensitivity.keys import (
+    STIFFNESS,
+    TRAIN,
+    TRANSITIONS,
+    VAL,
+    split_array,
+    stiffness_array,
+    transition_array,
+)
+from lightning_sensitivity.logging.artifacts import Artifact
+from lightning_sensitivity.logging.plots import plot_class_matrix, plot_per_class
+
+__all__ = ["BUILDERS"]
+
+from lightning_sensitivity.functional.summaries import binary_auroc
+
+STATS = keys.JACOBIAN_STATS
+TRANSITION_STATS = keys.TRANSITION_STATS
+DEFAULT_GROUPS = keys.GROUPS
+KINDS = keys.STIFFNESS_KINDS
+Entry = tuple[str, str]  # (image file name, caption)
+
+
+def _new_figure(ncols: int = 1, width: float = 6.0, height: float = 4.0) -> tuple[Figure, list[Axes]]:
+    fig = Figure(figsize=(width * ncols, height), dpi=100, layout="constrained")
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(1, ncols, squeeze=False)[0]
+    return fig, list(axes)
+
+
+def _legend(ax: Axes, **kwargs: Any) -> None:
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(**kwargs)
+
+
+def _values(artifact: Artifact, key: str) -> np.ndarray | None:
+    value = artifact.arrays.get(key)
+    return None if value is None else np.asarray(value, dtype=np.float64).reshape(-1)
+
+
+def _statistic(artifact: Artifact, split: str, stat: str) -> float:
+    stored = artifact.scalar(split_array(split, stat))
+    if math.isfinite(stored):
+        return stored
+    norms = _values(artifact, split_array(split, "norms"))
+    if norms is None or not np.isfinite(norms).any():
+        return math.nan
+    finite = norms[np.isfinite(norms)]
+    return float({"mean": np.mean, "median": np.median, "p90": lambda v: np.percentile(v, 90)}[stat](finite))
+
+
+def _series(artifacts: Sequence[Artifact], value: Callable[[Artifact], float]) -> tuple[np.ndarray, np.ndarray]:
+    points = [(a.epoch, value(a)) for a in artifacts]
+    points = [(e, v) for e, v in points if math.isfinite(v)]
+    return np.array([e for e, _ in points], dtype=float), np.array([v for _, v in points], dtype=float)
+
+
+def _class_names(artifacts: Sequence[Artifact], count: int) -> list[str] | None:
+    for artifact in reversed(artifacts):
+        names = artifact.meta.get("class_names")
+        if isinstance(names, list) and len(names) == count:
+            return [str(n) for n in names]
+    return None
+
+
+def _auroc(scores: np.ndarray, positive: np.ndarray) -> float:
+    """Probability that a positive (misclassified) point has a larger score than a negative one (ties count 1/2)."""
+    return binary_auroc(torch.as_tensor(scores), torch.as_tensor(positive))
+
+
+def _jacobian_figures(arts: Sequence[Artifact], save: Callable[[Figure, str], str]) -> list[Entry]:
+    entries: list[Entry] = []
+    fig, (ax, side) = _new_figure(2)
+    drawn = False
+    for split, style in ((VAL, "-"), (TRAIN, "--")):
+        for stat, color in zip(STATS, ("C0", "C1", "C2"), strict=False):
+            epochs, values = _series(arts, lambda a, s=split, t=stat: _statistic(a, s, t))
+            if epochs.size:
+                ax.plot(epochs, values, style, color=color, marker="o", markersize=3, label=f"{split} {stat}")
+                drawn = True
+    side_drawn = False
+    for key, label in (("train_val_ratio", "train / val mean norm"), ("misclassification_auroc", "val AUROC")):
+        epochs, values = _series(arts, lambda a, k=key: a.scalar(k))
+        if epochs.size:
+            side.plot(epochs, values, marker="o", markersize=3, label=label)
+            side_drawn = True
+    if drawn:
+        ax.set(xlabel="epoch", ylabel="Jacobian norm", title="Jacobian norm over training")
+        _legend(ax, fontsize=8)
+        if side_drawn:
+            side.set(xlabel="epoch", title="train/val ratio and misclassification AUROC")
+            _legend(side, fontsize=8)
+        else:
+            side.set_visible(False)
+        entries.append((save(fig, "jacobian_norm_curves"), "Jacobian norm (mean, median, p90) over epochs"))
+
+    last = arts[-1]
+    norms, labels = _values(last, split_array(VAL, "norms")), last.arrays.get(split_array(VAL, "labels"))
+    if norms is not None and labels is not None and labels.size == norms.size and norms.size:
+        labels = labels.astype(np.int64).reshape(-1)
+        count = int(labels.max()) + 1
+        names = last.meta.get("class_names")
+        if isinstance(names, list) and len(names) >= count:
+            count = len(names)
+        means = np.array([np.nanmean(norms[labels == c]) if (labels == c).any() else np.nan for c in range(count)])
+        fig, _ = plot_per_class(
+            means,
+            _class_names(arts, count),
+            title=f"val Jacobian norm per class, epoch {last.epoch}",
+            ylabel="mean norm",
+        )
+        entries.append(
+            (save(fig, "jacobian_norm_per_class"), f"Mean val Jacobian norm per class at epoch {last.epoch}")
+        )
+
+    correct = last.arrays.get(split_array(VAL, "correct"))
+    if norms is not None and correct is not None and correct.size == norms.size:
+        correct = correct.astype(bool).reshape(-1)
+        finite = np.isfinite(norms)
+        fig, (ax,) = _new_figure(1, 6.4, 4.2)
+        bins = np.histogram_bin_edges(norms[finite], bins=30) if finite.any() else 10
+        positive = norms[finite & (norms > 0)]
+        if positive.size == finite.sum() and positive.size and positive.max() > 100 * positive.min():
+            # Norms spanning orders of magnitude are only readable on a log axis.
+            bins = np.geomspace(positive.min(), positive.max(), 31)
+            ax.set_xscale("log")
+        # Each group as a fraction of its own points (not a density: on log-spaced bins a density shrinks the wide
+        # bins of large norms, where the misclassified points are, to nothing), the misclassified group also as a
+        # thick outline so that it stays visible where it overlaps the (usually far larger) correct group.
+        for mask, label, color in ((correct, "correct", "C0"), (~correct, "misclassified", "C3")):
+            group = norms[mask & finite]
+            if group.size:
+                ax.hist(
+                    group,
+                    bins=bins,
+                    weights=np.full(group.size, 1 / group.size),
+                    histtype="stepfilled",
+                    alpha=0.4,
+                    color=color,
+                    label=f"{label} (n={group.size})",
+                )
+                ax.hist(
+                    group,
+                    bins=bins,
+                    weights=np.full(group.size, 1 / group.size),
+                    histtype="step",
+                    linewidth=2 if label == "misclassified" else 1.2,
+                    color=color,
+                )
+        auc = _auroc(norms[finite], ~correct[finite])
+        ax.set(xlabel="Jacobian norm", ylabel="fraction of the group's points",
+               title=f"val points, epoch {last.epoch}"
+               + (f", AUROC {auc:.3f}" if math.isfinite(auc) else ""))  # fmt: skip
+        _legend(ax, fontsize=8)
+        entries.append(
+            (save(fig, "jacobian_norm_correct_vs_misclassified"),
+             f"Per-point Jacobian norms of correctly vs wrongly classified val points at epoch {last.epoch}")
+        )  # fmt: skip
+    return entries
+
+
+def _transition_figures(arts: Sequence[Artifact], save: Callable[[Figure, str], str]) -> list[Entry]:
+    named = {s: (transition_array(VAL, s), transition_array(TRAIN, s)) for s in TRANSITION_STATS}
+    present = [s for s in TRANSITION_STATS if any(k in a.arrays for a in arts for k in named[s])]
+    if not present:
+        return []
+    fig, axes = _new_figure(len(present), 4.5, 3.8)
+    for ax, stat in zip(axes, present, strict=False):
+        val_key, train_key = named[stat]
+        for key, style, label in ((val_key, "-", "val points"), (train_key, "--", "train points")):
+            rows = [(a.epoch, _values(a, key)) for a in arts if key in a.arrays]
+            rows = [(e, v[np.isfinite(v)]) for e, v in rows if v is not None and np.isfinite(v).any()]
+            if not rows:
+                continue
+            epochs = np.array([e for e, _ in rows], dtype=float)
+            mean = np.array([v.mean() for _, v in rows])
+            std = np.array([v.std() for _, v in rows])
+            ax.plot(epochs, mean, style, marker="o", markersize=3, color="C0" if key == val_key else "C1", label=label)
+            ax.fill_between(epochs, mean - std, mean + std, alpha=0.2, color="C0" if key == val_key else "C1")
+        ax.set(xlabel="epoch", ylabel="count per trajectory", title=stat.replace("_", " "))
+        _legend(ax, fontsize=8)
+    return [(save(fig, "transitions_curves"), "Transitions along ellipse trajectories (mean ± std) over epochs")]
+
+
+def _stiffness_figures(arts: Sequence[Artifact], save: Callable[[Figure, str], str]) -> list[Entry]:
+    entries: list[Entry] = []
+    groups = arts[-1].meta.get("groups")
+    if not isinstance(groups, list):
+        found = {k.split("/", 1)[0] for a in arts for k in a.arrays if "/" in k}
+        groups = [g for g in DEFAULT_GROUPS if g in found] + sorted(found - set(DEFAULT_GROUPS))
+    picks = sorted({arts[0].epoch, arts[len(arts) // 2].epoch, arts[-1].epoch})
+    for group in groups:
+        slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", str(group))
+        fig, axes = _new_figure(2, 5.5, 3.8)
+        drawn = False
+        for ax, kind in zip(axes, KINDS, strict=False):
+            for key, label in ((f"same_class_{kind}", "same class"), (f"different_class_{kind}", "different class"),
+                               (f"{kind}_mean", "all pairs")):  # fmt: skip
+                name = stiffness_array(group, key)
+                epochs, values = _series(arts, lambda a, k=name: a.scalar(k))
+                if epochs.size:
+                    ax.plot(epochs, values, marker="o", markersize=3, label=label)
+                    drawn = True
+            ax.axhline(0.0, color="0.5", linewidth=0.7)
+            ax.set(xlabel="epoch", ylabel=f"{kind} stiffness", title=f"{group}: {kind} stiffness")
+            _legend(ax, fontsize=8)
+        if drawn:
+            entries.append((save(fig, f"stiffness_{slug}_same_vs_different"),
+                            f"{group}: same-class vs different-class stiffness over epochs"))  # fmt: skip
+
+        for matrix in ("class_sign", "class_cosine", "superclass_sign", "superclass_cosine"):
+            for artifact in (a for a in arts if a.epoch in picks):
+                values = artifact.arrays.get(stiffness_array(group, matrix))
+                if values is None or values.ndim != 2:
+                    continue
+                names_key = "group_names" if matrix.startswith("super") else "class_names"
+                names = artifact.meta.get(names_key)
+                names = names if isinstance(names, list) and len(names) == values.shape[0] else None
+                title = f"{group} {matrix.replace('_', ' ')} stiffness, epoch {artifact.epoch}"
+                fig, _ = plot_class_matrix(values, names, title=title)
+                entries.append((save(fig, f"stiffness_{slug}_{matrix}_epoch_{artifact.epoch:04d}"), title))
+
+        entry = _distance_figure(arts, group, slug, save)
+        if entry is not None:
+            entries.append(entry)
+    return entries
+
+
+def _distance_figure(
+    arts: Sequence[Artifact], group: str, slug: str, save: Callable[[Figure, str], str]
+) -> Entry | None:
+    kinds = [k for k in KINDS if any(stiffness_array(group, f"distance_{k}") in a.arrays for a in arts)]
+    if not kinds:
+        return None
+    fig, axes = _new_figure(len(kinds) + 1, 5.0, 3.8)
+    epochs = [a.epoch for a in arts]
+    norm_epoch = (
+        (lambda e: 0.5) if min(epochs) == max(epochs) else (lambda e: (e - min(epochs)) / (max(epochs) - min(epochs)))
+    )
+    colormap = colormaps["viridis"]
+    for ax, kind in zip(axes, kinds, strict=False):
+        for artifact in arts:
+            edges = _values(artifact, stiffness_array(group, "bin_edges"))
+            mean = _values(artifact, stiffness_array(group, f"distance_{kind}"))
+            if edges is None or mean is None or edges.size != mean.size + 1:
+                continue
+            count = _values(artifact, stiffness_array(group, "distance_count"))
+            if count is not None and count.size == mean.size:
+                mean = np.where(count > 0, mean, np.nan)  # an empty bin has no mean, whatever was stored
+            color = colormap(norm_epoch(artifact.epoch))
+            ax.plot((edges[:-1] + edges[1:]) / 2, mean, color=color, marker="o", markersize=2,
+                    label=f"epoch {artifact.epoch}")  # fmt: skip
+            length = artifact.scalar(stiffness_array(group, "critical_length"))
+            if kind == "sign" and math.isfinite(length):
+                ax.axvline(length, color=color, linestyle="--", linewidth=0.8)
+        ax.axhline(0.0, color="0.5", linewidth=0.7)
+        ax.set(xlabel="input distance", ylabel=f"{kind} stiffness", title=f"{group}: {kind} stiffness by distance")
+        _legend(ax, fontsize=7, ncol=2)
+    epochs_cl, lengths = _series(arts, lambda a: a.scalar(stiffness_array(group, "critical_length")))
+    if epochs_cl.size:
+        axes[-1].plot(epochs_cl, lengths, marker="o", markersize=3)
+        axes[-1].set(xlabel="epoch", ylabel="critical length", title=f"{group}: critical length")
+    else:
+        axes[-1].set_visible(False)
+    caption = (
+        f"{group}: stiffness vs input distance per epoch (dashed: critical length) and critical length over epochs"
+    )
+    return save(fig, f"stiffness_{slug}_by_distance"), caption
+
+
+BUILDERS: dict[str, Callable[[Sequence[Artifact], Callable[[Figure, str], str]], list[Entry]]] = {
+    JACOBIAN_NORM: _jacobian_figures,
+    TRANSITIONS: _transition_figures,
+    STIFFNESS: _stiffness_figures,
+}
