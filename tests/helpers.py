@@ -80,3 +80,14 @@ def rng_states() -> dict:
     import numpy as np
 
     return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+
+
+def prototype_data(
+    n: int, seed: int, *, num_classes: int, shape: tuple[int, ...], noise: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``n`` points of ``num_classes`` balanced classes: a fixed prototype per class (seed 1234) plus Gaussian noise,
+    shuffled by ``seed``; private generators only, so drawing data never moves the global random streams."""
+    prototypes = torch.randn(num_classes, *shape, generator=torch.Generator().manual_seed(1234))
+    gen = torch.Generator().manual_seed(seed)
+    y = (torch.arange(n) % num_classes)[torch.randperm(n, generator=gen)]
+    return prototypes[y] + noise * torch.randn(n, *shape, generator=gen), y

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import rng_states  # noqa: F401 (re-exported for the tests here)
+from helpers import prototype_data, rng_states  # noqa: F401 (rng_states: re-exported for the tests here)
 from lightning.pytorch.loggers import TensorBoardLogger
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
@@ -32,13 +32,8 @@ MAX_EPOCHS = 2
 
 
 def make_data(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    gen = torch.Generator().manual_seed(1234)
-    prototypes = torch.randn(NUM_CLASSES, *SHAPE, generator=gen)
-    gen = torch.Generator().manual_seed(seed)
-    y = torch.arange(n) % NUM_CLASSES
-    y = y[torch.randperm(n, generator=gen)]
-    x = prototypes[y] + 0.8 * torch.randn(n, *SHAPE, generator=gen)
-    return x, y
+    """``n`` points of ``NUM_CLASSES`` classes around fixed prototypes (see :func:`helpers.prototype_data`)."""
+    return prototype_data(n, seed, num_classes=NUM_CLASSES, shape=SHAPE, noise=0.8)
 
 
 class TinyCNN(nn.Module):

@@ -19,7 +19,7 @@ import lightning.pytorch as pl
 import numpy as np
 import torch
 import torch.nn.functional as F
-from helpers import rng_states  # noqa: F401 (re-exported for the tests here)
+from helpers import prototype_data, rng_states  # noqa: F401 (rng_states: re-exported for the tests here)
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
@@ -32,11 +32,8 @@ SENSITIVITY = "sensitivity/"
 
 
 def make_data(n: int, seed: int) -> tuple[Tensor, Tensor]:
-    """``n`` points of ``NUM_CLASSES`` classes: a fixed prototype per class plus noise (private generators)."""
-    prototypes = torch.randn(NUM_CLASSES, *SHAPE, generator=torch.Generator().manual_seed(1234))
-    gen = torch.Generator().manual_seed(seed)
-    y = (torch.arange(n) % NUM_CLASSES)[torch.randperm(n, generator=gen)]
-    return prototypes[y] + 0.7 * torch.randn(n, *SHAPE, generator=gen), y
+    """``n`` points of ``NUM_CLASSES`` classes around fixed prototypes (see :func:`helpers.prototype_data`)."""
+    return prototype_data(n, seed, num_classes=NUM_CLASSES, shape=SHAPE, noise=0.7)
 
 
 class AugmentedDataset(Dataset):
