@@ -234,7 +234,7 @@ class StiffnessMonitor(SensitivityMonitor):
         for s in splits:
             offsets[s] = slice(start, start + len(probes[s]))
             start += len(probes[s])
-        layers: dict[str, Tensor] = {}
+        layers: dict[str, Any] = {}
         if self.per_layer:
             # One pass gives every layer's block; the full Gram is their sum, so the per-layer view costs little more.
             layers = per_layer_gram(
@@ -242,6 +242,8 @@ class StiffnessMonitor(SensitivityMonitor):
                 chunk_size=self.chunk_size, model_kwargs=kwargs or None,
             )  # fmt: skip
             joint = stiffness_from_gram(sum(layers.values()), self_pairs=True)
+            # Each layer's stiffness of the joint set once (every example's own norm is on its diagonal).
+            layers = {name: stiffness_from_gram(block, self_pairs=True) for name, block in layers.items()}
         else:
             joint = joint_stiffness(self, model, inputs, targets, kwargs, progress)
         classes = is_class_targets(targets)
@@ -337,8 +339,7 @@ class StiffnessMonitor(SensitivityMonitor):
                 rows: slice, cols: slice, epoch: int) -> None:  # fmt: skip
         """Per-layer sign and cosine stiffness of one group, and the layers x measured epochs image."""
         cosines: dict[str, dict[str, float]] = {}
-        for layer, block in layers.items():
-            s = stiffness_from_gram(block, self_pairs=True)  # the joint set: every example's own norm is there
+        for layer, s in layers.items():
             for kind in KINDS:
                 means = pair_means(getattr(s, kind)[rows, cols], y_rows, y_cols, self_pairs=y_cols is None)
                 if means["mean"] == means["mean"]:

@@ -166,13 +166,12 @@ def stiffness_from_gram(
     broken = ~(gram.isfinite() & norms.isfinite())
     sign = sign.masked_fill(broken, float("nan"))
     cosine = cosine.masked_fill(broken, float("nan"))
-    mask = _pair_mask(gram, self_pairs)
     return Stiffness(
         sign=sign,
         cosine=cosine,
         gram=gram,
-        sign_mean=_masked_mean(sign, mask),
-        cosine_mean=_masked_mean(cosine, mask),
+        sign_mean=_pair_mean(sign, self_pairs),
+        cosine_mean=_pair_mean(cosine, self_pairs),
         self_pairs=self_pairs,
     )
 
@@ -184,11 +183,15 @@ def _pair_mask(matrix: Tensor, exclude_diagonal: bool) -> Tensor:
     return mask
 
 
-def _masked_mean(values: Tensor, mask: Tensor) -> Tensor:
-    count = mask.sum()
+def _pair_mean(values: Tensor, self_pairs: bool) -> Tensor:
+    """Mean over all entries, the diagonal (an example with itself) left out when ``self_pairs``; NaN without a
+    pair. A sum minus the trace rather than a boolean mask: no copy of the ``[N, M]`` matrix."""
+    n, m = values.shape
+    count = n * m - (n if self_pairs else 0)
     if count == 0:
         return values.new_tensor(float("nan"))
-    return values[mask].sum() / count
+    total = values.sum() - (values.diagonal().sum() if self_pairs else 0)
+    return total / count
 
 
 def _check_matrix(matrix: Tensor) -> None:

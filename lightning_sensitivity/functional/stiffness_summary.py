@@ -287,21 +287,30 @@ def pair_means(
 ) -> dict[str, float]:
     """Mean of a pairwise matrix over all pairs and, for integer class targets, over same- and different-class
     pairs (self pairs left out when ``self_pairs``): ``{"mean", "same_class", "different_class"}`` (NaN without
-    such pairs). The light part of :func:`stiffness_summary`, e.g. for every layer of a per-layer stiffness.
+    such pairs; a NaN entry makes its means NaN). The light part of :func:`stiffness_summary`, e.g. for every layer
+    of a per-layer stiffness: sums through class indicator products, no pair masks.
 
     Example:
         >>> pair_means(torch.tensor([[1.0, 0.5], [0.5, 1.0]]), torch.tensor([0, 1]), self_pairs=True)
         {'mean': 0.5, 'same_class': nan, 'different_class': 0.5}
     """
-    values = matrix.detach().to(torch.float64).cpu()
-    pair = torch.ones(values.shape, dtype=torch.bool)
-    if self_pairs:
-        pair.fill_diagonal_(False)
-    out = {"mean": _mean(values, pair), "same_class": math.nan, "different_class": math.nan}
-    y_rows = None if targets_rows is None else targets_rows.detach().cpu()
-    y_cols = y_rows if targets_cols is None else targets_cols.detach().cpu()
+    values = matrix.detach().to(torch.float64)
+    n, m = values.shape
+    diagonal = values.diagonal().sum() if self_pairs else values.new_zeros(())
+    total, count = values.sum() - diagonal, n * m - (n if self_pairs else 0)
+    out = {"mean": _ratio(total, count), "same_class": math.nan, "different_class": math.nan}
+    y_rows = None if targets_rows is None else targets_rows.detach().to(values.device)
+    y_cols = y_rows if targets_cols is None else targets_cols.detach().to(values.device)
     if y_rows is not None and _why_not_classes(y_rows) is None and _why_not_classes(y_cols) is None:
-        same = y_rows[:, None] == y_cols[None, :]
-        out["same_class"] = _mean(values, pair & same)
-        out["different_class"] = _mean(values, pair & ~same)
+        classes = int(max(y_rows.max(), y_cols.max())) + 1
+        rows = torch.nn.functional.one_hot(y_rows.long(), classes).to(values)
+        cols = torch.nn.functional.one_hot(y_cols.long(), classes).to(values)
+        same_total = (rows.T @ values @ cols).diagonal().sum() - diagonal
+        same_count = int((rows.sum(0) * cols.sum(0)).sum()) - (n if self_pairs else 0)
+        out["same_class"] = _ratio(same_total, same_count)
+        out["different_class"] = _ratio(total - same_total, count - same_count)
     return out
+
+
+def _ratio(total: Tensor, count: int) -> float:
+    return float(total) / count if count > 0 else math.nan

@@ -242,3 +242,31 @@ def test_same_class_critical_length_matches_loop(method, two):
     assert out.same_class_critical_length != pytest.approx(out.critical_length)  # a different curve
     assert math.isnan(stiffness_summary(sign, cosine, yr, yc, inputs_rows=xr, inputs_cols=xc if two else None,
                                         num_distance_bins=6).same_class_critical_length)  # off by default
+
+
+@pytest.mark.parametrize("self_pairs", [True, False])
+def test_pair_means_equal_a_loop_over_pairs(self_pairs):
+    from lightning_sensitivity.functional import pair_means
+
+    gen = torch.Generator().manual_seed(3)
+    n, m = 9, (9 if self_pairs else 6)
+    values = torch.randn(n, m, generator=gen, dtype=torch.float64)
+    y_rows = torch.randint(0, 3, (n,), generator=gen)
+    y_cols = y_rows if self_pairs else torch.randint(0, 3, (m,), generator=gen)
+    groups = {"mean": [], "same_class": [], "different_class": []}
+    for i in range(n):
+        for j in range(m):
+            if self_pairs and i == j:
+                continue
+            groups["mean"].append(float(values[i, j]))
+            groups["same_class" if y_rows[i] == y_cols[j] else "different_class"].append(float(values[i, j]))
+    got = pair_means(values, y_rows, None if self_pairs else y_cols, self_pairs=self_pairs)
+    for key, entries in groups.items():
+        assert got[key] == pytest.approx(sum(entries) / len(entries), abs=1e-12), key
+    # float targets: only the overall mean; a NaN entry makes the means NaN
+    floats = pair_means(values, torch.rand(n, 2), self_pairs=False) if not self_pairs else None
+    if floats is not None:
+        assert floats["same_class"] != floats["same_class"] and floats["mean"] == pytest.approx(float(values.mean()))
+    values[0, 1] = float("nan")
+    mean = pair_means(values, y_rows, None if self_pairs else y_cols, self_pairs=self_pairs)["mean"]
+    assert mean != mean  # NaN
