@@ -99,6 +99,43 @@ def architecture_rows(n: int, rounds: int, per_example: bool = True) -> list[dic
     return rows
 
 
+class _FromEmbedding(nn.Module):
+    """The text transformer from its (token + position) embedding on: what ``embed_fn`` + ``forward_fn`` measure."""
+
+    def __init__(self, model: TextTransformer) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, embedded: Tensor) -> Tensor:
+        return self.model.head(self.model.encoder(embedded).mean(dim=1))
+
+
+def jacobian_rows(n: int, rounds: int) -> list[dict]:
+    """``jacobian_norm`` (softmax) against limit_J = (1 + C) forwards, per model; the text model w.r.t. its
+    embeddings. Target <= 1.2 x limit_J."""
+    from run import _row, timed
+
+    from lightning_sensitivity.functional import jacobian_norm
+
+    rows = []
+    for name, (label, factory, data, _) in MODELS.items():
+        torch.manual_seed(0)
+        model = factory().eval()
+        x, _ = data(n)
+        if isinstance(model, TextTransformer):
+            with torch.no_grad():
+                x = model.embed(x) + model.pos
+            model = _FromEmbedding(model).eval()
+            label += " (w.r.t. the embeddings)"
+        fns = {"limit": cases.forward(model, x), "package": lambda: jacobian_norm(model, x)}
+        times = timed(fns, rounds)
+        row = _row(name.replace("gram", "jacobian_norm"), "jacobian_norm", label, times, "package", "limit",
+                   1 + NUM_CLASSES, "<= 1.2 x limit_J", "limit_J = (1 + C) x forward", [], None)  # fmt: skip
+        row["met"] = row["ratio_to_limit"] <= 1.2
+        rows.append(row)
+    return rows
+
+
 def main(argv: list[str] | None = None) -> list[dict]:
     from run import print_table
 
@@ -111,6 +148,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     torch.set_num_threads(args.threads)
     start = time.perf_counter()
     rows = architecture_rows(args.n, args.rounds, per_example=not args.no_per_example)
+    rows += jacobian_rows(args.n, args.rounds)
     print_table(rows)
     print(f"\nN={args.n}, {len(rows)} rows in {time.perf_counter() - start:.0f}s wall; threads={args.threads}, "
           f"rounds={args.rounds}; times are CPU seconds")  # fmt: skip

@@ -68,7 +68,9 @@ def test_architecture_rows_report_every_model():
         import _architectures
     finally:
         sys.path.remove(str(ROOT / "benchmarks"))
-    rows = _architectures.architecture_rows(4, 1, per_example=False)
-    assert [r["row"] for r in rows] == ["gram resnet18", "gram ViT", "gram text"]
+    rows = _architectures.architecture_rows(4, 1, per_example=False) + _architectures.jacobian_rows(4, 1)
+    assert [r["row"] for r in rows] == [
+        "gram resnet18", "gram ViT", "gram text", "jacobian_norm resnet18", "jacobian_norm ViT", "jacobian_norm text",
+    ]  # fmt: skip
     for row in rows:
         assert set(row) == KEYS and row["ratio_to_limit"] > 0 and isinstance(row["met"], bool), row["row"]
