@@ -17,16 +17,10 @@ from torch import Tensor, nn
 
 from lightning_sensitivity.functional._model import (
     ModelKwargs,
-    detached_state,
-    has_sharded_parameters,
-    match_model,
     measurement_context,
-    prepare_inputs,
-    prepare_model_kwargs,
-    prepare_targets,
-    unwrap_model,
 )
 from lightning_sensitivity.functional.gram import capture as lg
+from lightning_sensitivity.functional.gram import prepare_gram_call
 from lightning_sensitivity.functional.gram.blocks import LossFn, split_trainable
 from lightning_sensitivity.functional.gram.layerwise import _VERIFIED, _check_against_explicit, _check_key
 
@@ -71,15 +65,9 @@ def gram_factors(
         >>> torch.allclose(gram_rows(factors, torch.arange(6))[0], loss_gradient_gram(model, x, y), atol=1e-6)
         True
     """
-    model = unwrap_model(model)
-    if has_sharded_parameters(model):
-        raise ValueError("`model` expected parameters held whole by this process, got sharded ones")
-    x = prepare_inputs(inputs, allow_integer=True)
-    y = prepare_targets(targets, x.shape[0])
-    params, buffers = detached_state(model)
-    x = match_model(x, params)
-    y = y.to(x.device)
-    kw = prepare_model_kwargs(model_kwargs, x.shape[0], params)
+    model, (_, params, buffers, x, y, *_), kw, _ = prepare_gram_call(
+        model, inputs, targets, None, None, loss_fn, None, None, "layerwise", model_kwargs
+    )
     trainable, frozen = split_trainable(params, model)
     with measurement_context(model):
         feats = lg.layer_features(model, trainable, frozen, buffers, x, y, loss_fn, reference_rows, model_kwargs=kw)
