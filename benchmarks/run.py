@@ -230,10 +230,11 @@ def main(argv: list[str] | None = None) -> dict:
     start = time.perf_counter()
     rows = jacobian_rows(n, rounds) + stiffness_rows(n, rounds)
     if args.architectures:
-        from _architectures import architecture_rows, jacobian_rows
+        from _architectures import architecture_rows
+        from _architectures import jacobian_rows as architecture_jacobian_rows
 
         rows += architecture_rows(8 if args.quick else 128, rounds)
-        rows += jacobian_rows(8 if args.quick else 128, rounds)
+        rows += architecture_jacobian_rows(8 if args.quick else 128, rounds)
     rows += transition_rows(4 if args.quick else 16, 32 if args.quick else 128, rounds)
     rows.append(memory_row(8 if args.quick else 64, args.threads))
     from _images import image_cost_row, per_layer_rows, render_rows
