@@ -26,8 +26,9 @@ REPO = Path(__file__).resolve().parents[2]
 QUICKSTART = REPO / "examples" / "quickstart.py"
 REPORT_MODULE = REPO / "lightning_sensitivity" / "report.py"
 
-# Long enough (about 20-35 s of training on 2 busy cores) that TensorBoard can be polled while it runs.
-EPOCHS = 4
+# Long enough that TensorBoard can be polled while it runs: since the images cost milliseconds, 4 fast epochs took
+# about 5 s, all written before the event file's first flush reached TensorBoard; 12 take about 10-20 s here.
+EPOCHS = 12
 # Hard limits so that nothing can hang CI; far above the measured ~60 s for the whole quickstart.
 QUICKSTART_TIMEOUT = 300.0
 TENSORBOARD_START_TIMEOUT = 90.0
