@@ -30,6 +30,7 @@ __all__ = [
     "check_count_or_fraction",
     "check_int",
     "check_loss_fn",
+    "check_model_kwargs",
     "check_names",
     "check_number",
     "describe",
@@ -191,3 +192,27 @@ def check_class_groups(class_groups: Any, name: str = "class_groups") -> list[in
     for value in class_groups:
         check_int(value, name, minimum=0)
     return [int(v) for v in class_groups]
+
+
+def check_model_kwargs(model_kwargs: Any, num: int, name: str = "model_kwargs", inputs_name: str = "inputs") -> dict:
+    """Per-example keyword inputs of a model (``{"attention_mask": [N, T]}``): a mapping of str -> tensor whose
+    dimension 0 runs over the ``num`` examples of ``inputs_name``; returned as a dict (None gives ``{}``)."""
+    from torch import Tensor
+
+    if model_kwargs is None:
+        return {}
+    if not isinstance(model_kwargs, Mapping):
+        raise TypeError(
+            f"`{name}` expected a mapping of str -> torch.Tensor [N, ...] or None, got {describe(model_kwargs)}"
+        )
+    for key, value in model_kwargs.items():
+        if not isinstance(key, str):
+            raise TypeError(f"`{name}` expected str keys (the model's keyword names), got {describe(key)}")
+        if not isinstance(value, Tensor):
+            raise TypeError(f"`{name}[{key!r}]` expected a torch.Tensor [N, ...], got {type(value).__name__}")
+        if value.dim() < 1 or value.shape[0] != num:
+            raise ValueError(
+                f"`{name}[{key!r}]` expected {num} entries along dimension 0 (the first dimension {num}: one per "
+                f"example) to match `{inputs_name}`, got shape {tuple(value.shape)}"
+            )
+    return dict(model_kwargs)

@@ -23,7 +23,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import ConcatDataset, Dataset, IterableDataset, Subset, TensorDataset, default_collate
 
-from lightning_sensitivity._checks import check_int
+from lightning_sensitivity._checks import check_int, check_model_kwargs
 
 BatchTransform = Callable[[Any], "tuple[Tensor, Tensor] | tuple[Tensor, Tensor, dict[str, Tensor]]"]
 
@@ -225,20 +225,6 @@ def isolated_global_rng(seed: int) -> Iterator[None]:
 Batch = tuple[Tensor, Tensor, dict[str, Tensor]]
 
 
-def _check_kwargs(kwargs: Any, num: int, name: str) -> dict[str, Tensor]:
-    if not isinstance(kwargs, Mapping) or not all(
-        isinstance(k, str) and isinstance(v, Tensor) for k, v in kwargs.items()
-    ):
-        raise TypeError(f"`{name}` expected a dict of str -> per-example tensors, got {type(kwargs).__name__}")
-    for key, value in kwargs.items():
-        if value.dim() == 0 or value.shape[0] != num:
-            raise ValueError(
-                f"`{name}` expected tensors with first dimension {num} (one entry per example), got {key!r} of "
-                f"shape {tuple(value.shape)}"
-            )
-    return dict(kwargs)
-
-
 def _parts(out: Any, what: str) -> Batch:
     """``(inputs, targets, model_kwargs)`` from a pair or a triple, checked for matching first dimensions."""
     if not (isinstance(out, (tuple, list)) and len(out) in (2, 3)):
@@ -254,7 +240,7 @@ def _parts(out: Any, what: str) -> Batch:
             f"{what} expected inputs [N, *input_shape] and targets [N, ...] with the same N >= 1, got inputs "
             f"{tuple(x.shape)} and targets {tuple(y.shape)}"
         )
-    kwargs = _check_kwargs(out[2], x.shape[0], f"{what}'s model_kwargs") if len(out) == 3 else {}
+    kwargs = check_model_kwargs(out[2], x.shape[0], f"{what}'s model_kwargs") if len(out) == 3 else {}
     if is_class_targets(y.flatten()) and y.dim() == 2 and y.shape[1] == 1:
         y = y.flatten()  # class indices as a column
     if is_class_targets(y):

@@ -22,6 +22,7 @@ from lightning_sensitivity.callbacks._data import find_dataset
 from lightning_sensitivity.callbacks._distributed import Lockstep, distributed_collective, map_sharded
 from lightning_sensitivity.callbacks.measurement import Measurement
 from lightning_sensitivity.callbacks.progress import progress_factory
+from lightning_sensitivity.logging import find_tensorboard_writer, save_artifact
 from lightning_sensitivity.probes import ProbeSet, draw_probe_set
 
 TRAIN, VAL, TEST = keys.TRAIN, keys.VAL, keys.TEST
@@ -212,7 +213,7 @@ class MeasureLoop:
         return count & (count - 1) == 0
 
     def _write(self, trainer: pl.Trainer, result: Measurement, step: int, sizes: dict[str, int], draw: bool) -> None:
-        writer = _output.tensorboard_writer(trainer)
+        writer = find_tensorboard_writer(trainer)
         if writer is not None and writer not in self._summary_writers:
             self._summary_writers.add(writer)
             _output.write_run_summary(writer, type(self).__name__, {**self.config(), **sizes}, self.layout_groups())
@@ -231,4 +232,4 @@ class MeasureLoop:
                 f"{type(self).__name__}: the trainer has no logger with a log directory; artifacts are written under "
                 f"{root.path}/sensitivity/ (`trainer.default_root_dir`).",
             )
-        _output.write_artifact(root.path, quantity, epoch, step, result.arrays, {**self.config(), **result.meta})
+        save_artifact(root.path, quantity, epoch, step, result.arrays, {**self.config(), **result.meta})

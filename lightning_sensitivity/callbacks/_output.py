@@ -17,7 +17,7 @@ import torch
 
 from lightning_sensitivity import keys
 from lightning_sensitivity.callbacks.measurement import Measurement
-from lightning_sensitivity.logging import add_sensitivity_layout, find_tensorboard_writer, log_text, save_artifact
+from lightning_sensitivity.logging import add_sensitivity_layout, log_text
 from lightning_sensitivity.logging.plots import figure_to_array
 from lightning_sensitivity.logging.writers import image_writers
 
@@ -55,10 +55,6 @@ def log_scalars(
                 pl_module.log(key, value, on_step=False, on_epoch=True, sync_dist=True, reduce_fx="max")
             else:
                 pl_module.log(key, value, on_step=False, on_epoch=True, sync_dist=False)
-
-
-def tensorboard_writer(trainer: pl.Trainer) -> Any:
-    return find_tensorboard_writer(trainer)
 
 
 def write_run_summary(writer: Any, name: str, config: Mapping[str, Any], layout_groups: tuple[str, ...]) -> None:
@@ -116,10 +112,3 @@ def artifact_root(trainer: pl.Trainer) -> ArtifactRoot:
         if log_dir is not None:
             return ArtifactRoot(str(log_dir), False)
     return ArtifactRoot(str(Path(trainer.default_root_dir)), True)
-
-
-def write_artifact(
-    root: str, quantity: str, epoch: int, step: int, arrays: Mapping[str, Any], meta: Mapping[str, Any]
-) -> None:
-    """Save one NPZ under ``{root}/sensitivity/{quantity}/``."""
-    save_artifact(root, quantity, epoch, step, arrays, meta)

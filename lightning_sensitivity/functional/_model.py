@@ -16,7 +16,11 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call
 
-from lightning_sensitivity._checks import check_int, check_loss_fn  # noqa: F401 (check_loss_fn: shared here)
+from lightning_sensitivity._checks import (  # noqa: F401 (check_loss_fn: shared here)
+    check_int,
+    check_loss_fn,
+    check_model_kwargs,
+)
 
 # Layers whose train-mode forward mixes examples (batch statistics) or draws random numbers. Inside
 # ``torch.func.vmap`` they fail with obscure errors, and their per-example derivatives are not defined, so
@@ -245,23 +249,8 @@ def prepare_model_kwargs(
     the inputs and passed as ``model(x[piece], **{k: v[piece]})``. Floating-point values are cast to the model's
     dtype (like the inputs), others keep theirs; all are moved to the model's device.
     """
-    if model_kwargs is None:
-        return {}
-    if not isinstance(model_kwargs, Mapping):
-        raise TypeError(
-            f"`{name}` expected a mapping of str -> torch.Tensor [N, ...] or None, got {type(model_kwargs).__name__}"
-        )
     out: dict[str, Tensor] = {}
-    for key, value in model_kwargs.items():
-        if not isinstance(key, str):
-            raise TypeError(f"`{name}` expected str keys (the model's keyword names), got {type(key).__name__} {key!r}")
-        if not isinstance(value, Tensor):
-            raise TypeError(f"`{name}[{key!r}]` expected a torch.Tensor [N, ...], got {type(value).__name__}")
-        if value.dim() < 1 or value.shape[0] != num:
-            raise ValueError(
-                f"`{name}[{key!r}]` expected {num} entries along dimension 0 to match `{inputs_name}`, got shape "
-                f"{tuple(value.shape)}"
-            )
+    for key, value in check_model_kwargs(model_kwargs, num, name, inputs_name).items():
         with torch.inference_mode(False):
             value = value.clone() if value.is_inference() else value
         out[key] = match_model(value.detach(), params)
