@@ -69,12 +69,15 @@ class SensitivityMonitor(MeasureLoop, Callback):
     are gathered, and every rank logs the same values. Each gather is preceded by an agreement of all ranks, so a
     failure on one rank drops that measurement on every rank instead of leaving the others waiting
     (:mod:`~lightning_sensitivity.callbacks._distributed`). Under strategies that shard the parameters (FSDP through
-    ``FSDPStrategy`` or ``ModelParallelStrategy`` with ``fully_shard``) quantities of input gradients are measured
-    through the sharded model itself, all ranks running the same forwards.
+    ``FSDPStrategy`` or ``ModelParallelStrategy`` with ``fully_shard``) every quantity is measured through the
+    sharded model itself, all ranks running the same forwards on their shards of the probe sets: input gradients
+    by plain autograd, and under FSDP2 (``fully_shard``) loss-gradient Grams (stiffness) by the layerwise engine
+    from activations and output gradients, which do not depend on how the parameters are sharded.
 
     Unsupported setups disable the monitor for the run, with one warning, and training goes on: DeepSpeed (and XLA
-    FSDP), quantities of parameter gradients (stiffness) under sharded parameters, and optimizers training tensors
-    that are not registered parameters of the module (``functional_call`` cannot reach them).
+    FSDP), quantities of parameter gradients (stiffness) under FSDP1's flat parameters (``FSDPStrategy``), and
+    optimizers training tensors that are not registered parameters of the module (``functional_call`` cannot reach
+    them).
 
     Probe sets are drawn lazily at the first measurement from the datasets behind the trainer's loaders (explicit
     ``val_data``/``train_data``; a datamodule's ``train_eval_dataset`` -- un-augmented training examples -- when it
@@ -121,8 +124,8 @@ class SensitivityMonitor(MeasureLoop, Callback):
     state_fields: ClassVar[tuple[str, ...]] = ("num_samples", "seed")
     #: Whether :meth:`compute` differentiates with respect to the inputs (then ``embed_fn`` output is measured).
     differentiates_inputs: ClassVar[bool] = True
-    #: Whether :meth:`compute` needs per-example gradients of the parameters (not measurable under FSDP: the monitor
-    #: is then disabled; quantities of the inputs only are measured through the sharded model).
+    #: Whether :meth:`compute` needs per-example gradients of the parameters (not measurable under FSDP1's flat
+    #: parameters: the monitor is then disabled; under FSDP2 only through the layerwise engine).
     needs_parameter_gradients: ClassVar[bool] = False
 
     def __init__(
@@ -322,11 +325,12 @@ class SensitivityMonitor(MeasureLoop, Callback):
                 "or use `ModelParallelStrategy` with `fully_shard`, `strategy='ddp'` or a single device"
             )
             return
-        if sharding is not None and self.needs_parameter_gradients:
+        if sharding == "FSDPStrategy" and self.needs_parameter_gradients:
             self._disable(
-                f"the {sharding} shards the model's parameters, and {self.quantity} needs per-example gradients "
-                "with respect to all of them, which no rank holds. Measure in a run with `strategy='ddp'` or on a "
-                "single device (the input-gradient monitors -- Jacobian norms, transitions -- do run under it)"
+                f"the {sharding} (FSDP1) flattens the model's parameters into shards in which no per-parameter "
+                f"tensor can be named, and {self.quantity} needs per-example gradients with respect to each. Use "
+                "`ModelParallelStrategy` with `fully_shard` (FSDP2), `strategy='ddp'` or a single device (the "
+                "input-gradient monitors -- Jacobian norms, transitions -- do run under it)"
             )
             return
         num_classes = known_num_classes(trainer, pl_module)

@@ -18,6 +18,7 @@ from lightning_sensitivity.functional.gram import (
     GramMethod,
     LayerwiseUnsupported,
     LossFn,
+    no_fallback,
     prepare_gram_call,
 )
 from lightning_sensitivity.functional.gram import capture as lg
@@ -79,8 +80,7 @@ def per_layer_gram(
                 features = checked_features(module, trainable, frozen, buffers, sets, loss_fn, chunk_size)
                 return _assemble(features, lg.cross_by_name, groups, layers, sets, chunk_size)
             except LayerwiseUnsupported as err:
-                if method == "layerwise":
-                    raise ValueError(f"`method='layerwise'` cannot handle this model: {err}") from None
+                no_fallback(module, method, err)
         sizes = [(name, t.numel()) for name, t in trainable.items()]
 
         def explicit(s: int, piece: slice) -> dict[str, Tensor]:

@@ -252,3 +252,55 @@ def test_integer_token_ids_are_accepted_as_inputs(method):
     torch.testing.assert_close(sum(blocks.values()), expected, rtol=1e-6, atol=1e-12)
     with pytest.raises(TypeError, match="`inputs` expected a floating-point or integer tensor, got dtype torch.bool"):
         loss_gradient_gram(model, ids > 3, y)
+
+
+class Positions(nn.Module):
+    """Token plus position embeddings, the positions ``arange(T)`` shared by the batch (as in most text models)."""
+
+    def __init__(self, vocabulary=9, length=12, unsqueeze=False):
+        super().__init__()
+        self.unsqueeze = unsqueeze
+        self.tokens = nn.Embedding(vocabulary, 4, padding_idx=0)
+        self.positions = nn.Embedding(length, 4)
+        self.head = nn.Linear(4, CLASSES)
+
+    def forward(self, ids):
+        pos = self.positions(torch.arange(ids.shape[1]))
+        h = self.tokens(ids) + (pos.unsqueeze(0) if self.unsqueeze else pos)
+        return self.head(torch.tanh(h).mean(dim=1))
+
+
+@pytest.mark.parametrize("length", [4, 5], ids=["T!=N", "T==N"])
+def test_position_embeddings_shared_by_the_batch(length):
+    # With as many positions as examples the position ids look like a batch of ids until they are broadcast.
+    torch.manual_seed(9)
+    model = Positions().double()
+    ids = torch.randint(0, 9, (5, length), generator=torch.Generator().manual_seed(0))
+    y = torch.randint(0, CLASSES, (5,), generator=torch.Generator().manual_seed(1))
+    expected = gram_loop(model, ids, y, ids[:3], y[:3])
+    got = loss_gradient_gram(model, ids, y, ids[:3], y[:3], method="layerwise", chunk_size=length)
+    torch.testing.assert_close(got, expected, rtol=1e-6, atol=1e-12)
+    torch.testing.assert_close(loss_gradient_gram(model, ids, y, method="layerwise"), gram_loop(model, ids, y),
+                               rtol=1e-6, atol=1e-12)  # fmt: skip
+
+
+def test_position_embeddings_broadcast_another_way_fall_back_exactly():
+    torch.manual_seed(10)
+    model = Positions(unsqueeze=True).double()
+    ids = torch.randint(0, 9, (5, 4), generator=torch.Generator().manual_seed(0))
+    y = torch.randint(0, CLASSES, (5,), generator=torch.Generator().manual_seed(1))
+    with pytest.raises(ValueError, match="an embedding of ids shared by the batch is used by"):
+        loss_gradient_gram(model, ids, y, method="layerwise")
+    torch.testing.assert_close(loss_gradient_gram(model, ids, y), gram_loop(model, ids, y), rtol=1e-6, atol=1e-12)
+
+
+def test_the_reference_text_classifier_takes_the_layerwise_path():
+    from lightning_sensitivity.models import TextClassifier
+
+    torch.manual_seed(11)
+    model = TextClassifier(vocab_size=30, num_classes=CLASSES, max_length=8).eval().double()
+    ids = torch.randint(1, 30, (4, 6), generator=torch.Generator().manual_seed(0))
+    ids[0, 4:] = 0  # padding
+    y = torch.randint(0, CLASSES, (4,), generator=torch.Generator().manual_seed(1))
+    got = loss_gradient_gram(model, ids, y, method="layerwise")
+    torch.testing.assert_close(got, gram_loop(model, ids, y), rtol=1e-6, atol=1e-12)

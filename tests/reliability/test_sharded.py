@@ -1,9 +1,9 @@
-"""Sharded parameters: Jacobian norms and transitions measure through the sharded model; stiffness says why not.
+"""Sharded parameters: every monitor measures through the sharded model (FSDP2); under FSDP1 stiffness says why not.
 
 - FSDP2 on this CPU machine: ``fsdp2_script.py`` runs a 2-process gloo fit with
   ``ModelParallelStrategy(data_parallel_size=2, tensor_parallel_size=1)`` and ``fully_shard`` on every layer; the
-  values measured at initialisation equal single-process values of the same initial weights to 1e-6, on both ranks,
-  each rank having evaluated half of every probe set.
+  values measured at initialisation (Jacobian norms, transitions and stiffness) equal single-process values of the
+  same initial weights to 1e-6, on both ranks, each rank having evaluated half of every probe set.
 - Lightning's ``FSDPStrategy`` (FSDP1) needs CUDA: the ``cuda`` tests run it on one GPU (skipped without one).
 """
 
@@ -30,8 +30,9 @@ TOLERANCE = 1e-6
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="FSDPStrategy needs a CUDA device")
 
 
-def expected_values(state_dict: dict, num_samples: int, device: str = "cpu") -> dict[str, float]:
-    """Jacobian-norm and transition scalars of the same weights and probe sets, in one process."""
+def expected_values(state_dict: dict, num_samples: int, device: str = "cpu", monitors: int = 3) -> dict[str, float]:
+    """Scalars of the first ``monitors`` of :func:`all_monitors` (Jacobian norms, transitions, stiffness) of the same
+    weights and probe sets, in one process."""
     data = ReliableData()
     data.setup("fit")
     probes = {
@@ -42,8 +43,8 @@ def expected_values(state_dict: dict, num_samples: int, device: str = "cpu") -> 
     module.load_state_dict(state_dict)
     module.to(device)
     values: dict[str, float] = {}
-    for monitor in all_monitors(num_samples=num_samples)[:2]:
-        needed = probes if type(monitor).__name__ == "JacobianNormMonitor" else {"val": probes["val"]}
+    for monitor in all_monitors(num_samples=num_samples)[:monitors]:
+        needed = {"val": probes["val"]} if type(monitor).__name__ == "TransitionMonitor" else probes
         values.update(monitor.compute(monitor.measured_model(module), needed, progress_factory("", False), 0).scalars)
     return values
 
@@ -84,14 +85,50 @@ def test_fsdp2_values_at_initialisation_equal_single_process_values(fsdp2_run):
 
 
 @pytest.mark.slow
-def test_fsdp2_ranks_share_the_probe_sets_and_stiffness_says_why_it_is_off(fsdp2_run):
-    half = script.NUM_SAMPLES // 2
+def test_fsdp2_ranks_share_the_probe_sets_and_no_monitor_is_disabled(fsdp2_run):
+    half, joint = script.NUM_SAMPLES // 2, 2 * script.NUM_SAMPLES
     for rank, record in fsdp2_run.items():
+        # Stiffness: the layer factors of each rank's half of the joint set, then each rank's half of the Gram rows.
         assert record["shards"] == {"JacobianNormMonitor": [(16, half), (16, half)], "TransitionMonitor": [(3, 2)],
-                                    "StiffnessMonitor": []}, rank  # fmt: skip
-    messages = [w for w in fsdp2_run[0]["warnings"] if "is disabled" in w]
-    assert len(messages) == 1 and messages[0].startswith("StiffnessMonitor")
-    assert "ModelParallelStrategy" in messages[0] and "per-example gradients" in messages[0]
+                                    "StiffnessMonitor": [(joint, half * 2)] * 2}, rank  # fmt: skip
+        assert not [w for w in record["warnings"] if "is disabled" in w or "could not" in w], rank
+    assert any(k.startswith("sensitivity/stiffness/") for k in fsdp2_run[0]["metrics"])
+
+
+@pytest.mark.slow
+def test_fsdp2_grams_of_real_architectures_equal_single_process_grams(tmp_path):
+    # Text classifier (token + position embeddings, attention), an encoder, tied weights, a block used twice.
+    import socket
+
+    from reliability import fsdp2_gram_script
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = str(s.getsockname()[1])
+    env = {k: v for k, v in os.environ.items() if k not in ("LOCAL_RANK", "NODE_RANK", "WORLD_SIZE", "MASTER_PORT")}
+    env["OMP_NUM_THREADS"] = "1"
+    procs = [
+        subprocess.Popen([sys.executable, fsdp2_gram_script.__file__, str(tmp_path), port], env={**env, "RANK": str(r)},
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+        for r in (0, 1)
+    ]
+    try:
+        errors = [p.communicate(timeout=TIMEOUT)[1] for p in procs]
+    except subprocess.TimeoutExpired:
+        for p in procs:
+            p.kill()
+        pytest.fail(f"the FSDP2 Gram run did not finish within {TIMEOUT} s (a hang?)")
+    assert all(p.returncode == 0 for p in procs), "\n".join(e[-3000:] for e in errors)
+    worst = 0.0
+    for r in (0, 1):
+        record = torch.load(tmp_path / f"rank{r}.pt", weights_only=False)
+        assert set(record) == {"text", "encoder", "mlp", "tied_weights", "shared_block"}
+        for name, entry in record.items():
+            assert entry["sharded"] and all(entry["grads"]), (r, name)
+            for kind, difference in entry["difference"].items():
+                assert difference <= 1e-5, (r, name, kind, difference)  # relative to the Gram's largest entry
+                worst = max(worst, difference)
+    report_figure("sharded: FSDP2 Gram, largest relative difference from one process (5 models)", worst)
 
 
 def test_plain_models_are_not_sharded_and_the_gram_refuses_sharded_ones():
@@ -103,7 +140,7 @@ def test_plain_models_are_not_sharded_and_the_gram_refuses_sharded_ones():
 
     model[0].weight = FlatParameter(model[0].weight.detach().clone())
     assert has_sharded_parameters(model)
-    with pytest.raises(ValueError, match="`model` expected parameters held whole"):
+    with pytest.raises(ValueError, match="`model` expected parameters held whole .* got FSDP1 flat parameters"):
         loss_gradient_gram(model, torch.randn(2, 3), torch.tensor([0, 1]))
 
 
@@ -149,7 +186,7 @@ def test_fsdp1_on_a_gpu_measures_the_input_gradient_quantities_exactly(tmp_path)
     from lightning.pytorch.strategies import FSDPStrategy
 
     metrics, initial, messages = fsdp1_fit(tmp_path, FSDPStrategy())
-    assert_values(metrics, expected_values(initial, script.NUM_SAMPLES, "cuda"))
+    assert_values(metrics, expected_values(initial, script.NUM_SAMPLES, "cuda", monitors=2))
     disabled = [m for m in messages if "is disabled" in m]
     assert len(disabled) == 1 and disabled[0].startswith("StiffnessMonitor") and "FSDPStrategy" in disabled[0]
 
@@ -184,4 +221,4 @@ def test_fsdp2_on_a_gpu_measures_the_input_gradient_quantities_exactly(tmp_path)
                            strategy=ModelParallelStrategy(data_parallel_size=1, tensor_parallel_size=1), max_epochs=1,
                            limit_train_batches=2, deterministic=False)  # fmt: skip
     trainer.fit(module, datamodule=ReliableData())
-    assert_values(recorder.metrics, expected_values(initial, script.NUM_SAMPLES, "cuda"))
+    assert_values(recorder.metrics, expected_values(initial, script.NUM_SAMPLES, "cuda", monitors=2))

@@ -32,6 +32,7 @@ from lightning_sensitivity.functional._model import (
 )
 from lightning_sensitivity.functional.gram.blocks import LossFn
 from lightning_sensitivity.functional.gram.capture import LayerwiseUnsupported
+from lightning_sensitivity.functional.gram.gathered import is_fsdp1
 from lightning_sensitivity.functional.gram.layerwise import layerwise_gram
 from lightning_sensitivity.functional.gram.per_example import per_example_gram
 
@@ -71,8 +72,7 @@ def gram_and_norms(
             try:
                 gram, sq1, sq2 = layerwise_gram(*args, kwargs1=kw1, kwargs2=kw2)
             except LayerwiseUnsupported as err:
-                if method == "layerwise":
-                    raise ValueError(f"`method='layerwise'` cannot handle this model: {err}") from None
+                no_fallback(model, method, err)
                 # Exactness first: the generic engine handles any model, at the cost of per-example gradients.
                 gram, sq1, sq2 = per_example_gram(*args, kwargs1=kw1, kwargs2=kw2)
     return gram.detach(), sq1.detach(), sq2.detach()
@@ -115,10 +115,16 @@ def prepare_gram_call(
         )
     model = unwrap_model(model)
     if has_sharded_parameters(model):
-        raise ValueError(
-            "`model` expected parameters held whole by this process, got sharded ones (FSDP / `fully_shard` / "
-            "DTensor): per-example parameter gradients cannot be formed from a shard"
-        )
+        if is_fsdp1(model):
+            raise ValueError(
+                "`model` expected parameters held whole by this process or sharded by FSDP2 (`fully_shard`), got "
+                "FSDP1 flat parameters (`FullyShardedDataParallel`): no per-parameter tensor can be named in them"
+            )
+        if method == "per_example":
+            raise ValueError(
+                "`method='per_example'` expected a model holding its parameters whole, got one sharded by FSDP2: "
+                "explicit per-example gradients need every parameter on every process (use 'auto' or 'layerwise')"
+            )
     x1 = prepare_inputs(inputs, allow_integer=True)
     y1 = prepare_targets(targets, x1.shape[0])
     params, buffers = detached_state(model)
@@ -137,3 +143,15 @@ def prepare_gram_call(
         y2 = y2.to(x2.device)
         kw2 = prepare_model_kwargs(model_kwargs2, x2.shape[0], params, name="model_kwargs2", inputs_name="inputs2")
     return model, (model, params, buffers, x1, y1, x2, y2, loss_fn, chunk_size, progress), kw1, kw2
+
+
+def no_fallback(model: nn.Module, method: str, err: LayerwiseUnsupported) -> None:
+    """Raise the ``ValueError`` for a layerwise failure that has no fallback: ``method='layerwise'`` was asked for,
+    or the model is sharded (the per-example engine needs whole parameters); return when the fallback may run."""
+    if method == "layerwise":
+        raise ValueError(f"`method='layerwise'` cannot handle this model: {err}") from None
+    if has_sharded_parameters(model):
+        raise ValueError(
+            "`model` is sharded (FSDP2), so only the layerwise engine can form its Gram, and it cannot handle this "
+            f"model: {err}"
+        ) from None

@@ -24,8 +24,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import vmap
 
-from lightning_sensitivity.functional._model import as_function, check_logits
+from lightning_sensitivity.functional._model import as_function, check_logits, has_sharded_parameters
 from lightning_sensitivity.functional.gram.blocks import LossFn
+from lightning_sensitivity.functional.gram.gathered import GatheredParameters
 from lightning_sensitivity.functional.gram.recognition import Call, Capture, LayerwiseUnsupported
 
 __all__ = ["Features", "LayerwiseUnsupported", "cross", "cross_by_name", "layer_features", "select", "squared_norms"]
@@ -83,9 +84,16 @@ def layer_features(
     Raises:
         LayerwiseUnsupported: the model uses a trainable parameter outside the recognised ops.
     """
-    capture = Capture(trainable)
-    with capture:
-        logits = check_logits(as_function(model)({**frozen, **trainable}, buffers, x, **(model_kwargs or {})))
+    if has_sharded_parameters(model):
+        # FSDP2: the model gathers its parameters itself; they are named as each module is entered.
+        gathered = GatheredParameters(model, set(trainable))
+        capture = Capture({}, x.shape[0], names=gathered.names)
+        with gathered, capture:
+            logits = check_logits(model(x, **(model_kwargs or {})))
+    else:
+        capture = Capture(trainable, x.shape[0])
+        with capture:
+            logits = check_logits(as_function(model)({**frozen, **trainable}, buffers, x, **(model_kwargs or {})))
     calls = capture.calls
     losses = per_example_losses(loss_fn, logits, y)
     if not calls or not losses.requires_grad:

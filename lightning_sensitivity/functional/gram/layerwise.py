@@ -6,15 +6,17 @@ blocks and, once per model structure, verifies them against ``torch.autograd`` g
 
 from __future__ import annotations
 
+import contextlib
 import weakref
 from collections.abc import Callable
 
 import torch
 from torch import Tensor, nn
 
-from lightning_sensitivity.functional._model import Progress, as_function, check_logits, take
+from lightning_sensitivity.functional._model import Progress, as_function, check_logits, has_sharded_parameters, take
 from lightning_sensitivity.functional.gram import capture as lg
 from lightning_sensitivity.functional.gram.blocks import LossFn, blockwise_gram, split_trainable
+from lightning_sensitivity.functional.gram.gathered import GatheredParameters
 
 
 def layerwise_gram(
@@ -100,23 +102,7 @@ def _check_key(trainable: dict[str, Tensor], x: Tensor, y: Tensor, kwargs: dict[
 
 def _check_against_explicit(model, trainable, frozen, buffers, x, y, kwargs, loss_fn, feats: lg.Features) -> None:
     index = torch.tensor(sorted({0, x.shape[0] - 1}), device=x.device)
-    # Plain autograd on batches of one: far less overhead than vmap for two examples.
-    leaves = {k: v.detach().requires_grad_(True) for k, v in trainable.items()}
-    f = as_function(model)
-    rows = []
-    for i in index.tolist():
-        logits = check_logits(f({**frozen, **leaves}, buffers, x[i : i + 1], **take(kwargs, slice(i, i + 1))))
-        loss = loss_fn(logits, y[i : i + 1]).sum()
-        grads = torch.autograd.grad(loss, list(leaves.values()), allow_unused=True)
-        rows.append(
-            torch.cat(
-                [
-                    (torch.zeros_like(p) if g is None else g).flatten()
-                    for g, p in zip(grads, leaves.values(), strict=True)
-                ]
-            )
-        )
-    explicit = torch.stack(rows)
+    explicit = _explicit_gradients(model, trainable, frozen, buffers, x, y, kwargs, loss_fn, index.tolist())
     expected = explicit @ explicit.T
     picked = lg.select(feats, index)
     got = lg.cross(picked, picked)
@@ -129,3 +115,25 @@ def _check_against_explicit(model, trainable, frozen, buffers, x, y, kwargs, los
             "the layerwise Gram disagrees with explicit per-example gradients on a check pair (does the model mix "
             "the examples of a batch, or keep them on a dimension other than 0?)"
         )
+
+
+def _explicit_gradients(model, trainable, frozen, buffers, x, y, kwargs, loss_fn, index: list[int]) -> Tensor:
+    """``[len(index), P]`` gradients of the examples at ``index``, by plain autograd on batches of one (far less
+    overhead than vmap for two examples). A sharded model (FSDP2) runs its own forward, and the gradients are taken
+    with respect to the whole tensors it gathered (:class:`~.gathered.GatheredParameters`), never into ``.grad``."""
+    sharded = has_sharded_parameters(model)
+    leaves = {} if sharded else {k: v.detach().requires_grad_(True) for k, v in trainable.items()}
+    f = as_function(model)
+    rows: list[dict[str, Tensor]] = []
+    like: dict[str, Tensor] = {}
+    for i in index:
+        gathered = GatheredParameters(model, set(trainable))
+        with gathered if sharded else contextlib.nullcontext():
+            logits = check_logits(f({**frozen, **leaves}, buffers, x[i : i + 1], **take(kwargs, slice(i, i + 1))))
+        used = dict(sorted(gathered.tensors.items())) if sharded else leaves
+        grads = torch.autograd.grad(loss_fn(logits, y[i : i + 1]).sum(), list(used.values()), allow_unused=True)
+        rows.append({k: g for k, g in zip(used, grads, strict=True) if g is not None})
+        like.update(used)
+    # A parameter one example's forward did not use (or, sharded, did not gather) has a zero gradient there.
+    flat = [torch.cat([row.get(k, torch.zeros_like(t)).flatten() for k, t in like.items()]) for row in rows]
+    return torch.stack(flat)

@@ -57,10 +57,17 @@ class Call:
 class Capture(TorchFunctionMode):
     """Records every recognised use of a trainable parameter (by tensor identity) during a forward pass."""
 
-    def __init__(self, trainable: dict[str, Tensor]) -> None:
+    def __init__(self, trainable: dict[str, Tensor], batch_size: int, names: dict[int, str] | None = None) -> None:
         super().__init__()
-        self.names = {id(t): name for name, t in trainable.items()}
+        # ``names`` (shared, filled while the model runs) replaces ``trainable``'s for a sharded model.
+        self.names = {id(t): name for name, t in trainable.items()} if names is None else names
+        self.batch_size = batch_size
         self.calls: list[Call] = []
+        # Embeddings of ids without the batch dimension (positions ``arange(T)``): output id -> (output, call
+        # arguments), recorded when an addition broadcasts them over the batch. And the outputs of embeddings
+        # recorded per example, which must not be broadcast again.
+        self.broadcast: dict[int, tuple[Tensor, str, Tensor, dict]] = {}
+        self.batched: dict[int, tuple[Tensor, Call]] = {}
 
     def _name(self, t: object) -> str | None:
         return self.names.get(id(t)) if isinstance(t, Tensor) else None
@@ -70,6 +77,10 @@ class Capture(TorchFunctionMode):
         if func is F.batch_norm and _arg(args, kwargs, 5, "training", False):
             raise LayerwiseUnsupported("batch normalisation with batch statistics mixes the examples of a batch")
         flat, _ = tree_flatten((args, kwargs))
+        if (self.broadcast or self.batched) and any(id(t) in self.broadcast or id(t) in self.batched for t in flat):
+            out = self._embedding_use(func, args, kwargs, flat)
+            if out is not NotImplemented:
+                return out
         used = [self._name(t) for t in flat if self._name(t) is not None]
         if not used:
             return func(*args, **kwargs)
@@ -171,7 +182,48 @@ class Capture(TorchFunctionMode):
         if padding_idx is not None and padding_idx < 0:
             padding_idx += w.shape[0]
         out = F.embedding(*args, **kwargs)
-        return self._record("embedding", out, self._name(w), None, ids, padding_idx=padding_idx, rows=w.shape[0])
+        options = {"padding_idx": padding_idx, "rows": w.shape[0]}
+        if ids.dim() == 0 or ids.shape[0] != self.batch_size:
+            # The same ids for every example: recorded once an addition broadcasts the output over the batch.
+            self.broadcast[id(out)] = (out, self._name(w), ids, options)
+            return out
+        out = self._record("embedding", out, self._name(w), None, ids, **options)
+        self.batched[id(out)] = (out, self.calls[-1])
+        return out
+
+    def _embedding_use(self, func, args, kwargs, flat):
+        """An op on an embedding's output, or ``NotImplemented`` to go on as usual: ``x + E[positions]`` broadcast
+        over the batch is the embedding of the same ids for every example (recorded here); any other use of such an
+        output, or broadcasting a per-example embedding's output again, is not recognised."""
+        if func in _ADD:
+            tensors = [t for t in flat if isinstance(t, Tensor)]
+            dims = len(torch.broadcast_shapes(*(t.shape for t in tensors)))
+            for t in tensors:
+                if id(t) in self.batched and dims > t.dim():
+                    # Ids of as many positions as the batch has examples, taken for a batch: in fact shared by it.
+                    call = self.batched.pop(id(t))[1]
+                    self.calls = [c for c in self.calls if c is not call]
+                    self.broadcast[id(t)] = (t, call.weight, call.inputs, call.options)
+        derived = [t for t in flat if isinstance(t, Tensor) and id(t) in self.broadcast]
+        if not derived:
+            return NotImplemented
+        if func not in _ADD:
+            out = func(*args, **kwargs)
+            if any(isinstance(t, Tensor) for t in tree_flatten(out)[0]):
+                raise LayerwiseUnsupported(f"an embedding of ids shared by the batch is used by {_fn_name(func)}")
+            return out  # a query such as .shape or .dim()
+        if len(args) != 2 or kwargs or len(derived) != 1 or any(self._name(t) is not None for t in flat):
+            raise LayerwiseUnsupported("an embedding of ids shared by the batch is added with options or parameters")
+        out = func(*args, **kwargs)
+        e, name, ids, options = self.broadcast[id(derived[0])]
+        lead = out.dim() - e.dim()
+        if lead < 1 or tuple(out.shape[lead:]) != tuple(e.shape) or out.shape[0] != self.batch_size:
+            raise LayerwiseUnsupported(
+                f"an embedding of ids shared by the batch, of shape {tuple(e.shape)}, is added to shape "
+                f"{tuple(out.shape)}: not a broadcast over the batch"
+            )
+        ids = ids.expand(*out.shape[:lead], *ids.shape)
+        return self._record("embedding", out, name, None, ids, **options)
 
     def _norm(self, func, args, kwargs, used) -> Tensor:
         x = _arg(args, kwargs, 0, "input")

@@ -1,0 +1,85 @@
+"""Loss-gradient Grams of models sharded by FSDP2 (``fully_shard``), on 2 CPU processes (gloo).
+
+Run by ``test_sharded.py`` as ``python fsdp2_gram_script.py OUT PORT``. Each rank builds the same models, computes
+``loss_gradient_gram`` (whole, chunked, two sets) and ``per_layer_gram`` before and after sharding them, and writes
+``OUT/rank{r}.pt``: the largest differences per model, whether any ``.grad`` was written, and the parameter
+classes after sharding (``DTensor``).
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the `tests` folder, for `architectures`
+
+
+def models():
+    import torch
+    from architectures import SharedBlock, TiedWeights
+    from torch import nn
+
+    from lightning_sensitivity.models import TextClassifier
+
+    torch.manual_seed(0)
+    text = TextClassifier(vocab_size=40, num_classes=3, max_length=8).eval()
+    ids = torch.randint(1, 40, (10, 7))
+    ids[0, 5:] = 0
+    layer = nn.TransformerEncoderLayer(8, 2, 16, batch_first=True)
+    encoder = nn.Sequential(nn.Linear(3, 8), nn.TransformerEncoder(layer, 1, enable_nested_tensor=False),
+                            nn.Flatten(), nn.Linear(32, 3)).eval()  # fmt: skip
+    mlp = nn.Sequential(nn.Flatten(), nn.Linear(12, 16), nn.Tanh(), nn.LayerNorm(16), nn.Linear(16, 3))
+    return {
+        # name: (model, inputs, classes of submodules sharded on their own before the root)
+        "text": (text, ids, (nn.TransformerEncoderLayer,)),
+        "encoder": (encoder, torch.randn(10, 4, 3), (nn.TransformerEncoderLayer,)),
+        "mlp": (mlp, torch.randn(10, 12), (nn.Linear,)),
+        "tied_weights": (TiedWeights(), torch.randn(10, 1, 8, 8), ()),
+        "shared_block": (SharedBlock(), torch.randn(10, 1, 8, 8), (nn.Sequential,)),
+    }
+
+
+def main(out: Path, port: str) -> None:
+    import torch
+    import torch.distributed as dist
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+    from torch.distributed.tensor import DTensor
+
+    from lightning_sensitivity.functional import loss_gradient_gram, per_layer_gram
+
+    rank = int(os.environ["RANK"])
+    dist.init_process_group("gloo", rank=rank, world_size=2, init_method=f"tcp://127.0.0.1:{port}")
+    mesh = init_device_mesh("cpu", (2,))
+    record = {}
+    for name, (model, x, parts) in models().items():
+        y = torch.arange(x.shape[0]) % 3
+
+        def grams(m, x=x, y=y):
+            return {
+                "whole": loss_gradient_gram(m, x, y),
+                "chunked": loss_gradient_gram(m, x, y, chunk_size=4),
+                "two sets": loss_gradient_gram(m, x, y, x[:3], y[:3]),
+                "per layer": sum(per_layer_gram(m, x, y, chunk_size=4).values()),
+            }
+
+        expected = grams(copy.deepcopy(model))
+        for sub in reversed(list(model.modules())[1:]):
+            if isinstance(sub, parts) and not any(isinstance(p, DTensor) for p in sub.parameters()):
+                fully_shard(sub, mesh=mesh)
+        fully_shard(model, mesh=mesh)
+        got = grams(model)
+        record[name] = {
+            "difference": {k: float((got[k] - v).abs().max() / v.abs().max()) for k, v in expected.items()},
+            "grads": [p.grad is None for p in model.parameters()],
+            "sharded": all(isinstance(p, DTensor) for p in model.parameters()),
+        }
+    torch.save(record, out / f"rank{rank}.pt")
+    dist.barrier()  # neither rank tears the group down while the other still uses it
+    dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main(Path(sys.argv[1]), sys.argv[2])
