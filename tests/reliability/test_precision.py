@@ -79,6 +79,17 @@ def scaled_error(got: torch.Tensor, expected: torch.Tensor) -> float:
 
 @pytest.mark.parametrize("precision", sorted(DTYPES))
 def test_mixed_precision_training_is_measured_in_float32(tmp_path, precision):
+    check_measured_in_float32(tmp_path, precision, "cpu")
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_bf16_mixed_training_on_a_gpu_is_measured_in_float32(tmp_path):
+    check_measured_in_float32(tmp_path, "bf16-mixed", "cuda")
+
+
+def check_measured_in_float32(tmp_path, precision: str, device: str) -> None:
+    """A fit under ``precision`` on ``device``; its measurements against float64 loops on the CPU."""
     monitors = [
         JacobianNormMonitor(num_samples=12),
         StiffnessMonitor(num_samples=12, groups=("val_val",)),
@@ -87,8 +98,11 @@ def test_mixed_precision_training_is_measured_in_float32(tmp_path, precision):
     spy = WeightsSpy()
     pl.seed_everything(0, verbose=False)
     module = DtypeModule("mlp")
+    options = precision_options(precision) if device == "cpu" else {"precision": precision}
+    if device == "cuda":  # `deterministic=True` would need CUBLAS_WORKSPACE_CONFIG; the comparison does not
+        options.update(accelerator="gpu", devices=1, deterministic=False)
     try:
-        trainer = make_trainer(tmp_path, [*monitors, spy], max_epochs=2, **precision_options(precision))
+        trainer = make_trainer(tmp_path, [*monitors, spy], max_epochs=2, **options)
     except Exception as err:  # e.g. a Lightning/torch build without CPU autocast for this dtype
         pytest.skip(f"precision={precision!r} is not available on this CPU: {err}")
     assert trainer.precision == precision
@@ -100,7 +114,7 @@ def test_mixed_precision_training_is_measured_in_float32(tmp_path, precision):
     scalars = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("sensitivity/")}
     assert len(scalars) >= 15 and all(math.isfinite(v) for v in scalars.values())
     artifacts = {(a.quantity, a.epoch): a for a in load_artifacts(trainer.logger.log_dir)}
-    probe = monitors[0].probe_sets["val"]
+    probe = monitors[0].probe_sets["val"].to("cpu")
     worst, autocast_error = 0.0, float("inf")
     for epoch, weights in spy.weights.items():
         net = float64_net(weights)
@@ -112,12 +126,14 @@ def test_mixed_precision_training_is_measured_in_float32(tmp_path, precision):
         under_autocast = autocast_jacobian_norms(net, probe.inputs, DTYPES[precision])
         autocast_error = min(autocast_error, scaled_error(under_autocast, expected))
 
-        stiff_probe = monitors[1].probe_sets["val"]
+        stiff_probe = monitors[1].probe_sets["val"].to("cpu")
         reference = oracles.stiffness_loop(net, stiff_probe.inputs.double(), stiff_probe.targets)
         logged = artifacts["stiffness", epoch].arrays
         assert float(logged["val_val/cosine_mean"]) == pytest.approx(reference["cosine_mean"], rel=1e-4, abs=1e-6)
         assert float(logged["val_val/sign_mean"]) == pytest.approx(reference["sign_mean"], abs=1e-12)
     # the tolerance is sharp: a measurement under autocast would have failed it
     assert autocast_error > 5 * TOLERANCE
-    report_figure(f"precision {precision}: max error of Jacobian norms vs float64 (relative to the largest)", worst)
-    report_figure(f"precision {precision}: the same error had it run under autocast", autocast_error)
+    where = "" if device == "cpu" else f" on {device}"
+    report_figure(f"precision {precision}{where}: max error of Jacobian norms vs float64 (relative to the largest)",
+                  worst)  # fmt: skip
+    report_figure(f"precision {precision}{where}: the same error had it run under autocast", autocast_error)
