@@ -64,6 +64,9 @@ def loss_gradient_gram(
             the norm layers) and checks itself against explicit gradients of two examples. ``"per_example"``
             materialises per-example gradients with ``vmap(grad)`` and works for any model. ``"auto"``
             (default) uses ``"layerwise"`` and falls back to ``"per_example"`` for models it does not cover.
+            A model sharded by FSDP2 (``fully_shard``) is run as it is, every process in step, and only
+            ``"layerwise"`` applies: it names the whole parameters FSDP gathers for each forward; FSDP1's flat
+            parameters are refused.
         model_kwargs: per-example keyword inputs of the model for the first set, e.g.
             ``{"attention_mask": mask [N, T]}``: each value has ``N`` entries along dimension 0, is chunked with
             ``inputs`` and passed as ``model(x[piece], **{k: v[piece]})`` (``v[i:i + 1]`` with each example's
