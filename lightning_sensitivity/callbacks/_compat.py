@@ -13,8 +13,8 @@ import torch
 # count and the optional packages are never imported.
 UNSUPPORTED_STRATEGIES = ("XLAFSDPStrategy", "DeepSpeedStrategy")
 # Strategies that shard the parameters across ranks (FSDP1, FSDP2 / tensor parallel through `ModelParallelStrategy`):
-# the model is still callable on every rank -- its wrappers gather the parameters -- so quantities differentiating
-# with respect to the inputs are measured through it; per-example parameter gradients are not.
+# the model is still callable on every rank -- its wrappers gather the parameters -- so every quantity is measured
+# through it (loss-gradient Grams only under FSDP2, by the layerwise engine).
 SHARDING_STRATEGIES = ("FSDPStrategy", "ModelParallelStrategy")
 
 
@@ -43,6 +43,45 @@ def fsdp_root(trainer: Any, pl_module: Any) -> Any:
     if type(model).__name__ == "FullyShardedDataParallel" and getattr(model, "module", None) is pl_module:
         return model
     return None
+
+
+@contextlib.contextmanager
+def outer_groups_gathered(pl_module: Any, measured: torch.nn.Module):
+    """Gather the parameters of the outermost FSDP2 modules of ``pl_module`` (``unshard``) inside the block: at its
+    start and again before every forward of ``measured``, the module the measurement calls.
+
+    FSDP2 gathers a module's parameters when its ``forward`` is called. A ``forward_fn``/``embed_fn`` calls other
+    methods or submodules (``m.model.embed(ids)``), which would meet the bare shards of the outermost group (the
+    embeddings, the head); nested FSDP modules still gather their own when their forward runs. FSDP reshards every
+    group at the end of each backward, hence the gather before each forward (a no-op when still gathered).
+    ``unshard`` is a collective: every rank enters the block and runs the forwards at the same points. Nothing is
+    done without FSDP2 modules.
+    """
+    try:
+        from torch.distributed.fsdp import FSDPModule
+    except ImportError:  # a torch built without distributed support
+        yield
+        return
+    prefixes = [name for name, m in pl_module.named_modules() if isinstance(m, FSDPModule)]
+    outer = [
+        m
+        for name, m in pl_module.named_modules()
+        if isinstance(m, FSDPModule) and not any(p != name and (p == "" or name.startswith(p + ".")) for p in prefixes)
+    ]
+
+    def gather(*_: Any) -> None:
+        for module in outer:
+            module.unshard()
+
+    gather()
+    handle = measured.register_forward_pre_hook(gather, prepend=True) if outer else None
+    try:
+        yield
+    finally:
+        if handle is not None:
+            handle.remove()
+        for module in outer:
+            module.reshard()
 
 
 def unreachable_parameters(trainer: pl.Trainer, pl_module: pl.LightningModule) -> int:

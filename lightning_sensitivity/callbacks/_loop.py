@@ -7,6 +7,7 @@ attributes that class sets in ``__init__`` and its public hooks (``probe_splits`
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Callable
 
@@ -17,7 +18,7 @@ from torch import Tensor
 
 from lightning_sensitivity import keys
 from lightning_sensitivity.callbacks import _output
-from lightning_sensitivity.callbacks._compat import eager, fsdp_root
+from lightning_sensitivity.callbacks._compat import eager, fsdp_root, outer_groups_gathered, sharding_strategy
 from lightning_sensitivity.callbacks._data import find_dataset
 from lightning_sensitivity.callbacks._distributed import Lockstep, distributed_collective, map_sharded
 from lightning_sensitivity.callbacks.measurement import Measurement
@@ -197,9 +198,16 @@ class MeasureLoop:
         # FSDP1: the root wrapper gathers the parameters for each forward; `forward_fn`/`embed_fn` are refused there.
         root = fsdp_root(trainer, pl_module)
 
+        # FSDP2 with `forward_fn`/`embed_fn`: those call into the module outside its root's forward, which would
+        # meet bare shards; the outermost groups stay gathered for the measurement instead.
+        bypass = sharding_strategy(getattr(trainer, "strategy", None)) is not None and (
+            self.forward_fn is not None or self.embed_fn is not None
+        )
+
         def run() -> Measurement:
-            inputs = self._inputs_for(pl_module, probes)
-            return self.compute(root if root is not None else self.measured_model(pl_module), inputs, progress, epoch)
+            model = root if root is not None else self.measured_model(pl_module)
+            with outer_groups_gathered(pl_module, model) if bypass else contextlib.nullcontext():
+                return self.compute(model, self._inputs_for(pl_module, probes), progress, epoch)
 
         with eager():
             return self.attempt(self.quantity, run, epoch), probes

@@ -131,6 +131,37 @@ def test_fsdp2_grams_of_real_architectures_equal_single_process_grams(tmp_path):
     report_figure("sharded: FSDP2 Gram, largest relative difference from one process (5 models)", worst)
 
 
+@pytest.mark.slow
+def test_fsdp2_text_model_through_embed_fn_equals_single_process(tmp_path):
+    # The README's text recipe: `embed_fn` calls `m.model.embed` outside the sharded root's forward.
+    from reliability import fsdp2_text_script as text
+
+    env = {k: v for k, v in os.environ.items() if k not in ("LOCAL_RANK", "NODE_RANK", "WORLD_SIZE", "MASTER_PORT")}
+    env["OMP_NUM_THREADS"] = "1"
+    try:
+        proc = subprocess.run([sys.executable, text.__file__, str(tmp_path)], cwd=tmp_path, env=env, timeout=TIMEOUT,
+                              capture_output=True, text=True)  # fmt: skip
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"the FSDP2 text run did not finish within {TIMEOUT} s (a hang?)")
+    assert proc.returncode == 0, proc.stderr[-5000:]
+    records = [torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in (0, 1)]
+    module = text.TextModule(shard=False)
+    module.load_state_dict(records[0]["state_dict"])
+    expected: dict[str, float] = {}
+    for monitor, probes in zip(text.text_monitors(), records[0]["probes"], strict=True):
+        measured = monitor.compute(monitor.measured_model(module), monitor._inputs_for(module, probes),
+                                   progress_factory("", False), 0)  # fmt: skip
+        expected.update(measured.scalars)
+    assert {k.split("/")[1] for k in expected} == {"jacobian_norm", "transitions", "stiffness"}
+    worst = 0.0
+    for rank, record in enumerate(records):
+        assert record["sharded"], rank
+        assert not [w for w in record["warnings"] if "could not" in w or "is disabled" in w], rank
+        worst = max(worst, assert_values(record["metrics"], expected))
+    report_figure("sharded: FSDP2 text model via embed_fn, scalars compared with one process", len(expected))
+    report_figure("sharded: FSDP2 text model via embed_fn, max abs difference", worst)
+
+
 def test_plain_models_are_not_sharded_and_the_gram_refuses_sharded_ones():
     model = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2))
     assert not has_sharded_parameters(model)

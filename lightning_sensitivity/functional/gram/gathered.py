@@ -75,8 +75,9 @@ class GatheredParameters:
         for attr, name in own:
             if sharded_tensor(module._parameters.get(attr)):
                 raise LayerwiseUnsupported(
-                    f"trainable parameter {name!r} is a DTensor during its module's forward (tensor parallelism?): "
-                    "per-example gradients need whole parameters, which FSDP gathers but tensor parallelism does not"
+                    f"trainable parameter {name!r} is a DTensor shard during its module's forward: FSDP gathers a "
+                    "group's parameters when the group's own module is called (not when a submodule or another "
+                    "method is called directly -- `unshard()` that module first), and tensor parallelism never does"
                 )
         for owner, attr, name in below:
             t = owner._parameters.get(attr)
