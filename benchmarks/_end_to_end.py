@@ -11,11 +11,11 @@ import tempfile
 import time
 import warnings
 
+import lightning.pytorch as pl
 import torch
+from lightning.pytorch.loggers import TensorBoardLogger
 from torch.utils.data import DataLoader, TensorDataset
 
-import lightning.pytorch as pl
-from lightning.pytorch.loggers import TensorBoardLogger
 from lightning_sensitivity import JacobianNormMonitor, StiffnessMonitor, TransitionMonitor
 from lightning_sensitivity.models import MLP, LitClassifier
 
@@ -31,11 +31,16 @@ def _loaders(num_train: int) -> tuple[DataLoader, DataLoader]:
     return DataLoader(train, batch_size=128, shuffle=True, generator=g), DataLoader(val, batch_size=512)
 
 
-def fit_seconds(monitors: bool, num_train: int, epochs: int, figures: str = "log_spaced") -> float:
+def fit_seconds(
+    monitors: bool, num_train: int, epochs: int, figures: str = "log_spaced", device: torch.device | None = None
+) -> float:
     """Wall seconds of ``trainer.fit`` (data and model built outside the timed span).
 
     ``figures`` is passed to every monitor: the default, or ``"none"`` to time the measurements without images.
+    ``device``: a CUDA device fits with ``accelerator="gpu"`` on it (the loaders stay on the CPU, as in a real
+    run); None or the CPU with ``accelerator="cpu"``.
     """
+    cuda = device is not None and device.type == "cuda"
     pl.seed_everything(0, verbose=False)
     train, val = _loaders(num_train)
     module = LitClassifier(MLP(784, 10, hidden=(256, 256)), lr=0.05)
@@ -45,8 +50,8 @@ def fit_seconds(monitors: bool, num_train: int, epochs: int, figures: str = "log
         warnings.simplefilter("ignore")
         trainer = pl.Trainer(
             max_epochs=epochs,
-            accelerator="cpu",
-            devices=1,
+            accelerator="gpu" if cuda else "cpu",
+            devices=[device.index or 0] if cuda else 1,
             logger=TensorBoardLogger(tmp, name="bench"),
             callbacks=callbacks,
             enable_checkpointing=False,

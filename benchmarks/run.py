@@ -1,19 +1,21 @@
 """Benchmark of issue 7: every quantity against its cost limit and its naive baselines, measured in one run.
 
-    python benchmarks/run.py [--quick] [--json PATH] [--threads T] [--rounds R] [--architectures]
+    python benchmarks/run.py [--quick] [--json PATH] [--threads T] [--rounds R] [--architectures] [--device D]
 
-Times are CPU seconds of this process (``time.process_time``) with ``T`` intra-op threads (default 1): on a shared
-machine wall time also counts the time other processes hold the cores, CPU time does not. Candidates of a row are
+On the CPU (``--device cpu``, the default) times are CPU seconds of this process (``time.process_time``) with ``T``
+intra-op threads (default 1): on a shared machine wall time also counts the time other processes hold the cores,
+CPU time does not. With ``--device cuda`` models and data live on the GPU and times are wall seconds around
+``torch.cuda.synchronize()`` (``_timing.py``); the memory row reads ``torch.cuda.max_memory_allocated`` in
+process, and the end-to-end rows fit with ``accelerator="gpu"``. Candidates of a row are
 timed round-robin (limit, package, baselines, limit, package, ...) so load drifts hit all of them alike; a ratio
 to the limit is the median over rounds of the per-round ratio. ``--quick`` shrinks
 every size (formats and code paths only -- its ratios mean little) and finishes in well under a minute.
-``--architectures`` adds the Gram rows of ``_architectures.py`` (resnet18, a ViT, a text transformer; minutes).
+``--architectures`` adds the rows of ``_architectures.py`` (resnet18, a ViT, text transformers; minutes).
 """
 
 from __future__ import annotations
 
 import argparse
-import gc
 import json
 import os
 import platform
@@ -22,7 +24,6 @@ import subprocess
 import sys
 import time
 import warnings
-from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -30,6 +31,7 @@ import torch
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 import _cases as cases  # noqa: E402
+from _timing import parse_device, timed, timing_note  # noqa: E402
 
 from lightning_sensitivity.functional import (  # noqa: E402
     ellipse_trajectories,
@@ -39,28 +41,12 @@ from lightning_sensitivity.functional import (  # noqa: E402
 )
 
 ROW_KEYS = ("row", "quantity", "model", "time_s", "limit", "limit_s", "ratio_to_limit", "target", "baselines",
-            "peak_bytes", "met")  # fmt: skip
-
-
-def timed(fns: dict[str, Callable[[], object]], rounds: int, once: frozenset[str] = frozenset()) -> dict[str, list[float]]:
-    """CPU times per candidate, round-robin; candidates in ``once`` are timed in the first round only."""
-    for name, fn in fns.items():
-        if name not in once:
-            fn()  # warm-up: lazy initialisation is not part of a measurement
-    times: dict[str, list[float]] = {k: [] for k in fns}
-    for r in range(rounds):
-        for name, fn in fns.items():
-            if name in once and r > 0:
-                continue
-            gc.collect()
-            start = time.process_time()
-            fn()
-            times[name].append(time.process_time() - start)
-    return times
+            "refused", "peak_bytes", "met")  # fmt: skip
+CPU = torch.device("cpu")
 
 
 def _ratio(times: dict[str, list[float]], name: str, limit: str, scale: float) -> float:
-    return statistics.median(a / (scale * b) for a, b in zip(times[name], times[limit]))
+    return statistics.median(a / (scale * b) for a, b in zip(times[name], times[limit], strict=True))
 
 
 def _row(row, quantity, model, times, ours, limit, scale, target, limit_label, baselines, met) -> dict:
@@ -74,25 +60,27 @@ def _row(row, quantity, model, times, ours, limit, scale, target, limit_label, b
         "limit_s": scale * statistics.median(times[limit]),
         "ratio_to_limit": _ratio(times, ours, limit, scale),
         "target": target,
-        "baselines": {k: {"time_s": statistics.median(times[k]), "speedup": statistics.median(times[k]) / t}
-                      for k in baselines},  # fmt: skip
+        "baselines": {
+            k: {"time_s": statistics.median(times[k]), "speedup": statistics.median(times[k]) / t} for k in baselines
+        },
+        "refused": {},  # peers that decline the model: {label: reason}
         "peak_bytes": None,
         "met": met,
     }
 
 
-def jacobian_rows(n: int, rounds: int) -> list[dict]:
+def jacobian_rows(n: int, rounds: int, device: torch.device = CPU) -> list[dict]:
     rows = []
     for label, factory in cases.MODELS.items():
         torch.manual_seed(0)
-        model = factory().eval()
-        x, _ = cases.data(n)
+        model = factory().eval().to(device)
+        x = cases.data(n)[0].to(device)
         fns = {
             "limit": cases.forward(model, x),
-            "package": lambda: jacobian_norm(model, x),
+            "package": lambda model=model, x=x: jacobian_norm(model, x),
             "per-example loop": cases.jacobian_loop(model, x),
         }
-        times = timed(fns, rounds)
+        times = timed(fns, rounds, device)
         mlp = label.startswith("MLP")
         row = _row("jacobian_norm " + label.split()[0], "jacobian_norm", label, times, "package", "limit",
                    1 + cases.NUM_CLASSES, "<= 1.0 x limit_J" + (", >= 30x loop" if mlp else ""),
@@ -102,75 +90,86 @@ def jacobian_rows(n: int, rounds: int) -> list[dict]:
     return rows
 
 
-def stiffness_rows(n: int, rounds: int) -> list[dict]:
+def stiffness_rows(n: int, rounds: int, device: torch.device = CPU) -> list[dict]:
     rows = []
     for label, factory in cases.MODELS.items():
         torch.manual_seed(0)
-        model = factory().eval()
-        x, y = cases.data(n)
+        model = factory().eval().to(device)
+        x, y = (t.to(device) for t in cases.data(n))
         fns = {
             "limit": cases.forward_backward(model, x, y),
-            "package": lambda: loss_gradient_gram(model, x, y),
+            "package": lambda model=model, x=x, y=y: loss_gradient_gram(model, x, y),
             "vmap(grad) + matmul": cases.gram_vmap(model, x, y),
             "per-example loop": cases.gram_loop(model, x, y),
         }
-        for peer, make in (("Opacus GradSampleModule + matmul", cases.gram_opacus),
-                           ("BackPACK BatchGrad + matmul", cases.gram_backpack)):  # fmt: skip
-            fn = make(model, x, y)
-            if fn is not None:
-                fns[peer] = fn
-        times = timed(fns, rounds)
+        peers, refused = cases.peer_baselines(model, x, y, fns["package"])
+        fns.update(peers)
+        times = timed(fns, rounds, device)
         mlp = label.startswith("MLP")
         need = 50 if mlp else 5
         row = _row("stiffness " + label.split()[0], "loss_gradient_gram / stiffness", label, times, "package", "limit",
                    1, f"<= 2 x limit_G, >= {need}x vmap(grad)", "limit_G = forward + backward",
                    [k for k in fns if k not in ("limit", "package")], None)  # fmt: skip
         row["met"] = row["ratio_to_limit"] <= 2.0 and row["baselines"]["vmap(grad) + matmul"]["speedup"] >= need
+        row["refused"] = refused
         rows.append(row)
     return rows
 
 
-def transition_rows(num_traj: int, num_points: int, rounds: int) -> list[dict]:
+def transition_rows(num_traj: int, num_points: int, rounds: int, device: torch.device = CPU) -> list[dict]:
     rows = []
     for label, factory in cases.MODELS.items():
         torch.manual_seed(0)
-        model = factory().eval()
-        anchors, _ = cases.data(3 * num_traj)
+        model = factory().eval().to(device)
+        anchors = cases.data(3 * num_traj)[0].to(device)
         traj = ellipse_trajectories(anchors.reshape(num_traj, 3, 1, 28, 28), num_points)
         points = traj.reshape(-1, 1, 28, 28)
-        fns = {"limit": cases.forward(model, points), "package": lambda: transition_counts(model, traj)}
-        times = timed(fns, rounds)
-        row = _row("transitions " + label.split()[0], f"transition_counts ({num_traj} x {num_points} points)", label,
-                   times, "package", "limit", 1, "<= 1.3 x limit", "one forward over the K*P points", [], None)  # fmt: skip
+        fns = {
+            "limit": cases.forward(model, points),
+            "package": lambda model=model, traj=traj: transition_counts(model, traj),
+        }
+        times = timed(fns, rounds, device)
+        row = _row("transitions " + label.split()[0], f"transition_counts ({num_traj} x {num_points} points)",
+                   label, times, "package", "limit", 1, "<= 1.3 x limit", "one forward over the K*P points", [],
+                   None)  # fmt: skip
         row["met"] = row["ratio_to_limit"] <= 1.3
         rows.append(row)
     return rows
 
 
-def memory_row(chunk: int, threads: int) -> dict:
+def memory_row(chunk: int, threads: int, device: torch.device = CPU) -> dict:
+    """Peak memory of one call at N = chunk and N = 10 chunk: resident memory of a child process on the CPU
+    (``_memory.py`` says why), ``torch.cuda.max_memory_allocated`` in this process on CUDA."""
     sizes = [chunk, 10 * chunk]
-    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536", MALLOC_TRIM_THRESHOLD_="0")
-    spec = json.dumps({"chunk": chunk, "sizes": sizes, "threads": threads})
-    out = subprocess.run([sys.executable, str(HERE / "_memory.py"), spec], env=env, capture_output=True, text=True,
-                         timeout=900, check=True)  # fmt: skip
-    peaks = json.loads(out.stdout.strip().splitlines()[-1])
+    if device.type == "cuda":
+        from _memory import cuda_peaks
+
+        peaks = cuda_peaks(chunk, sizes, device)
+    else:
+        env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536", MALLOC_TRIM_THRESHOLD_="0")
+        spec = json.dumps({"chunk": chunk, "sizes": sizes, "threads": threads})
+        out = subprocess.run([sys.executable, str(HERE / "_memory.py"), spec], env=env, capture_output=True,
+                             text=True, timeout=900, check=True)  # fmt: skip
+        peaks = json.loads(out.stdout.strip().splitlines()[-1])
     growth = {k: v[str(10 * chunk)] / v[str(chunk)] for k, v in peaks.items()}
     return {
         "row": "memory CNN",
         "quantity": f"jacobian_norm, loss_gradient_gram: N = {10 * chunk} vs N = chunk = {chunk}",
         "model": "CNN conv32-conv64-pool-fc128",
         "time_s": None,
-        "limit": "peak at N = chunk",
+        "limit": "peak at N = chunk" + (" (CUDA allocator)" if device.type == "cuda" else ""),
         "limit_s": None,
         "ratio_to_limit": max(growth.values()),
         "target": "peak bounded by the chunk, not N",
         "baselines": {},
+        "refused": {},
         "peak_bytes": peaks,
         "met": max(growth.values()) <= 1.5,
     }
 
 
-def monitor_row(num_train: int, epochs: int, rounds: int, figures: str = "log_spaced") -> dict | None:
+def monitor_row(num_train: int, epochs: int, rounds: int, figures: str = "log_spaced",
+                device: torch.device = CPU) -> dict | None:  # fmt: skip
     try:
         from _end_to_end import fit_seconds
     except ImportError:  # the callbacks are not importable (e.g. Lightning missing)
@@ -178,13 +177,14 @@ def monitor_row(num_train: int, epochs: int, rounds: int, figures: str = "log_sp
     runs: dict[str, list[float]] = {"without": [], "with": []}
     for _ in range(rounds):
         for name in runs:
-            runs[name].append(fit_seconds(name == "with", num_train, epochs, figures))
+            runs[name].append(fit_seconds(name == "with", num_train, epochs, figures, device))
     without, with_ = statistics.median(runs["without"]), statistics.median(runs["with"])
     overhead = with_ / without - 1.0
     label = "" if figures == "log_spaced" else f", figures={figures!r}"
     return {
         "row": f"monitors end to end{label}",
-        "quantity": f"default monitors{label}, {epochs} epochs, {num_train} MNIST-sized examples",
+        "quantity": f"default monitors{label}, {epochs} epochs, {num_train} MNIST-sized examples"
+        + (f", accelerator='gpu' ({device})" if device.type == "cuda" else ""),
         "model": "lightning_sensitivity.models.MLP (784-256-256-10)",
         "time_s": with_,
         "limit": "the same fit without monitors",
@@ -192,6 +192,7 @@ def monitor_row(num_train: int, epochs: int, rounds: int, figures: str = "log_sp
         "ratio_to_limit": 1.0 + overhead,
         "target": "<= 10 % overhead",
         "baselines": {},
+        "refused": {},
         "peak_bytes": None,
         "met": overhead <= 0.10,
     }
@@ -201,17 +202,23 @@ def _fmt_bytes(b: int) -> str:
     return f"{b / 2**20:.0f} MiB"
 
 
+def _short(reason: str, limit: int = 70) -> str:
+    return reason if len(reason) <= limit else reason[: limit - 3] + "..."
+
+
 def print_table(rows: list[dict]) -> None:
-    head = f"{'row':<22} {'time':>9} {'x limit':>8} {'target':<34} {'met':<4} baselines (speedup) / peak memory"
+    head = f"{'row':<28} {'time':>9} {'x limit':>8} {'target':<34} {'met':<4} baselines (speedup) / peak memory"
     print(head)
     print("-" * len(head))
     for r in rows:
         t = "" if r["time_s"] is None else f"{r['time_s']:.4f}s"
-        extra = ", ".join(f"{k}: {v['speedup']:.1f}x" for k, v in r["baselines"].items())
+        extra = ", ".join([f"{k}: {v['speedup']:.1f}x" for k, v in r["baselines"].items()]
+                          + [f"{k.split()[0]}: refused ({_short(v)})" for k, v in r["refused"].items()])  # fmt: skip
         if r["peak_bytes"]:
             extra = "; ".join(f"{k}: " + ", ".join(f"N={n} {_fmt_bytes(b)}" for n, b in v.items())
                               for k, v in r["peak_bytes"].items())  # fmt: skip
-        print(f"{r['row']:<22} {t:>9} {r['ratio_to_limit']:>7.2f}x {r['target']:<34} {'yes' if r['met'] else 'NO':<4} {extra}")
+        met = "yes" if r["met"] else "NO"
+        print(f"{r['row']:<28} {t:>9} {r['ratio_to_limit']:>7.2f}x {r['target']:<34} {met:<4} {extra}")
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -221,47 +228,56 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (default 1)")
     parser.add_argument("--rounds", type=int, default=None, help="timing rounds per row (default 5; quick 1)")
     parser.add_argument("--architectures", action="store_true", help="add resnet18 / ViT / text transformer rows")
+    parser.add_argument("--device", default="cpu", help="'cpu' (default) or a CUDA device ('cuda', 'cuda:1')")
     args = parser.parse_args(argv)
+    device = parse_device(parser, args.device)
     # Opacus and BackPACK hooks warn on every call when the inputs do not require gradients; noise in a table.
     warnings.filterwarnings("ignore", message="Full backward hook is firing")
     torch.set_num_threads(args.threads)
     rounds = args.rounds or (1 if args.quick else 5)
     n = 16 if args.quick else 256
     start = time.perf_counter()
-    rows = jacobian_rows(n, rounds) + stiffness_rows(n, rounds)
+    rows = jacobian_rows(n, rounds, device) + stiffness_rows(n, rounds, device)
     if args.architectures:
         from _architectures import architecture_rows
         from _architectures import jacobian_rows as architecture_jacobian_rows
 
-        rows += architecture_rows(8 if args.quick else 128, rounds)
-        rows += architecture_jacobian_rows(8 if args.quick else 128, rounds)
-    rows += transition_rows(4 if args.quick else 16, 32 if args.quick else 128, rounds)
-    rows.append(memory_row(8 if args.quick else 64, args.threads))
+        rows += architecture_rows(8 if args.quick else 128, rounds, device=device)
+        rows += architecture_jacobian_rows(8 if args.quick else 128, rounds, device)
+    rows += transition_rows(4 if args.quick else 16, 32 if args.quick else 128, rounds, device)
+    rows.append(memory_row(8 if args.quick else 64, args.threads, device))
     from _images import image_cost_row, per_layer_rows, render_rows
 
-    rows += per_layer_rows(16 if args.quick else 128, rounds)
+    rows += per_layer_rows(16 if args.quick else 128, rounds, device)
     rows += render_rows(2 if args.quick else 20)
     end_to_end = {}
     for figures in ("log_spaced", "none"):
-        monitors = monitor_row(512 if args.quick else 60000, 1 if args.quick else 3, 1 if args.quick else 2, figures)
+        monitors = monitor_row(512 if args.quick else 60000, 1 if args.quick else 3, 1 if args.quick else 2, figures,
+                               device)  # fmt: skip
         if monitors is not None:
             rows.append(monitors)
             end_to_end[figures] = monitors
     images = image_cost_row(end_to_end.get("log_spaced"), end_to_end.get("none"))
     if images is not None:
         rows.append(images)
+    machine = {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
+               "cpu_count": os.cpu_count(), "torch": torch.__version__, "threads": args.threads,
+               "device": str(device)}  # fmt: skip
+    if device.type == "cuda":
+        machine.update(gpu=torch.cuda.get_device_name(device), cuda=torch.version.cuda)
     result = {
-        "machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
-                    "cpu_count": os.cpu_count(), "torch": torch.__version__, "threads": args.threads},  # fmt: skip
+        "machine": machine,
         "quick": args.quick,
         "rounds": rounds,
         "num_examples": n,
-        "timing": "CPU seconds (time.process_time), medians over rounds",
+        "device": str(device),
+        "timing": timing_note(device),
         "rows": rows,
         "total_wall_s": time.perf_counter() - start,
     }
     print_table(rows)
-    print(f"\n{len(rows)} rows in {result['total_wall_s']:.0f}s wall; threads={args.threads}, rounds={rounds}")
+    print(f"\n{len(rows)} rows in {result['total_wall_s']:.0f}s wall; device={device}, threads={args.threads}, "
+          f"rounds={rounds}; times are {result['timing']} (end-to-end rows: wall seconds of trainer.fit)")  # fmt: skip
     if args.json is not None:
         args.json.write_text(json.dumps(result, indent=2))
     return result
