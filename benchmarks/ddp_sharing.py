@@ -107,8 +107,7 @@ def main(argv: list[str] | None = None) -> dict:
            for r in (0, 1)}  # fmt: skip
     names = list(med[0])
     for name, members in [*((n, [n]) for n in names), ("all three monitors", names)]:
-        row: dict = {"row": f"ddp sharing {name}", "samples": samples, "model": args.model,
-                     "target": TARGET}
+        row: dict = {"row": f"ddp sharing {name}", "samples": samples, "model": args.model, "target": TARGET}
         for clock in ("", "_cpu"):
             single = sum(med[0][n]["single" + clock] for n in members)
             shared = {r: sum(med[r][n]["shared" + clock] for n in members) for r in (0, 1)}
@@ -120,9 +119,11 @@ def main(argv: list[str] | None = None) -> dict:
               "machine": {"cpu_count": os.cpu_count(), "torch": torch.__version__, "threads": 1}}  # fmt: skip
     for row in rows:
         shared, shared_cpu = max(row["shared_s"].values()), max(row["shared_cpu_s"].values())
-        print(f"{row['row']:40s} wall: single {row['single_s']:.3f} s, slower rank {shared:.3f} s, ratio "
-              f"{row['ratio']:.2f} | CPU: single {row['single_cpu_s']:.3f} s, slower rank {shared_cpu:.3f} s, "
-              f"ratio {row['ratio_cpu']:.2f}")
+        print(
+            f"{row['row']:40s} wall: single {row['single_s']:.3f} s, slower rank {shared:.3f} s, ratio "
+            f"{row['ratio']:.2f} | CPU: single {row['single_cpu_s']:.3f} s, slower rank {shared_cpu:.3f} s, "
+            f"ratio {row['ratio_cpu']:.2f}"
+        )
     if args.json is not None:
         args.json.write_text(json.dumps(result, indent=1, default=str))
     return result
