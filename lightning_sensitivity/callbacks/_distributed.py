@@ -164,7 +164,24 @@ def map_sharded(fn: ShardFn, n: int, world_size: int, rank: int, collective: Loc
     failed = [r for r, s in enumerate(statuses) if s == FAILED]
     if failed:
         raise PeerFailure(f"rank(s) {failed} could not compute their shard (their own error is raised there)")
-    return {key: torch.cat(collective.collective.all_gather(local[key]))[:n] for key in sorted(local)}
+    return _gather(collective.collective, local, n)
+
+
+def _gather(collective: Collective, local: dict[str, Tensor], n: int) -> dict[str, Tensor]:
+    """Every rank's ``local`` results, concatenated in rank order and cut to ``n``: one ``all_gather`` per dtype
+    (the results of a dtype packed into one flat tensor), not one per key -- a shared Gram's layer factors are a
+    dozen keys, and each collective waits for the slowest rank."""
+    by_dtype: dict[torch.dtype, list[str]] = {}
+    for key in sorted(local):
+        by_dtype.setdefault(local[key].dtype, []).append(key)
+    out: dict[str, Tensor] = {}
+    for keys in by_dtype.values():
+        sizes = [local[k].numel() for k in keys]
+        parts = collective.all_gather(torch.cat([local[k].reshape(-1) for k in keys]))  # same sizes on every rank
+        pieces = [part.split(sizes) for part in parts]
+        for i, key in enumerate(keys):
+            out[key] = torch.cat([rank_pieces[i].reshape(local[key].shape) for rank_pieces in pieces])[:n]
+    return {key: out[key] for key in sorted(out)}
 
 
 def _check_shard(local: Any, size: int) -> None:

@@ -8,6 +8,7 @@ from typing import Any
 
 from torch import Tensor, nn
 
+from lightning_sensitivity.callbacks._distributed import PeerFailure
 from lightning_sensitivity.callbacks.progress import ProgressFactory
 from lightning_sensitivity.functional import stiffness, stiffness_from_gram
 from lightning_sensitivity.functional.gram import LayerwiseUnsupported, gram_and_norms
@@ -33,7 +34,8 @@ def joint_stiffness(
             )  # fmt: skip
 
     n = inputs.shape[0]
-    if monitor.chunk_size is None and not kwargs and _layerwise(model, inputs, targets, monitor.loss_fn):
+    out = None
+    if monitor.chunk_size is None and not kwargs:
         # Each rank the layer factors of its examples, exchanged; then each its block of rows from all factors.
         def factors_of(index: Tensor) -> dict[str, Tensor]:
             return gram_factors(model, inputs[index], targets[index], reference_rows=n, loss_fn=monitor.loss_fn)
@@ -42,9 +44,16 @@ def joint_stiffness(
             gram, sq = gram_rows(factors, index)
             return {"gram": gram, "sq": sq}
 
-        factors = monitor.sharded(factors_of, n)
-        out = monitor.sharded(rows_of, n)
-    else:
+        try:
+            factors = monitor.sharded(factors_of, n)
+        except (LayerwiseUnsupported, PeerFailure):
+            # The layerwise engine does not cover the model on some rank (each rank learns it at the same
+            # agreement): every rank goes on to the two-set Gram below, still in lockstep. A rank that left the
+            # measurement instead broke the lockstep, and the next agreement raises on every rank.
+            factors = None
+        if factors is not None:
+            out = monitor.sharded(rows_of, n)
+    if out is None:
 
         def rows(index: Tensor) -> dict[str, Tensor]:
             # A rank's block of Gram rows against every example (memory bounded by `chunk_size`).
@@ -57,12 +66,3 @@ def joint_stiffness(
 
         out = monitor.sharded(rows, n)
     return stiffness_from_gram(out["gram"], out["sq"], out["sq"], self_pairs=True)
-
-
-def _layerwise(model: nn.Module, inputs: Tensor, targets: Tensor, loss_fn: Any) -> bool:
-    """Whether the layerwise engine covers ``model``: decided on the same two examples on every rank."""
-    try:
-        gram_factors(model, inputs[:2], targets[:2], reference_rows=inputs.shape[0], loss_fn=loss_fn)
-    except LayerwiseUnsupported:
-        return False
-    return True

@@ -235,9 +235,45 @@ def test_every_monitor_computes_the_single_process_values_from_shards(world_size
                 a = torch.as_tensor(value, dtype=torch.float64)
                 torch.testing.assert_close(torch.as_tensor(got.arrays[key], dtype=torch.float64), a, rtol=1e-6,
                                            atol=1e-6, equal_nan=True, msg=key)  # fmt: skip
-    # jacobian: 2 splits x (agreement + 2 gathers); transitions: 2 splits x (1 + 5 count tensors); stiffness: by Gram rows
-    # (1 + 2) with `chunk_size`, else factors (1 + one gather per factor tensor) and rows (1 + 2)
+    # One agreement per sharded call plus one gather per dtype of its results (packed, however many tensors):
+    # jacobian: 2 splits x (1 + 1, all float); transitions: 2 splits x (1 + 1, 5 int64 count tensors); stiffness: by
+    # Gram rows (1 + 1) with `chunk_size`, else factors (1 + 1, a dozen float tensors) and rows (1 + 1)
     joint_x = torch.cat([data["train"].inputs, data["val"].inputs])
     joint_y = torch.cat([data["train"].targets, data["val"].targets])
-    factor_tensors = len(gram_factors(model, joint_x, joint_y, reference_rows=17))
-    assert calls == [6 + 12 + (3 if chunk_size else 1 + factor_tensors + 3)] * world_size
+    factors = gram_factors(model, joint_x, joint_y, reference_rows=17)
+    assert len(factors) > 2 and {t.dtype for t in factors.values()} == {torch.float32}
+    assert calls == [4 + 4 + (2 if chunk_size else 4)] * world_size
+
+
+class Unrecognised(nn.Module):
+    """A parameter used by ``x @ W.T``: outside the layerwise engine, so the shared Gram takes the two-set rows."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.w = nn.Parameter(torch.randn(8, 6) * 0.3)
+        self.head = nn.Linear(8, 3)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.head(torch.tanh(x @ self.w.T))
+
+
+def test_a_model_outside_the_layerwise_engine_falls_back_on_every_rank_alike():
+    model = Unrecognised()
+    data = {"val": probes(9, 1), "train": probes(8, 2)}
+    monitor = StiffnessMonitor(num_samples=9, num_distance_bins=4)
+    progress = progress_factory("", False)
+    expected = monitor.compute(model, data, progress, 1)
+
+    def body(lockstep: Lockstep, rank: int) -> Any:
+        shared = copy.deepcopy(monitor)
+        shared._lockstep = lockstep
+        return shared.compute(copy.deepcopy(model), data, progress, 1)
+
+    results, calls = run_ranks(2, body)
+    for got in results:
+        assert not isinstance(got, BaseException), got
+        for key, value in expected.scalars.items():
+            assert got.scalars[key] == pytest.approx(value, rel=1e-6, abs=1e-6, nan_ok=True), key
+    # factors (agreement: every rank's LayerwiseUnsupported is shared there), then rows by the two-set Gram (1 + 1)
+    assert calls == [1 + 2] * 2
