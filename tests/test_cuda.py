@@ -15,8 +15,9 @@ machines without one.
 
 from __future__ import annotations
 
-import contextlib
 import os
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -28,22 +29,15 @@ from lightning_sensitivity.functional import jacobian_norm, loss_gradient_gram
 from lightning_sensitivity.models import MLP, SmallCNN, TextClassifier
 from lightning_sensitivity.probes import ProbeSet
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+from _timing import full_float32 as no_tf32  # noqa: E402  (TF32 off, restored after: the benchmark's helper)
+
 DEVICE = os.environ.get("LS_TEST_DEVICE", "cuda")
 TOLERANCE = 1e-5
 pytestmark = [
     pytest.mark.cuda,
     pytest.mark.skipif(DEVICE == "cuda" and not torch.cuda.is_available(), reason="needs a CUDA device"),
 ]
-
-
-@contextlib.contextmanager
-def no_tf32():
-    matmul, cudnn = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
-    try:
-        yield
-    finally:
-        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = matmul, cudnn
 
 
 def probes(kind: str, n: int = 24) -> dict[str, ProbeSet]:
