@@ -23,7 +23,7 @@ from lightning_sensitivity.functional.gram import (
 )
 from lightning_sensitivity.functional.gram import capture as lg
 from lightning_sensitivity.functional.gram.blocks import split_trainable
-from lightning_sensitivity.functional.gram.layerwise import checked_features
+from lightning_sensitivity.functional.gram.layerwise import CheckedFeatures
 from lightning_sensitivity.functional.gram.per_example import per_example_gradients
 
 
@@ -77,8 +77,10 @@ def per_layer_gram(
     with measurement_context(module):
         if method != "per_example":
             try:
-                features = checked_features(module, trainable, frozen, buffers, sets, loss_fn, chunk_size)
-                return _assemble(features, lg.cross_by_name, groups, layers, sets, chunk_size)
+                features = CheckedFeatures(module, trainable, frozen, buffers, sets, loss_fn, chunk_size)
+                blocks = _assemble(features, lg.cross_by_name, groups, layers, sets, chunk_size)
+                features.finish()
+                return blocks
             except LayerwiseUnsupported as err:
                 no_fallback(module, method, err)
         sizes = [(name, t.numel()) for name, t in trainable.items()]

@@ -76,6 +76,33 @@ def main(out: Path, port: str) -> None:
             "grads": [p.grad is None for p in model.parameters()],
             "sharded": all(isinstance(p, DTensor) for p in model.parameters()),
         }
+    # A self-check failing on one rank's data only: that rank must still run every forward the other runs (they
+    # are FSDP's collectives) before it raises, or the next collective would pair mismatched calls.
+    from lightning_sensitivity.functional.gram import layerwise
+    from lightning_sensitivity.functional.gram.recognition import LayerwiseUnsupported
+
+    model, x, _ = models()["mlp"]
+    for sub in model:
+        if isinstance(sub, torch.nn.Linear):
+            fully_shard(sub, mesh=mesh)
+    fully_shard(model, mesh=mesh)
+    checked = layerwise._check_against_explicit
+
+    def failing_on_rank_1(*args, **kwargs):
+        checked(*args, **kwargs)  # the check's own forwards, then its verdict: failed on rank 1
+        if rank == 1:
+            raise LayerwiseUnsupported("injected check failure")
+
+    layerwise._check_against_explicit = failing_on_rank_1
+    try:
+        loss_gradient_gram(model, x, torch.arange(x.shape[0]) % 3, chunk_size=3)
+        record["one-rank check failure"] = "computed"
+    except ValueError as err:
+        record["one-rank check failure"] = str(err)
+    finally:
+        layerwise._check_against_explicit = checked
+    dist.barrier()  # reached by both, with nothing pending: the ranks ran the same collectives
+    record["after"] = float(loss_gradient_gram(model, x, torch.arange(x.shape[0]) % 3).sum())
     torch.save(record, out / f"rank{rank}.pt")
     dist.barrier()  # neither rank tears the group down while the other still uses it
     dist.destroy_process_group()

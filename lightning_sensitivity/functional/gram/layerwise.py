@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import weakref
-from collections.abc import Callable
 
 import torch
 from torch import Tensor, nn
@@ -17,6 +16,7 @@ from lightning_sensitivity.functional._model import Progress, as_function, check
 from lightning_sensitivity.functional.gram import capture as lg
 from lightning_sensitivity.functional.gram.blocks import LossFn, blockwise_gram, split_trainable
 from lightning_sensitivity.functional.gram.gathered import GatheredParameters
+from lightning_sensitivity.functional.gram.recognition import LayerwiseUnsupported
 
 
 def layerwise_gram(
@@ -47,8 +47,8 @@ def layerwise_gram(
     """
     trainable, frozen = split_trainable(params, model)
     sets = ((x1, y1, kwargs1 or {}), (x2, y2, kwargs2 or {}))
-    features = checked_features(model, trainable, frozen, buffers, sets, loss_fn, chunk_size)
-    return blockwise_gram(
+    features = CheckedFeatures(model, trainable, frozen, buffers, sets, loss_fn, chunk_size)
+    out = blockwise_gram(
         features,
         lg.cross,
         lg.squared_norms,
@@ -57,35 +57,65 @@ def layerwise_gram(
         chunk_size,
         progress,
     )
+    features.finish()
+    return out
 
 
-def checked_features(
-    model, trainable, frozen, buffers, sets, loss_fn, chunk_size
-) -> Callable[[int, slice], lg.Features]:
+class CheckedFeatures:
     """``features(s, piece)``: the layerwise factors of examples ``piece`` of set ``s`` (0 = rows, 1 = columns) of
-    ``sets = ((x1, y1, kwargs1), (x2, y2, kwargs2))``, the first chunk's checked against explicit gradients (once per
-    model structure)."""
-    (x1, _, _), (x2, _, _) = sets
-    reference_rows = min(max(x1.shape[0], 0 if x2 is None else x2.shape[0]), chunk_size or 1 << 62)
-    checked = False
+    ``sets = ((x1, y1, kwargs1), (x2, y2, kwargs2))``, the first chunk's checked against explicit gradients
+    (:func:`verify`).
 
-    def features(s: int, piece: slice) -> lg.Features:
-        nonlocal checked
-        x, y, kw = sets[s]
+    A failed check raises at once, except for a sharded model: every rank must run the same forwards (they are
+    collectives), so the failure is kept and raised by :meth:`finish`, which the caller calls once it has computed
+    everything it would have.
+    """
+
+    def __init__(self, model, trainable, frozen, buffers, sets, loss_fn, chunk_size) -> None:
+        (x1, _, _), (x2, _, _) = sets
+        self.reference_rows = min(max(x1.shape[0], 0 if x2 is None else x2.shape[0]), chunk_size or 1 << 62)
+        self.model, self.trainable, self.frozen, self.buffers = model, trainable, frozen, buffers
+        self.sets, self.loss_fn = sets, loss_fn
+        self.checked = False
+        self.failure: LayerwiseUnsupported | None = None
+
+    def __call__(self, s: int, piece: slice) -> lg.Features:
+        x, y, kw = self.sets[s]
         kw = take(kw, piece)
+        model, trainable, frozen, buffers = self.model, self.trainable, self.frozen, self.buffers
         feats = lg.layer_features(
-            model, trainable, frozen, buffers, x[piece], y[piece], loss_fn, reference_rows, model_kwargs=kw
+            model, trainable, frozen, buffers, x[piece], y[piece], self.loss_fn, self.reference_rows, model_kwargs=kw
         )
-        if not checked:
-            key = _check_key(trainable, x, y, kw, loss_fn)
-            verified = _VERIFIED.setdefault(model, set())
-            if key not in verified:
-                _check_against_explicit(model, trainable, frozen, buffers, x[piece], y[piece], kw, loss_fn, feats)
-                verified.add(key)
-            checked = True
+        if not self.checked:
+            self.checked = True
+            self.failure = verify(model, trainable, frozen, buffers, x[piece], y[piece], kw, self.loss_fn, feats)
+            if not has_sharded_parameters(model):
+                self.finish()
         return feats
 
-    return features
+    def finish(self) -> None:
+        """Raise the check's failure, if any."""
+        if self.failure is not None:
+            raise self.failure
+
+
+def verify(model, trainable, frozen, buffers, x, y, kwargs, loss_fn, feats: lg.Features) -> LayerwiseUnsupported | None:
+    """Check a chunk's factors against explicit gradients of two of its examples; the failure, or None.
+
+    Once per model structure (:data:`_VERIFIED`), except for a sharded model, which is checked at every call: the
+    check's forwards are collectives, and every rank must run them whatever another rank's cache holds."""
+    sharded = has_sharded_parameters(model)
+    key = _check_key(trainable, x, y, kwargs, loss_fn)
+    verified = _VERIFIED.setdefault(model, set())
+    if not sharded and key in verified:
+        return None
+    try:
+        _check_against_explicit(model, trainable, frozen, buffers, x, y, kwargs, loss_fn, feats)
+    except LayerwiseUnsupported as err:
+        return err
+    if not sharded:
+        verified.add(key)
+    return None
 
 
 # Models whose layerwise factors passed the check, with what they were checked on: the check is about the model's
@@ -111,7 +141,7 @@ def _check_against_explicit(model, trainable, frozen, buffers, x, y, kwargs, los
         scale[:, None] * scale[None, :] + torch.finfo(expected.dtype).tiny
     )
     if not bool(((got - expected).abs() <= tolerance).all()):
-        raise lg.LayerwiseUnsupported(
+        raise LayerwiseUnsupported(
             "the layerwise Gram disagrees with explicit per-example gradients on a check pair (does the model mix "
             "the examples of a batch, or keep them on a dimension other than 0?)"
         )

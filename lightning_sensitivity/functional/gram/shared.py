@@ -22,7 +22,7 @@ from lightning_sensitivity.functional._model import (
 from lightning_sensitivity.functional.gram import capture as lg
 from lightning_sensitivity.functional.gram import prepare_gram_call
 from lightning_sensitivity.functional.gram.blocks import LossFn, split_trainable
-from lightning_sensitivity.functional.gram.layerwise import _VERIFIED, _check_against_explicit, _check_key
+from lightning_sensitivity.functional.gram.layerwise import verify
 
 __all__ = ["gram_factors", "gram_rows"]
 
@@ -71,11 +71,9 @@ def gram_factors(
     trainable, frozen = split_trainable(params, model)
     with measurement_context(model):
         feats = lg.layer_features(model, trainable, frozen, buffers, x, y, loss_fn, reference_rows, model_kwargs=kw)
-        key = _check_key(trainable, x, y, kw, loss_fn)
-        verified = _VERIFIED.setdefault(model, set())
-        if key not in verified:
-            _check_against_explicit(model, trainable, frozen, buffers, x, y, kw, loss_fn, feats)
-            verified.add(key)
+        failure = verify(model, trainable, frozen, buffers, x, y, kw, loss_fn, feats)  # the last forwards here
+        if failure is not None:
+            raise failure
     out = {f"flat:{name}": g.detach() for name, g in feats.flat.items()}
     for i, (name, a, d) in enumerate(feats.kron):
         out[f"kron.{i:04d}.a:{name}"], out[f"kron.{i:04d}.d:{name}"] = a.detach(), d.detach()
