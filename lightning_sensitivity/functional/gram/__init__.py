@@ -23,6 +23,7 @@ from lightning_sensitivity.functional._model import (
     check_progress,
     detached_state,
     has_sharded_parameters,
+    is_fsdp1,
     match_model,
     measurement_context,
     prepare_inputs,
@@ -32,7 +33,6 @@ from lightning_sensitivity.functional._model import (
 )
 from lightning_sensitivity.functional.gram.blocks import LossFn
 from lightning_sensitivity.functional.gram.capture import LayerwiseUnsupported
-from lightning_sensitivity.functional.gram.gathered import is_fsdp1
 from lightning_sensitivity.functional.gram.layerwise import layerwise_gram
 from lightning_sensitivity.functional.gram.per_example import per_example_gram
 

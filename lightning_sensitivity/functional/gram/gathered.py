@@ -15,27 +15,10 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from lightning_sensitivity.functional._model import state_slots
+from lightning_sensitivity.functional._model import is_dtensor, state_slots
 from lightning_sensitivity.functional.gram.recognition import LayerwiseUnsupported
 
-__all__ = ["GatheredParameters", "is_fsdp1", "sharded_tensor"]
-
-
-def sharded_tensor(t: object) -> bool:
-    """Whether ``t`` is a ``DTensor`` (a shard, or a tensor-parallel parameter)."""
-    try:
-        from torch.distributed.tensor import DTensor
-    except ImportError:  # a torch built without distributed support
-        return False
-    return isinstance(t, DTensor)
-
-
-def is_fsdp1(model: nn.Module) -> bool:
-    """Whether ``model`` is (or contains) FSDP1's ``FullyShardedDataParallel`` or holds its flat parameters, whose
-    per-parameter tensors are views into one flat buffer no per-parameter hook can name."""
-    if any(type(m).__name__ == "FullyShardedDataParallel" for m in model.modules()):
-        return True
-    return any(type(p).__name__ == "FlatParameter" for p in model.parameters())
+__all__ = ["GatheredParameters"]
 
 
 class GatheredParameters:
@@ -51,9 +34,8 @@ class GatheredParameters:
             parallelism, or a parameter FSDP did not gather): its per-example gradients cannot be formed here.
     """
 
-    def __init__(self, model: nn.Module, trainable: set[str], names: dict[int, str] | None = None) -> None:
-        self.model = model
-        self.names = {} if names is None else names
+    def __init__(self, model: nn.Module, trainable: set[str]) -> None:
+        self.names: dict[int, str] = {}
         self.tensors: dict[str, Tensor] = {}
         slots = state_slots(model)  # slot path -> canonical name
         self._entries: dict[nn.Module, tuple[list[tuple[nn.Module, str, str]], list[tuple[str, str]]]] = {}
@@ -73,7 +55,7 @@ class GatheredParameters:
     def _hook(self, module: nn.Module, args: object) -> None:
         below, own = self._entries[module]
         for attr, name in own:
-            if sharded_tensor(module._parameters.get(attr)):
+            if is_dtensor(module._parameters.get(attr)):
                 raise LayerwiseUnsupported(
                     f"trainable parameter {name!r} is a DTensor shard during its module's forward: FSDP gathers a "
                     "group's parameters when the group's own module is called (not when a submodule or another "
@@ -81,7 +63,7 @@ class GatheredParameters:
                 )
         for owner, attr, name in below:
             t = owner._parameters.get(attr)
-            if t is not None and not sharded_tensor(t):  # a descendant FSDP has not gathered yet stays a shard
+            if t is not None and not is_dtensor(t):  # a descendant FSDP has not gathered yet stays a shard
                 self.names[id(t)] = name
                 self.tensors[name] = t
 
