@@ -18,6 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the `tests` folder, for `reliability`
+
 from lightning_sensitivity import JacobianNormMonitor, StiffnessMonitor, TransitionMonitor
 from lightning_sensitivity.models import TextClassifier
 from lightning_sensitivity.models.text_data import TokenDataset
@@ -83,15 +85,10 @@ class TextModule(pl.LightningModule):
         return DataLoader(dataset(32, 1), batch_size=16)
 
 
-def full_state(module) -> dict:
-    from torch.distributed.tensor import DTensor
-
-    state = module.state_dict()  # `full_tensor` is a collective: every rank, every entry, the same order
-    return {k: (v.full_tensor() if isinstance(v, DTensor) else v).detach().clone() for k, v in state.items()}
-
-
 def main(out: Path) -> None:
     from lightning.pytorch.strategies import ModelParallelStrategy
+
+    from reliability.fsdp2_script import full_state
 
     class Recorder(pl.Callback):
         def __init__(self, monitors, caught) -> None:
