@@ -5,9 +5,11 @@ found it (parameters, ``.grad``, buffers, every submodule's ``training`` flag, t
 chunks of ``chunk_size`` examples so memory is bounded by the chunk, and every function works inside
 ``torch.no_grad()`` / ``torch.inference_mode()`` and on inference tensors. Extra per-example inputs of the model
 (an attention mask) go in ``model_kwargs={"name": tensor [N, ...]}`` and are chunked with the inputs.
+The model may return a tensor, a dict or Hugging Face ``ModelOutput`` (its ``"logits"``) or a tuple (its first
+tensor); bf16/fp16 models are measured in float32 on upcast copies (see :func:`measurement_options`).
 """
 
-from lightning_sensitivity.functional._model import predict_logits
+from lightning_sensitivity.functional._model import measurement_options, predict_logits
 from lightning_sensitivity.functional.critical_length import critical_length, critical_length_bootstrap
 from lightning_sensitivity.functional.gram_statistics import gram_statistics
 from lightning_sensitivity.functional.jacobian import jacobian_norm
@@ -28,6 +30,7 @@ from lightning_sensitivity.functional.transition_density import near_anchor_mask
 from lightning_sensitivity.functional.transitions import TransitionCounts, transition_counts
 
 __all__ = [
+    "measurement_options",
     "predict_logits",
     "jacobian_norm",
     "jacobian_norm_estimate",

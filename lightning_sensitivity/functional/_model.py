@@ -9,7 +9,10 @@ autocast state are escaped for the duration of the measurement and restored afte
 from __future__ import annotations
 
 import contextlib
+import warnings
 from collections.abc import Callable, Iterator, Mapping
+from contextvars import ContextVar
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -34,6 +37,76 @@ _TRAIN_MODE_UNSUPPORTED = (
 )
 
 Progress = Callable[[int, int], None]
+
+
+@dataclass(frozen=True)
+class MeasurementOptions:
+    """How every functional entry point reads a model (see :func:`measurement_options`)."""
+
+    measure_dtype: torch.dtype | None = torch.float32
+    output_key: str | int | None = None
+
+
+_DEFAULT_OPTIONS = MeasurementOptions()
+_OPTIONS: ContextVar[MeasurementOptions | None] = ContextVar("measurement_options", default=None)
+_SAID: set[tuple[torch.dtype, torch.dtype]] = set()  # upcasts already announced in this process
+
+
+@contextlib.contextmanager
+def measurement_options(
+    *, measure_dtype: torch.dtype | None = torch.float32, output_key: str | int | None = None
+) -> Iterator[MeasurementOptions]:
+    """Set how the functional layer reads models for the measurements made inside the ``with`` block.
+
+    Args:
+        measure_dtype: the least precise floating-point dtype a measurement runs in. Parameters, buffers and
+            floating-point inputs of a less precise dtype (``bfloat16``, ``float16``: a ``precision="bf16-true"``
+            model) are measured on upcast copies, so the values are those of the model's own weights computed in
+            ``measure_dtype``; the model itself is never touched. Default ``torch.float32``; ``torch.float64``
+            upcasts float32 models too; ``None`` measures in the model's own dtype. Integer inputs (token ids) and
+            buffers keep their dtype. Models with sharded parameters (FSDP) are measured in their own dtype.
+        output_key: which part of the model's output holds the logits ``[N, C]``. ``None`` (default): a tensor
+            itself; a mapping or Hugging Face ``ModelOutput``: its ``"logits"``; a tuple or list (a namedtuple
+            included): its first tensor; another object: its ``.logits`` attribute. A ``str`` names a key (or
+            attribute), an ``int`` an index of a tuple.
+
+    Example:
+        >>> from torch import nn
+        >>> from lightning_sensitivity.functional import measurement_options, predict_logits
+        >>> model = nn.Linear(3, 2).to(torch.bfloat16)
+        >>> with measurement_options(measure_dtype=torch.float64):
+        ...     predict_logits(model, torch.randn(4, 3)).dtype
+        torch.float64
+    """
+    options = MeasurementOptions(check_measure_dtype(measure_dtype), check_output_key(output_key))
+    token = _OPTIONS.set(options)
+    try:
+        yield options
+    finally:
+        _OPTIONS.reset(token)
+
+
+def current_options() -> MeasurementOptions:
+    """The :class:`MeasurementOptions` in force (set by :func:`measurement_options`)."""
+    return _OPTIONS.get() or _DEFAULT_OPTIONS
+
+
+def check_measure_dtype(value: Any, name: str = "measure_dtype") -> torch.dtype | None:
+    if value is None:
+        return None
+    if not isinstance(value, torch.dtype):
+        raise TypeError(f"`{name}` expected a floating-point torch.dtype (e.g. torch.float32) or None, got {value!r}")
+    if not value.is_floating_point:
+        raise ValueError(f"`{name}` expected a floating-point torch.dtype (e.g. torch.float32) or None, got {value}")
+    return value
+
+
+def check_output_key(value: Any, name: str = "output_key") -> str | int | None:
+    if value is None or isinstance(value, str):
+        return value
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"`{name}` expected a str (a key or attribute), an int (a tuple index) or None, got {value!r}")
+    return value
 
 
 def unwrap_model(model: nn.Module) -> nn.Module:
@@ -89,14 +162,39 @@ def detached_state(model: nn.Module) -> tuple[dict[str, Tensor], dict[str, Tenso
 
     Detaching shares storage (no copy) but cuts the graph, so nothing computed from them reaches the model's
     ``.grad``. Inference tensors (a model built under ``inference_mode``) are cloned into normal tensors.
+    Floating-point tensors less precise than the ``measure_dtype`` of :func:`measurement_options` (bf16/fp16,
+    default float32) are upcast copies, so every measurement runs in at least that precision (said once per dtype).
     """
-    params = {name: _normal(p.detach()) for name, p in model.named_parameters()}
-    buffers = {name: _normal(b.detach()) for name, b in model.named_buffers()}
+    dtype = None if has_sharded_parameters(model) else current_options().measure_dtype
+    with torch.inference_mode(False):
+        params = {name: _normal(p.detach(), dtype) for name, p in model.named_parameters()}
+        buffers = {name: _normal(b.detach(), dtype) for name, b in model.named_buffers()}
+    if dtype is not None:
+        _say_upcast(model, dtype)
     return params, buffers
 
 
-def _normal(t: Tensor) -> Tensor:
+def _less_precise(t: Tensor, dtype: torch.dtype | None) -> bool:
+    return dtype is not None and t.is_floating_point() and torch.finfo(t.dtype).eps > torch.finfo(dtype).eps
+
+
+def _normal(t: Tensor, dtype: torch.dtype | None = None) -> Tensor:
+    if _less_precise(t, dtype):
+        return t.to(dtype)  # a copy: the model's own tensor is never written
     return t.clone() if t.is_inference() else t
+
+
+def _say_upcast(model: nn.Module, dtype: torch.dtype) -> None:
+    originals = {t.dtype for t in (*model.parameters(), *model.buffers()) if _less_precise(t, dtype)}
+    for low in sorted(originals, key=str):
+        if (low, dtype) not in _SAID:
+            _SAID.add((low, dtype))
+            warnings.warn(
+                f"the model holds {low} parameters or buffers: measured in {dtype} on upcast copies (the model is "
+                f"untouched); `measurement_options(measure_dtype=None)` (or a monitor's `measure_dtype=None`) "
+                f"measures in {low} instead.",
+                stacklevel=3,
+            )
 
 
 def match_model(x: Tensor, params: dict[str, Tensor]) -> Tensor:
@@ -282,10 +380,48 @@ def check_chunk_size(chunk_size: int | None, name: str = "chunk_size") -> None:
     check_int(chunk_size, name, minimum=1, allow_none=True)
 
 
+def model_output(out: Any, key: str | int | None = None) -> Any:
+    """The logits in a model's output, as :func:`measurement_options` describes (``key``: its ``output_key``).
+
+    Anything not found is returned as it is, for :func:`check_logits` to refuse with the whole story."""
+    if key is None:
+        if isinstance(out, Tensor):
+            return out
+        if isinstance(out, Mapping):  # a dict, or a Hugging Face ModelOutput (an OrderedDict)
+            return out.get("logits", out)
+        if isinstance(out, (tuple, list)):
+            return next((t for t in out if isinstance(t, Tensor)), out)
+        return getattr(out, "logits", out)
+    if isinstance(key, int):
+        return out[key] if isinstance(out, (tuple, list)) and -len(out) <= key < len(out) else out
+    if isinstance(out, Mapping):
+        return out.get(key, out)
+    return getattr(out, key, out)
+
+
+def _describe_output(out: Any) -> str:
+    if isinstance(out, Mapping):
+        return f"{type(out).__name__} with keys {list(out.keys())}"
+    if isinstance(out, (tuple, list)):
+        return f"{type(out).__name__} of {[type(t).__name__ for t in out]}"
+    return type(out).__name__
+
+
 def check_logits(out: Any) -> Tensor:
-    """The model must map ``[N, ...]`` to logits ``[N, C]``."""
-    if not isinstance(out, Tensor):
-        raise TypeError(f"the model expected to return a logits tensor [N, C], got {type(out).__name__}")
+    """The model must map ``[N, ...]`` to logits ``[N, C]``: a tensor, or an output holding one (``"logits"`` of
+    a dict or ``ModelOutput``, the first tensor of a tuple, or the part ``output_key`` names: see
+    :func:`measurement_options`)."""
+    key = current_options().output_key
+    found = model_output(out, key)
+    if not isinstance(found, Tensor):
+        where = "a logits tensor [N, C] (or a dict/ModelOutput with 'logits', or a tuple whose first tensor is them)"
+        if key is not None:
+            where = f"logits [N, C] under `output_key={key!r}`"
+        raise TypeError(
+            f"the model expected to return {where}, got {_describe_output(out)}; name the part holding the logits "
+            "with `output_key=` (a monitor's argument, or `lightning_sensitivity.functional.measurement_options`)"
+        )
+    out = found
     if out.dim() != 2:
         raise ValueError(f"the model expected to return logits of shape [N, C], got shape {tuple(out.shape)}")
     return out
