@@ -12,6 +12,7 @@ import math
 from collections.abc import Callable
 
 import lightning.pytorch as pl
+import torch
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.trainer.states import TrainerFn
 from torch import Tensor
@@ -21,8 +22,11 @@ from lightning_sensitivity.callbacks import _output
 from lightning_sensitivity.callbacks._compat import eager, fsdp_root, outer_groups_gathered, sharding_strategy
 from lightning_sensitivity.callbacks._data import find_dataset
 from lightning_sensitivity.callbacks._distributed import Lockstep, distributed_collective, map_sharded
+from lightning_sensitivity.callbacks._fn_check import PROBE_EXAMPLES, forward_fn_mismatch
 from lightning_sensitivity.callbacks.measurement import Measurement
 from lightning_sensitivity.callbacks.progress import progress_factory
+from lightning_sensitivity.functional import measurement_options
+from lightning_sensitivity.functional._model import unwrap_model
 from lightning_sensitivity.logging import find_tensorboard_writer, save_artifact
 from lightning_sensitivity.probes import ProbeSet, draw_probe_set
 
@@ -111,8 +115,6 @@ class MeasureLoop:
         on_device = {role: p.to(pl_module.device) for role, p in probes.items()}
         if self.embed_fn is None or not self.differentiates_inputs:
             return on_device
-        import torch
-
         with torch.no_grad():  # the embedding at the current weights; its graph is not needed
             return {role: p.with_inputs(self.embed_fn(pl_module, p.inputs).detach()) for role, p in on_device.items()}
 
@@ -209,8 +211,32 @@ class MeasureLoop:
             with outer_groups_gathered(pl_module, model) if bypass else contextlib.nullcontext():
                 return self.compute(model, self._inputs_for(pl_module, probes), progress, epoch)
 
-        with eager():
+        options = measurement_options(
+            measure_dtype=getattr(self, "measure_dtype", torch.float32), output_key=getattr(self, "output_key", None)
+        )
+        with eager(), options:
+            if root is None and sharding_strategy(getattr(trainer, "strategy", None)) is None:
+                self._check_forward_fn(pl_module, probes)
             return self.attempt(self.quantity, run, epoch), probes
+
+    def _check_forward_fn(self, pl_module: pl.LightningModule, probes: dict[str, ProbeSet]) -> None:
+        """Once per run: ``forward_fn(embed_fn(x))`` against ``pl_module(x)`` (see :mod:`._fn_check`)."""
+        if (self.forward_fn is None and self.embed_fn is None) or getattr(self, "_fn_checked", False) or not probes:
+            return
+        self._fn_checked = True
+        probe = probes.get(VAL, next(iter(probes.values()))).to(pl_module.device)
+        composed = self._models.get(pl_module, self.forward_fn, self.embed_fn)
+        found = forward_fn_mismatch(unwrap_model(pl_module), composed, probe)
+        if found is not None:
+            difference, tolerance = found
+            given = " and ".join(n for n in ("embed_fn", "forward_fn") if getattr(self, n) is not None)
+            self.warn_once(
+                "forward_fn mismatch",
+                f"{type(self).__name__}: `{given}` do not compute the LightningModule's own output: on "
+                f"{PROBE_EXAMPLES} probe examples the logits differ from `pl_module(x, **model_kwargs)` by up to "
+                f"{difference:.3g} (tolerance {tolerance:.2g}), so the measurements are of another function. For a "
+                "Hugging Face model, measure it directly (no `forward_fn`) or see the README's text-model recipe.",
+            )
 
     def _draw_figures(self, fitting: bool) -> bool:
         if self.figures != "log_spaced":

@@ -18,6 +18,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, ClassVar
 
 import lightning.pytorch as pl
+import torch
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.trainer.states import TrainerFn
@@ -41,6 +42,7 @@ from lightning_sensitivity.callbacks._probes import known_num_classes, model_kwa
 from lightning_sensitivity.callbacks.measurement import Measurement, SensitivityWarning
 from lightning_sensitivity.callbacks.progress import ProgressFactory
 from lightning_sensitivity.functional import predict_logits  # noqa: F401 (re-exported: subclasses use it)
+from lightning_sensitivity.functional._model import check_measure_dtype, check_output_key
 from lightning_sensitivity.probes import BatchTransform, ProbeSet, check_probe_data, probe_set_from_data
 from lightning_sensitivity.schedules import resolve_schedule
 
@@ -112,6 +114,15 @@ class SensitivityMonitor(MeasureLoop, Callback):
             ``"all"`` (or True) at every measurement; ``"none"`` (or False) never. Scalars, histograms and artifacts
             are written at every measurement either way.
         val_dataloader_idx: which validation loader the val probe set is drawn from when there are several.
+        measure_dtype: the least precise dtype measurements run in (default ``torch.float32``): a bf16/fp16 model
+            (``precision="bf16-true"``) is measured on upcast copies of its weights, never touched; ``None``: in the
+            model's own dtype (see :func:`~lightning_sensitivity.functional.measurement_options`).
+        output_key: the part of the model's output holding the logits; default: the output itself when a tensor,
+            ``"logits"`` of a dict or Hugging Face ``ModelOutput``, the first tensor of a tuple.
+
+    With ``forward_fn``/``embed_fn``, the first measurement compares ``forward_fn(embed_fn(x))`` with
+    ``pl_module(x)`` on two probe examples (when the module's own forward gives logits of that shape) and warns once
+    with the largest difference if they disagree: the measurements would be of another function.
 
     Raises:
         TypeError / ValueError: for a bad argument, naming it and the value got.
@@ -145,6 +156,8 @@ class SensitivityMonitor(MeasureLoop, Callback):
         chunk_size: int | None = None,
         figures: bool | str = "log_spaced",
         val_dataloader_idx: int = 0,
+        measure_dtype: torch.dtype | None = torch.float32,
+        output_key: str | int | None = None,
         **unknown: Any,
     ) -> None:
         if unknown:
@@ -163,6 +176,9 @@ class SensitivityMonitor(MeasureLoop, Callback):
         self.embed_fn = check_callable(embed_fn, "embed_fn", "(module, inputs) -> embedded", allow_none=True)
         self.chunk_size = check_int(chunk_size, "chunk_size", minimum=1, allow_none=True)
         self.val_dataloader_idx = check_int(val_dataloader_idx, "val_dataloader_idx", minimum=0)
+        self.measure_dtype = check_measure_dtype(measure_dtype)
+        self.output_key = check_output_key(output_key)
+        self._fn_checked = False
         self._explicit: dict[str, ProbeSet] = {}
         for split, data in ((VAL, val_data), (TRAIN, train_data)):
             if data is not None:
@@ -207,6 +223,8 @@ class SensitivityMonitor(MeasureLoop, Callback):
             "seed": self.seed,
             "chunk_size": self.chunk_size,
             "figures": self.figures,
+            "measure_dtype": str(self.measure_dtype).removeprefix("torch."),
+            "output_key": self.output_key,
         }
 
     def layout_groups(self) -> tuple[str, ...]:
@@ -309,6 +327,7 @@ class SensitivityMonitor(MeasureLoop, Callback):
             self._warned.clear()
             self._bridged.clear()
             self._undrawn = None
+            self._fn_checked = False
         self._disabled = None
         strategy = unsupported_strategy(getattr(trainer, "strategy", None))
         if strategy is not None:
