@@ -26,6 +26,10 @@ pytestmark = pytest.mark.slow
 
 TOLERANCE = 1e-5
 DTYPES = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}
+# "-true": the parameters themselves are low precision; measured on float32 copies of them (never touched). fp16
+# parameters are measured the same way (tests/functional/test_low_precision.py); a "16-true" fit of this model
+# without a loss scaler diverges to non-finite weights, which no measurement can fix.
+TRUE_DTYPES = {"bf16-true": torch.bfloat16}
 
 
 class DtypeModule(ReliableModule):
@@ -53,11 +57,14 @@ def float64_net(weights: dict[str, torch.Tensor]) -> torch.nn.Module:
     return module.net.double().eval()
 
 
-def autocast_jacobian_norms(net: torch.nn.Module, inputs: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    net = copy.deepcopy(net).float().eval()
+def autocast_jacobian_norms(
+    net: torch.nn.Module, inputs: torch.Tensor, dtype: torch.dtype, true: bool = False
+) -> torch.Tensor:
+    """The Jacobian norms computed under autocast to ``dtype`` (or, ``true``, in ``dtype`` itself)."""
+    net = copy.deepcopy(net).to(dtype if true else torch.float32).eval()
     norms = []
-    with torch.autocast("cpu", dtype=dtype):
-        for x in inputs.float():
+    with torch.autocast("cpu", dtype=dtype, enabled=not true):
+        for x in inputs.to(dtype if true else torch.float32):
             jac = torch.autograd.functional.jacobian(lambda z: net(z.unsqueeze(0)).softmax(-1)[0], x)
             norms.append(jac.double().pow(2).sum().sqrt())
     return torch.stack(norms)
@@ -79,6 +86,11 @@ def scaled_error(got: torch.Tensor, expected: torch.Tensor) -> float:
 
 @pytest.mark.parametrize("precision", sorted(DTYPES))
 def test_mixed_precision_training_is_measured_in_float32(tmp_path, precision):
+    check_measured_in_float32(tmp_path, precision, "cpu")
+
+
+@pytest.mark.parametrize("precision", sorted(TRUE_DTYPES))
+def test_low_precision_parameters_are_measured_in_float32(tmp_path, precision):
     check_measured_in_float32(tmp_path, precision, "cpu")
 
 
@@ -106,10 +118,14 @@ def check_measured_in_float32(tmp_path, precision: str, device: str) -> None:
     except Exception as err:  # e.g. a Lightning/torch build without CPU autocast for this dtype
         pytest.skip(f"precision={precision!r} is not available on this CPU: {err}")
     assert trainer.precision == precision
+    true = precision in TRUE_DTYPES
+    dtype = (TRUE_DTYPES if true else DTYPES)[precision]
     with pytest.warns() as record:
         trainer.fit(module, datamodule=ReliableData())
-    assert not [w for w in record if issubclass(w.category, SensitivityWarning)]
-    assert module.train_dtype == DTYPES[precision]  # training really ran under autocast
+    assert not [str(w.message) for w in record if issubclass(w.category, SensitivityWarning)]
+    assert module.train_dtype == dtype  # training really ran under autocast (or in the low dtype itself)
+    if true:
+        assert all(p.dtype == dtype for p in module.parameters())
 
     scalars = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("sensitivity/")}
     assert len(scalars) >= 15 and all(math.isfinite(v) for v in scalars.values())
@@ -123,7 +139,7 @@ def check_measured_in_float32(tmp_path, precision: str, device: str) -> None:
         error = scaled_error(got, expected)
         assert error < TOLERANCE, (epoch, error)
         worst = max(worst, error)
-        under_autocast = autocast_jacobian_norms(net, probe.inputs, DTYPES[precision])
+        under_autocast = autocast_jacobian_norms(net, probe.inputs, dtype, true)
         autocast_error = min(autocast_error, scaled_error(under_autocast, expected))
 
         stiff_probe = monitors[1].probe_sets["val"].to("cpu")
@@ -136,4 +152,5 @@ def check_measured_in_float32(tmp_path, precision: str, device: str) -> None:
     where = "" if device == "cpu" else f" on {device}"
     report_figure(f"precision {precision}{where}: max error of Jacobian norms vs float64 (relative to the largest)",
                   worst)  # fmt: skip
-    report_figure(f"precision {precision}{where}: the same error had it run under autocast", autocast_error)
+    report_figure(f"precision {precision}{where}: the same error had it run under autocast"
+                  + (" (in the model's own dtype)" if true else ""), autocast_error)  # fmt: skip
