@@ -234,8 +234,9 @@ class MeasureLoop:
                 "forward_fn mismatch",
                 f"{type(self).__name__}: `{given}` do not compute the LightningModule's own output: on "
                 f"{PROBE_EXAMPLES} probe examples the logits differ from `pl_module(x, **model_kwargs)` by up to "
-                f"{difference:.3g} (tolerance {tolerance:.2g}), so the measurements are of another function. For a "
-                "Hugging Face model, measure it directly (no `forward_fn`) or see the README's text-model recipe.",
+                f"{difference:.3g} (tolerance {tolerance:.2g}), so the measurements are of another function (if that "
+                "is meant, e.g. the module's forward is not the classifier, ignore this). For a Hugging Face decoder, "
+                "pool the last real token from the attention mask (the README's text-model recipe).",
             )
 
     def _draw_figures(self, fitting: bool) -> bool:
