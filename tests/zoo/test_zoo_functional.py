@@ -15,7 +15,7 @@ from helpers import assert_unchanged, state_snapshot
 from oracles import gram_loop, jacobian_norm_loop
 from zoo.models import ZOO, EmbeddedView, build, image_batch, text_batch
 
-from lightning_sensitivity.functional import jacobian_norm, loss_gradient_gram
+from lightning_sensitivity.functional import jacobian_norm, loss_gradient_gram, predict_logits
 
 pytestmark = pytest.mark.slow
 N = 4
@@ -78,3 +78,18 @@ def test_the_embedding_split_is_the_model(name):
     ids, _, kw = text_batch(N)
     with torch.no_grad():
         torch.testing.assert_close(EmbeddedView(model)(model.embed(ids), **kw), model(ids, **kw), rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("name", sorted(n for n, z in ZOO.items() if z.text and n != "t5_encoder"))
+def test_a_raw_hugging_face_classifier_needs_no_adapter(name):
+    """The ``*ForSequenceClassification`` model itself (its ``ModelOutput`` read for ``.logits``) gives the values of
+    its adapter, which the float64 loop checks."""
+    adapter = _model(name)
+    raw = adapter.model
+    ids, y, kw = text_batch(N)
+    with torch.no_grad():
+        torch.testing.assert_close(predict_logits(raw, ids, model_kwargs=kw), adapter(ids, **kw), rtol=0, atol=1e-12)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        got = loss_gradient_gram(raw, ids, y, model_kwargs=kw)
+    assert _scaled_error(got, gram_loop(adapter, ids, y, model_kwargs=kw)) < 1e-8
