@@ -68,7 +68,7 @@ def measurement_options(
         output_key: which part of the model's output holds the logits ``[N, C]``. ``None`` (default): a tensor
             itself; a mapping or Hugging Face ``ModelOutput``: its ``"logits"``; a tuple or list (a namedtuple
             included): its first tensor; another object: its ``.logits`` attribute. A ``str`` names a key (or
-            attribute), an ``int`` an index of a tuple.
+            attribute), an ``int`` an index of a tuple (or of a ``ModelOutput``'s fields, as ``output[i]`` does).
 
     Example:
         >>> from torch import nn
@@ -393,7 +393,8 @@ def model_output(out: Any, key: str | int | None = None) -> Any:
             return next((t for t in out if isinstance(t, Tensor)), out)
         return getattr(out, "logits", out)
     if isinstance(key, int):
-        return out[key] if isinstance(out, (tuple, list)) and -len(out) <= key < len(out) else out
+        parts = list(out.values()) if isinstance(out, Mapping) else out  # a ModelOutput indexes its set fields
+        return parts[key] if isinstance(parts, (tuple, list)) and -len(parts) <= key < len(parts) else out
     if isinstance(out, Mapping):
         return out.get(key, out)
     return getattr(out, key, out)

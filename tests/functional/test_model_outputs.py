@@ -103,6 +103,9 @@ def test_output_key_names_another_part():
     model.forward = lambda x: (model.b(x), model.a(x))
     with measurement_options(output_key=1):
         torch.testing.assert_close(predict_logits(model, x), model.a(x).detach())
+    model.forward = lambda x: {"hidden": model.b(x), "logits": model.a(x)}
+    with measurement_options(output_key=0):
+        torch.testing.assert_close(predict_logits(model, x), model.b(x).detach())
 
 
 def test_an_output_without_logits_is_refused_with_what_it_holds():
