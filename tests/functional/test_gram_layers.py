@@ -80,15 +80,8 @@ class Attention(nn.Module):
         {"bias": False},
     ],
     ids=[
-        "self",
-        "sequence-first",
-        "key-is-value",
-        "distinct+weights",
-        "causal+weights",
-        "key-padding",
-        "bias-kv+zero-attn",
-        "separate-projections",
-        "no-bias",
+        "self", "sequence-first", "key-is-value", "distinct+weights", "causal+weights", "key-padding",
+        "bias-kv+zero-attn", "separate-projections", "no-bias",
     ],
 )
 def test_multihead_attention(options):
