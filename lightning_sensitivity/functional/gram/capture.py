@@ -77,6 +77,7 @@ def layer_features(
     reference_rows: int,
     model_kwargs: dict[str, Tensor] | None = None,
     explicit: dict[str, str] | None = None,
+    info: dict | None = None,
 ) -> Features:
     """One batched forward and backward pass over a chunk, turned into Gram factors per trainable parameter.
 
@@ -89,8 +90,12 @@ def layer_features(
     (:func:`~.per_example.subset_gradients`), however else it is used; a tensor derived from parameters alone is
     consumed like a parameter and its explicit gradients are pulled back to them.
 
+    ``info``, when given, receives ``"host_read"``: the first op that read batch values into Python (``.item()``,
+    ``if tensor:``), whose path may depend on the data, or None.
+
     Raises:
-        LayerwiseUnsupported: examples interact (batch statistics), or a sharded model has an unrecognised use.
+        LayerwiseUnsupported: examples interact (batch statistics), the backward fails, or a sharded model has an
+            unrecognised use.
     """
     from lightning_sensitivity.functional.gram.per_example import subset_gradients  # imports this module's users
 
@@ -107,6 +112,8 @@ def layer_features(
         with capture:
             logits = check_logits(as_function(model)({**frozen, **trainable}, buffers, x, **(model_kwargs or {})))
     losses = per_example_losses(loss_fn, logits, y)
+    if info is not None:
+        info["host_read"] = capture.host_read
     for call in capture.calls:
         rows = call.inputs.shape[0]
         flattened = call.kind == "linear" and call.options.get("transposed") and rows % n == 0
@@ -136,13 +143,16 @@ def layer_features(
         raise LayerwiseUnsupported("no trainable parameter reaches the loss through a recognised op")
     if calls and not losses.requires_grad:
         raise LayerwiseUnsupported("no trainable parameter reaches the loss")
-    deltas = (
-        torch.autograd.grad(
-            losses.sum(), [c.leaf for c in calls], allow_unused=True, retain_graph=bool(capture.derived)
+    try:
+        deltas = (
+            torch.autograd.grad(
+                losses.sum(), [c.leaf for c in calls], allow_unused=True, retain_graph=bool(capture.derived)
+            )
+            if calls
+            else []
         )
-        if calls
-        else []
-    )
+    except RuntimeError as err:  # an op without a derivative: the per-example engine says which
+        raise LayerwiseUnsupported(f"the batched backward failed: {err}") from None
     uses: dict[str, int] = {}
     for call in calls:
         for name in (call.weight, call.bias):

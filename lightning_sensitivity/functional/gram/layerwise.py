@@ -89,13 +89,19 @@ class CheckedFeatures:
         x, y, kw = self.sets[s]
         kw = take(kw, piece)
         model, trainable, frozen, buffers = self.model, self.trainable, self.frozen, self.buffers
+        info: dict = {}
         feats = lg.layer_features(
             model, trainable, frozen, buffers, x[piece], y[piece], self.loss_fn, self.reference_rows, model_kwargs=kw,
-            explicit=self.explicit,
+            explicit=self.explicit, info=info,
         )  # fmt: skip
         if not self.checked:
             self.checked = True
-            self.failure = verify(model, trainable, frozen, buffers, x[piece], y[piece], kw, self.loss_fn, feats)
+            # A forward that reads batch values into Python (`.item()`, `if t:`) may take another path for other
+            # data: its check is not remembered.
+            again = info.get("host_read") is not None
+            self.failure = verify(
+                model, trainable, frozen, buffers, x[piece], y[piece], kw, self.loss_fn, feats, remember=not again
+            )
             if not has_sharded_parameters(model):
                 self.finish()
         return feats
@@ -106,7 +112,9 @@ class CheckedFeatures:
             raise self.failure
 
 
-def verify(model, trainable, frozen, buffers, x, y, kwargs, loss_fn, feats: lg.Features) -> LayerwiseUnsupported | None:
+def verify(
+    model, trainable, frozen, buffers, x, y, kwargs, loss_fn, feats: lg.Features, remember: bool = True
+) -> LayerwiseUnsupported | None:
     """Check a chunk's factors against explicit gradients of two of its examples; the failure, or None.
 
     Once per model structure (:data:`_VERIFIED`), except for a sharded model, which is checked at every call: the
@@ -114,13 +122,13 @@ def verify(model, trainable, frozen, buffers, x, y, kwargs, loss_fn, feats: lg.F
     sharded = has_sharded_parameters(model)
     key = structure_key(trainable, x, y, kwargs, loss_fn)
     verified = _VERIFIED.setdefault(model, set())
-    if not sharded and key in verified:
+    if not sharded and remember and key in verified:
         return None
     try:
         _check_against_explicit(model, trainable, frozen, buffers, x, y, kwargs, loss_fn, feats)
     except LayerwiseUnsupported as err:
         return err
-    if not sharded:
+    if not sharded and remember:
         verified.add(key)
     return None
 

@@ -75,6 +75,9 @@ _KEEPS = (Tensor.to, Tensor.contiguous, Tensor.clone, Tensor.type_as, Tensor.flo
           Tensor.bfloat16, Tensor.unsqueeze, Tensor.view, Tensor.reshape, torch.unsqueeze, torch.reshape)  # fmt: skip
 # Casts whose other tensor argument only gives a dtype or device: a parameter cast is still batch-free.
 _CASTS = (Tensor.to, Tensor.type_as)
+# Reads of tensor values into Python: the forward's path may depend on the data.
+_HOST_READS = (Tensor.__bool__, Tensor.item, Tensor.tolist, Tensor.__int__, Tensor.__float__, Tensor.__index__,
+               Tensor.nonzero, torch.nonzero, Tensor.unique, torch.unique, torch.masked_select)  # fmt: skip
 
 
 class Capture(TorchFunctionMode):
@@ -107,6 +110,7 @@ class Capture(TorchFunctionMode):
         self.unrecognised: dict[str, str] = {}  # parameter -> why its per-example gradients must be explicit
         self.derived: dict[str, Derived] = {}  # pseudo-name -> derived tensor
         self.leaves: dict[str, Tensor] = {}  # parameter -> the differentiable alias derived tensors are made from
+        self.host_read: str | None = None  # the first read of batch values into Python
 
     def _name(self, t: object) -> str | None:
         return self.names.get(id(t)) if isinstance(t, Tensor) else None
@@ -139,6 +143,8 @@ class Capture(TorchFunctionMode):
         if not used:
             out = func(*args, **kwargs)
             tensors = [t for t in flat if isinstance(t, Tensor)]
+            if self.host_read is None and func in _HOST_READS and any(id(t) not in self.constants for t in tensors):
+                self.host_read = _fn_name(func)
             if tensors and all(id(t) in self.constants for t in tensors):  # a clone of a buffer is a constant too
                 for t in tree_flatten(out)[0]:
                     if isinstance(t, Tensor) and id(t) not in self.constants:
