@@ -223,17 +223,20 @@ def test_a_model_that_cannot_be_differentiated_says_why():
         loss_gradient_gram(model, x, y)
 
 
+@pytest.mark.slow
 def test_the_self_check_accepts_a_correct_float32_gram_of_millions_of_parameters():
-    # Over ~3.2 M float32 parameters a float32 reference g @ g.T is itself off by ~1e-4..1e-3 of |g_i||g_j|;
-    # the check's reference is formed in float64, so the (accurate) layerwise result passes.
-    torch.manual_seed(4)
-    model = nn.Sequential(nn.Linear(64, 1792), nn.Tanh(), nn.Linear(1792, 1792), nn.Tanh(), nn.Linear(1792, 3))
-    assert sum(p.numel() for p in model.parameters()) > 3_000_000
-    x, y = torch.randn(8, 64), _labels(8)
+    # timm vit_tiny (5.4 M parameters) in float32: a float32 reference g @ g.T is itself off by ~6e-4 of
+    # |g_i||g_j|, above the check's tolerance sqrt(eps) = 3.5e-4 (refused before); the check's reference is now
+    # formed in float64, and the layerwise result is accurate to float32 rounding.
+    timm = pytest.importorskip("timm")
+    torch.manual_seed(0)
+    model = timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=10, img_size=32)
+    assert sum(p.numel() for p in model.parameters()) > 5_000_000
+    x, y = torch.randn(4, 3, 32, 32), torch.arange(4)
     got = loss_gradient_gram(model, x, y, method="layerwise").double()
     expected = gram_loop(model.double(), x.double(), y)
     scale = expected.diagonal().sqrt()
-    assert float(((got - expected).abs() / (scale[:, None] * scale[None, :])).max()) < 1e-4
+    assert float(((got - expected).abs() / (scale[:, None] * scale[None, :])).max()) < 1e-5
 
 
 class _Logits(nn.Module):
