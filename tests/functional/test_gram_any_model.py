@@ -239,6 +239,39 @@ def test_the_self_check_accepts_a_correct_float32_gram_of_millions_of_parameters
     assert float(((got - expected).abs() / (scale[:, None] * scale[None, :])).max()) < 1e-5
 
 
+class RelativeBias(nn.Module):
+    """T5's relative position bias: an embedding of (T, T) buckets permuted to (1, heads, T, T) and used by
+    ``torch.where`` with a per-example mask -- each example gets its own copy, recorded as an embedding."""
+
+    def __init__(self, heads=2, width=4):
+        super().__init__()
+        self.bias = nn.Embedding(5, heads)
+        self.q = nn.Linear(width, width)
+        self.head = nn.Linear(width, CLASSES)
+        self.heads = heads
+
+    def forward(self, x, keep):
+        n, t, w = x.shape
+        buckets = (torch.arange(t)[None, :] - torch.arange(t)[:, None]).clamp(-2, 2) + 2
+        values = self.bias(buckets).permute([2, 0, 1]).unsqueeze(0)  # (1, heads, T, T)
+        q = self.q(x).reshape(n, t, self.heads, -1).transpose(1, 2)
+        scores = q @ q.transpose(-1, -2) + torch.where(keep[:, None, None, :], values, -1e9)
+        h = (scores.softmax(-1) @ q).transpose(1, 2).reshape(n, t, w)
+        return self.head(h.mean(dim=1))
+
+
+def test_a_shared_embedding_permuted_and_used_with_the_batch():
+    torch.manual_seed(7)
+    model = RelativeBias().double()
+    x = torch.randn(5, 6, 4, dtype=torch.float64)
+    keep = torch.ones(5, 6, dtype=torch.bool)
+    keep[1, 4:] = False
+    y = _labels(5)
+    kw = {"keep": keep}
+    _close(loss_gradient_gram(model, x, y, model_kwargs=kw, method="layerwise"), gram_loop(model, x, y, model_kwargs=kw))
+    assert gram_engine_plan(model).explicit == ()
+
+
 class _Logits(nn.Module):
     """A Hugging Face classifier as a module returning logits."""
 
@@ -247,7 +280,8 @@ class _Logits(nn.Module):
         self.model = model
 
     def forward(self, ids, attention_mask=None):
-        return self.model(input_ids=ids, attention_mask=attention_mask).logits
+        out = self.model(input_ids=ids, attention_mask=attention_mask)
+        return out.logits if hasattr(out, "logits") else self.head(out.last_hidden_state.mean(dim=1))
 
 
 def _text_model(name):
@@ -261,15 +295,26 @@ def _text_model(name):
         config = transformers.DistilBertConfig(n_layers=2, dim=32, n_heads=2, hidden_dim=64, vocab_size=100,
                                                max_position_embeddings=32, num_labels=CLASSES)  # fmt: skip
         return transformers.DistilBertForSequenceClassification(config)
+    if name == "llama":
+        config = transformers.LlamaConfig(num_hidden_layers=2, hidden_size=32, num_attention_heads=2, num_key_value_heads=1,
+                                          intermediate_size=64, vocab_size=100, max_position_embeddings=32,
+                                          num_labels=CLASSES, pad_token_id=0)  # fmt: skip
+        return transformers.LlamaForSequenceClassification(config)
+    if name == "t5-encoder":
+        config = transformers.T5Config(num_layers=2, d_model=32, d_kv=16, num_heads=2, d_ff=64, vocab_size=100)
+        return transformers.T5EncoderModel(config)
     config = transformers.BertConfig(num_hidden_layers=2, hidden_size=32, num_attention_heads=2, intermediate_size=64,
                                      vocab_size=100, max_position_embeddings=32, num_labels=CLASSES)  # fmt: skip
     return transformers.BertForSequenceClassification(config)
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["gpt2", "distilbert", "bert"])
+@pytest.mark.parametrize("name", ["gpt2", "distilbert", "bert", "llama", "t5-encoder"])
 def test_hugging_face_text_classifiers_with_a_padded_mask(name):
-    model = _Logits(_text_model(name)).double()
+    model = _Logits(_text_model(name))
+    if name == "t5-encoder":  # no classification head of its own
+        model.head = nn.Linear(32, CLASSES)
+    model = model.double()
     ids = torch.randint(1, 100, (6, 10), generator=torch.Generator().manual_seed(0))
     mask = torch.ones(6, 10, dtype=torch.long)
     mask[1, 7:] = 0

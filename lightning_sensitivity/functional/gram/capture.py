@@ -259,6 +259,8 @@ def _pieces(call: Call, delta: Tensor, n: int, reference_rows: int, shared: bool
                 )
                 yield call.weight, grads.reshape(n, -1)
     elif call.kind == "embedding":
+        if "order" in call.options:  # a shared embedding used in another layout: its output gradient put back
+            delta = delta.permute(call.options["order"])
         ids = call.inputs.reshape(n, -1)
         d = delta.reshape(n, ids.shape[1], -1)
         if call.options["padding_idx"] is not None:  # the padding row receives no gradient

@@ -342,12 +342,30 @@ class Capture(TorchFunctionMode):
             out = func(*args, **kwargs)
             if not any(isinstance(t, Tensor) for t in tree_flatten(out)[0]):
                 return out  # a query such as .shape or .dim()
-            keeps = func in _KEEPS and len(derived) == 1 and not params and isinstance(out, Tensor)
-            if keeps and out is derived[0]:
+            alone = len(derived) == 1 and not params and isinstance(out, Tensor) and args[0] is derived[0]
+            if alone and out is derived[0]:
                 return out
-            if keeps and out.shape[-1:] == e.shape[-1:] and out.numel() == e.numel() and args[0] is derived[0]:
+            layout = _moved_layout(func, args, kwargs, options.get("layout"), e, out) if alone else None
+            if layout is not None:  # a permute or transpose (T5's relative position bias): the ids stay
+                self.broadcast[id(out)] = (out, name, ids, {**options, "layout": layout})
+                return out
+            keeps = alone and func in _KEEPS and "layout" not in options
+            if keeps and out.shape[-1:] == e.shape[-1:] and out.numel() == e.numel():
                 self.broadcast[id(out)] = (out, name, ids.reshape(out.shape[:-1]), options)
                 return out
+            plain = options.get("layout", tuple(range(e.dim()))) == tuple(range(e.dim()))
+            if (
+                len(derived) == 1
+                and not params
+                and e.dim()
+                and e.shape[0] == 1
+                and (plain or options["layout"][0] is None)
+            ):
+                # Used with the batch by another op: each example gets its own copy, recorded as an embedding of
+                # the same ids per example (the op then broadcasts as before; the check catches any other use).
+                batched = self._per_example_copy(e, name, ids, options)
+                args, kwargs = tree_map(lambda t: batched if t is derived[0] else t, (args, kwargs))
+                return func(*args, **kwargs)
             self._mark([name], f"an embedding of ids shared by the batch is used by {fn}")
             return out
         if len(args) != 2 or kwargs or len(derived) != 1 or params:
@@ -355,6 +373,16 @@ class Capture(TorchFunctionMode):
                                       "with options or parameters")  # fmt: skip
         out = func(*args, **kwargs)
         lead = out.dim() - e.dim()
+        layout = options.get("layout")
+        if layout is not None:
+            options = {k: v for k, v in options.items() if k != "layout"}
+            shape, dims = (e.shape[1:], layout[1:]) if lead == 0 and e.shape[0] == 1 else (e.shape, layout)
+            if out.dim() - len(shape) == 1 and None not in dims and tuple(out.shape[1:]) == tuple(shape):
+                # The output gradient, put back in the embedding's own layout [N, *ids, H] before use.
+                order = (0, *(1 + dims.index(d) for d in range(len(dims))))
+                return self._record("embedding", out, name, None, ids.expand(out.shape[0], *ids.shape),
+                                    order=order, **options)  # fmt: skip
+            lead = -1  # refused below
         if lead >= 1 and tuple(out.shape[lead:]) == tuple(e.shape) and out.shape[0] == self.batch_size:
             ids = ids.expand(*out.shape[:lead], *ids.shape)
         elif lead == 0 and e.shape[0] == 1 and out.shape[1:] == e.shape[1:] and out.shape[0] == self.batch_size:
@@ -364,6 +392,18 @@ class Capture(TorchFunctionMode):
                        f"shape {tuple(out.shape)}: not a broadcast over the batch")  # fmt: skip
             return out
         return self._record("embedding", out, name, None, ids, **options)
+
+    def _per_example_copy(self, e: Tensor, name: str, ids: Tensor, options: dict) -> Tensor:
+        """``e`` (a shared embedding's output, first dimension 1) expanded to the batch and recorded per example."""
+        layout = options.get("layout", tuple(range(e.dim())))
+        options = {k: v for k, v in options.items() if k != "layout"}
+        out = e.expand(self.batch_size, *e.shape[1:])
+        if layout == tuple(range(e.dim())):  # the plain layout [1, *ids, H]: ids of shape (1, ...)
+            return self._record("embedding", out, name, None, ids.expand(*out.shape[:-1]), **options)
+        dims = layout[1:]  # layout[0] is an inserted dimension of size 1
+        order = (0, *(1 + dims.index(d) for d in range(len(dims))))
+        ids = ids.expand(self.batch_size, *ids.shape)
+        return self._record("embedding", out, name, None, ids, order=order, **options)
 
     def _norm(self, func, args, kwargs, used) -> Tensor:
         x = _arg(args, kwargs, 0, "input")
@@ -395,6 +435,28 @@ class Capture(TorchFunctionMode):
             normalised = F.group_norm(x, groups, None, None, _arg(args, kwargs, 4, "eps", 1e-5))
             lead = 2
         return self._record("norm", func(*args, **kwargs), weight, bias, normalised, lead=lead)
+
+
+def _moved_layout(func, args, kwargs, layout, e: Tensor, out: Tensor) -> tuple | None:
+    """Which dimension of a shared embedding's own output ``[*ids, H]`` each dimension of ``out`` is (None for an
+    inserted one), when ``out`` is ``e`` permuted, transposed, unsqueezed or moved; None for any other op."""
+    layout = tuple(range(e.dim())) if layout is None else layout
+    if func in (Tensor.permute, torch.permute) and not kwargs:
+        dims = args[1] if len(args) == 2 and isinstance(args[1], (tuple, list)) else args[1:]
+        return tuple(layout[d % e.dim()] for d in dims)
+    if func in (Tensor.transpose, torch.transpose, Tensor.swapaxes) and not kwargs and len(args) == 3:
+        a, b = args[1] % e.dim(), args[2] % e.dim()
+        moved = list(layout)
+        moved[a], moved[b] = moved[b], moved[a]
+        return tuple(moved)
+    if layout == tuple(range(e.dim())):
+        return None  # views of the plain layout reshape the ids instead
+    if func in (Tensor.unsqueeze, torch.unsqueeze) and not kwargs and len(args) == 2:
+        d = args[1] % out.dim()
+        return layout[:d] + (None,) + layout[d:]
+    if func in _KEEPS and func not in (Tensor.view, Tensor.reshape, torch.reshape) and out.shape == e.shape:
+        return layout
+    return None
 
 
 def _arg(args, kwargs, pos: int, name: str, default=None):
