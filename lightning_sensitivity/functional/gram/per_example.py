@@ -104,7 +104,8 @@ def per_example_gram(
     kwargs1: dict[str, Tensor] | None = None,
     kwargs2: dict[str, Tensor] | None = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """Blockwise Gram from explicit per-example gradients (``vmap`` over ``grad``): works for any model.
+    """Blockwise Gram from explicit per-example gradients (``vmap`` over ``grad``, else a per-example autograd
+    loop): works for any model torch can differentiate.
 
     ``kwargs1``/``kwargs2`` are the per-example keyword inputs of the two sets (values ``[N, ...]``/``[M, ...]``)."""
     trainable, frozen = split_trainable(params, model)

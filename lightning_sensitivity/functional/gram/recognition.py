@@ -1,14 +1,18 @@
 """Which torch functions the layerwise engine recognises when they receive a trainable parameter, and what each records.
 
-Recognition happens at the operator level with a :class:`~torch.overrides.TorchFunctionMode`: every torch function
-that receives a trainable parameter must be one of ``F.linear``, ``F.conv1d``, ``F.conv2d`` (zero padding, any
-stride/dilation/groups), ``F.batch_norm`` (running statistics), ``F.layer_norm``, ``F.group_norm``, ``F.rms_norm``,
-``F.embedding`` (ids whose pairs are compared for equality, or gradients scattered into the vocabulary),
-``F.multi_head_attention_forward`` (rebuilt from the above by :mod:`.attention`), or an elementwise ``x + P``,
-``x * P`` or ``P.expand(...)`` that broadcasts the parameter over the batch (positional embeddings, layer scales,
-class tokens); anything else (a parametrisation, ``x @ W.T``, a recurrent cell, batch statistics) raises
-:class:`LayerwiseUnsupported`, and the caller falls back to the generic ``vmap(grad)`` engine. Parameter-free ops
-(``F.scaled_dot_product_attention``, ``torch.cat``, activations) pass through untouched.
+Recognition happens at the operator level with a :class:`~torch.overrides.TorchFunctionMode`. Recognised uses of a
+trainable parameter: ``F.linear``, ``x @ W`` / ``mm`` / ``addmm(b, x, W)`` (a linear layer without the transpose),
+``F.conv1d``, ``F.conv2d`` (zero padding, any stride/dilation/groups), ``F.batch_norm`` (running statistics),
+``F.layer_norm``, ``F.group_norm``, ``F.rms_norm``, ``F.embedding`` (ids whose pairs are compared for equality, or
+gradients scattered into the vocabulary; ids shared by the batch, ``(T,)`` or ``(1, T)``, once the output is
+broadcast), ``F.multi_head_attention_forward`` (rebuilt from the above by :mod:`.attention`), and an elementwise
+``x + P``, ``x * P`` or ``P.expand(...)`` that broadcasts the parameter over the batch (positional embeddings,
+layer scales, class tokens). An op whose tensor arguments are all parameters or constants (buffers, frozen
+parameters) makes a :class:`Derived` tensor (``gamma.reshape``, ``W.T``, ``A @ B``, weight norm), which the ops
+above consume like a parameter. Any other use (a recurrent cell, ``einsum``) marks the parameter *unrecognised*
+with the reason, and the forward goes on: the caller gives it explicit per-example gradients. Parameter-free ops
+(``F.scaled_dot_product_attention``, ``torch.cat``, activations) pass through untouched; batch statistics raise
+:class:`LayerwiseUnsupported` (the examples interact).
 
 Each recognised call adds a zero to its output and records a :class:`Call`: the op's input (or what its parameter
 gradient needs) and that zero, whose gradient is the output gradient ``delta``; :mod:`.capture` turns the pair into
