@@ -125,10 +125,10 @@ def verify(
     if not sharded and remember and key in verified:
         return None
     try:
-        _check_against_explicit(model, trainable, frozen, buffers, x, y, kwargs, loss_fn, feats)
+        judged = _check_against_explicit(model, trainable, frozen, buffers, x, y, kwargs, loss_fn, feats)
     except LayerwiseUnsupported as err:
         return err
-    if not sharded and remember:
+    if not sharded and remember and judged:
         verified.add(key)
     return None
 
@@ -138,9 +138,13 @@ def verify(
 _VERIFIED: weakref.WeakKeyDictionary[nn.Module, set] = weakref.WeakKeyDictionary()
 
 
-def _check_against_explicit(model, trainable, frozen, buffers, x, y, kwargs, loss_fn, feats: lg.Features) -> None:
+def _check_against_explicit(model, trainable, frozen, buffers, x, y, kwargs, loss_fn, feats: lg.Features) -> bool:
+    """Raise when the factors disagree with explicit gradients; False when the reference is not finite (a diverged
+    model: nothing can be judged, and the check is not remembered), else True."""
     index = torch.tensor(sorted({0, x.shape[0] - 1}), device=x.device)
     explicit = _explicit_gradients(model, trainable, frozen, buffers, x, y, kwargs, loss_fn, index.tolist())
+    if not bool(torch.isfinite(explicit).all()):
+        return False
     # The reference in float64: over millions of parameters a float32 product is itself off by ~1e-3 of
     # |g_i||g_j| and could refuse a correct result; the tolerance is the model dtype's.
     reference = explicit.double()
@@ -156,6 +160,7 @@ def _check_against_explicit(model, trainable, frozen, buffers, x, y, kwargs, los
             "the layerwise Gram disagrees with explicit per-example gradients on a check pair (does the model mix "
             "the examples of a batch, or keep them on a dimension other than 0?)"
         )
+    return True
 
 
 def _explicit_gradients(model, trainable, frozen, buffers, x, y, kwargs, loss_fn, index: list[int]) -> Tensor:
