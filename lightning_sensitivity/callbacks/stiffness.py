@@ -26,6 +26,7 @@ from lightning_sensitivity.callbacks.base import Measurement, ProbeSplits, Sensi
 from lightning_sensitivity.callbacks.progress import ProgressFactory
 from lightning_sensitivity.functional import (
     critical_length_bootstrap,
+    gram_engine_plan,
     gram_statistics,
     pair_means,
     per_layer_gram,
@@ -166,6 +167,8 @@ class StiffnessMonitor(SensitivityMonitor):
                     f"`class_groups`), got {len(self.group_names)}"
                 )
         self.groups = tuple(groups)
+        # Which Gram engine served the model (functional ``gram_engine_plan``), once it has been measured.
+        self._gram_engine: str | None = None
         super().__init__(**kwargs)
 
     @override
@@ -210,7 +213,18 @@ class StiffnessMonitor(SensitivityMonitor):
             "class_names": self.class_names,
             "class_groups": self.class_groups,
             "group_names": self.group_names,
+            "gram_engine": self._gram_engine,
         }
+
+    def _say_engine(self, model: nn.Module) -> None:
+        """Name the Gram engine in the configuration text, and warn once per distinct plan that took a slower path
+        (the parameters that forced it and why)."""
+        plan = gram_engine_plan(model)
+        if plan is None:
+            return
+        self._gram_engine = plan.describe()
+        if plan.slower:
+            self.warn_once(f"gram engine: {self._gram_engine}", f"{type(self).__name__}: {self._gram_engine}")
 
     @override
     def compute(
@@ -246,6 +260,7 @@ class StiffnessMonitor(SensitivityMonitor):
             layers = {name: stiffness_from_gram(block, self_pairs=True) for name, block in layers.items()}
         else:
             joint = joint_stiffness(self, model, inputs, targets, kwargs, progress)
+        self._say_engine(model)
         classes = is_class_targets(targets)
         num_classes = None
         if classes:

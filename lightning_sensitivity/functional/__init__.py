@@ -11,6 +11,7 @@ tensor); bf16/fp16 models are measured in float32 on upcast copies (see :func:`m
 
 from lightning_sensitivity.functional._model import measurement_options, predict_logits
 from lightning_sensitivity.functional.critical_length import critical_length, critical_length_bootstrap
+from lightning_sensitivity.functional.gram.plan import GramPlan, gram_engine_plan
 from lightning_sensitivity.functional.gram_statistics import gram_statistics
 from lightning_sensitivity.functional.jacobian import jacobian_norm
 from lightning_sensitivity.functional.jacobian_estimate import jacobian_norm_estimate
@@ -55,4 +56,6 @@ __all__ = [
     "pair_means",
     "StiffnessSummary",
     "gram_statistics",
+    "gram_engine_plan",
+    "GramPlan",
 ]

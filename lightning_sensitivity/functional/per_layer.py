@@ -16,12 +16,12 @@ from torch import Tensor, nn
 from lightning_sensitivity.functional._model import ModelKwargs, chunks, measurement_context, take
 from lightning_sensitivity.functional.gram import (
     GramMethod,
-    LayerwiseUnsupported,
     LossFn,
-    no_fallback,
     prepare_gram_call,
+    run_engines,
 )
 from lightning_sensitivity.functional.gram import capture as lg
+from lightning_sensitivity.functional.gram import plan as plans
 from lightning_sensitivity.functional.gram.blocks import split_trainable
 from lightning_sensitivity.functional.gram.layerwise import CheckedFeatures
 from lightning_sensitivity.functional.gram.per_example import per_example_gradients
@@ -74,16 +74,15 @@ def per_layer_gram(
     _, params, buffers, x1, y1, x2, y2 = args[:7]
     trainable, frozen = split_trainable(params, module)
     sets = ((x1, y1, kw1 or {}), (x2, y2, kw2 or {}))
-    with measurement_context(module):
-        if method != "per_example":
-            try:
-                features = CheckedFeatures(module, trainable, frozen, buffers, sets, loss_fn, chunk_size)
-                blocks = _assemble(features, lg.cross_by_name, groups, layers, sets, chunk_size)
-                features.finish()
-                return blocks
-            except LayerwiseUnsupported as err:
-                no_fallback(module, method, err)
-        sizes = [(name, t.numel()) for name, t in trainable.items()]
+    sizes = [(name, t.numel()) for name, t in trainable.items()]
+
+    def layerwise(explicit: dict[str, str]) -> dict[str, Tensor]:
+        features = CheckedFeatures(module, trainable, frozen, buffers, sets, loss_fn, chunk_size, explicit)
+        blocks = _assemble(features, lg.cross_by_name, groups, layers, sets, chunk_size)
+        features.finish()
+        return blocks
+
+    def per_example() -> dict[str, Tensor]:
 
         def explicit(s: int, piece: slice) -> dict[str, Tensor]:
             x, y, kw = sets[s]
@@ -96,6 +95,10 @@ def per_layer_gram(
             return {name: g @ cols[name].T for name, g in rows.items()}
 
         return _assemble(explicit, explicit_cross, groups, layers, sets, chunk_size)
+
+    key = plans.structure_key(trainable, x1, y1, kw1 or {}, loss_fn)
+    with measurement_context(module):
+        return run_engines(module, method, key, layerwise, per_example)
 
 
 def _assemble(

@@ -201,3 +201,42 @@ def test_same_class_critical_length_matches_gradient_loops(method):
 def test_bad_critical_length_same_class():
     with pytest.raises(TypeError, match="`critical_length_same_class`"):
         StiffnessMonitor(critical_length_same_class="yes")
+
+
+class _Einsum(torch.nn.Module):
+    """``w`` is used by an op the layerwise capture does not know."""
+
+    def __init__(self):
+        super().__init__()
+        self.lin = torch.nn.Linear(5, 6)
+        self.w = torch.nn.Parameter(torch.randn(6, 3))
+
+    def forward(self, x):
+        return torch.einsum("ni,ij->nj", torch.tanh(self.lin(x)), self.w)
+
+
+def test_the_gram_engine_is_said_once_and_written_in_the_configuration():
+    import warnings
+
+    from lightning_sensitivity.callbacks import SensitivityWarning
+
+    torch.manual_seed(0)
+    x, y = torch.randn(10, 5), torch.arange(10) % 3
+    probes = {"val": probe_set_from_tensors(x, y, 10, seed=0)}
+    monitor = StiffnessMonitor(groups=("val_val",))
+    net = _Einsum()
+    with pytest.warns(SensitivityWarning, match=r"layerwise, with explicit per-example gradients .*'w' \(used by .*einsum"):
+        result = monitor.compute(net, probes, progress_factory("t", False), 0)
+    ref = stiffness_loop(net, x, y)
+    assert result.scalars[f"{P}/val_val/cosine"] == pytest.approx(ref["cosine_mean"], abs=1e-5)
+    assert "'w'" in monitor.config()["gram_engine"] and "'lin.weight'" not in monitor.config()["gram_engine"]
+    with warnings.catch_warnings(record=True) as again:
+        warnings.simplefilter("always")
+        monitor.compute(net, probes, progress_factory("t", False), 1)
+    assert not [w for w in again if issubclass(w.category, SensitivityWarning)]  # said once
+    plain = StiffnessMonitor(groups=("val_val",))
+    with warnings.catch_warnings(record=True) as quiet:
+        warnings.simplefilter("always")
+        plain.compute(torch.nn.Sequential(torch.nn.Linear(5, 3)), probes, progress_factory("t", False), 0)
+    assert not [w for w in quiet if issubclass(w.category, SensitivityWarning)]  # the fast path needs no warning
+    assert plain.config()["gram_engine"].startswith("Gram engine: layerwise (every trainable parameter")

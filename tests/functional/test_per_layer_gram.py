@@ -20,7 +20,8 @@ class Net(nn.Module):
 
 
 class Matmul(nn.Module):
-    """A use of a parameter the layerwise engine does not recognise (``x @ W.T``): the per-example fallback."""
+    """``x @ W.T`` (a derived weight) after a layer whose input mixes the batch: the layerwise check fails and the
+    per-example fallback serves the whole model."""
 
     def __init__(self):
         super().__init__()
@@ -28,7 +29,7 @@ class Matmul(nn.Module):
         self.w = nn.Parameter(torch.randn(3, 6))
 
     def forward(self, x):
-        return torch.tanh(self.inp(x)) @ self.w.T
+        return torch.tanh(self.inp(x - x.mean(dim=0, keepdim=True))) @ self.w.T
 
 
 def _data(n, seed=0):

@@ -5,13 +5,16 @@ Reading a measurement top-down:
 - :func:`gram_and_norms` (here) validates, enters measurement mode and picks an engine;
 - :mod:`.layerwise` -- one batched forward/backward per chunk, per-layer factors from :mod:`.capture` (which ops
   are recognised and what each contributes), checked once per model against explicit gradients;
-- :mod:`.per_example` -- explicit per-example gradients with ``vmap(grad)``, for any model;
+- :mod:`.per_example` -- explicit per-example gradients with ``vmap(grad)``, else a per-example autograd loop, for
+  any model torch can differentiate (and for the parameters the layerwise capture does not recognise);
+- :mod:`.plan` -- which engine served which parameters and why, said once and remembered per model structure;
 - :mod:`.blocks` -- what both share: trainable/frozen split and block-by-block assembly bounded by ``chunk_size``.
 """
 
 from __future__ import annotations
 
-from typing import Literal
+from collections.abc import Callable
+from typing import Literal, TypeVar
 
 from torch import Tensor, nn
 
@@ -31,15 +34,19 @@ from lightning_sensitivity.functional._model import (
     prepare_targets,
     unwrap_model,
 )
-from lightning_sensitivity.functional.gram.blocks import LossFn
+from lightning_sensitivity.functional.gram import plan as plans
+from lightning_sensitivity.functional.gram.blocks import LossFn, split_trainable
 from lightning_sensitivity.functional.gram.capture import LayerwiseUnsupported
 from lightning_sensitivity.functional.gram.layerwise import layerwise_gram
 from lightning_sensitivity.functional.gram.per_example import per_example_gram
+from lightning_sensitivity.functional.gram.plan import GramPlan, gram_engine_plan
 
 GramMethod = Literal["auto", "layerwise", "per_example"]
 GRAM_METHODS = ("auto", "layerwise", "per_example")
 
-__all__ = ["GRAM_METHODS", "GramMethod", "LayerwiseUnsupported", "LossFn", "gram_and_norms"]
+__all__ = ["GRAM_METHODS", "GramMethod", "GramPlan", "LayerwiseUnsupported", "LossFn", "gram_and_norms",
+           "gram_engine_plan"]  # fmt: skip
+T = TypeVar("T")
 
 
 def gram_and_norms(
@@ -57,7 +64,9 @@ def gram_and_norms(
 ) -> tuple[Tensor, Tensor, Tensor]:
     """``(G, |g_i|^2, |g_j|^2)`` for :func:`~lightning_sensitivity.functional.loss_gradient_gram` and
     :func:`~lightning_sensitivity.functional.stiffness`: validates the arguments, puts the model in measurement
-    mode and runs the engine ``method`` names (``"auto"``: layerwise, falling back to per-example gradients).
+    mode and runs the engine ``method`` names (``"auto"``: layerwise -- per-layer factors, explicit per-example
+    gradients for parameters the capture does not recognise -- falling back to per-example gradients of the whole
+    model; see :func:`run_engines`).
 
     Inputs may be integer (token ids): nothing is differentiated with respect to them. Targets may be of any dtype
     and shape ``[N, ...]``; ``model_kwargs``/``model_kwargs2`` are per-example keyword inputs of the model for the
@@ -65,17 +74,52 @@ def gram_and_norms(
     model, args, kw1, kw2 = prepare_gram_call(
         model, inputs, targets, inputs2, targets2, loss_fn, chunk_size, progress, method, model_kwargs, model_kwargs2
     )
+    _, params, _, x1, y1 = args[:5]
+    key = plans.structure_key(split_trainable(params, model)[0], x1, y1, kw1, loss_fn)
     with measurement_context(model):
-        if method == "per_example":
-            gram, sq1, sq2 = per_example_gram(*args, kwargs1=kw1, kwargs2=kw2)
-        else:
-            try:
-                gram, sq1, sq2 = layerwise_gram(*args, kwargs1=kw1, kwargs2=kw2)
-            except LayerwiseUnsupported as err:
-                no_fallback(model, method, err)
-                # Exactness first: the generic engine handles any model, at the cost of per-example gradients.
-                gram, sq1, sq2 = per_example_gram(*args, kwargs1=kw1, kwargs2=kw2)
+        gram, sq1, sq2 = run_engines(
+            model,
+            method,
+            key,
+            lambda explicit: layerwise_gram(*args, kwargs1=kw1, kwargs2=kw2, explicit=explicit),
+            lambda: per_example_gram(*args, kwargs1=kw1, kwargs2=kw2),
+        )
     return gram.detach(), sq1.detach(), sq2.detach()
+
+
+def run_engines(
+    model: nn.Module,
+    method: str,
+    key: tuple,
+    layerwise: Callable[[dict[str, str]], T],
+    per_example: Callable[[], T],
+) -> T:
+    """Run the engine for ``method`` and record the :class:`GramPlan` under ``key`` (:func:`.plan.structure_key`).
+
+    ``layerwise(explicit)`` runs the layerwise engine with ``explicit`` (``{parameter: reason}``, parameters served
+    by explicit per-example gradients; updated in place); ``per_example()`` the whole-model per-example engine.
+    ``"auto"`` runs the layerwise engine unless a plan remembered for ``key`` says it failed, and falls back to the
+    per-example engine when it raises :class:`LayerwiseUnsupported` (exactness first); the failure is remembered,
+    so no later measurement of the same structure repeats it.
+    """
+    remembered = plans.remembered(model, key)
+    if method == "per_example" or (method == "auto" and remembered is not None and remembered.engine == "per_example"):
+        out = per_example()
+        fallback = remembered.fallback if method == "auto" else None
+        plans.remember(model, key, GramPlan("per_example", loop=plans.vmap_refusal(model, key), fallback=fallback))
+        return out
+    explicit = dict(remembered.explicit) if remembered is not None else {}
+    try:
+        out = layerwise(explicit)
+    except LayerwiseUnsupported as err:
+        no_fallback(model, method, err)
+        plans.remember(model, key, GramPlan("per_example", fallback=str(err)))  # remembered even if the next fails
+        out = per_example()
+        plans.remember(model, key, GramPlan("per_example", loop=plans.vmap_refusal(model, key), fallback=str(err)))
+        return out
+    loop = plans.vmap_refusal(model, key) if explicit else None
+    plans.remember(model, key, GramPlan("layerwise", tuple(sorted(explicit.items())), loop=loop))
+    return out
 
 
 def prepare_gram_call(

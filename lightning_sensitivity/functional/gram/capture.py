@@ -11,13 +11,15 @@ both come out of a single batched pass on the *summed* per-example loss because,
 interact. Per call the engine picks the cheaper of that identity and the explicit per-example gradient (e.g.
 ``unfold`` for a convolution with many output pixels); affine normalisation layers have small explicit gradients.
 
-Which ops are recognised, and what each records, is :mod:`.recognition`; anything else raises
-:class:`LayerwiseUnsupported`, and the caller falls back to the generic ``vmap(grad)`` engine.
+Which ops are recognised, and what each records, is :mod:`.recognition`. A parameter used anywhere else costs only
+itself: its per-example gradients are computed explicitly (``vmap(grad)`` over a function of that parameter alone,
+else an autograd loop over examples) and enter the Gram beside the factors of every other parameter.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import warnings
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
@@ -74,6 +76,8 @@ def layer_features(
     loss_fn: LossFn,
     reference_rows: int,
     model_kwargs: dict[str, Tensor] | None = None,
+    explicit: dict[str, str] | None = None,
+    info: dict | None = None,
 ) -> Features:
     """One batched forward and backward pass over a chunk, turned into Gram factors per trainable parameter.
 
@@ -81,44 +85,128 @@ def layer_features(
     chunk, whether a call is kept as factor pairs or as explicit per-example gradients. ``model_kwargs`` are the
     chunk's per-example keyword inputs of the model (``model(x, **model_kwargs)``).
 
+    A parameter the capture does not recognise in some use (or listed in ``explicit``, ``{name: reason}``, which is
+    updated with every such parameter and its reason) gets explicit per-example gradients of its own
+    (:func:`~.per_example.subset_gradients`), however else it is used; a tensor derived from parameters alone is
+    consumed like a parameter and its explicit gradients are pulled back to them.
+
+    ``info``, when given, receives ``"host_read"``: the first op that read batch values into Python (``.item()``,
+    ``if tensor:``), whose path may depend on the data, or None.
+
     Raises:
-        LayerwiseUnsupported: the model uses a trainable parameter outside the recognised ops.
+        LayerwiseUnsupported: examples interact (batch statistics), the backward fails, or a sharded model has an
+            unrecognised use.
     """
+    from lightning_sensitivity.functional.gram.per_example import subset_gradients  # imports this module's users
+
+    explicit = {} if explicit is None else explicit
+    n = x.shape[0]
     if has_sharded_parameters(model):
         # FSDP2: the model gathers its parameters itself; they are named as each module is entered.
         gathered = GatheredParameters(model, set(trainable))
-        capture = Capture({}, x.shape[0], names=gathered.names)
+        capture = Capture({}, n, names=gathered.names)
         with gathered, capture:
             logits = check_logits(model(x, **(model_kwargs or {})))
     else:
-        capture = Capture(trainable, x.shape[0])
+        capture = Capture(trainable, n, constants=(*frozen.values(), *buffers.values()))
         with capture:
             logits = check_logits(as_function(model)({**frozen, **trainable}, buffers, x, **(model_kwargs or {})))
-    calls = capture.calls
     losses = per_example_losses(loss_fn, logits, y)
-    if not calls or not losses.requires_grad:
+    if info is not None:
+        info["host_read"] = capture.host_read
+    for call in capture.calls:
+        rows = call.inputs.shape[0]
+        flattened = call.kind == "linear" and call.options.get("transposed") and rows % n == 0
+        if not (rows == n and call.leaf.shape[0] == n) and not (flattened and call.leaf.shape[0] == rows):
+            # Per-example factors need the example index first; a sequence-first layout would mix them up.
+            for name in (call.weight, call.bias):
+                if name is not None:
+                    for source in capture.sources(name):
+                        capture.unrecognised.setdefault(
+                            source, f"its layer sees a batch of shape {tuple(call.inputs.shape)}, not [{n}, ...]"
+                        )
+    for name, reason in capture.unrecognised.items():
+        explicit.setdefault(name, reason)
+    if explicit and has_sharded_parameters(model):
+        name, reason = next(iter(explicit.items()))
+        raise LayerwiseUnsupported(f"trainable parameter {name!r} is {reason}")
+
+    def served(name: str | None) -> str | None:  # a name some of whose parameters come from this pass
+        return name if name is not None and not capture.sources(name) <= explicit.keys() else None
+
+    calls = [
+        replace(call, weight=served(call.weight), bias=served(call.bias))
+        for call in capture.calls
+        if served(call.weight) is not None or served(call.bias) is not None
+    ]
+    if not calls and not explicit:
         raise LayerwiseUnsupported("no trainable parameter reaches the loss through a recognised op")
-    deltas = torch.autograd.grad(losses.sum(), [c.leaf for c in calls], allow_unused=True)
-    n = x.shape[0]
+    if calls and not losses.requires_grad:
+        raise LayerwiseUnsupported("no trainable parameter reaches the loss")
+    try:
+        deltas = (
+            torch.autograd.grad(
+                losses.sum(), [c.leaf for c in calls], allow_unused=True, retain_graph=bool(capture.derived)
+            )
+            if calls
+            else []
+        )
+    except RuntimeError as err:  # an op without a derivative: the per-example engine says which
+        raise LayerwiseUnsupported(f"the batched backward failed: {err}") from None
     uses: dict[str, int] = {}
     for call in calls:
         for name in (call.weight, call.bias):
             if name is not None:
                 uses[name] = uses.get(name, 0) + 1
+    # A parameter that also makes a derived tensor has several gradient terms: all of them explicit, then summed.
+    through_derived = set().union(*(d.sources for d in capture.derived.values()))
     flat: dict[str, Tensor] = {}
     kron: list[tuple[str, Tensor, Tensor]] = []
-    for call, delta in zip(calls, deltas, strict=False):
-        if call.inputs.shape[0] != n or call.leaf.shape[0] != n:
-            # Per-example factors need the example index first; a sequence-first layout would mix them up.
-            raise LayerwiseUnsupported(f"a layer sees a batch of shape {tuple(call.inputs.shape)}, not [{n}, ...]")
+    derived: dict[str, Tensor] = {}
+    for call, delta in zip(calls, deltas, strict=True):
         delta = torch.zeros_like(call.leaf) if delta is None else delta.detach()
-        shared = uses.get(call.weight, 0) > 1 or uses.get(call.bias, 0) > 1
+        shared = any(
+            name is not None and (uses[name] > 1 or name in capture.derived or name in through_derived)
+            for name in (call.weight, call.bias)
+        )
         for name, piece in _pieces(call, delta, n, reference_rows, shared):
+            into = derived if name in capture.derived else flat
             if isinstance(piece, tuple):
                 kron.append((name, *piece))
             else:
-                flat[name] = flat[name] + piece if name in flat else piece
+                into[name] = into[name] + piece if name in into else piece
+    for name, grads in derived.items():
+        d = capture.derived[name]
+        sources = sorted(d.sources - explicit.keys())
+        pulled = _pull_back(d.tensor, [capture.leaves[s] for s in sources], grads.reshape(n, *d.tensor.shape))
+        for source, g in zip(sources, pulled, strict=True):
+            flat[source] = flat[source] + g if source in flat else g
+    if explicit:
+        names = sorted(k for k in explicit if k in trainable)
+        flat.update(subset_gradients(model, trainable, frozen, buffers, x, y, loss_fn, model_kwargs or {}, names))
     return Features({k: flat[k] for k in sorted(flat)}, kron)  # a fixed order, so that row and column chunks line up
+
+
+def _pull_back(out: Tensor, leaves: list[Tensor], grads: Tensor) -> list[Tensor]:
+    """``[n, k]`` per leaf: the per-example gradients ``grads`` ``[n, *out.shape]`` of a derived tensor pulled back
+    through the batch-free map from ``leaves`` to ``out`` (a batched vector-Jacobian product, else one per example)."""
+    n = grads.shape[0]
+    if not leaves:
+        return []
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # vmap's "no batching rule, performance drop" notice
+            pulled = torch.autograd.grad(
+                out, leaves, grads.to(out.dtype), retain_graph=True, allow_unused=True, is_grads_batched=True
+            )
+    except RuntimeError:  # an op without a batching rule: one vector-Jacobian product per example
+        rows = [torch.autograd.grad(out, leaves, grads[i].to(out.dtype), retain_graph=True, allow_unused=True)
+                for i in range(n)]  # fmt: skip
+        pulled = [None if r[0] is None else torch.stack(list(r)) for r in zip(*rows, strict=True)]
+    return [
+        grads.new_zeros(n, leaf.numel()) if g is None else g.detach().reshape(n, -1)
+        for leaf, g in zip(leaves, pulled, strict=True)
+    ]
 
 
 def _pieces(call: Call, delta: Tensor, n: int, reference_rows: int, shared: bool):
@@ -136,7 +224,7 @@ def _pieces(call: Call, delta: Tensor, n: int, reference_rows: int, shared: bool
         if call.bias is not None:
             yield call.bias, d.sum(dim=1)
         if call.weight is not None:
-            yield call.weight, _weight_piece(a, d, reference_rows, shared)
+            yield call.weight, _weight_piece(a, d, reference_rows, shared, call.options.get("transposed", False))
     elif call.kind == "conv":
         o = call.options
         delta = delta.reshape(call.inputs.shape[0], delta.shape[1], -1, delta.shape[-1])  # 1-D: a height of 1
@@ -171,6 +259,8 @@ def _pieces(call: Call, delta: Tensor, n: int, reference_rows: int, shared: bool
                 )
                 yield call.weight, grads.reshape(n, -1)
     elif call.kind == "embedding":
+        if "order" in call.options:  # a shared embedding used in another layout: its output gradient put back
+            delta = delta.permute(call.options["order"])
         ids = call.inputs.reshape(n, -1)
         d = delta.reshape(n, ids.shape[1], -1)
         if call.options["padding_idx"] is not None:  # the padding row receives no gradient
@@ -213,12 +303,15 @@ def _factor_pair_cheaper(rows: int, positions: int, p: int, q: int) -> bool:
     return identity_cost <= explicit_cost
 
 
-def _weight_piece(a: Tensor, d: Tensor, rows: int, shared: bool):
-    """Factor pair ``(A [n, T, p], D [n, T, q])`` when the position-summed identity is cheaper, else ``[n, q * p]``."""
+def _weight_piece(a: Tensor, d: Tensor, rows: int, shared: bool, transposed: bool = False):
+    """Factor pair ``(A [n, T, p], D [n, T, q])`` when the position-summed identity is cheaper, else ``[n, q * p]``
+    (``[n, p * q]`` for a ``transposed`` weight ``[p, q]``, as in ``x @ W``)."""
     _, positions, p = a.shape
     q = d.shape[2]
     if not shared and _factor_pair_cheaper(rows, positions, p, q):
         return a, d
+    if transposed:
+        return torch.bmm(a.transpose(1, 2), d).reshape(a.shape[0], p * q)
     return torch.bmm(d.transpose(1, 2), a).reshape(a.shape[0], q * p)
 
 

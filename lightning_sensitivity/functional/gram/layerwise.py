@@ -16,6 +16,7 @@ from lightning_sensitivity.functional._model import Progress, as_function, check
 from lightning_sensitivity.functional.gram import capture as lg
 from lightning_sensitivity.functional.gram.blocks import LossFn, blockwise_gram, split_trainable
 from lightning_sensitivity.functional.gram.gathered import GatheredParameters
+from lightning_sensitivity.functional.gram.plan import structure_key
 from lightning_sensitivity.functional.gram.recognition import LayerwiseUnsupported
 
 
@@ -33,10 +34,13 @@ def layerwise_gram(
     *,
     kwargs1: dict[str, Tensor] | None = None,
     kwargs2: dict[str, Tensor] | None = None,
+    explicit: dict[str, str] | None = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Blockwise Gram from per-layer factors of one batched pass per chunk (see :mod:`.capture`).
 
-    ``kwargs1``/``kwargs2`` are the per-example keyword inputs of the two sets, sliced with the inputs.
+    ``kwargs1``/``kwargs2`` are the per-example keyword inputs of the two sets, sliced with the inputs. ``explicit``
+    (``{parameter: reason}``) names parameters served by explicit per-example gradients from the start; it is updated
+    with every parameter the capture does not recognise.
 
     Before any block is assembled, the first chunk's factors are checked against explicit gradients of two of its
     examples (``vmap(grad)``): a model that mixes examples in its forward pass, keeps the batch on another
@@ -47,7 +51,7 @@ def layerwise_gram(
     """
     trainable, frozen = split_trainable(params, model)
     sets = ((x1, y1, kwargs1 or {}), (x2, y2, kwargs2 or {}))
-    features = CheckedFeatures(model, trainable, frozen, buffers, sets, loss_fn, chunk_size)
+    features = CheckedFeatures(model, trainable, frozen, buffers, sets, loss_fn, chunk_size, explicit)
     out = blockwise_gram(
         features,
         lg.cross,
@@ -71,24 +75,33 @@ class CheckedFeatures:
     everything it would have.
     """
 
-    def __init__(self, model, trainable, frozen, buffers, sets, loss_fn, chunk_size) -> None:
+    def __init__(self, model, trainable, frozen, buffers, sets, loss_fn, chunk_size, explicit=None) -> None:
         (x1, _, _), (x2, _, _) = sets
         self.reference_rows = min(max(x1.shape[0], 0 if x2 is None else x2.shape[0]), chunk_size or 1 << 62)
         self.model, self.trainable, self.frozen, self.buffers = model, trainable, frozen, buffers
         self.sets, self.loss_fn = sets, loss_fn
         self.checked = False
         self.failure: LayerwiseUnsupported | None = None
+        # Parameters served by explicit per-example gradients, with the reason: the same for every chunk.
+        self.explicit: dict[str, str] = {} if explicit is None else explicit
 
     def __call__(self, s: int, piece: slice) -> lg.Features:
         x, y, kw = self.sets[s]
         kw = take(kw, piece)
         model, trainable, frozen, buffers = self.model, self.trainable, self.frozen, self.buffers
+        info: dict = {}
         feats = lg.layer_features(
-            model, trainable, frozen, buffers, x[piece], y[piece], self.loss_fn, self.reference_rows, model_kwargs=kw
-        )
+            model, trainable, frozen, buffers, x[piece], y[piece], self.loss_fn, self.reference_rows, model_kwargs=kw,
+            explicit=self.explicit, info=info,
+        )  # fmt: skip
         if not self.checked:
             self.checked = True
-            self.failure = verify(model, trainable, frozen, buffers, x[piece], y[piece], kw, self.loss_fn, feats)
+            # A forward that reads batch values into Python (`.item()`, `if t:`) may take another path for other
+            # data: its check is not remembered.
+            again = info.get("host_read") is not None
+            self.failure = verify(
+                model, trainable, frozen, buffers, x[piece], y[piece], kw, self.loss_fn, feats, remember=not again
+            )
             if not has_sharded_parameters(model):
                 self.finish()
         return feats
@@ -99,21 +112,23 @@ class CheckedFeatures:
             raise self.failure
 
 
-def verify(model, trainable, frozen, buffers, x, y, kwargs, loss_fn, feats: lg.Features) -> LayerwiseUnsupported | None:
+def verify(
+    model, trainable, frozen, buffers, x, y, kwargs, loss_fn, feats: lg.Features, remember: bool = True
+) -> LayerwiseUnsupported | None:
     """Check a chunk's factors against explicit gradients of two of its examples; the failure, or None.
 
     Once per model structure (:data:`_VERIFIED`), except for a sharded model, which is checked at every call: the
     check's forwards are collectives, and every rank must run them whatever another rank's cache holds."""
     sharded = has_sharded_parameters(model)
-    key = _check_key(trainable, x, y, kwargs, loss_fn)
+    key = structure_key(trainable, x, y, kwargs, loss_fn)
     verified = _VERIFIED.setdefault(model, set())
-    if not sharded and key in verified:
+    if not sharded and remember and key in verified:
         return None
     try:
-        _check_against_explicit(model, trainable, frozen, buffers, x, y, kwargs, loss_fn, feats)
+        judged = _check_against_explicit(model, trainable, frozen, buffers, x, y, kwargs, loss_fn, feats)
     except LayerwiseUnsupported as err:
         return err
-    if not sharded:
+    if not sharded and remember and judged:
         verified.add(key)
     return None
 
@@ -123,28 +138,29 @@ def verify(model, trainable, frozen, buffers, x, y, kwargs, loss_fn, feats: lg.F
 _VERIFIED: weakref.WeakKeyDictionary[nn.Module, set] = weakref.WeakKeyDictionary()
 
 
-def _check_key(trainable: dict[str, Tensor], x: Tensor, y: Tensor, kwargs: dict[str, Tensor], loss_fn: LossFn) -> tuple:
-    shapes = tuple((k, tuple(v.shape)) for k, v in trainable.items())
-    # Keyword inputs and targets can steer the forward pass and the loss (a mask, another kind of label).
-    extra = tuple((k, tuple(v.shape[1:]), v.dtype) for k, v in sorted(kwargs.items()))
-    return (shapes, tuple(x.shape[1:]), x.dtype, x.device, tuple(y.shape[1:]), y.dtype, extra, id(loss_fn))
-
-
-def _check_against_explicit(model, trainable, frozen, buffers, x, y, kwargs, loss_fn, feats: lg.Features) -> None:
+def _check_against_explicit(model, trainable, frozen, buffers, x, y, kwargs, loss_fn, feats: lg.Features) -> bool:
+    """Raise when the factors disagree with explicit gradients; False when the reference is not finite (a diverged
+    model: nothing can be judged, and the check is not remembered), else True."""
     index = torch.tensor(sorted({0, x.shape[0] - 1}), device=x.device)
     explicit = _explicit_gradients(model, trainable, frozen, buffers, x, y, kwargs, loss_fn, index.tolist())
-    expected = explicit @ explicit.T
+    if not bool(torch.isfinite(explicit).all()):
+        return False
+    # The reference in float64: over millions of parameters a float32 product is itself off by ~1e-3 of
+    # |g_i||g_j| and could refuse a correct result; the tolerance is the model dtype's.
+    reference = explicit.double()
+    expected = reference @ reference.T
     picked = lg.select(feats, index)
-    got = lg.cross(picked, picked)
+    got = lg.cross(picked, picked).double()
     scale = expected.diagonal().sqrt()
-    tolerance = torch.finfo(expected.dtype).eps ** 0.5 * (
-        scale[:, None] * scale[None, :] + torch.finfo(expected.dtype).tiny
+    tolerance = torch.finfo(explicit.dtype).eps ** 0.5 * (
+        scale[:, None] * scale[None, :] + torch.finfo(explicit.dtype).tiny
     )
     if not bool(((got - expected).abs() <= tolerance).all()):
         raise LayerwiseUnsupported(
             "the layerwise Gram disagrees with explicit per-example gradients on a check pair (does the model mix "
             "the examples of a batch, or keep them on a dimension other than 0?)"
         )
+    return True
 
 
 def _explicit_gradients(model, trainable, frozen, buffers, x, y, kwargs, loss_fn, index: list[int]) -> Tensor:

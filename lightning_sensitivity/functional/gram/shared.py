@@ -20,6 +20,7 @@ from lightning_sensitivity.functional._model import (
     measurement_context,
 )
 from lightning_sensitivity.functional.gram import capture as lg
+from lightning_sensitivity.functional.gram import plan as plans
 from lightning_sensitivity.functional.gram import prepare_gram_call
 from lightning_sensitivity.functional.gram.blocks import LossFn, split_trainable
 from lightning_sensitivity.functional.gram.layerwise import verify
@@ -69,11 +70,18 @@ def gram_factors(
         model, inputs, targets, None, None, loss_fn, None, None, "layerwise", model_kwargs
     )
     trainable, frozen = split_trainable(params, model)
+    key = plans.structure_key(trainable, x, y, kw, loss_fn)
+    remembered = plans.remembered(model, key)
+    explicit = dict(remembered.explicit) if remembered is not None else {}
     with measurement_context(model):
-        feats = lg.layer_features(model, trainable, frozen, buffers, x, y, loss_fn, reference_rows, model_kwargs=kw)
+        feats = lg.layer_features(
+            model, trainable, frozen, buffers, x, y, loss_fn, reference_rows, model_kwargs=kw, explicit=explicit
+        )
         failure = verify(model, trainable, frozen, buffers, x, y, kw, loss_fn, feats)  # the last forwards here
         if failure is not None:
             raise failure
+    loop = plans.vmap_refusal(model, key) if explicit else None
+    plans.remember(model, key, plans.GramPlan("layerwise", tuple(sorted(explicit.items())), loop=loop))
     out = {f"flat:{name}": g.detach() for name, g in feats.flat.items()}
     for i, (name, a, d) in enumerate(feats.kron):
         out[f"kron.{i:04d}.a:{name}"], out[f"kron.{i:04d}.d:{name}"] = a.detach(), d.detach()
