@@ -50,6 +50,7 @@ TRAIN, VAL, TEST = keys.TRAIN, keys.VAL, keys.TEST
 #: ``(required, optional)`` probe splits a monitor uses, see :meth:`SensitivityMonitor.probe_splits`.
 ProbeSplits = tuple[frozenset[str], frozenset[str]]
 
+_CACHES = ("_summary_writers", "_models", "_lockstep")
 _FIGURES = {True: "all", False: "none", "all": "all", "log_spaced": "log_spaced", "none": "none"}
 
 
@@ -260,6 +261,21 @@ class SensitivityMonitor(MeasureLoop, Callback):
         ``forward_fn``/``embed_fn`` when given; the same object at every measurement."""
         embedded = self.embed_fn is not None and self.differentiates_inputs
         return self._models.get(pl_module, self.forward_fn, None if embedded else self.embed_fn)
+
+    # ---------------------------------------------------------------- pickling
+    def __getstate__(self) -> dict[str, Any]:
+        # `ddp_spawn`/`ddp_notebook` and `copy.deepcopy` pickle the callbacks: the caches (weak references to the
+        # TensorBoard writers and to the measured modules, a measurement's collective) are rebuilt, never sent.
+        state = self.__dict__.copy()
+        for name in _CACHES:
+            state.pop(name, None)
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._summary_writers = weakref.WeakSet()
+        self._models = ModelCache()
+        self._lockstep = None
 
     # ---------------------------------------------------------------- Lightning API
     @property
