@@ -14,7 +14,7 @@ from collections.abc import Callable
 import lightning.pytorch as pl
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.trainer.states import TrainerFn
-from torch import Tensor
+from torch import Tensor, nn
 
 from lightning_sensitivity import keys
 from lightning_sensitivity.callbacks import _output
@@ -23,6 +23,7 @@ from lightning_sensitivity.callbacks._data import find_dataset
 from lightning_sensitivity.callbacks._distributed import Lockstep, distributed_collective, map_sharded
 from lightning_sensitivity.callbacks.measurement import Measurement
 from lightning_sensitivity.callbacks.progress import progress_factory
+from lightning_sensitivity.functional.finite import nonfinite_examples
 from lightning_sensitivity.logging import find_tensorboard_writer, save_artifact
 from lightning_sensitivity.probes import ProbeSet, draw_probe_set
 
@@ -204,13 +205,62 @@ class MeasureLoop:
             self.forward_fn is not None or self.embed_fn is not None
         )
 
-        def run() -> Measurement:
+        def run() -> Measurement | None:
             model = root if root is not None else self.measured_model(pl_module)
             with outer_groups_gathered(pl_module, model) if bypass else contextlib.nullcontext():
-                return self.compute(model, self._inputs_for(pl_module, probes), progress, epoch)
+                measured, excluded = self._finite_probes(model, self._inputs_for(pl_module, probes), epoch, held_out)
+                if not self.measurable(measured):
+                    return None
+                result = self.compute(model, measured, progress, epoch)
+            for role, count in excluded.items():
+                result.scalars[keys.metric(self.quantity, role, keys.NONFINITE)] = float(count)
+            return result
 
         with eager():
             return self.attempt(self.quantity, run, epoch), probes
+
+    def _finite_probes(
+        self, model: nn.Module, probes: dict[str, ProbeSet], epoch: int, held_out: str
+    ) -> tuple[dict[str, ProbeSet], dict[str, int]]:
+        """The probe sets without their examples of non-finite inputs, targets or model outputs (each cause named
+        once per split), and how many each lost; a set that loses every example is left out."""
+        kept: dict[str, ProbeSet] = {}
+        excluded: dict[str, int] = {}
+        for role, probe in probes.items():
+            found = nonfinite_examples(
+                model, probe.inputs, probe.targets, self.chunk_size, model_kwargs=probe.model_kwargs
+            )
+            bad = found.any
+            if not bool(bad.any()):
+                kept[role] = probe
+                continue
+            split, n = held_out if role == VAL else role, len(probe)
+            tag = keys.metric(self.quantity, split, keys.NONFINITE)
+            for cause, mask in (("inputs", found.inputs), ("targets", found.targets), ("model outputs", found.outputs)):
+                if bool(mask.any()):
+                    shown = probe.indices[mask].tolist()
+                    names = ", ".join(str(i) for i in shown[:10]) + (", ..." if len(shown) > 10 else "")
+                    rest = (
+                        f"the other {n - int(bad.sum())} are measured"
+                        if not bool(bad.all())
+                        else "no example is left, so nothing is measured on this set"
+                    )
+                    why = (
+                        " (the model may have diverged -- check the learning rate -- or overflow in its dtype)"
+                        if cause == "model outputs"
+                        else ""
+                    )
+                    self.warn_once(
+                        f"nonfinite {split} {cause}",
+                        f"{type(self).__name__}: {int(mask.sum())} of {n} {split} probe examples have non-finite "
+                        f"{cause}{why} at epoch {epoch} (positions in the {split} data: {names}); they are left out "
+                        f"of every quantity of the measurement (counted in `{tag}`) and {rest}.",
+                    )
+            excluded[role] = int(bad.sum())
+            if not bool(bad.all()):
+                keep = (~bad).nonzero().flatten()
+                kept[role] = probe.subset(keep)
+        return kept, excluded
 
     def _draw_figures(self, fitting: bool) -> bool:
         if self.figures != "log_spaced":
