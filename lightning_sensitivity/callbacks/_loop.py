@@ -62,6 +62,8 @@ class MeasureLoop:
         wanted = {s: (held_out if s == VAL else s) for s in sorted(required | optional)}
         out: dict[str, ProbeSet] = {}
         for role, split in wanted.items():
+            if role in getattr(self, "_unavailable", ()):
+                continue  # said once in setup
             if split not in self._probes:
                 probe = self.attempt(
                     f"the {split} probe set",
@@ -137,6 +139,9 @@ class MeasureLoop:
     ) -> None:
         if self._disabled is not None:
             return
+        if getattr(trainer, "fast_dev_run", False):
+            self._dry_run_note(trainer)
+            return
         held_out = TEST if trainer.state.fn == TrainerFn.TESTING else VAL
         # One collective of agreement per sharded call and one at the end, on every rank whatever fails where.
         collective = distributed_collective(trainer)
@@ -185,6 +190,18 @@ class MeasureLoop:
             lambda: self._write_artifact(trainer, result, epoch, step, fitting),
             epoch,
             OUTPUT_HINT,
+        )
+
+    def _dry_run_note(self, trainer: pl.Trainer) -> None:
+        """Under ``fast_dev_run`` nothing is measured or written; said once per trainer for all its monitors."""
+        if getattr(trainer, "_sensitivity_dry_run_noted", False):
+            return
+        trainer._sensitivity_dry_run_noted = True  # type: ignore[attr-defined]
+        names = sorted({type(c).__name__ for c in trainer.callbacks if isinstance(c, MeasureLoop)})
+        self.warn_once(
+            "fast_dev_run",
+            f"{', '.join(names)}: `fast_dev_run` is a dry run of the loops, so the sensitivity monitors measure "
+            "nothing and write nothing (no scalars, images or artifact files); run without it to measure.",
         )
 
     def _compute_on_probes(

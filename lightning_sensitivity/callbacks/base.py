@@ -178,6 +178,7 @@ class SensitivityMonitor(MeasureLoop, Callback):
         self._undrawn: tuple[Measurement, int] | None = None  # the last fit measurement, when its images were skipped
         self._bridged: set[int] = set()
         self._lockstep: Lockstep | None = None  # set during a measurement of a distributed run
+        self._unavailable: set[str] = set()  # required splits without data under validate/test (skipped, said once)
 
     # ---------------------------------------------------------------- the subclass API
     def probe_splits(self) -> ProbeSplits:
@@ -231,6 +232,10 @@ class SensitivityMonitor(MeasureLoop, Callback):
             )
             return None
         return list(names)
+
+    def skipped_for(self, missing: set[str]) -> str:
+        """What is not measured without the probe splits ``missing`` (named in the note of ``validate``/``test``)."""
+        return f"the {', '.join(sorted(missing))} measurements"
 
     def missing_hint(self, missing: list[str]) -> str:
         """Extra advice for the error raised in ``setup`` when splits in ``missing`` have no data source."""
@@ -352,9 +357,20 @@ class SensitivityMonitor(MeasureLoop, Callback):
         num_classes = known_num_classes(trainer, pl_module)
         if num_classes is not None:
             self.check_classes(num_classes)
-        required, _ = self.probe_splits()
+        required, optional = self.probe_splits()
         missing = [s for s in sorted(required) if s not in self._probes and not has_source(trainer, pl_module, s)]
-        if missing:
+        self._unavailable = set()
+        available = {s: None for s in (required | optional) - set(missing)}
+        if missing and stage != TrainerFn.FITTING and self.measurable(available):  # type: ignore[arg-type]
+            # `trainer.validate`/`test` on a fresh trainer often has no training data: measure what it has.
+            self._unavailable = set(missing)
+            self.warn_once(
+                f"unavailable {missing}",
+                f"{type(self).__name__}: `trainer.{stage}` has no {' or '.join(missing)} data, so what needs it is "
+                f"skipped ({self.skipped_for(set(missing))}); the rest is measured. Pass "
+                f"{' and '.join(f'`{s}_data=(inputs, targets)`' for s in missing)} to measure it too.",
+            )
+        elif missing:
             hint = {
                 VAL: "`val_data=(inputs, targets)`, a datamodule with `val_dataloader`, or `val_dataloaders=` to "
                 "`trainer.fit`",
