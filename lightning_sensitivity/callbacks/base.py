@@ -366,8 +366,8 @@ class SensitivityMonitor(MeasureLoop, Callback):
             self._unavailable = set(missing)
             self.warn_once(
                 f"unavailable {missing}",
-                f"{type(self).__name__}: `trainer.{stage}` has no {' or '.join(missing)} data, so what needs it is "
-                f"skipped ({self.skipped_for(set(missing))}); the rest is measured. Pass "
+                f"{type(self).__name__}: `trainer.{TrainerFn(stage).value}` has no {' or '.join(missing)} data, so "
+                f"what needs it is skipped ({self.skipped_for(set(missing))}); the rest is measured. Pass "
                 f"{' and '.join(f'`{s}_data=(inputs, targets)`' for s in missing)} to measure it too.",
             )
         elif missing:
