@@ -239,10 +239,12 @@ class MeasureLoop:
     def _finite_probes(
         self, model: nn.Module, probes: dict[str, ProbeSet], epoch: int, held_out: str
     ) -> tuple[dict[str, ProbeSet], dict[str, int]]:
-        """The probe sets without their examples of non-finite inputs, targets or model outputs (each cause named
-        once per split), and how many each lost; a set that loses every example is left out."""
+        """The probe sets without their examples of non-finite inputs, targets or model outputs, and how many each
+        lost (a set that loses every example is left out); named in one warning per distinct finding."""
         kept: dict[str, ProbeSet] = {}
         excluded: dict[str, int] = {}
+        findings: list[str] = []
+        causes: list[str] = []
         for role, probe in probes.items():
             found = nonfinite_examples(
                 model, probe.inputs, probe.targets, self.chunk_size, model_kwargs=probe.model_kwargs
@@ -252,31 +254,35 @@ class MeasureLoop:
                 kept[role] = probe
                 continue
             split, n = held_out if role == VAL else role, len(probe)
-            tag = keys.metric(self.quantity, split, keys.NONFINITE)
             for cause, mask in (("inputs", found.inputs), ("targets", found.targets), ("model outputs", found.outputs)):
                 if bool(mask.any()):
                     shown = probe.indices[mask].tolist()
                     names = ", ".join(str(i) for i in shown[:10]) + (", ..." if len(shown) > 10 else "")
-                    rest = (
-                        f"the other {n - int(bad.sum())} are measured"
-                        if not bool(bad.all())
-                        else "no example is left, so nothing is measured on this set"
+                    findings.append(
+                        f"{int(mask.sum())} of {n} {split} probe examples have non-finite {cause} (positions in the "
+                        f"{split} data: {names})"
                     )
-                    why = (
-                        " (the model may have diverged -- check the learning rate -- or overflow in its dtype)"
-                        if cause == "model outputs"
-                        else ""
-                    )
-                    self.warn_once(
-                        f"nonfinite {split} {cause}",
-                        f"{type(self).__name__}: {int(mask.sum())} of {n} {split} probe examples have non-finite "
-                        f"{cause}{why} at epoch {epoch} (positions in the {split} data: {names}); they are left out "
-                        f"of every quantity of the measurement (counted in `{tag}`) and {rest}.",
-                    )
+                    causes.append(f"{split} {cause}")
             excluded[role] = int(bad.sum())
-            if not bool(bad.all()):
-                keep = (~bad).nonzero().flatten()
-                kept[role] = probe.subset(keep)
+            left = n - int(bad.sum())
+            findings[-1] += f"; {left} {split} examples are measured" if left else f"; no {split} example is left"
+            if left:
+                kept[role] = probe.subset((~bad).nonzero().flatten())
+        if findings:
+            diverged = any(c.endswith("model outputs") for c in causes)
+            tags = ", ".join(
+                f"`{keys.metric(self.quantity, held_out if r == VAL else r, keys.NONFINITE)}`" for r in excluded
+            )
+            self.warn_once(
+                f"nonfinite {sorted(causes)}",
+                f"{type(self).__name__} at epoch {epoch}: {'; '.join(findings)}. These examples are left out of every "
+                f"quantity of the measurement (counted in {tags})"
+                + (
+                    ". The model may have diverged (check the learning rate) or overflow in its dtype."
+                    if diverged
+                    else "."
+                ),
+            )
         return kept, excluded
 
     def _draw_figures(self, fitting: bool) -> bool:

@@ -111,7 +111,9 @@ def test_a_diverged_model_is_named_and_nothing_is_logged(tmp_path):
         module.net[0].weight[0, 0] = float("nan")
     got, messages = measure_at_init(tmp_path, module, monitors((x, y), data(seed=1))[:1], data(seed=1))
     assert got == {}
-    assert any("non-finite model outputs (the model may have diverged" in m for m in messages), messages
+    named = [m for m in messages if "non-finite model outputs" in m]
+    assert len(named) == 1 and "40 of 40 val" in named[0] and "40 of 40 train" in named[0], messages
+    assert "may have diverged" in named[0]
 
 
 # ---------------------------------------------------------------- output heads
