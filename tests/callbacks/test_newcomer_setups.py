@@ -265,6 +265,27 @@ def test_notebook_style_repeated_fits_reuse_the_monitors(tmp_path):
     assert results[0] == results[1] and len(results[0]) > 10
 
 
+def test_compiled_module_with_bf16_mixed_is_measured_like_the_plain_float32_module(tmp_path):
+    x, y = data()
+    train = data(seed=1)
+
+    def run(name: str, compiled: bool, with_monitors: bool = True, **kwargs: Any) -> tuple:
+        torch.manual_seed(0)
+        module = Plain(mlp(IN, 3))
+        fitted = torch.compile(module, backend="eager") if compiled else module
+        callbacks = monitors((x, y), train) if with_monitors else []
+        t = trainer(tmp_path / name, callbacks, max_epochs=1, limit_train_batches=2, limit_val_batches=0, **kwargs)
+        messages = fit(t, fitted, loaders(*train))
+        return sensitivity_metrics(t), messages, module.state_dict()
+
+    got, messages, state = run("compiled", True, precision="bf16-mixed")
+    want, _, _ = run("plain", False)  # float32, not compiled, the same initial weights
+    _, _, untouched = run("bare", True, with_monitors=False, precision="bf16-mixed")
+    assert not messages, messages
+    assert got == want and len(got) > 20  # measured outside autocast, through the original forward
+    assert all(torch.equal(state[k], untouched[k]) for k in state)
+
+
 # ---------------------------------------------------------------- dry runs, validate/test on a fresh trainer
 def test_fast_dev_run_measures_nothing_says_so_once_and_writes_nothing(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
