@@ -188,6 +188,7 @@ CONDITIONAL: dict[str, str] = {
     f"{_J}/{{split}}/class_{{c}}": "needs integer class targets",
     f"{_T}/{{split}}/activation_mean": "needs ReLU-family units (a model without them has no activation pattern)",
     f"{_T}/{{split}}/region_changes_mean": "needs ReLU-family units",
+    f"{_T}/{{split}}/prediction_mean": "needs a predicted class (not logged for real-valued, regression targets)",
     f"{_T}/{{split}}/near_anchor_ratio": "NaN (so not logged) when no segment away from the anchors changes",
     f"{_S}/{{group}}/same_class_{{kind}}": "needs a pair of distinct examples of one class",
     f"{_S}/{{group}}/different_class_{{kind}}": "needs two classes in the group",

@@ -38,6 +38,8 @@ DRAW_HINT = (
     "tensors directly with `val_data=(inputs, targets)` / `train_data=(inputs, targets)`."
 )
 OUTPUT_HINT = "Check that the log directory is writable; the scalars were logged."
+#: The hint of a failed output that is not a file-system error: the log directory is not the cause.
+OUTPUT_ERROR_HINT = "The scalars were logged; the images or the artifact of this measurement could not be made."
 
 
 class MeasureLoop:

@@ -35,7 +35,7 @@ from lightning_sensitivity.callbacks._compat import (
 )
 from lightning_sensitivity.callbacks._data import has_source, sensitivity_monitors_keys
 from lightning_sensitivity.callbacks._distributed import Lockstep
-from lightning_sensitivity.callbacks._loop import MEASURE_HINT, OUTPUT_HINT, MeasureLoop
+from lightning_sensitivity.callbacks._loop import MEASURE_HINT, OUTPUT_ERROR_HINT, OUTPUT_HINT, MeasureLoop
 from lightning_sensitivity.callbacks._model import ForwardFn, ModelCache
 from lightning_sensitivity.callbacks._probes import known_num_classes, model_kwargs, probe_shard  # noqa: F401
 from lightning_sensitivity.callbacks.measurement import Measurement, SensitivityWarning
@@ -248,6 +248,8 @@ class SensitivityMonitor(MeasureLoop, Callback):
         try:
             return fn()
         except Exception as err:  # a failing measurement must never stop the training run
+            if hint == OUTPUT_HINT and not isinstance(err, OSError):
+                hint = OUTPUT_ERROR_HINT  # name the real cause: not the log directory
             self.warn_once(
                 key or what,
                 f"{type(self).__name__} could not produce {what} at epoch {epoch}: {type(err).__name__}: {err}. "
