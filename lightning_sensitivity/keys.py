@@ -67,6 +67,7 @@ __all__ = [
     "GRAM_STATS",
     "GROUPS",
     "JACOBIAN",
+    "NONFINITE",
     "QUANTITIES",
     "ROOT",
     "SCHEMA",
@@ -171,6 +172,10 @@ SCHEMA[TRANSITIONS] += (
     f"{_T}/{TRANSITION_RANDOM}/near_anchor_ratio",
 )
 SCHEMA[STIFFNESS] += (f"{_S}/{{group}}/same_class_critical_length",)
+#: How many probe examples of a split a measurement left out for non-finite inputs, targets or model outputs.
+NONFINITE = "nonfinite"
+for _quantity in QUANTITIES:
+    SCHEMA[_quantity] += (f"{prefix(_quantity)}/{{split}}/{NONFINITE}",)
 
 #: SCHEMA templates a monitor may leave out even with every option that enables it on, and why. Every other
 #: template is logged at each measurement of a fit whose options enable it.
@@ -183,6 +188,7 @@ CONDITIONAL: dict[str, str] = {
     f"{_J}/{{split}}/class_{{c}}": "needs integer class targets",
     f"{_T}/{{split}}/activation_mean": "needs ReLU-family units (a model without them has no activation pattern)",
     f"{_T}/{{split}}/region_changes_mean": "needs ReLU-family units",
+    f"{_T}/{{split}}/prediction_mean": "needs a predicted class (not logged for real-valued, regression targets)",
     f"{_T}/{{split}}/near_anchor_ratio": "NaN (so not logged) when no segment away from the anchors changes",
     f"{_S}/{{group}}/same_class_{{kind}}": "needs a pair of distinct examples of one class",
     f"{_S}/{{group}}/different_class_{{kind}}": "needs two classes in the group",
@@ -197,6 +203,11 @@ CONDITIONAL: dict[str, str] = {
     **{f"{_T}/{TRANSITION_RANDOM}/{stat}_mean": 'only with "random" in `splits`' for stat in TRANSITION_STATS},
     f"{_T}/{TRANSITION_RANDOM}/near_anchor_ratio": 'only with "random" in `splits`',
     f"{_S}/{{group}}/same_class_critical_length": "only with `critical_length_same_class=True` and a zero crossing",
+    **{
+        f"{prefix(q)}/{{split}}/{NONFINITE}": "only when probe examples have non-finite inputs, targets or model "
+        "outputs (they are left out of the measurement)"
+        for q in QUANTITIES
+    },
 }
 
 #: The arrays the stiffness artifact holds for each pair group, stored as :func:`stiffness_array` ``(group, name)``.

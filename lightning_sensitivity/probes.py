@@ -83,6 +83,15 @@ class ProbeSet:
             {k: v.to(device) for k, v in self.model_kwargs.items()},
         )
 
+    def subset(self, index: Tensor) -> ProbeSet:
+        """The examples at positions ``index`` (a ``[k]`` long tensor), in that order."""
+        return ProbeSet(
+            self.inputs[index.to(self.inputs.device)],
+            self.targets[index.to(self.targets.device)],
+            self.indices[index.to(self.indices.device)],
+            {k: v[index.to(v.device)] for k, v in self.model_kwargs.items()},
+        )
+
     def with_inputs(self, inputs: Tensor) -> ProbeSet:
         """The same probe set with other inputs (e.g. embedded token ids)."""
         return ProbeSet(inputs, self.targets, self.indices, self.model_kwargs)

@@ -48,7 +48,7 @@ def predict_loop(model: nn.Module, inputs: torch.Tensor, model_kwargs=None) -> t
         return torch.cat([net(inputs[i : i + 1], **_own(model_kwargs, i)) for i in range(inputs.shape[0])])
 
 
-def activation_pattern(model: nn.Module, x: torch.Tensor, kwargs=None) -> tuple[torch.Tensor, int]:
+def activation_pattern(model: nn.Module, x: torch.Tensor, kwargs=None, prediction: str = "argmax") -> tuple:
     """Binary pattern (pre-activation > 0) of every activation module, recorded with forward hooks, and the class."""
     net = _eval_copy(model)
     recorded = []
@@ -58,20 +58,24 @@ def activation_pattern(model: nn.Module, x: torch.Tensor, kwargs=None) -> tuple[
         if isinstance(m, ACTIVATION_MODULES)
     ]
     with torch.no_grad():
-        pred = int(net(x.unsqueeze(0), **(kwargs or {})).argmax(dim=1))
+        out = net(x.unsqueeze(0), **(kwargs or {}))
+        # "labels": the set of outputs above 0 (multi-label heads, a single binary logit)
+        pred = int(out.argmax(dim=1)) if prediction == "argmax" else tuple((out[0] > 0).tolist())
     for h in hooks:
         h.remove()
     return (torch.cat(recorded) if recorded else torch.zeros(0, dtype=torch.bool)), pred
 
 
-def transitions_loop(model: nn.Module, trajectories: torch.Tensor, model_kwargs=None) -> dict[str, list[int]]:
+def transitions_loop(
+    model: nn.Module, trajectories: torch.Tensor, model_kwargs=None, prediction: str = "argmax"
+) -> dict[str, list[int]]:
     """``model_kwargs`` values have one entry per trajectory, shared by all its points."""
     """``segments[t][k]``: Hamming distance from point k to point k + 1 (the last segment closes the loop);
     ``segment_prediction[t][k]``: whether the prediction changes along it."""
     out: dict[str, list] = {"activation": [], "region_changes": [], "prediction": [], "segments": [],
                             "segment_prediction": []}  # fmt: skip
     for t, traj in enumerate(trajectories):
-        seq = [activation_pattern(model, x, _own(model_kwargs, t)) for x in traj]
+        seq = [activation_pattern(model, x, _own(model_kwargs, t), prediction) for x in traj]
         act = reg = pred = 0
         segs, seg_pred = [], []
         for k in range(len(seq)):

@@ -15,7 +15,7 @@ import lightning.pytorch as pl
 import torch
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.trainer.states import TrainerFn
-from torch import Tensor
+from torch import Tensor, nn
 
 from lightning_sensitivity import keys
 from lightning_sensitivity.callbacks import _output
@@ -27,6 +27,7 @@ from lightning_sensitivity.callbacks.measurement import Measurement
 from lightning_sensitivity.callbacks.progress import progress_factory
 from lightning_sensitivity.functional import measurement_options
 from lightning_sensitivity.functional._model import unwrap_model
+from lightning_sensitivity.functional.finite import nonfinite_examples
 from lightning_sensitivity.logging import find_tensorboard_writer, save_artifact
 from lightning_sensitivity.probes import ProbeSet, draw_probe_set
 
@@ -41,6 +42,8 @@ DRAW_HINT = (
     "tensors directly with `val_data=(inputs, targets)` / `train_data=(inputs, targets)`."
 )
 OUTPUT_HINT = "Check that the log directory is writable; the scalars were logged."
+#: The hint of a failed output that is not a file-system error: the log directory is not the cause.
+OUTPUT_ERROR_HINT = "The scalars were logged; the images or the artifact of this measurement could not be made."
 
 
 class MeasureLoop:
@@ -65,6 +68,8 @@ class MeasureLoop:
         wanted = {s: (held_out if s == VAL else s) for s in sorted(required | optional)}
         out: dict[str, ProbeSet] = {}
         for role, split in wanted.items():
+            if role in getattr(self, "_unavailable", ()):
+                continue  # said once in setup
             if split not in self._probes:
                 probe = self.attempt(
                     f"the {split} probe set",
@@ -138,6 +143,9 @@ class MeasureLoop:
     ) -> None:
         if self._disabled is not None:
             return
+        if getattr(trainer, "fast_dev_run", False):
+            self._dry_run_note(trainer)
+            return
         held_out = TEST if trainer.state.fn == TrainerFn.TESTING else VAL
         # One collective of agreement per sharded call and one at the end, on every rank whatever fails where.
         collective = distributed_collective(trainer)
@@ -188,6 +196,18 @@ class MeasureLoop:
             OUTPUT_HINT,
         )
 
+    def _dry_run_note(self, trainer: pl.Trainer) -> None:
+        """Under ``fast_dev_run`` nothing is measured or written; said once per trainer for all its monitors."""
+        if getattr(trainer, "_sensitivity_dry_run_noted", False):
+            return
+        trainer._sensitivity_dry_run_noted = True  # type: ignore[attr-defined]
+        names = sorted({type(c).__name__ for c in trainer.callbacks if isinstance(c, MeasureLoop)})
+        self.warn_once(
+            "fast_dev_run",
+            f"{', '.join(names)}: `fast_dev_run` is a dry run of the loops, so the sensitivity monitors measure "
+            "nothing and write nothing (no scalars, images or artifact files); run without it to measure.",
+        )
+
     def _compute_on_probes(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, epoch: int, held_out: str
     ) -> tuple[Measurement | None, dict[str, ProbeSet]]:
@@ -206,10 +226,16 @@ class MeasureLoop:
             self.forward_fn is not None or self.embed_fn is not None
         )
 
-        def run() -> Measurement:
+        def run() -> Measurement | None:
             model = root if root is not None else self.measured_model(pl_module)
             with outer_groups_gathered(pl_module, model) if bypass else contextlib.nullcontext():
-                return self.compute(model, self._inputs_for(pl_module, probes), progress, epoch)
+                measured, excluded = self._finite_probes(model, self._inputs_for(pl_module, probes), epoch, held_out)
+                if not self.measurable(measured):
+                    return None
+                result = self.compute(model, measured, progress, epoch)
+            for role, count in excluded.items():
+                result.scalars[keys.metric(self.quantity, role, keys.NONFINITE)] = float(count)
+            return result
 
         options = measurement_options(
             measure_dtype=getattr(self, "measure_dtype", torch.float32), output_key=getattr(self, "output_key", None)
@@ -238,6 +264,55 @@ class MeasureLoop:
                 "is meant, e.g. the module's forward is not the classifier, ignore this). For a Hugging Face decoder, "
                 "pool the last real token from the attention mask (the README's text-model recipe).",
             )
+
+    def _finite_probes(
+        self, model: nn.Module, probes: dict[str, ProbeSet], epoch: int, held_out: str
+    ) -> tuple[dict[str, ProbeSet], dict[str, int]]:
+        """The probe sets without their examples of non-finite inputs, targets or model outputs, and how many each
+        lost (a set that loses every example is left out); named in one warning per distinct finding."""
+        kept: dict[str, ProbeSet] = {}
+        excluded: dict[str, int] = {}
+        findings: list[str] = []
+        causes: list[str] = []
+        for role, probe in probes.items():
+            found = nonfinite_examples(
+                model, probe.inputs, probe.targets, self.chunk_size, model_kwargs=probe.model_kwargs
+            )
+            bad = found.any
+            if not bool(bad.any()):
+                kept[role] = probe
+                continue
+            split, n = held_out if role == VAL else role, len(probe)
+            for cause, mask in (("inputs", found.inputs), ("targets", found.targets), ("model outputs", found.outputs)):
+                if bool(mask.any()):
+                    shown = probe.indices[mask].tolist()
+                    names = ", ".join(str(i) for i in shown[:10]) + (", ..." if len(shown) > 10 else "")
+                    findings.append(
+                        f"{int(mask.sum())} of {n} {split} probe examples have non-finite {cause} (positions in the "
+                        f"{split} data: {names})"
+                    )
+                    causes.append(f"{split} {cause}")
+            excluded[role] = int(bad.sum())
+            left = n - int(bad.sum())
+            findings[-1] += f"; {left} {split} examples are measured" if left else f"; no {split} example is left"
+            if left:
+                kept[role] = probe.subset((~bad).nonzero().flatten())
+        if findings:
+            diverged = any(c.endswith("model outputs") for c in causes)
+            tags = ", ".join(
+                f"`{keys.metric(self.quantity, held_out if r == VAL else r, keys.NONFINITE)}`" for r in excluded
+            )
+            self.warn_once(
+                f"nonfinite {sorted(causes)}",
+                f"{type(self).__name__} at epoch {epoch}: {'; '.join(findings)}. These examples are left out of every "
+                f"quantity of the measurement (counted in {tags})"
+                + (
+                    ". The model may have diverged (check the learning rate) or overflow in its dtype."
+                    if diverged
+                    else "."
+                ),
+            )
+        return kept, excluded
 
     def _draw_figures(self, fitting: bool) -> bool:
         if self.figures != "log_spaced":

@@ -36,7 +36,7 @@ from lightning_sensitivity.callbacks._compat import (
 )
 from lightning_sensitivity.callbacks._data import has_source, sensitivity_monitors_keys
 from lightning_sensitivity.callbacks._distributed import Lockstep
-from lightning_sensitivity.callbacks._loop import MEASURE_HINT, OUTPUT_HINT, MeasureLoop
+from lightning_sensitivity.callbacks._loop import MEASURE_HINT, OUTPUT_ERROR_HINT, OUTPUT_HINT, MeasureLoop
 from lightning_sensitivity.callbacks._model import ForwardFn, ModelCache
 from lightning_sensitivity.callbacks._probes import known_num_classes, model_kwargs, probe_shard  # noqa: F401
 from lightning_sensitivity.callbacks.measurement import Measurement, SensitivityWarning
@@ -52,6 +52,7 @@ TRAIN, VAL, TEST = keys.TRAIN, keys.VAL, keys.TEST
 #: ``(required, optional)`` probe splits a monitor uses, see :meth:`SensitivityMonitor.probe_splits`.
 ProbeSplits = tuple[frozenset[str], frozenset[str]]
 
+_CACHES = ("_summary_writers", "_models", "_lockstep")
 _FIGURES = {True: "all", False: "none", "all": "all", "log_spaced": "log_spaced", "none": "none"}
 
 
@@ -193,6 +194,7 @@ class SensitivityMonitor(MeasureLoop, Callback):
         self._undrawn: tuple[Measurement, int] | None = None  # the last fit measurement, when its images were skipped
         self._bridged: set[int] = set()
         self._lockstep: Lockstep | None = None  # set during a measurement of a distributed run
+        self._unavailable: set[str] = set()  # required splits without data under validate/test (skipped, said once)
 
     # ---------------------------------------------------------------- the subclass API
     def probe_splits(self) -> ProbeSplits:
@@ -249,6 +251,10 @@ class SensitivityMonitor(MeasureLoop, Callback):
             return None
         return list(names)
 
+    def skipped_for(self, missing: set[str]) -> str:
+        """What is not measured without the probe splits ``missing`` (named in the note of ``validate``/``test``)."""
+        return f"the {', '.join(sorted(missing))} measurements"
+
     def missing_hint(self, missing: list[str]) -> str:
         """Extra advice for the error raised in ``setup`` when splits in ``missing`` have no data source."""
         return ""
@@ -260,6 +266,8 @@ class SensitivityMonitor(MeasureLoop, Callback):
         try:
             return fn()
         except Exception as err:  # a failing measurement must never stop the training run
+            if hint == OUTPUT_HINT and not isinstance(err, OSError):
+                hint = OUTPUT_ERROR_HINT  # name the real cause: not the log directory
             self.warn_once(
                 key or what,
                 f"{type(self).__name__} could not produce {what} at epoch {epoch}: {type(err).__name__}: {err}. "
@@ -278,6 +286,21 @@ class SensitivityMonitor(MeasureLoop, Callback):
         ``forward_fn``/``embed_fn`` when given; the same object at every measurement."""
         embedded = self.embed_fn is not None and self.differentiates_inputs
         return self._models.get(pl_module, self.forward_fn, None if embedded else self.embed_fn)
+
+    # ---------------------------------------------------------------- pickling
+    def __getstate__(self) -> dict[str, Any]:
+        # `ddp_spawn`/`ddp_notebook` and `copy.deepcopy` pickle the callbacks: the caches (weak references to the
+        # TensorBoard writers and to the measured modules, a measurement's collective) are rebuilt, never sent.
+        state = self.__dict__.copy()
+        for name in _CACHES:
+            state.pop(name, None)
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._summary_writers = weakref.WeakSet()
+        self._models = ModelCache()
+        self._lockstep = None
 
     # ---------------------------------------------------------------- Lightning API
     @property
@@ -355,9 +378,20 @@ class SensitivityMonitor(MeasureLoop, Callback):
         num_classes = known_num_classes(trainer, pl_module)
         if num_classes is not None:
             self.check_classes(num_classes)
-        required, _ = self.probe_splits()
+        required, optional = self.probe_splits()
         missing = [s for s in sorted(required) if s not in self._probes and not has_source(trainer, pl_module, s)]
-        if missing:
+        self._unavailable = set()
+        available = {s: None for s in (required | optional) - set(missing)}
+        if missing and stage != TrainerFn.FITTING and self.measurable(available):  # type: ignore[arg-type]
+            # `trainer.validate`/`test` on a fresh trainer often has no training data: measure what it has.
+            self._unavailable = set(missing)
+            self.warn_once(
+                f"unavailable {missing}",
+                f"{type(self).__name__}: `trainer.{TrainerFn(stage).value}` has no {' or '.join(missing)} data, so "
+                f"what needs it is skipped ({self.skipped_for(set(missing))}); the rest is measured. Pass "
+                f"{' and '.join(f'`{s}_data=(inputs, targets)`' for s in missing)} to measure it too.",
+            )
+        elif missing:
             hint = {
                 VAL: "`val_data=(inputs, targets)`, a datamodule with `val_dataloader`, or `val_dataloaders=` to "
                 "`trainer.fit`",

@@ -10,6 +10,7 @@ from typing_extensions import override
 
 from lightning_sensitivity import keys
 from lightning_sensitivity._checks import check_choice, check_class_names, check_names
+from lightning_sensitivity.callbacks._heads import head_kind, output_width, two_class_logits
 from lightning_sensitivity.callbacks.base import Measurement, ProbeSplits, SensitivityMonitor, model_kwargs, probe_shard
 from lightning_sensitivity.callbacks.progress import ProgressFactory
 from lightning_sensitivity.functional import jacobian_norm, jacobian_norm_summary, predict_logits
@@ -68,6 +69,7 @@ class JacobianNormMonitor(SensitivityMonitor):
 
     def __init__(self, *, output: str = "softmax", class_names: Sequence[str] | None = None, **kwargs: Any) -> None:
         self.output = check_choice(output, "output", OUTPUTS)
+        self._measured_output = self.output  # `output`, or "logits" for a single output (see `_output_for`)
         self.class_names = check_names(class_names, "class_names")
         super().__init__(**kwargs)
 
@@ -89,9 +91,12 @@ class JacobianNormMonitor(SensitivityMonitor):
             kwargs = model_kwargs(part)
             with progress(f"{split} Jacobian norms") as bar:
                 norms = jacobian_norm(
-                    model, part.inputs, output=self.output, chunk_size=self.chunk_size, progress=bar, **kwargs
-                )
+                    model, part.inputs, output=self._measured_output, chunk_size=self.chunk_size, progress=bar,
+                    **kwargs,
+                )  # fmt: skip
             logits = predict_logits(model, part.inputs, self.chunk_size, **kwargs)
+            if logits.shape[1] == 1 and part.class_targets:  # one binary logit z: class statistics of [0, z]
+                logits = two_class_logits(logits)
             return {"norms": norms.detach().float().cpu(), "logits": logits.detach().cpu()}
 
         out = self.sharded(shard, len(probe))  # each rank its shard of the probe set under DDP
@@ -116,8 +121,9 @@ class JacobianNormMonitor(SensitivityMonitor):
     def compute(
         self, model: nn.Module, probes: dict[str, ProbeSet], progress: ProgressFactory, epoch: int
     ) -> Measurement:
-        result = Measurement(meta={"output": self.output, "class_names": self.class_names})
         val = probes[VAL]
+        self._measured_output = self._output_for(output_width(model, val), val.targets)
+        result = Measurement(meta={"output": self._measured_output, "class_names": self.class_names})
         val_norms, val_logits = self._norms(model, val, progress, VAL)
         stats = {VAL: self._split(result, VAL, val, val_norms, val_logits)}
         if TRAIN in probes:
@@ -151,6 +157,32 @@ class JacobianNormMonitor(SensitivityMonitor):
         )
         return result
 
+    def _output_for(self, width: int, targets: Tensor) -> str:
+        """The output differentiated: ``output``, except where it is constant or no probability (said once)."""
+        head = head_kind(width, targets)
+        if self.output not in ("softmax", "log_softmax") or head == "classes":
+            return self.output
+        if width == 1 or head == "values":
+            why = (
+                f"the model has a single output, whose {self.output} is constant (its Jacobian is 0)"
+                if width == 1
+                else f"the targets are real values (got {targets.dtype} of shape {tuple(targets.shape)}), whose "
+                f"{self.output} is no probability"
+            )
+            self.warn_once(
+                "output replaced",
+                f"{type(self).__name__}: {why}; the Jacobian of the outputs themselves is measured (as "
+                "`output='logits'`; pass `output='sigmoid'` for binary or multi-label logits).",
+            )
+            return "logits"
+        self.warn_once(
+            "multi-label",
+            f"{type(self).__name__}: the targets are multi-label (0/1 of shape {tuple(targets.shape)}), but "
+            f"`output='{self.output}'` couples the outputs as exclusive classes; pass `output='sigmoid'` to "
+            "differentiate each label's probability.",
+        )
+        return self.output
+
     def _num_classes(self, logits: Tensor) -> int:
         return max(logits.shape[1], len(self.class_names or ()))
 
@@ -161,5 +193,5 @@ class JacobianNormMonitor(SensitivityMonitor):
             per_class,
             names,
             title=f"Mean Jacobian norm per class (val probe set), epoch {epoch}",
-            ylabel=f"||d {self.output} / dx||_F",
+            ylabel=f"||d {self._measured_output} / dx||_F",
         )

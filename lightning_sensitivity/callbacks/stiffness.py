@@ -181,6 +181,11 @@ class StiffnessMonitor(SensitivityMonitor):
         return any(set(g.split("_")) <= probes.keys() for g in self.groups)
 
     @override
+    def skipped_for(self, missing: set[str]) -> str:
+        skipped = [g for g in self.groups if set(g.split("_")) & missing]
+        return f"groups {', '.join(skipped)}"
+
+    @override
     def missing_hint(self, missing: list[str]) -> str:
         return " Or measure validation pairs only: `groups=('val_val',)`." if TRAIN in missing else ""
 
@@ -232,7 +237,7 @@ class StiffnessMonitor(SensitivityMonitor):
     ) -> Measurement:
         groups = [g for g in self.groups if set(g.split("_")) <= probes.keys()]
         skipped = [g for g in self.groups if g not in groups]
-        if skipped:
+        if skipped and not self._unavailable:  # under validate/test without training data: said in setup
             self.warn_once(
                 f"groups {skipped}",
                 f"{type(self).__name__}: groups {skipped} are not measured because their probe sets could not be drawn "
@@ -270,7 +275,7 @@ class StiffnessMonitor(SensitivityMonitor):
             self.warn_once(
                 "not classes",
                 f"{type(self).__name__}: the targets are not integer class indices [N] (got {targets.dtype} of shape "
-                f"{tuple(targets.shape)}), so same-/different-class stiffness and class matrices are not logged.",
+                f"{tuple(targets.shape)}), so same-/different-class stiffness and the class matrices are not logged.",
             )
         names = self.display_names(num_classes)
         result = Measurement(
@@ -385,6 +390,8 @@ class StiffnessMonitor(SensitivityMonitor):
 
         tag = f"{PREFIX}/{group}"
         for kind in KINDS:
+            if f"class_{kind}" not in arrays:  # no classes (regression, multi-label targets): no class matrices
+                continue
             result.figures.append(
                 (
                     f"{tag}/class_{kind}_matrix",

@@ -10,6 +10,7 @@ from torch import nn
 from typing_extensions import override
 
 from lightning_sensitivity._checks import check_int
+from lightning_sensitivity.callbacks._heads import head_kind, output_width
 from lightning_sensitivity.callbacks.base import Measurement, ProbeSplits, SensitivityMonitor
 from lightning_sensitivity.callbacks.progress import ProgressFactory
 from lightning_sensitivity.functional import (
@@ -48,7 +49,9 @@ class TransitionMonitor(SensitivityMonitor):
 
     - ``sensitivity/transitions/val/activation_mean``: summed Hamming distances between consecutive patterns
     - ``sensitivity/transitions/val/region_changes_mean``: consecutive pairs in different linear regions
-    - ``sensitivity/transitions/val/prediction_mean``: consecutive pairs with different predicted classes
+    - ``sensitivity/transitions/val/prediction_mean``: consecutive pairs with different predicted classes (the
+      arg-max; for a single logit ``[N, 1]`` or a multi-label head with 0/1 targets, any output crossing 0; not
+      logged for real-valued targets, where there is no predicted class)
     - ``sensitivity/transitions/val/near_anchor_ratio``: mean Hamming distance per segment within
       ``near_anchor_fraction`` of the period around the three anchors, divided by the mean elsewhere
       (:func:`~lightning_sensitivity.functional.near_anchor_ratio`; < 1: fewer transitions near the data)
@@ -111,6 +114,7 @@ class TransitionMonitor(SensitivityMonitor):
         self.num_points = num_points
         self.splits = tuple(s for s in SPLITS if s in splits)
         self.near_anchor_fraction = float(near_anchor_fraction)
+        self._prediction: str | None = "argmax"  # how the last measurement read predictions (see compute)
         super().__init__(**kwargs)
 
     @override
@@ -118,6 +122,15 @@ class TransitionMonitor(SensitivityMonitor):
         # Training trajectories are required when asked for: setup then names the missing training source. The
         # random anchors are made from the validation probe set.
         return frozenset(s for s in self.splits if s != RANDOM), frozenset()
+
+    @override
+    def measurable(self, probes: dict[str, ProbeSet]) -> bool:
+        # Under validate/test without training data the val (and random) ellipses are still measured.
+        return VAL in probes
+
+    @override
+    def skipped_for(self, missing: set[str]) -> str:
+        return f"the {', '.join(sorted(missing))} ellipses"
 
     @override
     def config(self) -> dict[str, Any]:
@@ -136,9 +149,32 @@ class TransitionMonitor(SensitivityMonitor):
         self, model: nn.Module, probes: dict[str, ProbeSet], progress: ProgressFactory, epoch: int
     ) -> Measurement:
         result = Measurement(meta={"num_points": self.num_points, "splits": list(self.splits)})
-        for split in self.splits:
+        head = head_kind(output_width(model, probes[VAL]), probes[VAL].targets)
+        self._prediction = self._prediction_rule(head, probes[VAL].targets)
+        result.meta["prediction"] = self._prediction
+        for split in (s for s in self.splits if (VAL if s == RANDOM else s) in probes):
             self._measure_split(model, split, probes[VAL if split == RANDOM else split], progress, result)
         return result
+
+    def _prediction_rule(self, head: str, targets: torch.Tensor) -> str | None:
+        """How a point's prediction is read for this output head (None: the head predicts no class), said once."""
+        if head == "classes":
+            return "argmax"
+        if head == "values":
+            self.warn_once(
+                "no predicted class",
+                f"{type(self).__name__}: the targets are real values (got {targets.dtype} of shape "
+                f"{tuple(targets.shape)}), so the model predicts no class and prediction changes are not logged; "
+                "activation and region changes are.",
+            )
+            return None
+        self.warn_once(
+            "label predictions",
+            f"{type(self).__name__}: the model has {'one output' if head == 'binary' else 'multi-label outputs'} "
+            f"(targets {targets.dtype} of shape {tuple(targets.shape)}): a prediction change is an output crossing 0 "
+            "(a label switching on or off), not a change of the arg-max class.",
+        )
+        return "labels"
 
     def _counts(
         self,
@@ -151,8 +187,9 @@ class TransitionMonitor(SensitivityMonitor):
         """Per-trajectory counts of ``trajectories`` (a shard of them under DDP), with the unit count per row."""
         with progress(f"transitions ({split})") as bar:
             counts = transition_counts(
-                model, trajectories, chunk_size=self.chunk_size, progress=bar, model_kwargs=kwargs or None
-            )
+                model, trajectories, chunk_size=self.chunk_size, progress=bar, model_kwargs=kwargs or None,
+                prediction=self._prediction or "argmax",
+            )  # fmt: skip
         out = {"prediction": counts.prediction.cpu()}
         out["num_units"] = torch.full_like(out["prediction"], counts.num_units, dtype=torch.long)
         if counts.num_units:
@@ -184,9 +221,11 @@ class TransitionMonitor(SensitivityMonitor):
         num_units = int(counts["num_units"][0])
         result.meta["num_units"] = num_units
         prefix, array = f"{PREFIX}/{split}", "" if split == VAL else f"{split}_"
-        prediction = counts["prediction"]
-        result.arrays.update({f"{array}prediction": prediction, f"{array}anchor_indices": anchors_idx})
-        result.scalars[f"{prefix}/prediction_mean"] = float(prediction.double().mean())
+        result.arrays[f"{array}anchor_indices"] = anchors_idx
+        if self._prediction is not None:
+            prediction = counts["prediction"]
+            result.arrays[f"{array}prediction"] = prediction
+            result.scalars[f"{prefix}/prediction_mean"] = float(prediction.double().mean())
         if num_units == 0:
             self.warn_once(
                 "no ReLU units",

@@ -139,6 +139,7 @@ def measurement_context(model: nn.Module, *, train_mode: bool = False, grad: boo
     with stack:
         stack.enter_context(torch.inference_mode(False))
         stack.enter_context(torch.enable_grad() if grad else torch.no_grad())
+        stack.enter_context(checkpointing_off(model))
         for device_type in _autocast_device_types():
             stack.enter_context(torch.autocast(device_type=device_type, enabled=False))
         try:
@@ -148,6 +149,70 @@ def measurement_context(model: nn.Module, *, train_mode: bool = False, grad: boo
         finally:
             for m, flag in flags:
                 m.training = flag
+
+
+@contextlib.contextmanager
+def checkpointing_off(model: nn.Module) -> Iterator[None]:
+    """Run activation-checkpointed regions of ``model`` as plain forwards for the duration of a measurement.
+
+    ``torch.utils.checkpoint`` recomputes a region during the backward pass. A measurement evaluates the model through
+    :func:`torch.func.functional_call`, which puts the module's own parameters back once the forward returns, so the
+    recompute would run on other tensors than the forward did (non-reentrant: ``CheckpointError`` "Recomputed values
+    ... different metadata"; reentrant: refused under ``torch.autograd.grad``). A checkpointed region computes the same
+    function as the plain one, and a measurement's chunks are small: the regions simply run once, keeping their
+    activations. Covers ``torch.utils.checkpoint.checkpoint`` however it is reached (direct calls,
+    ``checkpoint_sequential``, ``checkpoint_wrapper`` of Lightning's / FSDP's activation-checkpointing helpers, Hugging
+    Face gradient checkpointing) and the composable ``torch.distributed._composable.checkpoint`` on submodules of
+    ``model``.
+    """
+    import torch.utils.checkpoint as checkpoint_module
+
+    composable = [(state, state.enable_hook) for state in _composable_checkpoint_states(model)]
+    patches = _PLAIN_CHECKPOINT if hasattr(checkpoint_module, "_checkpoint_impl") else _PLAIN_CHECKPOINT_OLD
+    originals = {name: getattr(checkpoint_module, name) for name in patches}
+    for name, plain in patches.items():
+        setattr(checkpoint_module, name, plain)
+    for state, _ in composable:
+        state.enable_hook = False
+    try:
+        yield
+    finally:
+        for name, original in originals.items():
+            setattr(checkpoint_module, name, original)
+        for state, flag in composable:
+            state.enable_hook = flag
+
+
+def _plain_checkpoint(function: Callable[..., Any], args: Any, kwargs: Any, **_: Any) -> Any:
+    return function(*args, **kwargs)
+
+
+class _PlainCheckpointFunction:
+    @staticmethod
+    def apply(function: Callable[..., Any], preserve_rng_state: bool, *args: Any) -> Any:
+        return function(*args)
+
+
+def _plain_generator(*_: Any, **__: Any) -> Iterator[None]:
+    yield
+
+
+# torch >= 2.9 routes every checkpoint call through `_checkpoint_impl`; older releases inline it in `checkpoint`,
+# which then reaches the reentrant autograd Function and the non-reentrant generator by their module names.
+_PLAIN_CHECKPOINT = {"_checkpoint_impl": _plain_checkpoint}
+_PLAIN_CHECKPOINT_OLD = {"CheckpointFunction": _PlainCheckpointFunction,
+                         "_checkpoint_without_reentrant_generator": _plain_generator}  # fmt: skip
+
+
+def _composable_checkpoint_states(model: nn.Module) -> list[Any]:
+    """The states of the composable ``checkpoint(module)`` applied to submodules of ``model`` (read without adding
+    one to any other module)."""
+    try:
+        from torch.distributed._composable.checkpoint_activation import checkpoint
+        from torch.distributed._composable.contract import _get_registry
+    except ImportError:  # a torch built without distributed support
+        return []
+    return [checkpoint.state(m) for m in model.modules() if "checkpoint" in (_get_registry(m) or {})]
 
 
 def _autocast_device_types() -> list[str]:

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 
+from lightning_sensitivity._checks import check_choice
 from lightning_sensitivity.functional._model import (
     ModelKwargs,
     Progress,
@@ -34,6 +35,9 @@ from lightning_sensitivity.functional._model import (
     report,
     take,
 )
+
+#: What a point's prediction is (see :func:`transition_counts`).
+PREDICTIONS = ("argmax", "labels")
 
 _RELU_FAMILY: frozenset[Callable[..., Any]] = frozenset(
     {
@@ -132,6 +136,7 @@ def transition_counts(
     chunk_size: int | None = None,
     progress: Progress | None = None,
     model_kwargs: ModelKwargs | None = None,
+    prediction: str = "argmax",
 ) -> TransitionCounts:
     """Count activation-pattern and prediction changes along closed trajectories.
 
@@ -147,6 +152,9 @@ def transition_counts(
         model_kwargs: per-trajectory keyword inputs of the model, e.g. ``{"attention_mask": mask [K, T]}``: each
             value has ``K`` entries along dimension 0 (one per trajectory, not per point), is repeated for the
             trajectory's ``P`` points and passed as ``model(points, **{k: v_of_each_point})``.
+        prediction: what a point's prediction is: ``"argmax"`` (default), the class of the largest logit;
+            ``"labels"``, the set of outputs above 0 (a multi-label sigmoid head, or a single binary logit ``[N, 1]``,
+            whose arg-max never changes): a prediction change is then any label switching on or off.
 
     Returns:
         :class:`TransitionCounts` with long tensors ``[K]`` and the per-segment ``[K, P]`` counts they sum.
@@ -165,6 +173,7 @@ def transition_counts(
     """
     check_chunk_size(chunk_size)
     check_progress(progress)
+    check_choice(prediction, "prediction", PREDICTIONS)
     traj = prepare_inputs(trajectories, name="trajectories", min_dim=3)
     num_traj, num_points = traj.shape[:2]
     if num_points < 2:
@@ -184,12 +193,15 @@ def transition_counts(
         # Flat [K * P]: entry k * P + j is segment j of trajectory k (point j to point j + 1, closing at j = P - 1).
         segments = torch.zeros(total, dtype=torch.long, device=device)
         seg_pred = torch.zeros(total, dtype=torch.bool, device=device)
-        first_pred = torch.zeros(num_traj, dtype=torch.long, device=device)
+        first_pred: Tensor | None = None  # [K, width] prediction of each trajectory's first point
         for piece in chunks(total, chunk_size):
             recorder = _ActivationRecorder()
             with recorder:
                 logits = check_logits(f(params, buffers, points[piece], **take(kwargs, piece)))
-            pred = logits.argmax(dim=1)
+            # [n, width]: one column (the arg-max class) or one per output (the labels on)
+            pred = logits.argmax(dim=1, keepdim=True) if prediction == "argmax" else logits > 0
+            if first_pred is None:
+                first_pred = torch.zeros(num_traj, pred.shape[1], dtype=pred.dtype, device=device)
             if recorder.patterns:
                 pattern = torch.cat(recorder.patterns, dim=1)
             else:
@@ -211,16 +223,16 @@ def transition_counts(
                 head_pred = torch.zeros(1, dtype=torch.bool, device=device)
             else:
                 head = _count_true(pattern[:1] != prev_pattern)
-                head_pred = pred[:1] != prev_pred
+                head_pred = (pred[:1] != prev_pred).any(dim=1)
             hamming = torch.cat([head, _count_true(pattern[1:] != pattern[:-1])])
-            changed = torch.cat([head_pred, pred[1:] != pred[:-1]])
+            changed = torch.cat([head_pred, (pred[1:] != pred[:-1]).any(dim=1)])
             keep = ~is_first
             segments[flat[keep] - 1] = hamming[keep]
             seg_pred[flat[keep] - 1] = changed[keep]
             is_last = pos == num_points - 1  # closes the loop: last point against the first
             closing = traj_id[is_last]
             segments[flat[is_last]] = _count_true(pattern[is_last] != first_pattern[closing])
-            seg_pred[flat[is_last]] = pred[is_last] != first_pred[closing]
+            seg_pred[flat[is_last]] = (pred[is_last] != first_pred[closing]).any(dim=1)
             prev_pattern, prev_pred = pattern[-1:], pred[-1:]
             report(progress, piece.stop, total)
         segments = segments.reshape(num_traj, num_points)

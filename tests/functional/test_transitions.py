@@ -141,3 +141,24 @@ def test_bad_inputs(traj, kwargs, error, match):
     model = nn.Sequential(nn.Linear(5, 3), nn.ReLU())
     with pytest.raises(error, match=match):
         transition_counts(model, traj, **kwargs)
+
+
+@pytest.mark.parametrize("width", [1, 4])
+def test_label_set_predictions_match_naive_loop(width):
+    # A multi-label sigmoid head (4 outputs) or one binary logit: a prediction change is any output crossing 0.
+    torch.manual_seed(3)
+    model = nn.Sequential(nn.Linear(3, 10), nn.ReLU(), nn.Linear(10, width)).double()
+    traj = ellipse_trajectories(torch.randn(5, 3, 3, dtype=torch.float64) * 2, 40)
+    expected = transitions_loop(model, traj, prediction="labels")
+    got = transition_counts(model, traj, prediction="labels", chunk_size=7)
+    assert got.prediction.tolist() == expected["prediction"]
+    assert got.segment_prediction.tolist() == expected["segment_prediction"]
+    assert got.activation.tolist() == expected["activation"]
+    assert sum(expected["prediction"]) > 0  # some label flips: the comparison is not vacuous
+    if width == 1:  # the arg-max of one output never changes
+        assert transition_counts(model, traj).prediction.sum() == 0
+
+
+def test_prediction_rule_is_checked():
+    with pytest.raises(ValueError, match="`prediction` expected one of"):
+        transition_counts(nn.Linear(2, 2), torch.randn(1, 4, 2), prediction="sign")
