@@ -21,6 +21,7 @@ from lightning_sensitivity.callbacks import _output
 from lightning_sensitivity.callbacks._compat import eager, fsdp_root, outer_groups_gathered, sharding_strategy
 from lightning_sensitivity.callbacks._data import find_dataset
 from lightning_sensitivity.callbacks._distributed import Lockstep, distributed_collective, map_sharded
+from lightning_sensitivity.callbacks._probes import dataset_class_names
 from lightning_sensitivity.callbacks.measurement import Measurement
 from lightning_sensitivity.callbacks.progress import progress_factory
 from lightning_sensitivity.logging import find_tensorboard_writer, save_artifact
@@ -98,6 +99,8 @@ class MeasureLoop:
                 f"{type(self).__name__}: the {split} data has {found.num_loaders} loaders; the probe set is drawn from "
                 f"loader {found.index} (set `val_dataloader_idx=` to choose another).",
             )
+        if getattr(self, "_data_class_names", None) is None:
+            self._data_class_names = dataset_class_names(found.dataset)
         return draw_probe_set(
             found.dataset,
             self.num_samples,

@@ -74,8 +74,9 @@ def render_per_class(
     hi = max(0.0, float(heights[finite].max())) if finite.any() else 1.0
     ticks = _nice_ticks(lo, hi)
     t_lo, t_hi = float(ticks[0]), float(ticks[-1])
-    slot = int(min(48, max(6, 560 // count)))
-    plot_w, plot_h = count * slot, 260
+    # Laid out for TensorBoard's ~400 px image card (shown there unscaled): ~300 px of bars.
+    slot = int(min(36, max(3, 300 // count)))
+    plot_w, plot_h = count * slot, 220
     label_size = 10
     line = _text_size("Ag", label_size)[1]
     widths = [_text_size(s, label_size)[0] for s in labels]
@@ -85,7 +86,7 @@ def render_per_class(
     xlab_h = max(_text_size(labels[i], label_size, vertical)[1] for i in shown)
     x0 = PAD + (line + 6 if ylabel else 0) + _tick_label_width(ticks) + 8
     y0 = PAD + TITLE_SIZE + 14
-    width = max(x0 + plot_w + PAD + 6, 320)
+    width = max(x0 + plot_w + PAD + 6, 300)
     height = y0 + plot_h + 4 + xlab_h + 6 + line + PAD
     img = Image.new("RGB", (width, height), WHITE)
     draw = ImageDraw.Draw(img)
@@ -173,7 +174,7 @@ def render_stiffness_by_distance(
     y_lo, y_hi = float(yticks[0]), float(yticks[-1])
     xticks = _nice_ticks(float(edges[0]), float(edges[-1]), 6)
     xticks = xticks[(xticks >= edges[0] - 1e-12) & (xticks <= edges[-1] + 1e-12)]
-    plot_w, plot_h = 520, 300
+    plot_w, plot_h = 280, 220  # the whole picture ~400 px wide: TensorBoard's image card shows it unscaled
     line = _text_size("Ag", 11)[1]
     x0 = PAD + line + 6 + _tick_label_width(yticks) + 8
     y0 = PAD + TITLE_SIZE + 14
