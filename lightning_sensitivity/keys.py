@@ -78,6 +78,7 @@ __all__ = [
     "config_tag",
     "matches",
     "metric",
+    "notes_tag",
     "prefix",
     "rename_split",
     "schema_keys",
@@ -100,6 +101,11 @@ def metric(quantity: str, *parts: str) -> str:
 def config_tag(monitor_name: str) -> str:
     """The TensorBoard text tag of a monitor's configuration table."""
     return f"{ROOT}/config/{monitor_name}"
+
+
+def notes_tag(monitor_name: str) -> str:
+    """The text tag of a monitor's notes on a measurement (e.g. saturated counts), beside its charts."""
+    return f"{ROOT}/notes/{monitor_name}"
 
 
 def split_array(split: str, name: str) -> str:
@@ -150,6 +156,7 @@ SCHEMA: dict[str, tuple[str, ...]] = {
     ),
     TRANSITIONS: (
         *(f"{_T}/{{split}}/{stat}_mean" for stat in TRANSITION_STATS),
+        f"{_T}/{{split}}/region_changes_fraction",
         f"{_T}/{{split}}/near_anchor_ratio",
     ),
     STIFFNESS: (
@@ -168,6 +175,7 @@ SCHEMA: dict[str, tuple[str, ...]] = {
 TRANSITION_RANDOM = "random"
 SCHEMA[TRANSITIONS] += (
     *(f"{_T}/{TRANSITION_RANDOM}/{stat}_mean" for stat in TRANSITION_STATS),
+    f"{_T}/{TRANSITION_RANDOM}/region_changes_fraction",
     f"{_T}/{TRANSITION_RANDOM}/near_anchor_ratio",
 )
 SCHEMA[STIFFNESS] += (f"{_S}/{{group}}/same_class_critical_length",)
@@ -183,6 +191,7 @@ CONDITIONAL: dict[str, str] = {
     f"{_J}/{{split}}/class_{{c}}": "needs integer class targets",
     f"{_T}/{{split}}/activation_mean": "needs ReLU-family units (a model without them has no activation pattern)",
     f"{_T}/{{split}}/region_changes_mean": "needs ReLU-family units",
+    f"{_T}/{{split}}/region_changes_fraction": "needs ReLU-family units",
     f"{_T}/{{split}}/near_anchor_ratio": "NaN (so not logged) when no segment away from the anchors changes",
     f"{_S}/{{group}}/same_class_{{kind}}": "needs a pair of distinct examples of one class",
     f"{_S}/{{group}}/different_class_{{kind}}": "needs two classes in the group",
@@ -196,6 +205,7 @@ CONDITIONAL: dict[str, str] = {
     f"{_S}/{{group}}/layer/{{layer}}/{{kind}}": "only with `per_layer=True`",
     **{f"{_T}/{TRANSITION_RANDOM}/{stat}_mean": 'only with "random" in `splits`' for stat in TRANSITION_STATS},
     f"{_T}/{TRANSITION_RANDOM}/near_anchor_ratio": 'only with "random" in `splits`',
+    f"{_T}/{TRANSITION_RANDOM}/region_changes_fraction": 'only with "random" in `splits`',
     f"{_S}/{{group}}/same_class_critical_length": "only with `critical_length_same_class=True` and a zero crossing",
 }
 

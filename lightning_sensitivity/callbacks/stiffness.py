@@ -186,6 +186,10 @@ class StiffnessMonitor(SensitivityMonitor):
         return self.groups
 
     @override
+    def layout_splits(self) -> dict[str, tuple[str, ...]]:
+        return {"stiffness/layer": tuple(self.groups)} if self.per_layer else {}
+
+    @override
     def check_classes(self, num_classes: int) -> None:
         check_class_names(self.class_names, num_classes, "class_names")
         if self.class_groups is not None and len(self.class_groups) != num_classes:

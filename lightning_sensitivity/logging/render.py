@@ -38,7 +38,15 @@ from lightning_sensitivity.logging._draw import (
 from lightning_sensitivity.logging.plots import to_numpy
 from lightning_sensitivity.logging.render_charts import render_per_class, render_stiffness_by_distance
 
-__all__ = ["CARD_WIDTH", "cell_text", "render_class_matrix", "render_per_class", "render_stiffness_by_distance", "render_timings", "colormap_lut"]
+__all__ = [
+    "CARD_WIDTH",
+    "cell_text",
+    "colormap_lut",
+    "render_class_matrix",
+    "render_per_class",
+    "render_stiffness_by_distance",
+    "render_timings",
+]
 
 
 # ---------------------------------------------------------------------------------------------------------- heatmap

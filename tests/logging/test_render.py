@@ -86,13 +86,26 @@ def test_heatmaps_and_charts_fit_a_tensorboard_card():
     names = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
     rng = np.random.default_rng(0)
     images = [
-        render_class_matrix(rng.uniform(-1, 1, (10, 10)), names, title="train_val class sign stiffness, epoch 30",
-                            xlabel="val class", ylabel="train class"),  # fmt: skip
-        render_per_class(rng.uniform(0, 1, 10), names, title="Mean Jacobian norm per class (val probe set), epoch 4",
-                         ylabel="||d softmax / dx||_F"),  # fmt: skip
-        render_stiffness_by_distance(np.linspace(0, 10, 21), np.linspace(0.8, -0.3, 20), np.arange(20),
-                                     critical_length=7.3, title="val_val sign stiffness by euclidean input distance, "
-                                     "epoch 4"),  # fmt: skip
+        render_class_matrix(
+            rng.uniform(-1, 1, (10, 10)),
+            names,
+            title="train_val class sign stiffness, epoch 30",
+            xlabel="val class",
+            ylabel="train class",
+        ),
+        render_per_class(
+            rng.uniform(0, 1, 10),
+            names,
+            title="Mean Jacobian norm per class (val probe set), epoch 4",
+            ylabel="||d softmax / dx||_F",
+        ),
+        render_stiffness_by_distance(
+            np.linspace(0, 10, 21),
+            np.linspace(0.8, -0.3, 20),
+            np.arange(20),
+            critical_length=7.3,
+            title="val_val sign stiffness by euclidean input distance, epoch 4",
+        ),
     ]
     for image in images:
         assert image.shape[1] <= CARD_WIDTH + 12, image.shape
