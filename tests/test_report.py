@@ -103,7 +103,7 @@ def test_full_run_report(tmp_path, monkeypatch):
     log_dir = tmp_path / "logs"
     write_run(log_dir / "lightning_logs" / "version_0")
     per_class_calls, matrix_calls = [], []
-    real_per_class, real_matrix = figures.plot_per_class, figures.plot_class_matrix
+    real_per_class, real_matrix = figures.render_per_class, figures.render_class_matrix
 
     def spy_per_class(values, class_names=None, **kwargs):
         per_class_calls.append((np.asarray(values), class_names, kwargs))
@@ -113,8 +113,8 @@ def test_full_run_report(tmp_path, monkeypatch):
         matrix_calls.append((np.asarray(matrix), class_names, kwargs))
         return real_matrix(matrix, class_names, **kwargs)
 
-    monkeypatch.setattr(figures, "plot_per_class", spy_per_class)
-    monkeypatch.setattr(figures, "plot_class_matrix", spy_matrix)
+    monkeypatch.setattr(figures, "render_per_class", spy_per_class)
+    monkeypatch.setattr(figures, "render_class_matrix", spy_matrix)
 
     index = report.build_report(log_dir)
     assert index == log_dir / "sensitivity_report" / "index.html"
