@@ -39,6 +39,7 @@ from lightning_sensitivity.logging.plots import to_numpy
 from lightning_sensitivity.logging.render_charts import render_per_class, render_stiffness_by_distance
 
 __all__ = [
+    "CARD_HEIGHT",
     "CARD_WIDTH",
     "cell_text",
     "colormap_lut",
@@ -52,17 +53,19 @@ __all__ = [
 # ---------------------------------------------------------------------------------------------------------- heatmap
 
 
-#: The width the heatmaps are laid out for: TensorBoard's default image card (~400 px) shows them at actual size.
-CARD_WIDTH = 400
-_MATRIX_SIDE = 280  # pixels of the cells along the longer side, at most
+#: The box TensorBoard's Time Series image card (its default dashboard) fits an image into: 372 x 215 pixels at the
+#: default card width, scaled down to fit, never up. The heatmaps are laid out to fit it unscaled (10 classes).
+CARD_WIDTH, CARD_HEIGHT = 372, 215
+_MATRIX_HEIGHT, _MATRIX_WIDTH = 150, 230  # pixels of cells along each side, at most
+_LABEL = 10  # class labels: 10 px, legible unscaled
 
 
 class _MatrixFrame:
     """Everything of a heatmap but the cells, the numbers in them and the title; cached per layout.
 
-    Laid out for :data:`CARD_WIDTH`: the cells share ~280 px, the colour bar lies under the matrix (not beside it,
-    where it would cost ~60 px of width), labels are 11 px (9 px above 20 classes a side), the numbers in the cells
-    as large as fit (10-11 px for 10 classes).
+    Landscape, for the :data:`CARD_WIDTH` x :data:`CARD_HEIGHT` box of TensorBoard's image cards: cells of at most
+    150 px in height, class names on the rows; the columns carry the class indices (the rows say ``name (index)``)
+    when the names would not fit across the cells; the colour bar stands at the right.
     """
 
     def __init__(
@@ -77,73 +80,76 @@ class _MatrixFrame:
         xlabel: str = "",
         ylabel: str = "",
     ) -> None:
-        n = max(rows, cols)
-        self.cell = cell = int(min(36, max(3, _MATRIX_SIDE // n)))
-        label_size = 11 if n <= 20 else 9
+        self.cell = cell = int(min(36, max(3, min(_MATRIX_HEIGHT // rows, _MATRIX_WIDTH // cols))))
+        label_size = _LABEL if cell >= 11 else 8
         line = _text_size("Ag", label_size)[1]
         mat_w, mat_h = cols * cell, rows * cell
+        col_widths = [_text_size(c, label_size)[0] for c in col_names]
+        if max(col_widths) + 3 > cell and row_names == col_names and len(set(row_names)) == rows:
+            # Names too wide to stand across the cells: indices under the columns, "name (i)" on the rows.
+            col_names = tuple(str(j) for j in range(cols))
+            row_names = tuple(f"{name} ({i})" if name != str(i) else name for i, name in enumerate(row_names))
+            col_widths = [_text_size(c, label_size)[0] for c in col_names]
+        self.row_names, self.col_names = row_names, col_names
+        vertical = max(col_widths) + 3 > cell
         row_step = _label_step(rows, cell, line)
-        col_widths = [_text_size(s, label_size)[0] for s in col_names]
-        vertical = max(col_widths) + 4 > cell
         col_step = _label_step(cols, cell, line if vertical else max(col_widths))
         shown_rows = range(0, rows, row_step)
         shown_cols = range(0, cols, col_step)
         ylab_w = max(_text_size(row_names[i], label_size)[0] for i in shown_rows)
         xlab_h = max(_text_size(col_names[j], label_size, vertical)[1] for j in shown_cols)
-        title_w = _text_size(ylabel, 11)[1] + 6 if ylabel else 0
-        self.x0 = PAD + title_w + ylab_w + 6
-        self.y0 = PAD + TITLE_SIZE + 12
-        bottom = self.y0 + mat_h + 4 + xlab_h
+        title_w = _text_size(ylabel, _LABEL)[1] + 4 if ylabel else 0
+        self.x0 = PAD + title_w + ylab_w + 5
+        self.y0 = PAD + TITLE_SIZE + 6
+        bottom = self.y0 + mat_h + 3 + xlab_h
         if xlabel:
-            xtitle_y = bottom + 3
-            bottom = xtitle_y + _text_size(xlabel, 11)[1]
-        bar_y = bottom + 8
-        bar_w = max(mat_w, 120)
-        tick_h = _text_size("0", 10)[1]
-        # The NaN legend's row is kept free without NaN too: the picture keeps its size from epoch to epoch.
-        height = bar_y + 10 + 3 + tick_h + 4 + tick_h + PAD
-        nan_label = "grey: NaN (no data)"
-        width = max(self.x0 + max(mat_w, bar_w) + PAD + 12, self.x0 + _text_size(nan_label, 10)[0] + PAD)
+            xtitle_y = bottom + 1
+            bottom = xtitle_y + _text_size(xlabel, _LABEL)[1]
+        bar_x, bar_h = self.x0 + mat_w + 10, max(mat_h, 100)
+        ticks = [vmin + (vmax - vmin) * k / 4 for k in range(5)]
+        tick_w = max(_text_size(_fmt(t), 9)[0] for t in ticks)
+        nan_label = "NaN (no data)"
+        nan_y = self.y0 + bar_h + 6
+        height = max(bottom, nan_y + 10) + PAD // 2
+        # The NaN legend's room is kept without NaN too: the picture keeps its size from epoch to epoch.
+        width = bar_x + 14 + max(tick_w, _text_size("-0.75", 9)[0], _text_size(nan_label, 9)[0]) + PAD // 2
         img = Image.new("RGB", (width, height), WHITE)
         draw = ImageDraw.Draw(img)
         for i in shown_rows:
             cy = self.y0 + i * cell + cell / 2
-            draw.line([(self.x0 - 4, cy), (self.x0 - 1, cy)], fill=AXIS)
-            _put(img, row_names[i], label_size, self.x0 - 6, cy, "rm")
+            draw.line([(self.x0 - 3, cy), (self.x0 - 1, cy)], fill=AXIS)
+            _put(img, row_names[i], label_size, self.x0 - 4, cy, "rm")
         for j in shown_cols:
             cx = self.x0 + j * cell + cell / 2
-            draw.line([(cx, self.y0 + mat_h), (cx, self.y0 + mat_h + 3)], fill=AXIS)
-            _put(img, col_names[j], label_size, cx, self.y0 + mat_h + 4, "mt", vertical=vertical)
+            draw.line([(cx, self.y0 + mat_h), (cx, self.y0 + mat_h + 2)], fill=AXIS)
+            _put(img, col_names[j], label_size, cx, self.y0 + mat_h + 3, "mt", vertical=vertical)
         if ylabel:
-            _put(img, ylabel, 11, PAD, self.y0 + mat_h / 2, "lm", vertical=True)
+            _put(img, ylabel, _LABEL, PAD - 2, self.y0 + mat_h / 2, "lm", vertical=True)
         if xlabel:
-            _put(img, xlabel, 11, self.x0 + mat_w / 2, xtitle_y, "mt")
-        # Colour bar under the matrix, vmin (left) to vmax (right), ticks at the quarters.
+            _put(img, xlabel, _LABEL, self.x0 + mat_w / 2, xtitle_y, "mt")
+        # Colour bar at the right: the LUT top (vmax) to bottom (vmin), ticks at the quarters.
         lut = colormap_lut("RdBu_r")
         arr = np.asarray(img).copy()
-        bar_x = self.x0
-        cols_idx = np.linspace(0, 255, bar_w).round().astype(int)
-        arr[bar_y : bar_y + 10, bar_x : bar_x + bar_w] = lut[cols_idx][None, :, :]
+        rows_idx = np.linspace(255, 0, bar_h).round().astype(int)
+        arr[self.y0 : self.y0 + bar_h, bar_x : bar_x + 10] = lut[rows_idx][:, None, :]
         if has_nan:
-            nan_y = bar_y + 10 + 3 + tick_h + 4
             arr[nan_y : nan_y + 10, bar_x : bar_x + 10] = NAN_GREY
         img = Image.fromarray(arr)
         draw = ImageDraw.Draw(img)
-        draw.rectangle([bar_x - 1, bar_y - 1, bar_x + bar_w, bar_y + 10], outline=AXIS)
-        for k in range(5):
-            t = vmin + (vmax - vmin) * k / 4
-            tx = bar_x + k / 4 * (bar_w - 1)
-            draw.line([(tx, bar_y + 10), (tx, bar_y + 12)], fill=AXIS)
-            _put(img, _fmt(t), 10, tx, bar_y + 13, "mt")
+        draw.rectangle([bar_x - 1, self.y0 - 1, bar_x + 10, self.y0 + bar_h], outline=AXIS)
+        for t in ticks:
+            ty = self.y0 + (vmax - t) / (vmax - vmin) * (bar_h - 1)
+            draw.line([(bar_x + 10, ty), (bar_x + 12, ty)], fill=AXIS)
+            _put(img, _fmt(t), 9, bar_x + 14, ty, "lm")
         if has_nan:
             draw.rectangle([bar_x - 1, nan_y - 1, bar_x + 10, nan_y + 10], outline=AXIS)
-            _put(img, nan_label[len("grey: ") :], 10, bar_x + 16, nan_y + 5, "lm")
+            _put(img, nan_label, 9, bar_x + 14, nan_y + 5, "lm")
         self.array = np.asarray(img).copy()
         self.array.setflags(write=False)
-        sizes = (11, 10, 9, 8)
-        fits = [s for s in sizes if _text_size("-0.00", s)[0] + 2 <= cell]
-        # Numbers smaller than 8 px are not legible at the card's size: then the colours speak alone.
-        self.annotate = n <= MAX_ANNOTATED and bool(fits)
+        fits = [s for s in (11, 10, 9, 8) if _text_size("-0.00", s)[0] + 3 <= cell]
+        # Numbers smaller than 8 px are not legible at the card's size: then the colours speak alone (the values
+        # are in the artifacts and the offline report).
+        self.annotate = rows <= MAX_ANNOTATED and cols <= MAX_ANNOTATED and bool(fits)
         self.number_size = fits[0] if fits else 8
 
 
@@ -184,8 +190,9 @@ def render_class_matrix(
     The range is fixed, not fitted, so that heatmaps of different epochs compare in TensorBoard's image slider.
     NaN cells (no pairs) are grey, and a legend under the colour bar says so when there is one. Up to 20 classes a
     side, each cell carries its value when it fits legibly; with many classes only every k-th class is labelled so
-    that the labels do not overlap. The picture is about :data:`CARD_WIDTH` (400) pixels wide for 10 classes, the
-    width at which TensorBoard's image cards show it unscaled.
+    that the labels do not overlap. Up to 10 classes the picture fits the :data:`CARD_WIDTH` x :data:`CARD_HEIGHT`
+    box of TensorBoard's Time Series image card unscaled, labels 10 px high; above ~6 classes the cells are too
+    small for their numbers, and the colours (with the colour bar) speak alone.
 
     Args:
         matrix: ``[C, C2]`` tensor or array; rows are the first set's classes, columns the second's.
