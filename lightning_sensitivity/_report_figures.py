@@ -49,6 +49,7 @@ class Entry(NamedTuple):
     caption: str
     note: str = ""
     wide: bool = False
+    section: str = ""  # a sub-heading of its own (a stiffness pair group), empty: the quantity's
 
 
 #: ``save(figure or RGB array, name) -> file name``: a matplotlib figure or an image of the fast renderers.
@@ -266,7 +267,7 @@ def _layer_figure(arts: Sequence[Artifact], group: str, slug: str, save: Save) -
     caption = (
         f"{group}: cosine stiffness of each layer's parameters (all pairs), by epoch; the last row is the output layer"
     )
-    return Entry(save(image, f"stiffness_{slug}_per_layer"), caption)
+    return Entry(save(image, f"stiffness_{slug}_per_layer"), caption, section=group)
 
 
 def _stiffness_figures(arts: Sequence[Artifact], save: Save) -> list[Entry]:
@@ -293,11 +294,11 @@ def _stiffness_figures(arts: Sequence[Artifact], save: Save) -> list[Entry]:
             _legend(ax, fontsize=8)
         if drawn:
             caption = f"{group}: same-class vs different-class stiffness over epochs"
-            entries.append(Entry(save(fig, f"stiffness_{slug}_same_vs_different"), caption, wide=True))
+            entries.append(Entry(save(fig, f"stiffness_{slug}_same_vs_different"), caption, wide=True, section=group))
 
         entry = _distance_figure(arts, group, slug, save)
         if entry is not None:
-            entries.append(entry)
+            entries.append(entry._replace(section=group))
         entry = _layer_figure(arts, group, slug, save)
         if entry is not None:
             entries.append(entry)
@@ -315,7 +316,8 @@ def _stiffness_figures(arts: Sequence[Artifact], save: Save) -> list[Entry]:
                 unit = "super-class" if matrix.startswith("super") else "class"
                 image = render_class_matrix(values, names, title=title, xlabel=f"{cols_set or rows_set} {unit}",
                                             ylabel=f"{rows_set} {unit}")  # fmt: skip
-                entries.append(Entry(save(image, f"stiffness_{slug}_{matrix}_epoch_{artifact.epoch:04d}"), title))
+                filename = save(image, f"stiffness_{slug}_{matrix}_epoch_{artifact.epoch:04d}")
+                entries.append(Entry(filename, title, section=group))
     return entries
 
 

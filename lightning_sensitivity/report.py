@@ -131,7 +131,10 @@ def _render_run(run: Path, label: str, out_dir: Path, prefix: str) -> list[str]:
             fig.savefig(out_dir / filename, dpi=100)
         return filename
 
-    for quantity, arts in by_quantity.items():
+    # Jacobian norm, transitions, stiffness (the costliest, with the most figures, last); then anything else.
+    order = {q: k for k, q in enumerate((JACOBIAN_NORM, TRANSITIONS, STIFFNESS))}
+    ranked = sorted(by_quantity.items(), key=lambda item: (order.get(item[0].partition(".")[0], 9), item[0]))
+    for quantity, arts in ranked:
         # The monitors write trainer.validate / trainer.test measurements as "{quantity}.validate" / ".test".
         base, _, context = quantity.partition(".")
         title = _TITLES.get(base, base) + (f" (trainer.{context})" if context else "")
@@ -148,16 +151,17 @@ def _render_run(run: Path, label: str, out_dir: Path, prefix: str) -> list[str]:
         notes = [n for n in arts[-1].meta.get("notes") or [] if isinstance(n, str)]
         if notes and not any(e.note for e in entries):  # the monitor's own notes when no figure says it
             parts += [f"<p class='note'>{html.escape(n)}</p>" for n in notes]
-        if entries:
+        for section in dict.fromkeys(e.section for e in entries):
+            if section:
+                parts.append(f"<h4>{html.escape(section)}</h4>")
             parts.append("<div class='grid'>")
-        for entry in entries:
-            note = f"<p class='note'>{html.escape(entry.note)}</p>" if entry.note else ""
-            parts.append(
-                f"<figure class='{'wide' if entry.wide else 'tile'}'><img src='{html.escape(entry.file)}' "
-                f"alt='{html.escape(entry.caption)}'><figcaption>{html.escape(entry.caption)}</figcaption>{note}"
-                "</figure>"
-            )
-        if entries:
+            for entry in (e for e in entries if e.section == section):
+                note = f"<p class='note'>{html.escape(entry.note)}</p>" if entry.note else ""
+                parts.append(
+                    f"<figure class='{'wide' if entry.wide else 'tile'}'><img src='{html.escape(entry.file)}' "
+                    f"alt='{html.escape(entry.caption)}'><figcaption>{html.escape(entry.caption)}</figcaption>{note}"
+                    "</figure>"
+                )
             parts.append("</div>")
         rows = _summary_rows(arts)
         if rows:
@@ -172,6 +176,7 @@ def _render_run(run: Path, label: str, out_dir: Path, prefix: str) -> list[str]:
 # Figures in a grid (2-4 columns by window width; multi-panel figures span two), notes beside their figure, wide
 # tables scrolling inside their own box: a default run's report stays within a few screens.
 _STYLE = """body{font-family:sans-serif;margin:1.2em;max-width:1600px}h2{margin:.8em 0 .3em}h3{margin:.6em 0 .2em}
+h4{margin:.5em 0 .2em}
 .grid{display:grid;grid-template-columns:repeat(auto-fill,minmax(330px,1fr));gap:.6em;align-items:start}
 figure{margin:0}figure.wide{grid-column:span 2}img{max-width:100%;border:1px solid #ddd}
 figcaption{font-size:.8em;color:#444}.meta{color:#666;font-size:.9em;margin:.2em 0}
