@@ -22,8 +22,8 @@ Figures, drawn when the artifacts hold the keys they need (documented in
 * ``stiffness``, per group ``g``: ``g/same_class_*`` vs ``g/different_class_*`` vs ``g/*_mean`` over epochs;
   ``g/distance_sign`` / ``g/distance_cosine`` against ``g/bin_edges`` for every epoch with ``g/critical_length``
   (a note beside it when the last epoch has no zero crossing); per-layer cosine stiffness ``g/layer/<layer>/cosine``
-  as layers x epochs (``per_layer=True``); class matrices ``g/class_sign`` and ``g/class_cosine`` at the first,
-  middle and last epoch on the fixed range [-1, 1], drawn as in TensorBoard.
+  as layers x epochs (``per_layer=True``); class matrices ``g/class_sign`` and ``g/class_cosine`` at the first
+  and last epoch on the fixed range [-1, 1], drawn as in TensorBoard.
 
 Figures sit in a grid (2-4 columns), notes beside their figure.
 

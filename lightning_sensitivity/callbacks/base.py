@@ -223,7 +223,7 @@ class SensitivityMonitor(MeasureLoop, Callback):
         """``{quantity: splits}`` the custom-scalars layout draws one line each for: the probe splits measured, and
         ``test`` (the held-out split under ``trainer.test``)."""
         required, optional = self.probe_splits()
-        return {self.quantity: tuple(s for s in (VAL, TRAIN, TEST) if s in required | optional or s == TEST)}
+        return {self.quantity: tuple(s for s in (TRAIN, VAL, TEST) if s in required | optional or s == TEST)}
 
     def check_classes(self, num_classes: int) -> None:
         """Refuse arguments that do not fit ``num_classes`` (called in ``setup`` when the data states it)."""

@@ -145,7 +145,7 @@ def _multiline(*tags: str) -> list[Any]:
 #: The splits each quantity's charts draw by default (what the monitors measure with their default options; the
 #: held-out split is ``test`` under ``trainer.test``). ``"stiffness/layer"``: pair groups with per-layer charts.
 DEFAULT_SPLITS: dict[str, tuple[str, ...]] = {
-    "jacobian_norm": ("val", "train", "test"),
+    "jacobian_norm": ("train", "val", "test"),
     "transitions": ("val", "train", "test"),
 }
 _SPLIT_WORDS = {"val": "val", "train": "train", "test": "test", "random": "random (off-data)"}
@@ -180,10 +180,11 @@ def sensitivity_layout(
     trans = "sensitivity/transitions"
     stiff = "sensitivity/stiffness"
     held_out = [s for s in ("val", "test") if s in jac_splits]
-    words = " vs ".join(_SPLIT_WORDS.get(s, s) for s in trans_splits)
+    # titles name the fit's splits; `test` (the held-out split under `trainer.test`) is drawn but not named
+    words = " vs ".join(_SPLIT_WORDS.get(s, s) for s in trans_splits if s != "test")
     layout: dict[str, dict[str, list[Any]]] = {
         "Jacobian norm": {
-            f"Jacobian norm: {' vs '.join(jac_splits)} (mean)": _multiline(*(f"{jac}/{s}/mean" for s in jac_splits)),
+            f"Jacobian norm: {' vs '.join(s for s in jac_splits if s != 'test')} (mean)": _multiline(*(f"{jac}/{s}/mean" for s in jac_splits)),
             "Jacobian norm: train / held-out ratio": _multiline(*(f"{jac}/train_{s}_ratio" for s in held_out)),
             "Generalization gap: val loss - train loss": _multiline("generalization_gap/loss"),
             "Generalization gap: train acc - val acc": _multiline("generalization_gap/acc"),

@@ -67,7 +67,7 @@ DASHBOARDS = [
         "custom_scalars",
         "#custom_scalars",
         "tf-custom-scalar-dashboard",
-        ("Jacobian norm: val vs train", "sensitivity/jacobian_norm/val/mean", "Generalization gap"),
+        ("Jacobian norm: train vs val (mean)", "sensitivity/jacobian_norm/val/mean", "Generalization gap"),
         min_paths=6,
     ),
     Dashboard("text", "#text", "tf-text-dashboard", ("sensitivity/config/StiffnessMonitor", "num_samples")),
