@@ -182,9 +182,10 @@ def sensitivity_layout(
     held_out = [s for s in ("val", "test") if s in jac_splits]
     # titles name the fit's splits; `test` (the held-out split under `trainer.test`) is drawn but not named
     words = " vs ".join(_SPLIT_WORDS.get(s, s) for s in trans_splits if s != "test")
+    jac_words = " vs ".join(s for s in jac_splits if s != "test")
     layout: dict[str, dict[str, list[Any]]] = {
         "Jacobian norm": {
-            f"Jacobian norm: {' vs '.join(s for s in jac_splits if s != 'test')} (mean)": _multiline(*(f"{jac}/{s}/mean" for s in jac_splits)),
+            f"Jacobian norm: {jac_words} (mean)": _multiline(*(f"{jac}/{s}/mean" for s in jac_splits)),
             "Jacobian norm: train / held-out ratio": _multiline(*(f"{jac}/train_{s}_ratio" for s in held_out)),
             "Generalization gap: val loss - train loss": _multiline("generalization_gap/loss"),
             "Generalization gap: train acc - val acc": _multiline("generalization_gap/acc"),
