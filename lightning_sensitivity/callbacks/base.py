@@ -6,8 +6,8 @@ writers (scalars to every logger; images, histograms and one artifact file on ra
 
 Adding a quantity is subclassing (see ``CONTRIBUTING.md`` and ``examples/custom_quantity.py``): set
 :attr:`~SensitivityMonitor.quantity`, implement :meth:`~SensitivityMonitor.compute`, and optionally
-:meth:`~SensitivityMonitor.probe_splits`, :meth:`~SensitivityMonitor.config` and
-:meth:`~SensitivityMonitor.layout_groups`.
+:meth:`~SensitivityMonitor.probe_splits`, :meth:`~SensitivityMonitor.config`,
+:meth:`~SensitivityMonitor.layout_groups` and :meth:`~SensitivityMonitor.layout_splits` (what the dashboard charts).
 """
 
 from __future__ import annotations
