@@ -208,8 +208,12 @@ def _num_points(artifact: Artifact) -> int | None:
 
 
 def _transition_figures(arts: Sequence[Artifact], save: Save) -> list[Entry]:
-    splits = [(VAL, "-", "C0", "val points"), (TRAIN, "--", "C1", "train points"),
-              (RANDOM, ":", "C3", "random (shuffled) anchors")]  # fmt: skip
+    # Every split the monitor measured (its artifacts' `splits`; else the known ones found), a style for each.
+    styles = {VAL: ("-", "C0", "val points"), TRAIN: ("--", "C1", "train points"),
+              RANDOM: (":", "C3", "random (shuffled) anchors")}  # fmt: skip
+    named = [s for a in arts for s in (a.meta.get("splits") or []) if isinstance(s, str)]
+    order = list(dict.fromkeys([*named, *styles]))
+    splits = [(sp, *styles.get(sp, ("-.", f"C{4 + k % 6}", f"{sp} points"))) for k, sp in enumerate(order)]
     present = [
         s for s in TRANSITION_STATS if any(transition_array(sp, s) in a.arrays for a in arts for sp, *_ in splits)
     ]

@@ -301,3 +301,31 @@ def test_class_names_of_another_monitor_label_the_jacobian_bars(tmp_path):
 
     np.testing.assert_array_equal(bars("borrowed"), bars("given"))
     assert bars("none").shape != bars("given").shape or (bars("none") != bars("given")).any()
+
+
+def test_every_split_per_layer_figure_and_notes_beside_their_figures(tmp_path):
+    run = tmp_path / "run"
+    for epoch in (0, 1, 2):
+        counts = {f"{prefix}{k}": np.full(4, 31 if k == "region_changes" else 3)
+                  for prefix in ("", "random_") for k in ("activation", "region_changes", "prediction")}  # fmt: skip
+        save_artifact(run, "transitions", epoch, epoch, counts, meta={"num_points": 32, "splits": ["val", "random"]})
+        edges = np.linspace(0.0, 1.0, 5)
+        arrays = {
+            "val_val/bin_edges": edges, "val_val/distance_sign": np.array([0.9, 0.6, 0.4, 0.2]),
+            "val_val/distance_count": np.array([3, 3, 3, 3]), "val_val/critical_length": np.nan,
+            **{f"val_val/layer/net.{k}/cosine": 0.1 * k + 0.01 * epoch for k in (0, 2, 4)},
+        }  # fmt: skip
+        save_artifact(run, "stiffness", epoch, epoch, arrays, meta={"groups": ["val_val"]})
+    index = report.build_report(run, tmp_path / "out")
+    sources = assert_valid_page(index)
+    text = index.read_text()
+    assert "stiffness_val_val_per_layer.png" in sources
+    # 31 of 32 segments change region: saturated, said next to the transitions figure, the random split named
+    figure = text.split("transitions_curves.png", 1)[1].split("</figure>", 1)[0]
+    assert "class='note'" in figure and "Saturated" in figure and "random (97%)" in figure, figure
+    # the binned sign stiffness stays positive: no zero crossing, said next to the by-distance figure
+    figure = text.split("stiffness_val_val_by_distance.png", 1)[1].split("</figure>", 1)[0]
+    assert "No zero crossing at epoch 2" in figure and "positive" in figure, figure
+    # the per-layer heatmap: layers x epochs, the output layer marked (the last row)
+    image = np.asarray(Image.open(index.parent / "stiffness_val_val_per_layer.png").convert("RGB"))
+    assert image.shape[1] <= 372 and image.shape[0] <= 215
