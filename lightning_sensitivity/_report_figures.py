@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -26,9 +26,9 @@ from lightning_sensitivity.keys import (
     transition_array,
 )
 from lightning_sensitivity.logging.artifacts import Artifact
-from lightning_sensitivity.logging.plots import plot_class_matrix, plot_per_class
+from lightning_sensitivity.logging.render import render_class_matrix, render_per_class
 
-__all__ = ["BUILDERS"]
+__all__ = ["BUILDERS", "Entry"]
 
 from lightning_sensitivity.functional.summaries import binary_auroc
 
@@ -36,7 +36,24 @@ STATS = keys.JACOBIAN_STATS
 TRANSITION_STATS = keys.TRANSITION_STATS
 DEFAULT_GROUPS = keys.GROUPS
 KINDS = keys.STIFFNESS_KINDS
-Entry = tuple[str, str]  # (image file name, caption)
+RANDOM = "random"
+#: A transition count this close to the number of segments no longer resolves anything (as the monitor warns).
+SATURATION = 0.95
+
+
+class Entry(NamedTuple):
+    """One figure of the report: its file, a caption, a note shown beside it (saturation, no zero crossing) and
+    whether it is a wide (multi-panel) figure spanning two grid columns."""
+
+    file: str
+    caption: str
+    note: str = ""
+    wide: bool = False
+    section: str = ""  # a sub-heading of its own (a stiffness pair group), empty: the quantity's
+
+
+#: ``save(figure or RGB array, name) -> file name``: a matplotlib figure or an image of the fast renderers.
+Save = Callable[[Any, str], str]
 
 
 def _new_figure(ncols: int = 1, width: float = 6.0, height: float = 4.0) -> tuple[Figure, list[Axes]]:
@@ -86,7 +103,7 @@ def _auroc(scores: np.ndarray, positive: np.ndarray) -> float:
     return binary_auroc(torch.as_tensor(scores), torch.as_tensor(positive))
 
 
-def _jacobian_figures(arts: Sequence[Artifact], save: Callable[[Figure, str], str]) -> list[Entry]:
+def _jacobian_figures(arts: Sequence[Artifact], save: Save) -> list[Entry]:
     entries: list[Entry] = []
     fig, (ax, side) = _new_figure(2)
     drawn = False
@@ -110,7 +127,14 @@ def _jacobian_figures(arts: Sequence[Artifact], save: Callable[[Figure, str], st
             _legend(side, fontsize=8)
         else:
             side.set_visible(False)
-        entries.append((save(fig, "jacobian_norm_curves"), "Jacobian norm (mean, median, p90) over epochs"))
+        entries.append(
+            Entry(
+                save(fig, "jacobian_norm_curves"),
+                "Jacobian norm over epochs: val (solid) and train (dashed) mean, median, p90; right: train/val ratio "
+                "and the AUROC of the norm as a predictor of a wrong prediction",
+                wide=side_drawn,
+            )
+        )
 
     last = arts[-1]
     norms, labels = _values(last, split_array(VAL, "norms")), last.arrays.get(split_array(VAL, "labels"))
@@ -121,14 +145,14 @@ def _jacobian_figures(arts: Sequence[Artifact], save: Callable[[Figure, str], st
         if isinstance(names, list) and len(names) >= count:
             count = len(names)
         means = np.array([np.nanmean(norms[labels == c]) if (labels == c).any() else np.nan for c in range(count)])
-        fig, _ = plot_per_class(
+        image = render_per_class(
             means,
             _class_names(arts, count),
             title=f"val Jacobian norm per class, epoch {last.epoch}",
             ylabel="mean norm",
         )
         entries.append(
-            (save(fig, "jacobian_norm_per_class"), f"Mean val Jacobian norm per class at epoch {last.epoch}")
+            Entry(save(image, "jacobian_norm_per_class"), f"Mean val Jacobian norm per class at epoch {last.epoch}")
         )
 
     correct = last.arrays.get(split_array(VAL, "correct"))
@@ -171,45 +195,97 @@ def _jacobian_figures(arts: Sequence[Artifact], save: Callable[[Figure, str], st
                + (f", AUROC {auc:.3f}" if math.isfinite(auc) else ""))  # fmt: skip
         _legend(ax, fontsize=8)
         entries.append(
-            (save(fig, "jacobian_norm_correct_vs_misclassified"),
-             f"Per-point Jacobian norms of correctly vs wrongly classified val points at epoch {last.epoch}")
+            Entry(save(fig, "jacobian_norm_correct_vs_misclassified"),
+                  f"Per-point norms of correctly vs wrongly classified val points at epoch {last.epoch}, each group "
+                  "as a fraction of its own points")
         )  # fmt: skip
     return entries
 
 
-def _transition_figures(arts: Sequence[Artifact], save: Callable[[Figure, str], str]) -> list[Entry]:
-    named = {s: (transition_array(VAL, s), transition_array(TRAIN, s)) for s in TRANSITION_STATS}
-    present = [s for s in TRANSITION_STATS if any(k in a.arrays for a in arts for k in named[s])]
+def _num_points(artifact: Artifact) -> int | None:
+    value = artifact.meta.get("num_points")
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
+
+
+def _transition_figures(arts: Sequence[Artifact], save: Save) -> list[Entry]:
+    # Every split the monitor measured (its artifacts' `splits`; else the known ones found), a style for each.
+    styles = {VAL: ("-", "C0", "val points"), TRAIN: ("--", "C1", "train points"),
+              RANDOM: (":", "C3", "random (shuffled) anchors")}  # fmt: skip
+    named = [s for a in arts for s in (a.meta.get("splits") or []) if isinstance(s, str)]
+    order = list(dict.fromkeys([*named, *styles]))
+    splits = [(sp, *styles.get(sp, ("-.", f"C{4 + k % 6}", f"{sp} points"))) for k, sp in enumerate(order)]
+    present = [
+        s for s in TRANSITION_STATS if any(transition_array(sp, s) in a.arrays for a in arts for sp, *_ in splits)
+    ]
     if not present:
         return []
-    fig, axes = _new_figure(len(present), 4.5, 3.8)
+    fig, axes = _new_figure(len(present), 4.2, 3.4)
+    saturated: list[str] = []
     for ax, stat in zip(axes, present, strict=False):
-        val_key, train_key = named[stat]
-        for key, style, label in ((val_key, "-", "val points"), (train_key, "--", "train points")):
-            rows = [(a.epoch, _values(a, key)) for a in arts if key in a.arrays]
-            rows = [(e, v[np.isfinite(v)]) for e, v in rows if v is not None and np.isfinite(v).any()]
+        # Region changes as a fraction of the segments (P per closed ellipse of P points): 1 = every segment changes.
+        as_fraction = stat == "region_changes" and all(_num_points(a) for a in arts)
+        for split, style, color, label in splits:
+            key = transition_array(split, stat)
+            rows = [(a, _values(a, key)) for a in arts if key in a.arrays]
+            rows = [(a, v[np.isfinite(v)]) for a, v in rows if v is not None and np.isfinite(v).any()]
             if not rows:
                 continue
-            epochs = np.array([e for e, _ in rows], dtype=float)
-            mean = np.array([v.mean() for _, v in rows])
-            std = np.array([v.std() for _, v in rows])
-            ax.plot(epochs, mean, style, marker="o", markersize=3, color="C0" if key == val_key else "C1", label=label)
-            ax.fill_between(epochs, mean - std, mean + std, alpha=0.2, color="C0" if key == val_key else "C1")
-        ax.set(xlabel="epoch", ylabel="count per trajectory", title=stat.replace("_", " "))
-        _legend(ax, fontsize=8)
-    return [(save(fig, "transitions_curves"), "Transitions along ellipse trajectories (mean ± std) over epochs")]
+            scale = [1.0 / _num_points(a) if as_fraction else 1.0 for a, _ in rows]
+            epochs = np.array([a.epoch for a, _ in rows], dtype=float)
+            mean = np.array([v.mean() * f for (_, v), f in zip(rows, scale, strict=True)])
+            std = np.array([v.std() * f for (_, v), f in zip(rows, scale, strict=True)])
+            ax.plot(epochs, mean, style, marker="o", markersize=3, color=color, label=label)
+            ax.fill_between(epochs, mean - std, mean + std, alpha=0.2, color=color)
+            if as_fraction and mean[-1] >= SATURATION:
+                saturated.append(f"{split} ({mean[-1]:.0%})")
+        if as_fraction:
+            ax.axhline(1.0, color="0.4", linestyle="--", linewidth=0.8)
+            ax.set(ylim=(0, 1.05), ylabel="fraction of segments")
+            ax.set_title("region changes (1 = saturated)")
+        else:
+            ax.set(ylabel="count per trajectory", title=stat.replace("_", " "))
+        ax.set(xlabel="epoch")
+        _legend(ax, fontsize=7)
+    note = ""
+    if saturated:
+        points = _num_points(arts[-1])
+        note = (f"Saturated at epoch {arts[-1].epoch}: {', '.join(saturated)} of the segments change linear region, so "
+                f"the counts measure little. Sample the ellipses finer (`num_points` > {points}).")  # fmt: skip
+    caption = "Transitions along closed ellipses through probe points (mean ± std over trajectories) over epochs"
+    return [Entry(save(fig, "transitions_curves"), caption, note, wide=len(present) > 1)]
 
 
-def _stiffness_figures(arts: Sequence[Artifact], save: Callable[[Figure, str], str]) -> list[Entry]:
+def _layer_figure(arts: Sequence[Artifact], group: str, slug: str, save: Save) -> Entry | None:
+    """Per-layer cosine stiffness (``{group}/layer/{layer}/cosine``): layers x measured epochs, output layer marked."""
+    prefix = stiffness_array(group, "layer/")
+    layers = list(dict.fromkeys(k[len(prefix) : -len("/cosine")] for a in arts for k in a.arrays
+                                if k.startswith(prefix) and k.endswith("/cosine")))  # fmt: skip
+    if not layers:
+        return None
+    measured = [a for a in arts if any(f"{prefix}{layer}/cosine" in a.arrays for layer in layers)]
+    matrix = np.array([[a.scalar(f"{prefix}{layer}/cosine") for a in measured] for layer in layers], dtype=float)
+    names = [f"{layer} (output)" if k == len(layers) - 1 else layer for k, layer in enumerate(layers)]
+    epochs = [str(a.epoch) for a in measured]
+    title = f"{group} per-layer cosine stiffness"
+    image = render_class_matrix(matrix, names, col_names=epochs, title=title, xlabel="epoch", ylabel="layer")
+    caption = (
+        f"{group}: cosine stiffness of each layer's parameters (all pairs), by epoch; the last row is the output layer"
+    )
+    return Entry(save(image, f"stiffness_{slug}_per_layer"), caption, section=group)
+
+
+def _stiffness_figures(arts: Sequence[Artifact], save: Save) -> list[Entry]:
     entries: list[Entry] = []
     groups = arts[-1].meta.get("groups")
     if not isinstance(groups, list):
         found = {k.split("/", 1)[0] for a in arts for k in a.arrays if "/" in k}
         groups = [g for g in DEFAULT_GROUPS if g in found] + sorted(found - set(DEFAULT_GROUPS))
-    picks = sorted({arts[0].epoch, arts[len(arts) // 2].epoch, arts[-1].epoch})
+    # Class matrices at the first and the last epoch: where training started and where it ended (every measured
+    # epoch is in TensorBoard's image slider); with super-classes and three groups, more would fill screens.
+    picks = sorted({arts[0].epoch, arts[-1].epoch})
     for group in groups:
         slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", str(group))
-        fig, axes = _new_figure(2, 5.5, 3.8)
+        fig, axes = _new_figure(2, 4.6, 3.4)
         drawn = False
         for ax, kind in zip(axes, KINDS, strict=False):
             for key, label in ((f"same_class_{kind}", "same class"), (f"different_class_{kind}", "different class"),
@@ -223,9 +299,17 @@ def _stiffness_figures(arts: Sequence[Artifact], save: Callable[[Figure, str], s
             ax.set(xlabel="epoch", ylabel=f"{kind} stiffness", title=f"{group}: {kind} stiffness")
             _legend(ax, fontsize=8)
         if drawn:
-            entries.append((save(fig, f"stiffness_{slug}_same_vs_different"),
-                            f"{group}: same-class vs different-class stiffness over epochs"))  # fmt: skip
+            caption = f"{group}: same-class vs different-class stiffness over epochs"
+            entries.append(Entry(save(fig, f"stiffness_{slug}_same_vs_different"), caption, wide=True, section=group))
 
+        entry = _distance_figure(arts, group, slug, save)
+        if entry is not None:
+            entries.append(entry._replace(section=group))
+        entry = _layer_figure(arts, group, slug, save)
+        if entry is not None:
+            entries.append(entry)
+
+        rows_set, _, cols_set = str(group).partition("_")
         for matrix in ("class_sign", "class_cosine", "superclass_sign", "superclass_cosine"):
             for artifact in (a for a in arts if a.epoch in picks):
                 values = artifact.arrays.get(stiffness_array(group, matrix))
@@ -235,18 +319,15 @@ def _stiffness_figures(arts: Sequence[Artifact], save: Callable[[Figure, str], s
                 names = artifact.meta.get(names_key)
                 names = names if isinstance(names, list) and len(names) == values.shape[0] else None
                 title = f"{group} {matrix.replace('_', ' ')} stiffness, epoch {artifact.epoch}"
-                fig, _ = plot_class_matrix(values, names, title=title)
-                entries.append((save(fig, f"stiffness_{slug}_{matrix}_epoch_{artifact.epoch:04d}"), title))
-
-        entry = _distance_figure(arts, group, slug, save)
-        if entry is not None:
-            entries.append(entry)
+                unit = "super-class" if matrix.startswith("super") else "class"
+                image = render_class_matrix(values, names, title=title, xlabel=f"{cols_set or rows_set} {unit}",
+                                            ylabel=f"{rows_set} {unit}")  # fmt: skip
+                filename = save(image, f"stiffness_{slug}_{matrix}_epoch_{artifact.epoch:04d}")
+                entries.append(Entry(filename, title, section=group))
     return entries
 
 
-def _distance_figure(
-    arts: Sequence[Artifact], group: str, slug: str, save: Callable[[Figure, str], str]
-) -> Entry | None:
+def _distance_figure(arts: Sequence[Artifact], group: str, slug: str, save: Save) -> Entry | None:
     kinds = [k for k in KINDS if any(stiffness_array(group, f"distance_{k}") in a.arrays for a in arts)]
     if not kinds:
         return None
@@ -283,10 +364,26 @@ def _distance_figure(
     caption = (
         f"{group}: stiffness vs input distance per epoch (dashed: critical length) and critical length over epochs"
     )
-    return save(fig, f"stiffness_{slug}_by_distance"), caption
+    note = ""
+    last = arts[-1]
+    mean = _values(last, stiffness_array(group, "distance_sign"))
+    edges = _values(last, stiffness_array(group, "bin_edges"))
+    if (
+        not math.isfinite(last.scalar(stiffness_array(group, "critical_length")))
+        and mean is not None
+        and edges is not None
+    ):
+        finite = mean[np.isfinite(mean)]
+        if finite.size:
+            sign = "positive" if finite.min() > 0 else "negative" if finite.max() < 0 else "on both sides of zero"
+            note = (
+                f"No zero crossing at epoch {last.epoch}: the binned sign stiffness stays {sign} up to the largest "
+                f"distance measured ({edges[-1]:.3g}), so the critical length is undefined there (not logged)."
+            )
+    return Entry(save(fig, f"stiffness_{slug}_by_distance"), caption, note, wide=True)
 
 
-BUILDERS: dict[str, Callable[[Sequence[Artifact], Callable[[Figure, str], str]], list[Entry]]] = {
+BUILDERS: dict[str, Callable[[Sequence[Artifact], Save], list[Entry]]] = {
     JACOBIAN_NORM: _jacobian_figures,
     TRANSITIONS: _transition_figures,
     STIFFNESS: _stiffness_figures,

@@ -79,6 +79,7 @@ __all__ = [
     "config_tag",
     "matches",
     "metric",
+    "notes_tag",
     "prefix",
     "rename_split",
     "schema_keys",
@@ -101,6 +102,11 @@ def metric(quantity: str, *parts: str) -> str:
 def config_tag(monitor_name: str) -> str:
     """The TensorBoard text tag of a monitor's configuration table."""
     return f"{ROOT}/config/{monitor_name}"
+
+
+def notes_tag(monitor_name: str) -> str:
+    """The text tag of a monitor's notes on a measurement (e.g. saturated counts), beside its charts."""
+    return f"{ROOT}/notes/{monitor_name}"
 
 
 def split_array(split: str, name: str) -> str:
@@ -151,6 +157,7 @@ SCHEMA: dict[str, tuple[str, ...]] = {
     ),
     TRANSITIONS: (
         *(f"{_T}/{{split}}/{stat}_mean" for stat in TRANSITION_STATS),
+        f"{_T}/{{split}}/region_changes_fraction",
         f"{_T}/{{split}}/near_anchor_ratio",
     ),
     STIFFNESS: (
@@ -169,6 +176,7 @@ SCHEMA: dict[str, tuple[str, ...]] = {
 TRANSITION_RANDOM = "random"
 SCHEMA[TRANSITIONS] += (
     *(f"{_T}/{TRANSITION_RANDOM}/{stat}_mean" for stat in TRANSITION_STATS),
+    f"{_T}/{TRANSITION_RANDOM}/region_changes_fraction",
     f"{_T}/{TRANSITION_RANDOM}/near_anchor_ratio",
 )
 SCHEMA[STIFFNESS] += (f"{_S}/{{group}}/same_class_critical_length",)
@@ -189,6 +197,7 @@ CONDITIONAL: dict[str, str] = {
     f"{_T}/{{split}}/activation_mean": "needs ReLU-family units (a model without them has no activation pattern)",
     f"{_T}/{{split}}/region_changes_mean": "needs ReLU-family units",
     f"{_T}/{{split}}/prediction_mean": "needs a predicted class (not logged for real-valued, regression targets)",
+    f"{_T}/{{split}}/region_changes_fraction": "needs ReLU-family units",
     f"{_T}/{{split}}/near_anchor_ratio": "NaN (so not logged) when no segment away from the anchors changes",
     f"{_S}/{{group}}/same_class_{{kind}}": "needs a pair of distinct examples of one class",
     f"{_S}/{{group}}/different_class_{{kind}}": "needs two classes in the group",
@@ -202,6 +211,7 @@ CONDITIONAL: dict[str, str] = {
     f"{_S}/{{group}}/layer/{{layer}}/{{kind}}": "only with `per_layer=True`",
     **{f"{_T}/{TRANSITION_RANDOM}/{stat}_mean": 'only with "random" in `splits`' for stat in TRANSITION_STATS},
     f"{_T}/{TRANSITION_RANDOM}/near_anchor_ratio": 'only with "random" in `splits`',
+    f"{_T}/{TRANSITION_RANDOM}/region_changes_fraction": 'only with "random" in `splits`',
     f"{_S}/{{group}}/same_class_critical_length": "only with `critical_length_same_class=True` and a zero crossing",
     **{
         f"{prefix(q)}/{{split}}/{NONFINITE}": "only when probe examples have non-finite inputs, targets or model "

@@ -16,11 +16,16 @@ Figures, drawn when the artifacts hold the keys they need (documented in
   etc. or computed from ``{split}_norms``), the train/val ratio and misclassification AUROC; per-class mean norms
   at the last epoch (``val_norms`` + ``val_labels``); a histogram of the norms of correctly vs wrongly classified
   points at the last epoch (``val_norms`` + ``val_correct``).
-* ``transitions``: mean and spread of ``activation``, ``region_changes`` and ``prediction`` per trajectory over
-  epochs (``train_*`` variants dashed when present).
-* ``stiffness``, per group ``g``: ``g/same_class_*`` vs ``g/different_class_*`` vs ``g/*_mean`` over epochs; class
-  matrices ``g/class_sign`` and ``g/class_cosine`` at the first, middle and last epoch on the fixed range [-1, 1];
-  ``g/distance_sign`` / ``g/distance_cosine`` against ``g/bin_edges`` for every epoch with ``g/critical_length``.
+* ``transitions``: mean and spread of ``activation``, ``region_changes`` (as a fraction of the ``num_points``
+  segments, 1 = saturated, with a note beside it when saturated) and ``prediction`` per trajectory over epochs, one
+  line per split measured (val; ``train_*`` dashed; ``random_*`` dotted).
+* ``stiffness``, per group ``g``: ``g/same_class_*`` vs ``g/different_class_*`` vs ``g/*_mean`` over epochs;
+  ``g/distance_sign`` / ``g/distance_cosine`` against ``g/bin_edges`` for every epoch with ``g/critical_length``
+  (a note beside it when the last epoch has no zero crossing); per-layer cosine stiffness ``g/layer/<layer>/cosine``
+  as layers x epochs (``per_layer=True``); class matrices ``g/class_sign`` and ``g/class_cosine`` at the first
+  and last epoch on the fixed range [-1, 1], drawn as in TensorBoard.
+
+Figures sit in a grid (2-4 columns), notes beside their figure.
 
 Example::
 
@@ -38,6 +43,7 @@ import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
 from matplotlib.figure import Figure
 
 from lightning_sensitivity import keys
@@ -53,6 +59,7 @@ __all__ = ["build_report", "find_runs", "main"]
 
 from lightning_sensitivity._report_figures import (  # noqa: F401 (_new_figure: the compare page uses it)
     BUILDERS,
+    Entry,
     _distance_figure,
     _jacobian_figures,
     _new_figure,
@@ -65,9 +72,6 @@ STATS = keys.JACOBIAN_STATS
 TRANSITION_STATS = keys.TRANSITION_STATS
 DEFAULT_GROUPS = keys.GROUPS
 KINDS = keys.STIFFNESS_KINDS
-
-# (file name, caption) of the figures of one run section.
-Entry = tuple[str, str]
 
 
 def find_runs(log_dir: str | Path) -> list[Path]:
@@ -117,12 +121,20 @@ def _render_run(run: Path, label: str, out_dir: Path, prefix: str) -> list[str]:
         by_quantity.setdefault(artifact.quantity, []).append(artifact)
     parts = [f"<section><h2>{html.escape(label)}</h2>"]
 
-    def save(fig: Figure, name: str) -> str:
+    def save(fig: Figure | np.ndarray, name: str) -> str:
         filename = f"{prefix}{name}.png"
-        fig.savefig(out_dir / filename, dpi=100)
+        if isinstance(fig, np.ndarray):  # an RGB image of the fast renderers (the pictures TensorBoard shows)
+            from PIL import Image
+
+            Image.fromarray(fig).save(out_dir / filename, format="PNG")
+        else:
+            fig.savefig(out_dir / filename, dpi=100)
         return filename
 
-    for quantity, arts in by_quantity.items():
+    # Jacobian norm, transitions, stiffness (the costliest, with the most figures, last); then anything else.
+    order = {q: k for k, q in enumerate((JACOBIAN_NORM, TRANSITIONS, STIFFNESS))}
+    ranked = sorted(by_quantity.items(), key=lambda item: (order.get(item[0].partition(".")[0], 9), item[0]))
+    for quantity, arts in ranked:
         # The monitors write trainer.validate / trainer.test measurements as "{quantity}.validate" / ".test".
         base, _, context = quantity.partition(".")
         title = _TITLES.get(base, base) + (f" (trainer.{context})" if context else "")
@@ -136,11 +148,21 @@ def _render_run(run: Path, label: str, out_dir: Path, prefix: str) -> list[str]:
                 entries = builder(arts, lambda fig, name, c=context: save(fig, f"{name}_{c}" if c else name))
             except Exception as err:  # one malformed artifact must not cost the user the whole report
                 warnings.warn(f"Skipping {quantity} figures of {run}: {err!r}", stacklevel=2)
-        for filename, caption in entries:
-            parts.append(
-                f"<figure><img src='{html.escape(filename)}' alt='{html.escape(caption)}'>"
-                f"<figcaption>{html.escape(caption)}</figcaption></figure>"
-            )
+        notes = [n for n in arts[-1].meta.get("notes") or [] if isinstance(n, str)]
+        if notes and not any(e.note for e in entries):  # the monitor's own notes when no figure says it
+            parts += [f"<p class='note'>{html.escape(n)}</p>" for n in notes]
+        for section in dict.fromkeys(e.section for e in entries):
+            if section:
+                parts.append(f"<h4>{html.escape(section)}</h4>")
+            parts.append("<div class='grid'>")
+            for entry in (e for e in entries if e.section == section):
+                note = f"<p class='note'>{html.escape(entry.note)}</p>" if entry.note else ""
+                parts.append(
+                    f"<figure class='{'wide' if entry.wide else 'tile'}'><img src='{html.escape(entry.file)}' "
+                    f"alt='{html.escape(entry.caption)}'><figcaption>{html.escape(entry.caption)}</figcaption>{note}"
+                    "</figure>"
+                )
+            parts.append("</div>")
         rows = _summary_rows(arts)
         if rows:
             cells = "".join(f"<tr><td>{html.escape(k)}</td><td>{v}</td></tr>" for k, v in rows)
@@ -151,9 +173,16 @@ def _render_run(run: Path, label: str, out_dir: Path, prefix: str) -> list[str]:
     return parts
 
 
-_STYLE = """body{font-family:sans-serif;margin:1.5em;max-width:1500px}figure{display:inline-block;margin:.5em;
-vertical-align:top}img{max-width:100%;border:1px solid #ddd}figcaption{font-size:.85em;color:#444;max-width:600px}
-.meta{color:#666;font-size:.9em}table{border-collapse:collapse}td{border:1px solid #ddd;padding:2px 8px}"""
+# Figures in a grid (2-4 columns by window width; multi-panel figures span two), notes beside their figure, wide
+# tables scrolling inside their own box: a default run's report stays within a few screens.
+_STYLE = """body{font-family:sans-serif;margin:1.2em;max-width:1600px}h2{margin:.8em 0 .3em}h3{margin:.6em 0 .2em}
+h4{margin:.5em 0 .2em}
+.grid{display:grid;grid-template-columns:repeat(auto-fill,minmax(330px,1fr));gap:.6em;align-items:start}
+figure{margin:0}figure.wide{grid-column:span 2}img{max-width:100%;border:1px solid #ddd}
+figcaption{font-size:.8em;color:#444}.meta{color:#666;font-size:.9em;margin:.2em 0}
+.note{background:#fff4e0;border-left:3px solid #e08a00;padding:.3em .6em;font-size:.85em;margin:.3em 0}
+.scroll{overflow:auto;max-width:100%;max-height:75vh}details{margin:.3em 0}
+table{border-collapse:collapse}td{border:1px solid #ddd;padding:2px 8px}"""
 
 
 def build_report(log_dir: str | Path, out_dir: str | Path | None = None) -> Path:

@@ -103,7 +103,7 @@ def test_full_run_report(tmp_path, monkeypatch):
     log_dir = tmp_path / "logs"
     write_run(log_dir / "lightning_logs" / "version_0")
     per_class_calls, matrix_calls = [], []
-    real_per_class, real_matrix = figures.plot_per_class, figures.plot_class_matrix
+    real_per_class, real_matrix = figures.render_per_class, figures.render_class_matrix
 
     def spy_per_class(values, class_names=None, **kwargs):
         per_class_calls.append((np.asarray(values), class_names, kwargs))
@@ -113,8 +113,8 @@ def test_full_run_report(tmp_path, monkeypatch):
         matrix_calls.append((np.asarray(matrix), class_names, kwargs))
         return real_matrix(matrix, class_names, **kwargs)
 
-    monkeypatch.setattr(figures, "plot_per_class", spy_per_class)
-    monkeypatch.setattr(figures, "plot_class_matrix", spy_matrix)
+    monkeypatch.setattr(figures, "render_per_class", spy_per_class)
+    monkeypatch.setattr(figures, "render_class_matrix", spy_matrix)
 
     index = report.build_report(log_dir)
     assert index == log_dir / "sensitivity_report" / "index.html"
@@ -128,7 +128,7 @@ def test_full_run_report(tmp_path, monkeypatch):
     for group in GROUPS:
         expected |= {f"stiffness_{group}_same_vs_different.png", f"stiffness_{group}_by_distance.png"}
         for kind in ("sign", "cosine"):
-            expected |= {f"stiffness_{group}_class_{kind}_epoch_{e:04d}.png" for e in (0, 2, 8)}
+            expected |= {f"stiffness_{group}_class_{kind}_epoch_{e:04d}.png" for e in (0, 8)}
     assert set(sources) == expected
     assert "lightning_logs/version_0" in index.read_text()
 
@@ -141,10 +141,10 @@ def test_full_run_report(tmp_path, monkeypatch):
     np.testing.assert_allclose(values, naive, rtol=1e-6)
     assert names == CLASS_NAMES and "epoch 8" in kwargs["title"]
 
-    # Heatmaps: first, middle and last epoch, class names on the axes, the epoch in the title, default fixed range.
+    # Heatmaps: first and last epoch, class names on the axes, the epoch in the title, default fixed range.
     titles = [kwargs["title"] for _, _, kwargs in matrix_calls]
-    assert len(matrix_calls) == len(GROUPS) * 2 * 3
-    assert {re.search(r"epoch (\d+)", t).group(1) for t in titles} == {"0", "2", "8"}
+    assert len(matrix_calls) == len(GROUPS) * 2 * 2
+    assert {re.search(r"epoch (\d+)", t).group(1) for t in titles} == {"0", "8"}
     assert all(names == CLASS_NAMES for _, names, _ in matrix_calls)
     assert all("vmin" not in kwargs and "vmax" not in kwargs for _, _, kwargs in matrix_calls)
 
@@ -301,3 +301,31 @@ def test_class_names_of_another_monitor_label_the_jacobian_bars(tmp_path):
 
     np.testing.assert_array_equal(bars("borrowed"), bars("given"))
     assert bars("none").shape != bars("given").shape or (bars("none") != bars("given")).any()
+
+
+def test_every_split_per_layer_figure_and_notes_beside_their_figures(tmp_path):
+    run = tmp_path / "run"
+    for epoch in (0, 1, 2):
+        counts = {f"{prefix}{k}": np.full(4, 31 if k == "region_changes" else 3)
+                  for prefix in ("", "random_") for k in ("activation", "region_changes", "prediction")}  # fmt: skip
+        save_artifact(run, "transitions", epoch, epoch, counts, meta={"num_points": 32, "splits": ["val", "random"]})
+        edges = np.linspace(0.0, 1.0, 5)
+        arrays = {
+            "val_val/bin_edges": edges, "val_val/distance_sign": np.array([0.9, 0.6, 0.4, 0.2]),
+            "val_val/distance_count": np.array([3, 3, 3, 3]), "val_val/critical_length": np.nan,
+            **{f"val_val/layer/net.{k}/cosine": 0.1 * k + 0.01 * epoch for k in (0, 2, 4)},
+        }  # fmt: skip
+        save_artifact(run, "stiffness", epoch, epoch, arrays, meta={"groups": ["val_val"]})
+    index = report.build_report(run, tmp_path / "out")
+    sources = assert_valid_page(index)
+    text = index.read_text()
+    assert "stiffness_val_val_per_layer.png" in sources
+    # 31 of 32 segments change region: saturated, said next to the transitions figure, the random split named
+    figure = text.split("transitions_curves.png", 1)[1].split("</figure>", 1)[0]
+    assert "class='note'" in figure and "Saturated" in figure and "random (97%)" in figure, figure
+    # the binned sign stiffness stays positive: no zero crossing, said next to the by-distance figure
+    figure = text.split("stiffness_val_val_by_distance.png", 1)[1].split("</figure>", 1)[0]
+    assert "No zero crossing at epoch 2" in figure and "positive" in figure, figure
+    # the per-layer heatmap: layers x epochs, the output layer marked (the last row)
+    image = np.asarray(Image.open(index.parent / "stiffness_val_val_per_layer.png").convert("RGB"))
+    assert image.shape[1] <= 372 and image.shape[0] <= 215

@@ -23,6 +23,7 @@ from lightning_sensitivity.callbacks._compat import eager, fsdp_root, outer_grou
 from lightning_sensitivity.callbacks._data import find_dataset
 from lightning_sensitivity.callbacks._distributed import Lockstep, distributed_collective, map_sharded
 from lightning_sensitivity.callbacks._fn_check import PROBE_EXAMPLES, forward_fn_mismatch
+from lightning_sensitivity.callbacks._probes import dataset_class_names
 from lightning_sensitivity.callbacks.measurement import Measurement
 from lightning_sensitivity.callbacks.progress import progress_factory
 from lightning_sensitivity.functional import measurement_options
@@ -107,6 +108,8 @@ class MeasureLoop:
                 f"{type(self).__name__}: the {split} data has {found.num_loaders} loaders; the probe set is drawn from "
                 f"loader {found.index} (set `val_dataloader_idx=` to choose another).",
             )
+        if getattr(self, "_data_class_names", None) is None:
+            self._data_class_names = dataset_class_names(found.dataset)
         return draw_probe_set(
             found.dataset,
             self.num_samples,
@@ -183,9 +186,13 @@ class MeasureLoop:
         draw = self._draw_figures(fitting)
         self._undrawn = None if draw or not fitting else (result, step)
         probe_sizes = {f"{s} probe size": len(p) for s, p in probes.items()}
+        # The measurement at initialisation spans a far wider range than the trained ones: in TensorBoard's offset
+        # histogram view it squeezes every later histogram flat. Its histograms are left out when later epochs are
+        # measured (its values are in the artifact).
+        histograms = not (fitting and epoch == 0 and self._measures_later(trainer))
         self.attempt(
             "its logger output",
-            lambda: self._write(trainer, result, step, probe_sizes, draw),
+            lambda: self._write(trainer, result, step, probe_sizes, draw, histograms),
             epoch,
             OUTPUT_HINT,
         )
@@ -322,12 +329,31 @@ class MeasureLoop:
         count = len(self._measured) + 1  # this measurement's position in the fit: 1st, 2nd, 4th, 8th, ...
         return count & (count - 1) == 0
 
-    def _write(self, trainer: pl.Trainer, result: Measurement, step: int, sizes: dict[str, int], draw: bool) -> None:
+    def _measures_later(self, trainer: pl.Trainer) -> bool:
+        last = getattr(trainer, "max_epochs", None)
+        last = last if isinstance(last, int) and last > 0 else 1
+        return any(self._schedule(e) for e in range(1, last + 1))
+
+    def _write(
+        self,
+        trainer: pl.Trainer,
+        result: Measurement,
+        step: int,
+        sizes: dict[str, int],
+        draw: bool,
+        histograms: bool = True,
+    ) -> None:
         writer = find_tensorboard_writer(trainer)
         if writer is not None and writer not in self._summary_writers:
             self._summary_writers.add(writer)
-            _output.write_run_summary(writer, type(self).__name__, {**self.config(), **sizes}, self.layout_groups())
-        _output.write_histograms(trainer, result, step)
+            _output.write_run_summary(
+                writer, type(self).__name__, {**self.config(), **sizes}, self.layout_groups(), self.layout_splits()
+            )
+        notes = result.meta.get("notes")
+        if isinstance(notes, list) and notes:
+            _output.write_notes(trainer, type(self).__name__, notes, step)
+        if histograms:
+            _output.write_histograms(trainer, result, step)
         if draw:
             _output.write_figures(trainer, result, step)
 

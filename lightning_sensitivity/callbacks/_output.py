@@ -57,11 +57,27 @@ def log_scalars(
                 pl_module.log(key, value, on_step=False, on_epoch=True, sync_dist=False)
 
 
-def write_run_summary(writer: Any, name: str, config: Mapping[str, Any], layout_groups: tuple[str, ...]) -> None:
+def write_run_summary(
+    writer: Any,
+    name: str,
+    config: Mapping[str, Any],
+    layout_groups: tuple[str, ...],
+    layout_splits: Mapping[str, tuple[str, ...]] | None = None,
+) -> None:
     """Once per run and writer: the custom-scalars layout and a Markdown table of the monitor's configuration."""
-    add_sensitivity_layout(writer, groups=layout_groups)
+    add_sensitivity_layout(writer, groups=layout_groups, splits=layout_splits)
     rows = "\n".join(f"| {k} | {v} |" for k, v in config.items())
     log_text(writer, keys.config_tag(name), f"| setting | value |\n|---|---|\n{rows}", 0)
+
+
+def write_notes(trainer: pl.Trainer, name: str, notes: list[str], step: int) -> None:
+    """A measurement's notes (e.g. saturated transition counts) as text beside its charts, to every logger that
+    takes text: TensorBoard's text tab ``sensitivity/notes/<monitor>``, W&B, MLflow."""
+    if not notes:
+        return
+    text = "\n".join(f"- {note}" for note in notes)
+    for writer in image_writers(trainer.loggers):
+        writer.write_text(keys.notes_tag(name), text, step)
 
 
 def write_histograms(trainer: pl.Trainer, result: Measurement, step: int) -> None:

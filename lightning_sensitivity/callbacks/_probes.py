@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import lightning.pytorch as pl
@@ -9,7 +10,7 @@ from torch import Tensor
 
 from lightning_sensitivity.probes import ProbeSet
 
-__all__ = ["known_num_classes", "model_kwargs", "probe_shard"]
+__all__ = ["dataset_class_names", "known_class_names", "known_num_classes", "model_kwargs", "probe_shard"]
 
 
 def model_kwargs(probe: ProbeSet) -> dict[str, Any]:
@@ -32,4 +33,39 @@ def known_num_classes(trainer: pl.Trainer, pl_module: pl.LightningModule) -> int
         value = getattr(holder, "num_classes", None)
         if isinstance(value, int) and not isinstance(value, bool) and value > 0:
             return value
+    return None
+
+
+def _names(value: Any) -> list[str] | None:
+    if isinstance(value, Mapping):  # e.g. {index: name}
+        value = [value[k] for k in sorted(value)] if all(isinstance(k, int) for k in value) else None
+    if isinstance(value, (list, tuple)) and value and all(isinstance(v, str) for v in value):
+        return list(value)
+    return None
+
+
+def known_class_names(trainer: pl.Trainer, pl_module: pl.LightningModule) -> list[str] | None:
+    """Display names of the classes, when the datamodule or the module states them (``class_names``, else
+    ``classes`` as torchvision datasets call them), else None."""
+    for holder in (trainer.datamodule, pl_module, getattr(pl_module, "hparams", None)):
+        for attribute in ("class_names", "classes"):
+            try:
+                names = _names(getattr(holder, attribute, None))
+            except Exception:  # a property of a foreign object must not break setup
+                names = None
+            if names is not None:
+                return names
+    return None
+
+
+def dataset_class_names(dataset: Any) -> list[str] | None:
+    """``classes`` (or ``class_names``) of a dataset, looking through ``Subset``-like wrappers (``.dataset``)."""
+    for _ in range(4):
+        if dataset is None:
+            return None
+        for attribute in ("class_names", "classes"):
+            names = _names(getattr(dataset, attribute, None))
+            if names is not None:
+                return names
+        dataset = getattr(dataset, "dataset", None)
     return None

@@ -6,8 +6,8 @@ writers (scalars to every logger; images, histograms and one artifact file on ra
 
 Adding a quantity is subclassing (see ``CONTRIBUTING.md`` and ``examples/custom_quantity.py``): set
 :attr:`~SensitivityMonitor.quantity`, implement :meth:`~SensitivityMonitor.compute`, and optionally
-:meth:`~SensitivityMonitor.probe_splits`, :meth:`~SensitivityMonitor.config` and
-:meth:`~SensitivityMonitor.layout_groups`.
+:meth:`~SensitivityMonitor.probe_splits`, :meth:`~SensitivityMonitor.config`,
+:meth:`~SensitivityMonitor.layout_groups` and :meth:`~SensitivityMonitor.layout_splits` (what the dashboard charts).
 """
 
 from __future__ import annotations
@@ -38,7 +38,12 @@ from lightning_sensitivity.callbacks._data import has_source, sensitivity_monito
 from lightning_sensitivity.callbacks._distributed import Lockstep
 from lightning_sensitivity.callbacks._loop import MEASURE_HINT, OUTPUT_ERROR_HINT, OUTPUT_HINT, MeasureLoop
 from lightning_sensitivity.callbacks._model import ForwardFn, ModelCache
-from lightning_sensitivity.callbacks._probes import known_num_classes, model_kwargs, probe_shard  # noqa: F401
+from lightning_sensitivity.callbacks._probes import (  # noqa: F401
+    known_class_names,
+    known_num_classes,
+    model_kwargs,
+    probe_shard,
+)
 from lightning_sensitivity.callbacks.measurement import Measurement, SensitivityWarning
 from lightning_sensitivity.callbacks.progress import ProgressFactory
 from lightning_sensitivity.functional import predict_logits  # noqa: F401 (re-exported: subclasses use it)
@@ -195,6 +200,7 @@ class SensitivityMonitor(MeasureLoop, Callback):
         self._bridged: set[int] = set()
         self._lockstep: Lockstep | None = None  # set during a measurement of a distributed run
         self._unavailable: set[str] = set()  # required splits without data under validate/test (skipped, said once)
+        self._data_class_names: list[str] | None = None  # the data's class names, when it states them
 
     # ---------------------------------------------------------------- the subclass API
     def probe_splits(self) -> ProbeSplits:
@@ -233,16 +239,33 @@ class SensitivityMonitor(MeasureLoop, Callback):
         """Stiffness pair groups to put in the custom-scalars layout (empty for other quantities)."""
         return ()
 
+    def layout_splits(self) -> dict[str, tuple[str, ...]]:
+        """``{quantity: splits}`` the custom-scalars layout draws one line each for: the probe splits measured, and
+        ``test`` (the held-out split under ``trainer.test``)."""
+        required, optional = self.probe_splits()
+        return {self.quantity: tuple(s for s in (TRAIN, VAL, TEST) if s in required | optional or s == TEST)}
+
     def check_classes(self, num_classes: int) -> None:
         """Refuse arguments that do not fit ``num_classes`` (called in ``setup`` when the data states it)."""
 
     def display_names(self, num_classes: int | None) -> list[str] | None:
-        """The monitor's ``class_names`` when they fit ``num_classes`` (else None, warned once: figures then use
-        class indices)."""
+        """The monitor's ``class_names``, else the data's (a datamodule's or module's ``class_names``/``classes``, the
+        probe dataset's ``classes``), when they fit ``num_classes`` (else None, warned once: figures then use class
+        indices)."""
         names = getattr(self, "class_names", None)
+        own = names is not None
+        if not own:  # the data's names (a datamodule's `class_names`, a dataset's `classes`)
+            names = getattr(self, "_data_class_names", None)
         if names is None or num_classes is None:
             return None
         if len(names) != num_classes:
+            if not own:  # the data's own names that do not fit its targets: indices, said once
+                self.warn_once(
+                    "data class names",
+                    f"{type(self).__name__}: the data names {len(names)} classes but the model has {num_classes} "
+                    "outputs; the figures use class indices (pass `class_names=` to name them).",
+                )
+                return None
             self.warn_once(
                 "class names",
                 f"{type(self).__name__}: `class_names` has {len(names)} names but the data has {num_classes} "
@@ -375,6 +398,7 @@ class SensitivityMonitor(MeasureLoop, Callback):
                 "input-gradient monitors -- Jacobian norms, transitions -- do run under it)"
             )
             return
+        self._data_class_names = known_class_names(trainer, pl_module)
         num_classes = known_num_classes(trainer, pl_module)
         if num_classes is not None:
             self.check_classes(num_classes)

@@ -45,7 +45,8 @@ class JacobianNormMonitor(SensitivityMonitor):
     Args:
         output: differentiate the ``"softmax"`` (default, as in the paper), the ``"logits"`` or the
             ``"log_softmax"``.
-        class_names: names for the per-class bar chart (length = number of classes).
+        class_names: names for the per-class bar chart (length = number of classes); default: the data's names
+            (a datamodule's ``class_names``, a dataset's ``classes``), else class indices.
         **kwargs: the common arguments of :class:`SensitivityMonitor` (``every_n_epochs``, ``epochs``,
             ``log_spaced``, ``at_init``, ``num_samples``, ``seed``, ``val_data``, ``train_data``,
             ``batch_transform``, ``forward_fn``, ``chunk_size``).
@@ -152,6 +153,7 @@ class JacobianNormMonitor(SensitivityMonitor):
         for c in val.targets.unique().tolist():
             result.scalars[keys.metric(keys.JACOBIAN, VAL, f"class_{c}")] = float(per_class[c])
         names = self.display_names(per_class.shape[0])
+        result.meta["class_names"] = names
         result.figures.append(
             (keys.metric(keys.JACOBIAN, VAL, "per_class"), lambda: self._bar_chart(per_class, names, epoch))
         )

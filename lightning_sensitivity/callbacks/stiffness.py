@@ -194,6 +194,10 @@ class StiffnessMonitor(SensitivityMonitor):
         return self.groups
 
     @override
+    def layout_splits(self) -> dict[str, tuple[str, ...]]:
+        return {"stiffness/layer": tuple(self.groups)} if self.per_layer else {}
+
+    @override
     def check_classes(self, num_classes: int) -> None:
         check_class_names(self.class_names, num_classes, "class_names")
         if self.class_groups is not None and len(self.class_groups) != num_classes:
@@ -371,15 +375,18 @@ class StiffnessMonitor(SensitivityMonitor):
         history[:] = [h for h in history if h[0] != epoch] + [(epoch, cosines)]
         classes = is_class_targets(y_rows)
         parts = ("same_class", "different_class") if classes else ("mean",)
-        row_names = [f"{layer} {part.split('_')[0] if classes else ''}".strip() for part in parts for layer in layers]
+        output = list(layers)[-1]  # in module order: the last layer is the one producing the logits
+        row_names = [f"{layer}{' (output)' if layer == output else ''} {part.split('_')[0] if classes else ''}".strip()
+                     for part in parts for layer in layers]  # fmt: skip
         matrix = torch.tensor([[h[1][layer][part] for h in history] for part in parts for layer in layers])
         epochs = [str(h[0]) for h in history]
-        title = f"{group} per-layer cosine stiffness ({'same / different class' if classes else 'all pairs'}) by epoch"
+        title = f"{group} per-layer cosine stiffness by epoch"
+        ylabel = "layer, same / different class" if classes else "layer (all pairs)"
 
         def draw() -> Any:
             from lightning_sensitivity.logging.render import render_class_matrix
 
-            return render_class_matrix(matrix, row_names, col_names=epochs, title=title)
+            return render_class_matrix(matrix, row_names, col_names=epochs, title=title, xlabel="epoch", ylabel=ylabel)
 
         result.figures.append((keys.metric(keys.STIFFNESS, group, "per_layer_cosine"), draw))
 
@@ -401,6 +408,8 @@ class StiffnessMonitor(SensitivityMonitor):
                         title=f"{group} class {k} stiffness, epoch {epoch}",
                         vmin=-1.0,
                         vmax=1.0,
+                        xlabel=f"{group.split('_')[1]} class",
+                        ylabel=f"{group.split('_')[0]} class",
                     ),
                 )
             )

@@ -132,6 +132,9 @@ class TransitionMonitor(SensitivityMonitor):
     def skipped_for(self, missing: set[str]) -> str:
         return f"the {', '.join(sorted(missing))} ellipses"
 
+    def layout_splits(self) -> dict[str, tuple[str, ...]]:
+        return {self.quantity: (*self.splits, "test")}
+
     @override
     def config(self) -> dict[str, Any]:
         return {**super().config(), "num_trajectories": self.num_trajectories, "num_points": self.num_points,
@@ -239,12 +242,19 @@ class TransitionMonitor(SensitivityMonitor):
                               f"{array}segments": segments.to(torch.int32)})  # fmt: skip
         result.scalars[f"{prefix}/activation_mean"] = float(activation.double().mean())
         result.scalars[f"{prefix}/region_changes_mean"] = float(region.double().mean())
+        # The same as a share of the segments (a closed ellipse of P points has P): 1 = every segment changes.
+        result.scalars[f"{prefix}/region_changes_fraction"] = float(region.double().mean()) / self.num_points
         ratio = near_anchor_ratio(segments, self.near_anchor_fraction)
         if ratio == ratio:  # NaN: no transitions away from the anchors, nothing to compare with
             result.scalars[f"{prefix}/near_anchor_ratio"] = ratio
         result.histograms[f"{prefix}/activation"] = activation.double()
         fraction = float(region.double().mean()) / self.num_points
         if fraction >= SATURATION:
+            # Beside the chart too: the run's text summary and the report say it where the counts are shown.
+            result.meta.setdefault("notes", []).append(
+                f"Saturated: on average {fraction:.0%} of the {self.num_points} segments of the {split!r} ellipses "
+                "change linear region, so the count measures little; increase `num_points`."
+            )
             self.warn_once(
                 "saturated",
                 f"{type(self).__name__}: on average {fraction:.0%} of the segments of the {split!r} ellipses change "

@@ -25,7 +25,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m lightning_sensitivity.compare",
         description="Compare runs: a CSV table and scatter plots of sensitivity vs generalization keys with rank "
-        "correlations (Spearman, Kendall tau-b, bootstrap 95%% intervals).",
+        "correlations (Spearman, Kendall tau-b; exact permutation p-values below 10 runs, bootstrap 95% intervals from "
+        "8 runs on).",
     )
     parser.add_argument("log_root", metavar="LOG_ROOT", help="directory searched recursively for TensorBoard runs")
     parser.add_argument("--x", nargs="+", default=None, metavar="KEY", help=f"x keys (default: {', '.join(DEFAULT_X)})")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import html
+import itertools
 import math
 import re
 import textwrap
@@ -51,15 +52,36 @@ def _fmt_p(value: float) -> str:
     return "nan" if not math.isfinite(value) else f"{value:.2g}" if value < 0.001 else f"{value:.3f}"
 
 
+def _ci(stats: dict, name: str) -> str:
+    low, high = stats[f"{name}_low"], stats[f"{name}_high"]
+    if not (math.isfinite(low) and math.isfinite(high)):
+        return "too few runs" if "too few runs" in stats.get("note", "") else "n/a"
+    return f"[{_fmt(low, 2)}, {_fmt(high, 2)}]"
+
+
 def _annotation(stats: dict) -> str:
     if not math.isfinite(stats["spearman"]):
         return "\n".join(textwrap.wrap(f"n={stats['n']}: {stats['note']}", 90))
-    return (
-        f"n={stats['n']}\nSpearman ρ={_fmt(stats['spearman'])} (p={_fmt_p(stats['spearman_p'])}), "
-        f"95% CI [{_fmt(stats['spearman_low'], 2)}, {_fmt(stats['spearman_high'], 2)}]\n"
-        f"Kendall τb={_fmt(stats['kendall'])} (p={_fmt_p(stats['kendall_p'])}), "
-        f"95% CI [{_fmt(stats['kendall_low'], 2)}, {_fmt(stats['kendall_high'], 2)}]"
-    )
+    lines = [f"n={stats['n']}"]
+    for name, symbol in (("spearman", "Spearman ρ"), ("kendall", "Kendall τb")):
+        ci = _ci(stats, name)
+        interval = f", 95% CI {ci}" if ci.startswith("[") else ""
+        lines.append(f"{symbol}={_fmt(stats[name])} (p={_fmt_p(stats[f'{name}_p'])}){interval}")
+    return "\n".join(lines)
+
+
+def _caption(stats: dict, when: str) -> str:
+    """What the plot's own annotation does not say: how the p-values were made and why an interval is missing."""
+    parts = [f"Each point is one run, at {when}; labels: the part of the run path that differs."]
+    if stats.get("p_method"):
+        parts.append(f"p-values: {stats['p_method']}.")
+    if "too few runs" in stats.get("note", ""):
+        parts.append(f"No bootstrap interval: {stats['n']} runs are too few (resampling them mostly redraws the same "
+                     "ranking).")  # fmt: skip
+    other = [n for n in stats.get("note", "").split("; ") if n and "too few runs" not in n]
+    if other:
+        parts.append("Note: " + "; ".join(other) + ".")
+    return " ".join(parts)
 
 
 def _short_labels(runs: Sequence[str]) -> list[str]:
@@ -122,28 +144,32 @@ def _page(
     if not results:
         parts.append("<p>No x/y pair to plot: none of the x or y keys is in these runs.</p>")
     header = ["x", "y", "n", "Spearman ρ", "p", "95% CI", "Kendall τb", "p", "95% CI", "note"]
-    body = [[s["x"], s["y"], str(s["n"]), _fmt(s["spearman"]), _fmt_p(s["spearman_p"]),
-             f"[{_fmt(s['spearman_low'], 2)}, {_fmt(s['spearman_high'], 2)}]", _fmt(s["kendall"]),
-             _fmt_p(s["kendall_p"]), f"[{_fmt(s['kendall_low'], 2)}, {_fmt(s['kendall_high'], 2)}]", s["note"]]
+    body = [[s["x"], s["y"], str(s["n"]), _fmt(s["spearman"]), _fmt_p(s["spearman_p"]), _ci(s, "spearman"),
+             _fmt(s["kendall"]), _fmt_p(s["kendall_p"]), _ci(s, "kendall"), s["note"]]
             for s, _ in results]  # fmt: skip
     if results:
-        parts.append("<h2>Rank correlations</h2>" + _table(header, body))
-    current_x = None
-    for stats, filename in results:
-        if stats["x"] != current_x:
-            close = "</section>" if current_x is not None else ""
-            parts.append(f"{close}<section><h2>{html.escape(stats['x'])}</h2>")
-            current_x = stats["x"]
-        caption = f"{stats['y']} vs {stats['x']}: " + _annotation(stats).replace("\n", "; ")
-        parts.append(f"<figure><img src='{html.escape(filename)}' alt='{html.escape(caption)}'>"
-                     f"<figcaption>{html.escape(caption)}</figcaption></figure>")  # fmt: skip
-    if current_x is not None:
-        parts.append("</section>")
+        methods = sorted({s["p_method"] for s, _ in results if s.get("p_method")})
+        parts.append(
+            "<h2>Rank correlations</h2><div class='scroll'>" + _table(header, body) + "</div>"
+            + (f"<p class='meta'>p-values: {html.escape('; '.join(methods))}.</p>" if methods else "")
+        )  # fmt: skip
+    for x_key, group in itertools.groupby(results, key=lambda r: r[0]["x"]):
+        parts.append(f"<section><h2>{html.escape(x_key)}</h2><div class='grid'>")
+        for stats, filename in group:
+            alt = f"{stats['y']} vs {stats['x']}: " + _annotation(stats).replace("\n", "; ")
+            parts.append(f"<figure><img src='{html.escape(filename)}' alt='{html.escape(alt)}'>"
+                         f"<figcaption>{html.escape(_caption(stats, when))}</figcaption></figure>")  # fmt: skip
+        parts.append("</div></section>")
     shown = [c for c in (rows[0] if rows else {}) if c == "run" or c.startswith(HPARAMS_PREFIX)]
     shown += list(dict.fromkeys(s[k] for s, _ in results for k in ("x", "y") if s[k] not in shown))
     cells = [[_cell(v) if not isinstance(v := r.get(c), float) or math.isnan(v) else f"{v:.4g}" for c in shown]
              + [r["note"]] for r in rows]  # fmt: skip
-    parts.append("<details open><summary>Runs</summary>" + _table([*shown, "note"], cells) + "</details>")
+    # The table scrolls inside its own box: a sweep's many columns must not widen the whole page.
+    parts.append(
+        "<details open><summary>Runs</summary><div class='scroll'>"
+        + _table([*shown, "note"], cells)
+        + "</div></details>"
+    )
     return "\n".join(parts) + "</body></html>\n"
 
 

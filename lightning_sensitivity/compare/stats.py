@@ -1,16 +1,30 @@
-"""Rank correlations with p-values and bootstrap intervals, numpy only (the conventions of scipy.stats)."""
+"""Rank correlations with p-values and bootstrap intervals, numpy only (the conventions of scipy.stats).
+
+Small sweeps get exact statistics: below :data:`EXACT_BELOW` runs both p-values come from the exact permutation
+distribution (every ordering of the runs enumerated, ties included), not from the t or normal approximation, which
+says "p = 0" for a perfect ranking of 4 runs (the exact two-sided p is 2/24). Below :data:`MIN_BOOTSTRAP` runs no
+bootstrap interval is given: resampling 4 runs with replacement mostly redraws the same ranking and reports
+"[1.00, 1.00]", an interval that claims a certainty the data cannot have.
+"""
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Sequence
+from functools import lru_cache
 from typing import Any
 
 import numpy as np
 
 Row = dict[str, Any]
 
-__all__ = ["correlations"]
+__all__ = ["EXACT_BELOW", "MIN_BOOTSTRAP", "correlations", "exact_permutation_p"]
+
+#: Below this many runs the p-values are exact: all n! orderings enumerated (9! = 362,880 at most).
+EXACT_BELOW = 10
+#: Below this many runs no bootstrap interval is reported ("too few runs").
+MIN_BOOTSTRAP = 8
 
 
 def _rankdata(values: np.ndarray) -> np.ndarray:
@@ -106,6 +120,44 @@ def _kendall_p(x: np.ndarray, y: np.ndarray, score: int, discordant: int) -> flo
     return math.erfc(abs(score) / math.sqrt(var) / math.sqrt(2.0))
 
 
+@lru_cache(maxsize=4)
+def _permutations(n: int) -> np.ndarray:
+    perms = np.array(list(itertools.permutations(range(n))), dtype=np.intp)
+    perms.setflags(write=False)
+    return perms
+
+
+def exact_permutation_p(x: Any, y: Any) -> tuple[float, float]:
+    """Two-sided exact permutation p-values ``(spearman_p, kendall_p)`` of the rank correlation of ``x`` and ``y``.
+
+    Every ordering of ``y`` against ``x`` is enumerated (``n!`` of them, so ``n`` below :data:`EXACT_BELOW`); the p
+    value is the share of orderings whose coefficient is at least as far from zero as the observed one. Ties keep
+    their average ranks (the tau-b denominator does not change under a permutation, so Kendall's numerator decides).
+
+    Example:
+        >>> exact_permutation_p([1, 2, 3, 4], [10, 20, 30, 40])  # perfect ranking: the identity and the reversal
+        (0.08333333333333333, 0.08333333333333333)
+    """
+    x, y = np.asarray(x, dtype=np.float64).reshape(-1), np.asarray(y, dtype=np.float64).reshape(-1)
+    n = x.size
+    if n != y.size or not 2 <= n < EXACT_BELOW:
+        raise ValueError(f"`x` and `y` expected the same length in [2, {EXACT_BELOW - 1}], got {x.size} and {y.size}")
+    perms = _permutations(n)
+    rx, ry = _rankdata(x), _rankdata(y)
+    cx = rx - rx.mean()
+    rho = (ry[perms] - ry.mean()) @ cx  # proportional to Spearman's rho for each ordering (same denominator)
+    i, j = np.triu_indices(n, k=1)
+    sx = np.sign(x[i] - x[j])
+    yp = y[perms]
+    score = np.sign(yp[:, i] - yp[:, j]) @ sx  # Kendall's S for each ordering
+    observed_rho = float((ry - ry.mean()) @ cx)
+    observed_score = float(np.sign(y[i] - y[j]) @ sx)
+    tol = 1e-9 * max(1.0, abs(observed_rho))
+    spearman_p = float(np.mean(np.abs(rho) >= abs(observed_rho) - tol))
+    kendall_p = float(np.mean(np.abs(score) >= abs(observed_score) - 1e-9))
+    return spearman_p, kendall_p
+
+
 def _interval(samples: list[float]) -> tuple[float, float]:
     finite = np.asarray([s for s in samples if math.isfinite(s)])
     if finite.size == 0:
@@ -126,14 +178,17 @@ def _as_float(value: Any) -> float:
 def correlations(rows: Sequence[Row], x_key: str, y_key: str, *, num_bootstrap: int = 1000, seed: int = 0) -> dict:
     """Spearman's rho and Kendall's tau-b between two columns of :func:`compare_runs` rows.
 
-    Runs where either value is missing or not a number are left out. The 95 % intervals are percentiles of the
-    coefficients over ``num_bootstrap`` resamples of the runs (with replacement, ``numpy.random.default_rng(seed)``);
-    resamples with a constant column are skipped.
+    Runs where either value is missing or not a number are left out. Below :data:`EXACT_BELOW` runs the p-values
+    are exact permutation p-values (:func:`exact_permutation_p`); from there on Spearman's uses the t approximation
+    and Kendall's the exact null distribution without ties (n <= 33), else the normal approximation (as
+    ``scipy.stats``). The 95 % intervals are percentiles of the coefficients over ``num_bootstrap`` resamples of the
+    runs (with replacement, ``numpy.random.default_rng(seed)``; resamples with a constant column are skipped), and
+    only from :data:`MIN_BOOTSTRAP` runs on: below, the interval is NaN and the note says "too few runs".
 
     Returns:
         ``x``, ``y``, ``n`` (runs used), ``spearman``, ``spearman_p``, ``spearman_low``, ``spearman_high``,
-        ``kendall``, ``kendall_p``, ``kendall_low``, ``kendall_high`` (NaN when undefined) and ``note`` (why a value is
-        NaN or runs were left out; empty otherwise).
+        ``kendall``, ``kendall_p``, ``kendall_low``, ``kendall_high`` (NaN when undefined), ``p_method`` (how the
+        p-values were computed) and ``note`` (why a value is NaN or runs were left out; empty otherwise).
 
     Example:
         >>> rows = [{"a": 1, "b": 2.0}, {"a": 2, "b": 3.5}, {"a": 3, "b": 3.0}, {"a": 4, "b": 9.0}]
@@ -145,7 +200,7 @@ def correlations(rows: Sequence[Row], x_key: str, y_key: str, *, num_bootstrap: 
         raise ValueError(f"`num_bootstrap` expected an int >= 0, got {num_bootstrap!r}")
     pairs = [(_as_float(r.get(x_key)), _as_float(r.get(y_key))) for r in rows]
     kept = [(a, b) for a, b in pairs if math.isfinite(a) and math.isfinite(b)]
-    result: dict[str, Any] = {"x": x_key, "y": y_key, "n": len(kept)}
+    result: dict[str, Any] = {"x": x_key, "y": y_key, "n": len(kept), "p_method": ""}
     for name in ("spearman", "kendall"):
         result.update({name: math.nan, f"{name}_p": math.nan, f"{name}_low": math.nan, f"{name}_high": math.nan})
     notes = [f"{len(pairs) - len(kept)} of {len(pairs)} runs lack a value of {x_key} or {y_key}"] if len(kept) < len(
@@ -161,9 +216,18 @@ def correlations(rows: Sequence[Row], x_key: str, y_key: str, *, num_bootstrap: 
     df = n - 2
     t = math.inf if abs(rho) >= 1.0 else rho * math.sqrt(df / ((1.0 + rho) * (1.0 - rho)))
     tau, score, discordant = _kendall_terms(x, y)
-    result.update(spearman=rho, spearman_p=_t_two_sided(t, df), kendall=tau)
-    result["kendall_p"] = _kendall_p(x, y, score, discordant)
-    if num_bootstrap:
+    result.update(spearman=rho, kendall=tau)
+    if n < EXACT_BELOW:
+        result["spearman_p"], result["kendall_p"] = exact_permutation_p(x, y)
+        result["p_method"] = f"exact permutation test over all {math.factorial(n):,} orderings of the {n} runs"
+    else:
+        result["spearman_p"], result["kendall_p"] = _t_two_sided(t, df), _kendall_p(x, y, score, discordant)
+        result["p_method"] = "Spearman: t approximation; Kendall: " + (
+            "exact" if not (_tie_stats(x)[0] or _tie_stats(y)[0]) and n <= 33 else "normal approximation"
+        )
+    if num_bootstrap and n < MIN_BOOTSTRAP:
+        notes.append(f"too few runs for a bootstrap interval (n={n} < {MIN_BOOTSTRAP})")
+    elif num_bootstrap:
         rng = np.random.default_rng(seed)
         rhos, taus = [], []
         for index in rng.integers(0, n, size=(num_bootstrap, n)):

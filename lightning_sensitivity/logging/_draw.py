@@ -113,12 +113,15 @@ def _nice_ticks(lo: float, hi: float, count: int = 5) -> np.ndarray:
 def _finish(img: Image.Image, title: str) -> np.ndarray:
     """Write the title centred in the top band (widening the picture if it does not fit) and return the array."""
     if title:
-        width = _font(TITLE_SIZE).getlength(title)
+        # A long title is set smaller (down to 11 px) before the picture is widened for it: widening would make
+        # TensorBoard's ~400 px card scale every other label down.
+        size = next((s for s in range(TITLE_SIZE, 10, -1) if _font(s).getlength(title) + 2 * PAD <= img.width), 11)
+        width = _font(size).getlength(title)
         if width + 2 * PAD > img.width:
             wider = Image.new("RGB", (math.ceil(width) + 2 * PAD, img.height), WHITE)
             wider.paste(img, ((wider.width - img.width) // 2, 0))
             img = wider
-        ImageDraw.Draw(img).text((img.width / 2, PAD), title, font=_font(TITLE_SIZE), fill=BLACK, anchor="mt")
+        ImageDraw.Draw(img).text((img.width / 2, PAD), title, font=_font(size), fill=BLACK, anchor="mt")
     return np.asarray(img).copy()
 
 

@@ -74,8 +74,9 @@ def render_per_class(
     hi = max(0.0, float(heights[finite].max())) if finite.any() else 1.0
     ticks = _nice_ticks(lo, hi)
     t_lo, t_hi = float(ticks[0]), float(ticks[-1])
-    slot = int(min(48, max(6, 560 // count)))
-    plot_w, plot_h = count * slot, 260
+    # Laid out for the 372 x 215 box of TensorBoard's image card (shown there unscaled): ~250 x 95 px of bars.
+    slot = int(min(36, max(3, 250 // count)))
+    plot_w, plot_h = count * slot, 95
     label_size = 10
     line = _text_size("Ag", label_size)[1]
     widths = [_text_size(s, label_size)[0] for s in labels]
@@ -84,9 +85,9 @@ def render_per_class(
     shown = range(0, count, step)
     xlab_h = max(_text_size(labels[i], label_size, vertical)[1] for i in shown)
     x0 = PAD + (line + 6 if ylabel else 0) + _tick_label_width(ticks) + 8
-    y0 = PAD + TITLE_SIZE + 14
-    width = max(x0 + plot_w + PAD + 6, 320)
-    height = y0 + plot_h + 4 + xlab_h + 6 + line + PAD
+    y0 = PAD + TITLE_SIZE + 6
+    width = max(x0 + plot_w + PAD + 6, 260)
+    height = y0 + plot_h + 4 + xlab_h + 2 + line + PAD // 2
     img = Image.new("RGB", (width, height), WHITE)
     draw = ImageDraw.Draw(img)
 
@@ -110,7 +111,7 @@ def render_per_class(
         cx = x0 + i * slot + slot / 2
         draw.line([(cx, y0 + plot_h), (cx, y0 + plot_h + 3)], fill=AXIS)
         _put(img, labels[i], label_size, cx, y0 + plot_h + 4, "mt", vertical=vertical)
-    _put(img, "class", 11, x0 + plot_w / 2, y0 + plot_h + 6 + xlab_h, "mt")
+    _put(img, "class", 10, x0 + plot_w / 2, y0 + plot_h + 4 + xlab_h, "mt")
     return _finish(img, title)
 
 
@@ -173,14 +174,14 @@ def render_stiffness_by_distance(
     y_lo, y_hi = float(yticks[0]), float(yticks[-1])
     xticks = _nice_ticks(float(edges[0]), float(edges[-1]), 6)
     xticks = xticks[(xticks >= edges[0] - 1e-12) & (xticks <= edges[-1] + 1e-12)]
-    plot_w, plot_h = 520, 300
+    plot_w, plot_h = 230, 130  # the whole picture fits TensorBoard's 372 x 215 image box unscaled
     line = _text_size("Ag", 11)[1]
     x0 = PAD + line + 6 + _tick_label_width(yticks) + 8
-    y0 = PAD + TITLE_SIZE + 14
+    y0 = PAD + TITLE_SIZE + 6
     cticks = _nice_ticks(0.0, max(1.0, float(np.nanmax(counts)) if counts is not None else 1.0), 4)
     right_w = (8 + _tick_label_width(cticks) + 4 + line) if counts is not None else 0
     width = x0 + plot_w + right_w + PAD
-    height = y0 + plot_h + 6 + line + 4 + line + PAD
+    height = y0 + plot_h + 4 + line + 2 + line + PAD // 2
     img = Image.new("RGB", (width, height), WHITE)
     draw = ImageDraw.Draw(img)
     span = float(edges[-1] - edges[0])
@@ -233,8 +234,8 @@ def render_stiffness_by_distance(
     for t in xticks:
         tx = to_x(float(t))
         draw.line([(tx, y0 + plot_h), (tx, y0 + plot_h + 4)], fill=AXIS)
-        _put(img, _fmt(float(t)), 10, tx, y0 + plot_h + 6, "mt")
-    _put(img, "input distance", 11, x0 + plot_w / 2, y0 + plot_h + 6 + line + 4, "mt")
+        _put(img, _fmt(float(t)), 10, tx, y0 + plot_h + 4, "mt")
+    _put(img, "input distance", 10, x0 + plot_w / 2, y0 + plot_h + 4 + line + 2, "mt")
     # Legend, upper right inside the axes.
     text_w = max(_text_size(text, 10)[0] for text, _, _ in legend)
     box_w, box_h = 8 + 24 + 6 + text_w + 8, 6 + 16 * len(legend)

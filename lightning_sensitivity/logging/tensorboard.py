@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 import sys
 import weakref
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -26,7 +26,9 @@ __all__ = ["find_tensorboard_writer", "log_figure", "log_histogram", "log_text",
 DEFAULT_GROUPS = ("train_train", "train_val", "val_val")
 
 # Groups already written into each writer's layout; weak so that closed writers are not kept alive.
-_LAYOUT_GROUPS: weakref.WeakKeyDictionary[Any, tuple[str, ...]] = weakref.WeakKeyDictionary()
+_LAYOUT_GROUPS: weakref.WeakKeyDictionary[Any, tuple[tuple[str, ...], dict[str, tuple[str, ...]]]] = (
+    weakref.WeakKeyDictionary()
+)
 
 
 def find_tensorboard_writer(trainer: Any) -> SummaryWriter | None:
@@ -140,42 +142,80 @@ def _multiline(*tags: str) -> list[Any]:
     return ["Multiline", [_exact(t) for t in tags]]
 
 
-def sensitivity_layout(groups: Sequence[str] = DEFAULT_GROUPS) -> dict[str, dict[str, list[Any]]]:
+#: The splits each quantity's charts draw by default (what the monitors measure with their default options; the
+#: held-out split is ``test`` under ``trainer.test``). ``"stiffness/layer"``: pair groups with per-layer charts.
+DEFAULT_SPLITS: dict[str, tuple[str, ...]] = {
+    "jacobian_norm": ("train", "val", "test"),
+    "transitions": ("val", "train", "test"),
+}
+_SPLIT_WORDS = {"val": "val", "train": "train", "test": "test", "random": "random (off-data)"}
+
+
+def _merge_splits(*mappings: Mapping[str, Sequence[str]] | None) -> dict[str, tuple[str, ...]]:
+    merged: dict[str, tuple[str, ...]] = {}
+    for mapping in mappings:
+        for quantity, splits in (mapping or {}).items():
+            merged[quantity] = tuple(dict.fromkeys([*merged.get(quantity, ()), *splits]))
+    return merged
+
+
+def sensitivity_layout(
+    groups: Sequence[str] = DEFAULT_GROUPS, splits: Mapping[str, Sequence[str]] | None = None
+) -> dict[str, dict[str, list[Any]]]:
     """The custom-scalars layout registered by :func:`add_sensitivity_layout` (category -> chart -> spec).
 
     Args:
         groups: stiffness pair groups to chart, e.g. ``("train_train", "train_val", "val_val")``.
+        splits: per quantity, the probe splits its charts draw one line each for (``{"transitions": ("val",
+            "random")}``; what the monitors measure); quantities not given keep :data:`DEFAULT_SPLITS`. The key
+            ``"stiffness/layer"`` lists the pair groups whose per-layer stiffness is charted.
 
     Returns:
         ``{category: {chart title: ["Multiline", [tag regex, ...]]}}`` as ``SummaryWriter.add_custom_scalars``
         takes it.
     """
+    chosen = {**DEFAULT_SPLITS, **{k: tuple(v) for k, v in (splits or {}).items()}}
+    jac_splits, trans_splits = chosen["jacobian_norm"], chosen["transitions"]
     jac = "sensitivity/jacobian_norm"
     trans = "sensitivity/transitions"
     stiff = "sensitivity/stiffness"
+    held_out = [s for s in ("val", "test") if s in jac_splits]
+    # titles name the fit's splits; `test` (the held-out split under `trainer.test`) is drawn but not named
+    words = " vs ".join(_SPLIT_WORDS.get(s, s) for s in trans_splits if s != "test")
+    jac_words = " vs ".join(s for s in jac_splits if s != "test")
     layout: dict[str, dict[str, list[Any]]] = {
         "Jacobian norm": {
-            "Jacobian norm: train vs val (mean)": _multiline(f"{jac}/train/mean", f"{jac}/val/mean"),
-            "Jacobian norm: train / val ratio": _multiline(f"{jac}/train_val_ratio"),
+            f"Jacobian norm: {jac_words} (mean)": _multiline(*(f"{jac}/{s}/mean" for s in jac_splits)),
+            "Jacobian norm: train / held-out ratio": _multiline(*(f"{jac}/train_{s}_ratio" for s in held_out)),
             "Generalization gap: val loss - train loss": _multiline("generalization_gap/loss"),
             "Generalization gap: train acc - val acc": _multiline("generalization_gap/acc"),
-            "Jacobian norm: val mean, median, p90": _multiline(
-                f"{jac}/val/mean", f"{jac}/val/median", f"{jac}/val/p90"
-            ),
-            "Jacobian norm as misclassification predictor (val AUROC)": _multiline(
-                f"{jac}/val/misclassification_auroc"
+            **{
+                f"Jacobian norm: {s} mean, median, p90": _multiline(
+                    f"{jac}/{s}/mean", f"{jac}/{s}/median", f"{jac}/{s}/p90"
+                )
+                for s in held_out
+            },
+            "Jacobian norm as misclassification predictor (held-out AUROC)": _multiline(
+                *(f"{jac}/{s}/misclassification_auroc" for s in held_out)
             ),
         },
         "Transitions": {
-            # val and train (TransitionMonitor(splits=("val", "train"))) on one chart each
-            "Activation-pattern transitions per trajectory": _multiline(
-                f"{trans}/val/activation_mean", f"{trans}/train/activation_mean"
+            # One line per measured split; the region changes as a fraction of the segments, so that a saturated
+            # count reads as "1.0 = every segment changes" instead of a flat line at the number of points.
+            f"Linear-region changes, fraction of segments (1 = saturated): {words}": _multiline(
+                *(f"{trans}/{s}/region_changes_fraction" for s in trans_splits)
             ),
-            "Linear-region changes per trajectory": _multiline(
-                f"{trans}/val/region_changes_mean", f"{trans}/train/region_changes_mean"
+            f"Activation-pattern transitions per trajectory: {words}": _multiline(
+                *(f"{trans}/{s}/activation_mean" for s in trans_splits)
             ),
-            "Prediction changes per trajectory": _multiline(
-                f"{trans}/val/prediction_mean", f"{trans}/train/prediction_mean"
+            f"Linear-region changes per trajectory: {words}": _multiline(
+                *(f"{trans}/{s}/region_changes_mean" for s in trans_splits)
+            ),
+            f"Prediction changes per trajectory: {words}": _multiline(
+                *(f"{trans}/{s}/prediction_mean" for s in trans_splits)
+            ),
+            f"Transitions near the anchors / elsewhere: {words}": _multiline(
+                *(f"{trans}/{s}/near_anchor_ratio" for s in trans_splits)
             ),
         },
         "Stiffness": {},
@@ -191,6 +231,12 @@ def sensitivity_layout(groups: Sequence[str] = DEFAULT_GROUPS) -> dict[str, dict
             charts[f"{group}: {kind} stiffness, same vs different class"] = _multiline(
                 f"{prefix}/same_class_{kind}", f"{prefix}/different_class_{kind}", f"{prefix}/{kind}"
             )
+    for group in chosen.get("stiffness/layer", ()):
+        # every layer's series of the group (the layer names are the model's, not known here)
+        layout["Stiffness"][f"{group}: cosine stiffness per layer"] = [
+            "Multiline",
+            [re.escape(f"{stiff}/{group}/layer/") + "[^/]+/cosine$"],
+        ]
     if groups:
         layout["Stiffness"]["Critical length (all groups)"] = _multiline(
             *(f"{stiff}/{g}/critical_length" for g in groups)
@@ -200,41 +246,52 @@ def sensitivity_layout(groups: Sequence[str] = DEFAULT_GROUPS) -> dict[str, dict
     return layout
 
 
-def add_sensitivity_layout(writer: SummaryWriter, groups: Sequence[str] = DEFAULT_GROUPS) -> None:
+def add_sensitivity_layout(
+    writer: SummaryWriter, groups: Sequence[str] = DEFAULT_GROUPS, splits: Mapping[str, Sequence[str]] | None = None
+) -> None:
     """Register the TensorBoard custom-scalars layout of the sensitivity metrics (the "Custom Scalars" tab).
 
-    Categories: "Jacobian norm" (train vs val mean on one chart, the train/val ratio and the generalization gap
-    beside it), "Transitions", "Stiffness" (same- vs different-class per group, critical length of all groups) and
-    "Training" (loss and accuracy, train vs val). Calling it again on the same writer does nothing unless new groups
-    are given; then the layout is written again with the union of groups (TensorBoard shows the latest layout).
+    Categories: "Jacobian norm" (the measured splits' means on one chart, the train/held-out ratio and the
+    generalization gap beside it), "Transitions" (one line per measured split, e.g. val vs random), "Stiffness"
+    (same- vs different-class per group, per-layer stiffness, critical length of all groups) and "Training" (loss
+    and accuracy, train vs val). Calling it again on the same writer does nothing unless new groups or splits are
+    given; then the layout is written again with the union (TensorBoard shows the latest layout).
 
     Args:
         writer: a ``SummaryWriter``.
         groups: stiffness pair groups to chart.
+        splits: per quantity, the probe splits to chart (see :func:`sensitivity_layout`).
 
     Raises:
-        TypeError: if ``groups`` is not a sequence of non-empty strings.
+        TypeError: if ``groups`` is not a sequence of non-empty strings, or ``splits`` not a mapping of such.
 
     Example::
 
         writer = find_tensorboard_writer(trainer)
         if writer is not None:
-            add_sensitivity_layout(writer, groups=("train_val",))
+            add_sensitivity_layout(writer, groups=("train_val",), splits={"transitions": ("val", "random")})
     """
     if isinstance(groups, str) or not isinstance(groups, Sequence):
         raise TypeError(f"`groups` expected a sequence of str, got {type(groups).__name__}")
     for group in groups:
         if not isinstance(group, str) or not group:
             raise TypeError(f"`groups` expected non-empty str entries, got {group!r}")
+    if splits is not None and not isinstance(splits, Mapping):
+        raise TypeError(f"`splits` expected a mapping {{quantity: splits}}, got {type(splits).__name__}")
+    for quantity, names in (splits or {}).items():
+        if isinstance(names, str) or not isinstance(names, Sequence) or not all(isinstance(n, str) for n in names):
+            raise TypeError(f"`splits` expected a sequence of str for {quantity!r}, got {names!r}")
     try:
         known = _LAYOUT_GROUPS.get(writer)
     except TypeError:  # an object that cannot be weakly referenced: no memory, write every time
         known = None
-    if known is not None and set(groups) <= set(known):
+    known_groups, known_splits = known if known is not None else ((), {})
+    merged_splits = _merge_splits(known_splits, splits)
+    if known is not None and set(groups) <= set(known_groups) and merged_splits == known_splits:
         return
-    merged = tuple(dict.fromkeys([*(known or ()), *groups]))
-    writer.add_custom_scalars(sensitivity_layout(merged))
+    merged = tuple(dict.fromkeys([*known_groups, *groups]))
+    writer.add_custom_scalars(sensitivity_layout(merged, merged_splits))
     try:
-        _LAYOUT_GROUPS[writer] = merged
+        _LAYOUT_GROUPS[writer] = (merged, merged_splits)
     except TypeError:
         pass

@@ -3,10 +3,12 @@
 :func:`image_writers` maps a trainer's ``loggers`` to one writer per logger that has an image API:
 
 * ``TensorBoardLogger``: ``SummaryWriter.add_image(..., dataformats="HWC")``, ``add_histogram``, ``add_text``.
-* ``WandbLogger``: ``logger.log_image`` (a ``wandb.Image``), histograms as ``wandb.Histogram`` and text as
-  ``wandb.Html``, all logged with ``trainer/global_step = step`` like Lightning's own scalars.
+* ``WandbLogger``: ``logger.log_image`` (a ``wandb.Image`` captioned with the global step), histograms as
+  ``wandb.Histogram`` and text as ``wandb.Html``, all logged with ``trainer/global_step = step`` like Lightning's
+  own scalars.
 * ``MLFlowLogger`` (MLflow >= 2.12): ``MlflowClient.log_image(run_id, image, key=tag, step=step)`` (the run's
-  "images" artifact folder, shown stepwise in the MLflow UI; ``/`` in the tag becomes ``~`` in the file name); a
+  "images" artifact folder, shown stepwise in the MLflow UI; ``/`` in the tag becomes ``~`` in the file name), and
+  the latest picture of each tag under a short name, ``latest/stiffness/val_val/class_sign_matrix.png``; a
   histogram is a small JSON artifact ``histograms/<tag>/step_<step>.json`` (``{"step", "count", "min", "max",
   "mean", "bin_edges", "counts"}``: MLflow has no histogram type, and JSON stays machine-readable); text is
   ``text/<tag>/step_<step>.md``.
@@ -129,7 +131,9 @@ class WandbImageWriter:
     def write_image(self, tag: str, image: np.ndarray, step: int) -> None:
         _check(tag, step)
         image = check_image(image)
-        self.logger.log_image(key=tag, images=[image], step=int(step))
+        # The media file is named after W&B's own step; the caption says the trainer's global step, which the
+        # panel's slider is keyed by (Lightning defines `trainer/global_step` as the step metric).
+        self.logger.log_image(key=tag, images=[image], step=int(step), caption=[f"global step {int(step)}"])
 
     def write_histogram(self, tag: str, values: Any, step: int) -> None:
         import wandb
@@ -154,6 +158,12 @@ def _mlflow_key(tag: str) -> str:
     return re.sub(r"[^A-Za-z0-9_\-./ ]", "_", tag)
 
 
+def _short(tag: str) -> str:
+    """``sensitivity/stiffness/val_val/class_sign_matrix`` -> ``stiffness/val_val/class_sign_matrix``."""
+    parts = _mlflow_key(tag).split("/")
+    return "/".join(parts[1:] if len(parts) > 1 and parts[0] == "sensitivity" else parts)
+
+
 class MLflowImageWriter:
     """Writes to the run of a Lightning ``MLFlowLogger`` through its ``MlflowClient``."""
 
@@ -168,6 +178,9 @@ class MLflowImageWriter:
         # background thread, and the file exists when this returns.
         extra = {"synchronous": True} if "synchronous" in inspect.signature(client.log_image).parameters else {}
         client.log_image(self.logger.run_id, image, key=_mlflow_key(tag), step=int(step), **extra)
+        # The stepwise images above carry long names that differ only at their end (key, step, timestamp, id);
+        # the latest picture of each tag also goes to a short, readable path that the Artifacts tab previews.
+        client.log_image(self.logger.run_id, image, artifact_file=f"latest/{_short(tag)}.png")
 
     def write_histogram(self, tag: str, values: Any, step: int) -> None:
         _check(tag, step)

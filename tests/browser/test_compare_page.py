@@ -57,6 +57,9 @@ def test_compare_page_renders_in_the_browser(comparison: Path, tmp_path: Path) -
         page.goto(comparison.as_uri())
         content = page.wait_for_text(["Spearman", "Kendall", "w64_lr0.2"], min_images=len(parsed.images), timeout=30.0)
         assert content["images"] == len(parsed.images), f"{content['images']} of {len(parsed.images)} images decoded"
+        # the runs table (many hparams columns) scrolls inside its own box, not the whole page
+        width = page.evaluate("document.documentElement.scrollWidth")
+        assert width <= WIDTH, f"the compare page is {width} px wide: a table widens it"
         shot = page.screenshot(tmp_path / "compare.png")
     size, colours, top_share = colour_stats(shot)
     assert size == (WIDTH, HEIGHT)

@@ -24,6 +24,12 @@ from _processes import QuickstartRun, tail
 pytestmark = pytest.mark.browser
 
 WIDTH, HEIGHT = 1400, 900
+#: The quickstart's report must fit in this many screens (it was 17,600 px with one heatmap per row).
+REPORT_SCREENS = 6
+#: A class label must be at least this many screen pixels high (a digit of a 10 px font is 7 px; scaled to half,
+#: as TensorBoard's Time Series card showed the old 684 x 591 heatmaps, it is 3-4 px and unreadable).
+MIN_LABEL_PX = 6
+
 
 @dataclass(frozen=True)
 class Dashboard:
@@ -197,3 +203,123 @@ def test_offline_report_renders_in_the_browser(page: DevToolsPage, finished_run:
     shot = page.screenshot(tmp_path / "report.png")
     _, colours, top_share = colour_stats(shot)
     assert colours > 64 and top_share < 0.95, f"report screenshot looks blank: {colours} colours, {top_share:.0%}"
+    # compact: figures in a grid, the whole run within a few screens, nothing wider than the window
+    height = page.evaluate("document.documentElement.scrollHeight")
+    width = page.evaluate("document.documentElement.scrollWidth")
+    assert height <= REPORT_SCREENS * HEIGHT, f"the report is {height} px tall ({height / HEIGHT:.1f} screens)"
+    assert width <= WIDTH, f"the report is {width} px wide"
+    columns = page.evaluate(
+        "Math.max(...[...document.querySelectorAll('.grid')].map(g => "
+        "getComputedStyle(g).gridTemplateColumns.split(' ').length))"
+    )
+    assert columns >= 3, f"the figure grid has {columns} column(s) at {WIDTH} px"
+
+
+# ---------------------------------------------------------------- legible at TensorBoard's card size
+_IMAGE_BOXES = r"""
+(() => { const out = [];
+  const walk = (root) => { for (const el of root.querySelectorAll('*')) { if (el.shadowRoot) walk(el.shadowRoot);
+    if (el.tagName === 'IMG' && el.complete && el.naturalWidth > 100) { const r = el.getBoundingClientRect();
+      out.push([el.naturalWidth, el.naturalHeight, r.left, r.top, r.width, r.height]); } } };
+  walk(document); return JSON.stringify(out); })()
+"""
+
+
+def image_boxes(page: DevToolsPage, timeout: float = 30.0) -> list[list[float]]:
+    """``[natural width, natural height, left, top, shown width, shown height]`` of every loaded image."""
+    import json
+
+    deadline = time.monotonic() + timeout
+    while True:
+        boxes = json.loads(page.evaluate(_IMAGE_BOXES))
+        if boxes or time.monotonic() > deadline:
+            return boxes
+        time.sleep(0.5)
+
+
+def label_heights(shot: Path, box: list[float]) -> list[int]:
+    """Screen heights of the row labels of a heatmap shown at ``box`` in the screenshot ``shot``.
+
+    The labels are the dark glyphs just left of the matrix (whose left edge is the first column of strongly
+    coloured cells): each label's rightmost glyph is one run of dark rows in the few columns next to the matrix.
+    """
+    import numpy as np
+    from PIL import Image
+
+    _, _, left, top, width, height = box
+    with Image.open(shot) as image:
+        crop = np.asarray(image.convert("RGB").crop((int(left), int(top), int(left + width), int(top + height))))
+    rgb = crop.astype(np.int32)
+    saturation = rgb.max(axis=2) - rgb.min(axis=2)
+    coloured = (saturation > 60).mean(axis=0) > 0.25
+    edge = int(np.argmax(coloured))
+    assert coloured.any() and edge > 4, "no coloured matrix found in the image"
+    dark = (rgb.mean(axis=2) < 120) & (saturation < 60)
+    columns = np.flatnonzero(dark[:, : edge - 1].any(axis=0))
+    assert columns.size, "no label left of the matrix"
+    right = int(columns.max())
+    # the labels' last glyphs (and the 1 px tick marks), over the rows of the matrix only (not the title's)
+    inside = saturation[:, min(edge + 2, crop.shape[1] - 1)] > 60
+    strip = dark[:, max(0, right - 12) : right + 1].any(axis=1) & inside
+    runs, length = [], 0
+    for value in strip:
+        if value:
+            length += 1
+        elif length:
+            runs.append(length)
+            length = 0
+    return [r for r in runs + ([length] if length else []) if r > 2]  # a tick mark alone is 1 px high
+
+
+def test_class_labels_are_legible_in_tensorboards_default_card(page: DevToolsPage, finished_run: QuickstartRun,
+                                                              tmp_path: Path) -> None:  # fmt: skip
+    # Time Series, TensorBoard's default dashboard, fits each image into a 372 x 215 box at the default card width
+    tag = "sensitivity/stiffness/val_val/class_sign_matrix"
+    page.goto("about:blank")
+    page.goto(f"{finished_run.tensorboard.url}/?tagFilter={quote(tag + '$', safe='')}#timeseries")
+    boxes = image_boxes(page)
+    assert boxes, "Time Series shows no heatmap card"
+    (box,) = boxes[:1]
+    natural_w, natural_h, _, _, shown_w, shown_h = box
+    assert shown_w >= 0.95 * natural_w and shown_h >= 0.95 * natural_h, f"the card scales the image down: {box}"
+    time.sleep(1.0)  # the image is decoded; let it paint
+    runs = label_heights(page.screenshot(tmp_path / "card.png"), box)
+    assert len(runs) >= 5, f"found {len(runs)} row labels: {runs}"
+    assert np_median(runs) >= MIN_LABEL_PX, f"row labels are {runs} px high on screen"
+
+
+def np_median(values: list[int]) -> float:
+    import numpy as np
+
+    return float(np.median(values))
+
+
+def test_heatmap_labels_are_legible_in_a_card_sized_box(page: DevToolsPage, tmp_path: Path) -> None:
+    """Without TensorBoard: a heatmap with Fashion-MNIST's long names in a box of the Time Series card's size (the
+    image shrinks to fit, as there), read back from the browser's rendering."""
+    from PIL import Image
+
+    from lightning_sensitivity.logging.render import CARD_HEIGHT, CARD_WIDTH, render_class_matrix
+
+    names = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
+    import numpy as np
+
+    matrix = np.random.default_rng(0).uniform(-1, 1, (10, 10))
+    image = render_class_matrix(matrix, names, title="train_val class sign stiffness, epoch 30", xlabel="val class",
+                                ylabel="train class")  # fmt: skip
+    Image.fromarray(image).save(tmp_path / "heatmap.png")
+    (tmp_path / "card.html").write_text(
+        "<!DOCTYPE html><html><body style='margin:20px;background:white'>"
+        f"<div style='width:{CARD_WIDTH}px;height:{CARD_HEIGHT}px;display:flex;justify-content:center'>"
+        "<img src='heatmap.png' style='max-width:100%;max-height:100%'></div></body></html>",
+        encoding="utf-8",
+    )
+    page.goto("about:blank")
+    page.goto((tmp_path / "card.html").as_uri())
+    boxes = image_boxes(page)
+    assert boxes, "the heatmap did not load"
+    box = boxes[0]
+    assert box[4] == box[0] and box[5] == box[1], f"scaled in a {CARD_WIDTH} x {CARD_HEIGHT} box: {box}"
+    time.sleep(0.5)
+    runs = label_heights(page.screenshot(tmp_path / "card.png"), box)
+    assert len(runs) >= 8 and np_median(runs) >= MIN_LABEL_PX, runs

@@ -38,7 +38,7 @@ def test_tensorboard_tags_and_steps(fitted):  # noqa: F811
         events = fitted.events.Scalars(f"{P}/{key}")
         assert [e.step for e in events] == STEPS
         assert all(math.isfinite(e.value) and e.value >= 0 for e in events)
-    assert [e.step for e in fitted.events.Histograms(f"{P}/activation")] == STEPS
+    assert [e.step for e in fitted.events.Histograms(f"{P}/activation")] == STEPS[1:]  # not at init
     region = [e.value for e in fitted.events.Scalars(f"{P}/region_changes_mean")]
     assert all(0 < r <= 24 for r in region)  # at most one region change per consecutive pair (24 points)
 
@@ -197,3 +197,19 @@ def test_default_points_resolve_an_mnist_sized_mlp_that_128_points_saturate():
 def test_bad_near_anchor_fraction(value, error):
     with pytest.raises(error, match="`near_anchor_fraction`"):
         TransitionMonitor(near_anchor_fraction=value)
+
+
+def test_saturation_is_said_beside_the_charts(fitted):  # noqa: F811
+    # 24 points on the tiny model: every segment changes region. The fraction of segments reads 1 (not "24" with no
+    # scale), and the note is in the text tab next to the charts, at the measurement's step, and in the artifact.
+    counts = {e.step: e.value for e in fitted.events.Scalars(f"{P}/region_changes_mean")}
+    fractions = {e.step: e.value for e in fitted.events.Scalars(f"{P}/region_changes_fraction")}
+    assert fractions.keys() == counts.keys()
+    for step, value in fractions.items():
+        assert value == pytest.approx(counts[step] / 24) and 0 <= value <= 1
+    notes = [t for t in fitted.events.Tags()["tensors"] if t.startswith("sensitivity/notes/TransitionMonitor")]
+    assert notes, fitted.events.Tags()["tensors"]
+    text = fitted.events.Tensors(notes[0])[-1].tensor_proto.string_val[0].decode()
+    assert "Saturated" in text and "num_points" in text and "'val'" in text
+    last = load_artifacts(fitted.log_dir, "transitions")[-1]
+    assert any("Saturated" in note for note in last.meta["notes"])

@@ -62,13 +62,54 @@ def test_cell_colours_come_from_the_colormap_and_clip(value, fraction):
 
 def test_nan_cells_are_grey_and_the_legend_says_so():
     base = np.full((N, N), 0.5)
-    other = base.copy()
-    other[7, 2] = math.nan
-    a, b = render_class_matrix(base), render_class_matrix(other)
-    colours = np.unique(b[changed_pixels(a, b)], axis=0)
+    one, two = base.copy(), base.copy()
+    one[7, 2] = two[7, 2] = two[1, 1] = math.nan
+    a, b, c = render_class_matrix(base), render_class_matrix(one), render_class_matrix(two)
+    colours = np.unique(c[changed_pixels(b, c)], axis=0)
     assert [tuple(c) for c in colours] == [GREY]
-    # the NaN swatch under the colour bar is grey too, in a matrix without any NaN
-    assert (np.all(a == GREY, axis=2)).sum() >= 18 * 12
+    cell = int(changed_pixels(b, c).sum())
+    # the NaN swatch under the colour bar is grey too; a matrix without any NaN has no such legend (nor grey)
+    assert np.all(b == GREY, axis=2).sum() >= cell + 10 * 10
+    assert not np.all(a == GREY, axis=2).any()
+    assert a.shape == b.shape  # the same size with and without NaN: TensorBoard's slider does not jump
+
+
+def test_a_rounded_zero_has_no_minus_sign():
+    from lightning_sensitivity.logging.render import cell_text
+
+    assert [cell_text(v) for v in (-0.001, -0.004, 0.0, -0.006, 0.37)] == ["0.00", "0.00", "0.00", "-0.01", "0.37"]
+
+
+def test_heatmaps_and_charts_fit_a_tensorboard_card_unscaled():
+    from lightning_sensitivity.logging.render import CARD_HEIGHT, CARD_WIDTH
+
+    names = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
+    rng = np.random.default_rng(0)
+    images = [
+        render_class_matrix(
+            rng.uniform(-1, 1, (10, 10)),
+            names,
+            title="train_val class sign stiffness, epoch 30",
+            xlabel="val class",
+            ylabel="train class",
+        ),
+        render_per_class(
+            rng.uniform(0, 1, 10),
+            names,
+            title="Mean Jacobian norm per class (val probe set), epoch 4",
+            ylabel="||d softmax / dx||_F",
+        ),
+        render_stiffness_by_distance(
+            np.linspace(0, 10, 21),
+            np.linspace(0.8, -0.3, 20),
+            np.arange(20),
+            critical_length=7.3,
+            title="val_val sign stiffness by euclidean input distance, epoch 4",
+        ),
+    ]
+    # TensorBoard's Time Series image card fits an image into 372 x 215 px: these are shown unscaled
+    for image in images:
+        assert image.shape[1] <= CARD_WIDTH and image.shape[0] <= CARD_HEIGHT, image.shape
 
 
 def test_vmin_vmax_move_the_colours():

@@ -76,7 +76,10 @@ def test_log_histogram_skips_non_finite_and_empty(writer, tmp_path):
     log_histogram(writer, "sensitivity/transitions/val/activation", np.array([[2, 4], [4, 6]]), step=4)
     writer.flush()
     acc = read_events(tmp_path)
-    assert sorted(acc.Tags()["histograms"]) == ["sensitivity/jacobian_norm/val", "sensitivity/transitions/val/activation"]
+    assert sorted(acc.Tags()["histograms"]) == [
+        "sensitivity/jacobian_norm/val",
+        "sensitivity/transitions/val/activation",
+    ]
     (event,) = acc.Histograms("sensitivity/jacobian_norm/val")
     histogram = event.histogram_value
     assert event.step == 3
@@ -203,3 +206,37 @@ def test_find_tensorboard_writer_among_loggers(tmp_path):
     no_logger = Trainer(logger=False, default_root_dir=tmp_path, enable_progress_bar=False)
     assert find_tensorboard_writer(no_logger) is None
     assert find_tensorboard_writer(SimpleNamespace(loggers=[csv, second])) is second.experiment
+
+
+def test_layout_charts_every_measured_split():
+    # A split a monitor measures appears in the layout without editing it: TransitionMonitor(splits=("val", "random")).
+    layout = sensitivity_layout(("val_val",), {"transitions": ("val", "random", "test")})
+    charts = {title: spec[1] for title, spec in layout["Transitions"].items()}
+    for stat in ("activation_mean", "region_changes_mean", "prediction_mean", "region_changes_fraction",
+                 "near_anchor_ratio"):  # fmt: skip
+        for split in ("val", "random", "test"):
+            tag = f"sensitivity/transitions/{split}/{stat}"
+            assert any(matches(r, tag) for r in charts.values()), tag
+    assert not any(matches(r, "sensitivity/transitions/train/activation_mean") for r in charts.values())
+    # the saturation is readable on the chart itself: the fraction of segments, 1 = saturated
+    (fraction,) = [t for t in charts if "fraction of segments" in t]
+    assert "saturated" in fraction and "random" in fraction
+    # per-layer stiffness of the groups measured per layer, whatever the layer names
+    layers = sensitivity_layout(("val_val",), {"stiffness/layer": ("val_val",)})["Stiffness"]
+    per_layer = [r for t, spec in layers.items() if "per layer" in t for r in spec[1]]
+    assert matches(per_layer, "sensitivity/stiffness/val_val/layer/net.0/cosine")
+    assert not matches(per_layer, "sensitivity/stiffness/val_val/layer/net.0/sign")
+    assert not any("per layer" in t for t in sensitivity_layout(("val_val",))["Stiffness"])
+
+
+def test_layout_merges_new_splits(writer, tmp_path):
+    add_sensitivity_layout(writer, groups=(), splits={"transitions": ("val",)})
+    add_sensitivity_layout(writer, groups=(), splits={"transitions": ("val",)})
+    add_sensitivity_layout(writer, groups=(), splits={"transitions": ("random",)})
+    writer.flush()
+    first, second = layouts(tmp_path)
+    tag = "sensitivity/transitions/random/activation_mean"
+    assert not any(matches(r, tag) for r in chart_tags(first)["Transitions"].values())
+    assert any(matches(r, tag) for r in chart_tags(second)["Transitions"].values())
+    with pytest.raises(TypeError, match="`splits`"):
+        add_sensitivity_layout(writer, splits={"transitions": "val"})

@@ -106,6 +106,10 @@ def test_mlflow_writes_images_histograms_and_text(loggers):
     assert len(ours) == 1 and ours[0].is_relative_to(root / "artifacts")
     np.testing.assert_array_equal(np.asarray(Image.open(ours[0]).convert("RGB")), image)
     assert any(f.name.startswith("odd tag_ with _chars_+step+8+") for f in pngs)
+    # the latest picture of each tag under a short, readable name
+    (latest,) = artifact_files(ml, "latest/stiffness")
+    assert latest.relative_to(latest.parents[2]).as_posix() == "stiffness/val_val/class_sign_matrix.png"
+    np.testing.assert_array_equal(np.asarray(Image.open(latest).convert("RGB")), image)
 
     values = np.array([0.5, 1.5, np.inf, 2.5, 2.5])
     writer.write_histogram(HIST, values, 7)
