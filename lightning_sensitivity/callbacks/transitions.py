@@ -132,6 +132,7 @@ class TransitionMonitor(SensitivityMonitor):
     def skipped_for(self, missing: set[str]) -> str:
         return f"the {', '.join(sorted(missing))} ellipses"
 
+    @override
     def layout_splits(self) -> dict[str, tuple[str, ...]]:
         return {self.quantity: (*self.splits, "test")}
 
