@@ -10,6 +10,7 @@ chunks of ``chunk_size`` examples so memory is bounded by the chunk, and every f
 from lightning_sensitivity.functional._model import predict_logits
 from lightning_sensitivity.functional.critical_length import critical_length, critical_length_bootstrap
 from lightning_sensitivity.functional.gram_statistics import gram_statistics
+from lightning_sensitivity.functional.influence import InfluenceTopK, influence_top_k, tracin_influence
 from lightning_sensitivity.functional.jacobian import jacobian_norm
 from lightning_sensitivity.functional.jacobian_estimate import jacobian_norm_estimate
 from lightning_sensitivity.functional.per_layer import per_layer_gram
@@ -52,4 +53,7 @@ __all__ = [
     "pair_means",
     "StiffnessSummary",
     "gram_statistics",
+    "tracin_influence",
+    "influence_top_k",
+    "InfluenceTopK",
 ]
