@@ -38,7 +38,9 @@ def _learning_rates(learning_rates: Sequence[float] | Tensor, num: int) -> Tenso
             raise TypeError(f"`learning_rates` expected a sequence of floats, got {describe(learning_rates)}")
         lrs = torch.tensor([float(v) for v in learning_rates], dtype=torch.float64)
     else:
-        raise TypeError(f"`learning_rates` expected a sequence of floats or a 1-D tensor, got {describe(learning_rates)}")
+        raise TypeError(
+            f"`learning_rates` expected a sequence of floats or a 1-D tensor, got {describe(learning_rates)}"
+        )
     if lrs.numel() != num:
         raise ValueError(f"`learning_rates` expected {num} values (one per Gram), got {lrs.numel()}")
     if not bool(torch.isfinite(lrs).all()) or bool((lrs < 0).any()):
@@ -93,7 +95,7 @@ def tracin_influence(grams: Sequence[Tensor] | Tensor, learning_rates: Sequence[
             raise ValueError(f"`grams` expected floating-point tensors, got dtype {g.dtype}")
     lrs = _learning_rates(learning_rates, len(items))
     out = torch.zeros(shape, dtype=torch.float64, device=items[0].device)
-    for lr, g in zip(lrs.tolist(), items):
+    for lr, g in zip(lrs.tolist(), items, strict=True):
         out.add_(g.detach().double(), alpha=lr)
     return out
 

@@ -35,7 +35,7 @@ def test_tracin_matches_explicit_per_example_gradients():
     lrs = [0.3, 0.1, 0.02]
     grams, self_grams = [], []
     expected, expected_self = torch.zeros(10, 6, dtype=torch.float64), torch.zeros(10, dtype=torch.float64)
-    for lr, state in zip(lrs, states):
+    for lr, state in zip(lrs, states, strict=True):
         model.load_state_dict(state)
         grams.append(loss_gradient_gram(model, x, y, xv, yv))
         self_grams.append(loss_gradient_gram(model, x, y).diagonal())
@@ -46,7 +46,8 @@ def test_tracin_matches_explicit_per_example_gradients():
             for j in range(6):
                 expected[i, j] += lr * float(g[i] @ gv[j])
     torch.testing.assert_close(tracin_influence(grams, lrs), expected, rtol=1e-10, atol=1e-12)
-    torch.testing.assert_close(tracin_influence(torch.stack(grams), torch.tensor(lrs, dtype=torch.float64)), expected, rtol=1e-10, atol=0)
+    stacked = tracin_influence(torch.stack(grams), torch.tensor(lrs, dtype=torch.float64))
+    torch.testing.assert_close(stacked, expected, rtol=1e-10, atol=0)
     torch.testing.assert_close(tracin_influence(self_grams, lrs), expected_self, rtol=1e-10, atol=1e-12)
 
 
@@ -58,7 +59,7 @@ def test_tracin_matches_captum_tracincp(tmp_path):
     model, states, (x, y), (xv, yv) = _checkpoints()
     lrs = [0.3, 0.1, 0.02]
     paths = []
-    for k, (lr, state) in enumerate(zip(lrs, states)):
+    for k, (lr, state) in enumerate(zip(lrs, states, strict=True)):
         path = tmp_path / f"ckpt_{k}.pt"
         torch.save({"state": state, "lr": lr}, path)
         paths.append(str(path))
