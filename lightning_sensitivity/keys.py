@@ -66,6 +66,8 @@ __all__ = [
     "GENERALIZATION_KEYS",
     "GRAM_STATS",
     "GROUPS",
+    "INFLUENCE_ARRAYS",
+    "INFLUENCE_STATS",
     "JACOBIAN",
     "QUANTITIES",
     "ROOT",
@@ -171,6 +173,9 @@ SCHEMA[TRANSITIONS] += (
     f"{_T}/{TRANSITION_RANDOM}/near_anchor_ratio",
 )
 SCHEMA[STIFFNESS] += (f"{_S}/{{group}}/same_class_critical_length",)
+# StiffnessMonitor(influence=True): TracIn checkpoint influence accumulated from the train_val Grams of a fit.
+INFLUENCE_STATS = ("self_influence_mean", "self_influence_flipped_auroc", "loss_flipped_auroc")
+SCHEMA[STIFFNESS] += tuple(f"{_S}/train_val/{stat}" for stat in INFLUENCE_STATS)
 
 #: SCHEMA templates a monitor may leave out even with every option that enables it on, and why. Every other
 #: template is logged at each measurement of a fit whose options enable it.
@@ -197,6 +202,12 @@ CONDITIONAL: dict[str, str] = {
     **{f"{_T}/{TRANSITION_RANDOM}/{stat}_mean": 'only with "random" in `splits`' for stat in TRANSITION_STATS},
     f"{_T}/{TRANSITION_RANDOM}/near_anchor_ratio": 'only with "random" in `splits`',
     f"{_S}/{{group}}/same_class_critical_length": "only with `critical_length_same_class=True` and a zero crossing",
+    f"{_S}/train_val/self_influence_mean": "only with `influence=True`, during fit, after the first optimizer step",
+    **{
+        f"{_S}/train_val/{stat}": "only with `influence=True` and `flipped_labels=` flagging some but not all "
+        "training probe examples"
+        for stat in INFLUENCE_STATS[1:]
+    },
 }
 
 #: The arrays the stiffness artifact holds for each pair group, stored as :func:`stiffness_array` ``(group, name)``.
@@ -219,6 +230,20 @@ STIFFNESS_GROUP_ARRAYS = (
 )
 #: Per-group stiffness artifact arrays written for the same-set groups only.
 STIFFNESS_SAME_SET_ARRAYS = (*GRAM_STATS, "critical_length_low", "critical_length_high")
+#: The influence arrays of ``StiffnessMonitor(influence=True)``, stored as ``train_val/<name>``.
+INFLUENCE_ARRAYS = (
+    "influence",
+    "self_influence",
+    "influence_helpful",
+    "influence_helpful_values",
+    "influence_harmful",
+    "influence_harmful_values",
+    "influence_checkpoint_epochs",
+    "influence_learning_rates",
+    "train_indices",
+    "flipped",
+    *INFLUENCE_STATS[1:],
+)
 #: The arrays (NPZ keys) of each quantity's artifact file as the monitors write them; for ``stiffness`` the names
 #: per pair group (the same-set ones only for ``train_train`` and ``val_val``).
 ARTIFACT_ARRAYS: dict[str, tuple[str, ...]] = {
@@ -232,7 +257,7 @@ ARTIFACT_ARRAYS: dict[str, tuple[str, ...]] = {
         for s in (VAL, TRAIN, "random")
         for n in (*TRANSITION_STATS, "anchor_indices", "segments")  # segments: [K, P] per-segment Hamming distances
     ),
-    STIFFNESS: STIFFNESS_GROUP_ARRAYS + STIFFNESS_SAME_SET_ARRAYS,
+    STIFFNESS: STIFFNESS_GROUP_ARRAYS + STIFFNESS_SAME_SET_ARRAYS + INFLUENCE_ARRAYS,
 }
 
 #: The default axes of ``python -m lightning_sensitivity.compare``: sensitivity keys (x) against generalization (y).

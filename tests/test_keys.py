@@ -42,7 +42,7 @@ SAMPLES = {
 CONDITIONAL_ARRAYS = {
     keys.JACOBIAN: set(keys.JACOBIAN_AUROCS) | {"train_val_ratio"},
     keys.TRANSITIONS: {n for n in keys.ARTIFACT_ARRAYS[keys.TRANSITIONS] if n.startswith("random_")},  # with "random"
-    keys.STIFFNESS: {"superclass_sign", "superclass_cosine", *keys.STIFFNESS_SAME_SET_ARRAYS},
+    keys.STIFFNESS: {"superclass_sign", "superclass_cosine", *keys.STIFFNESS_SAME_SET_ARRAYS, *keys.INFLUENCE_ARRAYS},
 }
 
 
