@@ -14,6 +14,16 @@ from lightning_sensitivity.functional.influence import InfluenceTopK, influence_
 from lightning_sensitivity.functional.jacobian import jacobian_norm
 from lightning_sensitivity.functional.jacobian_estimate import jacobian_norm_estimate
 from lightning_sensitivity.functional.per_layer import per_layer_gram
+from lightning_sensitivity.functional.sharpness import (
+    TopEigenvalue,
+    TraceEstimate,
+    gauss_newton_trace,
+    gauss_newton_trace_per_example,
+    hessian_top_eigenvalue,
+    hessian_trace,
+    hessian_vector_product,
+    hutchinson_samples,
+)
 from lightning_sensitivity.functional.stiffness import (
     Stiffness,
     class_stiffness,
@@ -56,4 +66,12 @@ __all__ = [
     "tracin_influence",
     "influence_top_k",
     "InfluenceTopK",
+    "hessian_vector_product",
+    "hessian_top_eigenvalue",
+    "hessian_trace",
+    "hutchinson_samples",
+    "gauss_newton_trace",
+    "gauss_newton_trace_per_example",
+    "TopEigenvalue",
+    "TraceEstimate",
 ]
