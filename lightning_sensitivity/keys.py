@@ -27,8 +27,10 @@ JACOBIAN = "jacobian_norm"
 TRANSITIONS = "transitions"
 #: The quantity of ``StiffnessMonitor``.
 STIFFNESS = "stiffness"
+#: The quantity of ``SharpnessMonitor``.
+SHARPNESS = "sharpness"
 #: The built-in quantities, the keys of :data:`SCHEMA`.
-QUANTITIES = (JACOBIAN, TRANSITIONS, STIFFNESS)
+QUANTITIES = (JACOBIAN, TRANSITIONS, STIFFNESS, SHARPNESS)
 
 # Probe splits and the stiffness pair groups built from them.
 TRAIN, VAL, TEST = "train", "val", "test"
@@ -39,6 +41,15 @@ STIFFNESS_KINDS = ("sign", "cosine")
 JACOBIAN_STATS = ("mean", "median", "p90")
 JACOBIAN_AUROCS = ("misclassification_auroc", "confidence_auroc", "entropy_auroc")
 TRANSITION_STATS = ("activation", "region_changes", "prediction")
+#: What ``SharpnessMonitor`` logs per probe split.
+SHARPNESS_STATS = (
+    "loss",
+    "top_eigenvalue",
+    "top_eigenvalue_residual",
+    "hessian_trace",
+    "hessian_trace_se",
+    "gauss_newton_trace",
+)
 #: Statistics of one set's gradient Gram matrix (``functional.gram_statistics``), logged for the same-set groups.
 GRAM_STATS = (
     "coherence",
@@ -72,6 +83,8 @@ __all__ = [
     "QUANTITIES",
     "ROOT",
     "SCHEMA",
+    "SHARPNESS",
+    "SHARPNESS_STATS",
     "STIFFNESS",
     "STIFFNESS_GROUP_ARRAYS",
     "STIFFNESS_SAME_SET_ARRAYS",
@@ -166,6 +179,9 @@ SCHEMA: dict[str, tuple[str, ...]] = {
     ),
 }
 
+_H = prefix(SHARPNESS)
+SCHEMA[SHARPNESS] = tuple(f"{_H}/{{split}}/{stat}" for stat in SHARPNESS_STATS)
+
 # TransitionMonitor: ellipses through shuffled (off-manifold) validation anchors, and the near-anchor density ratio.
 TRANSITION_RANDOM = "random"
 SCHEMA[TRANSITIONS] += (
@@ -202,6 +218,9 @@ CONDITIONAL: dict[str, str] = {
     **{f"{_T}/{TRANSITION_RANDOM}/{stat}_mean": 'only with "random" in `splits`' for stat in TRANSITION_STATS},
     f"{_T}/{TRANSITION_RANDOM}/near_anchor_ratio": 'only with "random" in `splits`',
     f"{_S}/{{group}}/same_class_critical_length": "only with `critical_length_same_class=True` and a zero crossing",
+    f"{_H}/{{split}}/hessian_trace": "only with `num_vectors=` > 0",
+    f"{_H}/{{split}}/hessian_trace_se": "only with `num_vectors=` > 1 (one vector has no standard error)",
+    f"{_H}/{{split}}/gauss_newton_trace": "only with `gauss_newton=True`",
     f"{_S}/train_val/self_influence_mean": "only with `influence=True`, during fit, after the first optimizer step",
     **{
         f"{_S}/train_val/{stat}": "only with `influence=True` and `flipped_labels=` flagging some but not all "
@@ -258,6 +277,11 @@ ARTIFACT_ARRAYS: dict[str, tuple[str, ...]] = {
         for n in (*TRANSITION_STATS, "anchor_indices", "segments")  # segments: [K, P] per-segment Hamming distances
     ),
     STIFFNESS: STIFFNESS_GROUP_ARRAYS + STIFFNESS_SAME_SET_ARRAYS + INFLUENCE_ARRAYS,
+    SHARPNESS: tuple(
+        split_array(s, n)
+        for s in (TRAIN, VAL)
+        for n in (*SHARPNESS_STATS, "ritz_values", "hutchinson_samples", "gauss_newton_per_example")
+    ),
 }
 
 #: The default axes of ``python -m lightning_sensitivity.compare``: sensitivity keys (x) against generalization (y).
