@@ -60,6 +60,9 @@ __all__ = [
 ]
 
 LossFn = Callable[[Tensor, Tensor], Tensor]
+#: The most per-example Jacobian entries (``examples * C * P``) :func:`gauss_newton_trace_per_example` forms at once
+#: when ``chunk_size`` does not bound them further (2**25 numbers: 128 MiB in float32).
+JACOBIAN_BUDGET = 2**25
 
 
 class TopEigenvalue(NamedTuple):
@@ -368,7 +371,10 @@ def gauss_newton_trace_per_example(
     trace (their mean is :func:`gauss_newton_trace`). Exact: the per-example Jacobian ``[C, P]`` of a chunk is formed.
 
     ``loss_fn`` is called on one example as a batch of one (``logits [1, C]``, ``targets [1, ...]``) to form
-    :math:`\nabla_z^2 \ell_i` ``[C, C]``. Memory: ``chunk_size * C * P`` numbers.
+    :math:`\nabla_z^2 \ell_i` ``[C, C]``. Memory: ``n * C * P`` numbers for chunks of ``n`` examples, ``n`` =
+    ``chunk_size`` or, when that is None or larger, as many as keep the Jacobians under :data:`JACOBIAN_BUDGET`
+    numbers (at least one example). Cost: ``C`` per-example gradients per example, far more than a Hessian-vector
+    product for wide models (``docs/performance.md``).
 
     Raises:
         TypeError / ValueError: a bad argument, naming it.
@@ -378,7 +384,12 @@ def gauss_newton_trace_per_example(
     fn = loss.loss_fn
     out = []
     with measurement_context(loss.model):
-        for done, piece in enumerate(loss.pieces):
+        with torch.no_grad():
+            num_outputs = loss.logits(loss.trainable, slice(0, 1)).shape[1]
+        budget = max(1, JACOBIAN_BUDGET // max(1, num_outputs * loss.numel))
+        size = budget if chunk_size is None else min(chunk_size, budget)
+        pieces = list(chunks(loss.n, size))
+        for done, piece in enumerate(pieces):
             kw = take(loss.kwargs, piece)
 
             def logits_one(p: dict[str, Tensor], x: Tensor, k: dict[str, Tensor]) -> Tensor:
@@ -400,7 +411,7 @@ def gauss_newton_trace_per_example(
             h = torch.func.vmap(torch.func.hessian(loss_one))(z.detach(), loss.y[piece])  # [n, C, C]
             ntk = j @ j.transpose(1, 2)
             out.append((h.double() * ntk.double()).sum(dim=(1, 2)).detach())
-            report(progress, done + 1, len(loss.pieces))
+            report(progress, done + 1, len(pieces))
     return torch.cat(out).cpu()
 
 

@@ -208,3 +208,15 @@ def test_bad_inputs_and_targets():
         hessian_trace(model, x, y[:3])
     with pytest.raises(TypeError, match="`inputs`"):
         gauss_newton_trace(model, x.tolist(), y)
+
+
+def test_gauss_newton_chunks_by_the_jacobian_budget(monkeypatch):
+    import lightning_sensitivity.functional.sharpness as sharpness
+
+    model, x, y = _setup("tanh_mlp")
+    whole = gauss_newton_trace_per_example(model, x, y)
+    seen = []
+    monkeypatch.setattr(sharpness, "JACOBIAN_BUDGET", 1)  # one example per chunk
+    per = gauss_newton_trace_per_example(model, x, y, progress=lambda done, total: seen.append(total))
+    torch.testing.assert_close(per, whole, rtol=1e-12, atol=1e-14)
+    assert seen[-1] == 7
