@@ -87,15 +87,21 @@ def test_hutchinson_samples_are_the_quadratic_forms_and_the_estimate_is_unbiased
     assert abs(est.value - float(hess.trace())) < 4 * est.standard_error
 
 
+def _ce(logits, targets):  # not `F.cross_entropy` itself: takes the general (Jacobian) path
+    return F.cross_entropy(logits, targets)
+
+
+@pytest.mark.parametrize("loss_fn", [F.cross_entropy, _ce], ids=["fisher_path", "jacobian_path"])
 @pytest.mark.parametrize("chunk_size", [None, 2])
-def test_gauss_newton_trace_matches_dense(case, chunk_size):
+def test_gauss_newton_trace_matches_dense(case, chunk_size, loss_fn):
     model, x, y, _ = case
     ggn = gauss_newton_loop(model, x, y, F.cross_entropy)
     before = state_snapshot(model)
-    per = gauss_newton_trace_per_example(model, x, y, chunk_size=chunk_size)
+    per = gauss_newton_trace_per_example(model, x, y, chunk_size=chunk_size, loss_fn=loss_fn)
     assert_unchanged(model, before)
     assert per.shape == (7,) and per.dtype == torch.float64
-    assert gauss_newton_trace(model, x, y, chunk_size=chunk_size) == pytest.approx(float(ggn.trace()), rel=1e-9)
+    got = gauss_newton_trace(model, x, y, chunk_size=chunk_size, loss_fn=loss_fn)
+    assert got == pytest.approx(float(ggn.trace()), rel=1e-9)
     assert float(per.mean()) == pytest.approx(float(ggn.trace()), rel=1e-9)
 
 
@@ -214,9 +220,9 @@ def test_gauss_newton_chunks_by_the_jacobian_budget(monkeypatch):
     import lightning_sensitivity.functional.sharpness as sharpness
 
     model, x, y = _setup("tanh_mlp")
-    whole = gauss_newton_trace_per_example(model, x, y)
+    whole = gauss_newton_trace_per_example(model, x, y, loss_fn=_ce)
     seen = []
     monkeypatch.setattr(sharpness, "JACOBIAN_BUDGET", 1)  # one example per chunk
-    per = gauss_newton_trace_per_example(model, x, y, progress=lambda done, total: seen.append(total))
+    per = gauss_newton_trace_per_example(model, x, y, loss_fn=_ce, progress=lambda done, total: seen.append(total))
     torch.testing.assert_close(per, whole, rtol=1e-12, atol=1e-14)
     assert seen[-1] == 7
