@@ -80,3 +80,17 @@ def test_explicit_measures_and_hyperparameters_and_missing_values():
 def test_bad_arguments(args, kwargs, match):
     with pytest.raises(TypeError, match=match):
         rank_measures(*args, **kwargs)
+
+
+def test_the_compare_page_shows_the_ranking(tmp_path):
+    from test_compare import write_fake_run
+
+    from lightning_sensitivity.compare import compare_runs, write_comparison
+
+    root = tmp_path / "logs"
+    for run, lr in enumerate([0.01, 0.03, 0.1, 0.3]):
+        write_fake_run(root / f"lr_{lr}" / "version_0", run, epochs=2, lr=lr)
+    page = write_comparison(root, num_bootstrap=0).read_text(encoding="utf-8")
+    assert "Which measure tracks generalization" in page
+    best = rank_measures(compare_runs(root), "generalization_gap/acc")[0]
+    assert f"<td>{best['measure']}</td>" in page and f"{best['overall']:+.3f}" in page

@@ -19,7 +19,7 @@ import numpy as np
 from lightning_sensitivity.compare.runs import HPARAMS_PREFIX, SENSITIVITY_PREFIX, Row
 from lightning_sensitivity.compare.stats import _as_float, _kendall_terms
 
-__all__ = ["rank_measures"]
+__all__ = ["rank_measures", "ranking_section"]
 
 
 def _tau(pairs: list[tuple[float, float]]) -> float:
@@ -119,3 +119,33 @@ def rank_measures(
         return (-abs(psi) if psi == psi else math.inf, -abs(overall) if overall == overall else math.inf)
 
     return sorted(out, key=order)
+
+
+def ranking_section(rows: Sequence[Row], targets: Sequence[str]) -> str:
+    """The compare page's HTML section: per target, the measures ranked by :func:`rank_measures` (empty string when
+    no run has a ``sensitivity/...`` value)."""
+    import html
+
+    def fmt(value: float) -> str:
+        return "" if value != value else f"{value:+.3f}"
+
+    parts = []
+    for target in targets:
+        ranking = rank_measures(rows, target)
+        if not ranking:
+            continue
+        hyper = list(ranking[0]["granulated"])
+        head = ["measure", "n", "overall τ", *(f"ψ {h.removeprefix(HPARAMS_PREFIX)}" for h in hyper), "Ψ"]
+        body = [[r["measure"], str(r["n"]), fmt(r["overall"]), *(fmt(r["granulated"][h]) for h in hyper),
+                 fmt(r["psi"])] for r in ranking]  # fmt: skip
+        cells = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in body)
+        header = "".join(f"<th>{html.escape(h)}</th>" for h in head)
+        parts.append(f"<h3>against {html.escape(target)}</h3><table><tr>{header}</tr>{cells}</table>")
+    if not parts:
+        return ""
+    intro = (
+        "<h2>Which measure tracks generalization (Jiang et al. 2020)</h2><p class='meta'>Kendall's τ of each "
+        "measure against the target over all runs, and granulated: ψ of a hyperparameter is the mean τ within the "
+        "groups of runs where only it changes; Ψ is the mean of the ψ. Sorted by |Ψ|.</p>"
+    )
+    return intro + "".join(parts)
