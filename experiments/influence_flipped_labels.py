@@ -157,8 +157,13 @@ def summarize(runs: list[dict]) -> dict[str, Any]:
 
 
 def _range(results: dict, name: str) -> str:
-    means = np.mean([r[name] for r in results["runs"]], axis=0)[4:]
+    means = np.mean([r[name] for r in results["runs"]], axis=0)[_start(results) :]
     return f"[{means.min():.3f}, {means.max():.3f}]"
+
+
+def _start(results: dict) -> int:
+    """The first measurement counted as "after the first epochs" (the fifth, or the last of a shorter run)."""
+    return min(4, len(results["runs"][0]["epoch"]) - 1)
 
 
 def _verdict(s: dict, when: str, label: str) -> str:
@@ -214,7 +219,7 @@ def section(results: dict) -> str:
         + _verdict(s, "mean", "averaged over all measurements")
         + " "
         + _verdict(s, "final", "at the final measurement")
-        + " From the fifth measurement on, the seed-mean self-influence AUROC stays within "
+        + f" From measurement {_start(results) + 1} on, the seed-mean self-influence AUROC stays within "
         f"{_range(results, 'self_influence_auroc')} while the loss "
         f"baseline's moves within {_range(results, 'loss_auroc')}: it dips while the net memorises the wrong labels. "
         "(The "
