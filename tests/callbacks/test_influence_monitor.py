@@ -181,3 +181,13 @@ def test_flipped_labels_forms():
     for given in ([4, 1, 1], {1, 4}, torch.tensor([1, 4]), mask):
         monitor = StiffnessMonitor(influence=True, flipped_labels=given)
         assert monitor.flipped_labels.tolist() == [1, 4]
+
+
+@pytest.mark.slow
+def test_validate_after_fit_adds_nothing_to_the_influence(fit):
+    monitor, trainer = fit["monitor"], fit["trainer"]
+    before = monitor._influence.clone()
+    trainer.validate(trainer.lightning_module, datamodule=FlippedData(), verbose=False)
+    assert torch.equal(monitor._influence, before)
+    validated = load_artifacts(fit["log_dir"], f"{keys.STIFFNESS}.validate")
+    assert validated and all("train_val/influence" not in a.arrays for a in validated)
