@@ -35,6 +35,7 @@ from lightning_sensitivity.functional._model import (
     check_logits,
     check_progress,
     chunks,
+    has_sharded_parameters,
     match_model,
     measurement_context,
     prepare_inputs,
@@ -112,6 +113,14 @@ class _MeanLoss:
         check_chunk_size(chunk_size)
         self.loss_fn = check_loss_fn(loss_fn)
         self.model, self.f, params, self.buffers = pure_model(model)
+        if has_sharded_parameters(self.model):
+            # The sharded model is called as it is (its wrappers gather the shards), so swapped-in parameters would
+            # not reach it and every derivative would silently be zero.
+            raise ValueError(
+                "the model expected to hold its parameters unsharded (sharpness differentiates through "
+                "`functional_call`), got a model with sharded parameters (FSDP / DTensor); measure it in a run with "
+                "`strategy='ddp'` or on a single device"
+            )
         self.trainable, self.frozen = split_trainable(params, self.model)
         self.x = match_model(prepare_inputs(inputs, allow_integer=True), params)
         self.y = match_model(prepare_targets(targets, self.x.shape[0]), params)
