@@ -20,15 +20,24 @@ _LAZY = {
     "JacobianNormMonitor": "lightning_sensitivity.callbacks",
     "TransitionMonitor": "lightning_sensitivity.callbacks",
     "StiffnessMonitor": "lightning_sensitivity.callbacks",
+    "SharpnessMonitor": "lightning_sensitivity.callbacks",
     "SensitivityMonitor": "lightning_sensitivity.callbacks",
 }
 
-__all__ = ["JacobianNormMonitor", "TransitionMonitor", "StiffnessMonitor", "SensitivityMonitor", "__version__"]
+__all__ = [
+    "JacobianNormMonitor",
+    "TransitionMonitor",
+    "StiffnessMonitor",
+    "SharpnessMonitor",
+    "SensitivityMonitor",
+    "__version__",
+]
 
 if TYPE_CHECKING:  # pragma: no cover
     from lightning_sensitivity.callbacks import (  # noqa: F401
         JacobianNormMonitor,
         SensitivityMonitor,
+        SharpnessMonitor,
         StiffnessMonitor,
         TransitionMonitor,
     )

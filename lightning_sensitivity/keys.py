@@ -27,8 +27,10 @@ JACOBIAN = "jacobian_norm"
 TRANSITIONS = "transitions"
 #: The quantity of ``StiffnessMonitor``.
 STIFFNESS = "stiffness"
+#: The quantity of ``SharpnessMonitor``.
+SHARPNESS = "sharpness"
 #: The built-in quantities, the keys of :data:`SCHEMA`.
-QUANTITIES = (JACOBIAN, TRANSITIONS, STIFFNESS)
+QUANTITIES = (JACOBIAN, TRANSITIONS, STIFFNESS, SHARPNESS)
 
 # Probe splits and the stiffness pair groups built from them.
 TRAIN, VAL, TEST = "train", "val", "test"
@@ -39,6 +41,15 @@ STIFFNESS_KINDS = ("sign", "cosine")
 JACOBIAN_STATS = ("mean", "median", "p90")
 JACOBIAN_AUROCS = ("misclassification_auroc", "confidence_auroc", "entropy_auroc")
 TRANSITION_STATS = ("activation", "region_changes", "prediction")
+#: What ``SharpnessMonitor`` logs per probe split.
+SHARPNESS_STATS = (
+    "loss",
+    "top_eigenvalue",
+    "top_eigenvalue_residual",
+    "hessian_trace",
+    "hessian_trace_se",
+    "gauss_newton_trace",
+)
 #: Statistics of one set's gradient Gram matrix (``functional.gram_statistics``), logged for the same-set groups.
 GRAM_STATS = (
     "coherence",
@@ -66,11 +77,15 @@ __all__ = [
     "GENERALIZATION_KEYS",
     "GRAM_STATS",
     "GROUPS",
+    "INFLUENCE_ARRAYS",
+    "INFLUENCE_STATS",
     "JACOBIAN",
     "NONFINITE",
     "QUANTITIES",
     "ROOT",
     "SCHEMA",
+    "SHARPNESS",
+    "SHARPNESS_STATS",
     "STIFFNESS",
     "STIFFNESS_GROUP_ARRAYS",
     "STIFFNESS_SAME_SET_ARRAYS",
@@ -172,6 +187,9 @@ SCHEMA: dict[str, tuple[str, ...]] = {
     ),
 }
 
+_H = prefix(SHARPNESS)
+SCHEMA[SHARPNESS] = tuple(f"{_H}/{{split}}/{stat}" for stat in SHARPNESS_STATS)
+
 # TransitionMonitor: ellipses through shuffled (off-manifold) validation anchors, and the near-anchor density ratio.
 TRANSITION_RANDOM = "random"
 SCHEMA[TRANSITIONS] += (
@@ -184,6 +202,9 @@ SCHEMA[STIFFNESS] += (f"{_S}/{{group}}/same_class_critical_length",)
 NONFINITE = "nonfinite"
 for _quantity in QUANTITIES:
     SCHEMA[_quantity] += (f"{prefix(_quantity)}/{{split}}/{NONFINITE}",)
+# StiffnessMonitor(influence=True): TracIn checkpoint influence accumulated from the train_val Grams of a fit.
+INFLUENCE_STATS = ("self_influence_mean", "self_influence_flipped_auroc", "loss_flipped_auroc")
+SCHEMA[STIFFNESS] += tuple(f"{_S}/train_val/{stat}" for stat in INFLUENCE_STATS)
 
 #: SCHEMA templates a monitor may leave out even with every option that enables it on, and why. Every other
 #: template is logged at each measurement of a fit whose options enable it.
@@ -218,6 +239,15 @@ CONDITIONAL: dict[str, str] = {
         "outputs (they are left out of the measurement)"
         for q in QUANTITIES
     },
+    f"{_H}/{{split}}/hessian_trace": "only with `num_vectors=` > 0",
+    f"{_H}/{{split}}/hessian_trace_se": "only with `num_vectors=` > 1 (one vector has no standard error)",
+    f"{_H}/{{split}}/gauss_newton_trace": "only with `gauss_newton=True`",
+    f"{_S}/train_val/self_influence_mean": "only with `influence=True`, during fit, after the first optimizer step",
+    **{
+        f"{_S}/train_val/{stat}": "only with `influence=True` and `flipped_labels=` flagging some but not all "
+        "training probe examples"
+        for stat in INFLUENCE_STATS[1:]
+    },
 }
 
 #: The arrays the stiffness artifact holds for each pair group, stored as :func:`stiffness_array` ``(group, name)``.
@@ -240,6 +270,20 @@ STIFFNESS_GROUP_ARRAYS = (
 )
 #: Per-group stiffness artifact arrays written for the same-set groups only.
 STIFFNESS_SAME_SET_ARRAYS = (*GRAM_STATS, "critical_length_low", "critical_length_high")
+#: The influence arrays of ``StiffnessMonitor(influence=True)``, stored as ``train_val/<name>``.
+INFLUENCE_ARRAYS = (
+    "influence",
+    "self_influence",
+    "influence_helpful",
+    "influence_helpful_values",
+    "influence_harmful",
+    "influence_harmful_values",
+    "influence_checkpoint_epochs",
+    "influence_learning_rates",
+    "train_indices",
+    "flipped",
+    *INFLUENCE_STATS[1:],
+)
 #: The arrays (NPZ keys) of each quantity's artifact file as the monitors write them; for ``stiffness`` the names
 #: per pair group (the same-set ones only for ``train_train`` and ``val_val``).
 ARTIFACT_ARRAYS: dict[str, tuple[str, ...]] = {
@@ -253,7 +297,12 @@ ARTIFACT_ARRAYS: dict[str, tuple[str, ...]] = {
         for s in (VAL, TRAIN, "random")
         for n in (*TRANSITION_STATS, "anchor_indices", "segments")  # segments: [K, P] per-segment Hamming distances
     ),
-    STIFFNESS: STIFFNESS_GROUP_ARRAYS + STIFFNESS_SAME_SET_ARRAYS,
+    STIFFNESS: STIFFNESS_GROUP_ARRAYS + STIFFNESS_SAME_SET_ARRAYS + INFLUENCE_ARRAYS,
+    SHARPNESS: tuple(
+        split_array(s, n)
+        for s in (TRAIN, VAL)
+        for n in (*SHARPNESS_STATS, "ritz_values", "hutchinson_samples", "gauss_newton_per_example")
+    ),
 }
 
 #: The default axes of ``python -m lightning_sensitivity.compare``: sensitivity keys (x) against generalization (y).

@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 from callbacks._tiny import TinyData, TinyModule, make_trainer, read_events, small_monitors
 
-from lightning_sensitivity import JacobianNormMonitor, StiffnessMonitor, TransitionMonitor, keys
+from lightning_sensitivity import JacobianNormMonitor, SharpnessMonitor, StiffnessMonitor, TransitionMonitor, keys
 from lightning_sensitivity.logging import load_artifacts
 
 README = Path(__file__).resolve().parents[1] / "README.md"
@@ -42,7 +42,8 @@ SAMPLES = {
 CONDITIONAL_ARRAYS = {
     keys.JACOBIAN: set(keys.JACOBIAN_AUROCS) | {"train_val_ratio"},
     keys.TRANSITIONS: {n for n in keys.ARTIFACT_ARRAYS[keys.TRANSITIONS] if n.startswith("random_")},  # with "random"
-    keys.STIFFNESS: {"superclass_sign", "superclass_cosine", *keys.STIFFNESS_SAME_SET_ARRAYS},
+    keys.SHARPNESS: set(),
+    keys.STIFFNESS: {"superclass_sign", "superclass_cosine", *keys.STIFFNESS_SAME_SET_ARRAYS, *keys.INFLUENCE_ARRAYS},
 }
 
 
@@ -150,7 +151,8 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     tmp = tmp_path_factory.mktemp("keys")
     jacobian, _, stiffness = small_monitors()
     transitions = TransitionMonitor(num_trajectories=4, num_points=24, num_samples=40, splits=("val", "train"))
-    monitors = [jacobian, transitions, stiffness]
+    sharpness = SharpnessMonitor(splits=("train", "val"), num_samples=24, num_iterations=4, num_vectors=2)
+    monitors = [jacobian, transitions, stiffness, sharpness]
     pl.seed_everything(0, verbose=False)
     module, data = TinyModule(), TinyData()
     trainer = make_trainer(tmp, monitors)
@@ -169,7 +171,12 @@ def logged(found: set[str], quantity: str) -> set[str]:
 @pytest.mark.slow
 @pytest.mark.parametrize(
     ("cls", "quantity"),
-    [(JacobianNormMonitor, keys.JACOBIAN), (TransitionMonitor, keys.TRANSITIONS), (StiffnessMonitor, keys.STIFFNESS)],
+    [
+        (JacobianNormMonitor, keys.JACOBIAN),
+        (TransitionMonitor, keys.TRANSITIONS),
+        (StiffnessMonitor, keys.STIFFNESS),
+        (SharpnessMonitor, keys.SHARPNESS),
+    ],
 )
 def test_monitor_logs_exactly_the_schema(run, cls, quantity):
     assert cls.quantity == quantity

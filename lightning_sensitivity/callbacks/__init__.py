@@ -13,6 +13,7 @@ from lightning_sensitivity.callbacks.base import (  # noqa: F401 (the type alias
 )
 from lightning_sensitivity.callbacks.jacobian import JacobianNormMonitor
 from lightning_sensitivity.callbacks.progress import ProgressFactory  # noqa: F401
+from lightning_sensitivity.callbacks.sharpness import SharpnessMonitor
 from lightning_sensitivity.callbacks.stiffness import StiffnessMonitor
 from lightning_sensitivity.callbacks.transitions import TransitionMonitor
 
@@ -20,6 +21,7 @@ __all__ = [
     "JacobianNormMonitor",
     "TransitionMonitor",
     "StiffnessMonitor",
+    "SharpnessMonitor",
     "SensitivityMonitor",
     "SensitivityWarning",
     "Measurement",

@@ -22,6 +22,7 @@ from lightning_sensitivity._checks import (
     describe,
 )
 from lightning_sensitivity.callbacks._gram import joint_stiffness
+from lightning_sensitivity.callbacks._influence import InfluenceMixin
 from lightning_sensitivity.callbacks.base import Measurement, ProbeSplits, SensitivityMonitor
 from lightning_sensitivity.callbacks.progress import ProgressFactory
 from lightning_sensitivity.functional import (
@@ -43,7 +44,7 @@ from lightning_sensitivity.probes import ProbeSet, is_class_targets
 PREFIX = keys.prefix(keys.STIFFNESS)
 
 
-class StiffnessMonitor(SensitivityMonitor):
+class StiffnessMonitor(InfluenceMixin, SensitivityMonitor):
     """Log gradient stiffness between probe examples: do gradient steps on one example help or hurt another?
 
     For per-example loss gradients ``g_i`` (all trainable parameters, eval mode), sign stiffness is
@@ -89,6 +90,19 @@ class StiffnessMonitor(SensitivityMonitor):
         critical_length_same_class: also log ``{g}/same_class_critical_length``, the critical length of the
             same-class pairs only (Fort et al. read the length scale within a class), with its bootstrap interval
             when ``critical_length_bootstrap`` is on.
+        influence: accumulate the ``train_val`` Gram of every ``fit`` measurement, weighted by the learning rate,
+            into TracIn checkpoint influence (Pruthi et al. 2020; no extra pass): per val probe example the
+            ``influence_top_k`` most helpful and most harmful training probe examples (artifact arrays
+            ``train_val/influence_helpful``, ``..._harmful``, indices into the training probe set, whose dataset
+            positions are ``train_val/train_indices``; image ``sensitivity/stiffness/train_val/influence_examples``
+            for image inputs), the self-influence of each training probe example (histogram
+            ``sensitivity/stiffness/train_val/self_influence``) and the full influence matrix. Needs ``"train_val"``
+            in ``groups``. See :mod:`lightning_sensitivity.callbacks._influence` for the learning-rate weights.
+        influence_top_k: how many helpful and harmful training examples per val example.
+        flipped_labels: positions in the training data (dataset indices, or rows of ``train_data``) whose labels
+            are known to be wrong; then the AUROC of self-influence (and of the loss, the baseline) for finding them
+            among the training probe examples is logged (``train_val/self_influence_flipped_auroc``,
+            ``train_val/loss_flipped_auroc``). Needs ``influence=True``.
         **kwargs: the common arguments of :class:`SensitivityMonitor`.
 
     Raises:
@@ -122,6 +136,9 @@ class StiffnessMonitor(SensitivityMonitor):
         per_layer: bool = False,
         layer_groups: Mapping[str, Sequence[str]] | None = None,
         critical_length_same_class: bool = False,
+        influence: bool = False,
+        influence_top_k: int = 5,
+        flipped_labels: Sequence[int] | Tensor | None = None,
         **kwargs: Any,
     ) -> None:
         self.loss_fn = check_loss_fn(loss_fn)
@@ -169,6 +186,7 @@ class StiffnessMonitor(SensitivityMonitor):
         self.groups = tuple(groups)
         # Which Gram engine served the model (functional ``gram_engine_plan``), once it has been measured.
         self._gram_engine: str | None = None
+        self.init_influence(influence, influence_top_k, flipped_labels, self.groups)
         super().__init__(**kwargs)
 
     @override
@@ -223,6 +241,7 @@ class StiffnessMonitor(SensitivityMonitor):
             "class_groups": self.class_groups,
             "group_names": self.group_names,
             "gram_engine": self._gram_engine,
+            **self.influence_config(),
         }
 
     def _say_engine(self, model: nn.Module) -> None:
@@ -351,6 +370,8 @@ class StiffnessMonitor(SensitivityMonitor):
             self._figures(result, group, arrays, names, epoch)
             if layers:
                 self._layers(result, group, layers, targets[rows], None if same else targets[cols], rows, cols, epoch)
+            if group == "train_val":
+                self.add_influence(result, joint.gram, rows, cols, probes[TRAIN], probes[VAL], model, epoch)
         return result
 
     @override

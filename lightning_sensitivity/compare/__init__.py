@@ -37,6 +37,7 @@ Example::
 # ruff: noqa: F401 -- the package re-exports its modules' public names (and `_short_labels` for the tests)
 from lightning_sensitivity.compare.cli import main
 from lightning_sensitivity.compare.page import DEFAULT_OUT, _short_labels, write_comparison
+from lightning_sensitivity.compare.ranking import rank_measures
 from lightning_sensitivity.compare.runs import (
     DEFAULT_X,
     DEFAULT_Y,
@@ -50,4 +51,4 @@ from lightning_sensitivity.compare.runs import (
 )
 from lightning_sensitivity.compare.stats import correlations
 
-__all__ = ["compare_runs", "correlations", "find_event_runs", "main", "write_comparison"]
+__all__ = ["compare_runs", "correlations", "find_event_runs", "main", "rank_measures", "write_comparison"]

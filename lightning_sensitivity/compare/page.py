@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from lightning_sensitivity.compare.ranking import ranking_section
 from lightning_sensitivity.compare.runs import (
     DEFAULT_X,
     DEFAULT_Y,
@@ -186,7 +187,9 @@ def _write(root: Path, out_dir: str | Path | None, rows: list[Row], x: list[str]
             _scatter(rows, x_key, y_key, stats, out / filename)
             results.append((stats, filename))
     page = out / "compare.html"
-    page.write_text(_page(root, rows, results, epoch, missing), encoding="utf-8")
+    text = _page(root, rows, results, epoch, missing)
+    text = text.replace("</body></html>", ranking_section(rows, y) + "</body></html>")  # Jiang et al.'s ranking
+    page.write_text(text, encoding="utf-8")
     return page
 
 

@@ -13,9 +13,20 @@ from lightning_sensitivity.functional._model import measurement_options, predict
 from lightning_sensitivity.functional.critical_length import critical_length, critical_length_bootstrap
 from lightning_sensitivity.functional.gram.plan import GramPlan, gram_engine_plan
 from lightning_sensitivity.functional.gram_statistics import gram_statistics
+from lightning_sensitivity.functional.influence import InfluenceTopK, influence_top_k, tracin_influence
 from lightning_sensitivity.functional.jacobian import jacobian_norm
 from lightning_sensitivity.functional.jacobian_estimate import jacobian_norm_estimate
 from lightning_sensitivity.functional.per_layer import per_layer_gram
+from lightning_sensitivity.functional.sharpness import (
+    TopEigenvalue,
+    TraceEstimate,
+    gauss_newton_trace,
+    gauss_newton_trace_per_example,
+    hessian_top_eigenvalue,
+    hessian_trace,
+    hessian_vector_product,
+    hutchinson_samples,
+)
 from lightning_sensitivity.functional.stiffness import (
     Stiffness,
     class_stiffness,
@@ -58,4 +69,15 @@ __all__ = [
     "gram_statistics",
     "gram_engine_plan",
     "GramPlan",
+    "tracin_influence",
+    "influence_top_k",
+    "InfluenceTopK",
+    "hessian_vector_product",
+    "hessian_top_eigenvalue",
+    "hessian_trace",
+    "hutchinson_samples",
+    "gauss_newton_trace",
+    "gauss_newton_trace_per_example",
+    "TopEigenvalue",
+    "TraceEstimate",
 ]

@@ -24,6 +24,16 @@ are built in :mod:`lightning_sensitivity.keys` (``ARTIFACT_ARRAYS``, ``split_arr
     ``[B]``, scalars ``sign_mean``, ``cosine_mean``, ``same_class_sign``, ``different_class_sign``,
     ``same_class_cosine``, ``different_class_cosine``, ``critical_length``. ``meta``: ``class_names``, ``groups``,
     ``group_names`` (super-class names).
+    With ``influence=True`` (fit only, from the first measurement after an optimizer step): ``train_val/influence``
+    ``[N_train, N_val]`` TracIn influence so far, ``train_val/self_influence`` ``[N_train]``,
+    ``train_val/influence_helpful`` / ``..._harmful`` ``[N_val, k]`` training-probe row indices with
+    ``..._values``, ``train_val/influence_checkpoint_epochs`` / ``..._learning_rates`` ``[T]``,
+    ``train_val/train_indices`` ``[N_train]`` dataset positions; with ``flipped_labels``: ``train_val/flipped``
+    ``[N_train]`` bool and the scalars ``self_influence_flipped_auroc``, ``loss_flipped_auroc``.
+``sharpness``
+    per split ``s`` in ``meta["splits"]``: scalars ``{s}_loss``, ``{s}_top_eigenvalue``,
+    ``{s}_top_eigenvalue_residual``, ``{s}_hessian_trace``, ``{s}_hessian_trace_se``, ``{s}_gauss_newton_trace``;
+    ``{s}_ritz_values`` ``[k]``, ``{s}_hutchinson_samples`` ``[K]``, ``{s}_gauss_newton_per_example`` ``[N]``.
 
 Example::
 

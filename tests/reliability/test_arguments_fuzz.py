@@ -18,10 +18,10 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from lightning_sensitivity import JacobianNormMonitor, StiffnessMonitor, TransitionMonitor
+from lightning_sensitivity import JacobianNormMonitor, SharpnessMonitor, StiffnessMonitor, TransitionMonitor
 from reliability._helpers import report_figure
 
-MONITORS = (JacobianNormMonitor, TransitionMonitor, StiffnessMonitor)
+MONITORS = (JacobianNormMonitor, TransitionMonitor, StiffnessMonitor, SharpnessMonitor)
 GROUPS = ("train_train", "train_val", "val_val")
 TRIED: dict[str, int] = {"invalid": 0, "valid": 0}
 
@@ -130,6 +130,22 @@ SPECIFIC: dict[type, dict[str, Callable[[Any], bool]]] = {
         "group_names": lambda v: v is None,  # alone, without class_groups, only None is consistent
         "num_distance_bins": lambda v: is_int(v) and v >= 1,
         "distance": lambda v: isinstance(v, str) and v in ("cosine", "euclidean"),
+        "influence": lambda v: isinstance(v, bool),
+        "influence_top_k": lambda v: is_int(v) and v >= 1,
+        "flipped_labels": lambda v: v is None,  # alone, without influence=True, only None is consistent
+    },
+    SharpnessMonitor: {
+        "loss_fn": lambda v: callable(v) and not isinstance(v, type),
+        "splits": lambda v: (
+            is_seq(v)
+            and 0 < len(v)
+            and all(isinstance(g, str) and g in ("train", "val") for g in v)
+            and len(v) == len(set(v))
+        ),
+        "num_iterations": lambda v: is_int(v) and v >= 1,
+        "tol": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0,
+        "num_vectors": lambda v: is_int(v) and v >= 0,
+        "gauss_newton": lambda v: isinstance(v, bool),
     },
 }
 CASES = [(cls, name, rule) for cls in MONITORS for name, rule in {**COMMON, **SPECIFIC[cls]}.items()]
