@@ -112,6 +112,29 @@ def test_derived_parameters_and_matmuls_take_the_layerwise_path(factory, shape):
     _close(sum(blocks.values()), gram_loop(model, x, y))
 
 
+class UsedTwice(nn.Module):
+    """``lin.weight`` and ``g`` each used directly AND inside a derived weight: every term explicit, then summed."""
+
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(4, 5)
+        self.g = nn.Parameter(torch.randn(5))
+        self.head = nn.Linear(5, CLASSES)
+
+    def forward(self, x):
+        h = self.lin(x) + F.linear(x, self.lin.weight * self.g[:, None])
+        return self.head(torch.tanh(h * self.g))
+
+
+def test_a_parameter_used_directly_and_through_a_derived_tensor():
+    torch.manual_seed(8)
+    model = UsedTwice().double()
+    x, y = torch.randn(6, 4, dtype=torch.float64), _labels(6)
+    _close(loss_gradient_gram(model, x, y, x[:2], y[:2], method="layerwise", chunk_size=4),
+           gram_loop(model, x, y, x[:2], y[:2]))  # fmt: skip
+    _close(sum(per_layer_gram(model, x, y, method="layerwise").values()), gram_loop(model, x, y))
+
+
 class Einsum(nn.Module):
     """``w`` is used by an op the capture does not know (einsum); ``lin.weight`` by a linear layer AND by einsum."""
 
