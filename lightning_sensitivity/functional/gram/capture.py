@@ -178,13 +178,31 @@ def layer_features(
     for name, grads in derived.items():
         d = capture.derived[name]
         sources = sorted(d.sources - explicit.keys())
-        pulled = _pull_back(d.tensor, [capture.leaves[s] for s in sources], grads.reshape(n, *d.tensor.shape))
+        grads = grads.reshape(n, *d.tensor.shape)
+        if d.weight_norm is not None:  # closed form: no batched vector-Jacobian product through the norm
+            both = _weight_norm_pull_back(d.weight_norm, grads)
+            pulled = [both[s] for s in sources]
+        else:
+            pulled = _pull_back(d.tensor, [capture.leaves[s] for s in sources], grads)
         for source, g in zip(sources, pulled, strict=True):
             flat[source] = flat[source] + g if source in flat else g
     if explicit:
         names = sorted(k for k in explicit if k in trainable)
         flat.update(subset_gradients(model, trainable, frozen, buffers, x, y, loss_fn, model_kwargs or {}, names))
     return Features({k: flat[k] for k in sorted(flat)}, kron)  # a fixed order, so that row and column chunks line up
+
+
+def _weight_norm_pull_back(args: tuple, grads: Tensor) -> dict[str, Tensor]:
+    """``{v: [n, k], g: [n, k']}`` from per-example gradients ``grads`` of ``W = g v / |v|`` (the norm over every
+    dimension but ``dim``): ``dL/dg = c``, ``dL/dv = (g / |v|) (G - c v / |v|)`` with ``c = G . v / |v|``."""
+    v_name, g_name, v, g, dim = args
+    v, g = v.detach(), g.detach()
+    dims = tuple(range(v.dim())) if dim == -1 else tuple(d for d in range(v.dim()) if d != dim % v.dim())
+    norm = v.norm(dim=dims, keepdim=True)
+    unit = v / norm
+    c = (grads * unit).sum(dim=tuple(d + 1 for d in dims), keepdim=True)
+    n = grads.shape[0]
+    return {v_name: ((g / norm) * (grads - c * unit)).reshape(n, -1), g_name: c.reshape(n, -1)}
 
 
 def _pull_back(out: Tensor, leaves: list[Tensor], grads: Tensor) -> list[Tensor]:
