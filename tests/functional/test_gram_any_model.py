@@ -79,11 +79,12 @@ class Conv1DLike(nn.Module):
         return self.head(torch.tanh(h).mean(dim=1))
 
 
-def _parametrized(kind):
+def _parametrized(kind, **options):
     param = torch.nn.utils.parametrizations
     wrap = param.weight_norm if kind == "weight_norm" else param.spectral_norm
     torch.manual_seed(3)
-    model = nn.Sequential(wrap(nn.Linear(6, 8)), nn.Tanh(), wrap(nn.Conv1d(1, 2, 3)), nn.Flatten(), nn.Linear(12, 3))
+    model = nn.Sequential(wrap(nn.Linear(6, 8), **options), nn.Tanh(), wrap(nn.Conv1d(1, 2, 3), **options),
+                          nn.Flatten(), nn.Linear(12, 3))  # fmt: skip
     return nn.Sequential(model[:2], nn.Unflatten(1, (1, 8)), *model[2:])
 
 
@@ -95,9 +96,12 @@ def _parametrized(kind):
         (MergedLoRA, (6,)),
         (Conv1DLike, (4, 5)),
         (lambda: _parametrized("weight_norm"), (6,)),
+        (lambda: _parametrized("weight_norm", dim=None), (6,)),
+        (lambda: _parametrized("weight_norm", dim=1), (6,)),
         (lambda: _parametrized("spectral_norm"), (6,)),
     ],
-    ids=["layer-scale", "lora", "merged-lora", "conv1d-addmm", "weight-norm", "spectral-norm"],
+    ids=["layer-scale", "lora", "merged-lora", "conv1d-addmm", "weight-norm", "weight-norm-whole", "weight-norm-dim1",
+         "spectral-norm"],  # fmt: skip
 )
 def test_derived_parameters_and_matmuls_take_the_layerwise_path(factory, shape):
     torch.manual_seed(0)

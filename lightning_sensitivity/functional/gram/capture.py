@@ -198,7 +198,7 @@ def _weight_norm_pull_back(args: tuple, grads: Tensor) -> dict[str, Tensor]:
     v_name, g_name, v, g, dim = args
     v, g = v.detach(), g.detach()
     dims = tuple(range(v.dim())) if dim == -1 else tuple(d for d in range(v.dim()) if d != dim % v.dim())
-    norm = v.norm(dim=dims, keepdim=True)
+    norm = v.pow(2).sum(dim=dims, keepdim=True).sqrt()
     unit = v / norm
     c = (grads * unit).sum(dim=tuple(d + 1 for d in dims), keepdim=True)
     n = grads.shape[0]

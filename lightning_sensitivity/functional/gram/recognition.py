@@ -456,10 +456,8 @@ class Capture(TorchFunctionMode):
 def _weight_norm(v: Tensor, g: Tensor, dim: int = 0) -> Tensor:
     """``torch._weight_norm`` from ops with batching rules: ``v * g / |v|``, the norm over every dimension but
     ``dim`` (all of them for ``dim=-1``)."""
-    if dim == -1:
-        return v * (g / v.norm())
-    dims = tuple(d for d in range(v.dim()) if d != dim % v.dim())
-    return v * (g / v.norm(dim=dims, keepdim=True))
+    dims = tuple(range(v.dim())) if dim == -1 else tuple(d for d in range(v.dim()) if d != dim % v.dim())
+    return v * (g / v.pow(2).sum(dim=dims, keepdim=True).sqrt())
 
 
 def _moved_layout(func, args, kwargs, layout, e: Tensor, out: Tensor) -> tuple | None:
