@@ -194,15 +194,23 @@ def layer_features(
 
 def _weight_norm_pull_back(args: tuple, grads: Tensor) -> dict[str, Tensor]:
     """``{v: [n, k], g: [n, k']}`` from per-example gradients ``grads`` of ``W = g v / |v|`` (the norm over every
-    dimension but ``dim``): ``dL/dg = c``, ``dL/dv = (g / |v|) (G - c v / |v|)`` with ``c = G . v / |v|``."""
+    dimension but ``dim``): ``dL/dg = c``, ``dL/dv = (g / |v|) (G - c v / |v|)`` with ``c = G . v / |v|``.
+    ``grads`` (this engine's own buffer) is overwritten: the pull-back is memory-bound."""
     v_name, g_name, v, g, dim = args
-    v, g = v.detach(), g.detach()
-    dims = tuple(range(v.dim())) if dim == -1 else tuple(d for d in range(v.dim()) if d != dim % v.dim())
-    norm = v.pow(2).sum(dim=dims, keepdim=True).sqrt()
-    unit = v / norm
-    c = (grads * unit).sum(dim=tuple(d + 1 for d in dims), keepdim=True)
-    n = grads.shape[0]
-    return {v_name: ((g / norm) * (grads - c * unit)).reshape(n, -1), g_name: c.reshape(n, -1)}
+    v, g, n = v.detach(), g.detach(), grads.shape[0]
+    if dim == -1:
+        rows, moved = v.reshape(1, -1), grads.reshape(n, 1, -1)
+    else:
+        dim %= v.dim()
+        rows = v.movedim(dim, 0).reshape(v.shape[dim], -1)
+        moved = grads.movedim(dim + 1, 1).reshape(n, v.shape[dim], -1)
+    norm = rows.pow(2).sum(dim=1, keepdim=True).sqrt()
+    unit = rows / norm
+    c = torch.einsum("nqk,qk->nq", moved, unit)
+    grad_v = moved.addcmul_(c.unsqueeze(2), unit, value=-1).mul_(g.reshape(-1, 1) / norm)
+    if dim not in (-1, 0):
+        grad_v = grad_v.reshape(n, *v.movedim(dim, 0).shape).movedim(1, dim + 1)
+    return {v_name: grad_v.reshape(n, -1), g_name: c.reshape(n, -1)}
 
 
 def _pull_back(out: Tensor, leaves: list[Tensor], grads: Tensor) -> list[Tensor]:
