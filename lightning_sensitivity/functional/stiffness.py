@@ -61,9 +61,13 @@ def loss_gradient_gram(
             cheaper of that identity summed over positions and ``unfold`` gradients), never materialising
             full per-example gradients; it recognises ``F.linear``, ``F.conv1d``/``F.conv2d``, eval-mode
             ``F.batch_norm``, ``F.layer_norm`` and ``F.group_norm`` (so ``nn.Linear``, ``nn.Conv1d``/``2d``,
-            the norm layers) and checks itself against explicit gradients of two examples. ``"per_example"``
-            materialises per-example gradients with ``vmap(grad)`` and works for any model. ``"auto"``
-            (default) uses ``"layerwise"`` and falls back to ``"per_example"`` for models it does not cover.
+            the norm layers, ``x @ W``, embeddings, attention, tensors derived from parameters alone) and checks
+            itself against explicit gradients of two examples; a parameter it does not recognise gets explicit
+            per-example gradients of its own. ``"per_example"`` materialises per-example gradients with
+            ``vmap(grad)``, else a per-example autograd loop, and works for any model torch can differentiate.
+            ``"auto"`` (default) uses ``"layerwise"`` and falls back to ``"per_example"`` for models whose batched
+            pass cannot be used (examples mixed, batch statistics), remembered per model structure; which engine
+            ran is ``gram_engine_plan(model)``.
             A model sharded by FSDP2 (``fully_shard``) is run as it is, every process in step, and only
             ``"layerwise"`` applies: it names the whole parameters FSDP gathers for each forward; FSDP1's flat
             parameters are refused.

@@ -246,7 +246,8 @@ def test_every_monitor_computes_the_single_process_values_from_shards(world_size
 
 
 class Unrecognised(nn.Module):
-    """A parameter used by ``x @ W.T``: outside the layerwise engine, so the shared Gram takes the two-set rows."""
+    """Its input mixes the examples of a batch (``x - x.mean(0)``): the layerwise check fails, so the shared Gram
+    takes the two-set rows (per-example gradients, batches of one)."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -255,7 +256,7 @@ class Unrecognised(nn.Module):
         self.head = nn.Linear(8, 3)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.head(torch.tanh(x @ self.w.T))
+        return self.head(torch.tanh((x - x.mean(dim=0, keepdim=True)) @ self.w.T))
 
 
 def test_a_model_outside_the_layerwise_engine_falls_back_on_every_rank_alike():

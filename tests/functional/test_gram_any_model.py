@@ -79,11 +79,12 @@ class Conv1DLike(nn.Module):
         return self.head(torch.tanh(h).mean(dim=1))
 
 
-def _parametrized(kind):
+def _parametrized(kind, **options):
     param = torch.nn.utils.parametrizations
     wrap = param.weight_norm if kind == "weight_norm" else param.spectral_norm
     torch.manual_seed(3)
-    model = nn.Sequential(wrap(nn.Linear(6, 8)), nn.Tanh(), wrap(nn.Conv1d(1, 2, 3)), nn.Flatten(), nn.Linear(12, 3))
+    model = nn.Sequential(wrap(nn.Linear(6, 8), **options), nn.Tanh(), wrap(nn.Conv1d(1, 2, 3), **options),
+                          nn.Flatten(), nn.Linear(12, 3))  # fmt: skip
     return nn.Sequential(model[:2], nn.Unflatten(1, (1, 8)), *model[2:])
 
 
@@ -95,9 +96,12 @@ def _parametrized(kind):
         (MergedLoRA, (6,)),
         (Conv1DLike, (4, 5)),
         (lambda: _parametrized("weight_norm"), (6,)),
+        (lambda: _parametrized("weight_norm", dim=None), (6,)),
+        (lambda: _parametrized("weight_norm", dim=1), (6,)),
         (lambda: _parametrized("spectral_norm"), (6,)),
     ],
-    ids=["layer-scale", "lora", "merged-lora", "conv1d-addmm", "weight-norm", "spectral-norm"],
+    ids=["layer-scale", "lora", "merged-lora", "conv1d-addmm", "weight-norm", "weight-norm-whole", "weight-norm-dim1",
+         "spectral-norm"],  # fmt: skip
 )
 def test_derived_parameters_and_matmuls_take_the_layerwise_path(factory, shape):
     torch.manual_seed(0)
@@ -110,6 +114,29 @@ def test_derived_parameters_and_matmuls_take_the_layerwise_path(factory, shape):
     assert plan.engine == "layerwise" and plan.explicit == (), plan.describe()
     blocks = per_layer_gram(model, x, y, method="layerwise")
     _close(sum(blocks.values()), gram_loop(model, x, y))
+
+
+class UsedTwice(nn.Module):
+    """``lin.weight`` and ``g`` each used directly AND inside a derived weight: every term explicit, then summed."""
+
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(4, 5)
+        self.g = nn.Parameter(torch.randn(5))
+        self.head = nn.Linear(5, CLASSES)
+
+    def forward(self, x):
+        h = self.lin(x) + F.linear(x, self.lin.weight * self.g[:, None])
+        return self.head(torch.tanh(h * self.g))
+
+
+def test_a_parameter_used_directly_and_through_a_derived_tensor():
+    torch.manual_seed(8)
+    model = UsedTwice().double()
+    x, y = torch.randn(6, 4, dtype=torch.float64), _labels(6)
+    _close(loss_gradient_gram(model, x, y, x[:2], y[:2], method="layerwise", chunk_size=4),
+           gram_loop(model, x, y, x[:2], y[:2]))  # fmt: skip
+    _close(sum(per_layer_gram(model, x, y, method="layerwise").values()), gram_loop(model, x, y))
 
 
 class Einsum(nn.Module):

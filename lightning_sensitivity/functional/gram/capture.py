@@ -178,13 +178,39 @@ def layer_features(
     for name, grads in derived.items():
         d = capture.derived[name]
         sources = sorted(d.sources - explicit.keys())
-        pulled = _pull_back(d.tensor, [capture.leaves[s] for s in sources], grads.reshape(n, *d.tensor.shape))
+        grads = grads.reshape(n, *d.tensor.shape)
+        if d.weight_norm is not None:  # closed form: no batched vector-Jacobian product through the norm
+            both = _weight_norm_pull_back(d.weight_norm, grads)
+            pulled = [both[s] for s in sources]
+        else:
+            pulled = _pull_back(d.tensor, [capture.leaves[s] for s in sources], grads)
         for source, g in zip(sources, pulled, strict=True):
             flat[source] = flat[source] + g if source in flat else g
     if explicit:
         names = sorted(k for k in explicit if k in trainable)
         flat.update(subset_gradients(model, trainable, frozen, buffers, x, y, loss_fn, model_kwargs or {}, names))
     return Features({k: flat[k] for k in sorted(flat)}, kron)  # a fixed order, so that row and column chunks line up
+
+
+def _weight_norm_pull_back(args: tuple, grads: Tensor) -> dict[str, Tensor]:
+    """``{v: [n, k], g: [n, k']}`` from per-example gradients ``grads`` of ``W = g v / |v|`` (the norm over every
+    dimension but ``dim``): ``dL/dg = c``, ``dL/dv = (g / |v|) (G - c v / |v|)`` with ``c = G . v / |v|``.
+    ``grads`` (this engine's own buffer) is overwritten: the pull-back is memory-bound."""
+    v_name, g_name, v, g, dim = args
+    v, g, n = v.detach(), g.detach(), grads.shape[0]
+    if dim == -1:
+        rows, moved = v.reshape(1, -1), grads.reshape(n, 1, -1)
+    else:
+        dim %= v.dim()
+        rows = v.movedim(dim, 0).reshape(v.shape[dim], -1)
+        moved = grads.movedim(dim + 1, 1).reshape(n, v.shape[dim], -1)
+    norm = rows.pow(2).sum(dim=1, keepdim=True).sqrt()
+    unit = rows / norm
+    c = torch.einsum("nqk,qk->nq", moved, unit)
+    grad_v = moved.addcmul_(c.unsqueeze(2), unit, value=-1).mul_(g.reshape(-1, 1) / norm)
+    if dim not in (-1, 0):
+        grad_v = grad_v.reshape(n, *v.movedim(dim, 0).shape).movedim(1, dim + 1)
+    return {v_name: grad_v.reshape(n, -1), g_name: c.reshape(n, -1)}
 
 
 def _pull_back(out: Tensor, leaves: list[Tensor], grads: Tensor) -> list[Tensor]:

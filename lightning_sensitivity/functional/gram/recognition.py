@@ -68,6 +68,8 @@ class Derived:
     tensor: Tensor
     sources: frozenset[str]
     op: str
+    # For a weight norm of two parameters: (v name, g name, v, g, dim), pulled back in closed form.
+    weight_norm: tuple | None = None
 
 
 # ``x @ W`` with a parameter (or derived tensor) ``W`` on the right: a linear layer without the transpose (LoRA
@@ -194,7 +196,8 @@ class Capture(TorchFunctionMode):
 
         args, kwargs = tree_map(alias, (args, kwargs))
         with torch.enable_grad():
-            out = func(*args, **kwargs)
+            # The fused weight norm has no batching rule: its pullback would run one example at a time.
+            out = (_weight_norm if func is torch._weight_norm else func)(*args, **kwargs)
         sources = frozenset().union(*(self.sources(name) for name in used))
         for t in tree_flatten(out)[0]:
             if not isinstance(t, Tensor) or id(t) in self.names or id(t) in self.constants:
@@ -205,8 +208,17 @@ class Capture(TorchFunctionMode):
                 continue
             name = f"<{_fn_name(func)} of {', '.join(sorted(sources))} #{len(self.derived)}>"
             self.names[id(t)] = name
-            self.derived[name] = Derived(t, sources, _fn_name(func))
+            self.derived[name] = Derived(t, sources, _fn_name(func), self._weight_norm_args(func, args, kwargs))
         return out
+
+    def _weight_norm_args(self, func, args, kwargs) -> tuple | None:
+        if func is not torch._weight_norm or kwargs or len(args) not in (2, 3):
+            return None
+        v, g = args[:2]
+        names = self._name(v), self._name(g)
+        if None in names or any(name in self.derived for name in names) or names[0] == names[1]:
+            return None
+        return (*names, v, g, args[2] if len(args) == 3 else 0)
 
     def _record(self, kind, out, weight, bias, inputs, **options) -> Tensor:
         if torch.compiler.is_compiling():
@@ -439,6 +451,13 @@ class Capture(TorchFunctionMode):
             normalised = F.group_norm(x, groups, None, None, _arg(args, kwargs, 4, "eps", 1e-5))
             lead = 2
         return self._record("norm", func(*args, **kwargs), weight, bias, normalised, lead=lead)
+
+
+def _weight_norm(v: Tensor, g: Tensor, dim: int = 0) -> Tensor:
+    """``torch._weight_norm`` from ops with batching rules: ``v * g / |v|``, the norm over every dimension but
+    ``dim`` (all of them for ``dim=-1``)."""
+    dims = tuple(range(v.dim())) if dim == -1 else tuple(d for d in range(v.dim()) if d != dim % v.dim())
+    return v * (g / v.pow(2).sum(dim=dims, keepdim=True).sqrt())
 
 
 def _moved_layout(func, args, kwargs, layout, e: Tensor, out: Tensor) -> tuple | None:

@@ -74,10 +74,13 @@ def gram_factors(
     remembered = plans.remembered(model, key)
     explicit = dict(remembered.explicit) if remembered is not None else {}
     with measurement_context(model):
+        info: dict = {}
         feats = lg.layer_features(
-            model, trainable, frozen, buffers, x, y, loss_fn, reference_rows, model_kwargs=kw, explicit=explicit
-        )
-        failure = verify(model, trainable, frozen, buffers, x, y, kw, loss_fn, feats)  # the last forwards here
+            model, trainable, frozen, buffers, x, y, loss_fn, reference_rows, model_kwargs=kw, explicit=explicit,
+            info=info,
+        )  # fmt: skip
+        remember = info.get("host_read") is None  # a forward reading batch values is checked at every call
+        failure = verify(model, trainable, frozen, buffers, x, y, kw, loss_fn, feats, remember=remember)
         if failure is not None:
             raise failure
     loop = plans.vmap_refusal(model, key) if explicit else None
