@@ -171,6 +171,8 @@ SCHEMA[TRANSITIONS] += (
     f"{_T}/{TRANSITION_RANDOM}/near_anchor_ratio",
 )
 SCHEMA[STIFFNESS] += (f"{_S}/{{group}}/same_class_critical_length",)
+# JacobianNormMonitor(num_projections=K): the standard error of the estimated mean norm.
+SCHEMA[JACOBIAN] += (f"{_J}/{{split}}/mean_stderr",)
 
 #: SCHEMA templates a monitor may leave out even with every option that enables it on, and why. Every other
 #: template is logged at each measurement of a fit whose options enable it.
@@ -181,6 +183,7 @@ CONDITIONAL: dict[str, str] = {
         for name in JACOBIAN_AUROCS
     },
     f"{_J}/{{split}}/class_{{c}}": "needs integer class targets",
+    f"{_J}/{{split}}/mean_stderr": "only with `num_projections=` (the estimated norm)",
     f"{_T}/{{split}}/activation_mean": "needs ReLU-family units (a model without them has no activation pattern)",
     f"{_T}/{{split}}/region_changes_mean": "needs ReLU-family units",
     f"{_T}/{{split}}/near_anchor_ratio": "NaN (so not logged) when no segment away from the anchors changes",
@@ -224,6 +227,7 @@ STIFFNESS_SAME_SET_ARRAYS = (*GRAM_STATS, "critical_length_low", "critical_lengt
 ARTIFACT_ARRAYS: dict[str, tuple[str, ...]] = {
     JACOBIAN: (
         *(split_array(s, n) for s in (VAL, TRAIN) for n in ("norms", "labels", "correct", *JACOBIAN_STATS)),
+        *(split_array(s, "stderr") for s in (VAL, TRAIN)),  # with num_projections: per-example standard errors
         "train_val_ratio",
         *JACOBIAN_AUROCS,
     ),
