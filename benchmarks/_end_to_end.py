@@ -1,8 +1,9 @@
 """End-to-end rows: wall time of a 3-epoch fit of a reference model with and without the default monitors.
 
 The reference MLP on synthetic MNIST-sized data, the reference ``SmallCNN`` on synthetic CIFAR-sized data (random
-images, labels from a fixed random linear teacher so that training is meaningful); nothing is downloaded. Both fits use the same logger type and settings, so the difference is the
-monitors: their measurements, TensorBoard images/histograms and artifact files.
+images, labels from a fixed random linear teacher so that training is meaningful); nothing is downloaded. Both
+fits use the same logger type and settings, so the difference is the monitors: their measurements, TensorBoard
+images/histograms and artifact files.
 """
 
 from __future__ import annotations
