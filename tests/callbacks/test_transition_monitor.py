@@ -214,8 +214,8 @@ def test_default_num_trajectories_is_sized_to_the_models_units():
     monitor = TransitionMonitor(num_samples=12)
     assert monitor.trajectories_for(cnn, probe) == 5
     assert monitor.anchor_indices(12).shape == (5, 3)  # kept for the run
-    mlp = MLP(784, 10)
-    assert TransitionMonitor().trajectories_for(mlp, probe_set_from_tensors(torch.randn(6, 784), y[:6], 6, seed=0)) == 16
+    mlp_probe = probe_set_from_tensors(torch.randn(6, 784), y[:6], 6, seed=0)
+    assert TransitionMonitor().trajectories_for(MLP(784, 10), mlp_probe) == 16
     assert TransitionMonitor(num_trajectories=2).trajectories_for(cnn, probe) == 2
 
 
