@@ -1,8 +1,9 @@
-"""End-to-end row: wall time of a 3-epoch fit of the reference MLP with and without the default monitors.
+"""End-to-end rows: wall time of a 3-epoch fit of a reference model with and without the default monitors.
 
-Synthetic MNIST-sized data (random images, labels from a fixed random linear teacher so that training is
-meaningful); nothing is downloaded. Both fits use the same logger type and settings, so the difference is the
-monitors: their measurements, TensorBoard images/histograms and artifact files.
+The reference MLP on synthetic MNIST-sized data, the reference ``SmallCNN`` on synthetic CIFAR-sized data (random
+images, labels from a fixed random linear teacher so that training is meaningful); nothing is downloaded. Both
+fits use the same logger type and settings, so the difference is the monitors: their measurements, TensorBoard
+images/histograms and artifact files.
 """
 
 from __future__ import annotations
@@ -17,14 +18,25 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from torch.utils.data import DataLoader, TensorDataset
 
 from lightning_sensitivity import JacobianNormMonitor, StiffnessMonitor, TransitionMonitor
-from lightning_sensitivity.models import MLP, LitClassifier
+from lightning_sensitivity.models import MLP, LitClassifier, SmallCNN
+
+#: The reference models of the end-to-end rows: (label, input shape, factory).
+MODELS = {
+    "mlp": ("lightning_sensitivity.models.MLP (784-256-256-10), MNIST-sized", (1, 28, 28),
+            lambda: MLP(784, 10, hidden=(256, 256))),
+    "cnn": ("lightning_sensitivity.models.SmallCNN (conv32-conv64-fc128, BatchNorm), CIFAR-sized", (3, 32, 32),
+            lambda: SmallCNN(3, 10, input_size=32)),
+}  # fmt: skip
 
 
-def _loaders(num_train: int) -> tuple[DataLoader, DataLoader]:
+def _loaders(num_train: int, shape: tuple[int, ...] = (1, 28, 28)) -> tuple[DataLoader, DataLoader]:
     g = torch.Generator().manual_seed(0)
-    teacher = torch.randn(784, 10, generator=g)
+    dim = 1
+    for size in shape:
+        dim *= size
+    teacher = torch.randn(dim, 10, generator=g)
     num_val = max(num_train // 6, 256)
-    x = torch.rand(num_train + num_val, 1, 28, 28, generator=g)
+    x = torch.rand(num_train + num_val, *shape, generator=g)
     y = (x.flatten(1) @ teacher).argmax(dim=1)
     train = TensorDataset(x[:num_train], y[:num_train])
     val = TensorDataset(x[num_train:], y[num_train:])
@@ -32,19 +44,28 @@ def _loaders(num_train: int) -> tuple[DataLoader, DataLoader]:
 
 
 def fit_seconds(
-    monitors: bool, num_train: int, epochs: int, figures: str = "log_spaced", device: torch.device | None = None
+    monitors: bool | tuple[str, ...],
+    num_train: int,
+    epochs: int,
+    figures: str = "log_spaced",
+    device: torch.device | None = None,
+    model: str = "mlp",
 ) -> float:
     """Wall seconds of ``trainer.fit`` (data and model built outside the timed span).
 
     ``figures`` is passed to every monitor: the default, or ``"none"`` to time the measurements without images.
     ``device``: a CUDA device fits with ``accelerator="gpu"`` on it (the loaders stay on the CPU, as in a real
-    run); None or the CPU with ``accelerator="cpu"``.
+    run); None or the CPU with ``accelerator="cpu"``. ``model``: a key of :data:`MODELS`. ``monitors``: True for
+    the three default monitors, or the class names of some of them (to split the cost).
     """
     cuda = device is not None and device.type == "cuda"
     pl.seed_everything(0, verbose=False)
-    train, val = _loaders(num_train)
-    module = LitClassifier(MLP(784, 10, hidden=(256, 256)), lr=0.05)
+    _, shape, factory = MODELS[model]
+    train, val = _loaders(num_train, shape)
+    module = LitClassifier(factory(), lr=0.05)
     monitor_classes = (JacobianNormMonitor, TransitionMonitor, StiffnessMonitor)
+    if not isinstance(monitors, bool):
+        monitor_classes = tuple(cls for cls in monitor_classes if cls.__name__ in monitors)
     callbacks = [cls(figures=figures) for cls in monitor_classes] if monitors else []
     with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
         warnings.simplefilter("ignore")

@@ -205,6 +205,8 @@ for _quantity in QUANTITIES:
 # StiffnessMonitor(influence=True): TracIn checkpoint influence accumulated from the train_val Grams of a fit.
 INFLUENCE_STATS = ("self_influence_mean", "self_influence_flipped_auroc", "loss_flipped_auroc")
 SCHEMA[STIFFNESS] += tuple(f"{_S}/train_val/{stat}" for stat in INFLUENCE_STATS)
+# JacobianNormMonitor(num_projections=K): the standard error of the estimated mean norm.
+SCHEMA[JACOBIAN] += (f"{_J}/{{split}}/mean_stderr",)
 
 #: SCHEMA templates a monitor may leave out even with every option that enables it on, and why. Every other
 #: template is logged at each measurement of a fit whose options enable it.
@@ -215,6 +217,7 @@ CONDITIONAL: dict[str, str] = {
         for name in JACOBIAN_AUROCS
     },
     f"{_J}/{{split}}/class_{{c}}": "needs integer class targets",
+    f"{_J}/{{split}}/mean_stderr": "only with `num_projections=` (the estimated norm)",
     f"{_T}/{{split}}/activation_mean": "needs ReLU-family units (a model without them has no activation pattern)",
     f"{_T}/{{split}}/region_changes_mean": "needs ReLU-family units",
     f"{_T}/{{split}}/prediction_mean": "needs a predicted class (not logged for real-valued, regression targets)",
@@ -289,6 +292,7 @@ INFLUENCE_ARRAYS = (
 ARTIFACT_ARRAYS: dict[str, tuple[str, ...]] = {
     JACOBIAN: (
         *(split_array(s, n) for s in (VAL, TRAIN) for n in ("norms", "labels", "correct", *JACOBIAN_STATS)),
+        *(split_array(s, "stderr") for s in (VAL, TRAIN)),  # with num_projections: per-example standard errors
         "train_val_ratio",
         *JACOBIAN_AUROCS,
     ),

@@ -28,6 +28,7 @@ ROWS = [
     "monitors end to end",
     "monitors end to end, figures='none'",
     "images end to end",
+    "monitors end to end CNN 512",
 ]
 KEYS = {"row", "quantity", "model", "time_s", "limit", "limit_s", "ratio_to_limit", "target", "baselines",
         "refused", "peak_bytes", "met"}  # fmt: skip

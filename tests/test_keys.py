@@ -40,7 +40,7 @@ SAMPLES = {
 # Artifact arrays a correct fit may lack: super-class matrices need `class_groups`; the rest are not written yet or
 # depend on data and model like the CONDITIONAL tags above.
 CONDITIONAL_ARRAYS = {
-    keys.JACOBIAN: set(keys.JACOBIAN_AUROCS) | {"train_val_ratio"},
+    keys.JACOBIAN: set(keys.JACOBIAN_AUROCS) | {"train_val_ratio", "val_stderr", "train_stderr"},
     keys.TRANSITIONS: {n for n in keys.ARTIFACT_ARRAYS[keys.TRANSITIONS] if n.startswith("random_")},  # with "random"
     keys.SHARPNESS: set(),
     keys.STIFFNESS: {"superclass_sign", "superclass_cosine", *keys.STIFFNESS_SAME_SET_ARRAYS, *keys.INFLUENCE_ARRAYS},

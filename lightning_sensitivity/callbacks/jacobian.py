@@ -9,14 +9,25 @@ from torch import Tensor, nn
 from typing_extensions import override
 
 from lightning_sensitivity import keys
-from lightning_sensitivity._checks import check_choice, check_class_names, check_names
+from lightning_sensitivity._checks import check_choice, check_class_names, check_int, check_names
 from lightning_sensitivity.callbacks._heads import head_kind, output_width, two_class_logits
 from lightning_sensitivity.callbacks.base import Measurement, ProbeSplits, SensitivityMonitor, model_kwargs, probe_shard
 from lightning_sensitivity.callbacks.progress import ProgressFactory
-from lightning_sensitivity.functional import jacobian_norm, jacobian_norm_summary, predict_logits
+from lightning_sensitivity.functional import (
+    jacobian_norm,
+    jacobian_norm_estimate,
+    jacobian_norm_summary,
+    predict_logits,
+)
 from lightning_sensitivity.functional.jacobian import OUTPUTS
 from lightning_sensitivity.keys import TRAIN, VAL
 from lightning_sensitivity.probes import ProbeSet
+
+#: From this many classes on, the exact norm (about ``C`` reverse passes per example) is warned about once, with
+#: ``num_projections=`` suggested.
+MANY_CLASSES = 100
+#: The number of projections the warning suggests (measured at C = 1000 in ``docs/performance.md``).
+SUGGESTED_PROJECTIONS = 32
 
 
 class JacobianNormMonitor(SensitivityMonitor):
@@ -36,15 +47,25 @@ class JacobianNormMonitor(SensitivityMonitor):
     - ``sensitivity/jacobian_norm/val/misclassification_auroc``: AUROC of the norm as a score for "the prediction is
       wrong" (absent when all probe predictions are right, or all wrong)
     - ``sensitivity/jacobian_norm/val/class_{c}``: mean norm of the val probe points of class ``c``
+    - with ``num_projections``: ``sensitivity/jacobian_norm/{val,train}/mean_stderr``, the standard error of the
+      estimated mean norm due to the random projections (``sqrt(sum_i se_i^2) / N`` over the probe points' standard
+      errors ``se_i``; the probe set itself is fixed, so its sampling error is not part of it)
 
     TensorBoard (rank 0): histograms ``sensitivity/jacobian_norm/val`` and ``.../train``; bar chart image
     ``sensitivity/jacobian_norm/val/per_class``. Artifact ``{log_dir}/sensitivity/jacobian_norm/epoch_XXXX.npz`` with
     ``val_norms``, ``val_labels``, ``val_correct``, ``train_norms``, ``train_labels``, ``train_correct`` and the
-    scalars.
+    scalars (with ``num_projections`` also the per-example standard errors ``val_stderr``, ``train_stderr``).
 
     Args:
         output: differentiate the ``"softmax"`` (default, as in the paper), the ``"logits"`` or the
             ``"log_softmax"``.
+        num_projections: None (default): the exact norm (:func:`~lightning_sensitivity.functional.jacobian_norm`,
+            about ``C`` reverse passes per example). An int ``K >= 2``: the unbiased random-projection estimate
+            :func:`~lightning_sensitivity.functional.jacobian_norm_estimate` with ``K`` reverse passes per
+            example (directions seeded with ``seed``, the same at every measurement), for models with hundreds or
+            thousands of classes; its standard error is logged beside the mean. With ``C >= 100`` classes and the
+            exact norm the monitor warns once and suggests ``num_projections=32`` (at C = 1000 about 3 % of the
+            exact cost and a few percent of error, ``docs/performance.md``).
         class_names: names for the per-class bar chart (length = number of classes); default: the data's names
             (a datamodule's ``class_names``, a dataset's ``classes``), else class indices.
         **kwargs: the common arguments of :class:`SensitivityMonitor` (``every_n_epochs``, ``epochs``,
@@ -66,12 +87,20 @@ class JacobianNormMonitor(SensitivityMonitor):
     """
 
     quantity = "jacobian_norm"
-    state_fields = ("num_samples", "seed", "output")
+    state_fields = ("num_samples", "seed", "output", "num_projections")
 
-    def __init__(self, *, output: str = "softmax", class_names: Sequence[str] | None = None, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *,
+        output: str = "softmax",
+        class_names: Sequence[str] | None = None,
+        num_projections: int | None = None,
+        **kwargs: Any,
+    ) -> None:
         self.output = check_choice(output, "output", OUTPUTS)
         self._measured_output = self.output  # `output`, or "logits" for a single output (see `_output_for`)
         self.class_names = check_names(class_names, "class_names")
+        self.num_projections = check_int(num_projections, "num_projections", minimum=2, allow_none=True)
         super().__init__(**kwargs)
 
     @override
@@ -80,30 +109,59 @@ class JacobianNormMonitor(SensitivityMonitor):
 
     @override
     def config(self) -> dict[str, Any]:
-        return {**super().config(), "output": self.output, "class_names": self.class_names}
+        return {**super().config(), "output": self.output, "class_names": self.class_names,
+                "num_projections": self.num_projections}  # fmt: skip
 
     @override
     def check_classes(self, num_classes: int) -> None:
         check_class_names(self.class_names, num_classes, "class_names")
 
-    def _norms(self, model: nn.Module, probe: ProbeSet, progress: ProgressFactory, split: str) -> tuple[Tensor, Tensor]:
+    def _norms(
+        self, model: nn.Module, probe: ProbeSet, progress: ProgressFactory, split: str
+    ) -> tuple[Tensor, Tensor, Tensor | None]:
+        """Per-example norms, logits and (estimated norms only) standard errors of ``probe``."""
+
         def shard(index: slice | Tensor) -> dict[str, Tensor]:
             part = probe_shard(probe, index)
             kwargs = model_kwargs(part)
+            out = {}
             with progress(f"{split} Jacobian norms") as bar:
-                norms = jacobian_norm(
-                    model, part.inputs, output=self._measured_output, chunk_size=self.chunk_size, progress=bar,
-                    **kwargs,
-                )  # fmt: skip
+                if self.num_projections is None:
+                    norms = jacobian_norm(
+                        model, part.inputs, output=self._measured_output, chunk_size=self.chunk_size, progress=bar,
+                        **kwargs,
+                    )  # fmt: skip
+                else:
+                    norms, stderr = jacobian_norm_estimate(
+                        model, part.inputs, num_projections=self.num_projections, output=self._measured_output,
+                        seed=self.seed + _first(index), chunk_size=self.chunk_size, progress=bar, **kwargs,
+                    )  # fmt: skip
+                    out["stderr"] = stderr.detach().float().cpu()
             logits = predict_logits(model, part.inputs, self.chunk_size, **kwargs)
             if logits.shape[1] == 1 and part.class_targets:  # one binary logit z: class statistics of [0, z]
                 logits = two_class_logits(logits)
-            return {"norms": norms.detach().float().cpu(), "logits": logits.detach().cpu()}
+            return {**out, "norms": norms.detach().float().cpu(), "logits": logits.detach().cpu()}
 
         out = self.sharded(shard, len(probe))  # each rank its shard of the probe set under DDP
-        return out["norms"], out["logits"]
+        if self.num_projections is None and out["logits"].shape[1] >= MANY_CLASSES:
+            self.warn_once(
+                "many classes",
+                f"{type(self).__name__}: the model has {out['logits'].shape[1]} classes, so the exact Jacobian norm "
+                "costs about that many reverse passes per probe point; `num_projections="
+                f"{SUGGESTED_PROJECTIONS}` estimates it (unbiased, its standard error logged as .../mean_stderr) "
+                f"with {SUGGESTED_PROJECTIONS} passes.",
+            )
+        return out["norms"], out["logits"], out.get("stderr")
 
-    def _split(self, result: Measurement, split: str, probe: ProbeSet, norms: Tensor, logits: Tensor) -> dict[str, Any]:
+    def _split(
+        self,
+        result: Measurement,
+        split: str,
+        probe: ProbeSet,
+        norms: Tensor,
+        logits: Tensor,
+        stderr: Tensor | None = None,
+    ) -> dict[str, Any]:
         classes = probe.class_targets
         targets = probe.targets.cpu()
         summary = jacobian_norm_summary(
@@ -113,6 +171,10 @@ class JacobianNormMonitor(SensitivityMonitor):
             result.scalars[keys.metric(keys.JACOBIAN, split, stat)] = summary[stat]
             result.arrays[keys.split_array(split, stat)] = summary[stat]
         result.histograms[keys.metric(keys.JACOBIAN, split)] = norms
+        if stderr is not None:  # independent projections per example: the errors add in quadrature
+            mean_stderr = float(stderr.double().pow(2).sum().sqrt() / max(len(stderr), 1))
+            result.scalars[keys.metric(keys.JACOBIAN, split, "mean_stderr")] = mean_stderr
+            result.arrays[keys.split_array(split, "stderr")] = stderr
         result.arrays.update({keys.split_array(split, "norms"): norms, keys.split_array(split, "labels"): targets})
         if classes:
             result.arrays[keys.split_array(split, "correct")] = logits.argmax(dim=1) == targets
@@ -124,9 +186,14 @@ class JacobianNormMonitor(SensitivityMonitor):
     ) -> Measurement:
         val = probes[VAL]
         self._measured_output = self._output_for(output_width(model, val), val.targets)
-        result = Measurement(meta={"output": self._measured_output, "class_names": self.class_names})
-        val_norms, val_logits = self._norms(model, val, progress, VAL)
-        stats = {VAL: self._split(result, VAL, val, val_norms, val_logits)}
+        result = Measurement(
+            meta={
+                "output": self._measured_output,
+                "class_names": self.class_names,
+                "num_projections": self.num_projections,
+            }
+        )
+        stats = {VAL: self._split(result, VAL, val, *self._norms(model, val, progress, VAL))}
         if TRAIN in probes:
             train = self.attempt(
                 "the train Jacobian norms", lambda: self._norms(model, probes[TRAIN], progress, TRAIN), epoch
@@ -197,3 +264,11 @@ class JacobianNormMonitor(SensitivityMonitor):
             title=f"Mean Jacobian norm per class (val probe set), epoch {epoch}",
             ylabel=f"||d {self._measured_output} / dx||_F",
         )
+
+
+def _first(index: slice | Tensor) -> int:
+    """The first probe position of a shard: under DDP each rank's shard draws its own projections (seeded with
+    ``seed`` plus this offset), not the same ones as every other rank's."""
+    if isinstance(index, slice):
+        return index.start or 0
+    return int(index[0]) if len(index) else 0

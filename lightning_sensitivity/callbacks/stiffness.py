@@ -36,7 +36,7 @@ from lightning_sensitivity.functional import (
     stiffness_summary,
 )
 from lightning_sensitivity.functional.critical_length import METHODS as CRITICAL_METHODS
-from lightning_sensitivity.functional.stiffness import DISTANCES
+from lightning_sensitivity.functional.stiffness import DISTANCES, pairwise_distance
 from lightning_sensitivity.keys import GROUPS, TRAIN, VAL
 from lightning_sensitivity.keys import STIFFNESS_KINDS as KINDS
 from lightning_sensitivity.probes import ProbeSet, is_class_targets
@@ -311,6 +311,8 @@ class StiffnessMonitor(InfluenceMixin, SensitivityMonitor):
             }
         )
         distance_inputs = inputs if inputs.is_floating_point() else inputs.double()
+        # One input-distance matrix of the joint set; each group bins its slice (instead of one per group and kind).
+        distances = pairwise_distance(distance_inputs.cpu(), None, self.distance)
         for group in groups:
             rows, cols = (offsets[s] for s in group.split("_"))
             same = rows == cols
@@ -327,6 +329,7 @@ class StiffnessMonitor(InfluenceMixin, SensitivityMonitor):
                 distance=self.distance,
                 critical_length_method=self.critical_length_method,
                 same_class_critical_length=self.critical_length_same_class and classes,
+                distances=distances[rows, cols],
             )
             arrays = summary.arrays()
             scalars = {

@@ -28,6 +28,22 @@ RANDOM = "random"
 SPLITS = (VAL, TRAIN, RANDOM)
 # A count this close to the number of segments (every pair of neighbours differs) no longer resolves anything.
 SATURATION = 0.95
+#: ``num_trajectories=None``: the most trajectories (the reference MLP gets these) ...
+MAX_TRAJECTORIES = 16
+#: ... and the fewest (models with very many ReLU units) ...
+MIN_TRAJECTORIES = 4
+#: ... between which ``K = UNIT_BUDGET // (num_points * units)``: about ``2**28`` unit evaluations per measurement,
+#: which gives 5 trajectories of 960 points for the CIFAR ``SmallCNN`` (49 280 units; its forward passes cost 3.2x
+#: fewer than with 16, ``docs/performance.md``).
+UNIT_BUDGET = 2**28
+
+
+def sized_trajectories(num_points: int, num_units: int) -> int:
+    """The default number of trajectories for a model with ``num_units`` ReLU-family units (see
+    :data:`UNIT_BUDGET`); :data:`MAX_TRAJECTORIES` for a model without any."""
+    if num_units <= 0:
+        return MAX_TRAJECTORIES
+    return max(MIN_TRAJECTORIES, min(MAX_TRAJECTORIES, UNIT_BUDGET // (num_points * num_units)))
 
 
 class TransitionMonitor(SensitivityMonitor):
@@ -68,7 +84,11 @@ class TransitionMonitor(SensitivityMonitor):
     (for the other splits the same arrays prefixed ``train_`` / ``random_``).
 
     Args:
-        num_trajectories: number of ellipses ``K``.
+        num_trajectories: number of ellipses ``K``; None (default): sized to the model at the first measurement
+            and kept for the run, ``K = 2**28 // (num_points * units)`` clamped to ``[4, 16]`` (``units``: the
+            model's ReLU-family units, counted on one probe point): 16 for the reference MLP, 5 for the CIFAR
+            ``SmallCNN``, 4 for larger CNNs. The counts are a mean over trajectories, so fewer trajectories widen
+            its spread, not its expectation; pass an int to fix it.
         num_points: points per ellipse (at least 3; a multiple of 3 puts all anchors on the sampled points). The
             default 960 resolves the linear regions of a trained MNIST MLP with two hidden layers of 256 units
             (about half the segments change region); 128 points saturate there.
@@ -94,13 +114,13 @@ class TransitionMonitor(SensitivityMonitor):
     def __init__(
         self,
         *,
-        num_trajectories: int = 16,
+        num_trajectories: int | None = None,
         num_points: int = 960,
         splits: Sequence[str] = (VAL,),
         near_anchor_fraction: float = DEFAULT_HALF_WIDTH,
         **kwargs: Any,
     ) -> None:
-        check_int(num_trajectories, "num_trajectories", minimum=1)
+        check_int(num_trajectories, "num_trajectories", minimum=1, allow_none=True)
         check_int(num_points, "num_points", minimum=3)
         if isinstance(splits, str) or not isinstance(splits, Sequence) or not splits:
             raise TypeError(f"`splits` expected a non-empty sequence out of {SPLITS}, got {splits!r}")
@@ -111,6 +131,7 @@ class TransitionMonitor(SensitivityMonitor):
         if not 0 < near_anchor_fraction < 1 / 6:
             raise ValueError(f"`near_anchor_fraction` expected a float in (0, 1/6), got {near_anchor_fraction}")
         self.num_trajectories = num_trajectories
+        self._sized: int | None = None  # num_trajectories=None: the value sized to the model, fixed for the run
         self.num_points = num_points
         self.splits = tuple(s for s in SPLITS if s in splits)
         self.near_anchor_fraction = float(near_anchor_fraction)
@@ -141,23 +162,42 @@ class TransitionMonitor(SensitivityMonitor):
         return {**super().config(), "num_trajectories": self.num_trajectories, "num_points": self.num_points,
                 "splits": ",".join(self.splits), "near_anchor_fraction": self.near_anchor_fraction}  # fmt: skip
 
-    def anchor_indices(self, num_probe: int) -> torch.Tensor:
-        """``[K, 3]`` positions in a probe set of each trajectory's three anchors (seeded, distinct per row)."""
+    def anchor_indices(self, num_probe: int, num_trajectories: int | None = None) -> torch.Tensor:
+        """``[K, 3]`` positions in a probe set of each trajectory's three anchors (seeded, distinct per row).
+
+        ``K`` is ``num_trajectories``, else the monitor's (given or sized to the model; 16 before it is sized)."""
         if num_probe < 3:
             raise ValueError(f"the probe set expected at least 3 examples for ellipse anchors, got {num_probe}")
+        count = num_trajectories or self.num_trajectories or self._sized or MAX_TRAJECTORIES
         gen = torch.Generator().manual_seed(self.seed % 2**63)
-        return torch.stack([torch.randperm(num_probe, generator=gen)[:3] for _ in range(self.num_trajectories)])
+        return torch.stack([torch.randperm(num_probe, generator=gen)[:3] for _ in range(count)])
+
+    def trajectories_for(self, model: nn.Module, probe: ProbeSet) -> int:
+        """The number of trajectories: the given one, or sized to ``model`` once (two forward passes of the first
+        probe point count its units) and kept for the run."""
+        if self.num_trajectories is not None:
+            return self.num_trajectories
+        if self._sized is None:
+            point = probe.inputs[:1].unsqueeze(1).expand(1, 2, *probe.inputs.shape[1:])
+            kwargs = {k: v[:1] for k, v in probe.model_kwargs.items()} or None
+            units = transition_counts(model, point, model_kwargs=kwargs).num_units
+            self._sized = sized_trajectories(self.num_points, units)
+        return self._sized
 
     @override
     def compute(
         self, model: nn.Module, probes: dict[str, ProbeSet], progress: ProgressFactory, epoch: int
     ) -> Measurement:
-        result = Measurement(meta={"num_points": self.num_points, "splits": list(self.splits)})
+        num_trajectories = self.trajectories_for(model, probes[VAL])
+        result = Measurement(
+            meta={"num_points": self.num_points, "num_trajectories": num_trajectories, "splits": list(self.splits)}
+        )
         head = head_kind(output_width(model, probes[VAL]), probes[VAL].targets)
         self._prediction = self._prediction_rule(head, probes[VAL].targets)
         result.meta["prediction"] = self._prediction
         for split in (s for s in self.splits if (VAL if s == RANDOM else s) in probes):
-            self._measure_split(model, split, probes[VAL if split == RANDOM else split], progress, result)
+            probe = probes[VAL if split == RANDOM else split]
+            self._measure_split(model, split, probe, progress, result, num_trajectories)
         return result
 
     def _prediction_rule(self, head: str, targets: torch.Tensor) -> str | None:
@@ -205,9 +245,15 @@ class TransitionMonitor(SensitivityMonitor):
         return out
 
     def _measure_split(
-        self, model: nn.Module, split: str, probe: ProbeSet, progress: ProgressFactory, result: Measurement
+        self,
+        model: nn.Module,
+        split: str,
+        probe: ProbeSet,
+        progress: ProgressFactory,
+        result: Measurement,
+        num_trajectories: int,
     ) -> None:
-        anchors_idx = self.anchor_indices(len(probe))
+        anchors_idx = self.anchor_indices(len(probe), num_trajectories)
         inputs = probe.inputs
         if split == RANDOM:
             # Seeded apart from the triples (which are the validation ones), fixed for the run like them.

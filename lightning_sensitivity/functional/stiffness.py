@@ -322,8 +322,16 @@ def stiffness_by_distance(
     dist = pairwise_distance(inputs, inputs2, distance)
     if dist.shape != matrix.shape:
         raise ValueError(f"`matrix` expected shape {tuple(dist.shape)} to match the inputs, got {tuple(matrix.shape)}")
+    return binned_by_distance(matrix, dist, self_pairs=inputs2 is None, num_bins=num_bins, distance=distance)
+
+
+def binned_by_distance(
+    matrix: Tensor, dist: Tensor, *, self_pairs: bool, num_bins: int = 20, distance: str = "cosine"
+) -> tuple[Tensor, Tensor, Tensor]:
+    """:func:`stiffness_by_distance` on precomputed distances ``dist`` ``[N, M]`` (:func:`pairwise_distance`), so
+    several matrices of one pair group (sign, cosine, a same-class mask) share one distance matrix."""
     values = matrix.detach().to(torch.float64).to(dist.device)
-    mask = _pair_mask(values, inputs2 is None) & values.isfinite()
+    mask = _pair_mask(values, self_pairs) & values.isfinite()
     upper = 2.0 if distance == "cosine" else float(dist[mask].max()) if mask.any() else 1.0
     edges = torch.linspace(0.0, upper if upper > 0 else 1.0, num_bins + 1, dtype=torch.float64, device=dist.device)
     # Bin b holds edges[b] <= d < edges[b + 1]; the last bin also takes d == edges[-1].

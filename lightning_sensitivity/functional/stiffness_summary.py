@@ -18,7 +18,7 @@ from torch import Tensor
 
 from lightning_sensitivity._checks import check_choice, check_class_groups, check_int
 from lightning_sensitivity.functional.critical_length import METHODS, Method, critical_length
-from lightning_sensitivity.functional.stiffness import DISTANCES, class_stiffness, stiffness_by_distance
+from lightning_sensitivity.functional.stiffness import DISTANCES, binned_by_distance, class_stiffness, pairwise_distance
 
 KINDS = ("sign", "cosine")
 
@@ -95,10 +95,6 @@ class StiffnessSummary:
         return {k: getattr(self, k) for k in names if getattr(self, k) is not None}
 
 
-def _mean(values: Tensor, mask: Tensor) -> float:
-    return float(values[mask].mean()) if bool(mask.any()) else math.nan
-
-
 def _class_groups(class_groups: object, num_classes: int) -> Tensor:
     groups = check_class_groups(class_groups)
     if len(groups) < num_classes:
@@ -139,6 +135,7 @@ def stiffness_summary(
     distance: Literal["cosine", "euclidean"] = "cosine",
     critical_length_method: Method = "linear_fit",
     same_class_critical_length: bool = False,
+    distances: Tensor | None = None,
 ) -> StiffnessSummary:
     """Means, class splits, class matrices and stiffness by distance of one pair group.
 
@@ -158,6 +155,9 @@ def stiffness_summary(
             :func:`~lightning_sensitivity.functional.critical_length`; applied to the sign curve with its counts.
         same_class_critical_length: also compute the critical length of the sign curve of same-class pairs only
             (:attr:`StiffnessSummary.same_class_critical_length`; its bins span that curve's own distance range).
+        distances: ``[N, M]`` the input distances :func:`~lightning_sensitivity.functional.pairwise_distance`
+            ``(inputs_rows, inputs_cols, distance)`` when the caller has them (e.g. a slice of one joint matrix for
+            several pair groups); default: computed here, once for both kinds and the same-class curve.
 
     When the targets are not integer class indices ``[N]`` (one-hot / multi-hot or regression targets), only the
     overall means, the distance curves and the critical length are computed and
@@ -210,6 +210,13 @@ def stiffness_summary(
     pair = torch.ones(n, m, dtype=torch.bool)
     if self_pairs:
         pair.fill_diagonal_(False)
+    if distances is None:
+        distances = pairwise_distance(x_rows, x_cols, distance)
+    elif not isinstance(distances, Tensor) or tuple(distances.shape) != (n, m):
+        shape = tuple(distances.shape) if isinstance(distances, Tensor) else type(distances).__name__
+        raise ValueError(f"`distances` expected a tensor of shape {(n, m)} like `sign`, got {shape}")
+    dist = distances.detach().to(torch.float64).cpu()
+    num_pairs = n * m - (n if self_pairs else 0)
 
     y_rows = targets_rows.detach().cpu()
     y_cols = y_rows if self_pairs else targets_cols.detach().cpu()
@@ -227,6 +234,7 @@ def stiffness_summary(
                     f"[{int(y.min())}, {int(y.max())}]"
                 )
         same = y_rows[:, None] == y_cols[None, :]
+        num_same = int((pair & same).sum())
         if class_groups is not None:
             coarse = _class_groups(class_groups, num_classes)
     elif class_groups is not None:
@@ -234,13 +242,18 @@ def stiffness_summary(
 
     out: dict[str, Any] = {}
     for kind, values in matrices.items():
-        out[f"{kind}_mean"] = _mean(values, pair)
+        # Sums through class indicator products (pair_means) instead of boolean masks over the N x M pairs; the
+        # diagonal of a set with itself is zeroed first, so it is left out even where it is NaN.
+        offdiagonal = values.clone().fill_diagonal_(0.0) if self_pairs else values
+        means = pair_means(offdiagonal, y_rows if same is not None else None, None if self_pairs else y_cols,
+                           self_pairs=self_pairs)  # fmt: skip
+        out[f"{kind}_mean"] = means["mean"]
         if same is None:
             out[f"same_class_{kind}"] = out[f"different_class_{kind}"] = math.nan
             out[f"class_{kind}"] = out[f"superclass_{kind}"] = None
         else:
-            out[f"same_class_{kind}"] = _mean(values, pair & same)
-            out[f"different_class_{kind}"] = _mean(values, pair & ~same)
+            out[f"same_class_{kind}"] = means["same_class"]
+            out[f"different_class_{kind}"] = means["different_class"]
             labels2 = None if self_pairs else y_cols
             out[f"class_{kind}"] = class_stiffness(values, y_rows, labels2, num_classes=num_classes)
             out[f"superclass_{kind}"] = None
@@ -251,8 +264,8 @@ def stiffness_summary(
                     None if self_pairs else coarse[y_cols],
                     num_classes=int(coarse.max()) + 1,
                 )
-        edges, mean, count = stiffness_by_distance(
-            values, x_rows, x_cols, num_bins=num_distance_bins, distance=distance
+        edges, mean, count = binned_by_distance(
+            values, dist, self_pairs=self_pairs, num_bins=num_distance_bins, distance=distance
         )
         out["bin_edges"] = edges.cpu()
         out[f"distance_{kind}"] = mean.cpu()
@@ -261,20 +274,20 @@ def stiffness_summary(
     centers = (out["bin_edges"][1:] + out["bin_edges"][:-1]) / 2
     length = critical_length(centers, out["distance_sign"], out["distance_count"], method=critical_length_method)
     same_length = math.nan
-    if same_class_critical_length and same is not None and bool((pair & same).any()):
+    if same_class_critical_length and same is not None and num_same > 0:
         # stiffness_by_distance skips non-finite entries: NaN marks the different-class pairs to leave out.
         within = matrices["sign"].masked_fill(~same, math.nan)
-        s_edges, s_mean, s_count = stiffness_by_distance(
-            within, x_rows, x_cols, num_bins=num_distance_bins, distance=distance
+        s_edges, s_mean, s_count = binned_by_distance(
+            within, dist, self_pairs=self_pairs, num_bins=num_distance_bins, distance=distance
         )
         s_centers = (s_edges[1:] + s_edges[:-1]) / 2
         same_length = critical_length(s_centers, s_mean, s_count, method=critical_length_method)
     return StiffnessSummary(
         same_class_critical_length=same_length,
         self_pairs=self_pairs,
-        num_pairs=int(pair.sum()),
-        num_same_class_pairs=0 if same is None else int((pair & same).sum()),
-        num_different_class_pairs=0 if same is None else int((pair & ~same).sum()),
+        num_pairs=num_pairs,
+        num_same_class_pairs=0 if same is None else num_same,
+        num_different_class_pairs=0 if same is None else num_pairs - num_same,
         critical_length=length,
         critical_length_method=critical_length_method,
         class_splits_skipped=reason,

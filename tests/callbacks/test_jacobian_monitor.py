@@ -114,3 +114,66 @@ def test_class_names_label_the_bar_chart_and_title_has_epoch(monkeypatch):
     assert "epoch 7" in kwargs["title"]
     assert set(result.scalars) >= {f"{P}/val/class_{c}" for c in range(3)}
     assert f"{P}/train/mean" not in result.scalars  # no training probe set given
+
+
+def _estimate_setup(num_classes=5, n=40):
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(6, 16), torch.nn.Tanh(), torch.nn.Linear(16, num_classes))
+    x = torch.randn(n, 6)
+    y = torch.arange(n) % num_classes
+    return net, probe_set_from_tensors(x, y, n, seed=0)
+
+
+def test_num_projections_estimates_the_norm_and_logs_its_standard_error():
+    net, probe = _estimate_setup()
+    monitor = JacobianNormMonitor(num_projections=16, num_samples=40, seed=3)
+    result = monitor.compute(net, {"val": probe}, progress_factory("t", False), 0)
+    norms, stderr = result.arrays["val_norms"].double(), result.arrays["val_stderr"].double()
+    exact = jacobian_norm_loop(net, probe.inputs).double()
+    assert not torch.allclose(norms, exact, rtol=1e-3)  # an estimate, not the exact norm
+    assert (stderr > 0).all()
+    mean_stderr = result.scalars[f"{P}/val/mean_stderr"]
+    assert mean_stderr == pytest.approx(float(stderr.pow(2).sum().sqrt() / 40), rel=1e-6)
+    assert result.scalars[f"{P}/val/mean"] == pytest.approx(float(norms.mean()), rel=1e-6)
+    # the estimate is unbiased for the squared norm: the mean norm lies within a few standard errors of the truth
+    assert abs(float(norms.mean() - exact.mean())) < 4 * mean_stderr + 0.02 * float(exact.mean())
+    assert (norms - exact).abs().max() < 6 * stderr.max() + 1e-6
+
+
+def test_num_projections_matches_the_functional_estimate_and_exact_path_logs_no_stderr():
+    from lightning_sensitivity.functional import jacobian_norm_estimate
+
+    net, probe = _estimate_setup()
+    result = JacobianNormMonitor(num_projections=4, output="logits", num_samples=40, seed=5).compute(
+        net, {"val": probe}, progress_factory("t", False), 0
+    )
+    expected, expected_se = jacobian_norm_estimate(net, probe.inputs, num_projections=4, output="logits", seed=5)
+    np.testing.assert_allclose(result.arrays["val_norms"].numpy(), expected.numpy(), rtol=1e-5)
+    np.testing.assert_allclose(result.arrays["val_stderr"].numpy(), expected_se.numpy(), rtol=1e-5)
+    exact = JacobianNormMonitor(num_samples=40).compute(net, {"val": probe}, progress_factory("t", False), 0)
+    assert f"{P}/val/mean_stderr" not in exact.scalars and "val_stderr" not in exact.arrays
+
+
+def test_many_classes_warns_once_suggesting_num_projections():
+    net, probe = _estimate_setup(num_classes=120, n=120)
+    monitor = JacobianNormMonitor(num_samples=120)
+    with pytest.warns(UserWarning, match="num_projections=32"):
+        monitor.compute(net, {"val": probe}, progress_factory("t", False), 0)
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        monitor.compute(net, {"val": probe}, progress_factory("t", False), 1)  # once per monitor
+        JacobianNormMonitor(num_samples=120, num_projections=8).compute(
+            net, {"val": probe}, progress_factory("t", False), 0
+        )
+    few = JacobianNormMonitor(num_samples=40)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        few.compute(*(_estimate_setup()[0], {"val": _estimate_setup()[1]}), progress_factory("t", False), 0)
+
+
+@pytest.mark.parametrize(("value", "error"), [(1, ValueError), (0, ValueError), ("8", TypeError), (2.0, TypeError)])
+def test_num_projections_is_checked(value, error):
+    with pytest.raises(error, match="num_projections"):
+        JacobianNormMonitor(num_projections=value)

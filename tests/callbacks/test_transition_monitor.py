@@ -88,7 +88,10 @@ def test_train_split_counts_match_oracle():
         torch.nn.Flatten(), torch.nn.Linear(12, 16), torch.nn.ReLU(), torch.nn.Linear(16, 4)
     ).double()
     g = torch.Generator().manual_seed(3)
-    xv, xt = torch.randn(30, 12, generator=g, dtype=torch.float64), torch.randn(30, 12, generator=g, dtype=torch.float64)
+    xv, xt = (
+        torch.randn(30, 12, generator=g, dtype=torch.float64),
+        torch.randn(30, 12, generator=g, dtype=torch.float64),
+    )
     y = torch.arange(30) % 4
     monitor = TransitionMonitor(num_trajectories=3, num_points=12, splits=("val", "train"))
     probes = {"val": probe_set_from_tensors(xv, y, 30, seed=0), "train": probe_set_from_tensors(xt, y, 30, seed=0)}
@@ -213,3 +216,45 @@ def test_saturation_is_said_beside_the_charts(fitted):  # noqa: F811
     assert "Saturated" in text and "num_points" in text and "'val'" in text
     last = load_artifacts(fitted.log_dir, "transitions")[-1]
     assert any("Saturated" in note for note in last.meta["notes"])
+
+
+def test_default_num_trajectories_is_sized_to_the_models_units():
+    from lightning_sensitivity.callbacks.transitions import sized_trajectories
+    from lightning_sensitivity.models import MLP, SmallCNN
+
+    assert sized_trajectories(960, 512) == 16 and sized_trajectories(960, 0) == 16
+    assert sized_trajectories(960, 32 * 32 * 32 + 64 * 16 * 16 + 128) == 5  # the CIFAR SmallCNN, counted by hand
+    assert sized_trajectories(960, 10**6) == 4 and sized_trajectories(3, 1) == 16
+    cnn = SmallCNN(3, 10, input_size=32).eval()
+    x, y = torch.randn(12, 3, 32, 32), torch.arange(12) % 10
+    monitor = TransitionMonitor(num_points=3, num_samples=12)
+    probe = probe_set_from_tensors(x, y, 12, seed=0)
+    assert monitor.trajectories_for(cnn, probe) == sized_trajectories(3, 49280) == 16
+    monitor = TransitionMonitor(num_samples=12)
+    assert monitor.trajectories_for(cnn, probe) == 5
+    assert monitor.anchor_indices(12).shape == (5, 3)  # kept for the run
+    mlp_probe = probe_set_from_tensors(torch.randn(6, 784), y[:6], 6, seed=0)
+    assert TransitionMonitor().trajectories_for(MLP(784, 10), mlp_probe) == 16
+    assert TransitionMonitor(num_trajectories=2).trajectories_for(cnn, probe) == 2
+
+
+def test_sized_trajectories_are_measured_and_match_the_oracle(monkeypatch):
+    from lightning_sensitivity.callbacks import transitions
+
+    monkeypatch.setattr(transitions, "UNIT_BUDGET", 12 * 16 * 6)  # 16 units, 12 points: 6 trajectories
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(5, 16), torch.nn.ReLU(), torch.nn.Linear(16, 3)).double()
+    x, y = torch.randn(30, 5, dtype=torch.float64), torch.arange(30) % 3
+    monitor = TransitionMonitor(num_points=12, num_samples=30)
+    probe = probe_set_from_tensors(x, y, 30, seed=0)
+    result = monitor.compute(net, {"val": probe}, progress_factory("t", False), 0)
+    assert result.meta["num_trajectories"] == 6 and result.arrays["activation"].shape == (6,)
+    trajectories = torch.stack([ellipse(*probe.inputs[row], 12) for row in result.arrays["anchor_indices"]])
+    assert result.arrays["activation"].tolist() == transitions_loop(net, trajectories)["activation"]
+
+
+def test_num_trajectories_is_checked():
+    with pytest.raises(ValueError, match="num_trajectories"):
+        TransitionMonitor(num_trajectories=0)
+    with pytest.raises(TypeError, match="num_trajectories"):
+        TransitionMonitor(num_trajectories=2.0)

@@ -270,3 +270,33 @@ def test_pair_means_equal_a_loop_over_pairs(self_pairs):
     values[0, 1] = float("nan")
     mean = pair_means(values, y_rows, None if self_pairs else y_cols, self_pairs=self_pairs)["mean"]
     assert mean != mean  # NaN
+
+
+@pytest.mark.parametrize("two_sets", [False, True])
+def test_precomputed_distances_give_the_same_summary(two_sets):
+    """The monitor bins slices of one joint distance matrix: the summary equals the one computing them itself."""
+    from lightning_sensitivity.functional.stiffness import pairwise_distance
+
+    sign, cosine, xr, xc, yr, yc = _problem(12, 9 if two_sets else None, classes=3, seed=4)
+    kwargs = dict(inputs_rows=xr, inputs_cols=xc if two_sets else None, num_classes=3, num_distance_bins=5,
+                  same_class_critical_length=True)  # fmt: skip
+    joint = pairwise_distance(torch.cat([xr, xc]) if two_sets else xr)
+    dist = joint[:12, 12:] if two_sets else joint
+    given = stiffness_summary(sign, cosine, yr, yc, distances=dist, **kwargs)
+    own = stiffness_summary(sign, cosine, yr, yc, **kwargs)
+    for name, value in own.arrays().items():
+        torch.testing.assert_close(torch.as_tensor(given.arrays()[name]), torch.as_tensor(value), equal_nan=True)
+    assert given.same_class_critical_length == pytest.approx(own.same_class_critical_length, nan_ok=True)
+    with pytest.raises(ValueError, match="`distances` expected"):
+        stiffness_summary(sign, cosine, yr, yc, distances=dist[:, :-1], **kwargs)
+
+
+def test_nan_on_the_diagonal_of_a_set_with_itself_is_left_out_of_the_means():
+    sign, cosine, xr, _, yr, _ = _problem(7, classes=2, seed=5)
+    sign.fill_diagonal_(float("nan"))
+    out = stiffness_summary(sign, cosine, yr, inputs_rows=xr, num_distance_bins=3)
+    pairs = _pairs(7, 7, True)
+    lr = yr.tolist()
+    assert out.sign_mean == pytest.approx(_mean_loop(sign, pairs), rel=1e-12)
+    assert out.same_class_sign == pytest.approx(_mean_loop(sign, pairs, lambda i, j: lr[i] == lr[j]), rel=1e-12)
+    assert out.different_class_sign == pytest.approx(_mean_loop(sign, pairs, lambda i, j: lr[i] != lr[j]), rel=1e-12)

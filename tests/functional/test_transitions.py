@@ -32,6 +32,30 @@ def test_matches_naive_loop(chunk_size):
     assert 0 < int((got.segments > 0).sum()) < got.segments.numel()  # some segments change, some do not
 
 
+def test_chunks_sized_to_the_model_match_naive_loop(monkeypatch):
+    """chunk_size=None: a first chunk finds the units, later chunks hold POINT_BUDGET // units points; the chunk
+    boundaries (here inside trajectories and across them) never change a count."""
+    from lightning_sensitivity.functional import transitions
+
+    monkeypatch.setattr(transitions, "FIRST_CHUNK", 4)
+    monkeypatch.setattr(transitions, "POINT_BUDGET", 24 * 7)  # 24 units: chunks of 7 points after the first 4
+    sizes = []
+    real = transitions._sized_chunks
+
+    def spy(total, sized):
+        for piece in real(total, sized):
+            sizes.append(piece.stop - piece.start)
+            yield piece
+
+    monkeypatch.setattr(transitions, "_sized_chunks", spy)
+    torch.manual_seed(3)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(6, 12), nn.ReLU(), nn.Linear(12, 12), nn.ReLU(), nn.Linear(12, 3))
+    traj = ellipse_trajectories(torch.randn(4, 3, 2, 3, dtype=torch.float64) * 3, 15)
+    got = _check_against_oracle(model.double(), traj)
+    assert sizes[0] == 4 and set(sizes[1:-1]) == {7} and sum(sizes) == 60
+    assert got.activation.sum() > 0
+
+
 def test_cnn_with_batchnorm_and_dropout_matches_naive_loop():
     from helpers import bn_dropout_cnn
 

@@ -115,9 +115,10 @@ SPECIFIC: dict[type, dict[str, Callable[[Any], bool]]] = {
     JacobianNormMonitor: {
         "output": lambda v: isinstance(v, str) and v in ("softmax", "logits", "log_softmax"),
         "class_names": valid_names,
+        "num_projections": lambda v: v is None or (is_int(v) and v >= 2),
     },
     TransitionMonitor: {
-        "num_trajectories": lambda v: is_int(v) and v >= 1,
+        "num_trajectories": lambda v: v is None or (is_int(v) and v >= 1),
         "num_points": lambda v: is_int(v) and v >= 3,
     },
     StiffnessMonitor: {
