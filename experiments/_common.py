@@ -54,6 +54,8 @@ def parse_args(name: str, description: str, argv: Sequence[str] | None = None) -
     parser.add_argument("--dataset", choices=sorted(DATASETS), default="mnist")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (1 leaves cores to others)")
+    parser.add_argument("--replot", action="store_true",
+                        help="no training: recompute the statistics and figures from --out's results.json and logs")
     args = parser.parse_args(argv)
     args.name = name
     args.command = " ".join(["python", f"experiments/{name}.py", *map(shlex.quote, sys.argv[1:] if argv is None else argv)])
@@ -88,10 +90,20 @@ def setup(args: argparse.Namespace) -> float:
     warnings.filterwarnings("ignore", category=UserWarning, module="lightning")
     os.environ.setdefault("PYTHONWARNINGS", "ignore")
     torch.set_num_threads(max(1, args.threads))
+    if getattr(args, "replot", False):
+        if not (args.out / "results.json").is_file():
+            raise SystemExit(f"--replot: no results.json in {args.out}")
+        return time.time()
     if args.out.exists():
         shutil.rmtree(args.out)
     args.out.mkdir(parents=True)
     return time.time()
+
+
+def load_results(args: argparse.Namespace) -> dict[str, Any]:
+    """The ``results.json`` an earlier run wrote into ``args.out`` (for ``--replot``)."""
+    with open(args.out / "results.json") as f:
+        return json.load(f)
 
 
 def make_datamodule(args: argparse.Namespace, **kwargs: Any) -> Any:
@@ -148,6 +160,36 @@ def seeds(args: argparse.Namespace, cfg: Mapping[str, Any]) -> list[int]:
     return [args.seed + i for i in range(int(cfg.get("num_seeds", 1)))]
 
 
+def fisher_ci(rho: float | None, n: int, level: float = 0.95) -> tuple[float | None, float | None]:
+    """``level`` interval of a Spearman correlation over ``n`` pairs by Fisher's z (standard error
+    ``sqrt(1.06 / (n - 3))``, Fieller et al. 1957); always within [-1, 1]. None for ``n < 4`` or no ``rho``."""
+    from scipy.stats import norm
+
+    if rho is None or not math.isfinite(rho) or n < 4:
+        return None, None
+    z = math.atanh(min(max(rho, -0.999999), 0.999999))
+    half = float(norm.ppf(0.5 + level / 2)) * math.sqrt(1.06 / (n - 3))
+    return math.tanh(z - half), math.tanh(z + half)
+
+
+def correlation_ci(values: Sequence[Any], level: float = 0.95) -> dict[str, Any]:
+    """Mean and Student-t ``level`` interval over seeds of correlations, on Fisher's z scale and back-transformed, so
+    the interval stays within [-1, 1] (a plain t interval on the correlations runs past 1 with few seeds). ``mean``
+    is the back-transformed mean z; ``raw_mean`` the plain mean of the correlations."""
+    x = np.array([np.nan if v is None else v for v in values], dtype=float)
+    x = x[np.isfinite(x)]
+    z = np.arctanh(np.clip(x, -0.999999, 0.999999))
+    out = mean_ci(z.tolist(), level)
+    out["values"] = x.tolist()
+    out["raw_mean"] = float(x.mean()) if x.size else None
+    for key in ("mean", "low", "high"):
+        if out[key] is not None:
+            out[key] = float(np.tanh(out[key]))
+    out["sd"] = None
+    out["scale"] = "fisher_z"
+    return out
+
+
 def mean_ci(values: Sequence[Any], level: float = 0.95) -> dict[str, Any]:
     """Mean, standard deviation and Student-t ``level`` interval of the finite values (over seeds)."""
     from scipy.stats import t as student
@@ -174,6 +216,7 @@ class FitOutcome:
     seconds: float
     metrics: dict[str, float] = field(default_factory=dict)
     module: Any = None
+    steps: int = 0
 
 
 def fit(
@@ -231,7 +274,7 @@ def fit(
     metrics = _scalars(trainer.callback_metrics)
     if test:
         metrics.update(_scalars(trainer.test(module, datamodule=dm, verbose=False)[0]))
-    return FitOutcome(Path(trainer.log_dir), trainer.current_epoch, seconds, metrics, module)
+    return FitOutcome(Path(trainer.log_dir), trainer.current_epoch, seconds, metrics, module, trainer.global_step)
 
 
 def _scalars(values: Mapping[str, Any]) -> dict[str, float]:
@@ -326,11 +369,17 @@ def write_results(args: argparse.Namespace, start: float, config: Mapping[str, A
         "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
         "versions": {"python": platform.python_version(), "torch": torch.__version__, "lightning": lightning.__version__},
         "threads": args.threads,
+        "config_file": os.path.relpath(args.config, REPO) if Path(args.config).resolve().is_relative_to(REPO) else str(args.config),
         "git": git_state(),
         "config": config,
         "results": results,
     }
     path = args.out / "results.json"
+    if getattr(args, "replot", False):
+        # the training run's record stays (command, wall time, versions, commit, config); only the analysis is new
+        earlier = load_results(args)
+        payload = {**earlier, "results": results,
+                   "replotted": {"finished": payload["finished"], "git": payload["git"], "command": args.command}}
     with open(path, "w") as f:
         json.dump(clean(payload), f, indent=2)
     print(f"[{args.name}] wrote {path} after {payload['wall_time_s']} s")
