@@ -190,6 +190,22 @@ def correlation_ci(values: Sequence[Any], level: float = 0.95) -> dict[str, Any]
     return out
 
 
+def t_band(rows: Any, level: float = 0.95) -> tuple[Any, Any, Any]:
+    """Per column of ``rows`` ``[runs, points]`` (NaN for missing): the mean and the Student-t ``level`` interval over
+    the runs with a value there (the interval is NaN where fewer than 2 runs have one)."""
+    from scipy.stats import t as student
+
+    values = np.array(rows, dtype=float)
+    count = np.isfinite(values).sum(axis=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN columns
+        mean = np.nanmean(values, axis=0)
+        sd = np.nanstd(values, axis=0, ddof=1)
+    half = np.where(count >= 2, student.ppf(0.5 + level / 2, np.maximum(count - 1, 1)) * sd / np.sqrt(np.maximum(count, 1)),
+                    np.nan)  # fmt: skip
+    return mean, mean - half, mean + half
+
+
 def mean_ci(values: Sequence[Any], level: float = 0.95) -> dict[str, Any]:
     """Mean, standard deviation and Student-t ``level`` interval of the finite values (over seeds)."""
     from scipy.stats import t as student
