@@ -370,14 +370,17 @@ def git_state() -> dict[str, Any]:
             "uncommitted_files": files}
 
 
-def write_results(args: argparse.Namespace, start: float, config: Mapping[str, Any], results: Mapping[str, Any]) -> Path:
-    """Write ``args.out/results.json`` with the results, the config, the command and the wall time."""
+def write_results(args: argparse.Namespace, start: float, config: Mapping[str, Any], results: Mapping[str, Any],
+                  partial: bool = False) -> Path:
+    """Write ``args.out/results.json`` with the results, the config, the command and the wall time; ``partial``
+    marks the results of the seeds completed so far (the sweep writes them after every seed)."""
     import lightning
     import torch
 
     payload = {
         "experiment": args.name,
         "quick": bool(args.quick),
+        "partial": partial,
         "dataset": args.dataset,
         "seed": args.seed,
         "command": args.command,
