@@ -38,6 +38,18 @@ DATASETS: dict[str, tuple[str, str]] = {
 }
 
 
+# what ``augment=True`` does in each datamodule (``_augmentation``: shifts of up to ``width // 14`` pixels for the
+# 28x28 datasets, CIFAR's random crop with 4 pixels of padding and a horizontal flip)
+AUGMENTATION: dict[str, str] = {
+    "mnist": "random shifts of up to 2 pixels",
+    "fashion_mnist": "random shifts of up to 2 pixels",
+    "cifar10": "random crops (padding 4) and horizontal flips",
+    "cifar100": "random crops (padding 4) and horizontal flips",
+}
+LABELS: dict[str, str] = {"mnist": "MNIST", "fashion_mnist": "Fashion-MNIST", "cifar10": "CIFAR-10",
+                          "cifar100": "CIFAR-100"}  # fmt: skip
+
+
 def default_data_dir() -> Path:
     """``$LIGHTNING_SENSITIVITY_DATA`` if set, else ``<repo>/../shared/data`` (the layout of this project's machine)."""
     env = os.environ.get(DATA_ENV)
@@ -382,6 +394,8 @@ def write_results(args: argparse.Namespace, start: float, config: Mapping[str, A
         "quick": bool(args.quick),
         "partial": partial,
         "dataset": args.dataset,
+        "datamodule": DATASETS[args.dataset][0],
+        "augmentation": AUGMENTATION[args.dataset],
         "seed": args.seed,
         "command": args.command,
         "wall_time_s": round(time.time() - start, 1),

@@ -29,6 +29,13 @@ EXPECTED_DIRECTION = {"random_labels": +1, "full_batch": +1, "augment": -1}
 COLORS = {"baseline": "tab:blue", "random_labels": "tab:red", "full_batch": "tab:orange", "augment": "tab:green"}
 
 
+def is_collapsed(train_acc: float | None, norm: float | None, floor: float) -> bool:
+    """A run that did not train: eval-mode training accuracy below ``floor``, or no positive finite test norm (a
+    dead net's softmax is constant, so its Jacobian is exactly 0)."""
+    bad_acc = train_acc is None or not np.isfinite(train_acc) or train_acc < floor
+    return bool(bad_acc or norm is None or not np.isfinite(norm) or norm <= 0)
+
+
 def _train_acc_recorder(inputs: Any, targets: Any) -> Any:
     import lightning.pytorch as pl
 
@@ -103,8 +110,7 @@ def run_one(
     history = [{"epoch": a.epoch, "jacobian_test_mean": a.scalar("val_mean"), "train_acc": by_epoch.get(a.epoch)}
                for a in C.artifacts(outcome.log_dir, "jacobian_norm")]  # fmt: skip
     norm = final.scalar("val_mean")
-    collapsed = bool(train_acc < cfg.get("collapse_below_train_acc", 0.5) or norm is None or not np.isfinite(norm)
-                     or norm <= 0)  # fmt: skip
+    collapsed = is_collapsed(train_acc, norm, cfg.get("collapse_below_train_acc", 0.5))
     return {
         "run": run_name,
         "seed": seed,
