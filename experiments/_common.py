@@ -68,6 +68,8 @@ def parse_args(name: str, description: str, argv: Sequence[str] | None = None) -
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (1 leaves cores to others)")
     parser.add_argument("--replot", action="store_true",
                         help="no training: recompute the statistics and figures from --out's results.json and logs")
+    parser.add_argument("--merge-from", type=Path, nargs="+", default=None,
+                        help="with --replot (sweep only): merge the seeds of these output folders into --out first")
     args = parser.parse_args(argv)
     args.name = name
     args.command = " ".join(["python", f"experiments/{name}.py", *map(shlex.quote, sys.argv[1:] if argv is None else argv)])
@@ -103,6 +105,8 @@ def setup(args: argparse.Namespace) -> float:
     os.environ.setdefault("PYTHONWARNINGS", "ignore")
     torch.set_num_threads(max(1, args.threads))
     if getattr(args, "replot", False):
+        if getattr(args, "merge_from", None):
+            merge_results(args)
         if not (args.out / "results.json").is_file():
             raise SystemExit(f"--replot: no results.json in {args.out}")
         return time.time()
@@ -110,6 +114,40 @@ def setup(args: argparse.Namespace) -> float:
         shutil.rmtree(args.out)
     args.out.mkdir(parents=True)
     return time.time()
+
+
+def merge_results(args: argparse.Namespace) -> None:
+    """Write ``args.out/results.json`` from the runs of several output folders of one script (seeds run as separate
+    processes), each seed taken from the first folder that has it; they must share the config but ``num_seeds``."""
+    merged: dict[str, Any] | None = None
+    runs: list[Any] = []
+    seeds: list[int] = []
+    sources = []
+    for folder in args.merge_from:
+        with open(Path(folder) / "results.json") as f:
+            data = json.load(f)
+        strip = {"num_seeds", "num_seeds_completed"}
+        if merged is not None and {k: v for k, v in data["config"].items() if k not in strip} != {
+            k: v for k, v in merged["config"].items() if k not in strip
+        }:
+            raise SystemExit(f"--merge-from: {folder} was run with another config")
+        new = [s for s in data["results"]["seeds"] if s not in seeds]
+        runs += [r for r in data["results"]["runs"] if r["seed"] in new]
+        seeds += new
+        sources.append({"folder": str(folder), "seeds": new, "command": data["command"], "wall_time_s": data["wall_time_s"],
+                        "partial": data.get("partial", False), "git": data.get("git")})  # fmt: skip
+        merged = merged or data
+    assert merged is not None
+    merged = {**merged, "partial": False, "merged_from": sources,
+              # the folders ran at the same time: the longest of them
+              "wall_time_s": max(s["wall_time_s"] for s in sources),
+              "command": " & ".join(s["command"] for s in sources),
+              "config": {**{k: v for k, v in merged["config"].items() if k != "num_seeds_completed"},
+                         "num_seeds": len(seeds)},
+              "results": {**merged["results"], "seeds": sorted(seeds), "runs": runs}}  # fmt: skip
+    args.out.mkdir(parents=True, exist_ok=True)
+    with open(args.out / "results.json", "w") as f:
+        json.dump(merged, f, indent=2)
 
 
 def load_results(args: argparse.Namespace) -> dict[str, Any]:
