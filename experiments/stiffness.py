@@ -172,10 +172,13 @@ def plot_matrices(found: list[Any], names: list[str], path: Path) -> None:
     C.save_figure(fig, path)
 
 
-def _band(ax: Any, x: list, rows: list[list], color: Any, label: str, style: str = "-") -> None:
-    """Mean over seeds with its 95 % Student-t interval (shaded)."""
+def _band(ax: Any, x: list, rows: list[list], color: Any, label: str, style: str = "-",
+          clip: tuple[float, float] | None = None) -> None:
+    """Mean over seeds with its 95 % Student-t interval (shaded; cut to ``clip``, the values' possible range)."""
     values = np.array([[np.nan if v is None else v for v in row] for row in rows], dtype=float)
     mean, low, high = C.t_band(values)
+    if clip is not None:
+        low, high = np.clip(low, *clip), np.clip(high, *clip)
     ax.plot(x, mean, style, color=color, marker="o", ms=2.5, label=label)
     if values.shape[0] > 1:
         ax.fill_between(x, low, high, color=color, alpha=0.15, lw=0)
@@ -189,10 +192,11 @@ def plot_over_training(by_lr: dict, path: Path) -> None:
     for i, (lr, runs) in enumerate(by_lr.items()):
         color = cmap(i / max(1, len(by_lr) - 1))
         epochs = runs[0]["epoch"]
-        _band(axes[0, 0], epochs, [r["train_val"]["same_class_sign"] for r in runs], color, f"lr {lr:g} same class")
-        _band(axes[0, 0], epochs, [r["train_val"]["different_class_sign"] for r in runs], color, "", "--")
+        _band(axes[0, 0], epochs, [r["train_val"]["same_class_sign"] for r in runs], color, f"lr {lr:g} same class",
+              clip=(-1.0, 1.0))
+        _band(axes[0, 0], epochs, [r["train_val"]["different_class_sign"] for r in runs], color, "", "--", (-1.0, 1.0))
         lengths = [r["train_train"]["critical_length_first_crossing"] for r in runs]
-        _band(axes[0, 1], epochs, lengths, color, f"lr {lr:g}")
+        _band(axes[0, 1], epochs, lengths, color, f"lr {lr:g}", clip=(0.0, 2.0))  # cosine distances lie in [0, 2]
         onsets = [r["onset_epoch"] for r in runs]
         losses = [r["val_loss"] for r in runs]
         _band(axes[0, 2], list(range(1, len(losses[0]) + 1)), losses, color,
