@@ -83,7 +83,7 @@ def transitions(doc: Doc, data: dict, folder: Path) -> None:
         "| anchors | activation per ellipse, init | final | near-anchor ratio, init | final | seeds below 1, final |",
         "|---|---|---|---|---|---|",
         *[f"| {KINDS[k]} | {ci(s0[k]['activation'])} | {ci(s1[k]['activation'])} | {ci(s0[k]['near_anchor_ratio'])} "
-          f"| {ci(s1[k]['near_anchor_ratio'])} | {_count(s1[k].get('near_below_one'))} |" for k in ("val", "train", "random")],
+          f"| {ci(s1[k]['near_anchor_ratio'])} | {_count(_below_one(r, k))} |" for k in ("val", "train", "random")],
         "",
         "| ratio of mean counts per ellipse | init | final |",
         "|---|---|---|",
@@ -101,9 +101,9 @@ def transitions(doc: Doc, data: dict, folder: Path) -> None:
         + ("training does not create this difference (it shrinks it)." if rv0.get("mean") and rv.get("mean")
            and rv["mean"] < rv0["mean"] else "training widens it."),
         f"- Fewer transitions near the training anchors than between them after training (near-anchor ratio below 1): "
-        f"{bold(judge(near_train, 1.0, -1))} (below 1 in {_count(s1['train'].get('near_below_one'))} seeds); for the "
+        f"{bold(judge(near_train, 1.0, -1))} (below 1 in {_count(_below_one(r, 'train'))} seeds); for the "
         f"test anchors: {bold(judge(s1['val']['near_anchor_ratio'], 1.0, -1))} (below 1 in "
-        f"{_count(s1['val'].get('near_below_one'))} seeds).",
+        f"{_count(_below_one(r, 'val'))} seeds).",
         "",
     )
     doc.figure(folder / "transitions_density.png", "Transitions per segment (Hamming distance between consecutive "
@@ -111,18 +111,29 @@ def transitions(doc: Doc, data: dict, folder: Path) -> None:
                f"windows around the anchors at 0, 1/3, 2/3; band: 95 % interval over seeds ({label}).")
     doc.figure(folder / "transitions.png", "Mean transitions per ellipse over training (95 % interval over seeds) "
                f"for the three kinds of anchors ({label}).")
-    failed = [beyond(vt, 1.0, +1), beyond(rv, 1.0, +1), beyond(near_train, 1.0, -1)]
-    if False in failed or None in failed:
+    checks = {"test vs training anchors": judge(vt, 1.0, +1), "off-manifold vs test anchors": judge(rv, 1.0, +1),
+              "near the training anchors": judge(near_train, 1.0, -1),
+              "near the test anchors": judge(s1["val"]["near_anchor_ratio"], 1.0, -1)}  # fmt: skip
+    off = [k for k, v in checks.items() if v != "holds"]
+    if off:
         doc.add(
-        "**Where this differs from the paper and why it may:** the differences between the anchor kinds that do "
-        "show are of the size the initialisation already shows, and training moves them little. The nets are small and "
-        f"briefly trained ({r['final_epoch']} epochs on {cfg['train_subset']} examples); the ellipses here are "
-        "through three arbitrary images of different classes, so most of each ellipse is far from every anchor and "
-        "crosses class boundaries, and shuffled images have the same norm as real ones, so their ellipses are not "
-        "much longer. The paper's figures come from larger, longer-trained nets.",
-        "",
+            f"**Where this differs from the paper:** {', '.join(off)} ({', '.join(checks[k] for k in off)}). "
+            f"Training moves the off-manifold/test ratio from {ci(rv0)} at initialisation to {ci(rv)}, and the "
+            f"near-anchor ratio of the training anchors from {ci(s0['train']['near_anchor_ratio'])} to "
+            f"{ci(near_train)}. Possible reasons, not measured here: the nets are small and briefly trained "
+            f"({r['final_epoch']} epochs on {cfg['train_subset']} examples); each ellipse passes through three "
+            "arbitrary images of different classes, so most of it is far from every anchor and crosses class "
+            "boundaries; the paper's figures come from larger, longer-trained nets.",
+            "",
         )
     doc.run_info(data)
+
+
+def _below_one(r: dict, split: str) -> list[int] | None:
+    """``[seeds whose final near-anchor ratio is below 1, seeds with one]`` from the per-run records."""
+    near = [run[split]["near_anchor_ratio"][-1] for run in r.get("runs", [])]
+    near = [v for v in near if v is not None]
+    return [sum(v < 1 for v in near), len(near)] if near else None
 
 
 def _count(pair: list | None) -> str:
@@ -383,7 +394,7 @@ def claims(data: dict[str, dict]) -> list[dict]:
         add("test_over_train", "transitions, test / training anchors, after training", "above 1",
             s1["val_over_train"]["activation"], 1.0, +1)
         for split, text in (("train", "training"), ("val", "test")):
-            below = s1[split].get("near_below_one")
+            below = _below_one(data["transitions"]["results"], split)
             add(f"near_anchor_{split}", f"near-anchor density ratio, {text} anchors", "below 1",
                 s1[split]["near_anchor_ratio"], 1.0, -1, f"below 1 in {_count(below)} seeds" if below else "")
     if "stiffness" in data:
