@@ -126,7 +126,7 @@ def merge_results(args: argparse.Namespace) -> None:
     for folder in args.merge_from:
         with open(Path(folder) / "results.json") as f:
             data = json.load(f)
-        strip = {"num_seeds", "num_seeds_completed"}
+        strip = {"num_seeds", "num_seeds_completed", "num_runs_completed"}
         if merged is not None and {k: v for k, v in data["config"].items() if k not in strip} != {
             k: v for k, v in merged["config"].items() if k not in strip
         }:
@@ -142,7 +142,9 @@ def merge_results(args: argparse.Namespace) -> None:
               # the folders ran at the same time: the longest of them
               "wall_time_s": max(s["wall_time_s"] for s in sources),
               "command": " & ".join(s["command"] for s in sources),
-              "config": {**{k: v for k, v in merged["config"].items() if k != "num_seeds_completed"},
+              "partial_runs": [s["folder"] for s in sources if s["partial"]],
+              "config": {**{k: v for k, v in merged["config"].items()
+                            if k not in ("num_seeds_completed", "num_runs_completed")},
                          "num_seeds": len(seeds)},
               "results": {**merged["results"], "seeds": sorted(seeds), "runs": runs}}  # fmt: skip
     args.out.mkdir(parents=True, exist_ok=True)

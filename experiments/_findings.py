@@ -99,10 +99,14 @@ def setting_changes(data: dict) -> list[str]:
         return []
     default = json.loads(path.read_text())
     full = {**default.get("common", {}), **default["full"]}
-    used = {k: v for k, v in data["config"].items() if k != "num_seeds_completed"}
+    used = {k: v for k, v in data["config"].items() if k not in ("num_seeds_completed", "num_runs_completed")}
     out = [f"`{k}` {json.dumps(used[k])} instead of {json.dumps(full[k])}" for k in sorted(full)
            if k in used and used[k] != full[k]]  # fmt: skip
     out += [f"`{k}` {json.dumps(used[k])} (not in the default)" for k in sorted(used) if k not in full]
+    if data.get("partial_runs"):
+        out.append(f"the sweep was stopped before the end in {len(data['partial_runs'])} of its "
+                   f"{len(data.get('merged_from', []))} seed processes: the runs that finished are used, a variant "
+                   "is compared with its baseline only where both finished")
     if data.get("partial"):
         out.append(f"stopped after {data['config'].get('num_seeds_completed')} of {data['config'].get('num_seeds')} "
                    "seeds (partial results)")

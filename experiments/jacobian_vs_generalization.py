@@ -352,11 +352,12 @@ def main(argv: list[str] | None = None) -> None:
                 C.log(args, f"{run_name}: epochs={result['epochs']} train_acc={result['train_acc']:.3f} "
                       f"test_acc={result['test_acc']:.3f} jac={C.clean(result['jacobian_test_mean'])} "
                       f"collapsed={result['collapsed']} ({result['fit_seconds']} s)")
-        # after every seed: the seeds done so far, so that a sweep stopped early still leaves complete seeds
-        done = seeds[: seeds.index(seed) + 1]
-        if len(done) < len(seeds):
-            C.write_results(args, start, {**cfg, "num_seeds_completed": len(done)}, analyse(runs, cfg, done),
-                            partial=True)  # fmt: skip
+                # after every run: the runs so far (a sweep stopped early leaves them; pairs need both runs)
+                if len(runs) < len(seeds) * len(cfg["bases"]) * len(cfg["variants"]):
+                    done = seeds[: seeds.index(seed) + 1]
+                    C.write_results(args, start, {**cfg, "num_seeds_completed": len(done) - 1,
+                                                  "num_runs_completed": len(runs)}, analyse(runs, cfg, done),
+                                    partial=True)  # fmt: skip
     results = analyse(runs, cfg, seeds)
     plot_all(results, args.out)
     C.write_results(args, start, cfg, results)
