@@ -194,3 +194,27 @@ def test_claims_table_round_trip():
             "fashion_mnist": [{"key": "jacobian_gap", "value": "0.1 [-0.2, 0.4]", "verdict": "mixed"}]}  # fmt: skip
     text = mf.summary_text(rows, {"mnist": "MNIST", "fashion_mnist": "Fashion-MNIST"}, "5 seeds", False)
     assert "holds on MNIST (0.5 [0.1, 0.9]); mixed on Fashion-MNIST (0.1 [-0.2, 0.4])" in text
+
+
+def test_merge_takes_each_seed_once_and_requires_one_config(common, tmp_path):
+    import argparse
+    import json
+
+    def write(folder, seeds, partial=False, lr=0.05):
+        folder.mkdir()
+        data = {"experiment": "jacobian_vs_generalization", "command": f"python x --seed {seeds[0]}", "wall_time_s": 10.0 * len(seeds),
+                "partial": partial, "config": {"num_seeds": len(seeds), "lr": lr},
+                "results": {"seeds": seeds, "runs": [{"seed": s, "run": f"seed{s}"} for s in seeds]}}  # fmt: skip
+        (folder / "results.json").write_text(json.dumps(data))
+        return folder
+
+    a, b = write(tmp_path / "a", [0, 1]), write(tmp_path / "b", [1, 2], partial=True)
+    args = argparse.Namespace(merge_from=[a, b], out=tmp_path / "merged")
+    common.merge_results(args)
+    merged = json.loads((tmp_path / "merged" / "results.json").read_text())
+    assert merged["results"]["seeds"] == [0, 1, 2] and [r["seed"] for r in merged["results"]["runs"]] == [0, 1, 2]
+    assert merged["config"]["num_seeds"] == 3 and merged["wall_time_s"] == 20.0
+    assert merged["partial_runs"] == [str(b)] and [s["seeds"] for s in merged["merged_from"]] == [[0, 1], [2]]
+    other = write(tmp_path / "c", [3], lr=0.1)
+    with pytest.raises(SystemExit, match="another config"):
+        common.merge_results(argparse.Namespace(merge_from=[a, other], out=tmp_path / "m2"))
