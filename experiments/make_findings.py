@@ -404,14 +404,15 @@ def claims(data: dict[str, dict]) -> list[dict]:
                                    for lr in lrs for run in r["by_lr"][lr]
                                    if run["train_val"]["same_class_sign"][-1] is not None
                                    and run["train_val"]["different_class_sign"][-1] is not None])  # fmt: skip
-        add("same_above_different", "same-class minus different-class sign stiffness, end", "above 0",
-            same_minus_diff, 0.0, +1)
+        add("same_above_different", "same-class minus different-class sign stiffness, end (interval over runs)",
+            "above 0", same_minus_diff, 0.0, +1)
         lengths = {lr: [_length_summary(run["train_train"]["critical_length_first_crossing"], run["epoch"])
                         for run in r["by_lr"][lr]] for lr in lrs}  # fmt: skip
         shrink = mean_ci([x["late_minus_early"] for v in lengths.values() for x in v])
         missing = sum(x["missing"] for v in lengths.values() for x in v)
         count = sum(x["count"] for v in lengths.values() for x in v)
-        add("critical_length_training", "critical length, late − early half of training", "below 0 (later version)",
+        add("critical_length_training", "critical length, late − early half of training (interval over runs)",
+            "below 0 (later version)",
             shrink, 0.0, -1, f"{missing}/{count} measurements without a crossing")
         rho_len = _rho_ci([float(lr) for lr in lrs], [[x["mean"] for x in lengths[lr]] for lr in lrs])
         add("critical_length_lr", "learning rate vs critical length (per-seed ρ)", "below 0 (later version)",
@@ -420,7 +421,8 @@ def claims(data: dict[str, dict]) -> list[dict]:
             "below 0 (later version)", t["train_val/sign_mean/final"]["spearman"], 0.0, -1)
         add("stiffness_lr_same_class", "learning rate vs same-class cosine stiffness, end (per-seed ρ)",
             "below 0 (later version)", t["train_val/same_class_cosine/final"]["spearman"], 0.0, -1)
-        add("within_class_falls", "same-class cosine stiffness, onset − first measurement", "below 0",
+        add("within_class_falls", "same-class cosine stiffness, onset − first measurement (interval over runs)",
+            "below 0",
             r["change_over_training"]["train_val/same_class_cosine/onset_minus_first_trained"], 0.0, -1)
     return rows
 
