@@ -552,8 +552,10 @@ def main(argv: list[str] | None = None) -> None:
     changes = [(labels[d], name, setting_changes(data)) for d in order for name, (data, _) in found[d].items()]
     changed = [(lab, name, c) for lab, name, c in changes if c]
     if changed:
-        doc.add("**Settings that differ from the scripts' defaults** (`experiments/configs/<script>.json`, the "
-                "`full` section), as the results files record them:", "")
+        doc.add("**Reduced settings.** Not every result below comes from the scripts' full default settings "
+                "(`experiments/configs/<script>.json`, the `full` section): the machine they ran on was shared and "
+                "loaded, so some runs used the settings in `experiments/configs/reduced/`. What differs, as the results "
+                "files record it:", "")
         doc.add(*[f"- {lab}, `{name}`: {'; '.join(c)}." for lab, name, c in changed], "")
     missing = [f"{labels[d]}: {', '.join(n for n in ORDER if n not in found[d])}" for d in order
                if any(n not in found[d] for n in ORDER)]  # fmt: skip
