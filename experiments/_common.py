@@ -38,6 +38,18 @@ DATASETS: dict[str, tuple[str, str]] = {
 }
 
 
+# what ``augment=True`` does in each datamodule (``_augmentation``: shifts of up to ``width // 14`` pixels for the
+# 28x28 datasets, CIFAR's random crop with 4 pixels of padding and a horizontal flip)
+AUGMENTATION: dict[str, str] = {
+    "mnist": "random shifts of up to 2 pixels",
+    "fashion_mnist": "random shifts of up to 2 pixels",
+    "cifar10": "random crops (padding 4) and horizontal flips",
+    "cifar100": "random crops (padding 4) and horizontal flips",
+}
+LABELS: dict[str, str] = {"mnist": "MNIST", "fashion_mnist": "Fashion-MNIST", "cifar10": "CIFAR-10",
+                          "cifar100": "CIFAR-100"}  # fmt: skip
+
+
 def default_data_dir() -> Path:
     """``$LIGHTNING_SENSITIVITY_DATA`` if set, else ``<repo>/../shared/data`` (the layout of this project's machine)."""
     env = os.environ.get(DATA_ENV)
@@ -54,6 +66,10 @@ def parse_args(name: str, description: str, argv: Sequence[str] | None = None) -
     parser.add_argument("--dataset", choices=sorted(DATASETS), default="mnist")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (1 leaves cores to others)")
+    parser.add_argument("--replot", action="store_true",
+                        help="no training: recompute the statistics and figures from --out's results.json and logs")
+    parser.add_argument("--merge-from", type=Path, nargs="+", default=None,
+                        help="with --replot (sweep only): merge the seeds of these output folders into --out first")
     args = parser.parse_args(argv)
     args.name = name
     args.command = " ".join(["python", f"experiments/{name}.py", *map(shlex.quote, sys.argv[1:] if argv is None else argv)])
@@ -88,10 +104,58 @@ def setup(args: argparse.Namespace) -> float:
     warnings.filterwarnings("ignore", category=UserWarning, module="lightning")
     os.environ.setdefault("PYTHONWARNINGS", "ignore")
     torch.set_num_threads(max(1, args.threads))
+    if getattr(args, "replot", False):
+        if getattr(args, "merge_from", None):
+            merge_results(args)
+        if not (args.out / "results.json").is_file():
+            raise SystemExit(f"--replot: no results.json in {args.out}")
+        return time.time()
     if args.out.exists():
         shutil.rmtree(args.out)
     args.out.mkdir(parents=True)
     return time.time()
+
+
+def merge_results(args: argparse.Namespace) -> None:
+    """Write ``args.out/results.json`` from the runs of several output folders of one script (seeds run as separate
+    processes), each seed taken from the first folder that has it; they must share the config but ``num_seeds``."""
+    merged: dict[str, Any] | None = None
+    runs: list[Any] = []
+    seeds: list[int] = []
+    sources = []
+    for folder in args.merge_from:
+        with open(Path(folder) / "results.json") as f:
+            data = json.load(f)
+        strip = {"num_seeds", "num_seeds_completed", "num_runs_completed"}
+        if merged is not None and {k: v for k, v in data["config"].items() if k not in strip} != {
+            k: v for k, v in merged["config"].items() if k not in strip
+        }:
+            raise SystemExit(f"--merge-from: {folder} was run with another config")
+        new = [s for s in data["results"]["seeds"] if s not in seeds]
+        runs += [r for r in data["results"]["runs"] if r["seed"] in new]
+        seeds += new
+        sources.append({"folder": str(folder), "seeds": new, "command": data["command"], "wall_time_s": data["wall_time_s"],
+                        "partial": data.get("partial", False), "git": data.get("git")})  # fmt: skip
+        merged = merged or data
+    assert merged is not None
+    merged = {**merged, "partial": False, "merged_from": sources,
+              # the folders ran at the same time: the longest of them
+              "wall_time_s": max(s["wall_time_s"] for s in sources),
+              "command": " & ".join(s["command"] for s in sources),
+              "partial_runs": [s["folder"] for s in sources if s["partial"]],
+              "config": {**{k: v for k, v in merged["config"].items()
+                            if k not in ("num_seeds_completed", "num_runs_completed")},
+                         "num_seeds": len(seeds)},
+              "results": {**merged["results"], "seeds": sorted(seeds), "runs": runs}}  # fmt: skip
+    args.out.mkdir(parents=True, exist_ok=True)
+    with open(args.out / "results.json", "w") as f:
+        json.dump(merged, f, indent=2)
+
+
+def load_results(args: argparse.Namespace) -> dict[str, Any]:
+    """The ``results.json`` an earlier run wrote into ``args.out`` (for ``--replot``)."""
+    with open(args.out / "results.json") as f:
+        return json.load(f)
 
 
 def make_datamodule(args: argparse.Namespace, **kwargs: Any) -> Any:
@@ -148,6 +212,52 @@ def seeds(args: argparse.Namespace, cfg: Mapping[str, Any]) -> list[int]:
     return [args.seed + i for i in range(int(cfg.get("num_seeds", 1)))]
 
 
+def fisher_ci(rho: float | None, n: int, level: float = 0.95) -> tuple[float | None, float | None]:
+    """``level`` interval of a Spearman correlation over ``n`` pairs by Fisher's z (standard error
+    ``sqrt(1.06 / (n - 3))``, Fieller et al. 1957); always within [-1, 1]. None for ``n < 4`` or no ``rho``."""
+    from scipy.stats import norm
+
+    if rho is None or not math.isfinite(rho) or n < 4:
+        return None, None
+    z = math.atanh(min(max(rho, -0.999999), 0.999999))
+    half = float(norm.ppf(0.5 + level / 2)) * math.sqrt(1.06 / (n - 3))
+    return math.tanh(z - half), math.tanh(z + half)
+
+
+def correlation_ci(values: Sequence[Any], level: float = 0.95) -> dict[str, Any]:
+    """Mean and Student-t ``level`` interval over seeds of correlations, on Fisher's z scale and back-transformed, so
+    the interval stays within [-1, 1] (a plain t interval on the correlations runs past 1 with few seeds). ``mean``
+    is the back-transformed mean z; ``raw_mean`` the plain mean of the correlations."""
+    x = np.array([np.nan if v is None else v for v in values], dtype=float)
+    x = x[np.isfinite(x)]
+    z = np.arctanh(np.clip(x, -0.999999, 0.999999))
+    out = mean_ci(z.tolist(), level)
+    out["values"] = x.tolist()
+    out["raw_mean"] = float(x.mean()) if x.size else None
+    for key in ("mean", "low", "high"):
+        if out[key] is not None:
+            out[key] = float(np.tanh(out[key]))
+    out["sd"] = None
+    out["scale"] = "fisher_z"
+    return out
+
+
+def t_band(rows: Any, level: float = 0.95) -> tuple[Any, Any, Any]:
+    """Per column of ``rows`` ``[runs, points]`` (NaN for missing): the mean and the Student-t ``level`` interval over
+    the runs with a value there (the interval is NaN where fewer than 2 runs have one)."""
+    from scipy.stats import t as student
+
+    values = np.array(rows, dtype=float)
+    count = np.isfinite(values).sum(axis=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN columns
+        mean = np.nanmean(values, axis=0)
+        sd = np.nanstd(values, axis=0, ddof=1)
+    half = np.where(count >= 2, student.ppf(0.5 + level / 2, np.maximum(count - 1, 1)) * sd / np.sqrt(np.maximum(count, 1)),
+                    np.nan)  # fmt: skip
+    return mean, mean - half, mean + half
+
+
 def mean_ci(values: Sequence[Any], level: float = 0.95) -> dict[str, Any]:
     """Mean, standard deviation and Student-t ``level`` interval of the finite values (over seeds)."""
     from scipy.stats import t as student
@@ -174,6 +284,7 @@ class FitOutcome:
     seconds: float
     metrics: dict[str, float] = field(default_factory=dict)
     module: Any = None
+    steps: int = 0
 
 
 def fit(
@@ -231,7 +342,7 @@ def fit(
     metrics = _scalars(trainer.callback_metrics)
     if test:
         metrics.update(_scalars(trainer.test(module, datamodule=dm, verbose=False)[0]))
-    return FitOutcome(Path(trainer.log_dir), trainer.current_epoch, seconds, metrics, module)
+    return FitOutcome(Path(trainer.log_dir), trainer.current_epoch, seconds, metrics, module, trainer.global_step)
 
 
 def _scalars(values: Mapping[str, Any]) -> dict[str, float]:
@@ -311,26 +422,37 @@ def git_state() -> dict[str, Any]:
             "uncommitted_files": files}
 
 
-def write_results(args: argparse.Namespace, start: float, config: Mapping[str, Any], results: Mapping[str, Any]) -> Path:
-    """Write ``args.out/results.json`` with the results, the config, the command and the wall time."""
+def write_results(args: argparse.Namespace, start: float, config: Mapping[str, Any], results: Mapping[str, Any],
+                  partial: bool = False) -> Path:
+    """Write ``args.out/results.json`` with the results, the config, the command and the wall time; ``partial``
+    marks the results of the seeds completed so far (the sweep writes them after every seed)."""
     import lightning
     import torch
 
     payload = {
         "experiment": args.name,
         "quick": bool(args.quick),
+        "partial": partial,
         "dataset": args.dataset,
+        "datamodule": DATASETS[args.dataset][0],
+        "augmentation": AUGMENTATION[args.dataset],
         "seed": args.seed,
         "command": args.command,
         "wall_time_s": round(time.time() - start, 1),
         "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
         "versions": {"python": platform.python_version(), "torch": torch.__version__, "lightning": lightning.__version__},
         "threads": args.threads,
+        "config_file": os.path.relpath(args.config, REPO) if Path(args.config).resolve().is_relative_to(REPO) else str(args.config),
         "git": git_state(),
         "config": config,
         "results": results,
     }
     path = args.out / "results.json"
+    if getattr(args, "replot", False):
+        # the training run's record stays (command, wall time, versions, commit, config); only the analysis is new
+        earlier = load_results(args)
+        payload = {**earlier, "results": results,
+                   "replotted": {"finished": payload["finished"], "git": payload["git"], "command": args.command}}
     with open(path, "w") as f:
         json.dump(clean(payload), f, indent=2)
     print(f"[{args.name}] wrote {path} after {payload['wall_time_s']} s")

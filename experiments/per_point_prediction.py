@@ -173,11 +173,14 @@ def plot(runs: list[dict], path: Path) -> None:
                                ("confidence_auroc", "s--", "1 - max softmax"),
                                ("entropy_auroc", "^:", "entropy")):  # fmt: skip
         values = np.array([[np.nan if e[name] is None else e[name] for e in r["per_epoch"]] for r in runs], dtype=float)
-        ax.plot(epochs, np.nanmean(values, axis=0), style, ms=3, label=f"{label} (mean of {len(runs)} seeds)")
+        mean, low, high = C.t_band(values)
+        line = ax.plot(epochs, mean, style, ms=3, label=f"{label} (mean of {len(runs)} seeds)")[0]
+        ax.fill_between(epochs, low, high, color=line.get_color(), alpha=0.15, lw=0)
     ax.axhline(0.5, color="grey", lw=1, ls=":")
     ax.set_xlabel("epoch")
     ax.set_ylabel("AUROC for misclassification")
     ax.set_ylim(0.4, 1.0)
+    ax.set_title("band: 95 % interval over seeds", fontsize=8)
     ax.legend(fontsize=7)
     C.save_figure(fig, path)
 
@@ -185,6 +188,13 @@ def plot(runs: list[dict], path: Path) -> None:
 def main(argv: list[str] | None = None) -> None:
     args = C.parse_args(NAME, __doc__.splitlines()[0], argv)
     start = C.setup(args)
+    if args.replot:
+        earlier = C.load_results(args)
+        runs = earlier["results"]["runs"]
+        if runs and runs[0].get("plot"):
+            plot(runs, args.out / "per_point_auroc.png")
+        C.write_results(args, start, earlier["config"], {**earlier["results"], "summary": summarise(runs)})
+        return
     cfg = C.load_config(args)
     runs = []
     for seed in C.seeds(args, cfg):
@@ -193,11 +203,18 @@ def main(argv: list[str] | None = None) -> None:
         C.log(args, f"seed {seed}: norm AUROC {f['norm_auroc']}, confidence {f['confidence_auroc']}, "
               f"CV gain {f['cross_validated'].get('gain')} ({runs[-1]['fit_seconds']} s)")
     plot(runs, args.out / "per_point_auroc.png")
+    C.write_results(args, start, cfg, {"seeds": C.seeds(args, cfg), "runs": runs, "summary": summarise(runs)})
+
+
+def summarise(runs: list[dict]) -> dict[str, Any]:
+    """Over seeds: mean and 95 % interval of each final-epoch score (also what ``--replot`` recomputes)."""
     finals = [r["final"] for r in runs]
     summary = {
         name: C.mean_ci([f[name] for f in finals])
-        for name in ("norm_auroc", "confidence_auroc", "entropy_auroc", "spearman_norm_vs_confidence")
+        for name in ("norm_auroc", "confidence_auroc", "entropy_auroc")
     }
+    # a correlation: its interval on Fisher's z scale stays within [-1, 1]
+    summary["spearman_norm_vs_confidence"] = C.correlation_ci([f["spearman_norm_vs_confidence"] for f in finals])
     summary["norm_minus_confidence"] = C.mean_ci(
         [None if f["norm_auroc"] is None or f["confidence_auroc"] is None else f["norm_auroc"] - f["confidence_auroc"]
          for f in finals]
@@ -214,9 +231,7 @@ def main(argv: list[str] | None = None) -> None:
     summary["cv_gain"] = C.mean_ci([f["cross_validated"].get("gain") for f in finals])
     summary["num_wrong"] = [f["num_wrong"] for f in finals]
     summary["val_acc"] = C.mean_ci([r["val_acc"] for r in runs])
-    for r in runs:
-        r.pop("plot", None)
-    C.write_results(args, start, cfg, {"seeds": C.seeds(args, cfg), "runs": runs, "summary": summary})
+    return summary
 
 
 if __name__ == "__main__":

@@ -151,7 +151,8 @@ def probe_seed_stability(cfg: dict, module: Any, dm: Any, num_draws: int) -> dic
 
 def plot_matrices(found: list[Any], names: list[str], path: Path) -> None:
     shown = [found[0], found[len(found) // 2], found[-1]] if len(found) >= 3 else found
-    fig, axes = C.new_figure(ncols=len(shown), nrows=len(GROUPS), size=(2.6, 2.5))
+    long_names = max((len(n) for n in names), default=1) > 3
+    fig, axes = C.new_figure(ncols=len(shown), nrows=len(GROUPS), size=(3.3, 3.2) if long_names else (2.6, 2.5))
     image = None
     for r, group in enumerate(GROUPS):
         for c, art in enumerate(shown):
@@ -159,18 +160,28 @@ def plot_matrices(found: list[Any], names: list[str], path: Path) -> None:
             image = ax.imshow(np.ma.masked_invalid(art.arrays[f"{group}/class_sign"]), cmap="RdBu_r", vmin=-1, vmax=1,
                               interpolation="nearest")  # fmt: skip
             ax.set_title(f"{group}, epoch {art.epoch}", fontsize=8)
-            ax.set_xticks(range(len(names)), names, fontsize=6)
-            ax.set_yticks(range(len(names)), names, fontsize=6)
+            # real class names ("T-shirt/top", "Ankle boot") stay readable: x labels turned, y labels only on
+            # the first column
+            ax.set_xticks(range(len(names)), names, fontsize=5.5, rotation=90 if long_names else 0)
+            ax.set_yticks(range(len(names)), names if c == 0 else [""] * len(names), fontsize=5.5)
+            if r == len(GROUPS) - 1:
+                ax.set_xlabel("class (columns)", fontsize=7)
+            if c == 0:
+                ax.set_ylabel("class (rows)", fontsize=7)
     fig.colorbar(image, ax=axes, shrink=0.6, label="class sign stiffness")
     C.save_figure(fig, path)
 
 
-def _band(ax: Any, x: list, rows: list[list], color: Any, label: str, style: str = "-") -> None:
+def _band(ax: Any, x: list, rows: list[list], color: Any, label: str, style: str = "-",
+          clip: tuple[float, float] | None = None) -> None:
+    """Mean over seeds with its 95 % Student-t interval (shaded; cut to ``clip``, the values' possible range)."""
     values = np.array([[np.nan if v is None else v for v in row] for row in rows], dtype=float)
-    mean = np.nanmean(values, axis=0)
+    mean, low, high = C.t_band(values)
+    if clip is not None:
+        low, high = np.clip(low, *clip), np.clip(high, *clip)
     ax.plot(x, mean, style, color=color, marker="o", ms=2.5, label=label)
     if values.shape[0] > 1:
-        ax.fill_between(x, np.nanmin(values, axis=0), np.nanmax(values, axis=0), color=color, alpha=0.15, lw=0)
+        ax.fill_between(x, low, high, color=color, alpha=0.15, lw=0)
 
 
 def plot_over_training(by_lr: dict, path: Path) -> None:
@@ -181,39 +192,52 @@ def plot_over_training(by_lr: dict, path: Path) -> None:
     for i, (lr, runs) in enumerate(by_lr.items()):
         color = cmap(i / max(1, len(by_lr) - 1))
         epochs = runs[0]["epoch"]
-        _band(axes[0, 0], epochs, [r["train_val"]["same_class_sign"] for r in runs], color, f"lr {lr:g} same class")
-        _band(axes[0, 0], epochs, [r["train_val"]["different_class_sign"] for r in runs], color, "", "--")
+        _band(axes[0, 0], epochs, [r["train_val"]["same_class_sign"] for r in runs], color, f"lr {lr:g} same class",
+              clip=(-1.0, 1.0))
+        _band(axes[0, 0], epochs, [r["train_val"]["different_class_sign"] for r in runs], color, "", "--", (-1.0, 1.0))
         lengths = [r["train_train"]["critical_length_first_crossing"] for r in runs]
-        _band(axes[0, 1], epochs, lengths, color, f"lr {lr:g}")
+        _band(axes[0, 1], epochs, lengths, color, f"lr {lr:g}", clip=(0.0, 2.0))  # cosine distances lie in [0, 2]
         onsets = [r["onset_epoch"] for r in runs]
-        axes[0, 2].plot(range(1, len(runs[0]["val_loss"]) + 1), np.mean([r["val_loss"] for r in runs], axis=0), "-",
-                        color=color, label=f"lr {lr:g} (onset {min(onsets)}-{max(onsets)})")  # fmt: skip
-    axes[0, 0].set_title("train_val sign stiffness (solid: same class, dashed: different)", fontsize=8)
+        losses = [r["val_loss"] for r in runs]
+        _band(axes[0, 2], list(range(1, len(losses[0]) + 1)), losses, color,
+              f"lr {lr:g} (onset {min(onsets)}-{max(onsets)})")  # fmt: skip
+    seeds = len(next(iter(by_lr.values())))
+    axes[0, 0].set_title("train_val sign stiffness\n(solid: same class, dashed: different)", fontsize=8)
     axes[0, 0].axhline(0, color="grey", lw=1, ls=":")
-    axes[0, 1].set_title("critical length, train_train (first crossing; gaps: none)", fontsize=8)
-    axes[0, 2].set_title("held-out loss (mean over seeds)", fontsize=8)
+    axes[0, 0].set_ylabel("mean sign stiffness")
+    axes[0, 1].set_title("critical length, train_train\n(first crossing; gaps: no crossing)", fontsize=8)
+    axes[0, 1].set_ylabel("critical length (cosine distance)")
+    axes[0, 2].set_title("held-out loss", fontsize=8)
+    axes[0, 2].set_ylabel("cross-entropy")
     for ax in axes[0]:
-        ax.set_xlabel("epoch")
+        ax.set_xlabel(f"epoch (bands: 95 % interval over {seeds} seeds)", fontsize=7)
     axes[0, 0].legend(fontsize=6)
     axes[0, 1].legend(fontsize=6)
     axes[0, 2].legend(fontsize=6)
     C.save_figure(fig, path)
 
 
-def plot_distance(found: list[Any], path: Path) -> None:
+def plot_distance(per_seed: list[list[Any]], path: Path) -> None:
+    """train_train sign stiffness by distance at initialisation, mid-training and the end: mean over seeds with a
+    95 % interval per bin."""
     from matplotlib import colormaps
 
     fig, axes = C.new_figure(ncols=1, size=(4.6, 3.3))
     ax = axes[0, 0]
     cmap = colormaps["viridis"]
-    for i, art in enumerate(found):
-        edges = art.arrays["train_train/bin_edges"]
+    count = min(len(found) for found in per_seed)
+    picks = sorted({0, count // 2, count - 1})
+    for k, i in enumerate(picks):
+        edges = per_seed[0][i].arrays["train_train/bin_edges"]
         centres = (edges[:-1] + edges[1:]) / 2
-        ax.plot(centres, art.arrays["train_train/distance_sign"], color=cmap(i / max(1, len(found) - 1)), lw=1.2,
-                label=f"epoch {art.epoch}" if i in (0, len(found) - 1) else None)  # fmt: skip
+        mean, low, high = C.t_band([found[i].arrays["train_train/distance_sign"] for found in per_seed])
+        color = cmap(k / max(1, len(picks) - 1))
+        ax.plot(centres, mean, color=color, lw=1.2, marker="o", ms=2, label=f"epoch {per_seed[0][i].epoch}")
+        ax.fill_between(centres, low, high, color=color, alpha=0.15, lw=0)
     ax.axhline(0, color="grey", lw=1, ls=":")
     ax.set_xlabel("cosine input distance (train_train pairs)")
     ax.set_ylabel("mean sign stiffness")
+    ax.set_title(f"mean and 95 % interval over {len(per_seed)} seeds", fontsize=8)
     ax.legend(fontsize=7)
     C.save_figure(fig, path)
 
@@ -230,7 +254,7 @@ def trend(by_lr: dict, value: Any) -> dict[str, Any]:
         y = [value(by_lr[lr][s]) for lr in lrs]
         keep = [i for i, v in enumerate(y) if v is not None and np.isfinite(v)]
         rhos.append(spearmanr([lrs[i] for i in keep], [y[i] for i in keep]).statistic if len(keep) >= 3 else None)
-    return {"per_lr": per_lr, "spearman_per_seed": rhos, "spearman": C.mean_ci(rhos)}
+    return {"per_lr": per_lr, "spearman_per_seed": rhos, "spearman": C.correlation_ci(rhos)}
 
 
 def at_epoch(run: dict, group: str, name: str, epoch: int | None) -> float | None:
@@ -241,35 +265,8 @@ def at_epoch(run: dict, group: str, name: str, epoch: int | None) -> float | Non
     return run[group][name][i]
 
 
-def main(argv: list[str] | None = None) -> None:
-    args = C.parse_args(NAME, __doc__.splitlines()[0], argv)
-    start = C.setup(args)
-    cfg = C.load_config(args)
-    by_lr: dict[float, list[dict]] = {}
-    fits, reference, stability = {}, None, None
-    for lr in cfg["lrs"]:
-        by_lr[lr] = []
-        for seed in C.seeds(args, cfg):
-            outcome, found, recorder, dm = train_at(args, cfg, lr, seed)
-            by_lr[lr].append(series(found, recorder))
-            fits[f"{lr:g}/{seed}"] = {
-                "fit_seconds": round(outcome.seconds, 1),
-                "val_acc": outcome.metrics.get("val/acc"),
-                "train_acc": outcome.metrics.get("train/acc"),
-                "onset_epoch": by_lr[lr][-1]["onset_epoch"],
-            }
-            C.log(args, f"lr {lr:g} seed {seed}: val_acc={fits[f'{lr:g}/{seed}']['val_acc']} onset "
-                  f"{by_lr[lr][-1]['onset_epoch']} ({fits[f'{lr:g}/{seed}']['fit_seconds']} s)")
-            if lr == cfg["reference_lr"] and seed == args.seed:
-                reference = found
-                stability = probe_seed_stability(cfg, outcome.module, dm, cfg["stability_draws"])
-    if reference is None:
-        raise ValueError(f"`reference_lr` {cfg['reference_lr']} is not one of `lrs` {cfg['lrs']}")
-    names = [str(n) for n in (reference[-1].meta.get("class_names") or range(10))]
-    plot_matrices(reference, names, args.out / "stiffness_class_matrices.png")
-    plot_over_training(by_lr, args.out / "stiffness_over_training.png")
-    plot_distance(reference, args.out / "stiffness_by_distance.png")
-
+def analyse(by_lr: dict[float, list[dict]], seeds: list[int]) -> dict[str, Any]:
+    """Trends over learning rates and changes over training from the per-run series (also what ``--replot`` does)."""
     final = lambda group, name: (lambda r: r[group][name][-1])  # noqa: E731
     first_trained = lambda group, name: (lambda r: r[group][name][1] if len(r["epoch"]) > 1 else None)  # noqa: E731
     trends = {
@@ -285,6 +282,7 @@ def main(argv: list[str] | None = None) -> None:
             trends[f"{group}/{name}/onset"] = trend(
                 by_lr, lambda r, g=group, n=name: at_epoch(r, g, n, r["onset_epoch"])
             )
+
     # does the critical length fall over training? final minus first trained measurement, per run
     def final_minus_first(group: str, name: str) -> list[float]:
         out = []
@@ -305,18 +303,75 @@ def main(argv: list[str] | None = None) -> None:
         f"train_val/{name}/onset_minus_first_trained": C.mean_ci([
             abs(at_epoch(r, "train_val", name, r["onset_epoch"])) - abs(r["train_val"][name][1])
             for runs in by_lr.values() for r in runs if len(r["epoch"]) > 1 and r["onset_epoch"] is not None
+            and at_epoch(r, "train_val", name, r["onset_epoch"]) is not None and r["train_val"][name][1] is not None
         ])
         for name in ("same_class_sign", "same_class_cosine", "different_class_sign", "different_class_cosine")
     })  # fmt: skip
-    results = {
-        "seeds": C.seeds(args, cfg),
-        "reference_lr": cfg["reference_lr"],
-        "by_lr": {f"{lr:g}": runs for lr, runs in by_lr.items()},
-        "fits": fits,
-        "trends": trends,
-        "change_over_training": change,
-        "stability": stability,
-    }
+    # measurements with no crossing (NaN critical length), per method and group, out of all trained measurements
+    no_crossing = {
+        f"{group}/{method}": [sum(1 for r in runs for v in r[group][f"critical_length_{method}"][1:] if v is None
+                                  or not np.isfinite(v)) for runs in by_lr.values()]
+        for group in GROUPS for method in METHODS
+    }  # fmt: skip
+    return {"trends": trends, "change_over_training": change, "no_crossing_per_lr": no_crossing,
+            "measurements_per_lr": [sum(max(0, len(r["epoch"]) - 1) for r in runs) for runs in by_lr.values()]}
+
+
+def _run_dir(out: Path, lr: float, seed: int) -> Path:
+    return out / "logs" / f"lr{lr:g}_seed{seed}" / "version_0"
+
+
+def plot_all(out: Path, by_lr: dict[float, list[dict]], reference_lr: float, seeds: list[int]) -> None:
+    reference = C.artifacts(_run_dir(out, reference_lr, seeds[0]), "stiffness")
+    names = [str(n) for n in (reference[-1].meta.get("class_names") or range(10))]
+    plot_matrices(reference, names, out / "stiffness_class_matrices.png")
+    plot_over_training(by_lr, out / "stiffness_over_training.png")
+    plot_distance([C.artifacts(_run_dir(out, reference_lr, s), "stiffness") for s in seeds], out / "stiffness_by_distance.png")
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = C.parse_args(NAME, __doc__.splitlines()[0], argv)
+    start = C.setup(args)
+    if args.replot:
+        earlier = C.load_results(args)
+        r = earlier["results"]
+        by_lr = {float(lr): runs for lr, runs in r["by_lr"].items()}
+        plot_all(args.out, by_lr, r["reference_lr"], r["seeds"])
+        C.write_results(args, start, earlier["config"], {**r, **analyse(by_lr, r["seeds"])})
+        return
+    cfg = C.load_config(args)
+    if cfg["reference_lr"] not in cfg["lrs"]:
+        raise ValueError(f"`reference_lr` {cfg['reference_lr']} is not one of `lrs` {cfg['lrs']}")
+    by_lr: dict[float, list[dict]] = {lr: [] for lr in cfg["lrs"]}
+    fits, stability = {}, None
+    all_seeds = C.seeds(args, cfg)
+    # seeds outer, learning rates inner: after every seed the results so far are complete seeds (written as partial)
+    for seed in all_seeds:
+        for lr in cfg["lrs"]:
+            outcome, found, recorder, dm = train_at(args, cfg, lr, seed)
+            by_lr[lr].append(series(found, recorder))
+            fits[f"{lr:g}/{seed}"] = {
+                "fit_seconds": round(outcome.seconds, 1),
+                "val_acc": outcome.metrics.get("val/acc"),
+                "train_acc": outcome.metrics.get("train/acc"),
+                "onset_epoch": by_lr[lr][-1]["onset_epoch"],
+            }
+            C.log(args, f"lr {lr:g} seed {seed}: val_acc={fits[f'{lr:g}/{seed}']['val_acc']} onset "
+                  f"{by_lr[lr][-1]['onset_epoch']} ({fits[f'{lr:g}/{seed}']['fit_seconds']} s)")
+            if lr == cfg["reference_lr"] and seed == args.seed:
+                stability = probe_seed_stability(cfg, outcome.module, dm, cfg["stability_draws"])
+        done = all_seeds[: all_seeds.index(seed) + 1]
+        results = {
+            "seeds": done,
+            "reference_lr": cfg["reference_lr"],
+            "by_lr": {f"{lr:g}": runs for lr, runs in by_lr.items()},
+            "fits": fits,
+            "stability": stability,
+            **analyse(by_lr, done),
+        }
+        if len(done) < len(all_seeds):
+            C.write_results(args, start, {**cfg, "num_seeds_completed": len(done)}, results, partial=True)
+    plot_all(args.out, by_lr, cfg["reference_lr"], all_seeds)
     C.write_results(args, start, cfg, results)
 
 

@@ -89,6 +89,9 @@ def summarise(runs: list[dict]) -> dict[str, Any]:
         for split in SPLITS:
             w[split] = {name: C.mean_ci([r[split][f"{name}_mean"][i] for r in runs]) for name in COUNTS}
             w[split]["near_anchor_ratio"] = C.mean_ci([r[split]["near_anchor_ratio"][i] for r in runs])
+            # seeds whose near-anchor density is below / above that elsewhere
+            near = [r[split]["near_anchor_ratio"][i] for r in runs if r[split]["near_anchor_ratio"][i] is not None]
+            w[split]["near_below_one"] = [sum(v < 1 for v in near), len(near)]
             w[split]["saturation"] = C.mean_ci([r[split]["saturation"][i] for r in runs])
         for a, b in (("val", "train"), ("random", "val")):
             w[f"{a}_over_{b}"] = {
@@ -112,9 +115,10 @@ def plot_counts(runs: list[dict], path: Path) -> None:
     for ax, name in zip(axes[0], COUNTS, strict=True):
         for split, style in zip(SPLITS, ("o-", "s--", "^:"), strict=True):
             values = np.array([r[split][f"{name}_mean"] for r in runs], dtype=float)  # [seeds, epochs]
-            sem = values.std(axis=0, ddof=1) / np.sqrt(len(runs)) if len(runs) > 1 else np.zeros(values.shape[1])
-            ax.errorbar(epochs, values.mean(axis=0), yerr=sem, fmt=style, ms=3, capsize=2, label=LABELS[split])
-        ax.set_title(titles[name], fontsize=9)
+            mean, low, high = C.t_band(values)
+            yerr = np.nan_to_num(np.stack([mean - low, high - mean]))
+            ax.errorbar(epochs, mean, yerr=yerr, fmt=style, ms=3, capsize=2, label=LABELS[split])
+        ax.set_title(f"{titles[name]}\n(mean, 95 % interval over {len(runs)} seeds)", fontsize=8)
         ax.set_xlabel("epoch")
         ax.set_ylabel("transitions per ellipse")
         ax.set_yscale("log")
@@ -127,16 +131,20 @@ def plot_density(runs: list[dict], num_points: int, final_epoch: int, path: Path
     position = (np.arange(DENSITY_BINS) + 0.5) / DENSITY_BINS
     for ax, (when, i) in zip(axes[0], (("initialisation", 0), (f"epoch {final_epoch}", 1)), strict=True):
         for split, style in zip(SPLITS, ("-", "--", ":"), strict=True):
-            profile = np.array([r[split]["profile"][i] for r in runs], dtype=float).mean(axis=0)
-            ax.plot(position, profile / profile.mean(), style, lw=1.3, label=LABELS[split])
+            # each seed's profile divided by its own mean, then mean and 95 % interval over seeds
+            profiles = np.array([r[split]["profile"][i] for r in runs], dtype=float)
+            scaled = profiles / np.where(profiles.mean(axis=1, keepdims=True) > 0, profiles.mean(axis=1, keepdims=True), np.nan)
+            mean, low, high = C.t_band(scaled)
+            line = ax.plot(position, mean, style, lw=1.3, label=LABELS[split])[0]
+            ax.fill_between(position, low, high, color=line.get_color(), alpha=0.15, lw=0)
         for anchor in (0.0, 1 / 3, 2 / 3):
             ax.axvline(anchor, color="grey", lw=0.8, ls=":")
             ax.axvspan(anchor - 1 / 24, anchor + 1 / 24, color="grey", alpha=0.12)
         ax.axvspan(1 - 1 / 24, 1.0, color="grey", alpha=0.12)
         ax.set_xlim(0, 1)
-        ax.set_title(when, fontsize=9)
+        ax.set_title(f"{when} (band: 95 % interval over {len(runs)} seeds)", fontsize=8)
         ax.set_xlabel("position along the ellipse (fraction of the period)")
-        ax.set_ylabel("transitions per segment / mean")
+        ax.set_ylabel("transitions per segment / its mean")
     axes[0, 0].legend(fontsize=7)
     C.save_figure(fig, path)
 
@@ -144,6 +152,14 @@ def plot_density(runs: list[dict], num_points: int, final_epoch: int, path: Path
 def main(argv: list[str] | None = None) -> None:
     args = C.parse_args(NAME, __doc__.splitlines()[0], argv)
     start = C.setup(args)
+    if args.replot:
+        earlier = C.load_results(args)
+        results = {**earlier["results"], "summary": summarise(earlier["results"]["runs"])}
+        plot_counts(results["runs"], args.out / "transitions.png")
+        plot_density(results["runs"], earlier["config"]["num_points"], results["final_epoch"],
+                     args.out / "transitions_density.png")  # fmt: skip
+        C.write_results(args, start, earlier["config"], results)
+        return
     cfg = C.load_config(args)
     if cfg["num_points"] % DENSITY_BINS:
         raise ValueError(f"`num_points` expected a multiple of {DENSITY_BINS}, got {cfg['num_points']}")

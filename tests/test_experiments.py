@@ -122,7 +122,26 @@ def test_findings_document_is_generated(quick_run: Path) -> None:
     assert "--quick" in text  # the smoke-test warning
     for heading in ("## 1.", "## 2.", "## 3.", "## 4."):
         assert heading in text
-    figures = quick_run / "docs" / "figures"
+    assert "## Claims by dataset" in text and "| id | claim | paper | MNIST |" in text
+    figures = quick_run / "docs" / "figures" / "mnist"
     for pngs in EXPERIMENTS.values():
         for png in pngs:
-            assert (figures / png).is_file() and f"figures/{png}" in text
+            assert (figures / png).is_file() and f"figures/mnist/{png}" in text
+
+
+def test_replot_recomputes_from_results(quick_run: Path, tmp_path: Path) -> None:
+    """``--replot`` rewrites the statistics and figures of a finished run without training (in one subprocess)."""
+    import shutil
+
+    out = tmp_path / "stiffness"
+    shutil.copytree(quick_run / "output" / "stiffness", out)
+    (out / "stiffness_over_training.png").unlink()
+    before = _results(quick_run, "stiffness")
+    cmd = [sys.executable, str(REPO / "experiments" / "stiffness.py"), "--quick", "--replot", "--data-dir", str(DATA),
+           "--out", str(out)]  # fmt: skip
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    after = json.loads((out / "results.json").read_text())
+    assert (out / "stiffness_over_training.png").read_bytes()[:8] == PNG_MAGIC
+    assert after["wall_time_s"] == before["wall_time_s"] and "replotted" in after
+    assert after["results"]["trends"] == before["results"]["trends"]

@@ -54,4 +54,11 @@ def test_experiments_run_on_other_datasets(tmp_path: Path, dataset: str) -> None
     for name in ("jacobian_vs_generalization", "per_point_prediction", "transitions", "stiffness"):
         results = json.loads((tmp_path / "output" / name / "results.json").read_text())
         assert results["dataset"] == dataset and results["quick"] is True
-    assert "## 4." in (tmp_path / "findings.md").read_text()
+    text = (tmp_path / "findings.md").read_text()
+    assert "## 4." in text
+    # the findings say what each results file records, not MNIST's names
+    label, module, augmentation = {"fashion_mnist": ("Fashion-MNIST", "FashionMNISTDataModule", "random shifts"),
+                                   "cifar10": ("CIFAR-10", "CIFAR10DataModule", "random crops")}[dataset]  # fmt: skip
+    assert f"— {label}" in text and f"`{module}`" in text and f"augmentation = {augmentation}" in text
+    assert "MNIST examples" not in text and "`MNISTDataModule`" not in text
+    assert f"| id | claim | paper | {label} |" in text

@@ -56,7 +56,12 @@ def _linear_fit_zero(x: Tensor, y: Tensor, w: Tensor) -> float:
     slope = (w * (x - x_bar) * (y - y_bar)).sum() / sxx
     if not bool(slope < 0):
         return math.nan
-    return float(x_bar - y_bar / slope)
+    zero = float(x_bar - y_bar / slope)
+    # A zero outside the measured distances is an extrapolation (negative when the curve is already below zero at
+    # the smallest distance): the curve does not cross zero where it was measured.
+    if not float(x.min()) <= zero <= float(x.max()):
+        return math.nan
+    return zero
 
 
 def critical_length(
@@ -74,8 +79,9 @@ def critical_length(
       bin and the first non-positive one the crossing is interpolated linearly; when the first non-empty bin is
       already non-positive its centre is returned.
     - ``"linear_fit"``: the zero of the least-squares line ``mean ~ a + b * distance`` through the bins, each bin
-      weighted by its pair count (uniformly without ``counts``). It may lie outside the measured range (an
-      extrapolation, or below 0 when stiffness is already negative at the smallest distances).
+      weighted by its pair count (uniformly without ``counts``), when it lies within the centres of the bins used;
+      a zero outside them (an extrapolation, or below 0 when stiffness is already negative at the smallest
+      distances) counts as no crossing (NaN).
 
     Args:
         bin_centers: ``[B]`` distances of the bins.
@@ -85,7 +91,7 @@ def critical_length(
 
     Returns:
         The distance; NaN when the curve never reaches zero (``"first_crossing"``), or when the fitted slope is
-        ``>= 0`` or fewer than 2 bins remain (``"linear_fit"``).
+        ``>= 0``, its zero lies outside the measured distances or fewer than 2 bins remain (``"linear_fit"``).
 
     Raises:
         ValueError: lengths differ, negative counts, or an unknown ``method``.

@@ -153,7 +153,8 @@ def _same_class_length_loop(sign, x, y, x2, y2, bins, method):
     keep = np.isfinite(means)
     if method == "linear_fit":
         slope, intercept = np.polyfit(centers[keep], means[keep], 1, w=np.sqrt(np.array(counts, dtype=float)[keep]))
-        return -intercept / slope if slope < 0 else math.nan
+        zero = -intercept / slope if slope < 0 else math.nan
+        return zero if centers[keep].min() <= zero <= centers[keep].max() else math.nan  # else no crossing
     last = None
     for c, v in zip(centers[keep], means[keep], strict=True):
         if v <= 0:
@@ -166,9 +167,9 @@ def _same_class_length_loop(sign, x, y, x2, y2, bins, method):
 def test_same_class_critical_length_matches_gradient_loops(method):
     torch.manual_seed(2)
     net = torch.nn.Sequential(torch.nn.Linear(6, 16), torch.nn.ReLU(), torch.nn.Linear(16, 3)).double()
-    g = torch.Generator().manual_seed(0)
+    g = torch.Generator().manual_seed(2)
     # large inputs: the first layer's term (sign of x_i . x_j) makes some same-class pairs anti-stiff, so the
-    # same-class curve crosses zero
+    # same-class curve crosses zero (with this draw, the fitted line too, inside the measured distances)
     x = 10 * torch.randn(24, 6, generator=g, dtype=torch.float64)
     xt = 10 * torch.randn(24, 6, generator=g, dtype=torch.float64)
     y = torch.arange(24) % 3

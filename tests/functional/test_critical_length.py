@@ -17,7 +17,9 @@ def _polyfit_zero(x, y, counts=None):
     if keep.sum() < 2:
         return math.nan
     slope, intercept = np.polyfit(x[keep], y[keep], 1, w=np.sqrt(w[keep]))
-    return -intercept / slope if slope < 0 else math.nan
+    zero = -intercept / slope if slope < 0 else math.nan
+    # a zero outside the bins used is an extrapolation: no crossing
+    return zero if x[keep].min() <= zero <= x[keep].max() else math.nan
 
 
 def _first_crossing_loop(x, y):
@@ -84,6 +86,11 @@ def test_linear_fit_nan_cases():
     assert math.isnan(critical_length(x, torch.tensor([0.1, float("nan"), float("nan")]), method="linear_fit"))
     assert math.isnan(critical_length(x, torch.tensor([0.5, 0.2, -0.1]), torch.tensor([0, 0, 4]), method="linear_fit"))
     assert math.isnan(critical_length(torch.tensor([1.0, 1.0]), torch.tensor([1.0, -1.0]), method="linear_fit"))
+    # zeros outside the measured distances: beyond the last bin, and below the first (negative)
+    assert math.isnan(critical_length(x, torch.tensor([0.9, 0.8, 0.7]), method="linear_fit"))
+    assert math.isnan(critical_length(x, torch.tensor([-0.1, -0.2, -0.3]), method="linear_fit"))
+    # at the edge of the range it is still a crossing
+    assert critical_length(x, torch.tensor([0.2, 0.1, 0.0]), method="linear_fit") == pytest.approx(2.5)
 
 
 def test_critical_length_bad_input():

@@ -47,7 +47,8 @@ def _polyfit_zero(x, y, w):
     x, y, w = np.asarray(x), np.asarray(y), np.asarray(w, dtype=float)
     keep = np.isfinite(y) & (w > 0)
     slope, intercept = np.polyfit(x[keep], y[keep], 1, w=np.sqrt(w[keep]))
-    return -intercept / slope if slope < 0 else math.nan
+    zero = -intercept / slope if slope < 0 else math.nan
+    return zero if x[keep].min() <= zero <= x[keep].max() else math.nan  # outside the bins used: no crossing
 
 
 def _problem(n, m=None, classes=4, seed=0):
