@@ -7,7 +7,7 @@ attention_mask)``, whose composition is the model's own forward -- including GPT
 last real token, computed from the mask (with ``inputs_embeds`` those models would pool the last position). Image
 models take ``[N, 3, 32, 32]``.
 
-Used by ``tests/zoo/`` and ``benchmarks/zoo.py``.
+Used by ``tests/zoo/`` and ``benchmarks/zoo_table.py``.
 """
 
 from __future__ import annotations

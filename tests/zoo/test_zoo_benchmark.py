@@ -1,4 +1,4 @@
-"""`benchmarks/zoo.py --quick` runs and reports its table (format only: no timing assertions)."""
+"""`benchmarks/zoo_table.py --quick` runs and reports its table (format only: no timing assertions)."""
 
 import importlib.util
 import json
@@ -11,7 +11,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def _script():
-    spec = importlib.util.spec_from_file_location("zoo_benchmark", ROOT / "benchmarks" / "zoo.py")
+    spec = importlib.util.spec_from_file_location("zoo_benchmark", ROOT / "benchmarks" / "zoo_table.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module

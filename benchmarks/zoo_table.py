@@ -1,7 +1,7 @@
 """Zoo cost table: for every model of ``tests/zoo/models.py`` (tiny-config transformers and timm models, random
 weights), which Gram engine runs and what the Gram and the Jacobian norm cost against their limits.
 
-    python benchmarks/zoo.py [--n N] [--rounds R] [--threads T] [--models NAME ...] [--quick] [--json PATH]
+    python benchmarks/zoo_table.py [--n N] [--rounds R] [--threads T] [--models NAME ...] [--quick] [--json PATH]
 
 - Gram / limit_G: ``loss_gradient_gram`` (``method="auto"``, what a user gets) against one batched forward and
   backward pass of the mean loss. The engine column says whether the layerwise engine took the model, or the
