@@ -207,7 +207,12 @@ def _pieces(call: Call, delta: Tensor, n: int, reference_rows: int, shared: bool
 
 
 def _factor_pair_cheaper(rows: int, positions: int, p: int, q: int) -> bool:
-    """Whether the position-summed identity beats explicit gradients for a ``rows x rows`` block."""
+    """Whether the position-summed identity beats explicit gradients for a ``rows x rows`` block.
+
+    The factors are kept for every example of a chunked call: never when the explicit gradient is the smaller of
+    the two (``p q <= T (p + q)``; it is then also the cheaper)."""
+    if p * q <= positions * (p + q):
+        return False
     identity_cost = rows * rows * positions * positions * (p + q)
     explicit_cost = 2 * rows * positions * p * q + rows * rows * p * q
     return identity_cost <= explicit_cost

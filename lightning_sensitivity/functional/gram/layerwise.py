@@ -14,7 +14,7 @@ from torch import Tensor, nn
 
 from lightning_sensitivity.functional._model import Progress, as_function, check_logits, has_sharded_parameters, take
 from lightning_sensitivity.functional.gram import capture as lg
-from lightning_sensitivity.functional.gram.blocks import LossFn, blockwise_gram, split_trainable
+from lightning_sensitivity.functional.gram.blocks import LossFn, blockwise_gram, layout, split_trainable
 from lightning_sensitivity.functional.gram.gathered import GatheredParameters
 from lightning_sensitivity.functional.gram.recognition import LayerwiseUnsupported
 
@@ -33,10 +33,12 @@ def layerwise_gram(
     *,
     kwargs1: dict[str, Tensor] | None = None,
     kwargs2: dict[str, Tensor] | None = None,
+    sketch=None,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Blockwise Gram from per-layer factors of one batched pass per chunk (see :mod:`.capture`).
 
-    ``kwargs1``/``kwargs2`` are the per-example keyword inputs of the two sets, sliced with the inputs.
+    ``kwargs1``/``kwargs2`` are the per-example keyword inputs of the two sets, sliced with the inputs; ``sketch``
+    (a :class:`~.sketch.GradientSketch`) estimates the Gram from sketched gradients instead.
 
     Before any block is assembled, the first chunk's factors are checked against explicit gradients of two of its
     examples (``vmap(grad)``): a model that mixes examples in its forward pass, keeps the batch on another
@@ -56,6 +58,7 @@ def layerwise_gram(
         None if x2 is None else x2.shape[0],
         chunk_size,
         progress,
+        sketch=sketch,
     )
     features.finish()
     return out
@@ -73,7 +76,10 @@ class CheckedFeatures:
 
     def __init__(self, model, trainable, frozen, buffers, sets, loss_fn, chunk_size) -> None:
         (x1, _, _), (x2, _, _) = sets
-        self.reference_rows = min(max(x1.shape[0], 0 if x2 is None else x2.shape[0]), chunk_size or 1 << 62)
+        # Every chunk's features are kept and the Gram formed from all of them (``blockwise_gram``): the factor or
+        # explicit choice is the unchunked call's, whatever the chunk size, so that chunking costs no extra work.
+        self.reference_rows = max(x1.shape[0], 0 if x2 is None else x2.shape[0])
+        self.layout = None
         self.model, self.trainable, self.frozen, self.buffers = model, trainable, frozen, buffers
         self.sets, self.loss_fn = sets, loss_fn
         self.checked = False
@@ -86,6 +92,10 @@ class CheckedFeatures:
         feats = lg.layer_features(
             model, trainable, frozen, buffers, x[piece], y[piece], self.loss_fn, self.reference_rows, model_kwargs=kw
         )
+        if self.layout is None:
+            self.layout = layout(feats)
+        elif layout(feats) != self.layout:
+            raise LayerwiseUnsupported("the model took a different path for two chunks of examples")
         if not self.checked:
             self.checked = True
             self.failure = verify(model, trainable, frozen, buffers, x[piece], y[piece], kw, self.loss_fn, feats)
