@@ -6,7 +6,10 @@ Reading a measurement top-down:
 - :mod:`.layerwise` -- one batched forward/backward per chunk, per-layer factors from :mod:`.capture` (which ops
   are recognised and what each contributes), checked once per model against explicit gradients;
 - :mod:`.per_example` -- explicit per-example gradients with ``vmap(grad)``, for any model;
-- :mod:`.blocks` -- what both share: trainable/frozen split and block-by-block assembly bounded by ``chunk_size``.
+- :mod:`.blocks` -- what both share: trainable/frozen split and the Gram from one pass over the examples,
+  ``chunk_size`` at a time (each chunk's features kept; the memory this takes is in its docstring);
+- :mod:`.sketch` -- ``sketch_dim=k``: each chunk's features projected to ``[n, k]`` (the gradients never formed),
+  an unbiased estimate of the Gram in ``O(N k)`` memory.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from typing import Literal
 
 from torch import Tensor, nn
 
+from lightning_sensitivity._checks import check_int
 from lightning_sensitivity.functional._model import (
     ModelKwargs,
     Progress,
@@ -35,6 +39,7 @@ from lightning_sensitivity.functional.gram.blocks import LossFn
 from lightning_sensitivity.functional.gram.capture import LayerwiseUnsupported
 from lightning_sensitivity.functional.gram.layerwise import layerwise_gram
 from lightning_sensitivity.functional.gram.per_example import per_example_gram
+from lightning_sensitivity.functional.gram.sketch import GradientSketch
 
 GramMethod = Literal["auto", "layerwise", "per_example"]
 GRAM_METHODS = ("auto", "layerwise", "per_example")
@@ -54,6 +59,9 @@ def gram_and_norms(
     method: str = "auto",
     model_kwargs: ModelKwargs | None = None,
     model_kwargs2: ModelKwargs | None = None,
+    *,
+    sketch_dim: int | None = None,
+    sketch_seed: int = 0,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """``(G, |g_i|^2, |g_j|^2)`` for :func:`~lightning_sensitivity.functional.loss_gradient_gram` and
     :func:`~lightning_sensitivity.functional.stiffness`: validates the arguments, puts the model in measurement
@@ -61,20 +69,30 @@ def gram_and_norms(
 
     Inputs may be integer (token ids): nothing is differentiated with respect to them. Targets may be of any dtype
     and shape ``[N, ...]``; ``model_kwargs``/``model_kwargs2`` are per-example keyword inputs of the model for the
-    two sets."""
+    two sets. With ``sketch_dim=k`` the three are estimates from ``[N, k]`` sketched gradients (:mod:`.sketch`),
+    with maps drawn from ``sketch_seed``."""
+    check_int(sketch_dim, "sketch_dim", minimum=1, allow_none=True)
+    check_int(sketch_seed, "sketch_seed", minimum=0)
     model, args, kw1, kw2 = prepare_gram_call(
         model, inputs, targets, inputs2, targets2, loss_fn, chunk_size, progress, method, model_kwargs, model_kwargs2
     )
+    params = args[1]
+
+    def sketch() -> GradientSketch | None:  # a fresh one per engine: the same seed gives the same maps
+        if sketch_dim is None:
+            return None
+        return GradientSketch(sketch_dim, sketch_seed, {k: v.shape[0] for k, v in params.items() if v.dim() >= 1})
+
     with measurement_context(model):
         if method == "per_example":
-            gram, sq1, sq2 = per_example_gram(*args, kwargs1=kw1, kwargs2=kw2)
+            gram, sq1, sq2 = per_example_gram(*args, kwargs1=kw1, kwargs2=kw2, sketch=sketch())
         else:
             try:
-                gram, sq1, sq2 = layerwise_gram(*args, kwargs1=kw1, kwargs2=kw2)
+                gram, sq1, sq2 = layerwise_gram(*args, kwargs1=kw1, kwargs2=kw2, sketch=sketch())
             except LayerwiseUnsupported as err:
                 no_fallback(model, method, err)
                 # Exactness first: the generic engine handles any model, at the cost of per-example gradients.
-                gram, sq1, sq2 = per_example_gram(*args, kwargs1=kw1, kwargs2=kw2)
+                gram, sq1, sq2 = per_example_gram(*args, kwargs1=kw1, kwargs2=kw2, sketch=sketch())
     return gram.detach(), sq1.detach(), sq2.detach()
 
 
