@@ -73,6 +73,7 @@ __all__ = [
     "STIFFNESS",
     "STIFFNESS_GROUP_ARRAYS",
     "STIFFNESS_SAME_SET_ARRAYS",
+    "STIFFNESS_SKETCH_DIM",
     "TRANSITIONS",
     "artifact_file",
     "config_tag",
@@ -171,6 +172,10 @@ SCHEMA[TRANSITIONS] += (
     f"{_T}/{TRANSITION_RANDOM}/near_anchor_ratio",
 )
 SCHEMA[STIFFNESS] += (f"{_S}/{{group}}/same_class_critical_length",)
+#: Logged, as the sketch dimension ``k``, at each measurement of a ``StiffnessMonitor(sketch_dim=k)``: the marker that
+#: the stiffness values of that step are estimates from a sketched Gram (the other tags keep their names).
+STIFFNESS_SKETCH_DIM = f"{_S}/sketch_dim"
+SCHEMA[STIFFNESS] += (STIFFNESS_SKETCH_DIM,)
 
 #: SCHEMA templates a monitor may leave out even with every option that enables it on, and why. Every other
 #: template is logged at each measurement of a fit whose options enable it.
@@ -197,6 +202,7 @@ CONDITIONAL: dict[str, str] = {
     **{f"{_T}/{TRANSITION_RANDOM}/{stat}_mean": 'only with "random" in `splits`' for stat in TRANSITION_STATS},
     f"{_T}/{TRANSITION_RANDOM}/near_anchor_ratio": 'only with "random" in `splits`',
     f"{_S}/{{group}}/same_class_critical_length": "only with `critical_length_same_class=True` and a zero crossing",
+    STIFFNESS_SKETCH_DIM: "only with `sketch_dim=`; the stiffness values of that step are then estimates",
 }
 
 #: The arrays the stiffness artifact holds for each pair group, stored as :func:`stiffness_array` ``(group, name)``.

@@ -88,6 +88,11 @@ class StiffnessMonitor(SensitivityMonitor):
         critical_length_same_class: also log ``{g}/same_class_critical_length``, the critical length of the
             same-class pairs only (Fort et al. read the length scale within a class), with its bootstrap interval
             when ``critical_length_bootstrap`` is on.
+        sketch_dim: estimate the Gram from ``k`` random projections per example
+            (:func:`~lightning_sensitivity.functional.loss_gradient_gram`'s ``sketch_dim``): ``O(N k)`` memory,
+            relative error about ``1 / sqrt(k)`` of ``|g_i| |g_j|``; every stiffness value is then an estimate, and
+            ``sensitivity/stiffness/sketch_dim`` is logged with it. Not with ``per_layer``. None (default): exact.
+        sketch_seed: seed of the sketch (the same maps at every measurement, so epochs compare).
         **kwargs: the common arguments of :class:`SensitivityMonitor`.
 
     Raises:
@@ -121,10 +126,17 @@ class StiffnessMonitor(SensitivityMonitor):
         per_layer: bool = False,
         layer_groups: Mapping[str, Sequence[str]] | None = None,
         critical_length_same_class: bool = False,
+        sketch_dim: int | None = None,
+        sketch_seed: int = 0,
         **kwargs: Any,
     ) -> None:
         self.loss_fn = check_loss_fn(loss_fn)
         self.per_layer = check_bool(per_layer, "per_layer")
+        self.sketch_dim = check_int(sketch_dim, "sketch_dim", minimum=1, allow_none=True)
+        self.sketch_seed = check_int(sketch_seed, "sketch_seed", minimum=0)
+        if self.sketch_dim is not None and self.per_layer:
+            raise ValueError("`sketch_dim` expected None with `per_layer=True` (per-layer blocks are exact), got "
+                             f"{self.sketch_dim}")  # fmt: skip
         if layer_groups is not None:
             if not isinstance(layer_groups, Mapping):
                 raise TypeError(
@@ -207,6 +219,8 @@ class StiffnessMonitor(SensitivityMonitor):
             "per_layer": self.per_layer,
             "layer_groups": self.layer_groups,
             "critical_length_same_class": self.critical_length_same_class,
+            "sketch_dim": self.sketch_dim,
+            "sketch_seed": self.sketch_seed,
             "class_names": self.class_names,
             "class_groups": self.class_groups,
             "group_names": self.group_names,
@@ -265,8 +279,11 @@ class StiffnessMonitor(SensitivityMonitor):
                 "group_names": self.group_names,
                 "distance": self.distance,
                 "num_classes": num_classes,
+                "sketch_dim": self.sketch_dim,
             }
         )
+        if self.sketch_dim is not None:
+            result.scalars[keys.STIFFNESS_SKETCH_DIM] = float(self.sketch_dim)
         distance_inputs = inputs if inputs.is_floating_point() else inputs.double()
         for group in groups:
             rows, cols = (offsets[s] for s in group.split("_"))

@@ -74,12 +74,15 @@ def layer_features(
     loss_fn: LossFn,
     reference_rows: int,
     model_kwargs: dict[str, Tensor] | None = None,
+    choices: dict | None = None,
 ) -> Features:
     """One batched forward and backward pass over a chunk, turned into Gram factors per trainable parameter.
 
     ``reference_rows`` is the block size the factors will be multiplied at; it decides, identically for every
     chunk, whether a call is kept as factor pairs or as explicit per-example gradients. ``model_kwargs`` are the
-    chunk's per-example keyword inputs of the model (``model(x, **model_kwargs)``).
+    chunk's per-example keyword inputs of the model (``model(x, **model_kwargs)``). ``choices``, one dict shared by
+    the chunks of a call, keeps the choices that depend on a chunk's content (an embedding's, on its token counts)
+    as the first chunk made them, so that every chunk's features have the same layout.
 
     Raises:
         LayerwiseUnsupported: the model uses a trainable parameter outside the recognised ops.
@@ -113,7 +116,7 @@ def layer_features(
             raise LayerwiseUnsupported(f"a layer sees a batch of shape {tuple(call.inputs.shape)}, not [{n}, ...]")
         delta = torch.zeros_like(call.leaf) if delta is None else delta.detach()
         shared = uses.get(call.weight, 0) > 1 or uses.get(call.bias, 0) > 1
-        for name, piece in _pieces(call, delta, n, reference_rows, shared):
+        for name, piece in _pieces(call, delta, n, reference_rows, shared, choices):
             if isinstance(piece, tuple):
                 kron.append((name, *piece))
             else:
@@ -121,7 +124,7 @@ def layer_features(
     return Features({k: flat[k] for k in sorted(flat)}, kron)  # a fixed order, so that row and column chunks line up
 
 
-def _pieces(call: Call, delta: Tensor, n: int, reference_rows: int, shared: bool):
+def _pieces(call: Call, delta: Tensor, n: int, reference_rows: int, shared: bool, choices: dict | None = None):
     """``(parameter name, [n, k] gradient or (A, D) factor pair)`` for each trainable parameter of a call."""
     if call.kind == "linear":
         a = call.inputs.reshape(n, -1, call.inputs.shape[-1])
@@ -183,7 +186,10 @@ def _pieces(call: Call, delta: Tensor, n: int, reference_rows: int, shared: bool
         )
         identity_cost = min(pairs, (reference_rows * positions) ** 2) * (q + 1)
         explicit_cost = n * positions * q + reference_rows**2 * vocabulary * q
-        if not shared and identity_cost <= explicit_cost:
+        identity = not shared and identity_cost <= explicit_cost
+        if choices is not None:
+            identity = choices.setdefault(("embedding", call.weight), identity)
+        if identity:
             yield call.weight, (ids, d)
         else:
             grads = d.new_zeros(n, vocabulary, q).scatter_add_(1, ids.unsqueeze(2).expand(-1, -1, q), d)

@@ -80,6 +80,7 @@ class CheckedFeatures:
         # explicit choice is the unchunked call's, whatever the chunk size, so that chunking costs no extra work.
         self.reference_rows = max(x1.shape[0], 0 if x2 is None else x2.shape[0])
         self.layout = None
+        self.choices: dict = {}  # content-dependent factor/explicit choices, made by the first chunk for all
         self.model, self.trainable, self.frozen, self.buffers = model, trainable, frozen, buffers
         self.sets, self.loss_fn = sets, loss_fn
         self.checked = False
@@ -90,7 +91,8 @@ class CheckedFeatures:
         kw = take(kw, piece)
         model, trainable, frozen, buffers = self.model, self.trainable, self.frozen, self.buffers
         feats = lg.layer_features(
-            model, trainable, frozen, buffers, x[piece], y[piece], self.loss_fn, self.reference_rows, model_kwargs=kw
+            model, trainable, frozen, buffers, x[piece], y[piece], self.loss_fn, self.reference_rows, model_kwargs=kw,
+            choices=self.choices,
         )
         if self.layout is None:
             self.layout = layout(feats)
