@@ -8,7 +8,6 @@ import math
 
 import pytest
 import torch
-
 from oracles import gram_loop
 from torch import nn
 
@@ -119,7 +118,7 @@ def test_sketch_is_unbiased_over_seeds(method, name, dense, monkeypatch):
     ])  # fmt: skip
     mean, error = draws.mean(dim=0), draws.std(dim=0) / math.sqrt(draws.shape[0])
     # 25 entries, each within 4.5 standard errors of the exact Gram (a false alarm about once in 10^4 runs)
-    assert ((mean - exact).abs() <= 4.5 * error + 1e-12).all(), ((mean - exact) / error)
+    assert ((mean - exact).abs() <= 4.5 * error + 1e-12).all(), (mean - exact) / error
     # ... and the sketch is not the exact Gram: the test can fail
     assert float((draws[0] - exact).abs().max()) > 1e-3 * float(exact.abs().max())
 
@@ -196,4 +195,3 @@ def test_monitor_marks_sketched_values():
     assert keys.STIFFNESS_SKETCH_DIM not in exact.scalars
     sign = keys.metric(keys.STIFFNESS, "val_val", "cosine")
     assert result.scalars[sign] != exact.scalars[sign]  # an estimate, not the exact value
-

@@ -174,4 +174,3 @@ def blockwise_gram(
         for cols in col_slices:
             sq2[cols] = squared_norms(_rows(cols_all, cols))
     return gram, sq1, sq2
-

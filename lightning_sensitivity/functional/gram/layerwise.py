@@ -91,7 +91,15 @@ class CheckedFeatures:
         kw = take(kw, piece)
         model, trainable, frozen, buffers = self.model, self.trainable, self.frozen, self.buffers
         feats = lg.layer_features(
-            model, trainable, frozen, buffers, x[piece], y[piece], self.loss_fn, self.reference_rows, model_kwargs=kw,
+            model,
+            trainable,
+            frozen,
+            buffers,
+            x[piece],
+            y[piece],
+            self.loss_fn,
+            self.reference_rows,
+            model_kwargs=kw,
             choices=self.choices,
         )
         if self.layout is None:
