@@ -1,7 +1,7 @@
 """Chunking rows: ``loss_gradient_gram`` with ``chunk_size`` 32 and 64 against the same call unchunked, and the
 sketched Gram's error against ``sketch_dim``.
 
-    python benchmarks/_chunking.py [--n N] [--rounds R] [--threads T] [--models resnet18,vit,text,mobilenet]
+    python benchmarks/_chunking.py [--n N] [--rounds R] [--threads T] [--models cnn,resnet18,vit,text,mobilenet]
                                    [--methods layerwise,per_example] [--sketch]
 
 Each row is one model and engine at one ``N``: the best of ``rounds`` round-robin times (CPU seconds on the CPU,
@@ -39,7 +39,20 @@ def mobilenet() -> nn.Module:
     return torchvision.models.mobilenet_v3_small(num_classes=10)
 
 
+def cnn() -> nn.Module:
+    from _cases import mnist_cnn
+
+    return mnist_cnn()
+
+
+def mnist(n: int, seed: int = 0):
+    from _cases import data
+
+    return data(n, seed)
+
+
 MODELS = {
+    "cnn": ("benchmark CNN conv32-conv64-pool-fc128, 1x28x28", cnn, mnist),
     "resnet18": ("torchvision resnet18, 3x32x32", resnet18, images),
     "vit": ("torchvision ViT 32/4, 4 layers, d=192", vit, images),
     "text": ("embedding 1000x64 + 2-layer TransformerEncoder, T=32", TextTransformer, tokens),
