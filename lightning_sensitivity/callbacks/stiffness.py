@@ -60,6 +60,7 @@ class StiffnessMonitor(SensitivityMonitor):
     - ``sensitivity/stiffness/{g}/same_class_sign``, ``.../same_class_cosine``, ``.../different_class_sign``,
       ``.../different_class_cosine``
     - ``sensitivity/stiffness/{g}/critical_length`` (only when the binned sign stiffness crosses zero)
+    - ``sensitivity/stiffness/sketch_dim`` (only with ``sketch_dim``: the values of that step are estimates)
 
     TensorBoard images (rank 0), titled with the epoch: ``sensitivity/stiffness/{g}/class_sign_matrix``,
     ``.../class_cosine_matrix`` (C x C, diverging colormap on the fixed range [-1, 1]),

@@ -130,6 +130,8 @@ SPECIFIC: dict[type, dict[str, Callable[[Any], bool]]] = {
         "group_names": lambda v: v is None,  # alone, without class_groups, only None is consistent
         "num_distance_bins": lambda v: is_int(v) and v >= 1,
         "distance": lambda v: isinstance(v, str) and v in ("cosine", "euclidean"),
+        "sketch_dim": lambda v: v is None or (is_int(v) and v >= 1),
+        "sketch_seed": lambda v: is_int(v) and v >= 0,
     },
 }
 CASES = [(cls, name, rule) for cls in MONITORS for name, rule in {**COMMON, **SPECIFIC[cls]}.items()]
