@@ -2,7 +2,7 @@
 sketched Gram's error against ``sketch_dim``.
 
     python benchmarks/_chunking.py [--n N] [--rounds R] [--threads T] [--models cnn,resnet18,vit,text,mobilenet]
-                                   [--methods layerwise,per_example] [--sketch]
+                                   [--methods layerwise,per_example] [--sketch [--dims 64,256]]
 
 Each row is one model and engine at one ``N``: the best of ``rounds`` round-robin times (CPU seconds on the CPU,
 ``_timing.py``) of the unchunked call and of each chunk size, and their ratios (target <= 1.25: one pass over the
@@ -99,7 +99,8 @@ def chunking_rows(n: int, rounds: int, models: list[str], methods: list[str], de
     return rows
 
 
-def sketch_rows(n: int, models: list[str], device: torch.device, seeds: int = 3) -> list[dict]:
+def sketch_rows(n: int, models: list[str], device: torch.device, seeds: int = 3,
+                dims: tuple[int, ...] = SKETCH_DIMS) -> list[dict]:  # fmt: skip
     rows = []
     for name in models:
         label, factory, data = MODELS[name]
@@ -112,7 +113,7 @@ def sketch_rows(n: int, models: list[str], device: torch.device, seeds: int = 3)
         exact_s = now() - start
         scale = exact.diagonal().clamp_min(0).sqrt()
         scale = scale[:, None] * scale[None, :]
-        for k in SKETCH_DIMS:
+        for k in dims:
             fro, entry, secs = [], [], []
             for seed in range(seeds):
                 start = now()
@@ -137,13 +138,14 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--models", default=",".join(MODELS))
     parser.add_argument("--methods", default="layerwise")
     parser.add_argument("--sketch", action="store_true", help="the sketch error rows instead of the timing rows")
+    parser.add_argument("--dims", default=",".join(map(str, SKETCH_DIMS)), help="sketch dimensions (--sketch)")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     device = parse_device(parser, args.device)
     models = args.models.split(",")
     if args.sketch:
-        rows = sketch_rows(args.n, models, device)
+        rows = sketch_rows(args.n, models, device, dims=tuple(int(k) for k in args.dims.split(",")))
     else:
         rows = chunking_rows(args.n, args.rounds, models, args.methods.split(","), device)
     if args.json is not None:
