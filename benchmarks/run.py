@@ -255,6 +255,10 @@ def main(argv: list[str] | None = None) -> dict:
 
         rows += architecture_rows(8 if args.quick else 128, rounds, device=device)
         rows += architecture_jacobian_rows(8 if args.quick else 128, rounds, device)
+        from _chunking import chunking_rows
+
+        rows += chunking_rows(8 if args.quick else 128, min(rounds, 3), ["resnet18", "vit", "text", "mobilenet"],
+                              ["layerwise"], device)  # fmt: skip
     rows += transition_rows(4 if args.quick else 16, 32 if args.quick else 128, rounds, device)
     rows.append(memory_row(8 if args.quick else 64, args.threads, device))
     from _images import image_cost_row, per_layer_rows, render_rows
