@@ -49,7 +49,12 @@ def layerwise_gram(
     """
     trainable, frozen = split_trainable(params, model)
     sets = ((x1, y1, kwargs1 or {}), (x2, y2, kwargs2 or {}))
-    features = CheckedFeatures(model, trainable, frozen, buffers, sets, loss_fn, chunk_size)
+    # Sketched, each example's pieces are projected on their own (no N x N products): the factors are kept where
+    # they are about as small as the explicit gradient, as for one row (projecting factors costs T k (p + q), an
+    # explicit gradient T p q + k p q).
+    features = CheckedFeatures(
+        model, trainable, frozen, buffers, sets, loss_fn, chunk_size, reference_rows=None if sketch is None else 1
+    )
     out = blockwise_gram(
         features,
         lg.cross,
@@ -74,11 +79,11 @@ class CheckedFeatures:
     everything it would have.
     """
 
-    def __init__(self, model, trainable, frozen, buffers, sets, loss_fn, chunk_size) -> None:
+    def __init__(self, model, trainable, frozen, buffers, sets, loss_fn, chunk_size, reference_rows=None) -> None:
         (x1, _, _), (x2, _, _) = sets
         # Every chunk's features are kept and the Gram formed from all of them (``blockwise_gram``): the factor or
         # explicit choice is the unchunked call's, whatever the chunk size, so that chunking costs no extra work.
-        self.reference_rows = max(x1.shape[0], 0 if x2 is None else x2.shape[0])
+        self.reference_rows = reference_rows or max(x1.shape[0], 0 if x2 is None else x2.shape[0])
         self.layout = None
         self.choices: dict = {}  # content-dependent factor/explicit choices, made by the first chunk for all
         self.model, self.trainable, self.frozen, self.buffers = model, trainable, frozen, buffers
