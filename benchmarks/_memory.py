@@ -70,6 +70,20 @@ def peaks(chunk: int, sizes: list[int], peak: Callable[[Callable[[], object]], i
     return result
 
 
+def representation_bytes(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, n: int) -> int:
+    """Bytes the layerwise Gram keeps per example in a call on ``n`` examples (``functional/gram/blocks.py``)."""
+    import torch.nn.functional as F
+
+    from lightning_sensitivity.functional._model import detached_state
+    from lightning_sensitivity.functional.gram import capture
+    from lightning_sensitivity.functional.gram.blocks import nbytes, split_trainable
+
+    params, buffers = detached_state(model)
+    trainable, frozen = split_trainable(params, model)
+    feats = capture.layer_features(model, trainable, frozen, buffers, x, y, F.cross_entropy, n)
+    return nbytes(feats) // x.shape[0]
+
+
 def cuda_peaks(chunk: int, sizes: list[int], device: torch.device) -> dict[str, dict[str, int]]:
     """:func:`peaks` on a CUDA device, in this process: ``torch.cuda.max_memory_allocated`` over the call minus
     the memory allocated before it (the caching allocator's statistics see every tensor there)."""

@@ -89,6 +89,7 @@ __all__ = [
     "STIFFNESS",
     "STIFFNESS_GROUP_ARRAYS",
     "STIFFNESS_SAME_SET_ARRAYS",
+    "STIFFNESS_SKETCH_DIM",
     "TRANSITIONS",
     "artifact_file",
     "config_tag",
@@ -207,6 +208,10 @@ INFLUENCE_STATS = ("self_influence_mean", "self_influence_flipped_auroc", "loss_
 SCHEMA[STIFFNESS] += tuple(f"{_S}/train_val/{stat}" for stat in INFLUENCE_STATS)
 # JacobianNormMonitor(num_projections=K): the standard error of the estimated mean norm.
 SCHEMA[JACOBIAN] += (f"{_J}/{{split}}/mean_stderr",)
+#: Logged, as the sketch dimension ``k``, at each measurement of a ``StiffnessMonitor(sketch_dim=k)``: the marker that
+#: the stiffness values of that step are estimates from a sketched Gram (the other tags keep their names).
+STIFFNESS_SKETCH_DIM = f"{_S}/sketch_dim"
+SCHEMA[STIFFNESS] += (STIFFNESS_SKETCH_DIM,)
 
 #: SCHEMA templates a monitor may leave out even with every option that enables it on, and why. Every other
 #: template is logged at each measurement of a fit whose options enable it.
@@ -251,6 +256,7 @@ CONDITIONAL: dict[str, str] = {
         "training probe examples"
         for stat in INFLUENCE_STATS[1:]
     },
+    STIFFNESS_SKETCH_DIM: "only with `sketch_dim=`; the stiffness values of that step are then estimates",
 }
 
 #: The arrays the stiffness artifact holds for each pair group, stored as :func:`stiffness_array` ``(group, name)``.

@@ -26,16 +26,18 @@ def joint_stiffness(
     progress: ProgressFactory,
 ) -> Any:
     """Stiffness of the joint probe set; under DDP each rank computes its share of the Gram's rows."""
+    sketch = {"sketch_dim": getattr(monitor, "sketch_dim", None), "sketch_seed": getattr(monitor, "sketch_seed", 0)}
     if getattr(monitor, "_lockstep", None) is None:  # one process: the whole Gram at once
         with progress("per-example gradients") as bar:
             return stiffness(
                 model, inputs, targets, loss_fn=monitor.loss_fn, chunk_size=monitor.chunk_size, progress=bar,
-                model_kwargs=kwargs or None,
+                model_kwargs=kwargs or None, **sketch,
             )  # fmt: skip
 
     n = inputs.shape[0]
     out = None
-    if monitor.chunk_size is None and not kwargs:
+    # Sketched: each rank sketches its rows and all columns with the same seeded maps (the factors are exact).
+    if monitor.chunk_size is None and not kwargs and sketch["sketch_dim"] is None:
         # Each rank the layer factors of its examples, exchanged; then each its block of rows from all factors.
         def factors_of(index: Tensor) -> dict[str, Tensor]:
             return gram_factors(model, inputs[index], targets[index], reference_rows=n, loss_fn=monitor.loss_fn)
@@ -61,6 +63,7 @@ def joint_stiffness(
                 gram, sq_rows, _ = gram_and_norms(
                     model, inputs[index], targets[index], inputs, targets, monitor.loss_fn, monitor.chunk_size, bar,
                     model_kwargs={k: v[index] for k, v in kwargs.items()} or None, model_kwargs2=kwargs or None,
+                    **sketch,
                 )  # fmt: skip
             return {"gram": gram, "sq": sq_rows}
 

@@ -62,6 +62,7 @@ class StiffnessMonitor(InfluenceMixin, SensitivityMonitor):
     - ``sensitivity/stiffness/{g}/same_class_sign``, ``.../same_class_cosine``, ``.../different_class_sign``,
       ``.../different_class_cosine``
     - ``sensitivity/stiffness/{g}/critical_length`` (only when the binned sign stiffness crosses zero)
+    - ``sensitivity/stiffness/sketch_dim`` (only with ``sketch_dim``: the values of that step are estimates)
 
     TensorBoard images (rank 0), titled with the epoch: ``sensitivity/stiffness/{g}/class_sign_matrix``,
     ``.../class_cosine_matrix`` (C x C, diverging colormap on the fixed range [-1, 1]),
@@ -103,6 +104,11 @@ class StiffnessMonitor(InfluenceMixin, SensitivityMonitor):
             are known to be wrong; then the AUROC of self-influence (and of the loss, the baseline) for finding them
             among the training probe examples is logged (``train_val/self_influence_flipped_auroc``,
             ``train_val/loss_flipped_auroc``). Needs ``influence=True``.
+        sketch_dim: estimate the Gram from ``k`` random projections per example
+            (:func:`~lightning_sensitivity.functional.loss_gradient_gram`'s ``sketch_dim``): ``O(N k)`` memory,
+            relative error about ``1 / sqrt(k)`` of ``|g_i| |g_j|``; every stiffness value is then an estimate, and
+            ``sensitivity/stiffness/sketch_dim`` is logged with it. Not with ``per_layer``. None (default): exact.
+        sketch_seed: seed of the sketch (the same maps at every measurement, so epochs compare).
         **kwargs: the common arguments of :class:`SensitivityMonitor`.
 
     Raises:
@@ -139,10 +145,17 @@ class StiffnessMonitor(InfluenceMixin, SensitivityMonitor):
         influence: bool = False,
         influence_top_k: int = 5,
         flipped_labels: Sequence[int] | Tensor | None = None,
+        sketch_dim: int | None = None,
+        sketch_seed: int = 0,
         **kwargs: Any,
     ) -> None:
         self.loss_fn = check_loss_fn(loss_fn)
         self.per_layer = check_bool(per_layer, "per_layer")
+        self.sketch_dim = check_int(sketch_dim, "sketch_dim", minimum=1, allow_none=True)
+        self.sketch_seed = check_int(sketch_seed, "sketch_seed", minimum=0)
+        if self.sketch_dim is not None and self.per_layer:
+            raise ValueError("`sketch_dim` expected None with `per_layer=True` (per-layer blocks are exact), got "
+                             f"{self.sketch_dim}")  # fmt: skip
         if layer_groups is not None:
             if not isinstance(layer_groups, Mapping):
                 raise TypeError(
@@ -237,6 +250,8 @@ class StiffnessMonitor(InfluenceMixin, SensitivityMonitor):
             "per_layer": self.per_layer,
             "layer_groups": self.layer_groups,
             "critical_length_same_class": self.critical_length_same_class,
+            "sketch_dim": self.sketch_dim,
+            "sketch_seed": self.sketch_seed,
             "class_names": self.class_names,
             "class_groups": self.class_groups,
             "group_names": self.group_names,
@@ -308,8 +323,11 @@ class StiffnessMonitor(InfluenceMixin, SensitivityMonitor):
                 "group_names": self.group_names,
                 "distance": self.distance,
                 "num_classes": num_classes,
+                "sketch_dim": self.sketch_dim,
             }
         )
+        if self.sketch_dim is not None:
+            result.scalars[keys.STIFFNESS_SKETCH_DIM] = float(self.sketch_dim)
         distance_inputs = inputs if inputs.is_floating_point() else inputs.double()
         # One input-distance matrix of the joint set; each group bins its slice (instead of one per group and kind).
         distances = pairwise_distance(distance_inputs.cpu(), None, self.distance)

@@ -35,6 +35,8 @@ def loss_gradient_gram(
     method: GramMethod = "auto",
     model_kwargs: ModelKwargs | None = None,
     model_kwargs2: ModelKwargs | None = None,
+    sketch_dim: int | None = None,
+    sketch_seed: int = 0,
 ) -> Tensor:
     """Dot products ``g_i . g_j`` of per-example loss gradients over all trainable parameters.
 
@@ -53,8 +55,18 @@ def loss_gradient_gram(
             the example's own loss. For ``F.cross_entropy``/``F.nll_loss`` with integer targets ``[N]`` the
             layerwise engine calls it once per chunk instead, with ``logits`` ``[n, C]``, ``targets`` ``[n]`` and
             ``reduction="none"`` (the same numbers).
-        chunk_size: examples per block; memory is bounded by two blocks (of layer activations and output
-            gradients, or of per-example gradients).
+        chunk_size: examples per forward and backward pass. Each example's gradient representation is computed
+            once and kept -- per parameter the smaller or cheaper of its explicit gradient (``k`` numbers) and its
+            factors (``T (p + q)``: layer inputs and output gradients), as the unchunked call chooses; ``P``
+            numbers with ``method="per_example"``; ``sketch_dim`` numbers when sketched -- and the Gram is formed
+            from them, so chunking costs no extra work. Peak memory: ``N x`` that representation ``+`` one chunk's
+            forward and backward ``+ N x M`` (``docs/performance.md``).
+        sketch_dim: estimate the Gram from ``k = sketch_dim`` random projections of each example's gradient
+            instead (``G ~ S S^T``, ``S [N, k]``): unbiased, relative error about ``1 / sqrt(k)`` of
+            ``|g_i| |g_j|``, ``O(N k)`` memory. Layers kept as factors are projected through their factors
+            (row-wise Kronecker sign maps), so their gradients are never formed. None (default): exact.
+        sketch_seed: seed of the sketch's private generator (the global RNG is never used); the same seed gives
+            the same maps on every device and process.
         progress: optional ``progress(done, total)`` called after each block.
         method: ``"layerwise"`` runs one batched forward and backward pass per block and forms the Gram per layer
             from layer inputs and output gradients (``(A A^T) * (D D^T)`` for a linear layer; for a convolution the
@@ -94,8 +106,9 @@ def loss_gradient_gram(
         torch.Size([5, 5])
     """
     return gram_and_norms(
-        model, inputs, targets, inputs2, targets2, loss_fn, chunk_size, progress, method, model_kwargs, model_kwargs2
-    )[0]
+        model, inputs, targets, inputs2, targets2, loss_fn, chunk_size, progress, method, model_kwargs, model_kwargs2,
+        sketch_dim=sketch_dim, sketch_seed=sketch_seed,
+    )[0]  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -132,11 +145,14 @@ def stiffness(
     method: GramMethod = "auto",
     model_kwargs: ModelKwargs | None = None,
     model_kwargs2: ModelKwargs | None = None,
+    sketch_dim: int | None = None,
+    sketch_seed: int = 0,
 ) -> Stiffness:
     """Sign and cosine stiffness between per-example loss gradients (Fort et al. 2019).
 
     Arguments as in :func:`loss_gradient_gram`. With one set, the means leave out the diagonal; with one example
-    and no second set they are NaN (there is no pair).
+    and no second set they are NaN (there is no pair). With ``sketch_dim`` every field is an estimate from the
+    sketched Gram, whose diagonal gives the norms (so cosines stay within [-1, 1]).
 
     Example:
         >>> model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 3))
@@ -145,8 +161,9 @@ def stiffness(
         (torch.Size([6, 6]), True)
     """
     gram, sq1, sq2 = gram_and_norms(
-        model, inputs, targets, inputs2, targets2, loss_fn, chunk_size, progress, method, model_kwargs, model_kwargs2
-    )
+        model, inputs, targets, inputs2, targets2, loss_fn, chunk_size, progress, method, model_kwargs, model_kwargs2,
+        sketch_dim=sketch_dim, sketch_seed=sketch_seed,
+    )  # fmt: skip
     return stiffness_from_gram(gram, sq1, sq2, self_pairs=inputs2 is None)
 
 

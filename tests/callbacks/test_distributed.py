@@ -245,6 +245,33 @@ def test_every_monitor_computes_the_single_process_values_from_shards(world_size
     assert calls == [4 + 4 + (2 if chunk_size else 4)] * world_size
 
 
+@pytest.mark.parametrize("chunk_size", [None, 4])
+def test_a_sketched_stiffness_from_shards_is_the_single_process_sketch(chunk_size):
+    # Every rank draws the same maps from `sketch_seed`, so its rows of the sketched Gram are the one process's.
+    model = small_model().float()
+    data = {"val": probes(9, 1), "train": probes(8, 2)}
+    monitor = StiffnessMonitor(num_samples=9, num_distance_bins=4, chunk_size=chunk_size, sketch_dim=16, sketch_seed=5)
+    progress = progress_factory("", False)
+    single = monitor.compute(model, data, progress, 1)
+    exact = StiffnessMonitor(num_samples=9, num_distance_bins=4).compute(model, data, progress, 1)
+    assert single.scalars["sensitivity/stiffness/sketch_dim"] == 16
+    assert (
+        single.scalars["sensitivity/stiffness/val_val/cosine"] != exact.scalars["sensitivity/stiffness/val_val/cosine"]
+    )
+
+    def body(lockstep: Lockstep, rank: int) -> Any:
+        sharded = copy.deepcopy(monitor)
+        sharded._lockstep = lockstep
+        return sharded.compute(copy.deepcopy(model), data, progress, 1)
+
+    results, _ = run_ranks(2, body)
+    for got in results:
+        assert not isinstance(got, BaseException), got
+        assert got.scalars.keys() == single.scalars.keys()
+        for key, value in single.scalars.items():
+            assert got.scalars[key] == pytest.approx(value, rel=1e-5, abs=1e-5, nan_ok=True), key
+
+
 class Unrecognised(nn.Module):
     """Its input mixes the examples of a batch (``x - x.mean(0)``): the layerwise check fails, so the shared Gram
     takes the two-set rows (per-example gradients, batches of one)."""

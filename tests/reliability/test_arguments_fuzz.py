@@ -134,6 +134,8 @@ SPECIFIC: dict[type, dict[str, Callable[[Any], bool]]] = {
         "influence": lambda v: isinstance(v, bool),
         "influence_top_k": lambda v: is_int(v) and v >= 1,
         "flipped_labels": lambda v: v is None,  # alone, without influence=True, only None is consistent
+        "sketch_dim": lambda v: v is None or (is_int(v) and v >= 1),
+        "sketch_seed": lambda v: is_int(v) and v >= 0,
     },
     SharpnessMonitor: {
         "loss_fn": lambda v: callable(v) and not isinstance(v, type),

@@ -27,6 +27,7 @@ from torch import nn
 
 from lightning_sensitivity import JacobianNormMonitor, StiffnessMonitor, TransitionMonitor
 from lightning_sensitivity.callbacks.progress import progress_factory
+from lightning_sensitivity.functional import loss_gradient_gram
 from lightning_sensitivity.probes import probe_set_from_tensors
 from reliability._helpers import report_figure
 
@@ -113,3 +114,38 @@ def test_ten_chunks_stay_within_a_fixed_bound(quantity):
     )
     assert chunked <= bound, (small / MIB, chunked / MIB, bound / MIB)
     assert unchunked > bound, (unchunked / MIB, bound / MIB)
+
+
+def wide_conv() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(16, 64, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(64 * 16 * 16, 10))
+
+
+#: Bytes ``wide_conv`` keeps per example in a chunked Gram (functional/gram/blocks.py): the convolution's explicit
+#: weight gradient 64 x 144 (its factors, 256 positions x (144 + 64), would be larger) and bias 64; the head's factor
+#: pair, inputs with a constant 1 for the bias (16384 + 1) and output gradients (10). float32.
+REPRESENTATION = (64 * 144 + 64 + 64 * 16 * 16 + 1 + 10) * 4
+
+
+def test_chunked_gram_memory_follows_the_kept_representation():
+    """Peak of a chunked Gram = N x the kept representation + one chunk's pass + the N x N result: one pass over the
+    examples keeps each example's representation instead of recomputing column chunks."""
+    net = wide_conv()
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(512, 16, 16, 16, generator=g), torch.arange(512) % 10
+
+    def measure(n: int, chunk: int | None) -> int:
+        return peak_bytes(lambda: loss_gradient_gram(net, x[:n], y[:n], chunk_size=chunk))
+
+    measure(8, None)  # warm-up
+    chunk = measure(CHUNK, None)
+    peaks = {n: measure(n, CHUNK) for n in (128, 256, 512)}
+    formula = {n: n * REPRESENTATION + chunk + n * n * 4 for n in peaks}
+    report_figure(
+        "memory chunked Gram: peak MiB at N = 128 / 256 / 512 (chunk 32), and the formula",
+        [round(peaks[n] / MIB, 1) for n in peaks] + [round(formula[n] / MIB, 1) for n in peaks],
+    )
+    for n, peak in peaks.items():
+        assert 0.8 * formula[n] - SLACK <= peak <= 1.25 * formula[n] + SLACK, (n, peak / MIB, formula[n] / MIB)
+    slope = (peaks[512] - peaks[128]) / (384 * REPRESENTATION)  # bytes per added example / the representation
+    assert 0.8 <= slope <= 1.35, slope

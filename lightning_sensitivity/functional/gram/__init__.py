@@ -8,7 +8,10 @@ Reading a measurement top-down:
 - :mod:`.per_example` -- explicit per-example gradients with ``vmap(grad)``, else a per-example autograd loop, for
   any model torch can differentiate (and for the parameters the layerwise capture does not recognise);
 - :mod:`.plan` -- which engine served which parameters and why, said once and remembered per model structure;
-- :mod:`.blocks` -- what both share: trainable/frozen split and block-by-block assembly bounded by ``chunk_size``.
+- :mod:`.blocks` -- what both share: trainable/frozen split and the Gram from one pass over the examples,
+  ``chunk_size`` at a time (each chunk's features kept; the memory this takes is in its docstring);
+- :mod:`.sketch` -- ``sketch_dim=k``: each chunk's features projected to ``[n, k]`` (the gradients never formed),
+  an unbiased estimate of the Gram in ``O(N k)`` memory.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from typing import Literal, TypeVar
 
 from torch import Tensor, nn
 
+from lightning_sensitivity._checks import check_int
 from lightning_sensitivity.functional._model import (
     ModelKwargs,
     Progress,
@@ -40,6 +44,7 @@ from lightning_sensitivity.functional.gram.capture import LayerwiseUnsupported
 from lightning_sensitivity.functional.gram.layerwise import layerwise_gram
 from lightning_sensitivity.functional.gram.per_example import per_example_gram
 from lightning_sensitivity.functional.gram.plan import GramPlan, gram_engine_plan
+from lightning_sensitivity.functional.gram.sketch import GradientSketch
 
 GramMethod = Literal["auto", "layerwise", "per_example"]
 GRAM_METHODS = ("auto", "layerwise", "per_example")
@@ -61,6 +66,9 @@ def gram_and_norms(
     method: str = "auto",
     model_kwargs: ModelKwargs | None = None,
     model_kwargs2: ModelKwargs | None = None,
+    *,
+    sketch_dim: int | None = None,
+    sketch_seed: int = 0,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """``(G, |g_i|^2, |g_j|^2)`` for :func:`~lightning_sensitivity.functional.loss_gradient_gram` and
     :func:`~lightning_sensitivity.functional.stiffness`: validates the arguments, puts the model in measurement
@@ -70,19 +78,28 @@ def gram_and_norms(
 
     Inputs may be integer (token ids): nothing is differentiated with respect to them. Targets may be of any dtype
     and shape ``[N, ...]``; ``model_kwargs``/``model_kwargs2`` are per-example keyword inputs of the model for the
-    two sets."""
+    two sets. With ``sketch_dim=k`` the three are estimates from ``[N, k]`` sketched gradients (:mod:`.sketch`),
+    with maps drawn from ``sketch_seed``."""
+    check_int(sketch_dim, "sketch_dim", minimum=1, allow_none=True)
+    check_int(sketch_seed, "sketch_seed", minimum=0)
     model, args, kw1, kw2 = prepare_gram_call(
         model, inputs, targets, inputs2, targets2, loss_fn, chunk_size, progress, method, model_kwargs, model_kwargs2
     )
     _, params, _, x1, y1 = args[:5]
     key = plans.structure_key(split_trainable(params, model)[0], x1, y1, kw1, loss_fn)
+
+    def sketch() -> GradientSketch | None:  # a fresh one per engine: the same seed gives the same maps
+        if sketch_dim is None:
+            return None
+        return GradientSketch(sketch_dim, sketch_seed, {k: v.shape[0] for k, v in params.items() if v.dim() >= 1})
+
     with measurement_context(model):
         gram, sq1, sq2 = run_engines(
             model,
             method,
             key,
-            lambda explicit: layerwise_gram(*args, kwargs1=kw1, kwargs2=kw2, explicit=explicit),
-            lambda: per_example_gram(*args, kwargs1=kw1, kwargs2=kw2),
+            lambda explicit: layerwise_gram(*args, kwargs1=kw1, kwargs2=kw2, explicit=explicit, sketch=sketch()),
+            lambda: per_example_gram(*args, kwargs1=kw1, kwargs2=kw2, sketch=sketch()),
         )
     return gram.detach(), sq1.detach(), sq2.detach()
 

@@ -78,12 +78,15 @@ def layer_features(
     model_kwargs: dict[str, Tensor] | None = None,
     explicit: dict[str, str] | None = None,
     info: dict | None = None,
+    choices: dict | None = None,
 ) -> Features:
     """One batched forward and backward pass over a chunk, turned into Gram factors per trainable parameter.
 
     ``reference_rows`` is the block size the factors will be multiplied at; it decides, identically for every
     chunk, whether a call is kept as factor pairs or as explicit per-example gradients. ``model_kwargs`` are the
-    chunk's per-example keyword inputs of the model (``model(x, **model_kwargs)``).
+    chunk's per-example keyword inputs of the model (``model(x, **model_kwargs)``). ``choices``, one dict shared by
+    the chunks of a call, keeps the choices that depend on a chunk's content (an embedding's, on its token counts)
+    as the first chunk made them, so that every chunk's features have the same layout.
 
     A parameter the capture does not recognise in some use (or listed in ``explicit``, ``{name: reason}``, which is
     updated with every such parameter and its reason) gets explicit per-example gradients of its own
@@ -169,7 +172,7 @@ def layer_features(
             name is not None and (uses[name] > 1 or name in capture.derived or name in through_derived)
             for name in (call.weight, call.bias)
         )
-        for name, piece in _pieces(call, delta, n, reference_rows, shared):
+        for name, piece in _pieces(call, delta, n, reference_rows, shared, choices):
             into = derived if name in capture.derived else flat
             if isinstance(piece, tuple):
                 kron.append((name, *piece))
@@ -235,7 +238,7 @@ def _pull_back(out: Tensor, leaves: list[Tensor], grads: Tensor) -> list[Tensor]
     ]
 
 
-def _pieces(call: Call, delta: Tensor, n: int, reference_rows: int, shared: bool):
+def _pieces(call: Call, delta: Tensor, n: int, reference_rows: int, shared: bool, choices: dict | None = None):
     """``(parameter name, [n, k] gradient or (A, D) factor pair)`` for each trainable parameter of a call."""
     if call.kind == "linear":
         a = call.inputs.reshape(n, -1, call.inputs.shape[-1])
@@ -299,7 +302,10 @@ def _pieces(call: Call, delta: Tensor, n: int, reference_rows: int, shared: bool
         )
         identity_cost = min(pairs, (reference_rows * positions) ** 2) * (q + 1)
         explicit_cost = n * positions * q + reference_rows**2 * vocabulary * q
-        if not shared and identity_cost <= explicit_cost:
+        identity = not shared and identity_cost <= explicit_cost
+        if choices is not None:
+            identity = choices.setdefault(("embedding", call.weight), identity)
+        if identity:
             yield call.weight, (ids, d)
         else:
             grads = d.new_zeros(n, vocabulary, q).scatter_add_(1, ids.unsqueeze(2).expand(-1, -1, q), d)
@@ -323,7 +329,12 @@ def _pieces(call: Call, delta: Tensor, n: int, reference_rows: int, shared: bool
 
 
 def _factor_pair_cheaper(rows: int, positions: int, p: int, q: int) -> bool:
-    """Whether the position-summed identity beats explicit gradients for a ``rows x rows`` block."""
+    """Whether the position-summed identity beats explicit gradients for a ``rows x rows`` block.
+
+    The factors are kept for every example of a chunked call: never when the explicit gradient is the smaller of
+    the two (``p q <= T (p + q)``; it is then also the cheaper)."""
+    if p * q <= positions * (p + q):
+        return False
     identity_cost = rows * rows * positions * positions * (p + q)
     explicit_cost = 2 * rows * positions * p * q + rows * rows * p * q
     return identity_cost <= explicit_cost

@@ -14,7 +14,7 @@ from torch import Tensor, nn
 
 from lightning_sensitivity.functional._model import Progress, as_function, check_logits, has_sharded_parameters, take
 from lightning_sensitivity.functional.gram import capture as lg
-from lightning_sensitivity.functional.gram.blocks import LossFn, blockwise_gram, split_trainable
+from lightning_sensitivity.functional.gram.blocks import LossFn, blockwise_gram, layout, split_trainable
 from lightning_sensitivity.functional.gram.gathered import GatheredParameters
 from lightning_sensitivity.functional.gram.plan import structure_key
 from lightning_sensitivity.functional.gram.recognition import LayerwiseUnsupported
@@ -35,12 +35,14 @@ def layerwise_gram(
     kwargs1: dict[str, Tensor] | None = None,
     kwargs2: dict[str, Tensor] | None = None,
     explicit: dict[str, str] | None = None,
+    sketch=None,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Blockwise Gram from per-layer factors of one batched pass per chunk (see :mod:`.capture`).
 
     ``kwargs1``/``kwargs2`` are the per-example keyword inputs of the two sets, sliced with the inputs. ``explicit``
     (``{parameter: reason}``) names parameters served by explicit per-example gradients from the start; it is updated
-    with every parameter the capture does not recognise.
+    with every parameter the capture does not recognise. ``sketch`` (a :class:`~.sketch.GradientSketch`) estimates
+    the Gram from sketched gradients instead.
 
     Before any block is assembled, the first chunk's factors are checked against explicit gradients of two of its
     examples (``vmap(grad)``): a model that mixes examples in its forward pass, keeps the batch on another
@@ -51,7 +53,13 @@ def layerwise_gram(
     """
     trainable, frozen = split_trainable(params, model)
     sets = ((x1, y1, kwargs1 or {}), (x2, y2, kwargs2 or {}))
-    features = CheckedFeatures(model, trainable, frozen, buffers, sets, loss_fn, chunk_size, explicit)
+    # Sketched, each example's pieces are projected on their own (no N x N products): the factors are kept where
+    # they are about as small as the explicit gradient, as for one row (projecting factors costs T k (p + q), an
+    # explicit gradient T p q + k p q).
+    features = CheckedFeatures(
+        model, trainable, frozen, buffers, sets, loss_fn, chunk_size, explicit,
+        reference_rows=None if sketch is None else 1,
+    )  # fmt: skip
     out = blockwise_gram(
         features,
         lg.cross,
@@ -60,6 +68,7 @@ def layerwise_gram(
         None if x2 is None else x2.shape[0],
         chunk_size,
         progress,
+        sketch=sketch,
     )
     features.finish()
     return out
@@ -75,9 +84,15 @@ class CheckedFeatures:
     everything it would have.
     """
 
-    def __init__(self, model, trainable, frozen, buffers, sets, loss_fn, chunk_size, explicit=None) -> None:
+    def __init__(
+        self, model, trainable, frozen, buffers, sets, loss_fn, chunk_size, explicit=None, reference_rows=None
+    ) -> None:
         (x1, _, _), (x2, _, _) = sets
-        self.reference_rows = min(max(x1.shape[0], 0 if x2 is None else x2.shape[0]), chunk_size or 1 << 62)
+        # Every chunk's features are kept and the Gram formed from all of them (``blockwise_gram``): the factor or
+        # explicit choice is the unchunked call's, whatever the chunk size, so that chunking costs no extra work.
+        self.reference_rows = reference_rows or max(x1.shape[0], 0 if x2 is None else x2.shape[0])
+        self.layout = None
+        self.choices: dict = {}  # content-dependent factor/explicit choices, made by the first chunk for all
         self.model, self.trainable, self.frozen, self.buffers = model, trainable, frozen, buffers
         self.sets, self.loss_fn = sets, loss_fn
         self.checked = False
@@ -92,8 +107,12 @@ class CheckedFeatures:
         info: dict = {}
         feats = lg.layer_features(
             model, trainable, frozen, buffers, x[piece], y[piece], self.loss_fn, self.reference_rows, model_kwargs=kw,
-            explicit=self.explicit, info=info,
+            explicit=self.explicit, info=info, choices=self.choices,
         )  # fmt: skip
+        if self.layout is None:
+            self.layout = layout(feats)
+        elif layout(feats) != self.layout:
+            raise LayerwiseUnsupported("the model took a different path for two chunks of examples")
         if not self.checked:
             self.checked = True
             # A forward that reads batch values into Python (`.item()`, `if t:`) may take another path for other

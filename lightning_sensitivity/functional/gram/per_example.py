@@ -103,11 +103,14 @@ def per_example_gram(
     *,
     kwargs1: dict[str, Tensor] | None = None,
     kwargs2: dict[str, Tensor] | None = None,
+    sketch=None,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Blockwise Gram from explicit per-example gradients (``vmap`` over ``grad``, else a per-example autograd
     loop): works for any model torch can differentiate.
 
-    ``kwargs1``/``kwargs2`` are the per-example keyword inputs of the two sets (values ``[N, ...]``/``[M, ...]``)."""
+    ``kwargs1``/``kwargs2`` are the per-example keyword inputs of the two sets (values ``[N, ...]``/``[M, ...]``);
+    ``sketch`` (a :class:`~.sketch.GradientSketch`) keeps sketched gradients instead. Each chunk's gradients are
+    computed once and kept (``[N, P]``, or ``[N, k]`` sketched): the chunk bounds the ``vmap`` pass, not the result."""
     trainable, frozen = split_trainable(params, model)
     sets = ((x1, y1, kwargs1 or {}), (x2, y2, kwargs2 or {}))
 
@@ -123,4 +126,5 @@ def per_example_gram(
         None if x2 is None else x2.shape[0],
         chunk_size,
         progress,
+        sketch=sketch,
     )
