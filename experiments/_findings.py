@@ -284,8 +284,8 @@ def jacobian(doc: Doc, data: dict, folder: Path) -> None:
             f"training-accuracy target, after {_range(steps.get('full_batch'))} steps (cap "
             f"{cfg['full_batch_max_epochs']}) against {_range(steps.get('baseline'))} mini-batch steps for the "
             f"baselines; {fb[0]} of {fb[1]} reached the target. So both are compared at about equal training "
-            "accuracy, not at equal steps or at convergence, on a small subset where the mini-batch noise the paper's "
-            "effect is attributed to is weaker; the ratio measures that difference only.",
+            "accuracy, not at equal steps or at convergence, and on a small subset; the right-hand column compares "
+            "each full-batch run with its baseline at the same eval-mode training accuracy.",
             "",
         )
     doc.add(

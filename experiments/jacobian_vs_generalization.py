@@ -240,9 +240,13 @@ def plot_scatter(runs: list[dict], stats: dict, path: Path) -> None:
         ax.set_title(f"Spearman {rho}, Kendall {tau} (n={s['n']}" + (f", {collapsed} collapsed left out)"
                      if collapsed else ")"), fontsize=8)  # fmt: skip
         ax.set_xlabel(f"generalization gap: {label}")
-        ax.set_yscale("log")
+        if any(not r.get("collapsed") and (r["jacobian_test_mean"] or 0) > 0 for r in runs):
+            ax.set_yscale("log")
+        else:  # nothing trained: a log axis has nothing to scale to
+            ax.text(0.5, 0.5, "no run that trained", transform=ax.transAxes, ha="center")
         ax.set_ylabel("test Jacobian norm (mean)")
-    axes[0, 0].legend(fontsize=7)
+    if any(not r.get("collapsed") for r in runs):
+        axes[0, 0].legend(fontsize=7)
     C.save_figure(fig, path)
 
 
@@ -264,12 +268,16 @@ def plot_directions(direction: dict, path: Path) -> None:
                         [d["geomean_ratio_high"] - d["geomean_ratio"]]], fmt="_", color="black", capsize=4, ms=14)
         labels.append(f"{variant}\npaper: {d['expected']}\nhere: {d['held']}/{d['total']} agree")
     ax.axhline(1.0, color="grey", lw=1, ls="--")
-    ax.set_yscale("log")
+    if any(d["pairs"] for d in direction.values()):
+        ax.set_yscale("log")
+    else:  # every pair had a collapsed run
+        ax.text(0.5, 0.5, "no pair of runs that trained", transform=ax.transAxes, ha="center")
     ax.set_xticks(range(len(direction)), labels, fontsize=8)
     ax.set_ylabel("test Jacobian norm / its baseline's")
     ax.set_xlim(-0.6, len(direction) - 0.2)
     ax.set_title("black: geometric mean, 95 % interval over seeds", fontsize=8)
-    ax.legend(fontsize=6)
+    if any(d["pairs"] for d in direction.values()):
+        ax.legend(fontsize=6)
     C.save_figure(fig, path)
 
 

@@ -438,7 +438,7 @@ def _rho_ci(x: list[float], columns: list[list]) -> dict:
 # the README's summary: the claims it states, each with the words it uses
 SUMMARY_CLAIMS = (
     ("jacobian_gap", "the held-out Jacobian norm rank-correlates with the generalization gap"),
-    ("jacobian_gap_true_labels", "so it does without the random-label runs"),
+    ("jacobian_gap_true_labels", "the same without the random-label runs"),
     ("random_labels_ratio", "random labels give a larger norm"),
     ("full_batch_ratio", "full-batch training gives a larger norm"),
     ("augment_matched", "augmentation gives a smaller norm (at matched training accuracy)"),

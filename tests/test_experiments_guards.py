@@ -79,13 +79,16 @@ def test_sweep_with_a_collapsed_baseline_does_not_divide_by_zero(jac):
     assert results["correlation"]["jacobian_vs_gap_acc"]["n"] == len(runs) - 3
 
 
-def test_every_run_collapsed_leaves_no_ratio_and_no_crash(jac):
+def test_every_run_collapsed_leaves_no_ratio_and_no_crash(jac, tmp_path):
     runs = [_run(s, b, v, 0.0, train_acc=0.1) for s in (0, 1) for b in (0, 1) for v in CFG["variants"]]
     results = jac.analyse(runs, CFG, [0, 1])
     assert results["summary"]["num_collapsed"] == len(runs)
     assert all(d["geomean_ratio"] is None and d["total"] == 0 for d in results["direction"].values())
     assert results["correlation"]["jacobian_vs_gap_acc"]["spearman"] is None
     assert results["summary"]["median_train_test_ratio"] is None
+    # and the figures are still drawn (an empty log axis crashed matplotlib)
+    jac.plot_all(results, tmp_path)
+    assert (tmp_path / "jacobian_vs_gap.png").stat().st_size > 0 and (tmp_path / "jacobian_directions.png").is_file()
 
 
 def test_correlations_guard_constant_and_tiny_inputs(jac):
