@@ -94,6 +94,25 @@ def test_chunked_gram_runs_one_forward_per_chunk(method, two_sets):
     assert done[-1][0] == done[-1][1] and [d for d, _ in done] == list(range(1, len(done) + 1))
 
 
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("two_sets", [False, True])
+def test_features_over_the_memory_budget_are_recomputed_exactly_and_said(method, two_sets, monkeypatch):
+    """Kept features that would exceed ``STORE_BUDGET_BYTES`` are not kept: column chunks are recomputed (the old
+    K (K + 1) / 2 passes, two chunks of memory), with the same Gram and one warning."""
+    from lightning_sensitivity.functional.gram import blocks
+
+    monkeypatch.setattr(blocks, "STORE_BUDGET_BYTES", 0)
+    monkeypatch.setattr(blocks, "_SAID_RECOMPUTE", set())
+    model = cnn()
+    x, y = data("cnn", 7)
+    x2, y2 = data("cnn", 5, seed=1) if two_sets else (None, None)
+    with pytest.warns(UserWarning, match="recomputed"):
+        got = loss_gradient_gram(model, x, y, x2, y2, method=method, chunk_size=3)
+    torch.testing.assert_close(got, gram_loop(model, x, y, x2, y2), rtol=1e-9, atol=1e-12)
+    got = stiffness(model, x, y, x2, y2, method=method, chunk_size=2).gram
+    torch.testing.assert_close(got, gram_loop(model, x, y, x2, y2), rtol=1e-9, atol=1e-12)
+
+
 # ---------------------------------------------------------------- sketched
 @pytest.mark.parametrize(
     ("method", "name", "dense"),

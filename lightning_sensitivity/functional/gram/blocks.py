@@ -13,11 +13,18 @@ explicit per-example gradient ``k`` numbers, or its factors ``T * (p + q)`` (act
 gradients ``[T, q]``; token ids and ``[T, q]`` for an embedding), whichever that engine chose; the per-example
 engine's explicit gradient ``P``; a sketch's ``k`` (``sketch_dim``). A row block is ``chunk x M`` Gram entries plus,
 for factor pairs with ``T > 1`` positions, one ``(chunk T) x (M T)`` product per pair.
+
+When keeping every example's representation would take more than :data:`STORE_BUDGET_BYTES` (estimated from the
+first chunk: e.g. explicit per-example gradients of an 11 M-parameter model at N = 256 take 11 GiB), the features
+are not kept: each row chunk is paired with freshly computed column chunks, bounding memory by two chunks' features
+at the cost of ``K (K + 1) / 2`` feature passes for ``K`` chunks (said once by a warning). ``sketch_dim`` keeps the
+one-pass cost in ``O(N k)`` memory instead.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -28,6 +35,11 @@ from lightning_sensitivity.functional._model import Progress, chunks, report
 __all__ = ["LossFn", "blockwise_gram", "layout", "nbytes", "split_trainable", "tensor_map"]
 
 LossFn = Callable[[Tensor, Tensor], Tensor]
+
+#: Above this many bytes of kept per-example representation (rows and columns together), a chunked Gram recomputes
+#: column chunks instead of keeping every example's features.
+STORE_BUDGET_BYTES = 8 * 1024**3
+_SAID_RECOMPUTE: set[tuple[int, int]] = set()
 
 
 def split_trainable(params: dict[str, Tensor], model: nn.Module) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
@@ -87,16 +99,18 @@ def _rows(tree: Any, piece: slice) -> Any:
     return tensor_map(lambda t: t[piece], tree)
 
 
-def _store(features: Callable[[int, slice], Any], s: int, num: int, pieces: list[slice], on_chunk) -> Any:
+def _store(
+    features: Callable[[int, slice], Any], s: int, num: int, pieces: list[slice], on_chunk, first: Any = None
+) -> Any:
     """The features of all ``num`` examples of set ``s``, computed chunk by chunk into buffers allocated from the
-    first chunk (one chunk: its features as they are)."""
+    first chunk (one chunk: its features as they are); ``first``, when given, is the first chunk's, computed already."""
     if len(pieces) == 1:
-        out = features(s, pieces[0])
+        out = features(s, pieces[0]) if first is None else first
         on_chunk()
         return out
     stored = None
-    for piece in pieces:
-        f = features(s, piece)
+    for k, piece in enumerate(pieces):
+        f = first if k == 0 and first is not None else features(s, piece)
         if stored is None:
             stored = tensor_map(lambda t: t.new_empty((num, *t.shape[1:])), f)
         elif layout(f) != layout(stored):
@@ -150,7 +164,14 @@ def blockwise_gram(
         done += 1
         report(progress, done, total)
 
-    rows_all = _store(features, 0, num_rows, row_slices, step)
+    first = features(0, row_slices[0])
+    per_example = nbytes(first) / max(row_slices[0].stop - row_slices[0].start, 1)
+    kept = per_example * (num_rows + (0 if same else num_cols))
+    if len(row_slices) + len(col_slices) > 1 and kept > STORE_BUDGET_BYTES:
+        return _recomputed(
+            features, cross, squared_norms, num_rows, num_cols, row_slices, col_slices, first, kept, progress
+        )
+    rows_all = _store(features, 0, num_rows, row_slices, step, first)
     cols_all = rows_all if same else _store(features, 1, num_cols, col_slices, step)
     gram = sq1 = sq2 = None
     for rows in row_slices:
@@ -173,4 +194,44 @@ def blockwise_gram(
     if not same:
         for cols in col_slices:
             sq2[cols] = squared_norms(_rows(cols_all, cols))
+    return gram, sq1, sq2
+
+
+def _recomputed(features, cross, squared_norms, num_rows, num_cols, row_slices, col_slices, first, kept, progress):
+    """The Gram with column chunks recomputed for every row chunk (memory: two chunks' features), for features too
+    large to keep (:data:`STORE_BUDGET_BYTES`); ``first`` is the first row chunk's features."""
+    key = (num_rows, -1 if num_cols is None else num_cols)
+    if key not in _SAID_RECOMPUTE:
+        _SAID_RECOMPUTE.add(key)
+        warnings.warn(
+            f"the Gram's per-example gradient representation would take {kept / 1024**3:.1f} GiB for "
+            f"{num_rows + (num_cols or 0)} examples (more than {STORE_BUDGET_BYTES / 1024**3:.0f} GiB), so column "
+            "chunks are recomputed for every row chunk instead (memory of two chunks, K(K+1)/2 feature passes for K "
+            "chunks); `sketch_dim=` estimates the Gram in one pass with O(N k) memory.",
+            stacklevel=4,
+        )
+    same = num_cols is None
+    gram = sq1 = sq2 = None
+    for i, rows in enumerate(row_slices):
+        f_rows = first if i == 0 else features(0, rows)
+        targets = [(0, c) for c in row_slices[i:]] if same else [(1, c) for c in col_slices]
+        for s, cols in targets:
+            f_cols = f_rows if same and cols == rows else features(s, cols)
+            block = cross(f_rows, f_cols)
+            if gram is None:
+                gram = block.new_zeros(num_rows, num_rows if same else num_cols)
+                sq1 = block.new_zeros(num_rows)
+                sq2 = sq1 if same else block.new_zeros(num_cols)
+            gram[rows, cols] = block
+            if same:
+                gram[cols, rows] = block.T
+                if cols == rows:
+                    sq1[rows] = block.diagonal()
+            elif i == 0:
+                sq2[cols] = squared_norms(f_cols)
+            del f_cols, block
+        if not same:
+            sq1[rows] = squared_norms(f_rows)
+        del f_rows
+        report(progress, i + 1, len(row_slices))
     return gram, sq1, sq2
