@@ -471,6 +471,10 @@ def summary_text(by_dataset: dict[str, list[dict]], labels: dict[str, str], seed
     return text
 
 
+#: In ``findings.md``, what follows this line is written by other experiments and kept by :func:`main`.
+KEEP_MARKER = "<!-- Sections below are written by their own experiments"
+
+
 def _replace_block(text: str, block: str) -> str:
     start, end = text.index(SUMMARY_START), text.index(SUMMARY_END)
     return text[: start + len(SUMMARY_START)] + "\n" + block + "\n" + text[end:]
@@ -592,7 +596,12 @@ def main(argv: list[str] | None = None) -> None:
                 doc.figures_dir = figures / d
                 SECTIONS[name](doc, data, folder)
     args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text("\n".join(doc.lines).rstrip() + "\n")
+    text = "\n".join(doc.lines).rstrip() + "\n"
+    # Sections other experiments write (influence, measure ranking) follow KEEP_MARKER: kept as they are.
+    previous = args.output.read_text() if args.output.exists() else ""
+    if KEEP_MARKER in previous:
+        text += "\n" + previous[previous.index(KEEP_MARKER) :]
+    args.output.write_text(text)
     if args.readme is not None:
         args.readme.write_text(_replace_block(args.readme.read_text(), summary))
     print(f"wrote {args.output} ({sum(len(v) for v in found.values())} results files, figures in {figures})")
