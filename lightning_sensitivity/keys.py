@@ -203,7 +203,7 @@ SCHEMA[STIFFNESS] += (f"{_S}/{{group}}/same_class_critical_length",)
 NONFINITE = "nonfinite"
 for _quantity in QUANTITIES:
     SCHEMA[_quantity] += (f"{prefix(_quantity)}/{{split}}/{NONFINITE}",)
-# StiffnessMonitor(influence=True): TracIn checkpoint influence accumulated from the train_val Grams of a fit.
+#: StiffnessMonitor(influence=True): the TracIn influence statistics, accumulated from the train_val Grams of a fit.
 INFLUENCE_STATS = ("self_influence_mean", "self_influence_flipped_auroc", "loss_flipped_auroc")
 SCHEMA[STIFFNESS] += tuple(f"{_S}/train_val/{stat}" for stat in INFLUENCE_STATS)
 # JacobianNormMonitor(num_projections=K): the standard error of the estimated mean norm.
