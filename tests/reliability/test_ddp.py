@@ -156,8 +156,8 @@ def test_images_histograms_events_and_artifacts_written_once_by_rank_zero(ddp_ru
     assert len(images) >= 10 and len(histograms) == 3
     for tag in images:
         assert sorted(e.step for e in events.Images(tag)) == steps, tag
-    for tag in histograms:
-        assert sorted(e.step for e in events.Histograms(tag)) == steps, tag
+    for tag in histograms:  # not the measurement at initialisation once later ones exist (see callbacks/_loop.py)
+        assert sorted(e.step for e in events.Histograms(tag)) == steps[1:], tag
     for tag in (t for t in tags["scalars"] if t.startswith("sensitivity/")):
         assert len({e.step for e in events.Scalars(tag)}) == len(events.Scalars(tag)), tag
     artifact_dir = log_dir / "sensitivity"

@@ -207,7 +207,27 @@ class WrongRank(ReliableModule):
         return loss
 
 
-@pytest.mark.parametrize("module_cls", [TupleForward, WrongRank])
+class ScoresForward(ReliableModule):
+    """``forward`` returns a dict without ``"logits"``: nothing says which entry holds them."""
+
+    def forward(self, x: torch.Tensor) -> Any:
+        return {"scores": self.net(x), "features": x.flatten(1)}
+
+    def _step(self, batch: Any, stage: str) -> torch.Tensor:
+        x, y = batch
+        loss = torch.nn.functional.cross_entropy(self(x)["scores"], y)
+        self.log(f"{stage}/loss", loss)
+        return loss
+
+
+def test_a_tuple_output_is_read_by_its_first_tensor(tmp_path):
+    # (logits, features), as many real models return: the logits are found without forward_fn, and measured.
+    trainer, messages = run(tmp_path, TupleForward(), ReliableData(), monitors())
+    assert messages == [] and len(logged(trainer)["sensitivity/stiffness/val_val/sign"]) == EPOCHS + 1
+    FAULTS_TRIED.append("TupleForward")
+
+
+@pytest.mark.parametrize("module_cls", [ScoresForward, WrongRank])
 def test_model_output_of_the_wrong_kind_warns_once_naming_forward_fn(tmp_path, module_cls):
     trainer, messages = run(tmp_path / "a", module_cls(), ReliableData(), monitors())
     assert len(messages) == 3 and all("forward_fn" in m for m in messages), messages
