@@ -180,9 +180,7 @@ def blockwise_gram(
         cols = slice(rows.start, num_rows) if same else slice(0, num_cols)
         block = cross(f_rows, _rows(cols_all, cols))
         if gram is None:
-            gram = block.new_zeros(num_rows, num_rows if same else num_cols)
-            sq1 = block.new_zeros(num_rows)
-            sq2 = sq1 if same else block.new_zeros(num_cols)
+            gram, sq1, sq2 = _outputs(block, num_rows, num_cols)
         gram[rows, cols] = block
         if same:
             gram[cols, rows] = block.T
@@ -195,6 +193,13 @@ def blockwise_gram(
         for cols in col_slices:
             sq2[cols] = squared_norms(_rows(cols_all, cols))
     return gram, sq1, sq2
+
+
+def _outputs(block: Tensor, num_rows: int, num_cols: int | None) -> tuple[Tensor, Tensor, Tensor]:
+    """Zeroed ``(G, |g_i|^2, |g_j|^2)`` in the first block's dtype and device (one set: the norms are shared)."""
+    gram = block.new_zeros(num_rows, num_rows if num_cols is None else num_cols)
+    sq1 = block.new_zeros(num_rows)
+    return gram, sq1, sq1 if num_cols is None else block.new_zeros(num_cols)
 
 
 def _recomputed(features, cross, squared_norms, num_rows, num_cols, row_slices, col_slices, first, kept, progress):
@@ -219,9 +224,7 @@ def _recomputed(features, cross, squared_norms, num_rows, num_cols, row_slices, 
             f_cols = f_rows if same and cols == rows else features(s, cols)
             block = cross(f_rows, f_cols)
             if gram is None:
-                gram = block.new_zeros(num_rows, num_rows if same else num_cols)
-                sq1 = block.new_zeros(num_rows)
-                sq2 = sq1 if same else block.new_zeros(num_cols)
+                gram, sq1, sq2 = _outputs(block, num_rows, num_cols)
             gram[rows, cols] = block
             if same:
                 gram[cols, rows] = block.T
