@@ -9,6 +9,7 @@ autocast state are escaped for the duration of the measurement and restored afte
 from __future__ import annotations
 
 import contextlib
+import threading
 import warnings
 from collections.abc import Callable, Iterator, Mapping
 from contextvars import ContextVar
@@ -167,20 +168,35 @@ def checkpointing_off(model: nn.Module) -> Iterator[None]:
     """
     import torch.utils.checkpoint as checkpoint_module
 
+    global _CHECKPOINT_DEPTH
     composable = [(state, state.enable_hook) for state in _composable_checkpoint_states(model)]
-    patches = _PLAIN_CHECKPOINT if hasattr(checkpoint_module, "_checkpoint_impl") else _PLAIN_CHECKPOINT_OLD
-    originals = {name: getattr(checkpoint_module, name) for name in patches}
-    for name, plain in patches.items():
-        setattr(checkpoint_module, name, plain)
+    # The module-level patch is shared by every thread (DDP ranks as threads, a measurement in a worker): the first
+    # measurement to enter patches, the last to leave restores, so overlapping ones never "restore" a patched state.
+    with _CHECKPOINT_LOCK:
+        if _CHECKPOINT_DEPTH == 0:
+            patches = _PLAIN_CHECKPOINT if hasattr(checkpoint_module, "_checkpoint_impl") else _PLAIN_CHECKPOINT_OLD
+            _CHECKPOINT_ORIGINALS.update({name: getattr(checkpoint_module, name) for name in patches})
+            for name, plain in patches.items():
+                setattr(checkpoint_module, name, plain)
+        _CHECKPOINT_DEPTH += 1
     for state, _ in composable:
         state.enable_hook = False
     try:
         yield
     finally:
-        for name, original in originals.items():
-            setattr(checkpoint_module, name, original)
+        with _CHECKPOINT_LOCK:
+            _CHECKPOINT_DEPTH -= 1
+            if _CHECKPOINT_DEPTH == 0:
+                for name, original in _CHECKPOINT_ORIGINALS.items():
+                    setattr(checkpoint_module, name, original)
+                _CHECKPOINT_ORIGINALS.clear()
         for state, flag in composable:
             state.enable_hook = flag
+
+
+_CHECKPOINT_LOCK = threading.Lock()
+_CHECKPOINT_DEPTH = 0  # measurements inside checkpointing_off, over all threads
+_CHECKPOINT_ORIGINALS: dict[str, Any] = {}
 
 
 def _plain_checkpoint(function: Callable[..., Any], args: Any, kwargs: Any, **_: Any) -> Any:

@@ -110,3 +110,35 @@ def test_a_failing_measurement_still_restores_checkpointing():
     with pytest.raises(RuntimeError, match="shapes cannot be multiplied"):
         jacobian_norm(model, torch.randn(3, 4, dtype=torch.float64))  # wrong input width
     assert checkpoint_module._checkpoint_impl is original
+
+
+def test_overlapping_measurements_in_threads_restore_checkpointing():
+    # DDP ranks run as threads in tests (and a measurement may run in a worker thread): A enters, B enters, A leaves,
+    # B leaves. Saving and restoring per call would leave B's "original" -- A's plain patch -- in place for good.
+    import threading
+
+    from lightning_sensitivity.functional._model import checkpointing_off
+
+    before = {name: getattr(checkpoint_module, name) for name in ("checkpoint", "_checkpoint_impl")}
+    model = torch.nn.Linear(2, 2)
+    a_in, b_in, a_out = threading.Event(), threading.Event(), threading.Event()
+
+    def first() -> None:
+        with checkpointing_off(model):
+            a_in.set()
+            b_in.wait(5)
+        a_out.set()
+
+    def second() -> None:
+        a_in.wait(5)
+        with checkpointing_off(model):
+            b_in.set()
+            a_out.wait(5)
+            assert checkpoint_module._checkpoint_impl is not before["_checkpoint_impl"]  # still plain for B
+
+    threads = [threading.Thread(target=first), threading.Thread(target=second)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(10)
+    assert {name: getattr(checkpoint_module, name) for name in before} == before
