@@ -7,7 +7,9 @@ The package has three layers, each usable alone:
   ``TransitionMonitor``, ``StiffnessMonitor``).
 * :mod:`lightning_sensitivity.logging` -- TensorBoard images/histograms, matplotlib figures, artifacts.
 
-The callbacks are imported lazily so that ``import lightning_sensitivity.functional`` does not import Lightning.
+The callbacks are imported lazily so that ``import lightning_sensitivity.functional`` does not import Lightning. The
+monitor of every declared quantity (:attr:`lightning_sensitivity.keys.Quantity.monitor`) is importable from here as
+well; the names below are spelled out for IDEs and type checkers only.
 """
 
 from __future__ import annotations
@@ -24,14 +26,7 @@ _LAZY = {
     "SensitivityMonitor": "lightning_sensitivity.callbacks",
 }
 
-__all__ = [
-    "JacobianNormMonitor",
-    "TransitionMonitor",
-    "StiffnessMonitor",
-    "SharpnessMonitor",
-    "SensitivityMonitor",
-    "__version__",
-]
+_STATIC = list(_LAZY)
 
 if TYPE_CHECKING:  # pragma: no cover
     from lightning_sensitivity.callbacks import (  # noqa: F401
@@ -43,9 +38,19 @@ if TYPE_CHECKING:  # pragma: no cover
     )
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        import importlib
+def _declared_monitors() -> list[str]:
+    import importlib
 
-        return getattr(importlib.import_module(_LAZY[name]), name)
+    keys = importlib.import_module("lightning_sensitivity.keys")
+    return [q.monitor for q in keys.declarations() if q.monitor is not None and q.monitor not in _STATIC]
+
+
+def __getattr__(name: str) -> Any:
+    import importlib
+
+    if name == "__all__":  # the static names, then every declared quantity's monitor
+        return [*_STATIC, *_declared_monitors(), "__version__"]
+    # only class-like names look at the declarations: a submodule name asked for by an import must not
+    if name in _LAZY or (name[:1].isupper() and name in _declared_monitors()):
+        return getattr(importlib.import_module(_LAZY.get(name, "lightning_sensitivity.callbacks")), name)
     raise AttributeError(f"module 'lightning_sensitivity' has no attribute {name!r}")

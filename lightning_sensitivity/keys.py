@@ -16,8 +16,13 @@ Example:
 
 from __future__ import annotations
 
+import importlib
 import re
-from collections.abc import Iterable
+import sys
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any
 
 #: The first segment of every tag, and the artifact folder under the log directory.
 ROOT = "sensitivity"
@@ -29,8 +34,6 @@ TRANSITIONS = "transitions"
 STIFFNESS = "stiffness"
 #: The quantity of ``SharpnessMonitor``.
 SHARPNESS = "sharpness"
-#: The built-in quantities, the keys of :data:`SCHEMA`.
-QUANTITIES = (JACOBIAN, TRANSITIONS, STIFFNESS, SHARPNESS)
 
 # Probe splits and the stiffness pair groups built from them.
 TRAIN, VAL, TEST = "train", "val", "test"
@@ -71,6 +74,8 @@ GENERALIZATION_KEYS = ("generalization_gap/acc", "generalization_gap/loss", "val
 __all__ = [
     "ARTIFACT_ARRAYS",
     "ARTIFACT_DIR",
+    "CONDITIONAL_ARRAYS",
+    "Chart",
     "COMPARE_X",
     "COMPARE_Y",
     "CONDITIONAL",
@@ -82,6 +87,7 @@ __all__ = [
     "JACOBIAN",
     "NONFINITE",
     "QUANTITIES",
+    "Quantity",
     "ROOT",
     "SCHEMA",
     "SHARPNESS",
@@ -93,10 +99,13 @@ __all__ = [
     "TRANSITIONS",
     "artifact_file",
     "config_tag",
+    "declaration",
+    "declarations",
     "matches",
     "metric",
     "notes_tag",
     "prefix",
+    "register",
     "rename_split",
     "schema_keys",
     "split_array",
@@ -158,106 +167,16 @@ def rename_split(tag: str, old: str, new: str) -> str:
     return "/".join(parts)
 
 
-_J, _T, _S = prefix(JACOBIAN), prefix(TRANSITIONS), prefix(STIFFNESS)
-#: The metric tags each monitor can log, per quantity. Placeholders: ``{split}`` (val, train, test), ``{group}`` (a
-#: stiffness pair group), ``{same_group}`` (a group of one set with itself), ``{held_out}`` (val, or test under
-#: ``trainer.test``), ``{c}`` (a class index), ``{kind}`` (sign or cosine), ``{layer}`` (a layer name). Add a new tag
-#: here first: ``tests/test_keys.py`` checks that the monitors log exactly these and that the README's "Logged
-#: metrics" table lists them.
-SCHEMA: dict[str, tuple[str, ...]] = {
-    JACOBIAN: (
-        *(f"{_J}/{{split}}/{stat}" for stat in JACOBIAN_STATS),
-        f"{_J}/train_{{held_out}}_ratio",
-        *(f"{_J}/{{split}}/{name}" for name in JACOBIAN_AUROCS),
-        f"{_J}/{{split}}/class_{{c}}",
-    ),
-    TRANSITIONS: (
-        *(f"{_T}/{{split}}/{stat}_mean" for stat in TRANSITION_STATS),
-        f"{_T}/{{split}}/region_changes_fraction",
-        f"{_T}/{{split}}/near_anchor_ratio",
-    ),
-    STIFFNESS: (
-        f"{_S}/{{group}}/{{kind}}",
-        f"{_S}/{{group}}/same_class_{{kind}}",
-        f"{_S}/{{group}}/different_class_{{kind}}",
-        f"{_S}/{{group}}/critical_length",
-        f"{_S}/{{same_group}}/critical_length_low",
-        f"{_S}/{{same_group}}/critical_length_high",
-        *(f"{_S}/{{same_group}}/{stat}" for stat in GRAM_STATS),
-        f"{_S}/{{group}}/layer/{{layer}}/{{kind}}",
-    ),
-}
-
-_H = prefix(SHARPNESS)
-SCHEMA[SHARPNESS] = tuple(f"{_H}/{{split}}/{stat}" for stat in SHARPNESS_STATS)
-
-# TransitionMonitor: ellipses through shuffled (off-manifold) validation anchors, and the near-anchor density ratio.
+#: The shuffled (off-manifold) anchors of ``TransitionMonitor(splits=(..., "random"))``: tags ``.../random/...``.
 TRANSITION_RANDOM = "random"
-SCHEMA[TRANSITIONS] += (
-    *(f"{_T}/{TRANSITION_RANDOM}/{stat}_mean" for stat in TRANSITION_STATS),
-    f"{_T}/{TRANSITION_RANDOM}/region_changes_fraction",
-    f"{_T}/{TRANSITION_RANDOM}/near_anchor_ratio",
-)
-SCHEMA[STIFFNESS] += (f"{_S}/{{group}}/same_class_critical_length",)
-#: How many probe examples of a split a measurement left out for non-finite inputs, targets or model outputs.
+#: How many probe examples of a split a measurement left out for non-finite inputs, targets or model outputs; every
+#: quantity's schema has ``sensitivity/<quantity>/{split}/nonfinite`` (the base monitor logs it).
 NONFINITE = "nonfinite"
-for _quantity in QUANTITIES:
-    SCHEMA[_quantity] += (f"{prefix(_quantity)}/{{split}}/{NONFINITE}",)
 #: StiffnessMonitor(influence=True): the TracIn influence statistics, accumulated from the train_val Grams of a fit.
 INFLUENCE_STATS = ("self_influence_mean", "self_influence_flipped_auroc", "loss_flipped_auroc")
-SCHEMA[STIFFNESS] += tuple(f"{_S}/train_val/{stat}" for stat in INFLUENCE_STATS)
-# JacobianNormMonitor(num_projections=K): the standard error of the estimated mean norm.
-SCHEMA[JACOBIAN] += (f"{_J}/{{split}}/mean_stderr",)
 #: Logged, as the sketch dimension ``k``, at each measurement of a ``StiffnessMonitor(sketch_dim=k)``: the marker that
 #: the stiffness values of that step are estimates from a sketched Gram (the other tags keep their names).
-STIFFNESS_SKETCH_DIM = f"{_S}/sketch_dim"
-SCHEMA[STIFFNESS] += (STIFFNESS_SKETCH_DIM,)
-
-#: SCHEMA templates a monitor may leave out even with every option that enables it on, and why. Every other
-#: template is logged at each measurement of a fit whose options enable it.
-CONDITIONAL: dict[str, str] = {
-    f"{_J}/train_{{held_out}}_ratio": "needs the train probe set and a non-zero val mean norm",
-    **{
-        f"{_J}/{{split}}/{name}": "needs integer class targets and both right and wrong predictions on the probe set"
-        for name in JACOBIAN_AUROCS
-    },
-    f"{_J}/{{split}}/class_{{c}}": "needs integer class targets",
-    f"{_J}/{{split}}/mean_stderr": "only with `num_projections=` (the estimated norm)",
-    f"{_T}/{{split}}/activation_mean": "needs ReLU-family units (a model without them has no activation pattern)",
-    f"{_T}/{{split}}/region_changes_mean": "needs ReLU-family units",
-    f"{_T}/{{split}}/prediction_mean": "needs a predicted class (not logged for real-valued, regression targets)",
-    f"{_T}/{{split}}/region_changes_fraction": "needs ReLU-family units",
-    f"{_T}/{{split}}/near_anchor_ratio": "NaN (so not logged) when no segment away from the anchors changes",
-    f"{_S}/{{group}}/same_class_{{kind}}": "needs a pair of distinct examples of one class",
-    f"{_S}/{{group}}/different_class_{{kind}}": "needs two classes in the group",
-    f"{_S}/{{group}}/critical_length": "only when the binned sign stiffness crosses zero",
-    **{
-        f"{_S}/{{same_group}}/critical_length_{end}": "only with `critical_length_bootstrap=` > 0 and a finite "
-        "bootstrap interval"
-        for end in ("low", "high")
-    },
-    f"{_S}/{{same_group}}/label_alignment": "needs integer class targets and at least two classes",
-    f"{_S}/{{group}}/layer/{{layer}}/{{kind}}": "only with `per_layer=True`",
-    **{f"{_T}/{TRANSITION_RANDOM}/{stat}_mean": 'only with "random" in `splits`' for stat in TRANSITION_STATS},
-    f"{_T}/{TRANSITION_RANDOM}/near_anchor_ratio": 'only with "random" in `splits`',
-    f"{_T}/{TRANSITION_RANDOM}/region_changes_fraction": 'only with "random" in `splits`',
-    f"{_S}/{{group}}/same_class_critical_length": "only with `critical_length_same_class=True` and a zero crossing",
-    **{
-        f"{prefix(q)}/{{split}}/{NONFINITE}": "only when probe examples have non-finite inputs, targets or model "
-        "outputs (they are left out of the measurement)"
-        for q in QUANTITIES
-    },
-    f"{_H}/{{split}}/hessian_trace": "only with `num_vectors=` > 0",
-    f"{_H}/{{split}}/hessian_trace_se": "only with `num_vectors=` > 1 (one vector has no standard error)",
-    f"{_H}/{{split}}/gauss_newton_trace": "only with `gauss_newton=True`",
-    f"{_S}/train_val/self_influence_mean": "only with `influence=True`, during fit, after the first optimizer step",
-    **{
-        f"{_S}/train_val/{stat}": "only with `influence=True` and `flipped_labels=` flagging some but not all "
-        "training probe examples"
-        for stat in INFLUENCE_STATS[1:]
-    },
-    STIFFNESS_SKETCH_DIM: "only with `sketch_dim=`; the stiffness values of that step are then estimates",
-}
+STIFFNESS_SKETCH_DIM = f"{prefix(STIFFNESS)}/sketch_dim"
 
 #: The arrays the stiffness artifact holds for each pair group, stored as :func:`stiffness_array` ``(group, name)``.
 STIFFNESS_GROUP_ARRAYS = (
@@ -293,27 +212,280 @@ INFLUENCE_ARRAYS = (
     "flipped",
     *INFLUENCE_STATS[1:],
 )
+
+
+# ---------------------------------------------------------------- one declaration per quantity
+@dataclass(frozen=True)
+class Chart:
+    """One chart of the TensorBoard custom-scalars layout (:func:`lightning_sensitivity.logging.sensitivity_layout`).
+
+    Args:
+        title: the chart's title; ``{splits}`` becomes the charted splits joined by ``" vs "`` (``test``, the held-out
+            split under ``trainer.test``, is drawn but not named), and each placeholder of ``each`` its value.
+        lines: tag templates (placeholders as in :data:`SCHEMA`); one line per combination of the values of their
+            placeholders not in ``each``: ``{split}`` the charted splits, ``{held_out}`` val and test among them,
+            ``{group}`` / ``{same_group}`` the charted stiffness pair groups, ``{kind}`` sign and cosine;
+            ``{layer}`` and ``{c}`` match any layer / class in one line.
+        each: placeholders that give one chart per value, e.g. ``("group", "kind")``.
+        source: a key of the layout's ``splits`` mapping (e.g. ``"stiffness/layer"``) whose values the first ``each``
+            placeholder takes instead of its default; no values there, no chart.
+
+    Example:
+        >>> Chart("Logit margin: {splits} (mean)", ("sensitivity/logit_margin/{split}/mean",)).lines
+        ('sensitivity/logit_margin/{split}/mean',)
+    """
+
+    title: str
+    lines: tuple[str, ...]
+    each: tuple[str, ...] = ()
+    source: str | None = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.title, str) or not self.title:
+            raise TypeError(f"`title` expected a non-empty str, got {self.title!r}")
+        object.__setattr__(self, "lines", _strings(self.lines, "lines"))
+        object.__setattr__(self, "each", _strings(self.each, "each", allow_empty=True))
+        for template in self.lines:
+            _check_placeholders(template, "lines")
+        unknown = [p for p in self.each if p not in _PLACEHOLDERS]
+        if unknown:
+            raise ValueError(f"`each` expected placeholders among {sorted(_PLACEHOLDERS)}, got {unknown}")
+
+
+@dataclass(frozen=True)
+class Quantity:
+    """Everything named about one quantity, declared once: :data:`SCHEMA`, :data:`CONDITIONAL`, the artifact arrays,
+    the dashboard charts and the tests are built from these declarations.
+
+    A quantity of the package declares it as ``QUANTITY = keys.Quantity(...)`` in its ``functional`` module (found
+    when :mod:`lightning_sensitivity.functional` is imported); any other code calls :func:`register`.
+
+    Args:
+        name: the quantity (``monitor.quantity``): tags ``sensitivity/<name>/...``, artifacts
+            ``{log_dir}/sensitivity/<name>/epoch_NNNN.npz``.
+        metrics: the scalar tag templates the monitor can log (placeholders ``{split}``, ``{group}``,
+            ``{same_group}``, ``{held_out}``, ``{c}``, ``{kind}``, ``{layer}``); ``.../{split}/nonfinite`` is added.
+        conditional: templates of ``metrics`` a correct run may leave out even with every option on, each with the
+            reason (it needs class targets, an option, a zero crossing, ...). The rest is logged at every measurement.
+        arrays: the names of the arrays in the artifact file (per pair group when ``array_groups`` is given).
+        conditional_arrays: arrays a correct run may not write, each with the reason.
+        array_groups: the pair groups the arrays are stored under (``{group}/{name}``); empty: names as they are.
+        histograms: histogram tag templates.
+        images: image tag templates (the figures the monitor draws).
+        category: the custom-scalars category of ``charts`` (default: ``name`` in words).
+        charts: the quantity's charts in the TensorBoard custom-scalars layout.
+        layout_splits: the splits its charts draw when the monitor does not say (``SensitivityMonitor.layout_splits``).
+        split_words: how a chart title names a split, e.g. ``{"random": "random (off-data)"}``.
+        monitor: the class name of its monitor, exported by :mod:`lightning_sensitivity.callbacks` and the package
+            (``None`` for a monitor outside the package).
+        full_options: keyword arguments of the monitor, at a test's size, under which it logs every template that is
+            not conditional and writes every array that is not (the key tests fit it with them).
+
+    Raises:
+        TypeError: if an argument has the wrong type.
+        ValueError: if a template is outside ``sensitivity/<name>/``, uses an unknown placeholder, or a conditional
+            entry names no declared template or array.
+    """
+
+    name: str
+    metrics: tuple[str, ...]
+    conditional: Mapping[str, str] = field(default_factory=dict)
+    arrays: tuple[str, ...] = ()
+    conditional_arrays: Mapping[str, str] = field(default_factory=dict)
+    array_groups: tuple[str, ...] = ()
+    histograms: tuple[str, ...] = ()
+    images: tuple[str, ...] = ()
+    category: str = ""
+    charts: tuple[Chart, ...] = ()
+    layout_splits: tuple[str, ...] = (TRAIN, VAL, TEST)
+    split_words: Mapping[str, str] = field(default_factory=dict)
+    monitor: str | None = None
+    full_options: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not re.fullmatch(r"[a-z][a-z0-9_]*", self.name):
+            raise ValueError(f"`name` expected a lower-case identifier such as 'logit_margin', got {self.name!r}")
+        own = prefix(self.name) + "/"
+        for attr in ("metrics", "arrays", "array_groups", "histograms", "images", "layout_splits"):
+            object.__setattr__(self, attr, _strings(getattr(self, attr), attr, allow_empty=attr != "metrics"))
+        for attr in ("metrics", "histograms", "images"):
+            for template in getattr(self, attr):
+                _check_placeholders(template, attr)
+                if not template.startswith(own) and template != prefix(self.name):
+                    raise ValueError(f"`{attr}` expected tags under {own!r}, got {template!r}")
+        if len(set(self.metrics)) != len(self.metrics):
+            raise ValueError(f"`metrics` expected distinct templates, got duplicates in {self.name!r}")
+        for attr, known in (("conditional", self.metrics + (self.nonfinite,)), ("conditional_arrays", self.arrays)):
+            value = getattr(self, attr)
+            if not isinstance(value, Mapping):
+                raise TypeError(f"`{attr}` expected a mapping of name to reason, got {type(value).__name__}")
+            unknown = [k for k, why in value.items() if k not in known or not isinstance(why, str) or not why]
+            if unknown:
+                raise ValueError(f"`{attr}` expected declared names, each with a reason, got {unknown}")
+            object.__setattr__(self, attr, MappingProxyType(dict(value)))
+        for attr in ("split_words", "full_options"):
+            value = getattr(self, attr)
+            if not isinstance(value, Mapping):
+                raise TypeError(f"`{attr}` expected a mapping, got {type(value).__name__}")
+            object.__setattr__(self, attr, MappingProxyType(dict(value)))
+        charts = tuple(self.charts)
+        if not all(isinstance(c, Chart) for c in charts):
+            raise TypeError(f"`charts` expected keys.Chart entries, got {charts!r}")
+        object.__setattr__(self, "charts", charts)
+        if not self.category:
+            object.__setattr__(self, "category", self.name.replace("_", " ").capitalize())
+        if self.monitor is not None and (not isinstance(self.monitor, str) or not self.monitor.isidentifier()):
+            raise ValueError(f"`monitor` expected a class name or None, got {self.monitor!r}")
+
+    @property
+    def nonfinite(self) -> str:
+        """The template of the count of probe examples left out for non-finite values (every quantity has it)."""
+        return f"{prefix(self.name)}/{{split}}/{NONFINITE}"
+
+    @property
+    def schema(self) -> tuple[str, ...]:
+        """The metric templates: ``metrics`` and the non-finite count."""
+        return (*self.metrics, self.nonfinite)
+
+    @property
+    def conditional_schema(self) -> dict[str, str]:
+        """``conditional`` and the non-finite count (logged only when there are such examples)."""
+        return {
+            **self.conditional,
+            self.nonfinite: "only when probe examples have non-finite inputs, targets or model outputs (they are left "
+            "out of the measurement)",
+        }
+
+
+_REGISTRY: dict[str, Quantity] = {}
+_LOADING: list[bool] = []  # non-empty while the package's own declarations are being found
+
+
+def register(quantity: Quantity) -> Quantity:
+    """Declare a quantity: from now on :data:`SCHEMA`, :data:`CONDITIONAL`, :data:`ARTIFACT_ARRAYS` and the dashboard
+    layout include it. Registering an equal declaration again does nothing.
+
+    Args:
+        quantity: the declaration.
+
+    Returns:
+        ``quantity``, so that ``QUANTITY = keys.register(keys.Quantity(...))`` reads as one statement.
+
+    Raises:
+        TypeError: if ``quantity`` is not a :class:`Quantity`.
+        ValueError: if another, different declaration of the same name is registered.
+    """
+    if not isinstance(quantity, Quantity):
+        raise TypeError(f"`quantity` expected a keys.Quantity, got {type(quantity).__name__}")
+    known = _REGISTRY.get(quantity.name)
+    if known is not None and known != quantity:
+        raise ValueError(f"`quantity` {quantity.name!r} is already declared differently; pick another name")
+    _REGISTRY[quantity.name] = quantity
+    return quantity
+
+
+def declarations() -> tuple[Quantity, ...]:
+    """Every declared quantity: the package's own (found by importing :mod:`lightning_sensitivity.functional`),
+    then those given to :func:`register`, in order of registration."""
+    if not _LOADING and "lightning_sensitivity.functional" not in sys.modules:
+        _LOADING.append(True)
+        try:
+            importlib.import_module("lightning_sensitivity.functional")
+        finally:
+            _LOADING.clear()
+    elif _LOADING:
+        raise RuntimeError(
+            "the quantity declarations were read while lightning_sensitivity.functional was being imported; read "
+            "keys.SCHEMA and friends inside functions, not at import time of a functional module"
+        )
+    return tuple(_REGISTRY.values())
+
+
+def declaration(name: str) -> Quantity:
+    """The declaration of quantity ``name``.
+
+    Raises:
+        KeyError: if no quantity of that name is declared (the message lists the declared ones).
+    """
+    for quantity in declarations():
+        if quantity.name == name:
+            return quantity
+    raise KeyError(f"`name` expected a declared quantity {[q.name for q in declarations()]}, got {name!r}")
+
+
+class _Table(Mapping):
+    """A read-only mapping built from the declarations on each access, so a later :func:`register` shows in it."""
+
+    def __init__(self, build: Callable[[], dict[str, Any]]) -> None:
+        self._build = build
+
+    def __getitem__(self, key: str) -> Any:
+        return self._build()[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._build())
+
+    def __len__(self) -> int:
+        return len(self._build())
+
+    def __repr__(self) -> str:
+        return repr(self._build())
+
+
+class _Names(Sequence):
+    """The names of the declared quantities, as a read-only sequence that follows :func:`register`."""
+
+    def __getitem__(self, index: Any) -> Any:
+        return tuple(q.name for q in declarations())[index]
+
+    def __len__(self) -> int:
+        return len(declarations())
+
+    def __eq__(self, other: object) -> bool:
+        return tuple(self) == (tuple(other) if isinstance(other, (tuple, list, _Names)) else other)
+
+    def __hash__(self) -> int:
+        return hash(tuple(self))
+
+    def __repr__(self) -> str:
+        return repr(tuple(self))
+
+
+#: The declared quantities' names (the built-in ones: :data:`JACOBIAN`, :data:`TRANSITIONS`, :data:`STIFFNESS`,
+#: :data:`SHARPNESS`), the keys of :data:`SCHEMA`.
+QUANTITIES: Sequence[str] = _Names()
+#: The metric tags each monitor can log, per quantity (:attr:`Quantity.schema`). Placeholders: ``{split}`` (val,
+#: train, test), ``{group}`` (a stiffness pair group), ``{same_group}`` (a group of one set with itself),
+#: ``{held_out}`` (val, or test under ``trainer.test``), ``{c}`` (a class index), ``{kind}`` (sign or cosine),
+#: ``{layer}`` (a layer name). ``tests/test_keys.py`` checks that the monitors log exactly these and that the README's
+#: "Logged metrics" table lists them.
+SCHEMA: Mapping[str, tuple[str, ...]] = _Table(lambda: {q.name: q.schema for q in declarations()})
+#: SCHEMA templates a monitor may leave out even with every option that enables it on, and why. Every other
+#: template is logged at each measurement of a fit whose options enable it.
+CONDITIONAL: Mapping[str, str] = _Table(lambda: {t: w for q in declarations() for t, w in q.conditional_schema.items()})
 #: The arrays (NPZ keys) of each quantity's artifact file as the monitors write them; for ``stiffness`` the names
 #: per pair group (the same-set ones only for ``train_train`` and ``val_val``).
-ARTIFACT_ARRAYS: dict[str, tuple[str, ...]] = {
-    JACOBIAN: (
-        *(split_array(s, n) for s in (VAL, TRAIN) for n in ("norms", "labels", "correct", *JACOBIAN_STATS)),
-        *(split_array(s, "stderr") for s in (VAL, TRAIN)),  # with num_projections: per-example standard errors
-        "train_val_ratio",
-        *JACOBIAN_AUROCS,
-    ),
-    TRANSITIONS: tuple(
-        transition_array(s, n)
-        for s in (VAL, TRAIN, "random")
-        for n in (*TRANSITION_STATS, "anchor_indices", "segments")  # segments: [K, P] per-segment Hamming distances
-    ),
-    STIFFNESS: STIFFNESS_GROUP_ARRAYS + STIFFNESS_SAME_SET_ARRAYS + INFLUENCE_ARRAYS,
-    SHARPNESS: tuple(
-        split_array(s, n)
-        for s in (TRAIN, VAL)
-        for n in (*SHARPNESS_STATS, "ritz_values", "hutchinson_samples", "gauss_newton_per_example")
-    ),
-}
+ARTIFACT_ARRAYS: Mapping[str, tuple[str, ...]] = _Table(lambda: {q.name: q.arrays for q in declarations()})
+#: Per quantity, the artifact arrays a correct run may not write, and why.
+CONDITIONAL_ARRAYS: Mapping[str, Mapping[str, str]] = _Table(
+    lambda: {q.name: q.conditional_arrays for q in declarations()}
+)
+
+
+def _strings(value: Any, name: str, *, allow_empty: bool = True) -> tuple[str, ...]:
+    if isinstance(value, str) or not isinstance(value, Iterable):
+        raise TypeError(f"`{name}` expected a tuple of str, got {type(value).__name__}")
+    out = tuple(value)
+    if not all(isinstance(v, str) and v for v in out) or (not out and not allow_empty):
+        raise TypeError(f"`{name}` expected a {'' if allow_empty else 'non-empty '}tuple of non-empty str, got {out!r}")
+    return out
+
+
+def _check_placeholders(template: str, name: str) -> None:
+    unknown = [p for p in re.findall(r"\{(\w+)\}", template) if p not in _PLACEHOLDERS]
+    if unknown:
+        raise ValueError(f"`{name}` expected placeholders among {sorted(_PLACEHOLDERS)}, got {unknown} in {template!r}")
+
 
 #: The default axes of ``python -m lightning_sensitivity.compare``: sensitivity keys (x) against generalization (y).
 COMPARE_X = (

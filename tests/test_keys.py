@@ -1,7 +1,9 @@
 """``keys.SCHEMA`` is the truth about the logged names: the monitors log exactly its tags, the README lists them.
 
-One tiny fit (all three monitors, every option that adds tags: a train probe set, train trajectories, all stiffness
-groups) followed by ``trainer.test`` is shared by the per-monitor tests. For each quantity:
+Every test iterates over the declared quantities (``keys.declarations()``): a new quantity joins by its declaration
+alone. One tiny fit (the monitor of every declared quantity, built with its ``full_options``: a train probe set,
+train trajectories, all stiffness groups, ...) followed by ``trainer.test`` is shared by the per-monitor tests. For
+each quantity:
 
 - every logged ``sensitivity/<quantity>/...`` scalar matches some template of ``SCHEMA[<quantity>]``;
 - every template is matched by some logged scalar, except those in ``keys.CONDITIONAL``, which say why they may be
@@ -20,9 +22,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from callbacks._tiny import TinyData, TinyModule, make_trainer, read_events, small_monitors
+from callbacks._tiny import TinyData, TinyModule, make_trainer, read_events
 
-from lightning_sensitivity import JacobianNormMonitor, SharpnessMonitor, StiffnessMonitor, TransitionMonitor, keys
+import lightning_sensitivity
+from lightning_sensitivity import callbacks, keys
 from lightning_sensitivity.logging import load_artifacts
 
 README = Path(__file__).resolve().parents[1] / "README.md"
@@ -36,14 +39,6 @@ SAMPLES = {
     "c": ("3",),
     "kind": keys.STIFFNESS_KINDS,
     "layer": ("net.0",),
-}
-# Artifact arrays a correct fit may lack: super-class matrices need `class_groups`; the rest are not written yet or
-# depend on data and model like the CONDITIONAL tags above.
-CONDITIONAL_ARRAYS = {
-    keys.JACOBIAN: set(keys.JACOBIAN_AUROCS) | {"train_val_ratio", "val_stderr", "train_stderr"},
-    keys.TRANSITIONS: {n for n in keys.ARTIFACT_ARRAYS[keys.TRANSITIONS] if n.startswith("random_")},  # with "random"
-    keys.SHARPNESS: set(),
-    keys.STIFFNESS: {"superclass_sign", "superclass_cosine", *keys.STIFFNESS_SAME_SET_ARRAYS, *keys.INFLUENCE_ARRAYS},
 }
 
 
@@ -149,18 +144,19 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     import lightning.pytorch as pl
 
     tmp = tmp_path_factory.mktemp("keys")
-    jacobian, _, stiffness = small_monitors()
-    transitions = TransitionMonitor(num_trajectories=4, num_points=24, num_samples=40, splits=("val", "train"))
-    sharpness = SharpnessMonitor(splits=("train", "val"), num_samples=24, num_iterations=4, num_vectors=2)
-    monitors = [jacobian, transitions, stiffness, sharpness]
+    monitors = {q.name: monitor_class(q)(**q.full_options) for q in keys.declarations() if q.monitor is not None}
     pl.seed_everything(0, verbose=False)
     module, data = TinyModule(), TinyData()
-    trainer = make_trainer(tmp, monitors)
+    trainer = make_trainer(tmp, list(monitors.values()))
     trainer.fit(module, datamodule=data)
     log_dir = Path(trainer.logger.log_dir)
-    fit_keys = set(read_events(log_dir).Tags()["scalars"])
+    tags = read_events(log_dir).Tags()
+    fit_keys = set(tags["scalars"])
     (tested,) = trainer.test(module, datamodule=data, verbose=False)
-    _RUN.update(fit=fit_keys, test=set(tested), log_dir=log_dir, monitors=monitors)
+    images, histograms = set(read_events(log_dir).Tags()["images"]), set(read_events(log_dir).Tags()["histograms"])
+    _RUN.update(
+        fit=fit_keys, test=set(tested), log_dir=log_dir, monitors=monitors, images=images, histograms=histograms
+    )
     return _RUN
 
 
@@ -168,18 +164,76 @@ def logged(found: set[str], quantity: str) -> set[str]:
     return {k for k in found if k.startswith(keys.prefix(quantity) + "/")}
 
 
+def monitor_class(quantity: keys.Quantity) -> type:
+    """The monitor a quantity declares, as the package exports it."""
+    return getattr(callbacks, quantity.monitor)
+
+
+def with_monitor() -> list[str]:
+    return [q.name for q in keys.declarations() if q.monitor is not None]
+
+
+def test_every_declared_monitor_is_exported_and_measures_its_quantity():
+    assert set(keys.QUANTITIES) >= {keys.JACOBIAN, keys.TRANSITIONS, keys.STIFFNESS, keys.SHARPNESS}
+    for quantity in keys.declarations():
+        if quantity.monitor is None:
+            continue
+        assert quantity.monitor in callbacks.__all__, quantity.monitor
+        assert quantity.monitor in lightning_sensitivity.__all__, quantity.monitor
+        cls = getattr(lightning_sensitivity, quantity.monitor)
+        assert cls is monitor_class(quantity)
+        assert issubclass(cls, callbacks.SensitivityMonitor) and cls.quantity == quantity.name
+
+
+def test_a_declaration_refuses_what_the_tests_could_not_check():
+    with pytest.raises(ValueError, match="`name`"):
+        keys.Quantity(name="Logit Margin", metrics=("sensitivity/x/{split}/mean",))
+    with pytest.raises(ValueError, match="`metrics` expected tags under 'sensitivity/margin/'"):
+        keys.Quantity(name="margin", metrics=("sensitivity/other/{split}/mean",))
+    with pytest.raises(ValueError, match="placeholders"):
+        keys.Quantity(name="margin", metrics=("sensitivity/margin/{fold}/mean",))
+    with pytest.raises(ValueError, match="`conditional`"):
+        keys.Quantity(name="margin", metrics=("sensitivity/margin/{split}/mean",),
+                      conditional={"sensitivity/margin/{split}/p10": "why"})  # fmt: skip
+    with pytest.raises(ValueError, match="`conditional_arrays`"):
+        keys.Quantity(name="margin", metrics=("sensitivity/margin/{split}/mean",), arrays=("val_mean",),
+                      conditional_arrays={"val_p10": "why"})  # fmt: skip
+    with pytest.raises(TypeError, match="`charts`"):
+        keys.Quantity(name="margin", metrics=("sensitivity/margin/{split}/mean",), charts=("a chart",))
+    with pytest.raises(TypeError, match="`quantity`"):
+        keys.register("margin")
+    with pytest.raises(ValueError, match="already declared differently"):
+        keys.register(keys.Quantity(name=keys.JACOBIAN, metrics=("sensitivity/jacobian_norm/{split}/mean",)))
+    with pytest.raises(KeyError, match="declared quantity"):
+        keys.declaration("no_such_quantity")
+
+
+def test_a_registered_quantity_shows_in_the_tables_and_the_layout():
+    from lightning_sensitivity.logging import sensitivity_layout
+
+    name = "test_only_margin"
+    declared = keys.Quantity(
+        name=name, metrics=(f"sensitivity/{name}/{{split}}/mean",), arrays=("val_mean",),
+        charts=(keys.Chart("Margin: {splits}", (f"sensitivity/{name}/{{split}}/mean",)),),
+    )  # fmt: skip
+    try:
+        assert keys.register(declared) is declared and keys.register(declared) is declared  # again: nothing
+        assert name in keys.QUANTITIES and keys.declaration(name) is declared
+        assert keys.SCHEMA[name] == (f"sensitivity/{name}/{{split}}/mean", f"sensitivity/{name}/{{split}}/nonfinite")
+        assert (
+            keys.ARTIFACT_ARRAYS[name] == ("val_mean",)
+            and f"sensitivity/{name}/{{split}}/nonfinite" in keys.CONDITIONAL
+        )
+        (chart,) = sensitivity_layout()["Test only margin"].items()
+        assert chart[0] == "Margin: train vs val" and len(chart[1][1]) == 3  # train, val, test
+    finally:
+        keys._REGISTRY.pop(name, None)  # this test's own registration only
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize(
-    ("cls", "quantity"),
-    [
-        (JacobianNormMonitor, keys.JACOBIAN),
-        (TransitionMonitor, keys.TRANSITIONS),
-        (StiffnessMonitor, keys.STIFFNESS),
-        (SharpnessMonitor, keys.SHARPNESS),
-    ],
-)
-def test_monitor_logs_exactly_the_schema(run, cls, quantity):
-    assert cls.quantity == quantity
+@pytest.mark.parametrize("quantity", with_monitor())
+def test_monitor_logs_exactly_the_schema(run, quantity):
+    cls = monitor_class(keys.declaration(quantity))
     fit, test = logged(run["fit"], quantity), logged(run["test"], quantity)
     assert fit and test, (quantity, sorted(run["fit"]), sorted(run["test"]))
     for key in sorted(fit | test):
@@ -205,18 +259,30 @@ def test_stiffness_logs_every_group_and_jacobian_both_splits(run):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("quantity", keys.QUANTITIES)
+@pytest.mark.parametrize("quantity", with_monitor())
+def test_images_and_histograms_are_the_declared_ones(run, quantity):
+    declared = keys.declaration(quantity)
+    for kind, templates in (("images", declared.images), ("histograms", declared.histograms)):
+        for tag in sorted(
+            t for t in run[kind] if t.startswith(keys.prefix(quantity) + "/") or t == keys.prefix(quantity)
+        ):
+            assert any(keys.matches(tag, t) for t in templates), f"{quantity} logged the undeclared {kind} tag {tag}"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("quantity", with_monitor())
 def test_artifact_arrays_are_the_documented_ones(run, quantity):
     artifacts = load_artifacts(run["log_dir"], quantity)
     assert artifacts, quantity
+    groups = keys.declaration(quantity).array_groups
     written: set[str] = set()
     for artifact in artifacts:
         names = set(artifact.arrays)
-        if quantity == keys.STIFFNESS:
-            assert all("/" in n and n.split("/", 1)[0] in keys.GROUPS for n in names), sorted(names)
+        if groups:
+            assert all("/" in n and n.split("/", 1)[0] in groups for n in names), sorted(names)
             names = {n.split("/", 1)[1] for n in names}
         written |= names
     documented = set(keys.ARTIFACT_ARRAYS[quantity])
     assert written <= documented, f"{quantity} artifacts hold undocumented arrays {sorted(written - documented)}"
-    missing = documented - CONDITIONAL_ARRAYS[quantity] - written
+    missing = documented - set(keys.CONDITIONAL_ARRAYS[quantity]) - written
     assert not missing, f"{quantity} artifacts never held {sorted(missing)}"

@@ -7,8 +7,17 @@ chunks of ``chunk_size`` examples so memory is bounded by the chunk, and every f
 (an attention mask) go in ``model_kwargs={"name": tensor [N, ...]}`` and are chunked with the inputs.
 The model may return a tensor, a dict or Hugging Face ``ModelOutput`` (its ``"logits"``) or a tuple (its first
 tensor); bf16/fp16 models are measured in float32 on upcast copies (see :func:`measurement_options`).
+
+A module of this package that declares a quantity (``QUANTITY = keys.Quantity(...)``, see
+:class:`lightning_sensitivity.keys.Quantity`) is found here: its declaration is registered in
+:mod:`lightning_sensitivity.keys` and the names in its ``__all__`` are exported from this package, so adding a
+quantity needs no edit of this file.
 """
 
+import importlib as _importlib
+import pkgutil as _pkgutil
+
+from lightning_sensitivity import keys as _keys
 from lightning_sensitivity.functional._model import measurement_options, predict_logits
 from lightning_sensitivity.functional.critical_length import critical_length, critical_length_bootstrap
 from lightning_sensitivity.functional.gram.plan import GramPlan, gram_engine_plan
@@ -81,3 +90,21 @@ __all__ = [
     "TopEigenvalue",
     "TraceEstimate",
 ]
+
+
+def _declare_quantities() -> None:
+    for info in _pkgutil.iter_modules(__path__):
+        if info.name.startswith("_"):
+            continue
+        module = _importlib.import_module(f"{__name__}.{info.name}")
+        declared = getattr(module, "QUANTITY", None)
+        if not isinstance(declared, _keys.Quantity):
+            continue
+        _keys.register(declared)
+        for name in getattr(module, "__all__", ()):
+            if name not in __all__:
+                globals()[name] = getattr(module, name)
+                __all__.append(name)
+
+
+_declare_quantities()

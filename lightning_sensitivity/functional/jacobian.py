@@ -16,6 +16,7 @@ from torch.func import jacrev, vjp, vmap
 from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_flatten
 
+from lightning_sensitivity import keys
 from lightning_sensitivity.functional._model import (
     ModelKwargs,
     Progress,
@@ -244,3 +245,64 @@ def _norms_per_example(f, params, buffers, x: Tensor, output: str, kwargs: dict[
 
     jac = vmap(jacrev(single))(x, kwargs)  # [n, C, *input_shape]; each example with its own keyword inputs
     return jac.pow(2).flatten(1).sum(dim=1).sqrt()
+
+
+# ---------------------------------------------------------------- the declaration (keys, arrays, charts)
+_J = keys.prefix(keys.JACOBIAN)
+_CLASSES = "needs integer class targets"
+#: What ``JacobianNormMonitor`` logs and writes (see :class:`lightning_sensitivity.keys.Quantity`).
+QUANTITY = keys.Quantity(
+    name=keys.JACOBIAN,
+    monitor="JacobianNormMonitor",
+    metrics=(
+        *(f"{_J}/{{split}}/{stat}" for stat in keys.JACOBIAN_STATS),
+        f"{_J}/train_{{held_out}}_ratio",
+        *(f"{_J}/{{split}}/{name}" for name in keys.JACOBIAN_AUROCS),
+        f"{_J}/{{split}}/class_{{c}}",
+        f"{_J}/{{split}}/mean_stderr",  # num_projections=K: the standard error of the estimated mean norm
+    ),
+    conditional={
+        f"{_J}/train_{{held_out}}_ratio": "needs the train probe set and a non-zero val mean norm",
+        **{
+            f"{_J}/{{split}}/{name}": f"{_CLASSES} and both right and wrong predictions on the probe set"
+            for name in keys.JACOBIAN_AUROCS
+        },
+        f"{_J}/{{split}}/class_{{c}}": _CLASSES,
+        f"{_J}/{{split}}/mean_stderr": "only with `num_projections=` (the estimated norm)",
+    },
+    arrays=(
+        *(
+            keys.split_array(s, n)
+            for s in (keys.VAL, keys.TRAIN)
+            for n in ("norms", "labels", "correct", *keys.JACOBIAN_STATS)
+        ),
+        *(keys.split_array(s, "stderr") for s in (keys.VAL, keys.TRAIN)),  # num_projections: per-example errors
+        "train_val_ratio",
+        *keys.JACOBIAN_AUROCS,
+    ),
+    conditional_arrays={
+        **{name: "needs both right and wrong predictions" for name in keys.JACOBIAN_AUROCS},
+        "train_val_ratio": "needs the train probe set and a non-zero val mean norm",
+        **{keys.split_array(s, "stderr"): "only with `num_projections=`" for s in (keys.VAL, keys.TRAIN)},
+    },
+    histograms=(f"{_J}/{{split}}",),
+    images=(f"{_J}/{{split}}/per_class",),
+    category="Jacobian norm",
+    charts=(
+        keys.Chart("Jacobian norm: {splits} (mean)", (f"{_J}/{{split}}/mean",)),
+        keys.Chart("Jacobian norm: train / held-out ratio", (f"{_J}/train_{{held_out}}_ratio",)),
+        keys.Chart("Generalization gap: val loss - train loss", ("generalization_gap/loss",)),
+        keys.Chart("Generalization gap: train acc - val acc", ("generalization_gap/acc",)),
+        keys.Chart(
+            "Jacobian norm: {held_out} mean, median, p90",
+            tuple(f"{_J}/{{held_out}}/{stat}" for stat in keys.JACOBIAN_STATS),
+            each=("held_out",),
+        ),
+        keys.Chart(
+            "Jacobian norm as misclassification predictor (held-out AUROC)",
+            (f"{_J}/{{held_out}}/misclassification_auroc",),
+        ),
+    ),
+    layout_splits=(keys.TRAIN, keys.VAL, keys.TEST),
+    full_options={"num_samples": 40},
+)

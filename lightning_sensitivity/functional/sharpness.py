@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from lightning_sensitivity import keys
 from lightning_sensitivity._checks import check_int, check_loss_fn, check_number, describe
 from lightning_sensitivity.functional._model import (
     ModelKwargs,
@@ -497,3 +498,29 @@ def mean_loss(
     loss = _MeanLoss(model, inputs, targets, loss_fn, chunk_size, model_kwargs)
     with measurement_context(loss.model, grad=False):
         return loss.value()
+
+
+# ---------------------------------------------------------------- the declaration (keys, arrays, charts)
+_H = keys.prefix(keys.SHARPNESS)
+#: What ``SharpnessMonitor`` logs and writes (see :class:`lightning_sensitivity.keys.Quantity`).
+QUANTITY = keys.Quantity(
+    name=keys.SHARPNESS,
+    monitor="SharpnessMonitor",
+    metrics=tuple(f"{_H}/{{split}}/{stat}" for stat in keys.SHARPNESS_STATS),
+    conditional={
+        f"{_H}/{{split}}/hessian_trace": "only with `num_vectors=` > 0",
+        f"{_H}/{{split}}/hessian_trace_se": "only with `num_vectors=` > 1 (one vector has no standard error)",
+        f"{_H}/{{split}}/gauss_newton_trace": "only with `gauss_newton=True`",
+    },
+    arrays=tuple(
+        keys.split_array(s, n)
+        for s in (keys.TRAIN, keys.VAL)
+        for n in (*keys.SHARPNESS_STATS, "ritz_values", "hutchinson_samples", "gauss_newton_per_example")
+    ),
+    category="Sharpness",
+    charts=(
+        keys.Chart("Top Hessian eigenvalue: {splits}", (f"{_H}/{{split}}/top_eigenvalue",)),
+        keys.Chart("Hessian trace (Hutchinson): {splits}", (f"{_H}/{{split}}/hessian_trace",)),
+    ),
+    full_options={"splits": ("train", "val"), "num_samples": 24, "num_iterations": 4, "num_vectors": 2},
+)

@@ -16,6 +16,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
+from lightning_sensitivity import keys
 from lightning_sensitivity._checks import check_choice, check_class_groups, check_int
 from lightning_sensitivity.functional.critical_length import METHODS, Method, critical_length
 from lightning_sensitivity.functional.stiffness import DISTANCES, binned_by_distance, class_stiffness, pairwise_distance
@@ -327,3 +328,84 @@ def pair_means(
 
 def _ratio(total: Tensor, count: int) -> float:
     return float(total) / count if count > 0 else math.nan
+
+
+# ---------------------------------------------------------------- the declaration (keys, arrays, charts)
+_S = keys.prefix(keys.STIFFNESS)
+_INFLUENCE = "only with `influence=True`"
+#: What ``StiffnessMonitor`` logs and writes (see :class:`lightning_sensitivity.keys.Quantity`): per pair group, and
+#: the Gram statistics and the critical-length interval for the same-set groups.
+QUANTITY = keys.Quantity(
+    name=keys.STIFFNESS,
+    monitor="StiffnessMonitor",
+    metrics=(
+        f"{_S}/{{group}}/{{kind}}",
+        f"{_S}/{{group}}/same_class_{{kind}}",
+        f"{_S}/{{group}}/different_class_{{kind}}",
+        f"{_S}/{{group}}/critical_length",
+        f"{_S}/{{same_group}}/critical_length_low",
+        f"{_S}/{{same_group}}/critical_length_high",
+        *(f"{_S}/{{same_group}}/{stat}" for stat in keys.GRAM_STATS),
+        f"{_S}/{{group}}/layer/{{layer}}/{{kind}}",
+        f"{_S}/{{group}}/same_class_critical_length",
+        *(f"{_S}/train_val/{stat}" for stat in keys.INFLUENCE_STATS),
+        keys.STIFFNESS_SKETCH_DIM,
+    ),
+    conditional={
+        f"{_S}/{{group}}/same_class_{{kind}}": "needs a pair of distinct examples of one class",
+        f"{_S}/{{group}}/different_class_{{kind}}": "needs two classes in the group",
+        f"{_S}/{{group}}/critical_length": "only when the binned sign stiffness crosses zero",
+        **{
+            f"{_S}/{{same_group}}/critical_length_{end}": "only with `critical_length_bootstrap=` > 0 and a finite "
+            "bootstrap interval"
+            for end in ("low", "high")
+        },
+        f"{_S}/{{same_group}}/label_alignment": "needs integer class targets and at least two classes",
+        f"{_S}/{{group}}/layer/{{layer}}/{{kind}}": "only with `per_layer=True`",
+        f"{_S}/{{group}}/same_class_critical_length": "only with `critical_length_same_class=True` and a zero crossing",
+        f"{_S}/train_val/self_influence_mean": f"{_INFLUENCE}, during fit, after the first optimizer step",
+        **{
+            f"{_S}/train_val/{stat}": f"{_INFLUENCE} and `flipped_labels=` flagging some but not all training "
+            "probe examples"
+            for stat in keys.INFLUENCE_STATS[1:]
+        },
+        keys.STIFFNESS_SKETCH_DIM: "only with `sketch_dim=`; the stiffness values of that step are then estimates",
+    },
+    arrays=keys.STIFFNESS_GROUP_ARRAYS + keys.STIFFNESS_SAME_SET_ARRAYS + keys.INFLUENCE_ARRAYS,
+    conditional_arrays={
+        "superclass_sign": "only with `class_groups=`",
+        "superclass_cosine": "only with `class_groups=`",
+        **{name: "same-set groups only; some need an option or the data" for name in keys.STIFFNESS_SAME_SET_ARRAYS},
+        **{name: _INFLUENCE for name in keys.INFLUENCE_ARRAYS},
+    },
+    array_groups=keys.GROUPS,
+    histograms=(f"{_S}/train_val/self_influence",),
+    images=(
+        f"{_S}/{{group}}/class_{{kind}}_matrix",
+        f"{_S}/{{group}}/superclass_{{kind}}_matrix",
+        f"{_S}/{{group}}/by_distance",
+        f"{_S}/{{group}}/per_layer_cosine",
+        f"{_S}/train_val/influence_examples",
+    ),
+    category="Stiffness",
+    charts=(
+        keys.Chart(
+            "{group}: {kind} stiffness, same vs different class",
+            (
+                f"{_S}/{{group}}/same_class_{{kind}}",
+                f"{_S}/{{group}}/different_class_{{kind}}",
+                f"{_S}/{{group}}/{{kind}}",
+            ),
+            each=("group", "kind"),
+        ),  # fmt: skip
+        # every layer's series of a group measured per layer (the layer names are the model's, not known here)
+        keys.Chart(
+            "{group}: cosine stiffness per layer",
+            (f"{_S}/{{group}}/layer/{{layer}}/cosine",),
+            each=("group",),
+            source="stiffness/layer",
+        ),  # fmt: skip
+        keys.Chart("Critical length (all groups)", (f"{_S}/{{group}}/critical_length",)),
+    ),
+    full_options={"num_distance_bins": 8, "num_samples": 40},
+)

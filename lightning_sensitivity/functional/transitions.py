@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 
+from lightning_sensitivity import keys
 from lightning_sensitivity._checks import check_choice
 from lightning_sensitivity.functional._model import (
     ModelKwargs,
@@ -279,3 +280,51 @@ def _count_true(mask: Tensor) -> Tensor:
     """Row sums of a bool matrix. Summing bools (or count_nonzero) first copies them to int64; a uint8 view reduced
     with an int32 accumulator reads the bytes once (2-3x faster on [points, units] patterns)."""
     return mask.view(torch.uint8).sum(dim=1, dtype=torch.int32).long()
+
+
+# ---------------------------------------------------------------- the declaration (keys, arrays, charts)
+_T = keys.prefix(keys.TRANSITIONS)
+_R = keys.TRANSITION_RANDOM
+_RELU = "needs ReLU-family units (a model without them has no activation pattern)"
+_RANDOM = 'only with "random" in `splits`'
+_PER_SPLIT = (*(f"{stat}_mean" for stat in keys.TRANSITION_STATS), "region_changes_fraction", "near_anchor_ratio")
+#: What ``TransitionMonitor`` logs and writes (see :class:`lightning_sensitivity.keys.Quantity`); the off-data
+#: ellipses through shuffled anchors are the split ``random``.
+QUANTITY = keys.Quantity(
+    name=keys.TRANSITIONS,
+    monitor="TransitionMonitor",
+    metrics=(*(f"{_T}/{{split}}/{name}" for name in _PER_SPLIT), *(f"{_T}/{_R}/{name}" for name in _PER_SPLIT)),
+    conditional={
+        f"{_T}/{{split}}/activation_mean": _RELU,
+        f"{_T}/{{split}}/region_changes_mean": "needs ReLU-family units",
+        f"{_T}/{{split}}/prediction_mean": "needs a predicted class (not logged for real-valued, regression targets)",
+        f"{_T}/{{split}}/region_changes_fraction": "needs ReLU-family units",
+        f"{_T}/{{split}}/near_anchor_ratio": "NaN (so not logged) when no segment away from the anchors changes",
+        **{f"{_T}/{_R}/{name}": _RANDOM for name in _PER_SPLIT},
+    },
+    arrays=tuple(
+        keys.transition_array(s, n)
+        for s in (keys.VAL, keys.TRAIN, _R)
+        for n in (*keys.TRANSITION_STATS, "anchor_indices", "segments")  # segments: [K, P] per-segment distances
+    ),
+    conditional_arrays={
+        keys.transition_array(_R, n): _RANDOM for n in (*keys.TRANSITION_STATS, "anchor_indices", "segments")
+    },
+    histograms=(f"{_T}/{{split}}/activation", f"{_T}/{_R}/activation"),
+    category="Transitions",
+    charts=(
+        # One line per measured split; the region changes as a fraction of the segments, so that a saturated count
+        # reads as "1.0 = every segment changes" instead of a flat line at the number of points.
+        keys.Chart(
+            "Linear-region changes, fraction of segments (1 = saturated): {splits}",
+            (f"{_T}/{{split}}/region_changes_fraction",),
+        ),
+        keys.Chart("Activation-pattern transitions per trajectory: {splits}", (f"{_T}/{{split}}/activation_mean",)),
+        keys.Chart("Linear-region changes per trajectory: {splits}", (f"{_T}/{{split}}/region_changes_mean",)),
+        keys.Chart("Prediction changes per trajectory: {splits}", (f"{_T}/{{split}}/prediction_mean",)),
+        keys.Chart("Transitions near the anchors / elsewhere: {splits}", (f"{_T}/{{split}}/near_anchor_ratio",)),
+    ),
+    layout_splits=(keys.VAL, keys.TRAIN, keys.TEST),
+    split_words={_R: "random (off-data)"},
+    full_options={"num_trajectories": 4, "num_points": 24, "num_samples": 40, "splits": ("val", "train")},
+)

@@ -6,6 +6,7 @@ same inside a callback and in a plain script. Lightning is only imported inside 
 
 from __future__ import annotations
 
+import itertools
 import re
 import sys
 import weakref
@@ -15,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from matplotlib.figure import Figure
 
+from lightning_sensitivity import keys
 from lightning_sensitivity._checks import check_int
 from lightning_sensitivity.logging.plots import figure_to_array, to_numpy
 
@@ -142,13 +144,22 @@ def _multiline(*tags: str) -> list[Any]:
     return ["Multiline", [_exact(t) for t in tags]]
 
 
-#: The splits each quantity's charts draw by default (what the monitors measure with their default options; the
-#: held-out split is ``test`` under ``trainer.test``). ``"stiffness/layer"``: pair groups with per-layer charts.
-DEFAULT_SPLITS: dict[str, tuple[str, ...]] = {
-    "jacobian_norm": ("train", "val", "test"),
-    "transitions": ("val", "train", "test"),
-}
-_SPLIT_WORDS = {"val": "val", "train": "train", "test": "test", "random": "random (off-data)"}
+_SAME_SET = ("train_train", "val_val", "test_test")
+_ANY = {"layer": "[^/]+", "c": "\\d+"}  # placeholders a chart line leaves open: any layer, any class
+
+
+def _line(template: str, values: Mapping[str, Sequence[str]]) -> list[str]:
+    """The tag regexes of one chart line template: one per combination of its placeholders' values."""
+    names = re.findall(r"\{(\w+)\}", template)
+    expanded = [n for n in dict.fromkeys(names) if n not in _ANY]
+    out = []
+    for combo in itertools.product(*(values[n] for n in expanded)):
+        tag = template
+        for name, value in zip(expanded, combo, strict=True):
+            tag = tag.replace(f"{{{name}}}", value)
+        parts = re.split(r"\{(\w+)\}", tag)  # what is left: {layer}, {c}, matching anything in their segment
+        out.append("".join(re.escape(p) if i % 2 == 0 else _ANY[p] for i, p in enumerate(parts)) + "$")
+    return out
 
 
 def _merge_splits(*mappings: Mapping[str, Sequence[str]] | None) -> dict[str, tuple[str, ...]]:
@@ -159,90 +170,58 @@ def _merge_splits(*mappings: Mapping[str, Sequence[str]] | None) -> dict[str, tu
     return merged
 
 
+def _quantity_charts(quantity: Any, splits: tuple[str, ...], groups: Sequence[str],
+                     extra: Mapping[str, Sequence[str]]) -> dict[str, list[Any]]:  # fmt: skip
+    words = " vs ".join(quantity.split_words.get(s, s) for s in splits if s != "test")
+    values: dict[str, Sequence[str]] = {
+        "split": splits,
+        "held_out": [s for s in ("val", "test") if s in splits],
+        "group": tuple(groups),
+        "same_group": [g for g in groups if g in _SAME_SET],
+        "kind": ("sign", "cosine"),
+    }
+    charts: dict[str, list[Any]] = {}
+    for chart in quantity.charts:
+        each = {n: values[n] for n in chart.each}
+        if chart.source is not None and chart.each:
+            each[chart.each[0]] = tuple(extra.get(chart.source, ()))
+        for combo in itertools.product(*each.values()):
+            fixed = dict(zip(each, combo, strict=True))
+            lines = [r for t in chart.lines for r in _line(t, {**values, **{k: (v,) for k, v in fixed.items()}})]
+            if lines:  # a chart without lines (e.g. no held-out split) is left out
+                charts[chart.title.format(splits=words, **fixed)] = ["Multiline", lines]
+    return charts
+
+
 def sensitivity_layout(
     groups: Sequence[str] = DEFAULT_GROUPS, splits: Mapping[str, Sequence[str]] | None = None
 ) -> dict[str, dict[str, list[Any]]]:
     """The custom-scalars layout registered by :func:`add_sensitivity_layout` (category -> chart -> spec).
 
+    Built from the charts of every declared quantity (:attr:`lightning_sensitivity.keys.Quantity.charts`), one
+    category each, and a "Training" category (loss and accuracy, train vs val).
+
     Args:
         groups: stiffness pair groups to chart, e.g. ``("train_train", "train_val", "val_val")``.
         splits: per quantity, the probe splits its charts draw one line each for (``{"transitions": ("val",
-            "random")}``; what the monitors measure); quantities not given keep :data:`DEFAULT_SPLITS`. The key
-            ``"stiffness/layer"`` lists the pair groups whose per-layer stiffness is charted.
+            "random")}``; what the monitors measure); quantities not given keep their declared ``layout_splits``.
+            Other keys feed a chart's ``source`` (``"stiffness/layer"``: the pair groups whose per-layer stiffness
+            is charted).
 
     Returns:
         ``{category: {chart title: ["Multiline", [tag regex, ...]]}}`` as ``SummaryWriter.add_custom_scalars``
-        takes it.
+        takes it; a category without charts is left out.
     """
-    chosen = {**DEFAULT_SPLITS, **{k: tuple(v) for k, v in (splits or {}).items()}}
-    jac_splits, trans_splits = chosen["jacobian_norm"], chosen["transitions"]
-    jac = "sensitivity/jacobian_norm"
-    trans = "sensitivity/transitions"
-    stiff = "sensitivity/stiffness"
-    held_out = [s for s in ("val", "test") if s in jac_splits]
-    # titles name the fit's splits; `test` (the held-out split under `trainer.test`) is drawn but not named
-    words = " vs ".join(_SPLIT_WORDS.get(s, s) for s in trans_splits if s != "test")
-    jac_words = " vs ".join(s for s in jac_splits if s != "test")
-    layout: dict[str, dict[str, list[Any]]] = {
-        "Jacobian norm": {
-            f"Jacobian norm: {jac_words} (mean)": _multiline(*(f"{jac}/{s}/mean" for s in jac_splits)),
-            "Jacobian norm: train / held-out ratio": _multiline(*(f"{jac}/train_{s}_ratio" for s in held_out)),
-            "Generalization gap: val loss - train loss": _multiline("generalization_gap/loss"),
-            "Generalization gap: train acc - val acc": _multiline("generalization_gap/acc"),
-            **{
-                f"Jacobian norm: {s} mean, median, p90": _multiline(
-                    f"{jac}/{s}/mean", f"{jac}/{s}/median", f"{jac}/{s}/p90"
-                )
-                for s in held_out
-            },
-            "Jacobian norm as misclassification predictor (held-out AUROC)": _multiline(
-                *(f"{jac}/{s}/misclassification_auroc" for s in held_out)
-            ),
-        },
-        "Transitions": {
-            # One line per measured split; the region changes as a fraction of the segments, so that a saturated
-            # count reads as "1.0 = every segment changes" instead of a flat line at the number of points.
-            f"Linear-region changes, fraction of segments (1 = saturated): {words}": _multiline(
-                *(f"{trans}/{s}/region_changes_fraction" for s in trans_splits)
-            ),
-            f"Activation-pattern transitions per trajectory: {words}": _multiline(
-                *(f"{trans}/{s}/activation_mean" for s in trans_splits)
-            ),
-            f"Linear-region changes per trajectory: {words}": _multiline(
-                *(f"{trans}/{s}/region_changes_mean" for s in trans_splits)
-            ),
-            f"Prediction changes per trajectory: {words}": _multiline(
-                *(f"{trans}/{s}/prediction_mean" for s in trans_splits)
-            ),
-            f"Transitions near the anchors / elsewhere: {words}": _multiline(
-                *(f"{trans}/{s}/near_anchor_ratio" for s in trans_splits)
-            ),
-        },
-        "Stiffness": {},
-        "Training": {
-            "Loss: train vs val": _multiline("train/loss", "val/loss"),
-            "Accuracy: train vs val": _multiline("train/acc", "val/acc"),
-        },
+    given = {k: tuple(v) for k, v in (splits or {}).items()}
+    layout: dict[str, dict[str, list[Any]]] = {}
+    for quantity in keys.declarations():
+        charts = _quantity_charts(quantity, given.get(quantity.name, quantity.layout_splits), groups, given)
+        if charts:
+            layout.setdefault(quantity.category, {}).update(charts)
+    layout["Training"] = {
+        "Loss: train vs val": _multiline("train/loss", "val/loss"),
+        "Accuracy: train vs val": _multiline("train/acc", "val/acc"),
     }
-    for group in groups:
-        prefix = f"{stiff}/{group}"
-        charts = layout["Stiffness"]
-        for kind in ("sign", "cosine"):
-            charts[f"{group}: {kind} stiffness, same vs different class"] = _multiline(
-                f"{prefix}/same_class_{kind}", f"{prefix}/different_class_{kind}", f"{prefix}/{kind}"
-            )
-    for group in chosen.get("stiffness/layer", ()):
-        # every layer's series of the group (the layer names are the model's, not known here)
-        layout["Stiffness"][f"{group}: cosine stiffness per layer"] = [
-            "Multiline",
-            [re.escape(f"{stiff}/{group}/layer/") + "[^/]+/cosine$"],
-        ]
-    if groups:
-        layout["Stiffness"]["Critical length (all groups)"] = _multiline(
-            *(f"{stiff}/{g}/critical_length" for g in groups)
-        )
-    else:
-        del layout["Stiffness"]
     return layout
 
 
@@ -251,10 +230,11 @@ def add_sensitivity_layout(
 ) -> None:
     """Register the TensorBoard custom-scalars layout of the sensitivity metrics (the "Custom Scalars" tab).
 
-    Categories: "Jacobian norm" (the measured splits' means on one chart, the train/held-out ratio and the
-    generalization gap beside it), "Transitions" (one line per measured split, e.g. val vs random), "Stiffness"
-    (same- vs different-class per group, per-layer stiffness, critical length of all groups) and "Training" (loss
-    and accuracy, train vs val). Calling it again on the same writer does nothing unless new groups or splits are
+    One category per declared quantity with charts (:attr:`lightning_sensitivity.keys.Quantity.charts`), e.g.
+    "Jacobian norm" (the measured splits' means on one chart, the train/held-out ratio and the generalization gap
+    beside it), "Transitions" (one line per measured split, e.g. val vs random), "Stiffness" (same- vs
+    different-class per group, per-layer stiffness, critical length of all groups), and "Training" (loss and
+    accuracy, train vs val). Calling it again on the same writer does nothing unless new groups or splits are
     given; then the layout is written again with the union (TensorBoard shows the latest layout).
 
     Args:
