@@ -132,38 +132,75 @@ def test_cli_mnist_real_data(tmp_path):
     assert MODULE_SCALARS | SENSITIVITY_SCALARS <= found["scalars"]
 
 
+def load_custom_quantity_example():
+    spec = importlib.util.spec_from_file_location("custom_quantity_example", EXAMPLES / "custom_quantity.py")
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    return example
+
+
 def test_custom_quantity(tmp_path):
     # in-process, to reach the monitor's probe set and the trained model for an independent recomputation
     import numpy as np
     import torch
 
-    from lightning_sensitivity.logging import load_artifacts
+    from lightning_sensitivity import keys
+    from lightning_sensitivity.logging import load_artifacts, sensitivity_layout
 
-    spec = importlib.util.spec_from_file_location("custom_quantity_example", EXAMPLES / "custom_quantity.py")
-    example = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(example)
+    example = load_custom_quantity_example()
     trainer = example.main(["--fast", "--log-dir", str(tmp_path)])
-    expected = {f"sensitivity/logit_margin/{split}/{stat}" for split in ("val", "train") for stat in ("mean", "p10")}
+    name = "prediction_entropy"
+    expected = {f"sensitivity/{name}/{split}/{stat}" for split in ("val", "train") for stat in ("mean", "p90")}
     found = tags(tmp_path / "lightning_logs")
     assert {t for t in found["scalars"] if t.startswith("sensitivity/")} == expected
+    # the declaration: every logged tag and array is declared, and the dashboard charts the quantity
+    assert all(any(keys.matches(t, s) for s in keys.SCHEMA[name]) for t in expected)
+    assert "Prediction entropy" in sensitivity_layout()
 
-    # The margin by its definition, on the monitor's val probe set with the final weights (nothing trains after the
-    # last measurement): the largest minus the second largest logit, from a full sort.
-    (monitor,) = [c for c in trainer.callbacks if isinstance(c, example.LogitMarginMonitor)]
+    # The entropy by its definition, on the monitor's val probe set with the final weights (nothing trains after the
+    # last measurement): -sum p log p of the softmax, in float64.
+    (monitor,) = [c for c in trainer.callbacks if isinstance(c, example.PredictionEntropyMonitor)]
     probe = monitor.probe_sets["val"]
     module = trainer.lightning_module.eval()
     with torch.no_grad():
-        ordered = module(probe.inputs).double().sort(dim=1, descending=True).values.numpy()
-    margins = ordered[:, 0] - ordered[:, 1]
-    assert len(margins) == 64 and (margins >= 0).all()
-    last = load_artifacts(trainer.logger.log_dir, "logit_margin")[-1]
-    assert last.epoch == 1
-    np.testing.assert_allclose(last.arrays["val_margins"], margins, rtol=1e-5, atol=1e-6)
+        p = module(probe.inputs).double().softmax(dim=1).numpy()
+    entropy = -(p * np.log(p)).sum(axis=1)
+    assert len(entropy) == 64 and (entropy >= 0).all()
+    last = load_artifacts(trainer.logger.log_dir, name)[-1]
+    assert last.epoch == 1 and set(last.arrays) <= set(keys.ARTIFACT_ARRAYS[name])
+    np.testing.assert_allclose(last.arrays["val_entropy"], entropy, rtol=1e-5, atol=1e-6)
     metrics = trainer.callback_metrics
-    assert float(metrics["sensitivity/logit_margin/val/mean"]) == pytest.approx(margins.mean(), rel=1e-5, abs=1e-6)
-    assert float(metrics["sensitivity/logit_margin/val/p10"]) == pytest.approx(
-        np.percentile(margins, 10), rel=1e-5, abs=1e-6
+    assert float(metrics[f"sensitivity/{name}/val/mean"]) == pytest.approx(entropy.mean(), rel=1e-5, abs=1e-6)
+    assert float(metrics[f"sensitivity/{name}/val/p90"]) == pytest.approx(
+        np.percentile(entropy, 90), rel=1e-5, abs=1e-6
     )
+
+
+def test_custom_quantity_under_two_process_ddp(tmp_path):
+    # The example's monitor on two CPU processes (gloo; Lightning re-runs the example's command line for rank 1):
+    # the measurement at initialisation (same seed, same weights, same probe sets) equals the single-process one.
+    import numpy as np
+
+    from lightning_sensitivity.logging import load_artifacts
+
+    env = {k: v for k, v in os.environ.items() if k not in ("LOCAL_RANK", "NODE_RANK", "WORLD_SIZE", "MASTER_PORT")}
+    env["OMP_NUM_THREADS"] = "1"
+    runs = {}
+    for devices in (1, 2):
+        out = tmp_path / f"devices{devices}"
+        proc = subprocess.run(
+            [sys.executable, str(EXAMPLES / "custom_quantity.py"), "--fast", "--devices", str(devices),
+             "--log-dir", str(out)],
+            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
+        )  # fmt: skip
+        assert proc.returncode == 0, proc.stderr[-4000:]
+        (log_dir,) = (out / "lightning_logs").iterdir()  # rank 0 alone writes
+        runs[devices] = load_artifacts(log_dir, "prediction_entropy")
+    assert [a.epoch for a in runs[2]] == [a.epoch for a in runs[1]] == [0, 1]
+    single, shared = runs[1][0].arrays, runs[2][0].arrays
+    assert set(shared) == set(single) and len(shared["val_entropy"]) == 64
+    for key in single:
+        np.testing.assert_allclose(shared[key], single[key], rtol=1e-6, atol=1e-6, err_msg=key)
 
 
 @pytest.mark.slow
