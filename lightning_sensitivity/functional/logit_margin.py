@@ -14,7 +14,7 @@ from torch import Tensor, nn
 from lightning_sensitivity import keys
 from lightning_sensitivity.functional._model import ModelKwargs, predict_logits
 
-__all__ = ["logit_margin", "logit_margin_summary", "MARGIN_STATS"]
+__all__ = ["logit_margin", "logit_margin_summary"]
 
 #: The statistics of the margins the monitor logs per probe split: mean, median and 10th percentile.
 MARGIN_STATS = ("mean", "median", "p10")
