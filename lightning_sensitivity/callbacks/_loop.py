@@ -27,8 +27,8 @@ from lightning_sensitivity.callbacks._probes import dataset_class_names
 from lightning_sensitivity.callbacks.measurement import Measurement
 from lightning_sensitivity.callbacks.progress import progress_factory
 from lightning_sensitivity.functional import measurement_options
-from lightning_sensitivity.functional._model import unwrap_model
 from lightning_sensitivity.functional.finite import nonfinite_examples
+from lightning_sensitivity.functional.model import unwrap_model
 from lightning_sensitivity.logging import find_tensorboard_writer, save_artifact
 from lightning_sensitivity.probes import ProbeSet, draw_probe_set
 

@@ -47,7 +47,7 @@ from lightning_sensitivity.callbacks._probes import (  # noqa: F401
 from lightning_sensitivity.callbacks.measurement import Measurement, SensitivityWarning
 from lightning_sensitivity.callbacks.progress import ProgressFactory
 from lightning_sensitivity.functional import predict_logits  # noqa: F401 (re-exported: subclasses use it)
-from lightning_sensitivity.functional._model import check_measure_dtype, check_output_key
+from lightning_sensitivity.functional.model import check_measure_dtype, check_output_key
 from lightning_sensitivity.probes import BatchTransform, ProbeSet, check_probe_data, probe_set_from_data
 from lightning_sensitivity.schedules import resolve_schedule
 
