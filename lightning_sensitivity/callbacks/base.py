@@ -34,7 +34,7 @@ from lightning_sensitivity.callbacks._compat import (
     unreachable_parameters,
     unsupported_strategy,
 )
-from lightning_sensitivity.callbacks._data import has_source, sensitivity_monitors_keys
+from lightning_sensitivity.callbacks._data_sources import has_source, sensitivity_monitors_keys
 from lightning_sensitivity.callbacks._distributed import Lockstep
 from lightning_sensitivity.callbacks._loop import MEASURE_HINT, OUTPUT_ERROR_HINT, OUTPUT_HINT, MeasureLoop
 from lightning_sensitivity.callbacks._model import ForwardFn, ModelCache
