@@ -4,7 +4,6 @@
 ellipses through the data) and ``StiffnessMonitor`` (gradient stiffness) share :class:`SensitivityMonitor`.
 """
 
-from lightning_sensitivity.callbacks._probes import model_kwargs, probe_shard
 from lightning_sensitivity.callbacks.base import (  # noqa: F401 (the type aliases are importable from here too)
     Measurement,
     ProbeSplits,
@@ -16,6 +15,7 @@ from lightning_sensitivity.callbacks.progress import ProgressFactory  # noqa: F4
 from lightning_sensitivity.callbacks.sharpness import SharpnessMonitor
 from lightning_sensitivity.callbacks.stiffness import StiffnessMonitor
 from lightning_sensitivity.callbacks.transitions import TransitionMonitor
+from lightning_sensitivity.probes import model_kwargs, probe_shard
 
 __all__ = [
     "JacobianNormMonitor",
