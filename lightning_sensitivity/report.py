@@ -57,7 +57,7 @@ from lightning_sensitivity.logging.artifacts import Artifact, load_artifacts
 
 __all__ = ["build_report", "find_runs", "main"]
 
-from lightning_sensitivity._report_figures import (  # noqa: F401 (_new_figure: the compare page uses it)
+from lightning_sensitivity.logging.report_figures import (  # noqa: F401 (_new_figure: the compare page uses it)
     BUILDERS,
     Entry,
     _distance_figure,
