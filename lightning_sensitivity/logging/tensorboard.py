@@ -16,7 +16,8 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from lightning_sensitivity._checks import check_int
-from lightning_sensitivity.logging.plots import figure_to_array, to_numpy
+from lightning_sensitivity.logging._draw import to_numpy
+from lightning_sensitivity.logging.plots import figure_to_array
 
 if TYPE_CHECKING:  # pragma: no cover
     from torch.utils.tensorboard import SummaryWriter
