@@ -252,8 +252,9 @@ def _layer_figure(arts: Sequence[Artifact], group: str, slug: str, save: Save) -
                                 if k.startswith(prefix) and k.endswith("/cosine")))  # fmt: skip
     if not layers:
         return None
-    measured = [a for a in arts if any(f"{prefix}{layer}/cosine" in a.arrays for layer in layers)]
-    matrix = np.array([[a.scalar(f"{prefix}{layer}/cosine") for a in measured] for layer in layers], dtype=float)
+    cosine = {layer: stiffness_array(group, f"layer/{layer}/cosine") for layer in layers}
+    measured = [a for a in arts if any(cosine[layer] in a.arrays for layer in layers)]
+    matrix = np.array([[a.scalar(cosine[layer]) for a in measured] for layer in layers], dtype=float)
     names = [f"{layer} (output)" if k == len(layers) - 1 else layer for k, layer in enumerate(layers)]
     epochs = [str(a.epoch) for a in measured]
     title = f"{group} per-layer cosine stiffness"

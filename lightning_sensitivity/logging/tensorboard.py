@@ -10,11 +10,13 @@ import re
 import sys
 import weakref
 from collections.abc import Mapping, Sequence
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from matplotlib.figure import Figure
 
+from lightning_sensitivity import keys
 from lightning_sensitivity._checks import check_int
 from lightning_sensitivity.logging._draw import to_numpy
 from lightning_sensitivity.logging.plots import figure_to_array
@@ -177,46 +179,49 @@ def sensitivity_layout(
     """
     chosen = {**DEFAULT_SPLITS, **{k: tuple(v) for k, v in (splits or {}).items()}}
     jac_splits, trans_splits = chosen["jacobian_norm"], chosen["transitions"]
-    jac = "sensitivity/jacobian_norm"
-    trans = "sensitivity/transitions"
-    stiff = "sensitivity/stiffness"
     held_out = [s for s in ("val", "test") if s in jac_splits]
     # titles name the fit's splits; `test` (the held-out split under `trainer.test`) is drawn but not named
     words = " vs ".join(_SPLIT_WORDS.get(s, s) for s in trans_splits if s != "test")
     jac_words = " vs ".join(s for s in jac_splits if s != "test")
     layout: dict[str, dict[str, list[Any]]] = {
         "Jacobian norm": {
-            f"Jacobian norm: {jac_words} (mean)": _multiline(*(f"{jac}/{s}/mean" for s in jac_splits)),
-            "Jacobian norm: train / held-out ratio": _multiline(*(f"{jac}/train_{s}_ratio" for s in held_out)),
+            f"Jacobian norm: {jac_words} (mean)": _multiline(
+                *(keys.metric(keys.JACOBIAN, s, "mean") for s in jac_splits)
+            ),
+            "Jacobian norm: train / held-out ratio": _multiline(
+                *(keys.metric(keys.JACOBIAN, f"train_{s}_ratio") for s in held_out)
+            ),
             "Generalization gap: val loss - train loss": _multiline("generalization_gap/loss"),
             "Generalization gap: train acc - val acc": _multiline("generalization_gap/acc"),
             **{
                 f"Jacobian norm: {s} mean, median, p90": _multiline(
-                    f"{jac}/{s}/mean", f"{jac}/{s}/median", f"{jac}/{s}/p90"
+                    keys.metric(keys.JACOBIAN, s, "mean"),
+                    keys.metric(keys.JACOBIAN, s, "median"),
+                    keys.metric(keys.JACOBIAN, s, "p90"),
                 )
                 for s in held_out
             },
             "Jacobian norm as misclassification predictor (held-out AUROC)": _multiline(
-                *(f"{jac}/{s}/misclassification_auroc" for s in held_out)
+                *(keys.metric(keys.JACOBIAN, s, "misclassification_auroc") for s in held_out)
             ),
         },
         "Transitions": {
             # One line per measured split; the region changes as a fraction of the segments, so that a saturated
             # count reads as "1.0 = every segment changes" instead of a flat line at the number of points.
             f"Linear-region changes, fraction of segments (1 = saturated): {words}": _multiline(
-                *(f"{trans}/{s}/region_changes_fraction" for s in trans_splits)
+                *(keys.metric(keys.TRANSITIONS, s, "region_changes_fraction") for s in trans_splits)
             ),
             f"Activation-pattern transitions per trajectory: {words}": _multiline(
-                *(f"{trans}/{s}/activation_mean" for s in trans_splits)
+                *(keys.metric(keys.TRANSITIONS, s, "activation_mean") for s in trans_splits)
             ),
             f"Linear-region changes per trajectory: {words}": _multiline(
-                *(f"{trans}/{s}/region_changes_mean" for s in trans_splits)
+                *(keys.metric(keys.TRANSITIONS, s, "region_changes_mean") for s in trans_splits)
             ),
             f"Prediction changes per trajectory: {words}": _multiline(
-                *(f"{trans}/{s}/prediction_mean" for s in trans_splits)
+                *(keys.metric(keys.TRANSITIONS, s, "prediction_mean") for s in trans_splits)
             ),
             f"Transitions near the anchors / elsewhere: {words}": _multiline(
-                *(f"{trans}/{s}/near_anchor_ratio" for s in trans_splits)
+                *(keys.metric(keys.TRANSITIONS, s, "near_anchor_ratio") for s in trans_splits)
             ),
         },
         "Stiffness": {},
@@ -226,21 +231,21 @@ def sensitivity_layout(
         },
     }
     for group in groups:
-        prefix = f"{stiff}/{group}"
+        tag = partial(keys.metric, keys.STIFFNESS, group)
         charts = layout["Stiffness"]
         for kind in ("sign", "cosine"):
             charts[f"{group}: {kind} stiffness, same vs different class"] = _multiline(
-                f"{prefix}/same_class_{kind}", f"{prefix}/different_class_{kind}", f"{prefix}/{kind}"
+                tag(f"same_class_{kind}"), tag(f"different_class_{kind}"), tag(kind)
             )
     for group in chosen.get("stiffness/layer", ()):
         # every layer's series of the group (the layer names are the model's, not known here)
         layout["Stiffness"][f"{group}: cosine stiffness per layer"] = [
             "Multiline",
-            [re.escape(f"{stiff}/{group}/layer/") + "[^/]+/cosine$"],
+            [re.escape(keys.metric(keys.STIFFNESS, group, "layer") + "/") + "[^/]+/cosine$"],
         ]
     if groups:
         layout["Stiffness"]["Critical length (all groups)"] = _multiline(
-            *(f"{stiff}/{g}/critical_length" for g in groups)
+            *(keys.metric(keys.STIFFNESS, g, "critical_length") for g in groups)
         )
     else:
         del layout["Stiffness"]
