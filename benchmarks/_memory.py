@@ -74,7 +74,7 @@ def representation_bytes(model: torch.nn.Module, x: torch.Tensor, y: torch.Tenso
     """Bytes the layerwise Gram keeps per example in a call on ``n`` examples (``functional/gram/blocks.py``)."""
     import torch.nn.functional as F
 
-    from lightning_sensitivity.functional._model import detached_state
+    from lightning_sensitivity.functional._purity import detached_state
     from lightning_sensitivity.functional.gram import capture
     from lightning_sensitivity.functional.gram.blocks import nbytes, split_trainable
 

@@ -37,6 +37,8 @@ __all__ = [
     "check_probe_data",
     "split_batch",
     "isolated_global_rng",
+    "model_kwargs",
+    "probe_shard",
 ]
 
 # Keys tried, in order, when a batch is a dict and no ``batch_transform`` is given.
@@ -411,3 +413,17 @@ def draw_probe_set(
             f"{tuple(targets.shape)} for {positions.shape[0]} items"
         )
     return ProbeSet(inputs.detach().cpu(), targets, positions.clone(), {k: v.detach().cpu() for k, v in kwargs.items()})
+
+
+def model_kwargs(probe: ProbeSet) -> dict[str, Any]:
+    """Keyword arguments for a functional call on ``probe``: its per-example model inputs, when it has any."""
+    return {"model_kwargs": probe.model_kwargs or None}
+
+
+def probe_shard(probe: ProbeSet, index: slice | Tensor) -> ProbeSet:
+    """The examples of ``probe`` at ``index`` (a slice or positions), model inputs included."""
+    if isinstance(index, slice) and index == slice(0, len(probe)):
+        return probe
+    kwargs = {k: v[index] for k, v in probe.model_kwargs.items()}
+    positions = index.cpu() if isinstance(index, Tensor) else index  # the dataset positions stay on the CPU
+    return ProbeSet(probe.inputs[index], probe.targets[index], probe.indices[positions], kwargs)

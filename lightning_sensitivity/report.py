@@ -57,15 +57,7 @@ from lightning_sensitivity.logging.artifacts import Artifact, load_artifacts
 
 __all__ = ["build_report", "find_runs", "main"]
 
-from lightning_sensitivity._report_figures import (  # noqa: F401 (_new_figure: the compare page uses it)
-    BUILDERS,
-    Entry,
-    _distance_figure,
-    _jacobian_figures,
-    _new_figure,
-    _stiffness_figures,
-    _transition_figures,
-)
+from lightning_sensitivity.logging.report_figures import BUILDERS, Entry
 
 DEFAULT_OUT = "sensitivity_report"
 STATS = keys.JACOBIAN_STATS
@@ -173,9 +165,10 @@ def _render_run(run: Path, label: str, out_dir: Path, prefix: str) -> list[str]:
     return parts
 
 
-# Figures in a grid (2-4 columns by window width; multi-panel figures span two), notes beside their figure, wide
-# tables scrolling inside their own box: a default run's report stays within a few screens.
-_STYLE = """body{font-family:sans-serif;margin:1.2em;max-width:1600px}h2{margin:.8em 0 .3em}h3{margin:.6em 0 .2em}
+#: The style sheet of the report and of the comparison page (``lightning_sensitivity.compare``): figures in a grid
+#: (2-4 columns by window width; multi-panel figures span two), notes beside their figure, wide tables scrolling
+#: inside their own box, so that a default run's report stays within a few screens.
+PAGE_STYLE = """body{font-family:sans-serif;margin:1.2em;max-width:1600px}h2{margin:.8em 0 .3em}h3{margin:.6em 0 .2em}
 h4{margin:.5em 0 .2em}
 .grid{display:grid;grid-template-columns:repeat(auto-fill,minmax(330px,1fr));gap:.6em;align-items:start}
 figure{margin:0}figure.wide{grid-column:span 2}img{max-width:100%;border:1px solid #ddd}
@@ -214,7 +207,7 @@ def build_report(log_dir: str | Path, out_dir: str | Path | None = None) -> Path
         body += _render_run(run, label, out, prefix)
     page = (
         "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"
-        f"<title>Sensitivity report: {html.escape(str(root))}</title><style>{_STYLE}</style></head><body>"
+        f"<title>Sensitivity report: {html.escape(str(root))}</title><style>{PAGE_STYLE}</style></head><body>"
         f"<h1>Sensitivity report</h1><p class='meta'>Artifacts from {html.escape(str(root.resolve()))}</p>"
         + "\n".join(body)
         + "</body></html>\n"

@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from lightning_sensitivity import _report_figures as figures
 from lightning_sensitivity import report
 from lightning_sensitivity.logging import load_artifacts, save_artifact
+from lightning_sensitivity.logging import report_figures as figures
 
 EPOCHS = (0, 1, 2, 4, 8)
 CLASS_NAMES = ["zero", "one", "two"]

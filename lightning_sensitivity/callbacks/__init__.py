@@ -11,7 +11,6 @@ import importlib as _importlib
 import pkgutil as _pkgutil
 
 from lightning_sensitivity import keys as _keys
-from lightning_sensitivity.callbacks._probes import model_kwargs, probe_shard
 from lightning_sensitivity.callbacks.base import (  # noqa: F401 (the type aliases are importable from here too)
     Measurement,
     ProbeSplits,
@@ -23,6 +22,7 @@ from lightning_sensitivity.callbacks.progress import ProgressFactory  # noqa: F4
 from lightning_sensitivity.callbacks.sharpness import SharpnessMonitor
 from lightning_sensitivity.callbacks.stiffness import StiffnessMonitor
 from lightning_sensitivity.callbacks.transitions import TransitionMonitor
+from lightning_sensitivity.probes import model_kwargs, probe_shard
 
 __all__ = [
     "JacobianNormMonitor",

@@ -20,10 +20,9 @@ from torch import Tensor
 
 from lightning_sensitivity import keys
 from lightning_sensitivity._checks import check_bool, check_int, describe
-from lightning_sensitivity.callbacks._probes import model_kwargs
 from lightning_sensitivity.callbacks.measurement import Measurement
 from lightning_sensitivity.functional import binary_auroc, influence_top_k, predict_logits, tracin_influence
-from lightning_sensitivity.probes import ProbeSet
+from lightning_sensitivity.probes import ProbeSet, model_kwargs
 
 __all__ = ["InfluenceMixin", "check_flipped"]
 

@@ -20,15 +20,14 @@ from torch import Tensor, nn
 from lightning_sensitivity import keys
 from lightning_sensitivity.callbacks import _output
 from lightning_sensitivity.callbacks._compat import eager, fsdp_root, outer_groups_gathered, sharding_strategy
-from lightning_sensitivity.callbacks._data import find_dataset
+from lightning_sensitivity.callbacks._data_sources import dataset_class_names, find_dataset
 from lightning_sensitivity.callbacks._distributed import Lockstep, distributed_collective, map_sharded
 from lightning_sensitivity.callbacks._fn_check import PROBE_EXAMPLES, forward_fn_mismatch
-from lightning_sensitivity.callbacks._probes import dataset_class_names
 from lightning_sensitivity.callbacks.measurement import Measurement
 from lightning_sensitivity.callbacks.progress import progress_factory
 from lightning_sensitivity.functional import measurement_options
-from lightning_sensitivity.functional._model import unwrap_model
 from lightning_sensitivity.functional.finite import nonfinite_examples
+from lightning_sensitivity.functional.model import unwrap_model
 from lightning_sensitivity.logging import find_tensorboard_writer, save_artifact
 from lightning_sensitivity.probes import ProbeSet, draw_probe_set
 

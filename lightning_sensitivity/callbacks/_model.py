@@ -13,7 +13,7 @@ from typing import Any
 import lightning.pytorch as pl
 from torch import Tensor, nn
 
-from lightning_sensitivity.functional._model import unwrap_model
+from lightning_sensitivity.functional.model import unwrap_model
 
 ForwardFn = Callable[..., Tensor]  # (pl_module, x, **model_kwargs) -> logits
 EmbedFn = Callable[[pl.LightningModule, Tensor], Tensor]

@@ -128,3 +128,14 @@ def artifact_root(trainer: pl.Trainer) -> ArtifactRoot:
         if log_dir is not None:
             return ArtifactRoot(str(log_dir), False)
     return ArtifactRoot(str(Path(trainer.default_root_dir)), True)
+
+
+def monitored_keys(trainer: pl.Trainer, quantity: str) -> list[str]:
+    """The keys of ``quantity`` (``keys.prefix(quantity)/...``) that other callbacks (ModelCheckpoint, EarlyStopping)
+    monitor."""
+    wanted = []
+    for callback in getattr(trainer, "callbacks", []):
+        monitor = getattr(callback, "monitor", None)
+        if isinstance(monitor, str) and monitor.startswith(keys.prefix(quantity) + "/"):
+            wanted.append(monitor)
+    return wanted

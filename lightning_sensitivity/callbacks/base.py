@@ -34,21 +34,22 @@ from lightning_sensitivity.callbacks._compat import (
     unreachable_parameters,
     unsupported_strategy,
 )
-from lightning_sensitivity.callbacks._data import has_source, sensitivity_monitors_keys
+from lightning_sensitivity.callbacks._data_sources import has_source, known_class_names, known_num_classes
 from lightning_sensitivity.callbacks._distributed import Lockstep
 from lightning_sensitivity.callbacks._loop import MEASURE_HINT, OUTPUT_ERROR_HINT, OUTPUT_HINT, MeasureLoop
 from lightning_sensitivity.callbacks._model import ForwardFn, ModelCache
-from lightning_sensitivity.callbacks._probes import (  # noqa: F401
-    known_class_names,
-    known_num_classes,
-    model_kwargs,
-    probe_shard,
-)
 from lightning_sensitivity.callbacks.measurement import Measurement, SensitivityWarning
 from lightning_sensitivity.callbacks.progress import ProgressFactory
 from lightning_sensitivity.functional import predict_logits  # noqa: F401 (re-exported: subclasses use it)
-from lightning_sensitivity.functional._model import check_measure_dtype, check_output_key
-from lightning_sensitivity.probes import BatchTransform, ProbeSet, check_probe_data, probe_set_from_data
+from lightning_sensitivity.functional.model import check_measure_dtype, check_output_key
+from lightning_sensitivity.probes import (  # noqa: F401 (model_kwargs, probe_shard: re-exported for subclasses)
+    BatchTransform,
+    ProbeSet,
+    check_probe_data,
+    model_kwargs,
+    probe_set_from_data,
+    probe_shard,
+)
 from lightning_sensitivity.schedules import resolve_schedule
 
 __all__ = ["Measurement", "ProbeSplits", "SensitivityMonitor", "SensitivityWarning", "model_kwargs", "probe_shard"]
@@ -460,7 +461,7 @@ class SensitivityMonitor(MeasureLoop, Callback):
         elif trainer.state.fn == TrainerFn.FITTING and self._disabled is None:
             # ModelCheckpoint / EarlyStopping read their key when validation ends; before the first scheduled
             # measurement (at_init=False, val_check_interval < 1) there would be none, and they would end the run.
-            wanted = [k for k in sensitivity_monitors_keys(trainer) if k.startswith(keys.prefix(self.quantity) + "/")]
+            wanted = _output.monitored_keys(trainer, self.quantity)
             epoch = trainer.current_epoch
             if any(k not in trainer.callback_metrics for k in wanted) and epoch not in self._bridged:
                 self._bridged.add(epoch)

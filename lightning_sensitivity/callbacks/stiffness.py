@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+from functools import partial
 from typing import Any
 
 import torch
@@ -40,8 +41,6 @@ from lightning_sensitivity.functional.stiffness import DISTANCES, pairwise_dista
 from lightning_sensitivity.keys import GROUPS, TRAIN, VAL
 from lightning_sensitivity.keys import STIFFNESS_KINDS as KINDS
 from lightning_sensitivity.probes import ProbeSet, is_class_targets
-
-PREFIX = keys.prefix(keys.STIFFNESS)
 
 
 class StiffnessMonitor(InfluenceMixin, SensitivityMonitor):
@@ -437,13 +436,13 @@ class StiffnessMonitor(InfluenceMixin, SensitivityMonitor):
     ) -> None:
         from lightning_sensitivity.logging.render import render_class_matrix, render_stiffness_by_distance
 
-        tag = f"{PREFIX}/{group}"
+        tag = partial(keys.metric, keys.STIFFNESS, group)
         for kind in KINDS:
             if f"class_{kind}" not in arrays:  # no classes (regression, multi-label targets): no class matrices
                 continue
             result.figures.append(
                 (
-                    f"{tag}/class_{kind}_matrix",
+                    tag(f"class_{kind}_matrix"),
                     lambda k=kind: render_class_matrix(
                         arrays[f"class_{k}"],
                         names,
@@ -458,7 +457,7 @@ class StiffnessMonitor(InfluenceMixin, SensitivityMonitor):
             if f"superclass_{kind}" in arrays:
                 result.figures.append(
                     (
-                        f"{tag}/superclass_{kind}_matrix",
+                        tag(f"superclass_{kind}_matrix"),
                         lambda k=kind: render_class_matrix(
                             arrays[f"superclass_{k}"],
                             self.group_names,
@@ -470,7 +469,7 @@ class StiffnessMonitor(InfluenceMixin, SensitivityMonitor):
                 )
         result.figures.append(
             (
-                f"{tag}/by_distance",
+                tag("by_distance"),
                 lambda: render_stiffness_by_distance(
                     arrays["bin_edges"],
                     arrays["distance_sign"],

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import partial
 from typing import Any
 
 import torch
 from torch import nn
 from typing_extensions import override
 
+from lightning_sensitivity import keys
 from lightning_sensitivity._checks import check_int
 from lightning_sensitivity.callbacks._heads import head_kind, output_width
 from lightning_sensitivity.callbacks.base import Measurement, ProbeSplits, SensitivityMonitor
@@ -23,7 +25,6 @@ from lightning_sensitivity.functional.transition_density import DEFAULT_HALF_WID
 from lightning_sensitivity.keys import TRAIN, VAL
 from lightning_sensitivity.probes import ProbeSet
 
-PREFIX = "sensitivity/transitions"
 RANDOM = "random"
 SPLITS = (VAL, TRAIN, RANDOM)
 # A count this close to the number of segments (every pair of neighbours differs) no longer resolves anything.
@@ -270,12 +271,12 @@ class TransitionMonitor(SensitivityMonitor):
         )
         num_units = int(counts["num_units"][0])
         result.meta["num_units"] = num_units
-        prefix, array = f"{PREFIX}/{split}", "" if split == VAL else f"{split}_"
-        result.arrays[f"{array}anchor_indices"] = anchors_idx
+        tag, array = partial(keys.metric, keys.TRANSITIONS, split), partial(keys.transition_array, split)
+        result.arrays[array("anchor_indices")] = anchors_idx
         if self._prediction is not None:
             prediction = counts["prediction"]
-            result.arrays[f"{array}prediction"] = prediction
-            result.scalars[f"{prefix}/prediction_mean"] = float(prediction.double().mean())
+            result.arrays[array("prediction")] = prediction
+            result.scalars[tag("prediction_mean")] = float(prediction.double().mean())
         if num_units == 0:
             self.warn_once(
                 "no ReLU units",
@@ -285,16 +286,16 @@ class TransitionMonitor(SensitivityMonitor):
             )
             return
         activation, region, segments = counts["activation"], counts["region_changes"], counts["segments"]
-        result.arrays.update({f"{array}activation": activation, f"{array}region_changes": region,
-                              f"{array}segments": segments.to(torch.int32)})  # fmt: skip
-        result.scalars[f"{prefix}/activation_mean"] = float(activation.double().mean())
-        result.scalars[f"{prefix}/region_changes_mean"] = float(region.double().mean())
+        result.arrays.update({array("activation"): activation, array("region_changes"): region,
+                              array("segments"): segments.to(torch.int32)})  # fmt: skip
+        result.scalars[tag("activation_mean")] = float(activation.double().mean())
+        result.scalars[tag("region_changes_mean")] = float(region.double().mean())
         # The same as a share of the segments (a closed ellipse of P points has P): 1 = every segment changes.
-        result.scalars[f"{prefix}/region_changes_fraction"] = float(region.double().mean()) / self.num_points
+        result.scalars[tag("region_changes_fraction")] = float(region.double().mean()) / self.num_points
         ratio = near_anchor_ratio(segments, self.near_anchor_fraction)
         if ratio == ratio:  # NaN: no transitions away from the anchors, nothing to compare with
-            result.scalars[f"{prefix}/near_anchor_ratio"] = ratio
-        result.histograms[f"{prefix}/activation"] = activation.double()
+            result.scalars[tag("near_anchor_ratio")] = ratio
+        result.histograms[tag("activation")] = activation.double()
         fraction = float(region.double().mean()) / self.num_points
         if fraction >= SATURATION:
             # Beside the chart too: the run's text summary and the report say it where the counts are shown.

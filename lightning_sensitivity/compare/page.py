@@ -98,9 +98,9 @@ def _short_labels(runs: Sequence[str]) -> list[str]:
 
 
 def _scatter(rows: Sequence[Row], x_key: str, y_key: str, stats: dict, path: Path) -> None:
-    from lightning_sensitivity.report import _new_figure  # the report's Agg figure factory (no pyplot)
+    from lightning_sensitivity.logging.plots import new_figure  # the report's Agg figure factory (no pyplot)
 
-    fig, (ax,) = _new_figure(1, 6.0, 5.0)
+    fig, (ax,) = new_figure(1, 6.0, 5.0)
     labels = _short_labels([r["run"] for r in rows])
     points = [(label, _as_float(r.get(x_key)), _as_float(r.get(y_key))) for label, r in zip(labels, rows, strict=False)]
     points = [(label, a, b) for label, a, b in points if math.isfinite(a) and math.isfinite(b)]
@@ -130,12 +130,12 @@ def _table(header: Sequence[str], body: Sequence[Sequence[str]]) -> str:
 def _page(
     root: Path, rows: Sequence[Row], results: list[tuple[dict, str]], epoch: int | str, missing: list[str]
 ) -> str:
-    from lightning_sensitivity.report import _STYLE  # one look for the report and the comparison pages
+    from lightning_sensitivity.report import PAGE_STYLE  # one look for the report and the comparison pages
 
     when = "the last logged value of each key" if epoch == "last" else f"epoch {epoch} ({epoch} completed epochs)"
     parts = [
         "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>",
-        f"<title>Run comparison: {html.escape(str(root))}</title><style>{_STYLE}th{{border:1px solid #ddd;"
+        f"<title>Run comparison: {html.escape(str(root))}</title><style>{PAGE_STYLE}th{{border:1px solid #ddd;"
         "padding:2px 8px;background:#f4f4f4}</style></head><body><h1>Run comparison</h1>",
         f"<p class='meta'>{len(rows)} run(s) under {html.escape(str(root.resolve()))}; values at {html.escape(when)}. "
         "Table: <a href='compare.csv'>compare.csv</a>.</p>",

@@ -12,17 +12,15 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from lightning_sensitivity.functional._model import (
+from lightning_sensitivity.functional._chunks import check_chunk_size, chunks
+from lightning_sensitivity.functional._inputs import (
     ModelKwargs,
-    check_chunk_size,
-    chunks,
     match_model,
-    measurement_context,
     prepare_inputs,
     prepare_model_kwargs,
-    pure_model,
     take,
 )
+from lightning_sensitivity.functional._purity import measurement_context, pure_model
 
 __all__ = ["NonFinite", "nonfinite_examples"]
 

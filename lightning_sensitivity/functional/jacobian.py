@@ -17,21 +17,16 @@ from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_flatten
 
 from lightning_sensitivity import keys
-from lightning_sensitivity.functional._model import (
+from lightning_sensitivity.functional._chunks import Progress, check_chunk_size, check_progress, chunks, report
+from lightning_sensitivity.functional._inputs import (
     ModelKwargs,
-    Progress,
-    check_chunk_size,
-    check_logits,
-    check_progress,
-    chunks,
     match_model,
-    measurement_context,
     prepare_inputs,
     prepare_model_kwargs,
-    pure_model,
-    report,
     take,
 )
+from lightning_sensitivity.functional._purity import measurement_context, pure_model
+from lightning_sensitivity.functional.model import check_logits
 
 Output = Literal["softmax", "logits", "log_softmax", "sigmoid"]
 Method = Literal["auto", "looped", "batched", "per_example"]

@@ -12,7 +12,8 @@ import torch
 from torch import Tensor, nn
 
 from lightning_sensitivity import keys
-from lightning_sensitivity.functional._model import ModelKwargs, predict_logits
+from lightning_sensitivity.functional._inputs import ModelKwargs
+from lightning_sensitivity.functional.predict import predict_logits
 
 __all__ = ["logit_margin", "logit_margin_summary"]
 

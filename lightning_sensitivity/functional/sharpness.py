@@ -29,25 +29,20 @@ from torch import Tensor, nn
 
 from lightning_sensitivity import keys
 from lightning_sensitivity._checks import check_int, check_loss_fn, check_number, describe
-from lightning_sensitivity.functional._model import (
+from lightning_sensitivity.functional._chunks import Progress, check_chunk_size, check_progress, chunks, report
+from lightning_sensitivity.functional._inputs import (
     ModelKwargs,
-    Progress,
-    check_chunk_size,
-    check_logits,
-    check_progress,
-    chunks,
-    has_sharded_parameters,
     match_model,
-    measurement_context,
     prepare_inputs,
     prepare_model_kwargs,
     prepare_targets,
-    pure_model,
-    report,
     take,
 )
+from lightning_sensitivity.functional._purity import measurement_context, pure_model
+from lightning_sensitivity.functional._sharding import has_sharded_parameters
 from lightning_sensitivity.functional.gram import gram_and_norms
 from lightning_sensitivity.functional.gram.blocks import split_trainable
+from lightning_sensitivity.functional.model import check_logits
 
 __all__ = [
     "hessian_vector_product",

@@ -16,7 +16,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lightning_sensitivity._checks import check_int
-from lightning_sensitivity.functional._model import ModelKwargs, Progress
+from lightning_sensitivity.functional._chunks import Progress
+from lightning_sensitivity.functional._inputs import ModelKwargs
 from lightning_sensitivity.functional.gram import GramMethod, LossFn, gram_and_norms
 
 DISTANCES = ("cosine", "euclidean")

@@ -21,21 +21,16 @@ from torch.overrides import TorchFunctionMode
 
 from lightning_sensitivity import keys
 from lightning_sensitivity._checks import check_choice
-from lightning_sensitivity.functional._model import (
+from lightning_sensitivity.functional._chunks import Progress, check_chunk_size, check_progress, chunks, report
+from lightning_sensitivity.functional._inputs import (
     ModelKwargs,
-    Progress,
-    check_chunk_size,
-    check_logits,
-    check_progress,
-    chunks,
     match_model,
-    measurement_context,
     prepare_inputs,
     prepare_model_kwargs,
-    pure_model,
-    report,
     take,
 )
+from lightning_sensitivity.functional._purity import measurement_context, pure_model
+from lightning_sensitivity.functional.model import check_logits
 
 #: What a point's prediction is (see :func:`transition_counts`).
 PREDICTIONS = ("argmax", "labels")

@@ -2,8 +2,8 @@
 
 Nothing here imports Lightning at import time (only :func:`find_tensorboard_writer` does, when called), nor
 ``wandb``/``mlflow`` (:mod:`lightning_sensitivity.logging.writers` imports them inside the writers). The monitors
-render their images with :mod:`lightning_sensitivity.logging.render` (fast, NumPy + Pillow); the matplotlib figures
-of :mod:`lightning_sensitivity.logging.plots` remain for reports and scripts.
+render their images with :mod:`lightning_sensitivity.logging.render` (fast, NumPy + Pillow), and so do the offline
+report and :mod:`lightning_sensitivity.logging.plots` (the same pictures as matplotlib figures, for scripts).
 """
 
 from lightning_sensitivity.logging.artifacts import Artifact, load_artifacts, save_artifact, stiffness_key

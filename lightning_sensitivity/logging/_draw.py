@@ -23,6 +23,19 @@ TITLE_SIZE = 14
 MAX_ANNOTATED = 20
 
 
+def to_numpy(values: Any, name: str) -> np.ndarray:
+    """Convert a tensor, array, sequence or scalar to a float64 NumPy array (tensors are detached and moved to CPU)."""
+    if hasattr(values, "detach"):
+        values = values.detach().cpu()
+        if values.dtype.is_floating_point or values.dtype.is_complex:
+            values = values.double()
+        values = values.numpy()
+    try:
+        return np.asarray(values, dtype=np.float64)
+    except (TypeError, ValueError) as err:
+        raise TypeError(f"`{name}` expected a tensor or array of numbers, got {type(values).__name__}") from err
+
+
 @lru_cache(maxsize=8)
 def colormap_lut(name: str = "RdBu_r") -> np.ndarray:
     """A matplotlib colormap sampled once at 256 points: ``[256, 3]`` ``uint8`` (entry 0 = low end)."""
@@ -81,13 +94,13 @@ def _check_title(title: Any, name: str = "title") -> str:
     return title
 
 
-def _check_names(names: Sequence[Any] | None, count: int) -> tuple[str, ...]:
+def _check_names(names: Sequence[Any] | None, count: int, name: str = "names") -> tuple[str, ...]:
     if names is None:
         return tuple(str(i) for i in range(count))
     if isinstance(names, str) or not isinstance(names, Sequence):
-        raise TypeError(f"`names` expected a sequence of names, got {type(names).__name__}")
+        raise TypeError(f"`{name}` expected a sequence of names, got {type(names).__name__}")
     if len(names) != count:
-        raise ValueError(f"`names` expected {count} names to match the data, got {len(names)}")
+        raise ValueError(f"`{name}` expected {count} names to match the data, got {len(names)}")
     return tuple(str(n) for n in names)
 
 

@@ -13,8 +13,7 @@ from collections.abc import Sequence
 import numpy as np
 from PIL import Image
 
-from lightning_sensitivity.logging._draw import BLACK, PAD, TITLE_SIZE, WHITE, _check_title, _finish, _put
-from lightning_sensitivity.logging.plots import to_numpy
+from lightning_sensitivity.logging._draw import BLACK, PAD, TITLE_SIZE, WHITE, _check_title, _finish, _put, to_numpy
 
 __all__ = ["is_image_batch", "render_influence_grid"]
 

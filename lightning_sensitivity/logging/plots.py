@@ -1,6 +1,11 @@
-"""Matplotlib figures for the sensitivity quantities.
+"""Matplotlib figures: the monitors' pictures as figures, and the Agg figure factory of the report and compare pages.
 
-Every function builds a :class:`matplotlib.figure.Figure` attached to an Agg canvas and returns ``(fig, ax)``.
+There is one drawing of each picture: :mod:`lightning_sensitivity.logging.render` (NumPy + Pillow), which the
+monitors log to TensorBoard/W&B/MLflow. :func:`plot_class_matrix`, :func:`plot_per_class` and
+:func:`plot_stiffness_by_distance` return that same picture as a matplotlib figure (``(fig, ax)``, the image shown
+pixel for pixel), for scripts and notebooks that save or compose figures. :func:`new_figure` builds the figures of
+the charts the renderer does not draw (the offline report's curves over epochs, the comparison page's scatter plots).
+
 ``pyplot`` is never imported, so the user's backend and pyplot's global figure registry stay untouched and the
 figures are garbage-collected like any other object (no ``plt.close`` needed).
 """
@@ -12,52 +17,65 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-from matplotlib import colormaps
 from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-__all__ = ["plot_class_matrix", "plot_stiffness_by_distance", "plot_per_class", "figure_to_array"]
+from lightning_sensitivity.logging._draw import _check_names, to_numpy
+from lightning_sensitivity.logging.render import render_class_matrix, render_per_class, render_stiffness_by_distance
 
-# Above this many classes, per-cell numbers become unreadable.
-_MAX_ANNOTATED_CLASSES = 20
-# Above this many classes, only every k-th tick label is shown so they do not overlap.
-_MAX_TICK_LABELS = 40
-_NAN_COLOR = "#c8c8c8"
+__all__ = [
+    "plot_class_matrix",
+    "plot_stiffness_by_distance",
+    "plot_per_class",
+    "figure_to_array",
+    "image_figure",
+    "new_figure",
+    "legend",
+]
 
-
-def to_numpy(values: Any, name: str) -> np.ndarray:
-    """Convert a tensor, array, sequence or scalar to a float64 NumPy array (tensors are detached and moved to CPU)."""
-    if hasattr(values, "detach"):
-        values = values.detach().cpu()
-        if values.dtype.is_floating_point or values.dtype.is_complex:
-            values = values.double()
-        values = values.numpy()
-    try:
-        return np.asarray(values, dtype=np.float64)
-    except (TypeError, ValueError) as err:
-        raise TypeError(f"`{name}` expected a tensor or array of numbers, got {type(values).__name__}") from err
+_DPI = 100
 
 
-def _new_figure(figsize: tuple[float, float]) -> tuple[Figure, Axes]:
-    fig = Figure(figsize=figsize, dpi=100, layout="constrained")
+def new_figure(ncols: int = 1, width: float = 6.0, height: float = 4.0) -> tuple[Figure, list[Axes]]:
+    """A figure of ``ncols`` panels side by side, each ``width`` x ``height`` inches at 100 dpi, on an Agg canvas.
+
+    Example:
+        >>> fig, (left, right) = new_figure(2, 4.0, 3.0)
+        >>> figure_to_array(fig).shape
+        (300, 800, 3)
+    """
+    fig = Figure(figsize=(width * ncols, height), dpi=_DPI, layout="constrained")
     FigureCanvasAgg(fig)
-    return fig, fig.add_subplot()
+    return fig, list(fig.subplots(1, ncols, squeeze=False)[0])
 
 
-def _check_names(class_names: Sequence[Any] | None, count: int, name: str = "class_names") -> list[str]:
-    if class_names is None:
-        return [str(i) for i in range(count)]
-    if isinstance(class_names, str) or not isinstance(class_names, Sequence):
-        raise TypeError(f"`{name}` expected a sequence of names, got {type(class_names).__name__}")
-    if len(class_names) != count:
-        raise ValueError(f"`{name}` expected {count} names to match the data, got {len(class_names)}")
-    return [str(n) for n in class_names]
+def legend(ax: Axes, **kwargs: Any) -> None:
+    """``ax.legend(**kwargs)`` when something on ``ax`` has a label (an empty legend box otherwise)."""
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(**kwargs)
 
 
-def _tick_positions(count: int) -> np.ndarray:
-    step = max(1, math.ceil(count / _MAX_TICK_LABELS))
-    return np.arange(0, count, step)
+def image_figure(image: np.ndarray) -> tuple[Figure, Axes]:
+    """An RGB image ``[H, W, 3]`` as a figure of exactly ``W`` x ``H`` pixels showing it (``figure_to_array`` gives
+    the image back).
+
+    Example:
+        >>> image = render_per_class([0.3, 0.5], ["cat", "dog"])
+        >>> fig, ax = image_figure(image)
+        >>> bool((figure_to_array(fig) == image).all())
+        True
+    """
+    if not isinstance(image, np.ndarray) or image.ndim != 3 or image.shape[2] != 3:
+        raise ValueError(f"`image` expected an [H, W, 3] array, got {getattr(image, 'shape', type(image).__name__)}")
+    height, width = image.shape[:2]
+    # A hair over the size so that the canvas rounds to W x H pixels, not one fewer.
+    fig = Figure(figsize=((width + 1e-3) / _DPI, (height + 1e-3) / _DPI), dpi=_DPI)
+    FigureCanvasAgg(fig)
+    ax = fig.add_axes((0.0, 0.0, 1.0, 1.0))
+    ax.imshow(image, interpolation="nearest", aspect="auto")
+    ax.set_axis_off()
+    return fig, ax
 
 
 def plot_class_matrix(
@@ -72,8 +90,9 @@ def plot_class_matrix(
 ) -> tuple[Figure, Axes]:
     """Heatmap of a class-by-class matrix (e.g. class stiffness) on a fixed, zero-centred colour range.
 
-    The colour range is fixed (not fitted to the data) so that heatmaps of different epochs are comparable in
-    TensorBoard's image slider. Cells without pairs (NaN) are drawn grey.
+    The picture of :func:`~lightning_sensitivity.logging.render.render_class_matrix` (the one the monitors log) as a
+    figure. The colour range is fixed (not fitted to the data) so that heatmaps of different epochs are comparable
+    in TensorBoard's image slider. Cells without pairs (NaN) are drawn grey.
 
     Args:
         matrix: ``[C, C2]`` tensor or array; rows are the first set's classes, columns the second's.
@@ -81,7 +100,7 @@ def plot_class_matrix(
         title: figure title, e.g. ``"train_val class sign stiffness, epoch 3"``.
         vmin: value mapped to the low end of the colormap.
         vmax: value mapped to the high end of the colormap; must be greater than ``vmin``.
-        annotate: write each value into its cell; ``None`` annotates when both sides have at most 20 classes.
+        annotate: write each value into its cell; ``None``: when the cells hold legible numbers (at most 20 classes).
         cmap: name of a matplotlib colormap (a diverging one for signed quantities).
 
     Returns:
@@ -97,42 +116,10 @@ def plot_class_matrix(
         image = figure_to_array(fig)  # [H, W, 3] uint8
     """
     values = to_numpy(matrix, "matrix")
-    if values.ndim != 2 or values.size == 0:
-        raise ValueError(f"`matrix` expected a non-empty 2-D matrix, got shape {tuple(values.shape)}")
-    if not (math.isfinite(vmin) and math.isfinite(vmax)) or vmin >= vmax:
-        raise ValueError(f"`vmin` and `vmax` expected finite numbers with vmin < vmax, got vmin={vmin}, vmax={vmax}")
-    if not isinstance(cmap, str) or cmap not in colormaps:
-        raise TypeError(f"`cmap` expected the name of a matplotlib colormap, got {cmap!r}")
-    rows, cols = values.shape
-    row_names = _check_names(class_names, rows)
-    col_names = row_names if rows == cols else _check_names(None, cols)
-    if annotate is None:
-        annotate = max(rows, cols) <= _MAX_ANNOTATED_CLASSES
-
-    side = min(12.0, 2.5 + 0.45 * max(rows, cols))
-    fig, ax = _new_figure((side + 1.2, side))
-    colormap = colormaps[cmap].with_extremes(bad=_NAN_COLOR)
-    image = ax.imshow(
-        np.ma.masked_invalid(values), cmap=colormap, vmin=vmin, vmax=vmax, interpolation="nearest", aspect="equal"
-    )
-    fig.colorbar(image, ax=ax, shrink=0.8)
-    label_size = 9 if max(rows, cols) <= 20 else 6
-    yticks, xticks = _tick_positions(rows), _tick_positions(cols)
-    ax.set_yticks(yticks, [row_names[i] for i in yticks], fontsize=label_size)
-    ax.set_xticks(xticks, [col_names[i] for i in xticks], fontsize=label_size, rotation=90 if cols > 10 else 0)
-    if annotate:
-        midpoint = (vmin + vmax) / 2
-        half_range = (vmax - vmin) / 2
-        for i in range(rows):
-            for j in range(cols):
-                value = values[i, j]
-                text = "–" if not math.isfinite(value) else f"{value:.2f}"
-                # White text on strongly saturated cells, black elsewhere, so numbers stay readable.
-                strong = math.isfinite(value) and abs(value - midpoint) > 0.6 * half_range
-                ax.text(j, i, text, ha="center", va="center", fontsize=7, color="white" if strong else "black")
-    if title:
-        ax.set_title(title)
-    return fig, ax
+    if values.ndim == 2 and values.size:
+        _check_names(class_names, values.shape[0], "class_names")
+    image = render_class_matrix(values, class_names, title=title, vmin=vmin, vmax=vmax, annotate=annotate, cmap=cmap)
+    return image_figure(image)
 
 
 def plot_stiffness_by_distance(
@@ -145,6 +132,8 @@ def plot_stiffness_by_distance(
 ) -> tuple[Figure, Axes]:
     """Binned stiffness against the input distance of the pair, with the critical length marked.
 
+    The picture of :func:`~lightning_sensitivity.logging.render.render_stiffness_by_distance` as a figure.
+
     Args:
         bin_edges: ``[B + 1]`` distance-bin edges.
         mean: ``[B]`` mean stiffness per bin (NaN for empty bins; they are left out of the curve).
@@ -154,7 +143,7 @@ def plot_stiffness_by_distance(
         title: figure title.
 
     Returns:
-        ``(fig, ax)`` where ``ax`` holds the stiffness curve.
+        ``(fig, ax)``.
 
     Raises:
         ValueError: if the lengths of ``bin_edges``, ``mean`` and ``count`` do not match.
@@ -164,40 +153,8 @@ def plot_stiffness_by_distance(
         edges, mean, count = stiffness_by_distance(result.sign, x, num_bins=10)
         fig, ax = plot_stiffness_by_distance(edges, mean, count, critical_length=0.7, title="epoch 2")
     """
-    edges = to_numpy(bin_edges, "bin_edges").reshape(-1)
-    means = to_numpy(mean, "mean").reshape(-1)
-    if means.size == 0 or edges.size != means.size + 1:
-        raise ValueError(
-            f"`bin_edges` expected one more entry than `mean` (B + 1 and B, B >= 1), got {edges.size} and {means.size}"
-        )
-    counts = None
-    if count is not None:
-        counts = to_numpy(count, "count").reshape(-1)
-        if counts.size != means.size:
-            raise ValueError(f"`count` expected {means.size} entries like `mean`, got {counts.size}")
-    centers = (edges[:-1] + edges[1:]) / 2
-    fig, ax = _new_figure((6.4, 4.2))
-    if counts is not None:
-        twin = ax.twinx()
-        twin.bar(centers, counts, width=np.diff(edges), color="0.85", zorder=0)
-        twin.set_ylabel("pairs per bin", color="0.45")
-        # The bars are context only: keep the curve's axis on top and the bars behind it.
-        ax.set_zorder(twin.get_zorder() + 1)
-        ax.patch.set_visible(False)
-        if counts.size:
-            means = np.where(counts > 0, means, np.nan)
-    ax.axhline(0.0, color="0.3", linewidth=0.8)
-    ax.plot(centers, means, marker="o", markersize=3, color="C0", label="mean stiffness")
-    length = math.nan if critical_length is None else float(critical_length)
-    if math.isfinite(length):
-        ax.axvline(length, color="C3", linestyle="--", label=f"critical length {length:.3g}")
-    ax.set_xlabel("input distance")
-    ax.set_ylabel("stiffness")
-    ax.set_xlim(edges[0], edges[-1])
-    ax.legend(loc="upper right", fontsize=8)
-    if title:
-        ax.set_title(title)
-    return fig, ax
+    length = math.nan if critical_length is None else critical_length
+    return image_figure(render_stiffness_by_distance(bin_edges, mean, count, critical_length=length, title=title))
 
 
 def plot_per_class(
@@ -208,6 +165,8 @@ def plot_per_class(
     ylabel: str = "",
 ) -> tuple[Figure, Axes]:
     """Bar chart of one value per class (e.g. the mean Jacobian norm of each class); NaN classes get no bar.
+
+    The picture of :func:`~lightning_sensitivity.logging.render.render_per_class` as a figure.
 
     Args:
         values: ``[C]`` tensor or array.
@@ -226,21 +185,9 @@ def plot_per_class(
         fig, ax = plot_per_class([0.3, 0.5, 0.2], ["cat", "dog", "car"], ylabel="Jacobian norm", title="epoch 4")
     """
     heights = to_numpy(values, "values")
-    if heights.ndim != 1 or heights.size == 0:
-        raise ValueError(f"`values` expected a non-empty 1-D array, got shape {tuple(heights.shape)}")
-    names = _check_names(class_names, heights.size)
-    fig, ax = _new_figure((min(14.0, 3.0 + 0.35 * heights.size), 4.0))
-    positions = np.arange(heights.size)
-    ax.bar(positions, np.nan_to_num(heights, nan=0.0), color="C0")
-    ticks = _tick_positions(heights.size)
-    ax.set_xticks(ticks, [names[i] for i in ticks], rotation=90 if heights.size > 10 else 0, fontsize=8)
-    ax.set_xlim(-0.6, heights.size - 0.4)
-    ax.set_xlabel("class")
-    if ylabel:
-        ax.set_ylabel(ylabel)
-    if title:
-        ax.set_title(title)
-    return fig, ax
+    if heights.ndim == 1 and heights.size:
+        _check_names(class_names, heights.size, "class_names")
+    return image_figure(render_per_class(heights, class_names, title=title, ylabel=ylabel))
 
 
 def figure_to_array(fig: Figure) -> np.ndarray:

@@ -34,8 +34,8 @@ from lightning_sensitivity.logging._draw import (
     _put,
     _text_size,
     colormap_lut,
+    to_numpy,
 )
-from lightning_sensitivity.logging.plots import to_numpy
 from lightning_sensitivity.logging.render_charts import render_per_class, render_stiffness_by_distance
 
 __all__ = [
@@ -79,6 +79,7 @@ class _MatrixFrame:
         has_nan: bool = False,
         xlabel: str = "",
         ylabel: str = "",
+        cmap: str = "RdBu_r",
     ) -> None:
         self.cell = cell = int(min(36, max(3, min(_MATRIX_HEIGHT // rows, _MATRIX_WIDTH // cols))))
         label_size = _LABEL if cell >= 11 else 8
@@ -128,7 +129,7 @@ class _MatrixFrame:
         if xlabel:
             _put(img, xlabel, _LABEL, self.x0 + mat_w / 2, xtitle_y, "mt")
         # Colour bar at the right: the LUT top (vmax) to bottom (vmin), ticks at the quarters.
-        lut = colormap_lut("RdBu_r")
+        lut = colormap_lut(cmap)
         arr = np.asarray(img).copy()
         rows_idx = np.linspace(255, 0, bar_h).round().astype(int)
         arr[self.y0 : self.y0 + bar_h, bar_x : bar_x + 10] = lut[rows_idx][:, None, :]
@@ -164,8 +165,16 @@ def _matrix_frame(
     has_nan: bool = False,
     xlabel: str = "",
     ylabel: str = "",
+    cmap: str = "RdBu_r",
 ) -> _MatrixFrame:
-    return _MatrixFrame(rows, cols, row_names, col_names, vmin, vmax, has_nan, xlabel, ylabel)
+    return _MatrixFrame(rows, cols, row_names, col_names, vmin, vmax, has_nan, xlabel, ylabel, cmap)
+
+
+def _check_cmap(cmap: Any) -> None:
+    from matplotlib import colormaps
+
+    if not isinstance(cmap, str) or cmap not in colormaps:
+        raise TypeError(f"`cmap` expected the name of a matplotlib colormap, got {cmap!r}")
 
 
 def cell_text(value: float) -> str:
@@ -184,8 +193,10 @@ def render_class_matrix(
     col_names: Sequence[Any] | None = None,
     xlabel: str = "",
     ylabel: str = "",
+    annotate: bool | None = None,
+    cmap: str = "RdBu_r",
 ) -> np.ndarray:
-    """Heatmap of a class-by-class matrix on a fixed colour range (``RdBu_r``), as an RGB array.
+    """Heatmap of a class-by-class matrix on a fixed colour range (``RdBu_r`` by default), as an RGB array.
 
     The range is fixed, not fitted, so that heatmaps of different epochs compare in TensorBoard's image slider.
     NaN cells (no pairs) are grey, and a legend under the colour bar says so when there is one. Up to 20 classes a
@@ -203,13 +214,16 @@ def render_class_matrix(
         vmax: value at the high (red) end; must be greater than ``vmin``.
         xlabel: title of the column axis (e.g. ``"epoch"``); empty: none.
         ylabel: title of the row axis; empty: none.
+        annotate: write each value into its cell; ``None`` (default): when the cells are large enough to hold legible
+            numbers (at most 20 classes a side).
+        cmap: name of a matplotlib colormap (a diverging one for signed quantities).
 
     Returns:
         ``[H, W, 3]`` ``uint8`` array.
 
     Raises:
         ValueError: if ``matrix`` is not 2-D or empty, ``vmin >= vmax`` or the names do not match the size.
-        TypeError: if ``matrix`` is not numeric or ``title`` not a str.
+        TypeError: if ``matrix`` is not numeric, ``title`` not a str or ``cmap`` not a known colormap name.
 
     Example:
         >>> image = render_class_matrix([[1.0, -0.5], [float("nan"), 0.2]], ["cat", "dog"], title="epoch 1")
@@ -231,6 +245,9 @@ def render_class_matrix(
     _check_title(title)
     _check_title(xlabel, "xlabel")
     _check_title(ylabel, "ylabel")
+    _check_cmap(cmap)
+    if annotate is not None and not isinstance(annotate, bool):
+        raise TypeError(f"`annotate` expected a bool or None, got {type(annotate).__name__}")
     rows, cols = values.shape
     row_names = _check_names(names, rows)
     if col_names is not None:
@@ -239,23 +256,23 @@ def render_class_matrix(
         columns = row_names if rows == cols else tuple(str(j) for j in range(cols))
     finite = np.isfinite(values)
     frame = _matrix_frame(
-        rows, cols, row_names, columns, float(vmin), float(vmax), bool((~finite).any()), xlabel, ylabel
+        rows, cols, row_names, columns, float(vmin), float(vmax), bool((~finite).any()), xlabel, ylabel, cmap
     )
     cell, x0, y0 = frame.cell, frame.x0, frame.y0
 
     index = np.clip(np.rint((np.where(finite, values, vmin) - vmin) / (vmax - vmin) * 255), 0, 255).astype(np.intp)
-    colours = colormap_lut("RdBu_r")[index]
+    colours = colormap_lut(cmap)[index]
     colours[~finite] = NAN_GREY
     canvas = frame.array.copy()
     canvas[y0 : y0 + rows * cell, x0 : x0 + cols * cell] = colours.repeat(cell, axis=0).repeat(cell, axis=1)
     img = Image.fromarray(canvas)
-    if frame.annotate:
+    if frame.annotate if annotate is None else annotate:
         midpoint, half = (vmin + vmax) / 2, (vmax - vmin) / 2
         for i in range(rows):
             for j in range(cols):
                 value = values[i, j]
                 ok = bool(finite[i, j])
-                # White on strongly saturated cells, black elsewhere, as in the matplotlib version.
+                # White on strongly saturated cells, black elsewhere, so the numbers stay readable.
                 colour = WHITE if ok and abs(value - midpoint) > 0.6 * half else BLACK
                 text = cell_text(value) if ok else "–"
                 _put(img, text, frame.number_size, x0 + j * cell + cell / 2, y0 + i * cell + cell / 2, "mm", colour)

@@ -28,8 +28,8 @@ from lightning_sensitivity.logging._draw import (
     _text_size,
     _tick_label_width,
     _y_axis,
+    to_numpy,
 )
-from lightning_sensitivity.logging.plots import to_numpy
 
 __all__ = ["render_per_class", "render_stiffness_by_distance"]
 

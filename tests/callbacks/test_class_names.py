@@ -16,7 +16,7 @@ from lightning.pytorch.loggers import CSVLogger
 from torch.utils.data import Subset
 
 from lightning_sensitivity import JacobianNormMonitor, StiffnessMonitor
-from lightning_sensitivity.callbacks._probes import dataset_class_names
+from lightning_sensitivity.callbacks._data_sources import dataset_class_names
 from lightning_sensitivity.logging import load_artifacts
 
 NAMES = [f"kind {c}" for c in range(NUM_CLASSES)]

@@ -16,7 +16,7 @@ from lightning_sensitivity.functional import (
     stiffness,
     transition_counts,
 )
-from lightning_sensitivity.functional._model import check_loss_fn, match_model
+from lightning_sensitivity.functional._inputs import check_loss_fn, match_model
 
 VOCAB, T = 11, 5
 

@@ -117,7 +117,7 @@ def test_overlapping_measurements_in_threads_restore_checkpointing():
     # B leaves. Saving and restoring per call would leave B's "original" -- A's plain patch -- in place for good.
     import threading
 
-    from lightning_sensitivity.functional._model import checkpointing_off
+    from lightning_sensitivity.functional._purity import checkpointing_off
 
     before = {name: getattr(checkpoint_module, name) for name in ("checkpoint", "_checkpoint_impl")}
     model = torch.nn.Linear(2, 2)

@@ -20,7 +20,8 @@ from lightning_sensitivity.functional import (
     predict_logits,
     stiffness,
 )
-from lightning_sensitivity.functional import _model
+from lightning_sensitivity.functional import _purity
+from lightning_sensitivity.functional import model as model_reading
 
 
 class SmallResNet(nn.Module):
@@ -122,7 +123,7 @@ def test_token_ids_stay_integer_in_an_upcast_model():
 
 
 def test_the_upcast_is_said_once_per_dtype():
-    _model._SAID.clear()
+    _purity._SAID.clear()
     model = _model_in(torch.bfloat16)
     x, y = _data()
     with pytest.warns(UserWarning, match=r"torch.bfloat16 parameters or buffers: measured in torch.float32"):
@@ -145,5 +146,5 @@ def test_measure_dtype_is_validated(value, error):
 
 def test_options_end_with_the_block():
     with measurement_options(measure_dtype=torch.float64, output_key="scores"):
-        assert _model.current_options().measure_dtype == torch.float64
-    assert _model.current_options() == _model.MeasurementOptions()
+        assert model_reading.current_options().measure_dtype == torch.float64
+    assert model_reading.current_options() == model_reading.MeasurementOptions()

@@ -20,8 +20,8 @@ from lightning_sensitivity.models import (
     DigitsDataModule,
     FashionMNISTDataModule,
     MNISTDataModule,
-    _data,
 )
+from lightning_sensitivity.models import _datamodule_parts as parts
 
 ALL = [DigitsDataModule, MNISTDataModule, FashionMNISTDataModule, CIFAR10DataModule, CIFAR100DataModule]
 
@@ -124,14 +124,14 @@ def test_digits_splits_seeded():
 
 
 def test_split_helpers_partition():
-    kept, held = _data.split_off(100, 0.25, seed=5)
+    kept, held = parts.split_off(100, 0.25, seed=5)
     assert len(held) == 25 and len(kept) == 75
     assert sorted(torch.cat([kept, held]).tolist()) == list(range(100))
-    kept2, held2 = _data.split_off(100, 25, seed=5)
+    kept2, held2 = parts.split_off(100, 25, seed=5)
     assert torch.equal(held, held2) and torch.equal(kept, kept2)
     with pytest.raises(ValueError, match="`val_split`"):
-        _data.split_off(10, 10, seed=0)
-    subset = _data.take_subset(kept, 10, seed=1)
+        parts.split_off(10, 10, seed=0)
+    subset = parts.take_subset(kept, 10, seed=1)
     assert len(set(subset.tolist())) == 10 and set(subset.tolist()) <= set(kept.tolist())
 
 
@@ -214,13 +214,13 @@ def test_random_shift_and_crop_flip_are_shifts():
     image = torch.rand(3, 9, 9) + 0.1  # no zeros: each shift is identifiable
     seen = set()
     for _ in range(60):
-        shifts = _matching_shifts(image, _data.random_shift(image, 2), 2, flips=False)
+        shifts = _matching_shifts(image, parts.random_shift(image, 2), 2, flips=False)
         assert len(shifts) == 1
         seen.add(shifts[0])
     assert len(seen) > 10  # offsets vary
     flips = set()
     for _ in range(40):
-        shifts = _matching_shifts(image, _data.random_crop_flip(image, padding=4), 4, flips=True)
+        shifts = _matching_shifts(image, parts.random_crop_flip(image, padding=4), 4, flips=True)
         assert len(shifts) == 1
         flips.add(shifts[0][2])
     assert flips == {False, True}

@@ -20,7 +20,7 @@ from torch import nn
 
 from lightning_sensitivity.callbacks.progress import progress_factory
 from lightning_sensitivity.functional import jacobian_norm, loss_gradient_gram
-from lightning_sensitivity.functional._model import has_sharded_parameters
+from lightning_sensitivity.functional._sharding import has_sharded_parameters
 from lightning_sensitivity.probes import draw_probe_set
 from reliability import fsdp2_script as script
 from reliability._helpers import ReliableData, ReliableModule, all_monitors, make_trainer, report_figure

@@ -1,4 +1,7 @@
-"""Shared, seeded dataset plumbing of the datamodules: validation split, training subset, random labels, tensors."""
+"""Seeded dataset plumbing shared by the reference datamodules (``datamodules.py``, ``text_data.py``).
+
+Validation split, training subset, random labels, augmentations, image tensors, loaders. Not used by the callbacks.
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,9 @@
-"""The offline report's figures, one builder per quantity, from a run's artifacts (matplotlib, no pyplot)."""
+"""The offline report's figures, one builder per quantity, from a run's artifacts.
+
+The pictures the monitors log (class heatmaps, per-class bars) are drawn by the same renderer
+(:mod:`lightning_sensitivity.logging.render`); the curves over epochs, which no monitor logs as an image, are
+matplotlib figures of :func:`lightning_sensitivity.logging.plots.new_figure` (no pyplot).
+"""
 
 from __future__ import annotations
 
@@ -10,11 +15,9 @@ from typing import Any, NamedTuple
 import numpy as np
 import torch
 from matplotlib import colormaps
-from matplotlib.axes import Axes
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
 
 from lightning_sensitivity import keys
+from lightning_sensitivity.functional.summaries import binary_auroc
 from lightning_sensitivity.keys import JACOBIAN as JACOBIAN_NORM
 from lightning_sensitivity.keys import (
     STIFFNESS,
@@ -26,11 +29,10 @@ from lightning_sensitivity.keys import (
     transition_array,
 )
 from lightning_sensitivity.logging.artifacts import Artifact
+from lightning_sensitivity.logging.plots import legend, new_figure
 from lightning_sensitivity.logging.render import render_class_matrix, render_per_class
 
-__all__ = ["BUILDERS", "Entry"]
-
-from lightning_sensitivity.functional.summaries import binary_auroc
+__all__ = ["BUILDERS", "Entry", "Save"]
 
 STATS = keys.JACOBIAN_STATS
 TRANSITION_STATS = keys.TRANSITION_STATS
@@ -54,18 +56,6 @@ class Entry(NamedTuple):
 
 #: ``save(figure or RGB array, name) -> file name``: a matplotlib figure or an image of the fast renderers.
 Save = Callable[[Any, str], str]
-
-
-def _new_figure(ncols: int = 1, width: float = 6.0, height: float = 4.0) -> tuple[Figure, list[Axes]]:
-    fig = Figure(figsize=(width * ncols, height), dpi=100, layout="constrained")
-    FigureCanvasAgg(fig)
-    axes = fig.subplots(1, ncols, squeeze=False)[0]
-    return fig, list(axes)
-
-
-def _legend(ax: Axes, **kwargs: Any) -> None:
-    if ax.get_legend_handles_labels()[0]:
-        ax.legend(**kwargs)
 
 
 def _values(artifact: Artifact, key: str) -> np.ndarray | None:
@@ -105,7 +95,7 @@ def _auroc(scores: np.ndarray, positive: np.ndarray) -> float:
 
 def _jacobian_figures(arts: Sequence[Artifact], save: Save) -> list[Entry]:
     entries: list[Entry] = []
-    fig, (ax, side) = _new_figure(2)
+    fig, (ax, side) = new_figure(2)
     drawn = False
     for split, style in ((VAL, "-"), (TRAIN, "--")):
         for stat, color in zip(STATS, ("C0", "C1", "C2"), strict=False):
@@ -121,10 +111,10 @@ def _jacobian_figures(arts: Sequence[Artifact], save: Save) -> list[Entry]:
             side_drawn = True
     if drawn:
         ax.set(xlabel="epoch", ylabel="Jacobian norm", title="Jacobian norm over training")
-        _legend(ax, fontsize=8)
+        legend(ax, fontsize=8)
         if side_drawn:
             side.set(xlabel="epoch", title="train/val ratio and misclassification AUROC")
-            _legend(side, fontsize=8)
+            legend(side, fontsize=8)
         else:
             side.set_visible(False)
         entries.append(
@@ -159,7 +149,7 @@ def _jacobian_figures(arts: Sequence[Artifact], save: Save) -> list[Entry]:
     if norms is not None and correct is not None and correct.size == norms.size:
         correct = correct.astype(bool).reshape(-1)
         finite = np.isfinite(norms)
-        fig, (ax,) = _new_figure(1, 6.4, 4.2)
+        fig, (ax,) = new_figure(1, 6.4, 4.2)
         bins = np.histogram_bin_edges(norms[finite], bins=30) if finite.any() else 10
         positive = norms[finite & (norms > 0)]
         if positive.size == finite.sum() and positive.size and positive.max() > 100 * positive.min():
@@ -193,7 +183,7 @@ def _jacobian_figures(arts: Sequence[Artifact], save: Save) -> list[Entry]:
         ax.set(xlabel="Jacobian norm", ylabel="fraction of the group's points",
                title=f"val points, epoch {last.epoch}"
                + (f", AUROC {auc:.3f}" if math.isfinite(auc) else ""))  # fmt: skip
-        _legend(ax, fontsize=8)
+        legend(ax, fontsize=8)
         entries.append(
             Entry(save(fig, "jacobian_norm_correct_vs_misclassified"),
                   f"Per-point norms of correctly vs wrongly classified val points at epoch {last.epoch}, each group "
@@ -219,7 +209,7 @@ def _transition_figures(arts: Sequence[Artifact], save: Save) -> list[Entry]:
     ]
     if not present:
         return []
-    fig, axes = _new_figure(len(present), 4.2, 3.4)
+    fig, axes = new_figure(len(present), 4.2, 3.4)
     saturated: list[str] = []
     for ax, stat in zip(axes, present, strict=False):
         # Region changes as a fraction of the segments (P per closed ellipse of P points): 1 = every segment changes.
@@ -245,7 +235,7 @@ def _transition_figures(arts: Sequence[Artifact], save: Save) -> list[Entry]:
         else:
             ax.set(ylabel="count per trajectory", title=stat.replace("_", " "))
         ax.set(xlabel="epoch")
-        _legend(ax, fontsize=7)
+        legend(ax, fontsize=7)
     note = ""
     if saturated:
         points = _num_points(arts[-1])
@@ -262,8 +252,9 @@ def _layer_figure(arts: Sequence[Artifact], group: str, slug: str, save: Save) -
                                 if k.startswith(prefix) and k.endswith("/cosine")))  # fmt: skip
     if not layers:
         return None
-    measured = [a for a in arts if any(f"{prefix}{layer}/cosine" in a.arrays for layer in layers)]
-    matrix = np.array([[a.scalar(f"{prefix}{layer}/cosine") for a in measured] for layer in layers], dtype=float)
+    cosine = {layer: stiffness_array(group, f"layer/{layer}/cosine") for layer in layers}
+    measured = [a for a in arts if any(cosine[layer] in a.arrays for layer in layers)]
+    matrix = np.array([[a.scalar(cosine[layer]) for a in measured] for layer in layers], dtype=float)
     names = [f"{layer} (output)" if k == len(layers) - 1 else layer for k, layer in enumerate(layers)]
     epochs = [str(a.epoch) for a in measured]
     title = f"{group} per-layer cosine stiffness"
@@ -285,7 +276,7 @@ def _stiffness_figures(arts: Sequence[Artifact], save: Save) -> list[Entry]:
     picks = sorted({arts[0].epoch, arts[-1].epoch})
     for group in groups:
         slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", str(group))
-        fig, axes = _new_figure(2, 4.6, 3.4)
+        fig, axes = new_figure(2, 4.6, 3.4)
         drawn = False
         for ax, kind in zip(axes, KINDS, strict=False):
             for key, label in ((f"same_class_{kind}", "same class"), (f"different_class_{kind}", "different class"),
@@ -297,7 +288,7 @@ def _stiffness_figures(arts: Sequence[Artifact], save: Save) -> list[Entry]:
                     drawn = True
             ax.axhline(0.0, color="0.5", linewidth=0.7)
             ax.set(xlabel="epoch", ylabel=f"{kind} stiffness", title=f"{group}: {kind} stiffness")
-            _legend(ax, fontsize=8)
+            legend(ax, fontsize=8)
         if drawn:
             caption = f"{group}: same-class vs different-class stiffness over epochs"
             entries.append(Entry(save(fig, f"stiffness_{slug}_same_vs_different"), caption, wide=True, section=group))
@@ -331,7 +322,7 @@ def _distance_figure(arts: Sequence[Artifact], group: str, slug: str, save: Save
     kinds = [k for k in KINDS if any(stiffness_array(group, f"distance_{k}") in a.arrays for a in arts)]
     if not kinds:
         return None
-    fig, axes = _new_figure(len(kinds) + 1, 5.0, 3.8)
+    fig, axes = new_figure(len(kinds) + 1, 5.0, 3.8)
     epochs = [a.epoch for a in arts]
     norm_epoch = (
         (lambda e: 0.5) if min(epochs) == max(epochs) else (lambda e: (e - min(epochs)) / (max(epochs) - min(epochs)))
@@ -354,7 +345,7 @@ def _distance_figure(arts: Sequence[Artifact], group: str, slug: str, save: Save
                 ax.axvline(length, color=color, linestyle="--", linewidth=0.8)
         ax.axhline(0.0, color="0.5", linewidth=0.7)
         ax.set(xlabel="input distance", ylabel=f"{kind} stiffness", title=f"{group}: {kind} stiffness by distance")
-        _legend(ax, fontsize=7, ncol=2)
+        legend(ax, fontsize=7, ncol=2)
     epochs_cl, lengths = _series(arts, lambda a: a.scalar(stiffness_array(group, "critical_length")))
     if epochs_cl.size:
         axes[-1].plot(epochs_cl, lengths, marker="o", markersize=3)

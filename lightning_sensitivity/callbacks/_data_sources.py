@@ -1,7 +1,11 @@
-"""Finding the trainer's data without iterating it: which dataset a probe set is drawn from.
+"""Where the monitors' data comes from on the Lightning side.
 
-Public trainer attributes are tried first (``trainer.train_dataloader`` / ``trainer.val_dataloaders``, set once
-Lightning has loaded them). Before that -- e.g. at ``on_train_start`` with ``num_sanity_val_steps=0`` -- the loops'
+The dataset a probe set is drawn from, the number of classes and their display names are found on the trainer, its
+datamodule and the LightningModule, never by iterating a loader. (A probe set itself is drawn by
+:mod:`lightning_sensitivity.probes`, which does not import Lightning.)
+
+Datasets: public trainer attributes are tried first (``trainer.train_dataloader`` / ``trainer.val_dataloaders``, set
+once Lightning has loaded them). Before that -- e.g. at ``on_train_start`` with ``num_sanity_val_steps=0`` -- the loops'
 ``_data_source`` is the only place that knows the datamodule, the module's ``*_dataloader`` hook or the loaders passed
 to ``fit``/``validate``/``test``; it is read defensively so that a future Lightning without it degrades to the
 datamodule and module hooks.
@@ -152,11 +156,45 @@ def find_dataset(trainer: pl.Trainer, pl_module: pl.LightningModule, split: str,
     return Found(dataset, collate_fn, index, len(loaders))
 
 
-def sensitivity_monitors_keys(trainer: pl.Trainer) -> list[str]:
-    """The ``sensitivity/...`` keys other callbacks (ModelCheckpoint, EarlyStopping) monitor."""
-    wanted = []
-    for callback in getattr(trainer, "callbacks", []):
-        monitor = getattr(callback, "monitor", None)
-        if isinstance(monitor, str) and monitor.startswith("sensitivity/"):
-            wanted.append(monitor)
-    return wanted
+def known_num_classes(trainer: pl.Trainer, pl_module: pl.LightningModule) -> int | None:
+    """The number of classes, when the datamodule or the module states it (``num_classes``), else None."""
+    for holder in (trainer.datamodule, pl_module, getattr(pl_module, "hparams", None)):
+        value = getattr(holder, "num_classes", None)
+        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+            return value
+    return None
+
+
+def _names(value: Any) -> list[str] | None:
+    if isinstance(value, Mapping):  # e.g. {index: name}
+        value = [value[k] for k in sorted(value)] if all(isinstance(k, int) for k in value) else None
+    if isinstance(value, (list, tuple)) and value and all(isinstance(v, str) for v in value):
+        return list(value)
+    return None
+
+
+def known_class_names(trainer: pl.Trainer, pl_module: pl.LightningModule) -> list[str] | None:
+    """Display names of the classes, when the datamodule or the module states them (``class_names``, else
+    ``classes`` as torchvision datasets call them), else None."""
+    for holder in (trainer.datamodule, pl_module, getattr(pl_module, "hparams", None)):
+        for attribute in ("class_names", "classes"):
+            try:
+                names = _names(getattr(holder, attribute, None))
+            except Exception:  # a property of a foreign object must not break setup
+                names = None
+            if names is not None:
+                return names
+    return None
+
+
+def dataset_class_names(dataset: Any) -> list[str] | None:
+    """``classes`` (or ``class_names``) of a dataset, looking through ``Subset``-like wrappers (``.dataset``)."""
+    for _ in range(4):
+        if dataset is None:
+            return None
+        for attribute in ("class_names", "classes"):
+            names = _names(getattr(dataset, attribute, None))
+            if names is not None:
+                return names
+        dataset = getattr(dataset, "dataset", None)
+    return None
