@@ -15,7 +15,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1] / "lightning_sensitivity"
 PACKAGE = ROOT.name
-SHARED = {f"{PACKAGE}._checks"}
+# The leaves every part may import: argument checks, and the names (keys imports nothing of ours at import time;
+# it gathers the quantities' declarations from functional when first read).
+SHARED = {f"{PACKAGE}._checks", f"{PACKAGE}.keys"}
 
 
 def _module_name(path: Path) -> str:
