@@ -58,6 +58,28 @@ def test_monitors_leave_training_bitwise_identical(tmp_path, tmp_path_factory, n
     report_figure(f"non-perturbation {net}: train/val metric values", sum(map(len, monitored.metrics.values())))
 
 
+
+def _declared() -> list[str]:
+    from lightning_sensitivity import keys
+
+    return [q.name for q in keys.declarations() if q.monitor is not None]
+
+
+@pytest.mark.parametrize("quantity", _declared())
+def test_every_declared_monitor_leaves_training_bitwise_identical(tmp_path, tmp_path_factory, quantity):
+    """Each declared quantity's monitor, with the options under which it logs every tag, on its own: a quantity
+    added by its declaration is covered here without an edit."""
+    from lightning_sensitivity import callbacks, keys
+
+    declaration = keys.declaration(quantity)
+    monitor = getattr(callbacks, declaration.monitor)(**declaration.full_options)
+    reference = baseline(tmp_path_factory, "mlp", False)
+    monitored = seeded_fit(tmp_path, [monitor], net="mlp", data={"expose_targets": False})
+    assert training_differences(reference, monitored) == []
+    assert monitor.measured_epochs, f"{declaration.monitor} never measured"
+    assert any(k.startswith(keys.prefix(quantity) + "/") for k in monitored.trainer.callback_metrics)
+
+
 # ---------------------------------------------------------------- the comparison can fail
 
 
