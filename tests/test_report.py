@@ -124,6 +124,7 @@ def test_full_run_report(tmp_path, monkeypatch):
         "jacobian_norm_per_class.png",
         "jacobian_norm_correct_vs_misclassified.png",
         "transitions_curves.png",
+        "transitions_histogram_0.png",  # its declared histogram: activation transitions per val trajectory
     }
     for group in GROUPS:
         expected |= {f"stiffness_{group}_same_vs_different.png", f"stiffness_{group}_by_distance.png"}
