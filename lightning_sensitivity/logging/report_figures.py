@@ -20,6 +20,7 @@ from typing import Any, NamedTuple
 import numpy as np
 import torch
 from matplotlib import colormaps
+from matplotlib.ticker import MaxNLocator
 
 from lightning_sensitivity import keys
 from lightning_sensitivity.functional.summaries import binary_auroc
@@ -389,6 +390,21 @@ def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", text).strip("_")
 
 
+def _in_split_order(
+    quantity: keys.Quantity, found: list[tuple[str, str, dict[str, str]]]
+) -> list[tuple[str, str, dict[str, str]]]:
+    """``find_arrays`` results with the splits in the order of the declaration's ``layout_splits``, as in its charts."""
+    order = {split: k for k, split in enumerate(quantity.layout_splits)}
+
+    def rank(item: tuple[str, str, dict[str, str]]) -> int:
+        split = item[2].get("split", item[2].get("held_out"))
+        if split is None:  # a split spelled out in the tag: sensitivity/<name>/<split>/...
+            split = _relative(quantity, item[0]).split("/", 1)[0]
+        return order.get(split, len(order))
+
+    return sorted(found, key=rank)
+
+
 def chart_curves(
     quantity: keys.Quantity, chart: keys.Chart, arts: Sequence[Artifact]
 ) -> dict[tuple[str, ...], list[tuple[str, np.ndarray, np.ndarray]]]:
@@ -401,18 +417,20 @@ def chart_curves(
 
     Returns:
         Per combination of the values of ``chart.each`` (``()`` when it is empty), ``(label, epochs, values)`` for
-        each line found: the line's split (one line template) or its tag under ``sensitivity/<name>/``; empty
-        when no artifact holds any line.
+        each line found, splits in the order of ``quantity.layout_splits``: the line's split (one line template) or
+        its tag under ``sensitivity/<name>/`` less the ``each`` values; empty when no artifact holds any line.
     """
     names = list(dict.fromkeys(k for a in arts for k, v in a.arrays.items() if np.asarray(v).size == 1))
     curves: dict[tuple[str, ...], list[tuple[str, np.ndarray, np.ndarray]]] = {}
     for line in chart.lines:
-        for tag, array, values in quantity.find_arrays(line, names):
+        for tag, array, values in _in_split_order(quantity, quantity.find_arrays(line, names)):
             epochs, series = _series(arts, lambda a, k=array: a.scalar(k))
             if not epochs.size:
                 continue
             rest = [v for p, v in values.items() if p not in chart.each]
-            label = " ".join(rest) if len(chart.lines) == 1 and rest else _relative(quantity, tag)
+            shared = {values[p] for p in chart.each if p in values}  # said by the chart's title
+            parts = [part for part in _relative(quantity, tag).split("/") if part not in shared]
+            label = " ".join(rest) if len(chart.lines) == 1 and rest else "/".join(parts) or tag
             curves.setdefault(tuple(values.get(p, "") for p in chart.each), []).append((label, epochs, series))
     return curves
 
@@ -437,6 +455,7 @@ def _declared_charts(quantity: keys.Quantity, arts: Sequence[Artifact], save: Sa
                 ax.plot(epochs, values, marker="o", markersize=3, label=label)
             title = _chart_title(chart, each, [label for label, *_ in lines] if len(chart.lines) == 1 else [])
             ax.set(xlabel="epoch", title=title)
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
             legend(ax, fontsize=8)
             name = f"{quantity.name}_chart_{index}" + "".join(f"_{_slug(v)}" for v in each if v)
             entries.append(Entry(save(fig, name), f"{title} (over epochs)"))
@@ -460,12 +479,13 @@ def histogram_values(
         arts: the quantity's artifacts, by epoch.
 
     Returns:
-        ``(epoch, [(tag, array name, finite values), ...])``, or ``None`` when no artifact holds such an array.
+        ``(epoch, [(tag, array name, finite values), ...])`` (splits in the order of ``quantity.layout_splits``), or
+        ``None`` when no artifact holds such an array.
     """
     for artifact in reversed(arts):
         names = [k for k, v in artifact.arrays.items() if np.asarray(v).ndim >= 1]
         found = []
-        for tag, array, _ in quantity.find_arrays(template, names):
+        for tag, array, _ in _in_split_order(quantity, quantity.find_arrays(template, names)):
             values = np.asarray(artifact.arrays[array], dtype=np.float64).reshape(-1)
             found.append((tag, array, values[np.isfinite(values)]))
         if found:
@@ -491,8 +511,9 @@ def _declared_histograms(quantity: keys.Quantity, arts: Sequence[Artifact], save
                 weights = np.full(values.size, 1 / values.size)
                 label = f"{_relative(quantity, tag)} (n={values.size})"
                 ax.hist(values, bins=bins, weights=weights, histtype="step", linewidth=1.5, color=f"C{k}", label=label)
-        what = _relative(quantity, template)
-        ax.set(xlabel=quantity.category, ylabel="fraction of the examples", title=f"{what}, epoch {epoch}")
+        what = " vs ".join(_relative(quantity, tag) for tag, *_ in found)
+        title = f"{quantity.category}: {what}, epoch {epoch}"
+        ax.set(xlabel=quantity.category, ylabel="fraction of the examples", title=title)
         legend(ax, fontsize=8)
         arrays = ", ".join(array for _, array, _ in found)
         caption = (f"{quantity.category}: distribution over the probe examples at epoch {epoch}, each as a fraction "
