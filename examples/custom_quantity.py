@@ -13,8 +13,9 @@ and the declaration, ``callbacks/<name>.py`` with the monitor, and a test):
 
 1. the function, pure torch, built on ``functional.predict_logits`` (which leaves the model untouched);
 2. the declaration (``keys.Quantity``): its tags, artifact arrays, histograms and dashboard charts, registered with
-   ``keys.register`` -- the TensorBoard custom-scalars layout then charts it, and ``keys.SCHEMA`` /
-   ``keys.matches`` check what it logs;
+   ``keys.register`` -- the TensorBoard custom-scalars layout then charts it, ``keys.SCHEMA`` / ``keys.matches``
+   check what it logs, and the offline report draws its charts and histograms
+   (``PYTHONPATH=examples python -m lightning_sensitivity.report lightning_logs --import custom_quantity``);
 3. the monitor: a ``SensitivityMonitor`` whose ``compute`` evaluates each probe set through ``self.sharded`` and
    ``probe_shard``, so that under DDP every rank measures its shard and all receive every result.
 
@@ -66,6 +67,7 @@ QUANTITY = keys.register(
         histograms=(f"{_P}/{{split}}",),
         category="Prediction entropy",
         charts=(keys.Chart("Prediction entropy: {splits} (mean)", (f"{_P}/{{split}}/mean",)),),
+        report_arrays={f"{_P}/{{split}}": "{split}_entropy"},  # the offline report's histogram: per-example values
     )
 )
 

@@ -280,6 +280,18 @@ class Quantity:
             (``None`` for a monitor outside the package).
         full_options: keyword arguments of the monitor, at a test's size, under which it logs every template that is
             not conditional and writes every array that is not (the key tests fit it with them).
+        report_arrays: where the offline report (``python -m lightning_sensitivity.report``) reads a tag's values in
+            the artifact files: tag template (of ``metrics`` or ``histograms``, or one instance of such a template,
+            which then wins over it) -> artifact array template with the same placeholders, e.g.
+            ``{"sensitivity/logit_margin/{split}": "{split}_margins"}``. A histogram is drawn from the per-example
+            array named here (no entry: not drawn, and the report says so). A metric without an entry is read from
+            the array its tag names: ``sensitivity/<name>/<a>/<b>`` from ``<a>_<b>`` (:func:`split_array`), or
+            ``<a>/<b>`` (:func:`stiffness_array`) when ``array_groups`` is given; ``sensitivity/<name>/<a>`` from
+            ``<a>``.
+        report_figures: the figures of the quantity's report section, by name: ``"charts"`` (each of ``charts`` as
+            curves over epochs, from the arrays of its lines), ``"histograms"`` (each of ``histograms`` at the last
+            epoch) or a builder of :mod:`lightning_sensitivity.logging.report_figures` (the built-in quantities'
+            own figures: class matrices, stiffness by distance, ...).
 
     Raises:
         TypeError: if an argument has the wrong type.
@@ -301,12 +313,14 @@ class Quantity:
     split_words: Mapping[str, str] = field(default_factory=dict)
     monitor: str | None = None
     full_options: Mapping[str, Any] = field(default_factory=dict)
+    report_arrays: Mapping[str, str] = field(default_factory=dict)
+    report_figures: tuple[str, ...] = ("charts", "histograms")
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not re.fullmatch(r"[a-z][a-z0-9_]*", self.name):
             raise ValueError(f"`name` expected a lower-case identifier such as 'logit_margin', got {self.name!r}")
         own = prefix(self.name) + "/"
-        for attr in ("metrics", "arrays", "array_groups", "histograms", "images", "layout_splits"):
+        for attr in ("metrics", "arrays", "array_groups", "histograms", "images", "layout_splits", "report_figures"):
             object.__setattr__(self, attr, _strings(getattr(self, attr), attr, allow_empty=attr != "metrics"))
         for attr in ("metrics", "histograms", "images"):
             for template in getattr(self, attr):
@@ -336,6 +350,34 @@ class Quantity:
             object.__setattr__(self, "category", self.name.replace("_", " ").capitalize())
         if self.monitor is not None and (not isinstance(self.monitor, str) or not self.monitor.isidentifier()):
             raise ValueError(f"`monitor` expected a class name or None, got {self.monitor!r}")
+        self._check_report_arrays()
+
+    def _check_report_arrays(self) -> None:
+        value = self.report_arrays
+        if not isinstance(value, Mapping):
+            raise TypeError(f"`report_arrays` expected a mapping of tag template to array, got {type(value).__name__}")
+        declared = (*self.metrics, *self.histograms)
+        stored = [stiffness_array(g, a) for g in self.array_groups for a in self.arrays] or list(self.arrays)
+        for tag, array in value.items():
+            if not isinstance(tag, str) or not (tag in declared or any(matches(tag, t) for t in declared)):
+                raise ValueError(
+                    f"`report_arrays` expected keys among the declared metrics and histograms of {self.name!r} (or "
+                    f"an instance of one), got {tag!r}"
+                )
+            if not isinstance(array, str) or not array:
+                raise TypeError(
+                    f"`report_arrays` expected an array template (a non-empty str) for {tag!r}, got {array!r}"
+                )
+            _check_placeholders(array, "report_arrays")
+            if set(re.findall(r"\{(\w+)\}", array)) != set(re.findall(r"\{(\w+)\}", tag)):
+                raise ValueError(
+                    f"`report_arrays` expected the placeholders of {tag!r} in its array template, got {array!r}"
+                )
+            if not any(_pattern(array).match(name) for name in stored):
+                raise ValueError(
+                    f"`report_arrays` expected an array template matching some of `arrays` for {tag!r}, got {array!r}"
+                )
+        object.__setattr__(self, "report_arrays", MappingProxyType(dict(value)))
 
     @property
     def nonfinite(self) -> str:
@@ -346,6 +388,42 @@ class Quantity:
     def schema(self) -> tuple[str, ...]:
         """The metric templates: ``metrics`` and the non-finite count."""
         return (*self.metrics, self.nonfinite)
+
+    def find_arrays(self, template: str, names: Iterable[str]) -> list[tuple[str, str, dict[str, str]]]:
+        """Which of the artifact arrays ``names`` hold the values of tag ``template`` (see ``report_arrays``).
+
+        Args:
+            template: a tag template under ``sensitivity/<name>/`` (of ``metrics``, ``histograms`` or a chart line).
+            names: array names of the quantity's artifact files.
+
+        Returns:
+            ``(tag, array, values)`` for each array found: the tag it holds, its name and the value of each
+            placeholder; empty for a histogram without a ``report_arrays`` entry or a tag of another quantity.
+
+        Example:
+            >>> q = Quantity("margin", ("sensitivity/margin/{split}/mean",), arrays=("val_mean", "train_mean"))
+            >>> q.find_arrays("sensitivity/margin/{split}/mean", ["val_mean", "val_margins"])
+            [('sensitivity/margin/val/mean', 'val_mean', {'split': 'val'})]
+        """
+        names = list(names)
+        entries = [(t, a) for t, a in self.report_arrays.items() if t != template and matches(t, template)]
+        if template in self.report_arrays:
+            entries.append((template, self.report_arrays[template]))
+        elif template not in self.histograms and template.startswith(prefix(self.name) + "/"):
+            first, _, rest = template[len(prefix(self.name)) + 1 :].partition("/")
+            join = stiffness_array if self.array_groups else split_array
+            entries.append((template, join(first, rest) if rest else first))
+        found: dict[str, tuple[str, str, dict[str, str]]] = {}
+        for tag_template, array_template in entries:
+            regex = _pattern(array_template, named=True)
+            for name in names:
+                match = regex.match(name)
+                if match is None:
+                    continue
+                values = {k: v for k, v in match.groupdict().items() if v is not None}
+                tag = re.sub(r"\{(\w+)\}", lambda m, v=values: v[m.group(1)], tag_template)
+                found.setdefault(tag, (tag, name, values))  # an instance's own entry wins over its template's
+        return list(found.values())
 
     @property
     def conditional_schema(self) -> dict[str, str]:
@@ -507,9 +585,18 @@ _PLACEHOLDERS = {
 }
 
 
-def _pattern(template: str) -> re.Pattern[str]:
+def _pattern(template: str, named: bool = False) -> re.Pattern[str]:
     parts = re.split(r"\{(\w+)\}", template)
-    regex = "".join(re.escape(p) if i % 2 == 0 else f"(?:{_PLACEHOLDERS[p]})" for i, p in enumerate(parts))
+    seen: set[str] = set()
+    regex = ""
+    for i, part in enumerate(parts):
+        if i % 2 == 0:
+            regex += re.escape(part)
+        elif named and part in seen:
+            regex += f"(?P={part})"
+        else:
+            regex += f"(?P<{part}>{_PLACEHOLDERS[part]})" if named else f"(?:{_PLACEHOLDERS[part]})"
+            seen.add(part)
     return re.compile(f"^{regex}$")
 
 

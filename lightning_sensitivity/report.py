@@ -2,29 +2,39 @@
 
 Usage::
 
-    python -m lightning_sensitivity.report LOG_DIR [--out OUT_DIR]
+    python -m lightning_sensitivity.report LOG_DIR [--out OUT_DIR] [--import MODULE ...]
 
 ``LOG_DIR`` is searched recursively for ``sensitivity/`` folders written by
 :func:`lightning_sensitivity.logging.save_artifact` (e.g. ``lightning_logs/version_0/sensitivity/...``); each folder
 is one run and gets its own section. The page (``OUT_DIR/index.html``, default ``LOG_DIR/sensitivity_report``) uses
 no JavaScript and no external URLs, so it can be copied off a cluster and opened anywhere.
 
-Figures, drawn when the artifacts hold the keys they need (documented in
-:mod:`lightning_sensitivity.logging.artifacts`; a figure whose keys are missing is left out):
+Each quantity declared with :class:`lightning_sensitivity.keys.Quantity` (the built-in ones, and any registered with
+:func:`lightning_sensitivity.keys.register` in this process, e.g. by a module given to ``--import``) gets a section
+titled by its ``category``, with the figures its ``report_figures`` names
+(:mod:`lightning_sensitivity.logging.report_figures`), drawn when the artifacts hold the arrays they need:
 
-* ``jacobian_norm``: mean / median / p90 of the per-point norms over epochs (val and train, from ``{split}_mean``
-  etc. or computed from ``{split}_norms``), the train/val ratio and misclassification AUROC; per-class mean norms
-  at the last epoch (``val_norms`` + ``val_labels``); a histogram of the norms of correctly vs wrongly classified
-  points at the last epoch (``val_norms`` + ``val_correct``).
-* ``transitions``: mean and spread of ``activation``, ``region_changes`` (as a fraction of the ``num_points``
-  segments, 1 = saturated, with a note beside it when saturated) and ``prediction`` per trajectory over epochs, one
-  line per split measured (val; ``train_*`` dashed; ``random_*`` dotted).
-* ``stiffness``, per group ``g``: ``g/same_class_*`` vs ``g/different_class_*`` vs ``g/*_mean`` over epochs;
-  ``g/distance_sign`` / ``g/distance_cosine`` against ``g/bin_edges`` for every epoch with ``g/critical_length``
-  (a note beside it when the last epoch has no zero crossing); per-layer cosine stiffness ``g/layer/<layer>/cosine``
-  as layers x epochs (``per_layer=True``); class matrices ``g/class_sign`` and ``g/class_cosine`` at the first
-  and last epoch on the fixed range [-1, 1], drawn as in TensorBoard.
+* ``"charts"`` (the default): each declared chart as curves over epochs, each line read from the scalar array
+  ``report_arrays`` names for it, else from the array its tag names (``sensitivity/<name>/val/mean``: ``val_mean``);
+* ``"histograms"`` (the default): each declared histogram at the last epoch, from the per-example array
+  ``report_arrays`` names (``{split}_margins`` for ``sensitivity/logit_margin/{split}``);
+* the built-in quantities' own figures:
 
+  * ``jacobian_norm``: mean / median / p90 of the per-point norms over epochs (val and train, from ``{split}_mean``
+    etc. or computed from ``{split}_norms``), the train/val ratio and misclassification AUROC; per-class mean norms
+    at the last epoch (``val_norms`` + ``val_labels``); a histogram of the norms of correctly vs wrongly classified
+    points at the last epoch (``val_norms`` + ``val_correct``).
+  * ``transitions``: mean and spread of ``activation``, ``region_changes`` (as a fraction of the ``num_points``
+    segments, 1 = saturated, with a note beside it when saturated) and ``prediction`` per trajectory over epochs,
+    one line per split measured (val; ``train_*`` dashed; ``random_*`` dotted).
+  * ``stiffness``, per group ``g``: ``g/same_class_*`` vs ``g/different_class_*`` vs ``g/*_mean`` over epochs;
+    ``g/distance_sign`` / ``g/distance_cosine`` against ``g/bin_edges`` for every epoch with ``g/critical_length``
+    (a note beside it when the last epoch has no zero crossing); per-layer cosine stiffness
+    ``g/layer/<layer>/cosine`` as layers x epochs (``per_layer=True``); class matrices ``g/class_sign`` and
+    ``g/class_cosine`` at the first and last epoch on the fixed range [-1, 1], drawn as in TensorBoard.
+
+Every section ends with the scalar values of its last epoch. Artifacts of a quantity no declaration names get that
+table and a note.
 Figures sit in a grid (2-4 columns), notes beside their figure.
 
 Example::
@@ -37,6 +47,7 @@ from __future__ import annotations
 
 import argparse
 import html
+import importlib
 import math
 import sys
 import warnings
@@ -47,17 +58,11 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from lightning_sensitivity import keys
-from lightning_sensitivity.keys import (
-    ARTIFACT_DIR,
-    STIFFNESS,
-    TRANSITIONS,
-)
-from lightning_sensitivity.keys import JACOBIAN as JACOBIAN_NORM
+from lightning_sensitivity.keys import ARTIFACT_DIR
 from lightning_sensitivity.logging.artifacts import Artifact, load_artifacts
+from lightning_sensitivity.logging.report_figures import FIGURES, Entry
 
 __all__ = ["build_report", "find_runs", "main"]
-
-from lightning_sensitivity.logging.report_figures import BUILDERS, Entry
 
 DEFAULT_OUT = "sensitivity_report"
 STATS = keys.JACOBIAN_STATS
@@ -85,9 +90,6 @@ def find_runs(log_dir: str | Path) -> list[Path]:
     candidates += [p for p in root.rglob(ARTIFACT_DIR) if p.is_dir()]
     runs = {p.parent for p in candidates if p.is_dir() and any(p.glob("*/epoch_*.npz"))}
     return sorted(runs)
-
-
-_TITLES = {JACOBIAN_NORM: "Jacobian norm", TRANSITIONS: "Transitions", STIFFNESS: "Stiffness"}
 
 
 def _summary_rows(artifacts: Sequence[Artifact]) -> list[tuple[str, str]]:
@@ -123,25 +125,39 @@ def _render_run(run: Path, label: str, out_dir: Path, prefix: str) -> list[str]:
             fig.savefig(out_dir / filename, dpi=100)
         return filename
 
-    # Jacobian norm, transitions, stiffness (the costliest, with the most figures, last); then anything else.
-    order = {q: k for k, q in enumerate((JACOBIAN_NORM, TRANSITIONS, STIFFNESS))}
-    ranked = sorted(by_quantity.items(), key=lambda item: (order.get(item[0].partition(".")[0], 9), item[0]))
+    # The declared quantities in the order of their declarations, then any other artifacts.
+    declared = {q.name: q for q in keys.declarations()}
+    order = {name: k for k, name in enumerate(declared)}
+    ranked = sorted(by_quantity.items(), key=lambda item: (order.get(item[0].partition(".")[0], len(order)), item[0]))
     for quantity, arts in ranked:
         # The monitors write trainer.validate / trainer.test measurements as "{quantity}.validate" / ".test".
         base, _, context = quantity.partition(".")
-        title = _TITLES.get(base, base) + (f" (trainer.{context})" if context else "")
+        declaration = declared.get(base)
+        title = (declaration.category if declaration else base) + (f" (trainer.{context})" if context else "")
         epochs = ", ".join(str(a.epoch) for a in arts)
         parts.append(f"<h3>{html.escape(title)}</h3>")
         parts.append(f"<p class='meta'>{len(arts)} measurement(s) at epochs {html.escape(epochs)}</p>")
-        builder = BUILDERS.get(base)
         entries: list[Entry] = []
-        if builder is not None:
+        if declaration is None:
+            entries.append(Entry("", "", (
+                f"No keys.Quantity named {base!r} is declared in this process, so only its values are listed: "
+                "pass the module that registers it with --import MODULE (build_report(..., imports=[...]))."
+            )))  # fmt: skip
+        for name in declaration.report_figures if declaration else ():
+            builder = FIGURES.get(name)
+            if builder is None:
+                warnings.warn(
+                    f"Skipping the {name!r} figures of {quantity}: `report_figures` of its declaration expected "
+                    f"names among {sorted(FIGURES)}",
+                    stacklevel=2,
+                )
+                continue
             try:
-                entries = builder(arts, lambda fig, name, c=context: save(fig, f"{name}_{c}" if c else name))
+                entries += builder(declaration, arts, lambda fig, n, c=context: save(fig, f"{n}_{c}" if c else n))
             except Exception as err:  # one malformed artifact must not cost the user the whole report
-                warnings.warn(f"Skipping {quantity} figures of {run}: {err!r}", stacklevel=2)
+                warnings.warn(f"Skipping the {name!r} figures of {quantity} of {run}: {err!r}", stacklevel=2)
         notes = [n for n in arts[-1].meta.get("notes") or [] if isinstance(n, str)]
-        if notes and not any(e.note for e in entries):  # the monitor's own notes when no figure says it
+        if notes and not any(e.note for e in entries if e.file):  # the monitor's own notes when no figure says it
             parts += [f"<p class='note'>{html.escape(n)}</p>" for n in notes]
         for section in dict.fromkeys(e.section for e in entries):
             if section:
@@ -149,6 +165,9 @@ def _render_run(run: Path, label: str, out_dir: Path, prefix: str) -> list[str]:
             parts.append("<div class='grid'>")
             for entry in (e for e in entries if e.section == section):
                 note = f"<p class='note'>{html.escape(entry.note)}</p>" if entry.note else ""
+                if not entry.file:  # a note on its own
+                    parts.append(f"<div>{note}</div>")
+                    continue
                 parts.append(
                     f"<figure class='{'wide' if entry.wide else 'tile'}'><img src='{html.escape(entry.file)}' "
                     f"alt='{html.escape(entry.caption)}'><figcaption>{html.escape(entry.caption)}</figcaption>{note}"
@@ -178,19 +197,29 @@ figcaption{font-size:.8em;color:#444}.meta{color:#666;font-size:.9em;margin:.2em
 table{border-collapse:collapse}td{border:1px solid #ddd;padding:2px 8px}"""
 
 
-def build_report(log_dir: str | Path, out_dir: str | Path | None = None) -> Path:
+def build_report(log_dir: str | Path, out_dir: str | Path | None = None, imports: Sequence[str] = ()) -> Path:
     """Render every run's artifacts under ``log_dir`` into PNG figures and an ``index.html``.
 
     Args:
         log_dir: a directory containing (at any depth) ``sensitivity/`` folders written by the monitors.
         out_dir: where to write ``index.html`` and the PNGs; default ``log_dir/sensitivity_report``.
+        imports: modules to import first, e.g. those declaring quantities of their own with ``keys.register``
+            (a quantity declared nowhere in this process gets only its table of values).
 
     Returns:
         The path of ``index.html``.
 
     Raises:
         FileNotFoundError: if ``log_dir`` is not a directory or holds no sensitivity artifacts.
+        ImportError: if a module of ``imports`` cannot be imported.
     """
+    if isinstance(imports, str):
+        raise TypeError(f"`imports` expected a sequence of module names, got the str {imports!r}")
+    for module in imports:
+        try:
+            importlib.import_module(module)
+        except ImportError as err:
+            raise ImportError(f"`imports` entry {module!r} could not be imported: {err}") from err
     root = Path(log_dir)
     runs = find_runs(root)
     if not runs:
@@ -225,10 +254,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("log_dir", help="log directory to search (recursively) for sensitivity/ artifact folders")
     parser.add_argument("--out", default=None, help=f"output directory (default: LOG_DIR/{DEFAULT_OUT})")
+    parser.add_argument(
+        "--import",
+        dest="imports",
+        action="append",
+        default=[],
+        metavar="MODULE",
+        help="import MODULE first, e.g. one that declares a quantity with keys.register (repeatable)",
+    )
     args = parser.parse_args(argv)
     try:
-        index = build_report(args.log_dir, args.out)
-    except FileNotFoundError as err:
+        index = build_report(args.log_dir, args.out, args.imports)
+    except (FileNotFoundError, ImportError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
     print(f"Report written to {index}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
@@ -10,9 +11,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
+from callbacks._tiny import TinyData, TinyModule, make_trainer, read_events
 from PIL import Image
 
-from lightning_sensitivity import report
+from lightning_sensitivity import LogitMarginMonitor, keys, report
+from lightning_sensitivity.callbacks import Measurement, SensitivityMonitor
+from lightning_sensitivity.functional import predict_logits
 from lightning_sensitivity.logging import load_artifacts, save_artifact
 from lightning_sensitivity.logging import report_figures as figures
 
@@ -124,6 +129,7 @@ def test_full_run_report(tmp_path, monkeypatch):
         "jacobian_norm_per_class.png",
         "jacobian_norm_correct_vs_misclassified.png",
         "transitions_curves.png",
+        "transitions_histogram_0.png",  # its declared histogram: activation transitions per val trajectory
     }
     for group in GROUPS:
         expected |= {f"stiffness_{group}_same_vs_different.png", f"stiffness_{group}_by_distance.png"}
@@ -135,7 +141,8 @@ def test_full_run_report(tmp_path, monkeypatch):
     # Per-class means at the last epoch, checked against a plain loop over the saved points.
     (last,) = [a for a in load_artifacts(log_dir / "lightning_logs" / "version_0", "jacobian_norm") if a.epoch == 8]
     naive = [
-        np.mean([n for n, y in zip(last.arrays["val_norms"], last.arrays["val_labels"]) if y == c]) for c in range(3)
+        np.mean([n for n, y in zip(last.arrays["val_norms"], last.arrays["val_labels"], strict=True) if y == c])
+        for c in range(3)
     ]
     ((values, names, kwargs),) = per_class_calls
     np.testing.assert_allclose(values, naive, rtol=1e-6)
@@ -329,3 +336,148 @@ def test_every_split_per_layer_figure_and_notes_beside_their_figures(tmp_path):
     # the per-layer heatmap: layers x epochs, the output layer marked (the last row)
     image = np.asarray(Image.open(index.parent / "stiffness_val_val_per_layer.png").convert("RGB"))
     assert image.shape[1] <= 372 and image.shape[0] <= 215
+
+
+# ---------------------------------------------------------------- sections built from the declarations
+TOY = "toy_confidence"
+_P = keys.prefix(TOY)
+#: A quantity of this test only, declared as a contributor would: the report knows nothing else about it.
+TOY_QUANTITY = keys.Quantity(
+    name=TOY,
+    metrics=(f"{_P}/{{split}}/mean", f"{_P}/{{split}}/low"),
+    arrays=tuple(keys.split_array(s, n) for s in ("val", "train") for n in ("confidence", "mean", "low")),
+    histograms=(f"{_P}/{{split}}",),
+    category="Toy confidence",
+    charts=(
+        keys.Chart("Toy confidence: {splits} (mean)", (f"{_P}/{{split}}/mean",)),
+        keys.Chart(
+            "Toy confidence: {held_out} mean and low",
+            (f"{_P}/{{held_out}}/mean", f"{_P}/{{held_out}}/low"),
+            each=("held_out",),
+        ),
+    ),
+    report_arrays={f"{_P}/{{split}}": "{split}_confidence"},
+)
+
+
+class ToyConfidenceMonitor(SensitivityMonitor):
+    """The largest softmax probability of each probe example: its mean and smallest value per probe set."""
+
+    quantity = TOY
+    state_fields = ("num_samples", "seed")
+    differentiates_inputs = False
+
+    def probe_splits(self):
+        return frozenset({"val"}), frozenset({"train"})
+
+    def compute(self, model, probes, progress, epoch):
+        result = Measurement()
+        for split, probe in probes.items():
+            confidence = predict_logits(model, probe.inputs).double().softmax(dim=1).amax(dim=1).cpu()
+            for stat, value in (("mean", float(confidence.mean())), ("low", float(confidence.min()))):
+                result.scalars[keys.metric(TOY, split, stat)] = value
+                result.arrays[keys.split_array(split, stat)] = value
+            result.histograms[keys.metric(TOY, split)] = confidence
+            result.arrays[keys.split_array(split, "confidence")] = confidence
+        return result
+
+
+@pytest.fixture
+def toy_declared():
+    keys.register(TOY_QUANTITY)
+    yield TOY_QUANTITY
+    keys._REGISTRY.pop(TOY, None)  # this test's own registration only
+
+
+@pytest.fixture(scope="module")
+def margin_fit(tmp_path_factory):
+    """A real tiny fit with LogitMarginMonitor and the toy monitor (3 measurements: epochs 0, 1, 2)."""
+    tmp_path = tmp_path_factory.mktemp("fit")
+    keys.register(TOY_QUANTITY)
+    try:
+        torch.manual_seed(0)
+        monitors = [LogitMarginMonitor(num_samples=40), ToyConfidenceMonitor(num_samples=40)]
+        trainer = make_trainer(tmp_path, monitors)
+        trainer.fit(TinyModule(), datamodule=TinyData())
+    finally:
+        keys._REGISTRY.pop(TOY, None)
+    return tmp_path, trainer.logger.log_dir
+
+
+def section(text: str, title: str) -> str:
+    return text.split(f"<h3>{title}</h3>", 1)[1].split("<h3>", 1)[0]
+
+
+def test_a_registered_quantity_gets_its_charts_and_histograms(margin_fit, toy_declared):
+    log_root, log_dir = margin_fit
+    index = report.build_report(log_root, log_root / "out")
+    sources = set(assert_valid_page(index))
+    toy = section(index.read_text(), "Toy confidence")
+    # one chart over splits, one per held-out split, the histogram of the per-example confidences at the last epoch
+    for name in ("toy_confidence_chart_0.png", "toy_confidence_chart_1_val.png", "toy_confidence_histogram_0.png"):
+        assert name in sources and name in toy, name
+    assert "Toy confidence: train vs val (mean)" in toy and "Toy confidence: val mean and low" in toy
+    assert "Not drawn" not in toy and "not drawn" not in toy
+    # the curves are the values the monitor logged to TensorBoard, epoch by epoch
+    events = read_events(log_dir)
+    arts = load_artifacts(Path(log_dir), TOY)
+    curves = figures.chart_curves(toy_declared, toy_declared.charts[0], arts)
+    assert [label for label, *_ in curves[()]] == ["train", "val"]  # the order of the declared layout_splits
+    for label, epochs, values in curves[()]:
+        logged = [e.value for e in events.Scalars(keys.metric(TOY, label, "mean"))]
+        np.testing.assert_array_equal(epochs, [0, 1, 2])
+        np.testing.assert_allclose(values, logged, rtol=1e-6)
+    (lines,) = figures.chart_curves(toy_declared, toy_declared.charts[1], arts).values()
+    assert [label for label, *_ in lines] == ["mean", "low"]  # "val" is in the chart's title
+    epoch, found = figures.histogram_values(toy_declared, f"{_P}/{{split}}", arts)
+    assert epoch == 2 and [(tag, array) for tag, array, _ in found] == [
+        (f"{_P}/train", "train_confidence"), (f"{_P}/val", "val_confidence")
+    ]  # fmt: skip
+    np.testing.assert_array_equal(found[1][2], arts[-1].arrays["val_confidence"])
+
+
+def test_logit_margin_section_in_a_real_fit(margin_fit):
+    log_root, _ = margin_fit
+    index = report.build_report(log_root, log_root / "out_margin")
+    sources = set(assert_valid_page(index))
+    text = index.read_text()
+    margin = section(text, "Logit margin")
+    for name in ("logit_margin_chart_0.png", "logit_margin_chart_1_val.png", "logit_margin_histogram_0.png"):
+        assert name in sources and name in margin, name
+    assert "Logit margin: train vs val (mean)" in margin and "Values at epoch 2" in margin
+    # declared nowhere in this process (the fixture's registration is gone): a note and its values, no figure
+    toy = section(text, TOY)
+    assert "No keys.Quantity named &#x27;toy_confidence&#x27;" in toy and "<img" not in toy and "val_mean" in toy
+
+
+def test_report_arrays_are_checked_and_the_cli_imports_declarations(tmp_path):
+    with pytest.raises(ValueError, match="`report_arrays` expected keys among the declared"):
+        keys.Quantity(name="m", metrics=("sensitivity/m/{split}/mean",), arrays=("val_x",),
+                      report_arrays={"sensitivity/m/{split}": "{split}_x"})  # fmt: skip
+    declared = {
+        "metrics": ("sensitivity/m/{split}/mean",),
+        "arrays": ("val_x",),
+        "histograms": ("sensitivity/m/{split}",),
+    }
+    with pytest.raises(ValueError, match="the placeholders of"):
+        keys.Quantity(name="m", **declared, report_arrays={"sensitivity/m/{split}": "val_x"})
+    with pytest.raises(ValueError, match="matching some of `arrays`"):
+        keys.Quantity(name="m", **declared, report_arrays={"sensitivity/m/{split}": "{split}_y"})
+    with pytest.raises(TypeError, match="`report_figures`"):
+        keys.Quantity(name="m", metrics=("sensitivity/m/{split}/mean",), report_figures="charts")
+    # A declaration in a module of the user's: `--import` brings it into the report's process.
+    (tmp_path / "my_quantity.py").write_text(
+        "from lightning_sensitivity import keys\n"
+        "keys.register(keys.Quantity(name='my_quantity', metrics=('sensitivity/my_quantity/{split}/mean',),\n"
+        "    arrays=('val_mean',), charts=(keys.Chart('Mine', ('sensitivity/my_quantity/{split}/mean',)),)))\n"
+    )
+    for epoch in (0, 1):
+        save_artifact(tmp_path / "run", "my_quantity", epoch, epoch, {"val_mean": 1.0 + epoch})
+    env = {**os.environ, "PYTHONPATH": f"{PROJECT}:{tmp_path}"}
+    out = tmp_path / "o"
+    command = [sys.executable, "-m", "lightning_sensitivity.report", str(tmp_path / "run"), "--out", str(out)]
+    ok = subprocess.run([*command, "--import", "my_quantity"], capture_output=True, text=True, timeout=120, env=env)
+    assert ok.returncode == 0, ok.stderr
+    assert image_sources(out / "index.html") == ["my_quantity_chart_0.png"]
+    bad = subprocess.run([*command, "--import", "no_such_module"], capture_output=True, text=True, timeout=120, env=env)
+    assert bad.returncode == 1 and "`imports` entry 'no_such_module'" in bad.stderr

@@ -195,5 +195,6 @@ QUANTITY = keys.Quantity(
             each=("held_out",),
         ),
     ),
+    report_arrays={f"{_G}/{{split}}": keys.split_array("{split}", "norms")},
     full_options={"num_samples": 40},
 )

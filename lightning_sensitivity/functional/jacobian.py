@@ -300,4 +300,7 @@ QUANTITY = keys.Quantity(
     ),
     layout_splits=(keys.TRAIN, keys.VAL, keys.TEST),
     full_options={"num_samples": 40},
+    report_arrays={f"{_J}/{{split}}": "{split}_norms"},
+    # its own figures draw the declared charts and the val histogram (split into right and wrong predictions)
+    report_figures=("jacobian_norm",),
 )

@@ -91,4 +91,5 @@ QUANTITY = keys.Quantity(
         ),
     ),
     full_options={"num_samples": 40},
+    report_arrays={f"{_M}/{{split}}": keys.split_array("{split}", "margins")},
 )

@@ -408,4 +408,7 @@ QUANTITY = keys.Quantity(
         keys.Chart("Critical length (all groups)", (f"{_S}/{{group}}/critical_length",)),
     ),
     full_options={"num_distance_bins": 8, "num_samples": 40},
+    report_arrays={f"{_S}/train_val/self_influence": keys.stiffness_array("train_val", "self_influence")},
+    # its own figures draw the declared charts per pair group, with the class matrices and stiffness by distance
+    report_figures=("stiffness", "histograms"),
 )

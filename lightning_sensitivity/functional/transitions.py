@@ -322,4 +322,11 @@ QUANTITY = keys.Quantity(
     layout_splits=(keys.VAL, keys.TRAIN, keys.TEST),
     split_words={_R: "random (off-data)"},
     full_options={"num_trajectories": 4, "num_points": 24, "num_samples": 40, "splits": ("val", "train")},
+    report_arrays={  # the val arrays have bare names (keys.transition_array)
+        f"{_T}/{keys.VAL}/activation": "activation",
+        f"{_T}/{{split}}/activation": "{split}_activation",
+        f"{_T}/{_R}/activation": keys.transition_array(_R, "activation"),
+    },
+    # its own figure draws the declared charts from the per-trajectory counts (the counts' means are not stored)
+    report_figures=("transitions", "histograms"),
 )

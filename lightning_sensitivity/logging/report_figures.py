@@ -1,4 +1,9 @@
-"""The offline report's figures, one builder per quantity, from a run's artifacts.
+"""The offline report's figures, from a run's artifacts and the quantities' declarations (:class:`keys.Quantity`).
+
+A quantity's section draws the builders its declaration names in ``report_figures`` (:data:`FIGURES`):
+``"charts"`` (its declared charts as curves over epochs, :func:`chart_curves`), ``"histograms"`` (its declared
+histograms at the last epoch, from the per-example arrays of ``report_arrays``, :func:`histogram_values`), and the
+built-in quantities' own figures (``"jacobian_norm"``, ``"transitions"``, ``"stiffness"``).
 
 The pictures the monitors log (class heatmaps, per-class bars) are drawn by the same renderer
 (:mod:`lightning_sensitivity.logging.render`); the curves over epochs, which no monitor logs as an image, are
@@ -15,6 +20,7 @@ from typing import Any, NamedTuple
 import numpy as np
 import torch
 from matplotlib import colormaps
+from matplotlib.ticker import MaxNLocator
 
 from lightning_sensitivity import keys
 from lightning_sensitivity.functional.summaries import binary_auroc
@@ -32,7 +38,7 @@ from lightning_sensitivity.logging.artifacts import Artifact
 from lightning_sensitivity.logging.plots import legend, new_figure
 from lightning_sensitivity.logging.render import render_class_matrix, render_per_class
 
-__all__ = ["BUILDERS", "Entry", "Save"]
+__all__ = ["FIGURES", "Builder", "Entry", "Save", "chart_curves", "histogram_values"]
 
 STATS = keys.JACOBIAN_STATS
 TRANSITION_STATS = keys.TRANSITION_STATS
@@ -45,7 +51,7 @@ SATURATION = 0.95
 
 class Entry(NamedTuple):
     """One figure of the report: its file, a caption, a note shown beside it (saturation, no zero crossing) and
-    whether it is a wide (multi-panel) figure spanning two grid columns."""
+    whether it is a wide (multi-panel) figure spanning two grid columns. No file: a note on its own."""
 
     file: str
     caption: str
@@ -374,8 +380,161 @@ def _distance_figure(arts: Sequence[Artifact], group: str, slug: str, save: Save
     return Entry(save(fig, f"stiffness_{slug}_by_distance"), caption, note, wide=True)
 
 
-BUILDERS: dict[str, Callable[[Sequence[Artifact], Save], list[Entry]]] = {
-    JACOBIAN_NORM: _jacobian_figures,
-    TRANSITIONS: _transition_figures,
-    STIFFNESS: _stiffness_figures,
+# ---------------------------------------------------------------- from the declaration alone
+def _relative(quantity: keys.Quantity, tag: str) -> str:
+    own = keys.prefix(quantity.name) + "/"
+    return tag[len(own) :] if tag.startswith(own) else tag
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", text).strip("_")
+
+
+def _in_split_order(
+    quantity: keys.Quantity, found: list[tuple[str, str, dict[str, str]]]
+) -> list[tuple[str, str, dict[str, str]]]:
+    """``find_arrays`` results with the splits in the order of the declaration's ``layout_splits``, as in its charts."""
+    order = {split: k for k, split in enumerate(quantity.layout_splits)}
+
+    def rank(item: tuple[str, str, dict[str, str]]) -> int:
+        split = item[2].get("split", item[2].get("held_out"))
+        if split is None:  # a split spelled out in the tag: sensitivity/<name>/<split>/...
+            split = _relative(quantity, item[0]).split("/", 1)[0]
+        return order.get(split, len(order))
+
+    return sorted(found, key=rank)
+
+
+def chart_curves(
+    quantity: keys.Quantity, chart: keys.Chart, arts: Sequence[Artifact]
+) -> dict[tuple[str, ...], list[tuple[str, np.ndarray, np.ndarray]]]:
+    """The curves of one declared chart over the measured epochs, read from the artifacts' scalar arrays.
+
+    Args:
+        quantity: the declaration (where each line's values are stored: :meth:`keys.Quantity.find_arrays`).
+        chart: one of ``quantity.charts``.
+        arts: the quantity's artifacts, by epoch.
+
+    Returns:
+        Per combination of the values of ``chart.each`` (``()`` when it is empty), ``(label, epochs, values)`` for
+        each line found, splits in the order of ``quantity.layout_splits``: the line's split (one line template) or
+        its tag under ``sensitivity/<name>/`` less the ``each`` values; empty when no artifact holds any line.
+    """
+    names = list(dict.fromkeys(k for a in arts for k, v in a.arrays.items() if np.asarray(v).size == 1))
+    curves: dict[tuple[str, ...], list[tuple[str, np.ndarray, np.ndarray]]] = {}
+    for line in chart.lines:
+        for tag, array, values in _in_split_order(quantity, quantity.find_arrays(line, names)):
+            epochs, series = _series(arts, lambda a, k=array: a.scalar(k))
+            if not epochs.size:
+                continue
+            rest = [v for p, v in values.items() if p not in chart.each]
+            shared = {values[p] for p in chart.each if p in values}  # said by the chart's title
+            parts = [part for part in _relative(quantity, tag).split("/") if part not in shared]
+            label = " ".join(rest) if len(chart.lines) == 1 and rest else "/".join(parts) or tag
+            curves.setdefault(tuple(values.get(p, "") for p in chart.each), []).append((label, epochs, series))
+    return curves
+
+
+def _chart_title(chart: keys.Chart, each: tuple[str, ...], labels: Sequence[str]) -> str:
+    title = chart.title
+    for placeholder, value in zip(chart.each, each, strict=True):
+        title = title.replace(f"{{{placeholder}}}", value)
+    return title.replace("{splits}", " vs ".join(dict.fromkeys(labels)))
+
+
+def _declared_charts(quantity: keys.Quantity, arts: Sequence[Artifact], save: Save) -> list[Entry]:
+    entries: list[Entry] = []
+    missing: list[str] = []
+    for index, chart in enumerate(quantity.charts):
+        curves = chart_curves(quantity, chart, arts)
+        if not curves:
+            missing.append(chart.title)
+        for each, lines in curves.items():
+            fig, (ax,) = new_figure(1, 5.0, 3.6)
+            for label, epochs, values in lines:
+                ax.plot(epochs, values, marker="o", markersize=3, label=label)
+            title = _chart_title(chart, each, [label for label, *_ in lines] if len(chart.lines) == 1 else [])
+            ax.set(xlabel="epoch", title=title)
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+            legend(ax, fontsize=8)
+            name = f"{quantity.name}_chart_{index}" + "".join(f"_{_slug(v)}" for v in each if v)
+            entries.append(Entry(save(fig, name), f"{title} (over epochs)"))
+    if missing:
+        entries.append(
+            Entry("", "", f"Not drawn, no artifact array holds their values: {'; '.join(missing)}. A chart's line "
+                  f"'sensitivity/{quantity.name}/<a>/<b>' is read from the array '<a>_<b>' unless the declaration's "
+                  "report_arrays names another.")
+        )  # fmt: skip
+    return entries
+
+
+def histogram_values(
+    quantity: keys.Quantity, template: str, arts: Sequence[Artifact]
+) -> tuple[int, list[tuple[str, str, np.ndarray]]] | None:
+    """The per-example values of a declared histogram at the last epoch whose artifact holds them.
+
+    Args:
+        quantity: the declaration (``report_arrays`` names the per-example array).
+        template: one of ``quantity.histograms``.
+        arts: the quantity's artifacts, by epoch.
+
+    Returns:
+        ``(epoch, [(tag, array name, finite values), ...])`` (splits in the order of ``quantity.layout_splits``), or
+        ``None`` when no artifact holds such an array.
+    """
+    for artifact in reversed(arts):
+        names = [k for k, v in artifact.arrays.items() if np.asarray(v).ndim >= 1]
+        found = []
+        for tag, array, _ in _in_split_order(quantity, quantity.find_arrays(template, names)):
+            values = np.asarray(artifact.arrays[array], dtype=np.float64).reshape(-1)
+            found.append((tag, array, values[np.isfinite(values)]))
+        if found:
+            return artifact.epoch, found
+    return None
+
+
+def _declared_histograms(quantity: keys.Quantity, arts: Sequence[Artifact], save: Save) -> list[Entry]:
+    entries: list[Entry] = []
+    unnamed = [t for t in quantity.histograms if not any(t == k or keys.matches(k, t) for k in quantity.report_arrays)]
+    for index, template in enumerate(quantity.histograms):
+        picked = histogram_values(quantity, template, arts)
+        if picked is None:
+            continue
+        epoch, found = picked
+        every = np.concatenate([values for *_, values in found])
+        if not every.size:
+            continue
+        fig, (ax,) = new_figure(1, 5.0, 3.6)
+        bins = np.histogram_bin_edges(every, bins=30)
+        for k, (tag, _, values) in enumerate(found):
+            if values.size:
+                weights = np.full(values.size, 1 / values.size)
+                label = f"{_relative(quantity, tag)} (n={values.size})"
+                ax.hist(values, bins=bins, weights=weights, histtype="step", linewidth=1.5, color=f"C{k}", label=label)
+        what = " vs ".join(_relative(quantity, tag) for tag, *_ in found)
+        title = f"{quantity.category}: {what}, epoch {epoch}"
+        ax.set(xlabel=quantity.category, ylabel="fraction of the examples", title=title)
+        legend(ax, fontsize=8)
+        arrays = ", ".join(array for _, array, _ in found)
+        caption = (f"{quantity.category}: distribution over the probe examples at epoch {epoch}, each as a fraction "
+                   f"of its own examples (arrays {arrays})")  # fmt: skip
+        entries.append(Entry(save(fig, f"{quantity.name}_histogram_{index}"), caption))
+    if unnamed:
+        entries.append(
+            Entry("", "", f"Histograms not drawn: {', '.join(unnamed)} (the declaration's report_arrays names no "
+                  "per-example array for them).")
+        )  # fmt: skip
+    return entries
+
+
+#: ``builder(declaration, artifacts by epoch, save) -> entries``: the figures of one report section.
+Builder = Callable[[keys.Quantity, Sequence[Artifact], Save], list[Entry]]
+
+#: The report's figure builders by the name a declaration gives in ``keys.Quantity.report_figures``.
+FIGURES: dict[str, Builder] = {
+    "charts": _declared_charts,
+    "histograms": _declared_histograms,
+    JACOBIAN_NORM: lambda quantity, arts, save: _jacobian_figures(arts, save),
+    TRANSITIONS: lambda quantity, arts, save: _transition_figures(arts, save),
+    STIFFNESS: lambda quantity, arts, save: _stiffness_figures(arts, save),
 }
