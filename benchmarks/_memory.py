@@ -75,7 +75,7 @@ def representation_bytes(model: torch.nn.Module, x: torch.Tensor, y: torch.Tenso
     import torch.nn.functional as F
 
     from lightning_sensitivity.functional._model import detached_state
-    from lightning_sensitivity.functional.gram import capture
+    from lightning_sensitivity.functional.gram import layerwise_factors as capture
     from lightning_sensitivity.functional.gram.blocks import nbytes, split_trainable
 
     params, buffers = detached_state(model)

@@ -12,7 +12,7 @@ from lightning_sensitivity.callbacks._distributed import PeerFailure
 from lightning_sensitivity.callbacks.progress import ProgressFactory
 from lightning_sensitivity.functional import stiffness, stiffness_from_gram
 from lightning_sensitivity.functional.gram import LayerwiseUnsupported, gram_and_norms
-from lightning_sensitivity.functional.gram.shared import gram_factors, gram_rows
+from lightning_sensitivity.functional.gram.distributed import gram_factors, gram_rows
 
 __all__ = ["joint_stiffness"]
 

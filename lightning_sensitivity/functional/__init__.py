@@ -11,12 +11,12 @@ tensor); bf16/fp16 models are measured in float32 on upcast copies (see :func:`m
 
 from lightning_sensitivity.functional._model import measurement_options, predict_logits
 from lightning_sensitivity.functional.critical_length import critical_length, critical_length_bootstrap
+from lightning_sensitivity.functional.gram.per_layer import per_layer_gram
 from lightning_sensitivity.functional.gram.plan import GramPlan, gram_engine_plan
-from lightning_sensitivity.functional.gram_statistics import gram_statistics
+from lightning_sensitivity.functional.gram.statistics import gram_statistics
 from lightning_sensitivity.functional.influence import InfluenceTopK, influence_top_k, tracin_influence
 from lightning_sensitivity.functional.jacobian import jacobian_norm
 from lightning_sensitivity.functional.jacobian_estimate import jacobian_norm_estimate
-from lightning_sensitivity.functional.per_layer import per_layer_gram
 from lightning_sensitivity.functional.sharpness import (
     TopEigenvalue,
     TraceEstimate,

@@ -22,7 +22,7 @@ from lightning_sensitivity.callbacks._distributed import Lockstep, PeerFailure, 
 from lightning_sensitivity.callbacks.progress import progress_factory
 from lightning_sensitivity.functional import loss_gradient_gram
 from lightning_sensitivity.functional.gram import gram_and_norms
-from lightning_sensitivity.functional.gram.shared import gram_factors, gram_rows
+from lightning_sensitivity.functional.gram.distributed import gram_factors, gram_rows
 from lightning_sensitivity.probes import ProbeSet
 
 TIMEOUT = 20.0  # s; a healthy exchange takes milliseconds

@@ -3,15 +3,20 @@
 Reading a measurement top-down:
 
 - :func:`gram_and_norms` (here) validates, enters measurement mode and picks an engine;
-- :mod:`.layerwise` -- one batched forward/backward per chunk, per-layer factors from :mod:`.capture` (which ops
-  are recognised and what each contributes), checked once per model against explicit gradients;
+- :mod:`.layerwise` -- one batched forward/backward per chunk, per-layer factors from :mod:`.layerwise_factors`
+  (what each recognised op contributes; which ops are recognised is :mod:`.recognised_ops`), checked once per model
+  against explicit gradients;
 - :mod:`.per_example` -- explicit per-example gradients with ``vmap(grad)``, else a per-example autograd loop, for
   any model torch can differentiate (and for the parameters the layerwise capture does not recognise);
 - :mod:`.plan` -- which engine served which parameters and why, said once and remembered per model structure;
 - :mod:`.blocks` -- what both share: trainable/frozen split and the Gram from one pass over the examples,
   ``chunk_size`` at a time (each chunk's features kept; the memory this takes is in its docstring);
 - :mod:`.sketch` -- ``sketch_dim=k``: each chunk's features projected to ``[n, k]`` (the gradients never formed),
-  an unbiased estimate of the Gram in ``O(N k)`` memory.
+  an unbiased estimate of the Gram in ``O(N k)`` memory;
+- :mod:`.distributed` -- processes sharing one Gram: each forms the rows it owns (a shard map), exchanging layer
+  factors where the layerwise engine covers the model;
+- :mod:`.per_layer` -- the Gram split by layer (``per_layer_gram``); :mod:`.statistics` -- statistics of a Gram
+  (``gram_statistics``).
 """
 
 from __future__ import annotations
@@ -40,8 +45,8 @@ from lightning_sensitivity.functional._model import (
 )
 from lightning_sensitivity.functional.gram import plan as plans
 from lightning_sensitivity.functional.gram.blocks import LossFn, split_trainable
-from lightning_sensitivity.functional.gram.capture import LayerwiseUnsupported
 from lightning_sensitivity.functional.gram.layerwise import layerwise_gram
+from lightning_sensitivity.functional.gram.layerwise_factors import LayerwiseUnsupported
 from lightning_sensitivity.functional.gram.per_example import per_example_gram
 from lightning_sensitivity.functional.gram.plan import GramPlan, gram_engine_plan
 from lightning_sensitivity.functional.gram.sketch import GradientSketch

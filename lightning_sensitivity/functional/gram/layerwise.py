@@ -1,7 +1,7 @@
 """The layerwise engine: per-layer Gram factors from one batched pass per chunk, checked against explicit gradients.
 
-The factors come from :mod:`~lightning_sensitivity.functional.gram.capture`; this module assembles them into Gram
-blocks and, once per model structure, verifies them against ``torch.autograd`` gradients of two examples.
+The factors come from :mod:`~lightning_sensitivity.functional.gram.layerwise_factors`; this module assembles them
+into Gram blocks and, once per model structure, verifies them against ``torch.autograd`` gradients of two examples.
 """
 
 from __future__ import annotations
@@ -13,11 +13,11 @@ import torch
 from torch import Tensor, nn
 
 from lightning_sensitivity.functional._model import Progress, as_function, check_logits, has_sharded_parameters, take
-from lightning_sensitivity.functional.gram import capture as lg
+from lightning_sensitivity.functional.gram import layerwise_factors as lg
 from lightning_sensitivity.functional.gram.blocks import LossFn, blockwise_gram, layout, split_trainable
 from lightning_sensitivity.functional.gram.gathered import GatheredParameters
 from lightning_sensitivity.functional.gram.plan import structure_key
-from lightning_sensitivity.functional.gram.recognition import LayerwiseUnsupported
+from lightning_sensitivity.functional.gram.recognised_ops import LayerwiseUnsupported
 
 
 def layerwise_gram(
@@ -37,7 +37,7 @@ def layerwise_gram(
     explicit: dict[str, str] | None = None,
     sketch=None,
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """Blockwise Gram from per-layer factors of one batched pass per chunk (see :mod:`.capture`).
+    """Blockwise Gram from per-layer factors of one batched pass per chunk (see :mod:`.layerwise_factors`).
 
     ``kwargs1``/``kwargs2`` are the per-example keyword inputs of the two sets, sliced with the inputs. ``explicit``
     (``{parameter: reason}``) names parameters served by explicit per-example gradients from the start; it is updated

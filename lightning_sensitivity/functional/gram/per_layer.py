@@ -2,7 +2,7 @@
 
 A layer's block uses only the gradient entries of its parameters, so the blocks sum exactly to
 :func:`~lightning_sensitivity.functional.loss_gradient_gram`. The layerwise engine forms its factors per parameter
-anyway (:mod:`.gram.capture`); here they are summed per layer instead of over the whole model. A model that engine
+anyway (:mod:`.layerwise_factors`); here they are summed per layer instead of over the whole model. A model that engine
 does not cover falls back to explicit per-example gradients, split by parameter.
 """
 
@@ -20,7 +20,7 @@ from lightning_sensitivity.functional.gram import (
     prepare_gram_call,
     run_engines,
 )
-from lightning_sensitivity.functional.gram import capture as lg
+from lightning_sensitivity.functional.gram import layerwise_factors as lg
 from lightning_sensitivity.functional.gram import plan as plans
 from lightning_sensitivity.functional.gram.blocks import split_trainable
 from lightning_sensitivity.functional.gram.layerwise import CheckedFeatures

@@ -19,7 +19,7 @@ from lightning_sensitivity.functional._model import (
     ModelKwargs,
     measurement_context,
 )
-from lightning_sensitivity.functional.gram import capture as lg
+from lightning_sensitivity.functional.gram import layerwise_factors as lg
 from lightning_sensitivity.functional.gram import plan as plans
 from lightning_sensitivity.functional.gram import prepare_gram_call
 from lightning_sensitivity.functional.gram.blocks import LossFn, split_trainable

@@ -1,4 +1,4 @@
-"""Layerwise Gram engine: ``g_i . g_j`` from one batched forward and backward pass, without per-example gradients.
+"""Layerwise Gram factors: ``g_i . g_j`` from one batched forward and backward pass, without per-example gradients.
 
 For a layer ``out = W a + b`` the per-example gradient is ``g_i(W) = sum_t delta_it a_it^T`` (``t`` runs over the
 positions that share the weight: sequence positions of a linear layer, output pixels of a convolution), so
@@ -11,7 +11,7 @@ both come out of a single batched pass on the *summed* per-example loss because,
 interact. Per call the engine picks the cheaper of that identity and the explicit per-example gradient (e.g.
 ``unfold`` for a convolution with many output pixels); affine normalisation layers have small explicit gradients.
 
-Which ops are recognised, and what each records, is :mod:`.recognition`. A parameter used anywhere else costs only
+Which ops are recognised, and what each records, is :mod:`.recognised_ops`. A parameter used anywhere else costs only
 itself: its per-example gradients are computed explicitly (``vmap(grad)`` over a function of that parameter alone,
 else an autograd loop over examples) and enter the Gram beside the factors of every other parameter.
 """
@@ -29,7 +29,7 @@ from torch.func import vmap
 from lightning_sensitivity.functional._model import as_function, check_logits, has_sharded_parameters
 from lightning_sensitivity.functional.gram.blocks import LossFn
 from lightning_sensitivity.functional.gram.gathered import GatheredParameters
-from lightning_sensitivity.functional.gram.recognition import Call, Capture, LayerwiseUnsupported
+from lightning_sensitivity.functional.gram.recognised_ops import Call, Capture, LayerwiseUnsupported
 
 __all__ = ["Features", "LayerwiseUnsupported", "cross", "cross_by_name", "layer_features", "select", "squared_norms"]
 
