@@ -80,7 +80,7 @@ def representation_bytes(model: torch.nn.Module, x: torch.Tensor, y: torch.Tenso
 
     params, buffers = detached_state(model)
     trainable, frozen = split_trainable(params, model)
-    feats = capture.layer_features(model, trainable, frozen, buffers, x, y, F.cross_entropy, n)
+    feats = capture.layer_features(model, trainable, frozen, buffers, x, y, F.cross_entropy, n, sharded=False)
     return nbytes(feats) // x.shape[0]
 
 

@@ -21,7 +21,12 @@ from lightning_sensitivity import keys
 from lightning_sensitivity.callbacks import _output
 from lightning_sensitivity.callbacks._compat import eager, fsdp_root, outer_groups_gathered, sharding_strategy
 from lightning_sensitivity.callbacks._data import find_dataset
-from lightning_sensitivity.callbacks._distributed import Lockstep, distributed_collective, map_sharded
+from lightning_sensitivity.callbacks._distributed import (
+    Lockstep,
+    distributed_collective,
+    lockstep_exchange,
+    map_sharded,
+)
 from lightning_sensitivity.callbacks._fn_check import PROBE_EXAMPLES, forward_fn_mismatch
 from lightning_sensitivity.callbacks._probes import dataset_class_names
 from lightning_sensitivity.callbacks.measurement import Measurement
@@ -29,6 +34,7 @@ from lightning_sensitivity.callbacks.progress import progress_factory
 from lightning_sensitivity.functional import measurement_options
 from lightning_sensitivity.functional._model import unwrap_model
 from lightning_sensitivity.functional.finite import nonfinite_examples
+from lightning_sensitivity.functional.gram.distributed import Exchange, ShardMap, local_exchange
 from lightning_sensitivity.logging import find_tensorboard_writer, save_artifact
 from lightning_sensitivity.probes import ProbeSet, draw_probe_set
 
@@ -140,6 +146,15 @@ class MeasureLoop:
         if lockstep is None:
             return fn(slice(0, n))
         return map_sharded(fn, n, lockstep.world_size, lockstep.rank, lockstep)
+
+    def shard_exchange(self, n: int) -> tuple[ShardMap, Exchange]:
+        """This rank's :class:`~lightning_sensitivity.functional.gram.distributed.ShardMap` of ``n`` examples and the
+        exchange that shares per-example results between the ranks (the functional layer's distributed Gram takes
+        both); in one process ``(ShardMap(n), local_exchange)``. Call it from :meth:`compute` on every rank alike."""
+        lockstep = getattr(self, "_lockstep", None)
+        if lockstep is None:
+            return ShardMap(n), local_exchange
+        return ShardMap(n, lockstep.world_size, lockstep.rank), lockstep_exchange(lockstep)
 
     def _measure(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, epoch: int, *, fitting: bool, epoch_end: bool = False

@@ -21,7 +21,7 @@ from lightning_sensitivity import JacobianNormMonitor, StiffnessMonitor, Transit
 from lightning_sensitivity.callbacks._distributed import Lockstep, PeerFailure, map_sharded, shard_index
 from lightning_sensitivity.callbacks.progress import progress_factory
 from lightning_sensitivity.functional import loss_gradient_gram
-from lightning_sensitivity.functional.gram import gram_and_norms
+from lightning_sensitivity.functional.gram import build_gram_call, gram_and_norms
 from lightning_sensitivity.functional.gram.distributed import gram_factors, gram_rows
 from lightning_sensitivity.probes import ProbeSet
 
@@ -172,8 +172,8 @@ def test_row_sharded_gram_equals_the_one_set_gram_and_the_loop():
     model = small_model()
     gen = torch.Generator().manual_seed(1)
     x, y = torch.randn(7, 6, generator=gen, dtype=torch.float64), torch.randint(0, 3, (7,), generator=gen)
-    rows = [gram_and_norms(model, x[shard_index(7, 2, r)], y[shard_index(7, 2, r)], x, y, torch.nn.functional.
-                           cross_entropy, None, None) for r in range(2)]  # fmt: skip
+    call = build_gram_call(model, x, y, loss_fn=torch.nn.functional.cross_entropy)
+    rows = [gram_and_norms(call.against_all(shard_index(7, 2, r))) for r in range(2)]
     sharded = torch.cat([g for g, _, _ in rows])[:7]
     torch.testing.assert_close(sharded, loss_gradient_gram(model, x, y), rtol=1e-10, atol=1e-10)
     torch.testing.assert_close(sharded, oracles.gram_loop(model, x, y), rtol=1e-10, atol=1e-10)
@@ -191,7 +191,8 @@ def test_gram_factors_of_shards_give_the_rows_of_the_one_set_gram(net):
     gen = torch.Generator().manual_seed(2)
     x, y = torch.randn(7, *shape, generator=gen, dtype=torch.float64), torch.randint(0, 3, (7,), generator=gen)
     shards = [shard_index(7, 2, r) for r in range(2)]
-    parts = [gram_factors(model, x[i], y[i], reference_rows=7) for i in shards]
+    call = build_gram_call(model, x, y, loss_fn=torch.nn.functional.cross_entropy)
+    parts = [gram_factors(call.against_all(i), reference_rows=7) for i in shards]
     factors = {k: torch.cat([p[k] for p in parts])[:7] for k in parts[0]}
     rows = [gram_rows(factors, i) for i in shards]
     gram, sq = torch.cat([g for g, _ in rows])[:7], torch.cat([s for _, s in rows])[:7]
@@ -240,7 +241,8 @@ def test_every_monitor_computes_the_single_process_values_from_shards(world_size
     # Gram rows (1 + 1) with `chunk_size`, else factors (1 + 1, a dozen float tensors) and rows (1 + 1)
     joint_x = torch.cat([data["train"].inputs, data["val"].inputs])
     joint_y = torch.cat([data["train"].targets, data["val"].targets])
-    factors = gram_factors(model, joint_x, joint_y, reference_rows=17)
+    call = build_gram_call(model, joint_x, joint_y, loss_fn=torch.nn.functional.cross_entropy)
+    factors = gram_factors(call, reference_rows=17)
     assert len(factors) > 2 and {t.dtype for t in factors.values()} == {torch.float32}
     assert calls == [4 + 4 + (2 if chunk_size else 4)] * world_size
 

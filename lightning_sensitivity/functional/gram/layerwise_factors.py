@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import vmap
 
-from lightning_sensitivity.functional._model import as_function, check_logits, has_sharded_parameters
+from lightning_sensitivity.functional._model import as_function, check_logits
 from lightning_sensitivity.functional.gram.blocks import LossFn
 from lightning_sensitivity.functional.gram.gathered import GatheredParameters
 from lightning_sensitivity.functional.gram.recognised_ops import Call, Capture, LayerwiseUnsupported
@@ -79,6 +79,8 @@ def layer_features(
     explicit: dict[str, str] | None = None,
     info: dict | None = None,
     choices: dict | None = None,
+    *,
+    sharded: bool,
 ) -> Features:
     """One batched forward and backward pass over a chunk, turned into Gram factors per trainable parameter.
 
@@ -93,6 +95,9 @@ def layer_features(
     (:func:`~.per_example.subset_gradients`), however else it is used; a tensor derived from parameters alone is
     consumed like a parameter and its explicit gradients are pulled back to them.
 
+    ``sharded`` (:attr:`~.call.GramCall.sharded`, decided once per call): the model's parameters are sharded by
+    FSDP2, so it is run as it is and the whole tensors it gathers are named as each module is entered.
+
     ``info``, when given, receives ``"host_read"``: the first op that read batch values into Python (``.item()``,
     ``if tensor:``), whose path may depend on the data, or None.
 
@@ -104,7 +109,7 @@ def layer_features(
 
     explicit = {} if explicit is None else explicit
     n = x.shape[0]
-    if has_sharded_parameters(model):
+    if sharded:
         # FSDP2: the model gathers its parameters itself; they are named as each module is entered.
         gathered = GatheredParameters(model, set(trainable))
         capture = Capture({}, n, names=gathered.names)
@@ -130,7 +135,7 @@ def layer_features(
                         )
     for name, reason in capture.unrecognised.items():
         explicit.setdefault(name, reason)
-    if explicit and has_sharded_parameters(model):
+    if explicit and sharded:
         name, reason = next(iter(explicit.items()))
         raise LayerwiseUnsupported(f"trainable parameter {name!r} is {reason}")
 
