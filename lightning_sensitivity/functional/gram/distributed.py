@@ -109,8 +109,9 @@ def shared_gram_rows(call: GramCall, shard: ShardMap, exchange: Exchange) -> tup
     ``call`` (padding rows included) and every example's squared norm ``[N]``, identical on every process.
 
     Every process calls it with the same ``call`` (all examples) and its own ``shard``; ``exchange`` is the
-    collective (see the module docstring). Two exchanges: the factors (or nothing, when the layerwise engine does not
-    serve the call), then the squared norms."""
+    collective (see the module docstring). One exchange when the layerwise engine serves the call (the factors: every
+    process then forms its rows and all norms from them), else two (the factors' attempt, if any, and the norms of
+    the row blocks)."""
     return _shared(call, shard, exchange, gather=False)
 
 
@@ -147,7 +148,13 @@ def _shared(call: GramCall, shard: ShardMap, exchange: Exchange, *, gather: bool
             # instead broke the exchange, and the next one raises on every process.
             factors = None
         if factors is not None:
-            return shared(lambda index: gram_rows(factors, index))
+            # Every process holds all factors: its rows, and every example's norm (O(N) per layer), without another
+            # exchange unless the whole Gram is wanted.
+            with torch.no_grad():
+                sq = lg.squared_norms(_features(factors))
+            if gather:
+                return shared(lambda index: gram_rows(factors, index))
+            return gram_rows(factors, shard.index())[0], sq
 
     from lightning_sensitivity.functional.gram import gram_and_norms  # the dispatcher imports this package
 
