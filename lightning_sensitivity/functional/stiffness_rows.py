@@ -94,9 +94,10 @@ def shared_stiffness_summaries(
         )  # fmt: skip
     # One dtype, one gather: counts (exact below 2^53) and the Gram rows travel as float64 and come back as they were.
     dtypes = {k: v.dtype for k, v in sums.items()} | {"gram": rows_gram.dtype}
-    sums["gram"] = rows_gram
+    sums["gram"] = rows_gram.cpu()  # with the sums (on the CPU); back on the model's device after the exchange
     total = exchange(lambda _: {k: v.double() for k, v in sums.items()}, shard)
     total = {k: v.to(dtypes[k]) for k, v in total.items()}
+    total["gram"] = total["gram"].to(rows_gram.device)
     out = {}
     for g, (r, c) in pairs.items():
         mine = {k.split("/", 1)[1]: v[r] for k, v in total.items() if k.startswith(f"{g}/")}
