@@ -21,12 +21,7 @@ from lightning_sensitivity import keys
 from lightning_sensitivity.callbacks import _output
 from lightning_sensitivity.callbacks._compat import eager, fsdp_root, outer_groups_gathered, sharding_strategy
 from lightning_sensitivity.callbacks._data import find_dataset
-from lightning_sensitivity.callbacks._distributed import (
-    Lockstep,
-    distributed_collective,
-    lockstep_exchange,
-    map_sharded,
-)
+from lightning_sensitivity.callbacks._distributed import Lockstep, distributed_collective, map_sharded
 from lightning_sensitivity.callbacks._fn_check import PROBE_EXAMPLES, forward_fn_mismatch
 from lightning_sensitivity.callbacks._probes import dataset_class_names
 from lightning_sensitivity.callbacks.measurement import Measurement
@@ -154,7 +149,11 @@ class MeasureLoop:
         lockstep = getattr(self, "_lockstep", None)
         if lockstep is None:
             return ShardMap(n), local_exchange
-        return ShardMap(n, lockstep.world_size, lockstep.rank), lockstep_exchange(lockstep)
+
+        def exchange(fn: Callable[[Tensor], dict[str, Tensor]], shard: ShardMap) -> dict[str, Tensor]:
+            return self.sharded(fn, shard.num_rows)  # the same shards (`shard_index` is the shard map's)
+
+        return ShardMap(n, lockstep.world_size, lockstep.rank), exchange
 
     def _measure(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, epoch: int, *, fitting: bool, epoch_end: bool = False
