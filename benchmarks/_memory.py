@@ -75,12 +75,12 @@ def representation_bytes(model: torch.nn.Module, x: torch.Tensor, y: torch.Tenso
     import torch.nn.functional as F
 
     from lightning_sensitivity.functional._purity import detached_state
-    from lightning_sensitivity.functional.gram import capture
+    from lightning_sensitivity.functional.gram import layerwise_factors as capture
     from lightning_sensitivity.functional.gram.blocks import nbytes, split_trainable
 
     params, buffers = detached_state(model)
     trainable, frozen = split_trainable(params, model)
-    feats = capture.layer_features(model, trainable, frozen, buffers, x, y, F.cross_entropy, n)
+    feats = capture.layer_features(model, trainable, frozen, buffers, x, y, F.cross_entropy, n, sharded=False)
     return nbytes(feats) // x.shape[0]
 
 

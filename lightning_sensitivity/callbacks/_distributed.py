@@ -24,21 +24,26 @@ agreements matches on all ranks whatever fails where.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from typing import Any, Protocol
 
 import torch
 from torch import Tensor
 
-__all__ = ["Collective", "Lockstep", "PeerFailure", "TorchCollective", "map_sharded", "shard_index"]
+from lightning_sensitivity.functional.gram.distributed import Exchange, PeerFailure, ShardMap
+
+__all__ = [
+    "Collective",
+    "Lockstep",
+    "PeerFailure",
+    "TorchCollective",
+    "lockstep_exchange",
+    "map_sharded",
+    "shard_index",
+]
 
 FAILED, GATHER, END_FAILED, END_OK = 0, 1, 2, 3
 ShardFn = Callable[[Tensor], dict[str, Tensor]]
-
-
-class PeerFailure(RuntimeError):
-    """Another rank could not compute its part of a shared measurement."""
 
 
 class Collective(Protocol):
@@ -114,14 +119,24 @@ class Lockstep:
 
 
 def shard_index(n: int, world_size: int, rank: int) -> Tensor:
-    """Positions ``[ceil(n / world_size)]`` of rank ``rank``'s shard of ``n`` examples, padded with ``n - 1``.
+    """Positions ``[ceil(n / world_size)]`` of rank ``rank``'s shard of ``n`` examples, padded with ``n - 1``
+    (:meth:`~lightning_sensitivity.functional.gram.distributed.ShardMap.index`).
 
     Example:
         >>> shard_index(5, 2, 0).tolist(), shard_index(5, 2, 1).tolist()
         ([0, 1, 2], [3, 4, 4])
     """
-    size = math.ceil(n / world_size)
-    return torch.arange(rank * size, (rank + 1) * size).clamp_(max=n - 1)
+    return ShardMap(n, world_size, rank).index()
+
+
+def lockstep_exchange(lockstep: Lockstep) -> Exchange:
+    """The functional layer's :class:`~lightning_sensitivity.functional.gram.distributed.Exchange` over a
+    measurement's :class:`Lockstep`: each rank's results of its shard, gathered after an agreement."""
+
+    def exchange(fn: ShardFn, shard: ShardMap) -> dict[str, Tensor]:
+        return map_sharded(fn, shard.num_rows, shard.world_size, shard.rank, lockstep)
+
+    return exchange
 
 
 def map_sharded(fn: ShardFn, n: int, world_size: int, rank: int, collective: Lockstep) -> dict[str, Tensor]:

@@ -1,20 +1,21 @@
-"""The joint probe set's stiffness for :class:`~lightning_sensitivity.callbacks.StiffnessMonitor`: one Gram in a
-single process; under DDP each rank computes its share of the Gram's rows (exchanging layer factors when the
-layerwise engine covers the model, else two-set Gram rows bounded by ``chunk_size``)."""
+"""The joint probe set's stiffness for :class:`~lightning_sensitivity.callbacks.StiffnessMonitor`: one Gram call
+built once; under DDP the functional layer shares its rows between the ranks
+(:mod:`~lightning_sensitivity.functional.gram.distributed`) over the exchange the monitor's lockstep provides."""
 
 from __future__ import annotations
 
+from functools import cached_property
 from typing import Any
 
 from torch import Tensor, nn
 
-from lightning_sensitivity.callbacks._distributed import PeerFailure
 from lightning_sensitivity.callbacks.progress import ProgressFactory
-from lightning_sensitivity.functional import stiffness, stiffness_from_gram
-from lightning_sensitivity.functional.gram import LayerwiseUnsupported, gram_and_norms
-from lightning_sensitivity.functional.gram.shared import gram_factors, gram_rows
+from lightning_sensitivity.functional import stiffness_from_gram
+from lightning_sensitivity.functional.gram import build_gram_call, gram_and_norms
+from lightning_sensitivity.functional.gram.distributed import Exchange, ShardMap, shared_gram
+from lightning_sensitivity.functional.stiffness_rows import shared_stiffness_summaries
 
-__all__ = ["joint_stiffness"]
+__all__ = ["joint_stiffness", "shared_joint_summaries"]
 
 
 def joint_stiffness(
@@ -25,47 +26,65 @@ def joint_stiffness(
     kwargs: dict[str, Tensor],
     progress: ProgressFactory,
 ) -> Any:
-    """Stiffness of the joint probe set; under DDP each rank computes its share of the Gram's rows."""
-    sketch = {"sketch_dim": getattr(monitor, "sketch_dim", None), "sketch_seed": getattr(monitor, "sketch_seed", 0)}
-    if getattr(monitor, "_lockstep", None) is None:  # one process: the whole Gram at once
-        with progress("per-example gradients") as bar:
-            return stiffness(
-                model, inputs, targets, loss_fn=monitor.loss_fn, chunk_size=monitor.chunk_size, progress=bar,
-                model_kwargs=kwargs or None, **sketch,
-            )  # fmt: skip
+    """Stiffness of the joint probe set; under DDP each rank forms its share of the Gram's rows."""
+    shard, exchange = monitor.shard_exchange(inputs.shape[0])
+    with progress("per-example gradients") as bar:
+        call = build_gram_call(
+            model, inputs, targets, loss_fn=monitor.loss_fn, chunk_size=monitor.chunk_size, progress=bar,
+            model_kwargs=kwargs or None, sketch_dim=monitor.sketch_dim, sketch_seed=monitor.sketch_seed,
+        )  # fmt: skip
+        if shard.world_size == 1:  # one process: the whole Gram at once
+            gram, sq, _ = gram_and_norms(call)
+        else:
+            gram, sq = shared_gram(call, shard, exchange)
+    return stiffness_from_gram(gram, sq, sq, self_pairs=True)
 
-    n = inputs.shape[0]
-    out = None
-    # Sketched: each rank sketches its rows and all columns with the same seeded maps (the factors are exact).
-    if monitor.chunk_size is None and not kwargs and sketch["sketch_dim"] is None:
-        # Each rank the layer factors of its examples, exchanged; then each its block of rows from all factors.
-        def factors_of(index: Tensor) -> dict[str, Tensor]:
-            return gram_factors(model, inputs[index], targets[index], reference_rows=n, loss_fn=monitor.loss_fn)
 
-        def rows_of(index: Tensor) -> dict[str, Tensor]:
-            gram, sq = gram_rows(factors, index)
-            return {"gram": gram, "sq": sq}
+class SharedJoint:
+    """The joint set's whole Gram after a shared measurement; its sign and cosine stiffness formed only if asked for
+    (the summaries were computed by rows)."""
 
-        try:
-            factors = monitor.sharded(factors_of, n)
-        except (LayerwiseUnsupported, PeerFailure):
-            # The layerwise engine does not cover the model on some rank (each rank learns it at the same
-            # agreement): every rank goes on to the two-set Gram below, still in lockstep. A rank that left the
-            # measurement instead broke the lockstep, and the next agreement raises on every rank.
-            factors = None
-        if factors is not None:
-            out = monitor.sharded(rows_of, n)
-    if out is None:
+    def __init__(self, gram: Tensor, sq: Tensor) -> None:
+        self.gram, self._sq = gram, sq
 
-        def rows(index: Tensor) -> dict[str, Tensor]:
-            # A rank's block of Gram rows against every example (memory bounded by `chunk_size`).
-            with progress("per-example gradients") as bar:
-                gram, sq_rows, _ = gram_and_norms(
-                    model, inputs[index], targets[index], inputs, targets, monitor.loss_fn, monitor.chunk_size, bar,
-                    model_kwargs={k: v[index] for k, v in kwargs.items()} or None, model_kwargs2=kwargs or None,
-                    **sketch,
-                )  # fmt: skip
-            return {"gram": gram, "sq": sq_rows}
+    @cached_property
+    def _stiffness(self) -> Any:
+        return stiffness_from_gram(self.gram, self._sq, self._sq, self_pairs=True)
 
-        out = monitor.sharded(rows, n)
-    return stiffness_from_gram(out["gram"], out["sq"], out["sq"], self_pairs=True)
+    @property
+    def sign(self) -> Tensor:
+        return self._stiffness.sign
+
+    @property
+    def cosine(self) -> Tensor:
+        return self._stiffness.cosine
+
+
+def shared_joint_summaries(
+    monitor: Any,
+    model: nn.Module,
+    inputs: Tensor,
+    targets: Tensor,
+    kwargs: dict[str, Tensor],
+    progress: ProgressFactory,
+    shard: ShardMap,
+    exchange: Exchange,
+    pairs: dict[str, tuple[slice, slice]],
+    distance_inputs: Tensor,
+    num_classes: int | None,
+    class_groups: Any,
+) -> tuple[dict[str, Any], SharedJoint]:
+    """Under DDP: ``({group: StiffnessSummary}, joint)``, each rank having formed its rows of the Gram and summed the
+    summaries over them (:func:`~lightning_sensitivity.functional.stiffness_rows.shared_stiffness_summaries`)."""
+    with progress("per-example gradients") as bar:
+        call = build_gram_call(
+            model, inputs, targets, loss_fn=monitor.loss_fn, chunk_size=monitor.chunk_size, progress=bar,
+            model_kwargs=kwargs or None, sketch_dim=monitor.sketch_dim, sketch_seed=monitor.sketch_seed,
+        )  # fmt: skip
+        summaries, gram, sq = shared_stiffness_summaries(
+            call, shard, exchange, pairs, distance_inputs, num_classes=num_classes, class_groups=class_groups,
+            num_distance_bins=monitor.num_distance_bins, distance=monitor.distance,
+            critical_length_method=monitor.critical_length_method,
+            same_class_critical_length=monitor.critical_length_same_class and num_classes is not None,
+        )  # fmt: skip
+    return summaries, SharedJoint(gram, sq)

@@ -27,6 +27,7 @@ from lightning_sensitivity.callbacks.measurement import Measurement
 from lightning_sensitivity.callbacks.progress import progress_factory
 from lightning_sensitivity.functional import measurement_options
 from lightning_sensitivity.functional.finite import nonfinite_examples
+from lightning_sensitivity.functional.gram.distributed import Exchange, ShardMap, local_exchange
 from lightning_sensitivity.functional.model import unwrap_model
 from lightning_sensitivity.logging import find_tensorboard_writer, save_artifact
 from lightning_sensitivity.probes import ProbeSet, draw_probe_set
@@ -139,6 +140,19 @@ class MeasureLoop:
         if lockstep is None:
             return fn(slice(0, n))
         return map_sharded(fn, n, lockstep.world_size, lockstep.rank, lockstep)
+
+    def shard_exchange(self, n: int) -> tuple[ShardMap, Exchange]:
+        """This rank's :class:`~lightning_sensitivity.functional.gram.distributed.ShardMap` of ``n`` examples and the
+        exchange that shares per-example results between the ranks (the functional layer's distributed Gram takes
+        both); in one process ``(ShardMap(n), local_exchange)``. Call it from :meth:`compute` on every rank alike."""
+        lockstep = getattr(self, "_lockstep", None)
+        if lockstep is None:
+            return ShardMap(n), local_exchange
+
+        def exchange(fn: Callable[[Tensor], dict[str, Tensor]], shard: ShardMap) -> dict[str, Tensor]:
+            return self.sharded(fn, shard.num_rows)  # the same shards (`shard_index` is the shard map's)
+
+        return ShardMap(n, lockstep.world_size, lockstep.rank), exchange
 
     def _measure(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, epoch: int, *, fitting: bool, epoch_end: bool = False

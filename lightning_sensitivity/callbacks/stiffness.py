@@ -22,7 +22,7 @@ from lightning_sensitivity._checks import (
     check_names,
     describe,
 )
-from lightning_sensitivity.callbacks._gram import joint_stiffness
+from lightning_sensitivity.callbacks._gram import joint_stiffness, shared_joint_summaries
 from lightning_sensitivity.callbacks._influence import InfluenceMixin
 from lightning_sensitivity.callbacks.base import Measurement, ProbeSplits, SensitivityMonitor
 from lightning_sensitivity.callbacks.progress import ProgressFactory
@@ -290,19 +290,6 @@ class StiffnessMonitor(InfluenceMixin, SensitivityMonitor):
         for s in splits:
             offsets[s] = slice(start, start + len(probes[s]))
             start += len(probes[s])
-        layers: dict[str, Any] = {}
-        if self.per_layer:
-            # One pass gives every layer's block; the full Gram is their sum, so the per-layer view costs little more.
-            layers = per_layer_gram(
-                model, inputs, targets, layer_groups=self.layer_groups, loss_fn=self.loss_fn,
-                chunk_size=self.chunk_size, model_kwargs=kwargs or None,
-            )  # fmt: skip
-            joint = stiffness_from_gram(sum(layers.values()), self_pairs=True)
-            # Each layer's stiffness of the joint set once (every example's own norm is on its diagonal).
-            layers = {name: stiffness_from_gram(block, self_pairs=True) for name, block in layers.items()}
-        else:
-            joint = joint_stiffness(self, model, inputs, targets, kwargs, progress)
-        self._say_engine(model)
         classes = is_class_targets(targets)
         num_classes = None
         if classes:
@@ -314,6 +301,29 @@ class StiffnessMonitor(InfluenceMixin, SensitivityMonitor):
                 f"{type(self).__name__}: the targets are not integer class indices [N] (got {targets.dtype} of shape "
                 f"{tuple(targets.shape)}), so same-/different-class stiffness and the class matrices are not logged.",
             )
+        distance_inputs = inputs if inputs.is_floating_point() else inputs.double()
+        layers: dict[str, Any] = {}
+        shared: dict[str, Any] = {}
+        shard, exchange = self.shard_exchange(inputs.shape[0])
+        if self.per_layer:
+            # One pass gives every layer's block; the full Gram is their sum, so the per-layer view costs little more.
+            layers = per_layer_gram(
+                model, inputs, targets, layer_groups=self.layer_groups, loss_fn=self.loss_fn,
+                chunk_size=self.chunk_size, model_kwargs=kwargs or None,
+            )  # fmt: skip
+            joint = stiffness_from_gram(sum(layers.values()), self_pairs=True)
+            # Each layer's stiffness of the joint set once (every example's own norm is on its diagonal).
+            layers = {name: stiffness_from_gram(block, self_pairs=True) for name, block in layers.items()}
+        elif shard.world_size > 1:
+            # DDP: each rank forms its rows of the Gram and sums the summaries over them; the sums are reduced.
+            shared, joint = shared_joint_summaries(
+                self, model, inputs, targets, kwargs, progress, shard, exchange,
+                {g: tuple(offsets[s] for s in g.split("_")) for g in groups}, distance_inputs, num_classes,
+                self.class_groups if classes else None,
+            )  # fmt: skip
+        else:
+            joint = joint_stiffness(self, model, inputs, targets, kwargs, progress)
+        self._say_engine(model)
         names = self.display_names(num_classes)
         result = Measurement(
             meta={
@@ -327,26 +337,29 @@ class StiffnessMonitor(InfluenceMixin, SensitivityMonitor):
         )
         if self.sketch_dim is not None:
             result.scalars[keys.STIFFNESS_SKETCH_DIM] = float(self.sketch_dim)
-        distance_inputs = inputs if inputs.is_floating_point() else inputs.double()
         # One input-distance matrix of the joint set; each group bins its slice (instead of one per group and kind).
-        distances = pairwise_distance(distance_inputs.cpu(), None, self.distance)
+        distances = None if shared else pairwise_distance(distance_inputs.cpu(), None, self.distance)
         for group in groups:
             rows, cols = (offsets[s] for s in group.split("_"))
             same = rows == cols
-            summary = stiffness_summary(
-                joint.sign[rows, cols],
-                joint.cosine[rows, cols],
-                targets[rows],
-                None if same else targets[cols],
-                inputs_rows=distance_inputs[rows],
-                inputs_cols=None if same else distance_inputs[cols],
-                num_classes=num_classes,
-                class_groups=self.class_groups if classes else None,
-                num_distance_bins=self.num_distance_bins,
-                distance=self.distance,
-                critical_length_method=self.critical_length_method,
-                same_class_critical_length=self.critical_length_same_class and classes,
-                distances=distances[rows, cols],
+            summary = (
+                shared[group]
+                if shared
+                else stiffness_summary(
+                    joint.sign[rows, cols],
+                    joint.cosine[rows, cols],
+                    targets[rows],
+                    None if same else targets[cols],
+                    inputs_rows=distance_inputs[rows],
+                    inputs_cols=None if same else distance_inputs[cols],
+                    num_classes=num_classes,
+                    class_groups=self.class_groups if classes else None,
+                    num_distance_bins=self.num_distance_bins,
+                    distance=self.distance,
+                    critical_length_method=self.critical_length_method,
+                    same_class_critical_length=self.critical_length_same_class and classes,
+                    distances=None if distances is None else distances[rows, cols],
+                )
             )
             arrays = summary.arrays()
             scalars = {

@@ -19,13 +19,13 @@ import pkgutil as _pkgutil
 
 from lightning_sensitivity import keys as _keys
 from lightning_sensitivity.functional.critical_length import critical_length, critical_length_bootstrap
+from lightning_sensitivity.functional.gram.per_layer import per_layer_gram
 from lightning_sensitivity.functional.gram.plan import GramPlan, gram_engine_plan
-from lightning_sensitivity.functional.gram_statistics import gram_statistics
+from lightning_sensitivity.functional.gram.statistics import gram_statistics
 from lightning_sensitivity.functional.influence import InfluenceTopK, influence_top_k, tracin_influence
 from lightning_sensitivity.functional.jacobian import jacobian_norm
 from lightning_sensitivity.functional.jacobian_estimate import jacobian_norm_estimate
 from lightning_sensitivity.functional.model import measurement_options
-from lightning_sensitivity.functional.per_layer import per_layer_gram
 from lightning_sensitivity.functional.predict import predict_logits
 from lightning_sensitivity.functional.sharpness import (
     TopEigenvalue,

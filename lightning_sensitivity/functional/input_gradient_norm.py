@@ -20,22 +20,17 @@ from torch.func import grad, vmap
 
 from lightning_sensitivity import keys
 from lightning_sensitivity._checks import check_choice, check_loss_fn
-from lightning_sensitivity.functional._model import (
+from lightning_sensitivity.functional._chunks import Progress, check_chunk_size, check_progress, chunks, report
+from lightning_sensitivity.functional._inputs import (
     ModelKwargs,
-    Progress,
-    check_chunk_size,
-    check_logits,
-    check_progress,
-    chunks,
     match_model,
-    measurement_context,
     prepare_inputs,
     prepare_model_kwargs,
     prepare_targets,
-    pure_model,
-    report,
     take,
 )
+from lightning_sensitivity.functional._purity import measurement_context, pure_model
+from lightning_sensitivity.functional.model import check_logits
 from lightning_sensitivity.functional.summaries import jacobian_norm_summary
 
 __all__ = ["input_gradient_norm", "input_gradient_norm_summary"]

@@ -40,7 +40,7 @@ from lightning_sensitivity.functional._inputs import (
 )
 from lightning_sensitivity.functional._purity import measurement_context, pure_model
 from lightning_sensitivity.functional._sharding import has_sharded_parameters
-from lightning_sensitivity.functional.gram import gram_and_norms
+from lightning_sensitivity.functional.gram import build_gram_call, gram_and_norms
 from lightning_sensitivity.functional.gram.blocks import split_trainable
 from lightning_sensitivity.functional.model import check_logits
 
@@ -445,9 +445,10 @@ def _fisher_terms(
     num_classes = probs.shape[1]
     for c in range(num_classes):
         labels = torch.full((loss.n,), c, dtype=torch.long, device=loss.y.device)
-        _, sq, _ = gram_and_norms(
-            model, inputs, labels, None, None, F.cross_entropy, chunk_size, None, model_kwargs=model_kwargs
+        call = build_gram_call(
+            model, inputs, labels, loss_fn=F.cross_entropy, chunk_size=chunk_size, model_kwargs=model_kwargs
         )
+        _, sq, _ = gram_and_norms(call)
         out += probs[:, c] * sq.double().to(probs.device)
         report(progress, c + 1, num_classes)
     return out.cpu()

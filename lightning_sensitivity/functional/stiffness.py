@@ -18,7 +18,7 @@ from torch import Tensor, nn
 from lightning_sensitivity._checks import check_int
 from lightning_sensitivity.functional._chunks import Progress
 from lightning_sensitivity.functional._inputs import ModelKwargs
-from lightning_sensitivity.functional.gram import GramMethod, LossFn, gram_and_norms
+from lightning_sensitivity.functional.gram import GramMethod, LossFn, build_gram_call, gram_and_norms
 
 DISTANCES = ("cosine", "euclidean")
 
@@ -106,10 +106,12 @@ def loss_gradient_gram(
         >>> loss_gradient_gram(model, torch.randn(5, 4), torch.randint(0, 3, (5,))).shape
         torch.Size([5, 5])
     """
-    return gram_and_norms(
-        model, inputs, targets, inputs2, targets2, loss_fn, chunk_size, progress, method, model_kwargs, model_kwargs2,
-        sketch_dim=sketch_dim, sketch_seed=sketch_seed,
-    )[0]  # fmt: skip
+    call = build_gram_call(
+        model, inputs, targets, inputs2, targets2, loss_fn=loss_fn, chunk_size=chunk_size, progress=progress,
+        method=method, model_kwargs=model_kwargs, model_kwargs2=model_kwargs2, sketch_dim=sketch_dim,
+        sketch_seed=sketch_seed,
+    )  # fmt: skip
+    return gram_and_norms(call)[0]
 
 
 @dataclass(frozen=True)
@@ -161,10 +163,12 @@ def stiffness(
         >>> s.sign.shape, float(s.sign_mean) <= 1.0
         (torch.Size([6, 6]), True)
     """
-    gram, sq1, sq2 = gram_and_norms(
-        model, inputs, targets, inputs2, targets2, loss_fn, chunk_size, progress, method, model_kwargs, model_kwargs2,
-        sketch_dim=sketch_dim, sketch_seed=sketch_seed,
+    call = build_gram_call(
+        model, inputs, targets, inputs2, targets2, loss_fn=loss_fn, chunk_size=chunk_size, progress=progress,
+        method=method, model_kwargs=model_kwargs, model_kwargs2=model_kwargs2, sketch_dim=sketch_dim,
+        sketch_seed=sketch_seed,
     )  # fmt: skip
+    gram, sq1, sq2 = gram_and_norms(call)
     return stiffness_from_gram(gram, sq1, sq2, self_pairs=inputs2 is None)
 
 

@@ -8,6 +8,7 @@ real 2-process gloo run is ``tests/reliability/test_ddp.py``.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -18,11 +19,18 @@ import torch
 from torch import Tensor, nn
 
 from lightning_sensitivity import JacobianNormMonitor, StiffnessMonitor, TransitionMonitor
-from lightning_sensitivity.callbacks._distributed import Lockstep, PeerFailure, map_sharded, shard_index
+from lightning_sensitivity.callbacks._distributed import (
+    Lockstep,
+    PeerFailure,
+    lockstep_exchange,
+    map_sharded,
+    shard_index,
+)
 from lightning_sensitivity.callbacks.progress import progress_factory
-from lightning_sensitivity.functional import loss_gradient_gram
-from lightning_sensitivity.functional.gram import gram_and_norms
-from lightning_sensitivity.functional.gram.shared import gram_factors, gram_rows
+from lightning_sensitivity.functional import loss_gradient_gram, stiffness, stiffness_summary
+from lightning_sensitivity.functional.gram import build_gram_call, gram_and_norms
+from lightning_sensitivity.functional.gram.distributed import ShardMap, gram_factors, gram_rows
+from lightning_sensitivity.functional.stiffness_rows import shared_stiffness_summaries
 from lightning_sensitivity.probes import ProbeSet
 
 TIMEOUT = 20.0  # s; a healthy exchange takes milliseconds
@@ -172,8 +180,8 @@ def test_row_sharded_gram_equals_the_one_set_gram_and_the_loop():
     model = small_model()
     gen = torch.Generator().manual_seed(1)
     x, y = torch.randn(7, 6, generator=gen, dtype=torch.float64), torch.randint(0, 3, (7,), generator=gen)
-    rows = [gram_and_norms(model, x[shard_index(7, 2, r)], y[shard_index(7, 2, r)], x, y, torch.nn.functional.
-                           cross_entropy, None, None) for r in range(2)]  # fmt: skip
+    call = build_gram_call(model, x, y, loss_fn=torch.nn.functional.cross_entropy)
+    rows = [gram_and_norms(call.against_all(shard_index(7, 2, r))) for r in range(2)]
     sharded = torch.cat([g for g, _, _ in rows])[:7]
     torch.testing.assert_close(sharded, loss_gradient_gram(model, x, y), rtol=1e-10, atol=1e-10)
     torch.testing.assert_close(sharded, oracles.gram_loop(model, x, y), rtol=1e-10, atol=1e-10)
@@ -191,7 +199,8 @@ def test_gram_factors_of_shards_give_the_rows_of_the_one_set_gram(net):
     gen = torch.Generator().manual_seed(2)
     x, y = torch.randn(7, *shape, generator=gen, dtype=torch.float64), torch.randint(0, 3, (7,), generator=gen)
     shards = [shard_index(7, 2, r) for r in range(2)]
-    parts = [gram_factors(model, x[i], y[i], reference_rows=7) for i in shards]
+    call = build_gram_call(model, x, y, loss_fn=torch.nn.functional.cross_entropy)
+    parts = [gram_factors(call.against_all(i), reference_rows=7) for i in shards]
     factors = {k: torch.cat([p[k] for p in parts])[:7] for k in parts[0]}
     rows = [gram_rows(factors, i) for i in shards]
     gram, sq = torch.cat([g for g, _ in rows])[:7], torch.cat([s for _, s in rows])[:7]
@@ -237,12 +246,14 @@ def test_every_monitor_computes_the_single_process_values_from_shards(world_size
                                            atol=1e-6, equal_nan=True, msg=key)  # fmt: skip
     # One agreement per sharded call plus one gather per dtype of its results (packed, however many tensors):
     # jacobian: 2 splits x (1 + 1, all float); transitions: 2 splits x (1 + 1, 5 int64 count tensors); stiffness: by
-    # Gram rows (1 + 1) with `chunk_size`, else factors (1 + 1, a dozen float tensors) and rows (1 + 1)
+    # Gram rows' norms (1 + 1) with `chunk_size`, else factors (1 + 1, a dozen float tensors), then the summaries'
+    # row sums with the Gram rows (1 + 1, all as float64)
     joint_x = torch.cat([data["train"].inputs, data["val"].inputs])
     joint_y = torch.cat([data["train"].targets, data["val"].targets])
-    factors = gram_factors(model, joint_x, joint_y, reference_rows=17)
+    call = build_gram_call(model, joint_x, joint_y, loss_fn=torch.nn.functional.cross_entropy)
+    factors = gram_factors(call, reference_rows=17)
     assert len(factors) > 2 and {t.dtype for t in factors.values()} == {torch.float32}
-    assert calls == [4 + 4 + (2 if chunk_size else 4)] * world_size
+    assert calls == [4 + 4 + 4] * world_size
 
 
 @pytest.mark.parametrize("chunk_size", [None, 4])
@@ -303,5 +314,58 @@ def test_a_model_outside_the_layerwise_engine_falls_back_on_every_rank_alike():
         assert not isinstance(got, BaseException), got
         for key, value in expected.scalars.items():
             assert got.scalars[key] == pytest.approx(value, rel=1e-6, abs=1e-6, nan_ok=True), key
-    # factors (agreement: every rank's LayerwiseUnsupported is shared there), then rows by the two-set Gram (1 + 1)
-    assert calls == [1 + 2] * 2
+    # factors (agreement: every rank's LayerwiseUnsupported is shared there), then the norms of the rows by the
+    # two-set Gram (1 + 1), then the summaries' row sums (1 + 1)
+    assert calls == [1 + 2 + 2] * 2
+
+
+@pytest.mark.parametrize("world_size", [2, 3])
+@pytest.mark.parametrize("distance", ["cosine", "euclidean"])
+@pytest.mark.parametrize("targets", ["classes", "regression"])
+def test_summaries_summed_by_rows_equal_the_single_process_summaries(world_size, distance, targets):
+    # Every field of every pair group's summary from each rank's own rows, summed over the ranks, against
+    # `stiffness_summary` of the whole float64 Gram's stiffness in one process; the whole Gram is on every rank too.
+    model = small_model()
+    gen = torch.Generator().manual_seed(3)
+    x = torch.randn(17, 6, generator=gen, dtype=torch.float64)
+    if targets == "classes":
+        y, loss_fn, num_classes, groups = torch.arange(17) % 3, torch.nn.functional.cross_entropy, 3, [0, 0, 1]
+    else:
+        y, loss_fn, num_classes, groups = torch.randn(17, 3, generator=gen, dtype=torch.float64), mse, None, None
+    pairs = {"train_train": (slice(0, 8), slice(0, 8)), "train_val": (slice(0, 8), slice(8, 17)),
+             "val_val": (slice(8, 17), slice(8, 17))}  # fmt: skip
+    options = {"num_classes": num_classes, "class_groups": groups, "num_distance_bins": 5, "distance": distance,
+               "critical_length_method": "first_crossing",
+               "same_class_critical_length": num_classes is not None}  # fmt: skip
+    whole = stiffness(model, x, y, loss_fn=loss_fn)
+    expected = {}
+    for g, (r, c) in pairs.items():
+        same = r == c
+        expected[g] = stiffness_summary(whole.sign[r, c], whole.cosine[r, c], y[r], None if same else y[c],
+                                        inputs_rows=x[r], inputs_cols=None if same else x[c], **options)  # fmt: skip
+    call = build_gram_call(model, x, y, loss_fn=loss_fn)
+
+    def body(lockstep: Lockstep, rank: int) -> Any:
+        shard = ShardMap(17, world_size, rank)
+        return shared_stiffness_summaries(call, shard, lockstep_exchange(lockstep), pairs, x, **options)
+
+    results, _ = run_ranks(world_size, body)
+    for got in results:
+        assert not isinstance(got, BaseException), got
+        summaries, gram, sq = got
+        torch.testing.assert_close(gram, whole.gram, rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(sq, whole.gram.diagonal(), rtol=1e-12, atol=1e-12)
+        for g, want in expected.items():
+            for field in dataclasses.fields(want):
+                a, b = getattr(summaries[g], field.name), getattr(want, field.name)
+                if isinstance(b, Tensor):
+                    assert a.dtype == b.dtype, (g, field.name)
+                    torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12, equal_nan=True, msg=(g, field.name))
+                elif isinstance(b, float):
+                    assert a == pytest.approx(b, rel=1e-12, abs=1e-12, nan_ok=True), (g, field.name)
+                else:
+                    assert a == b, (g, field.name)
+
+
+def mse(logits: Tensor, targets: Tensor) -> Tensor:
+    return torch.nn.functional.mse_loss(logits, targets)

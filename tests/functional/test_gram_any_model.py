@@ -16,7 +16,8 @@ from oracles import gram_loop
 from torch import nn
 
 from lightning_sensitivity.functional import gram_engine_plan, loss_gradient_gram, per_layer_gram
-from lightning_sensitivity.functional.gram import capture, per_example
+from lightning_sensitivity.functional.gram import layerwise_factors as capture
+from lightning_sensitivity.functional.gram import per_example
 
 CLASSES = 3
 

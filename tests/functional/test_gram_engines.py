@@ -11,7 +11,7 @@ from oracles import gram_loop
 from torch import nn
 
 from lightning_sensitivity.functional import loss_gradient_gram, stiffness
-from lightning_sensitivity.functional.gram import capture as _layer_gram
+from lightning_sensitivity.functional.gram import layerwise_factors as _layer_gram
 
 
 def _data(shape, n, classes=4, seed=0):

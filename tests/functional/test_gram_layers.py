@@ -11,7 +11,7 @@ from oracles import gram_loop
 from torch import nn
 
 from lightning_sensitivity.functional import gram_engine_plan, loss_gradient_gram, per_layer_gram
-from lightning_sensitivity.functional.gram import capture
+from lightning_sensitivity.functional.gram import layerwise_factors as capture
 
 CLASSES = 3
 

@@ -79,7 +79,7 @@ def main(out: Path, port: str) -> None:
     # A self-check failing on one rank's data only: that rank must still run every forward the other runs (they
     # are FSDP's collectives) before it raises, or the next collective would pair mismatched calls.
     from lightning_sensitivity.functional.gram import layerwise
-    from lightning_sensitivity.functional.gram.recognition import LayerwiseUnsupported
+    from lightning_sensitivity.functional.gram.recognised_ops import LayerwiseUnsupported
 
     model, x, _ = models()["mlp"]
     for sub in model:

@@ -30,7 +30,7 @@ from typing import Any
 
 from torch import Tensor, nn
 
-from lightning_sensitivity.functional._model import Progress, chunks, report
+from lightning_sensitivity.functional._chunks import Progress, chunks, report
 
 __all__ = ["LossFn", "blockwise_gram", "layout", "nbytes", "split_trainable", "tensor_map"]
 

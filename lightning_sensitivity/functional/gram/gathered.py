@@ -15,8 +15,9 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from lightning_sensitivity.functional._model import is_dtensor, state_slots
-from lightning_sensitivity.functional.gram.recognition import LayerwiseUnsupported
+from lightning_sensitivity.functional._purity import state_slots
+from lightning_sensitivity.functional._sharding import is_dtensor
+from lightning_sensitivity.functional.gram.recognised_ops import LayerwiseUnsupported
 
 __all__ = ["GatheredParameters"]
 

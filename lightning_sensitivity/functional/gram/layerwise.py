@@ -1,7 +1,7 @@
 """The layerwise engine: per-layer Gram factors from one batched pass per chunk, checked against explicit gradients.
 
-The factors come from :mod:`~lightning_sensitivity.functional.gram.capture`; this module assembles them into Gram
-blocks and, once per model structure, verifies them against ``torch.autograd`` gradients of two examples.
+The factors come from :mod:`~lightning_sensitivity.functional.gram.layerwise_factors`; this module assembles them
+into Gram blocks and, once per model structure, verifies them against ``torch.autograd`` gradients of two examples.
 """
 
 from __future__ import annotations
@@ -12,37 +12,23 @@ import weakref
 import torch
 from torch import Tensor, nn
 
-from lightning_sensitivity.functional._model import Progress, as_function, check_logits, has_sharded_parameters, take
-from lightning_sensitivity.functional.gram import capture as lg
-from lightning_sensitivity.functional.gram.blocks import LossFn, blockwise_gram, layout, split_trainable
+from lightning_sensitivity.functional._inputs import take
+from lightning_sensitivity.functional._purity import as_function
+from lightning_sensitivity.functional.gram import layerwise_factors as lg
+from lightning_sensitivity.functional.gram.blocks import blockwise_gram, layout
+from lightning_sensitivity.functional.gram.call import GramCall
 from lightning_sensitivity.functional.gram.gathered import GatheredParameters
 from lightning_sensitivity.functional.gram.plan import structure_key
-from lightning_sensitivity.functional.gram.recognition import LayerwiseUnsupported
+from lightning_sensitivity.functional.gram.recognised_ops import LayerwiseUnsupported
+from lightning_sensitivity.functional.model import check_logits
 
 
-def layerwise_gram(
-    model: nn.Module,
-    params: dict[str, Tensor],
-    buffers: dict[str, Tensor],
-    x1: Tensor,
-    y1: Tensor,
-    x2: Tensor | None,
-    y2: Tensor | None,
-    loss_fn: LossFn,
-    chunk_size: int | None,
-    progress: Progress | None,
-    *,
-    kwargs1: dict[str, Tensor] | None = None,
-    kwargs2: dict[str, Tensor] | None = None,
-    explicit: dict[str, str] | None = None,
-    sketch=None,
-) -> tuple[Tensor, Tensor, Tensor]:
-    """Blockwise Gram from per-layer factors of one batched pass per chunk (see :mod:`.capture`).
+def layerwise_gram(call: GramCall, *, explicit: dict[str, str] | None = None) -> tuple[Tensor, Tensor, Tensor]:
+    """Blockwise Gram of ``call`` from per-layer factors of one batched pass per chunk (see :mod:`.layerwise_factors`).
 
-    ``kwargs1``/``kwargs2`` are the per-example keyword inputs of the two sets, sliced with the inputs. ``explicit``
-    (``{parameter: reason}``) names parameters served by explicit per-example gradients from the start; it is updated
-    with every parameter the capture does not recognise. ``sketch`` (a :class:`~.sketch.GradientSketch`) estimates
-    the Gram from sketched gradients instead.
+    ``explicit`` (``{parameter: reason}``) names parameters served by explicit per-example gradients from the start;
+    it is updated with every parameter the capture does not recognise. With ``call.sketch_dim`` the Gram is
+    estimated from sketched gradients instead (:mod:`.sketch`).
 
     Before any block is assembled, the first chunk's factors are checked against explicit gradients of two of its
     examples (``vmap(grad)``): a model that mixes examples in its forward pass, keeps the batch on another
@@ -51,33 +37,22 @@ def layerwise_gram(
     Raises:
         LayerwiseUnsupported: an unsupported use of a trainable parameter, or a failed check.
     """
-    trainable, frozen = split_trainable(params, model)
-    sets = ((x1, y1, kwargs1 or {}), (x2, y2, kwargs2 or {}))
+    sketch = call.sketch()
     # Sketched, each example's pieces are projected on their own (no N x N products): the factors are kept where
     # they are about as small as the explicit gradient, as for one row (projecting factors costs T k (p + q), an
     # explicit gradient T p q + k p q).
-    features = CheckedFeatures(
-        model, trainable, frozen, buffers, sets, loss_fn, chunk_size, explicit,
-        reference_rows=None if sketch is None else 1,
-    )  # fmt: skip
+    features = CheckedFeatures(call, explicit, reference_rows=None if sketch is None else 1)
     out = blockwise_gram(
-        features,
-        lg.cross,
-        lg.squared_norms,
-        x1.shape[0],
-        None if x2 is None else x2.shape[0],
-        chunk_size,
-        progress,
+        features, lg.cross, lg.squared_norms, len(call.rows), call.num_cols, call.chunk_size, call.progress,
         sketch=sketch,
-    )
+    )  # fmt: skip
     features.finish()
     return out
 
 
 class CheckedFeatures:
-    """``features(s, piece)``: the layerwise factors of examples ``piece`` of set ``s`` (0 = rows, 1 = columns) of
-    ``sets = ((x1, y1, kwargs1), (x2, y2, kwargs2))``, the first chunk's checked against explicit gradients
-    (:func:`verify`).
+    """``features(s, piece)``: the layerwise factors of examples ``piece`` of set ``s`` of a :class:`~.call.GramCall`
+    (0 = ``call.rows``, 1 = ``call.cols``), the first chunk's checked against explicit gradients (:func:`verify`).
 
     A failed check raises at once, except for a sharded model: every rank must run the same forwards (they are
     collectives), so the failure is kept and raised by :meth:`finish`, which the caller calls once it has computed
@@ -85,16 +60,16 @@ class CheckedFeatures:
     """
 
     def __init__(
-        self, model, trainable, frozen, buffers, sets, loss_fn, chunk_size, explicit=None, reference_rows=None
+        self, call: GramCall, explicit: dict[str, str] | None = None, reference_rows: int | None = None
     ) -> None:
-        (x1, _, _), (x2, _, _) = sets
         # Every chunk's features are kept and the Gram formed from all of them (``blockwise_gram``): the factor or
         # explicit choice is the unchunked call's, whatever the chunk size, so that chunking costs no extra work.
-        self.reference_rows = reference_rows or max(x1.shape[0], 0 if x2 is None else x2.shape[0])
+        self.reference_rows = reference_rows or max(len(call.rows), call.num_cols or 0)
+        self.call = call
         self.layout = None
         self.choices: dict = {}  # content-dependent factor/explicit choices, made by the first chunk for all
-        self.model, self.trainable, self.frozen, self.buffers = model, trainable, frozen, buffers
-        self.sets, self.loss_fn = sets, loss_fn
+        self.model, self.trainable, self.frozen, self.buffers = call.model, call.trainable, call.frozen, call.buffers
+        self.sets, self.loss_fn = call.sets, call.loss_fn
         self.checked = False
         self.failure: LayerwiseUnsupported | None = None
         # Parameters served by explicit per-example gradients, with the reason: the same for every chunk.
@@ -107,7 +82,7 @@ class CheckedFeatures:
         info: dict = {}
         feats = lg.layer_features(
             model, trainable, frozen, buffers, x[piece], y[piece], self.loss_fn, self.reference_rows, model_kwargs=kw,
-            explicit=self.explicit, info=info, choices=self.choices,
+            explicit=self.explicit, info=info, choices=self.choices, sharded=self.call.sharded,
         )  # fmt: skip
         if self.layout is None:
             self.layout = layout(feats)
@@ -119,9 +94,10 @@ class CheckedFeatures:
             # data: its check is not remembered.
             again = info.get("host_read") is not None
             self.failure = verify(
-                model, trainable, frozen, buffers, x[piece], y[piece], kw, self.loss_fn, feats, remember=not again
-            )
-            if not has_sharded_parameters(model):
+                model, trainable, frozen, buffers, x[piece], y[piece], kw, self.loss_fn, feats, remember=not again,
+                sharded=self.call.sharded,
+            )  # fmt: skip
+            if not self.call.sharded:
                 self.finish()
         return feats
 
@@ -132,19 +108,30 @@ class CheckedFeatures:
 
 
 def verify(
-    model, trainable, frozen, buffers, x, y, kwargs, loss_fn, feats: lg.Features, remember: bool = True
+    model,
+    trainable,
+    frozen,
+    buffers,
+    x,
+    y,
+    kwargs,
+    loss_fn,
+    feats: lg.Features,
+    remember: bool = True,
+    *,
+    sharded: bool,
 ) -> LayerwiseUnsupported | None:
     """Check a chunk's factors against explicit gradients of two of its examples; the failure, or None.
 
     Once per model structure (:data:`_VERIFIED`), except for a sharded model, which is checked at every call: the
-    check's forwards are collectives, and every rank must run them whatever another rank's cache holds."""
-    sharded = has_sharded_parameters(model)
+    check's forwards are collectives, and every rank must run them whatever another rank's cache holds (``sharded``:
+    :attr:`~.call.GramCall.sharded`)."""
     key = structure_key(trainable, x, y, kwargs, loss_fn)
     verified = _VERIFIED.setdefault(model, set())
     if not sharded and remember and key in verified:
         return None
     try:
-        judged = _check_against_explicit(model, trainable, frozen, buffers, x, y, kwargs, loss_fn, feats)
+        judged = _check_against_explicit(model, trainable, frozen, buffers, x, y, kwargs, loss_fn, feats, sharded)
     except LayerwiseUnsupported as err:
         return err
     if not sharded and remember and judged:
@@ -157,11 +144,13 @@ def verify(
 _VERIFIED: weakref.WeakKeyDictionary[nn.Module, set] = weakref.WeakKeyDictionary()
 
 
-def _check_against_explicit(model, trainable, frozen, buffers, x, y, kwargs, loss_fn, feats: lg.Features) -> bool:
+def _check_against_explicit(
+    model, trainable, frozen, buffers, x, y, kwargs, loss_fn, feats: lg.Features, sharded: bool
+) -> bool:
     """Raise when the factors disagree with explicit gradients; False when the reference is not finite (a diverged
     model: nothing can be judged, and the check is not remembered), else True."""
     index = torch.tensor(sorted({0, x.shape[0] - 1}), device=x.device)
-    explicit = _explicit_gradients(model, trainable, frozen, buffers, x, y, kwargs, loss_fn, index.tolist())
+    explicit = _explicit_gradients(model, trainable, frozen, buffers, x, y, kwargs, loss_fn, index.tolist(), sharded)
     if not bool(torch.isfinite(explicit).all()):
         return False
     # The reference in float64: over millions of parameters a float32 product is itself off by ~1e-3 of
@@ -182,11 +171,12 @@ def _check_against_explicit(model, trainable, frozen, buffers, x, y, kwargs, los
     return True
 
 
-def _explicit_gradients(model, trainable, frozen, buffers, x, y, kwargs, loss_fn, index: list[int]) -> Tensor:
+def _explicit_gradients(
+    model, trainable, frozen, buffers, x, y, kwargs, loss_fn, index: list[int], sharded: bool
+) -> Tensor:
     """``[len(index), P]`` gradients of the examples at ``index``, by plain autograd on batches of one (far less
     overhead than vmap for two examples). A sharded model (FSDP2) runs its own forward, and the gradients are taken
     with respect to the whole tensors it gathered (:class:`~.gathered.GatheredParameters`), never into ``.grad``."""
-    sharded = has_sharded_parameters(model)
     leaves = {} if sharded else {k: v.detach().requires_grad_(True) for k, v in trainable.items()}
     f = as_function(model)
     rows: list[dict[str, Tensor]] = []

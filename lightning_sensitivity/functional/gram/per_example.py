@@ -7,9 +7,12 @@ import torch
 from torch import Tensor, nn
 from torch.func import grad, vmap
 
-from lightning_sensitivity.functional._model import Progress, as_function, check_logits, take
+from lightning_sensitivity.functional._inputs import take
+from lightning_sensitivity.functional._purity import as_function
 from lightning_sensitivity.functional.gram import plan as plans
-from lightning_sensitivity.functional.gram.blocks import LossFn, blockwise_gram, split_trainable
+from lightning_sensitivity.functional.gram.blocks import LossFn, blockwise_gram
+from lightning_sensitivity.functional.gram.call import GramCall
+from lightning_sensitivity.functional.model import check_logits
 
 
 def per_example_gradients(
@@ -89,42 +92,27 @@ def _loop_gradients(model, trainable, frozen, buffers, x, y, loss_fn, kwargs, na
     return {k: torch.stack([row[j] for row in rows]).flatten(1) for j, k in enumerate(leaves)}
 
 
-def per_example_gram(
-    model: nn.Module,
-    params: dict[str, Tensor],
-    buffers: dict[str, Tensor],
-    x1: Tensor,
-    y1: Tensor,
-    x2: Tensor | None,
-    y2: Tensor | None,
-    loss_fn: LossFn,
-    chunk_size: int | None,
-    progress: Progress | None,
-    *,
-    kwargs1: dict[str, Tensor] | None = None,
-    kwargs2: dict[str, Tensor] | None = None,
-    sketch=None,
-) -> tuple[Tensor, Tensor, Tensor]:
-    """Blockwise Gram from explicit per-example gradients (``vmap`` over ``grad``, else a per-example autograd
-    loop): works for any model torch can differentiate.
+def per_example_gram(call: GramCall) -> tuple[Tensor, Tensor, Tensor]:
+    """Blockwise Gram of ``call`` from explicit per-example gradients (``vmap`` over ``grad``, else a per-example
+    autograd loop): works for any model torch can differentiate.
 
-    ``kwargs1``/``kwargs2`` are the per-example keyword inputs of the two sets (values ``[N, ...]``/``[M, ...]``);
-    ``sketch`` (a :class:`~.sketch.GradientSketch`) keeps sketched gradients instead. Each chunk's gradients are
-    computed once and kept (``[N, P]``, or ``[N, k]`` sketched): the chunk bounds the ``vmap`` pass, not the result."""
-    trainable, frozen = split_trainable(params, model)
-    sets = ((x1, y1, kwargs1 or {}), (x2, y2, kwargs2 or {}))
+    Each chunk's gradients are computed once and kept (``[N, P]``, or ``[N, k]`` sketched with ``call.sketch_dim``):
+    the chunk bounds the ``vmap`` pass, not the result."""
+    sets = call.sets
 
     def features(s: int, piece: slice) -> Tensor:
         x, y, kw = sets[s]
-        return per_example_gradients(model, trainable, frozen, buffers, x[piece], y[piece], loss_fn, take(kw, piece))
+        return per_example_gradients(
+            call.model, call.trainable, call.frozen, call.buffers, x[piece], y[piece], call.loss_fn, take(kw, piece)
+        )
 
     return blockwise_gram(
         features,
         lambda a, b: a @ b.T,
         lambda g: g.pow(2).sum(dim=1),
-        x1.shape[0],
-        None if x2 is None else x2.shape[0],
-        chunk_size,
-        progress,
-        sketch=sketch,
+        len(call.rows),
+        call.num_cols,
+        call.chunk_size,
+        call.progress,
+        sketch=call.sketch(),
     )

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 from torch import Tensor, nn
 
-from lightning_sensitivity.functional._model import unwrap_model
+from lightning_sensitivity.functional.model import unwrap_model
 
 __all__ = ["GramPlan", "gram_engine_plan"]
 

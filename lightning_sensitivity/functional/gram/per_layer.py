@@ -2,7 +2,7 @@
 
 A layer's block uses only the gradient entries of its parameters, so the blocks sum exactly to
 :func:`~lightning_sensitivity.functional.loss_gradient_gram`. The layerwise engine forms its factors per parameter
-anyway (:mod:`.gram.capture`); here they are summed per layer instead of over the whole model. A model that engine
+anyway (:mod:`.layerwise_factors`); here they are summed per layer instead of over the whole model. A model that engine
 does not cover falls back to explicit per-example gradients, split by parameter.
 """
 
@@ -13,16 +13,11 @@ from collections.abc import Mapping, Sequence
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lightning_sensitivity.functional._model import ModelKwargs, chunks, measurement_context, take
-from lightning_sensitivity.functional.gram import (
-    GramMethod,
-    LossFn,
-    prepare_gram_call,
-    run_engines,
-)
-from lightning_sensitivity.functional.gram import capture as lg
-from lightning_sensitivity.functional.gram import plan as plans
-from lightning_sensitivity.functional.gram.blocks import split_trainable
+from lightning_sensitivity.functional._chunks import chunks
+from lightning_sensitivity.functional._inputs import ModelKwargs, take
+from lightning_sensitivity.functional._purity import measurement_context
+from lightning_sensitivity.functional.gram import GramMethod, LossFn, build_gram_call, run_engines
+from lightning_sensitivity.functional.gram import layerwise_factors as lg
 from lightning_sensitivity.functional.gram.layerwise import CheckedFeatures
 from lightning_sensitivity.functional.gram.per_example import per_example_gradients
 
@@ -67,27 +62,25 @@ def per_layer_gram(
         >>> torch.allclose(sum(blocks.values()), loss_gradient_gram(model, x, y), atol=1e-5)
         True
     """
-    module, args, kw1, kw2 = prepare_gram_call(
-        model, inputs, targets, inputs2, targets2, loss_fn, chunk_size, None, method, model_kwargs, model_kwargs2
-    )
+    call = build_gram_call(
+        model, inputs, targets, inputs2, targets2, loss_fn=loss_fn, chunk_size=chunk_size, method=method,
+        model_kwargs=model_kwargs, model_kwargs2=model_kwargs2,
+    )  # fmt: skip
+    module, sets = call.model, call.sets
     groups, layers = _groups(module, layer_groups)
-    _, params, buffers, x1, y1, x2, y2 = args[:7]
-    trainable, frozen = split_trainable(params, module)
-    sets = ((x1, y1, kw1 or {}), (x2, y2, kw2 or {}))
-    sizes = [(name, t.numel()) for name, t in trainable.items()]
+    sizes = [(name, t.numel()) for name, t in call.trainable.items()]
 
     def layerwise(explicit: dict[str, str]) -> dict[str, Tensor]:
-        features = CheckedFeatures(module, trainable, frozen, buffers, sets, loss_fn, chunk_size, explicit)
+        features = CheckedFeatures(call, explicit)
         blocks = _assemble(features, lg.cross_by_name, groups, layers, sets, chunk_size)
         features.finish()
         return blocks
 
     def per_example() -> dict[str, Tensor]:
-
         def explicit(s: int, piece: slice) -> dict[str, Tensor]:
             x, y, kw = sets[s]
             flat = per_example_gradients(
-                module, trainable, frozen, buffers, x[piece], y[piece], loss_fn, take(kw, piece)
+                module, call.trainable, call.frozen, call.buffers, x[piece], y[piece], loss_fn, take(kw, piece)
             )
             return dict(zip([n for n, _ in sizes], flat.split([k for _, k in sizes], dim=1), strict=False))
 
@@ -96,9 +89,8 @@ def per_layer_gram(
 
         return _assemble(explicit, explicit_cross, groups, layers, sets, chunk_size)
 
-    key = plans.structure_key(trainable, x1, y1, kw1 or {}, loss_fn)
     with measurement_context(module):
-        return run_engines(module, method, key, layerwise, per_example)
+        return run_engines(call, layerwise, per_example)
 
 
 def _assemble(

@@ -1,4 +1,4 @@
-"""Layerwise Gram engine: ``g_i . g_j`` from one batched forward and backward pass, without per-example gradients.
+"""Layerwise Gram factors: ``g_i . g_j`` from one batched forward and backward pass, without per-example gradients.
 
 For a layer ``out = W a + b`` the per-example gradient is ``g_i(W) = sum_t delta_it a_it^T`` (``t`` runs over the
 positions that share the weight: sequence positions of a linear layer, output pixels of a convolution), so
@@ -11,7 +11,7 @@ both come out of a single batched pass on the *summed* per-example loss because,
 interact. Per call the engine picks the cheaper of that identity and the explicit per-example gradient (e.g.
 ``unfold`` for a convolution with many output pixels); affine normalisation layers have small explicit gradients.
 
-Which ops are recognised, and what each records, is :mod:`.recognition`. A parameter used anywhere else costs only
+Which ops are recognised, and what each records, is :mod:`.recognised_ops`. A parameter used anywhere else costs only
 itself: its per-example gradients are computed explicitly (``vmap(grad)`` over a function of that parameter alone,
 else an autograd loop over examples) and enter the Gram beside the factors of every other parameter.
 """
@@ -26,10 +26,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import vmap
 
-from lightning_sensitivity.functional._model import as_function, check_logits, has_sharded_parameters
+from lightning_sensitivity.functional._purity import as_function
 from lightning_sensitivity.functional.gram.blocks import LossFn
 from lightning_sensitivity.functional.gram.gathered import GatheredParameters
-from lightning_sensitivity.functional.gram.recognition import Call, Capture, LayerwiseUnsupported
+from lightning_sensitivity.functional.gram.recognised_ops import Call, Capture, LayerwiseUnsupported
+from lightning_sensitivity.functional.model import check_logits
 
 __all__ = ["Features", "LayerwiseUnsupported", "cross", "cross_by_name", "layer_features", "select", "squared_norms"]
 
@@ -79,6 +80,8 @@ def layer_features(
     explicit: dict[str, str] | None = None,
     info: dict | None = None,
     choices: dict | None = None,
+    *,
+    sharded: bool,
 ) -> Features:
     """One batched forward and backward pass over a chunk, turned into Gram factors per trainable parameter.
 
@@ -93,6 +96,9 @@ def layer_features(
     (:func:`~.per_example.subset_gradients`), however else it is used; a tensor derived from parameters alone is
     consumed like a parameter and its explicit gradients are pulled back to them.
 
+    ``sharded`` (:attr:`~.call.GramCall.sharded`, decided once per call): the model's parameters are sharded by
+    FSDP2, so it is run as it is and the whole tensors it gathers are named as each module is entered.
+
     ``info``, when given, receives ``"host_read"``: the first op that read batch values into Python (``.item()``,
     ``if tensor:``), whose path may depend on the data, or None.
 
@@ -104,7 +110,7 @@ def layer_features(
 
     explicit = {} if explicit is None else explicit
     n = x.shape[0]
-    if has_sharded_parameters(model):
+    if sharded:
         # FSDP2: the model gathers its parameters itself; they are named as each module is entered.
         gathered = GatheredParameters(model, set(trainable))
         capture = Capture({}, n, names=gathered.names)
@@ -130,7 +136,7 @@ def layer_features(
                         )
     for name, reason in capture.unrecognised.items():
         explicit.setdefault(name, reason)
-    if explicit and has_sharded_parameters(model):
+    if explicit and sharded:
         name, reason = next(iter(explicit.items()))
         raise LayerwiseUnsupported(f"trainable parameter {name!r} is {reason}")
 

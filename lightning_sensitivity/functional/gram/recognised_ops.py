@@ -15,8 +15,8 @@ with the reason, and the forward goes on: the caller gives it explicit per-examp
 :class:`LayerwiseUnsupported` (the examples interact).
 
 Each recognised call adds a zero to its output and records a :class:`Call`: the op's input (or what its parameter
-gradient needs) and that zero, whose gradient is the output gradient ``delta``; :mod:`.capture` turns the pair into
-Gram factors.
+gradient needs) and that zero, whose gradient is the output gradient ``delta``; :mod:`.layerwise_factors` turns the
+pair into Gram factors.
 """
 
 from __future__ import annotations
