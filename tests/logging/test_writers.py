@@ -192,7 +192,7 @@ def test_no_network_settings_hold():
 def test_fit_with_tensorboard_wandb_mlflow_and_csv(tmp_path, monkeypatch):
     """A real fit with four loggers at once: every image logger gets the images, CSV the scalars."""
     import lightning.pytorch as pl
-    from callbacks._tiny import TinyData, TinyModule, read_events
+    from helpers import Classifier, TinyData, read_events
     from lightning.pytorch.loggers import CSVLogger, MLFlowLogger, TensorBoardLogger, WandbLogger
 
     from lightning_sensitivity import JacobianNormMonitor, StiffnessMonitor
@@ -217,7 +217,7 @@ def test_fit_with_tensorboard_wandb_mlflow_and_csv(tmp_path, monkeypatch):
         enable_checkpointing=False,
     )
     try:
-        trainer.fit(TinyModule(), datamodule=TinyData(n_train=100, n_val=50))
+        trainer.fit(Classifier(), datamodule=TinyData(n_train=100, n_val=50))
     finally:
         wb.experiment.finish()
     assert [m._warned for m in monitors] == [set(), set()]  # no output (or other) failure was reported

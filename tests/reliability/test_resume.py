@@ -17,11 +17,12 @@ import lightning.pytorch as pl
 import numpy as np
 import pytest
 import torch
+from helpers import ReliableData, ReliableModule
 from lightning.pytorch.callbacks import ModelCheckpoint
 from torch.utils.data import DataLoader, Sampler
 
 from lightning_sensitivity.logging import load_artifacts
-from reliability._helpers import ReliableData, ReliableModule, all_monitors, bitwise_equal, make_trainer, report_figure
+from reliability._helpers import all_monitors, bitwise_equal, make_trainer, report_figure
 
 pytestmark = pytest.mark.slow
 
