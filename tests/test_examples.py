@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import subprocess
 import sys
@@ -10,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from helpers import SHARED_DATA
+from helpers import SHARED_DATA, load_module
 from models._synthetic import write_cifar10, write_cifar100
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -90,9 +89,7 @@ def test_quickstart_cifar100_cnn_superclasses(tmp_path):
 
 def test_quickstart_missing_data_explains(tmp_path):
     # in-process: the error comes before any training, a subprocess would only add an import of Lightning
-    spec = importlib.util.spec_from_file_location("quickstart_example", EXAMPLES / "quickstart.py")
-    quickstart = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(quickstart)
+    quickstart = load_module(EXAMPLES / "quickstart.py", "quickstart_example")
     with pytest.raises(FileNotFoundError, match="download=True"):
         quickstart.main(["--fast", "--dataset", "mnist", "--data-dir", str(tmp_path / "x"), "--log-dir", str(tmp_path)])
 
@@ -139,9 +136,7 @@ def test_custom_quantity(tmp_path):
 
     from lightning_sensitivity.logging import load_artifacts
 
-    spec = importlib.util.spec_from_file_location("custom_quantity_example", EXAMPLES / "custom_quantity.py")
-    example = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(example)
+    example = load_module(EXAMPLES / "custom_quantity.py", "custom_quantity_example")
     trainer = example.main(["--fast", "--log-dir", str(tmp_path)])
     expected = {f"sensitivity/logit_margin/{split}/{stat}" for split in ("val", "train") for stat in ("mean", "p10")}
     found = tags(tmp_path / "lightning_logs")
@@ -185,9 +180,7 @@ def test_text_classifier_example_measures_jacobians_with_respect_to_embeddings(t
             picks = torch.randint(0, len(words), (length,), generator=gen).tolist()
             label = "fresh" if sum(p < 3 for p in picks) >= sum(3 <= p < 6 for p in picks) else "rotten"
             writer.writerow([label, " ".join(words[p] for p in picks) + f" r{i}"])
-    spec = importlib.util.spec_from_file_location("text_example", EXAMPLES / "text_classifier.py")
-    example = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(example)
+    example = load_module(EXAMPLES / "text_classifier.py", "text_example")
     trainer = example.main(["--fast", "--csv", str(tmp_path / "tiny.csv"), "--log-dir", str(tmp_path)])
     found = {t for t in tags(tmp_path / "lightning_logs")["scalars"] if t.startswith("sensitivity/")}
     for quantity in ("jacobian_norm", "transitions", "stiffness"):
