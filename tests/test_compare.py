@@ -32,7 +32,7 @@ GAP = "generalization_gap/acc"
 
 
 def rows_of(x, y, xk="a", yk="b"):
-    return [{xk: a, yk: b} for a, b in zip(x, y)]
+    return [{xk: a, yk: b} for a, b in zip(x, y, strict=True)]
 
 
 # ------------------------------------------------------------------ statistics
@@ -296,7 +296,7 @@ def read_csv(path: Path) -> list[dict[str, str]]:
 def check_outputs(page_path: Path, rows: list[dict], plots: int) -> Page:
     table = read_csv(page_path.with_name("compare.csv"))
     assert len(table) == len(rows)
-    for cells, row in zip(table, rows):
+    for cells, row in zip(table, rows, strict=True):
         assert list(cells) == list(row)
         for key, value in row.items():
             if isinstance(value, float):
@@ -434,7 +434,7 @@ def test_real_sweep_end_to_end(tmp_path):
     rows = compare_runs(tmp_path / "sweep")
     assert [r["run"] for r in rows] == [d.relative_to(tmp_path / "sweep").as_posix() for d in log_dirs]
     assert [r["hparams/lr"] for r in rows] == list(lrs)
-    for row, log_dir in zip(rows, log_dirs):
+    for row, log_dir in zip(rows, log_dirs, strict=True):
         events = event_scalars(log_dir)
         keys = sorted(k for k in events if k.startswith("sensitivity/"))
         keys += ["generalization_gap/acc", "generalization_gap/loss", "val/acc", "val/loss"]

@@ -134,9 +134,8 @@ def test_full_run_report(tmp_path, monkeypatch):
 
     # Per-class means at the last epoch, checked against a plain loop over the saved points.
     (last,) = [a for a in load_artifacts(log_dir / "lightning_logs" / "version_0", "jacobian_norm") if a.epoch == 8]
-    naive = [
-        np.mean([n for n, y in zip(last.arrays["val_norms"], last.arrays["val_labels"]) if y == c]) for c in range(3)
-    ]
+    pairs = list(zip(last.arrays["val_norms"], last.arrays["val_labels"], strict=True))
+    naive = [np.mean([n for n, y in pairs if y == c]) for c in range(3)]
     ((values, names, kwargs),) = per_class_calls
     np.testing.assert_allclose(values, naive, rtol=1e-6)
     assert names == CLASS_NAMES and "epoch 8" in kwargs["title"]

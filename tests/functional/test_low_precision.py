@@ -14,13 +14,13 @@ from oracles import gram_loop, jacobian_norm_loop
 from torch import nn
 
 from lightning_sensitivity.functional import (
+    _model,
     jacobian_norm,
     loss_gradient_gram,
     measurement_options,
     predict_logits,
     stiffness,
 )
-from lightning_sensitivity.functional import _model
 
 
 class SmallResNet(nn.Module):
