@@ -10,7 +10,7 @@ intra-op thread per process (``OMP_NUM_THREADS=1``: the ranks share the machine'
 - ``launcher="lightning"``: the runner starts one process (rank 0); the function's ``Trainer`` starts the others --
   ``strategy="ddp"`` and ``ModelParallelStrategy`` re-run this command line with ``LOCAL_RANK`` set (which inside
   pytest would re-run the test session: the reason for a subprocess), ``ddp_spawn``/``ddp_fork`` start workers from
-  it (those do not call the function).
+  it (those do not call the function: pass ``ranks_returning=(0,)``).
 
 The function is called as ``fn(out, *args)`` (``out``: a directory for whatever files it writes) in every process
 that runs it; what it returns is pickled (``torch.save``) and comes back in :attr:`DistributedRun.results`, by
@@ -88,8 +88,8 @@ def run_distributed(
             rank 0, the ``Trainer`` inside ``fn`` starts the others); see the module docstring.
         timeout: seconds before the run counts as hung and its process group is killed.
         cwd: the processes' working directory (default ``out``).
-        ranks_returning: the ranks whose result must come back (default: every rank with ``"gloo"``, rank 0 with
-            ``"lightning"``, where the others' results are collected when they arrive).
+        ranks_returning: the ranks whose result must come back (default: every rank; ``(0,)`` for the Lightning
+            strategies whose workers do not run ``fn``: ``ddp_spawn``, ``ddp_fork``).
     """
     import pytest
 
@@ -102,8 +102,7 @@ def run_distributed(
         raise ValueError(f"`fn` expected a module-level function of an importable module, got {module}.{name}")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    required = ranks_returning if ranks_returning is not None else (
-        tuple(range(world_size)) if launcher == "gloo" else (0,))  # fmt: skip
+    required = tuple(range(world_size)) if ranks_returning is None else ranks_returning
     env = {k: v for k, v in os.environ.items() if k not in DISTRIBUTED_ENV}
     env["OMP_NUM_THREADS"] = "1"
     with tempfile.TemporaryDirectory(prefix="ddp-run-") as box:
@@ -132,6 +131,7 @@ def run_distributed(
         import torch
 
         results = {int(p.stem[4:]): torch.load(p, weights_only=False) for p in sorted(box_path.glob("rank*.pt"))}
+        _kill(procs)  # what the ranks started and left behind (nothing, in a healthy run)
     return DistributedRun(out, results, wall, "".join(o for o, _ in outputs), "".join(e for _, e in outputs))
 
 
@@ -155,14 +155,19 @@ def _wait(procs: list[subprocess.Popen], deadline: float) -> bool:
             proc.wait(timeout=max(deadline - time.monotonic(), 0.1))
         return False
     except subprocess.TimeoutExpired:
-        for proc in procs:  # each rank and whatever it started (Lightning's other ranks) form its own process group
-            try:
-                os.killpg(proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+        _kill(procs)
         for proc in procs:
             proc.wait()
         return True
+
+
+def _kill(procs: list[subprocess.Popen]) -> None:
+    """Kill each rank's process group: the rank and whatever it started (Lightning's other ranks)."""
+    for proc in procs:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
 
 
 def _failure(fn, world_size, launcher, timeout, procs, outputs, hung, missing, box: Path) -> str:
