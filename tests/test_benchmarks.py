@@ -40,6 +40,8 @@ def _benchmark_module(name: str):
     return load_module(ROOT / "benchmarks" / f"{name}.py", name)
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the message is for a machine without CUDA")
+@pytest.mark.parametrize("script", ["run", "_architectures"])
 def test_device_cuda_without_cuda_is_a_usage_error(script, capsys):
     with pytest.raises(SystemExit) as exit_:
         _benchmark_module(script).main(["--device", "cuda"])

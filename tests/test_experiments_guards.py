@@ -22,6 +22,7 @@ def _module(name: str):
     return load_module(EXPERIMENTS / f"{name}.py", f"{name}_guards_under_test", keep_on_path=True)
 
 
+@pytest.fixture(scope="module")
 def jac():
     return _module("jacobian_vs_generalization")
 
