@@ -60,9 +60,11 @@ def parse_args(name: str, description: str, argv: Sequence[str] | None = None) -
     """The command line every experiment shares; ``name`` selects ``configs/<name>.json`` and the output folder."""
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--quick", action="store_true", help="tiny smoke-test setting (seconds, used by the tests)")
-    parser.add_argument("--data-dir", type=Path, default=None, help=f"folder holding MNIST/raw etc. (default: ${DATA_ENV} or ../shared/data)")
+    parser.add_argument("--data-dir", type=Path, default=None,
+                        help=f"folder holding MNIST/raw etc. (default: ${DATA_ENV} or ../shared/data)")
     parser.add_argument("--out", type=Path, default=None, help=f"output folder (default: experiments/output/{name})")
-    parser.add_argument("--config", type=Path, default=None, help=f"JSON config (default: experiments/configs/{name}.json)")
+    parser.add_argument("--config", type=Path, default=None,
+                        help=f"JSON config (default: experiments/configs/{name}.json)")
     parser.add_argument("--dataset", choices=sorted(DATASETS), default="mnist")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (1 leaves cores to others)")
@@ -72,7 +74,8 @@ def parse_args(name: str, description: str, argv: Sequence[str] | None = None) -
                         help="with --replot (sweep only): merge the seeds of these output folders into --out first")
     args = parser.parse_args(argv)
     args.name = name
-    args.command = " ".join(["python", f"experiments/{name}.py", *map(shlex.quote, sys.argv[1:] if argv is None else argv)])
+    given = sys.argv[1:] if argv is None else argv
+    args.command = " ".join(["python", f"experiments/{name}.py", *map(shlex.quote, given)])
     args.data_dir = (args.data_dir or default_data_dir()).expanduser().resolve()
     args.out = (args.out or OUTPUT_DIR / name).expanduser().resolve()
     args.config = args.config or CONFIG_DIR / f"{name}.json"
@@ -134,8 +137,9 @@ def merge_results(args: argparse.Namespace) -> None:
         new = [s for s in data["results"]["seeds"] if s not in seeds]
         runs += [r for r in data["results"]["runs"] if r["seed"] in new]
         seeds += new
-        sources.append({"folder": str(folder), "seeds": new, "command": data["command"], "wall_time_s": data["wall_time_s"],
-                        "partial": data.get("partial", False), "git": data.get("git")})  # fmt: skip
+        sources.append({"folder": str(folder), "seeds": new, "command": data["command"],
+                        "wall_time_s": data["wall_time_s"], "partial": data.get("partial", False),
+                        "git": data.get("git")})  # fmt: skip
         merged = merged or data
     assert merged is not None
     merged = {**merged, "partial": False, "merged_from": sources,
@@ -170,7 +174,8 @@ def make_datamodule(args: argparse.Namespace, **kwargs: Any) -> Any:
 
 
 def dataset_tensors(dataset: Any, limit: int | None = None) -> tuple[Any, Any]:
-    """Stack ``(inputs, targets)`` of a map-style dataset (the first ``limit`` items: the splits are already shuffled)."""
+    """Stack ``(inputs, targets)`` of a map-style dataset (the first ``limit`` items: the splits are already
+    shuffled)."""
     import torch
 
     count = len(dataset) if limit is None else min(limit, len(dataset))
@@ -253,8 +258,8 @@ def t_band(rows: Any, level: float = 0.95) -> tuple[Any, Any, Any]:
         warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN columns
         mean = np.nanmean(values, axis=0)
         sd = np.nanstd(values, axis=0, ddof=1)
-    half = np.where(count >= 2, student.ppf(0.5 + level / 2, np.maximum(count - 1, 1)) * sd / np.sqrt(np.maximum(count, 1)),
-                    np.nan)  # fmt: skip
+    quantile = student.ppf(0.5 + level / 2, np.maximum(count - 1, 1))
+    half = np.where(count >= 2, quantile * sd / np.sqrt(np.maximum(count, 1)), np.nan)
     return mean, mean - half, mean + half
 
 
@@ -412,14 +417,15 @@ def git_state() -> dict[str, Any]:
     def git(*cmd: str) -> str | None:
         try:
             # only trailing whitespace: porcelain lines start with a meaningful space (" M path")
-            return subprocess.run(["git", *cmd], cwd=REPO, capture_output=True, text=True, timeout=10, check=True).stdout.rstrip()
+            done = subprocess.run(["git", *cmd], cwd=REPO, capture_output=True, text=True, timeout=10, check=True)
+            return done.stdout.rstrip()
         except (OSError, subprocess.SubprocessError):
             return None
 
     dirty = git("status", "--porcelain", "--", "lightning_sensitivity", "experiments/*.py", "experiments/configs")
     files = None if dirty is None else [line[3:] for line in dirty.splitlines()]
-    return {"commit": git("rev-parse", "--short", "HEAD"), "uncommitted_changes": None if files is None else bool(files),
-            "uncommitted_files": files}
+    return {"commit": git("rev-parse", "--short", "HEAD"),
+            "uncommitted_changes": None if files is None else bool(files), "uncommitted_files": files}
 
 
 def write_results(args: argparse.Namespace, start: float, config: Mapping[str, Any], results: Mapping[str, Any],
@@ -440,9 +446,13 @@ def write_results(args: argparse.Namespace, start: float, config: Mapping[str, A
         "command": args.command,
         "wall_time_s": round(time.time() - start, 1),
         "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
-        "versions": {"python": platform.python_version(), "torch": torch.__version__, "lightning": lightning.__version__},
+        "versions": {
+            "python": platform.python_version(), "torch": torch.__version__, "lightning": lightning.__version__
+        },
         "threads": args.threads,
-        "config_file": os.path.relpath(args.config, REPO) if Path(args.config).resolve().is_relative_to(REPO) else str(args.config),
+        "config_file": (
+            os.path.relpath(args.config, REPO) if Path(args.config).resolve().is_relative_to(REPO) else str(args.config)
+        ),
         "git": git_state(),
         "config": config,
         "results": results,

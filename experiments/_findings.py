@@ -160,7 +160,9 @@ def seeds_text(r: dict) -> str:
 INTERVALS = ("Intervals: mean over seeds [95 % Student-t interval over seeds]. Verdicts: **holds** when the whole "
              "interval lies on the paper's side, **does not hold** when it lies wholly on the other side, **mixed** "
              "when it contains no effect.")
-INTERVALS_Z = INTERVALS + " Correlations are averaged over seeds on Fisher's z scale, so their intervals stay in [-1, 1]."
+INTERVALS_Z = (
+    INTERVALS + " Correlations are averaged over seeds on Fisher's z scale, so their intervals stay in [-1, 1]."
+)
 
 
 def jacobian(doc: Doc, data: dict, folder: Path) -> None:
@@ -310,7 +312,8 @@ def jacobian(doc: Doc, data: dict, folder: Path) -> None:
         + (f"without the random-label runs the pooled Spearman ρ drops from {fmt(c_all['spearman'])} to "
            f"{fmt(c_true['spearman'])}, so those runs carry {'much' if random_share > 0.2 else 'some'} of the pooled "
            "correlation. " if random_share is not None and random_share > 0.05 else "")
-        + f"Variants differ in training time: epochs per variant {', '.join(f'{v} {_range(e)}' for v, e in epochs.items())}. "
+        + "Variants differ in training time: epochs per variant "
+        + f"{', '.join(f'{v} {_range(e)}' for v, e in epochs.items())}. "
         f"The nets are small and briefly trained ({cfg['train_subset']} examples) next to the paper's thousands of "
         "converged nets; the sizes of the effects are not comparable, only their directions.",
         "",
@@ -374,8 +377,8 @@ def per_point(doc: Doc, data: dict, folder: Path) -> None:
         "",
     )
     doc.figure(folder / "per_point_auroc.png", "Left: per-point Jacobian norms of correct and misclassified test "
-               "points at the last epoch (first seed). Right: the three AUROCs over training (mean and 95 % interval over "
-               f"seeds; {label}).")
+               "points at the last epoch (first seed). Right: the three AUROCs over training (mean and 95 % interval "
+               f"over seeds; {label}).")
     monotone = abs(s["spearman_norm_vs_confidence"].get("mean") or 0) > 0.9
     if adds is False and monotone:
         doc.add(

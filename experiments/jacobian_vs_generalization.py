@@ -91,7 +91,8 @@ def run_one(
         val_data=probes["test"],
         train_data=(train_x, train_y),
     )
-    module = LitClassifier(C.build_mlp(dm, settings["width"], settings["depth"]), lr=settings["lr"], momentum=cfg["momentum"])
+    net = C.build_mlp(dm, settings["width"], settings["depth"])
+    module = LitClassifier(net, lr=settings["lr"], momentum=cfg["momentum"])
     outcome = C.fit(
         module,
         dm,
@@ -118,7 +119,9 @@ def run_one(
         **settings,
         "epochs": outcome.epochs,
         "steps": outcome.steps,
-        "max_epochs": cfg["full_batch_max_epochs"] if full_batch else cfg.get(f"{variant}_max_epochs", cfg["max_epochs"]),
+        "max_epochs": (
+            cfg["full_batch_max_epochs"] if full_batch else cfg.get(f"{variant}_max_epochs", cfg["max_epochs"])
+        ),
         "measured_epoch": final.epoch,
         "reached_target": bool(train_acc >= cfg["stop_at_train_acc"]),
         "collapsed": collapsed,
@@ -227,7 +230,8 @@ def directional(runs: list[dict], num_bases: int, seeds: list[int]) -> dict[str,
 
 def plot_scatter(runs: list[dict], stats: dict, path: Path) -> None:
     fig, axes = C.new_figure(ncols=2)
-    for ax, gap_key, label in ((axes[0, 0], "gap_acc", "train acc - test acc"), (axes[0, 1], "gap_loss", "test loss - train loss")):
+    panels = ((axes[0, 0], "gap_acc", "train acc - test acc"), (axes[0, 1], "gap_loss", "test loss - train loss"))
+    for ax, gap_key, label in panels:
         for variant, color in COLORS.items():
             sel = [r for r in runs if r["variant"] == variant and not r.get("collapsed")]
             ax.scatter([r[gap_key] for r in sel], [r["jacobian_test_mean"] for r in sel], c=color, s=22, label=variant)
@@ -303,7 +307,8 @@ def analyse(runs: list[dict], cfg: dict, seeds: list[int]) -> dict[str, Any]:
         values = [correlations([r for r in valid if r["seed"] == s and select(r)], "jacobian_test_mean", "gap_acc")
                   for s in seeds]  # fmt: skip
         per_seed[key] = {"spearman": C.correlation_ci([v["spearman"] for v in values]),
-                         "n_per_seed": [v["n"] for v in values], "p_per_seed": [v["spearman_p"] for v in values]}  # fmt: skip
+                         "n_per_seed": [v["n"] for v in values],
+                         "p_per_seed": [v["spearman_p"] for v in values]}  # fmt: skip
     ratios = np.array([np.nan if r["train_test_ratio"] is None else r["train_test_ratio"] for r in valid], dtype=float)
     by_seed = [np.array([np.nan if r["train_test_ratio"] is None else r["train_test_ratio"] for r in valid
                          if r["seed"] == s], dtype=float) for s in seeds]  # fmt: skip
@@ -320,7 +325,8 @@ def analyse(runs: list[dict], cfg: dict, seeds: list[int]) -> dict[str, Any]:
         "epochs_by_variant": {v: [min(e), max(e)] for v in cfg["variants"]
                               if (e := [r["epochs"] for r in runs if r["variant"] == v])},  # fmt: skip
         "steps_by_variant": {v: [min(e), max(e)] for v in cfg["variants"]
-                             if (e := [r.get("steps") for r in runs if r["variant"] == v and r.get("steps")])},  # fmt: skip
+                             if (e := [r.get("steps") for r in runs
+                                       if r["variant"] == v and r.get("steps")])},  # fmt: skip
         "train_below_test_norm": int(np.sum(ratios < 1)),
         "num_valid": len(valid),
         "median_train_test_ratio": float(np.nanmedian(ratios)) if np.isfinite(ratios).any() else None,

@@ -31,8 +31,8 @@ from _findings import (  # noqa: E402
     beyond,
     bold,
     ci,
-    dataset_label,
     datamodule_of,
+    dataset_label,
     fmt,
     jacobian,
     judge,
@@ -280,8 +280,8 @@ def stiffness(doc: Doc, data: dict, folder: Path) -> None:
     doc.figure(folder / "stiffness_by_distance.png", f"train_train sign stiffness vs cosine input distance at "
                f"initialisation, mid-training and the end (lr {r['reference_lr']}; mean and 95 % interval over seeds).")
     same_final = [t["train_val/same_class_sign/final"]["per_lr"][lr].get("mean") or 0 for lr in lrs]
-    firsts = [v for lr in lrs for run in r["by_lr"][lr] for v in run["train_train"]["critical_length_first_crossing"][1:]
-              if v is not None]  # fmt: skip
+    firsts = [v for lr in lrs for run in r["by_lr"][lr]
+              for v in run["train_train"]["critical_length_first_crossing"][1:] if v is not None]  # fmt: skip
     missing = {m: sum(x for x in (r.get("no_crossing_per_lr") or {}).get(f"train_train/{m}", [])) for m in
                ("first_crossing", "linear_fit")}  # fmt: skip
     total = sum(r.get("measurements_per_lr") or [])
@@ -370,7 +370,8 @@ def claims(data: dict[str, dict]) -> list[dict]:
             reached = (summary.get("reached_target_by_variant") or {}).get(variant, [None, None])
             note = f"{d['held']}/{d['total']} pairs agree; {reached[0]}/{reached[1]} runs reach the target"
             add(f"{variant}_ratio", f"{variant.replace('_', ' ')} → norm ratio to baseline", paper,
-                {"mean": d.get("geomean_ratio"), "low": d.get("geomean_ratio_low"), "high": d.get("geomean_ratio_high")},
+                {"mean": d.get("geomean_ratio"), "low": d.get("geomean_ratio_low"),
+                 "high": d.get("geomean_ratio_high")},
                 1.0, sign, note)
             if variant == "augment":
                 add("augment_matched", "augment → norm ratio to baseline at matched training accuracy", paper,
@@ -400,7 +401,8 @@ def claims(data: dict[str, dict]) -> list[dict]:
     if "stiffness" in data:
         r = data["stiffness"]["results"]
         t, lrs = r["trends"], list(r["by_lr"])
-        same_minus_diff = mean_ci([run["train_val"]["same_class_sign"][-1] - run["train_val"]["different_class_sign"][-1]
+        same_minus_diff = mean_ci([run["train_val"]["same_class_sign"][-1]
+                                   - run["train_val"]["different_class_sign"][-1]
                                    for lr in lrs for run in r["by_lr"][lr]
                                    if run["train_val"]["same_class_sign"][-1] is not None
                                    and run["train_val"]["different_class_sign"][-1] is not None])  # fmt: skip
@@ -444,7 +446,8 @@ SUMMARY_CLAIMS = (
     ("augment_matched", "augmentation gives a smaller norm (at matched training accuracy)"),
     ("per_point_auroc", "per-point norms predict misclassification"),
     ("per_point_gain", "they add to the softmax confidence"),
-    ("off_manifold", "more transitions along ellipses through shuffled (off-manifold) anchors than through test points"),
+    ("off_manifold",
+     "more transitions along ellipses through shuffled (off-manifold) anchors than through test points"),
     ("near_anchor_train", "fewer transitions near training anchors than between them"),
     ("same_above_different", "same-class stiffness above different-class"),
     ("critical_length_lr", "a higher learning rate gives a shorter critical length"),
@@ -558,8 +561,8 @@ def main(argv: list[str] | None = None) -> None:
     if changed:
         doc.add("**Reduced settings.** Not every result below comes from the scripts' full default settings "
                 "(`experiments/configs/<script>.json`, the `full` section): the machine they ran on was shared and "
-                "loaded, so some runs used the settings in `experiments/configs/reduced/`. What differs, as the results "
-                "files record it:", "")
+                "loaded, so some runs used the settings in `experiments/configs/reduced/`. What differs, as the "
+                "results files record it:", "")
         doc.add(*[f"- {lab}, `{name}`: {'; '.join(c)}." for lab, name, c in changed], "")
     missing = [f"{labels[d]}: {', '.join(n for n in ORDER if n not in found[d])}" for d in order
                if any(n not in found[d] for n in ORDER)]  # fmt: skip
@@ -588,7 +591,8 @@ def main(argv: list[str] | None = None) -> None:
         doc.add(f"| `{key}` | {first['claim']} | {first['paper']} | " + " | ".join(cells) + " |")
     reduced = bool(changed)
     summary = summary_text(by_dataset, labels, seeds, reduced)
-    doc.add("", "In one paragraph (the README's, written from this table):", "", SUMMARY_START, summary, SUMMARY_END, "")
+    doc.add("", "In one paragraph (the README's, written from this table):", "",
+            SUMMARY_START, summary, SUMMARY_END, "")
     for d in order:
         for name in ORDER:
             if name in found[d]:

@@ -27,9 +27,11 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--data-dir", type=Path, default=None)
-    parser.add_argument("--dataset", default=None, help="forwarded to every script (mnist, fashion_mnist, cifar10, cifar100)")
+    parser.add_argument("--dataset", default=None,
+                        help="forwarded to every script (mnist, fashion_mnist, cifar10, cifar100)")
     parser.add_argument("--out-root", type=Path, default=HERE / "output")
-    parser.add_argument("--findings", type=Path, default=None, help="where to write findings.md (default: docs/findings.md)")
+    parser.add_argument("--findings", type=Path, default=None,
+                        help="where to write findings.md (default: docs/findings.md)")
     parser.add_argument("--only", nargs="+", choices=EXPERIMENTS, default=list(EXPERIMENTS))
     args = parser.parse_args(argv)
     for name in args.only:

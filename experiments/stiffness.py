@@ -326,7 +326,8 @@ def plot_all(out: Path, by_lr: dict[float, list[dict]], reference_lr: float, see
     names = [str(n) for n in (reference[-1].meta.get("class_names") or range(10))]
     plot_matrices(reference, names, out / "stiffness_class_matrices.png")
     plot_over_training(by_lr, out / "stiffness_over_training.png")
-    plot_distance([C.artifacts(_run_dir(out, reference_lr, s), "stiffness") for s in seeds], out / "stiffness_by_distance.png")
+    artifacts = [C.artifacts(_run_dir(out, reference_lr, s), "stiffness") for s in seeds]
+    plot_distance(artifacts, out / "stiffness_by_distance.png")
 
 
 def main(argv: list[str] | None = None) -> None:

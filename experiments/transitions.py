@@ -133,7 +133,8 @@ def plot_density(runs: list[dict], num_points: int, final_epoch: int, path: Path
         for split, style in zip(SPLITS, ("-", "--", ":"), strict=True):
             # each seed's profile divided by its own mean, then mean and 95 % interval over seeds
             profiles = np.array([r[split]["profile"][i] for r in runs], dtype=float)
-            scaled = profiles / np.where(profiles.mean(axis=1, keepdims=True) > 0, profiles.mean(axis=1, keepdims=True), np.nan)
+            own_mean = profiles.mean(axis=1, keepdims=True)
+            scaled = profiles / np.where(own_mean > 0, own_mean, np.nan)
             mean, low, high = C.t_band(scaled)
             line = ax.plot(position, mean, style, lw=1.3, label=LABELS[split])[0]
             ax.fill_between(position, low, high, color=line.get_color(), alpha=0.15, lw=0)

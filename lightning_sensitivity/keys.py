@@ -106,6 +106,7 @@ __all__ = [
     "notes_tag",
     "prefix",
     "register",
+    "unregister",
     "rename_split",
     "schema_keys",
     "split_array",
@@ -460,6 +461,16 @@ def register(quantity: Quantity) -> Quantity:
         raise ValueError(f"`quantity` {quantity.name!r} is already declared differently; pick another name")
     _REGISTRY[quantity.name] = quantity
     return quantity
+
+
+def unregister(name: str) -> Quantity | None:
+    """Forget the quantity ``name`` given to :func:`register`, e.g. to declare it anew after editing it in a
+    notebook (:func:`register` refuses a different declaration of a name it holds).
+
+    Returns:
+        The declaration removed, or ``None`` if no quantity of that name was registered.
+    """
+    return _REGISTRY.pop(name, None)
 
 
 def declarations() -> tuple[Quantity, ...]:

@@ -172,7 +172,8 @@ def class_mean_loop(matrix, labels, labels2=None, num_classes=None, exclude_self
             a, b = int(labels[i]), int(labels2[j])
             sums[a][b] += float(matrix[i, j])
             counts[a][b] += 1
-    return [[sums[a][b] / counts[a][b] if counts[a][b] else math.nan for b in range(num_classes)] for a in range(num_classes)]
+    classes = range(num_classes)
+    return [[sums[a][b] / counts[a][b] if counts[a][b] else math.nan for b in classes] for a in classes]
 
 
 def by_distance_loop(matrix, inputs, inputs2=None, num_bins=20, distance="cosine"):
@@ -196,8 +197,37 @@ def by_distance_loop(matrix, inputs, inputs2=None, num_bins=20, distance="cosine
         k = min(max(int(d // width), 0), num_bins - 1)
         sums[k] += v
         counts[k] += 1
-    means = [s / c if c else math.nan for s, c in zip(sums, counts)]
+    means = [s / c if c else math.nan for s, c in zip(sums, counts, strict=True)]
     return means, counts
+
+
+def first_crossing_loop(centers, values) -> float:
+    """The critical length by first crossing: the first bin centre whose value is <= 0 (NaN bins skipped),
+    interpolated linearly from the last positive bin before it; NaN when the values never reach zero."""
+    last = None
+    for c, v in zip(centers, values, strict=True):
+        if math.isnan(v):
+            continue
+        if v <= 0:
+            return c if last is None else last[0] + (c - last[0]) * last[1] / (last[1] - v)
+        last = (c, v)
+    return math.nan
+
+
+def weighted_fit_zero(x, y, counts=None) -> float:
+    """The critical length by linear fit: numpy's weighted least squares (weights sqrt(counts) on the residuals)
+    over the finite bins with a count, and the line's zero; NaN for a rising line, fewer than 2 bins or a zero
+    outside the bins used (an extrapolation: no crossing)."""
+    import numpy as np
+
+    x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+    w = np.ones_like(x) if counts is None else np.asarray(counts, dtype=float)
+    keep = np.isfinite(y) & (w > 0)
+    if keep.sum() < 2:
+        return math.nan
+    slope, intercept = np.polyfit(x[keep], y[keep], 1, w=np.sqrt(w[keep]))
+    zero = -intercept / slope if slope < 0 else math.nan
+    return zero if x[keep].min() <= zero <= x[keep].max() else math.nan
 
 
 def embedding_jacobian_norm_loop(
@@ -229,9 +259,9 @@ def per_layer_gram_loop(model, inputs, targets, layer_of, inputs2=None, targets2
 
     def grads(xs, ys):
         rows = []
-        for x, y in zip(xs, ys):
+        for x, y in zip(xs, ys, strict=True):
             loss = loss_fn(net(x.unsqueeze(0)), y.unsqueeze(0))
-            rows.append(dict(zip([n for n, _ in named], torch.autograd.grad(loss, [p for _, p in named]))))
+            rows.append(dict(zip([n for n, _ in named], torch.autograd.grad(loss, [p for _, p in named]), strict=True)))
         return rows
 
     g1 = grads(inputs, targets)

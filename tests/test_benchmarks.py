@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import load_module
 
 ROOT = Path(__file__).resolve().parents[1]
 ROWS = [
@@ -36,11 +37,7 @@ PEERS = {"Opacus": "opacus", "BackPACK": "backpack"}
 
 
 def _benchmark_module(name: str):
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    try:
-        return importlib.import_module(name)
-    finally:
-        sys.path.remove(str(ROOT / "benchmarks"))
+    return load_module(ROOT / "benchmarks" / f"{name}.py", name)
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the message is for a machine without CUDA")

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import scipy.stats
+from helpers import make_trainer, read_events
 
 from lightning_sensitivity.compare import (
     DEFAULT_X,
@@ -32,7 +33,7 @@ GAP = "generalization_gap/acc"
 
 
 def rows_of(x, y, xk="a", yk="b"):
-    return [{xk: a, yk: b} for a, b in zip(x, y)]
+    return [{xk: a, yk: b} for a, b in zip(x, y, strict=True)]
 
 
 # ------------------------------------------------------------------ statistics
@@ -296,7 +297,7 @@ def read_csv(path: Path) -> list[dict[str, str]]:
 def check_outputs(page_path: Path, rows: list[dict], plots: int) -> Page:
     table = read_csv(page_path.with_name("compare.csv"))
     assert len(table) == len(rows)
-    for cells, row in zip(table, rows):
+    for cells, row in zip(table, rows, strict=True):
         assert list(cells) == list(row)
         for key, value in row.items():
             if isinstance(value, float):
@@ -406,11 +407,8 @@ def train_sweep(root: Path, lrs, *, epochs: int = 2, stiffness: bool = False, wi
             monitors = [JacobianNormMonitor(num_samples=20, figures="none")]
             if stiffness:
                 monitors.append(StiffnessMonitor(num_samples=20, figures="none"))
-            trainer = pl.Trainer(
-                max_epochs=epochs, accelerator="cpu", devices=1, callbacks=monitors, enable_progress_bar=False,
-                enable_model_summary=False, enable_checkpointing=False, log_every_n_steps=1,
-                logger=TensorBoardLogger(str(root), name=f"w{width}_lr{lr}"),
-            )  # fmt: skip
+            logger = TensorBoardLogger(str(root), name=f"w{width}_lr{lr}")
+            trainer = make_trainer(root, monitors, logger=logger, max_epochs=epochs, log_every_n_steps=1)
             train = DataLoader(data(80, 1), batch_size=20, shuffle=True)
             val = DataLoader(data(40, 2), batch_size=20)
             trainer.fit(LitClassifier(MLP(16, 4, hidden=(width,)), lr=lr), train, val)
@@ -419,10 +417,7 @@ def train_sweep(root: Path, lrs, *, epochs: int = 2, stiffness: bool = False, wi
 
 
 def event_scalars(log_dir: Path) -> dict[str, dict[int, float]]:
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    acc = EventAccumulator(str(log_dir), size_guidance={"scalars": 0})
-    acc.Reload()
+    acc = read_events(log_dir)
     return {tag: {e.step: e.value for e in acc.Scalars(tag)} for tag in acc.Tags()["scalars"]}
 
 
@@ -434,7 +429,7 @@ def test_real_sweep_end_to_end(tmp_path):
     rows = compare_runs(tmp_path / "sweep")
     assert [r["run"] for r in rows] == [d.relative_to(tmp_path / "sweep").as_posix() for d in log_dirs]
     assert [r["hparams/lr"] for r in rows] == list(lrs)
-    for row, log_dir in zip(rows, log_dirs):
+    for row, log_dir in zip(rows, log_dirs, strict=True):
         events = event_scalars(log_dir)
         keys = sorted(k for k in events if k.startswith("sensitivity/"))
         keys += ["generalization_gap/acc", "generalization_gap/loss", "val/acc", "val/loss"]

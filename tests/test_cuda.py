@@ -16,11 +16,10 @@ machines without one.
 from __future__ import annotations
 
 import os
-import sys
-from pathlib import Path
 
 import pytest
 import torch
+from helpers import REPO, load_module
 from torch import nn
 
 from lightning_sensitivity import JacobianNormMonitor, StiffnessMonitor, TransitionMonitor
@@ -29,8 +28,8 @@ from lightning_sensitivity.functional import jacobian_norm, loss_gradient_gram
 from lightning_sensitivity.models import MLP, SmallCNN, TextClassifier
 from lightning_sensitivity.probes import ProbeSet
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-from _timing import full_float32 as no_tf32  # noqa: E402  (TF32 off, restored after: the benchmark's helper)
+# TF32 off, restored after: the benchmarks' helper
+no_tf32 = load_module(REPO / "benchmarks" / "_timing.py", "_timing").full_float32
 
 DEVICE = os.environ.get("LS_TEST_DEVICE", "cuda")
 TOLERANCE = 1e-5

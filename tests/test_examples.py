@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import subprocess
 import sys
@@ -10,9 +9,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-from helpers import SHARED_DATA
+from helpers import SHARED_DATA, load_module, read_events
 from models._synthetic import write_cifar10, write_cifar100
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 pytestmark = pytest.mark.slow
 
@@ -45,9 +43,7 @@ def tags(log_root: Path) -> dict[str, set[str]]:
     """Scalar and image tags of the single run under ``log_root`` (a ``lightning_logs`` folder)."""
     versions = sorted(log_root.glob("version_*"))
     assert len(versions) == 1, f"expected one run under {log_root}, found {versions}"
-    acc = EventAccumulator(str(versions[0]), size_guidance={"scalars": 0, "images": 0, "histograms": 0})
-    acc.Reload()
-    found = acc.Tags()
+    found = read_events(versions[0]).Tags()
     return {"scalars": set(found["scalars"]), "images": set(found["images"])}
 
 
@@ -90,9 +86,7 @@ def test_quickstart_cifar100_cnn_superclasses(tmp_path):
 
 def test_quickstart_missing_data_explains(tmp_path):
     # in-process: the error comes before any training, a subprocess would only add an import of Lightning
-    spec = importlib.util.spec_from_file_location("quickstart_example", EXAMPLES / "quickstart.py")
-    quickstart = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(quickstart)
+    quickstart = load_module(EXAMPLES / "quickstart.py", "quickstart_example")
     with pytest.raises(FileNotFoundError, match="download=True"):
         quickstart.main(["--fast", "--dataset", "mnist", "--data-dir", str(tmp_path / "x"), "--log-dir", str(tmp_path)])
 
@@ -132,13 +126,6 @@ def test_cli_mnist_real_data(tmp_path):
     assert MODULE_SCALARS | SENSITIVITY_SCALARS <= found["scalars"]
 
 
-def load_custom_quantity_example():
-    spec = importlib.util.spec_from_file_location("custom_quantity_example", EXAMPLES / "custom_quantity.py")
-    example = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(example)
-    return example
-
-
 def test_custom_quantity(tmp_path):
     # in-process, to reach the monitor's probe set and the trained model for an independent recomputation
     import numpy as np
@@ -147,7 +134,7 @@ def test_custom_quantity(tmp_path):
     from lightning_sensitivity import keys
     from lightning_sensitivity.logging import load_artifacts, sensitivity_layout
 
-    example = load_custom_quantity_example()
+    example = load_module(EXAMPLES / "custom_quantity.py", "custom_quantity_example")
     trainer = example.main(["--fast", "--log-dir", str(tmp_path)])
     name = "prediction_entropy"
     expected = {f"sensitivity/{name}/{split}/{stat}" for split in ("val", "train") for stat in ("mean", "p90")}
@@ -222,9 +209,7 @@ def test_text_classifier_example_measures_jacobians_with_respect_to_embeddings(t
             picks = torch.randint(0, len(words), (length,), generator=gen).tolist()
             label = "fresh" if sum(p < 3 for p in picks) >= sum(3 <= p < 6 for p in picks) else "rotten"
             writer.writerow([label, " ".join(words[p] for p in picks) + f" r{i}"])
-    spec = importlib.util.spec_from_file_location("text_example", EXAMPLES / "text_classifier.py")
-    example = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(example)
+    example = load_module(EXAMPLES / "text_classifier.py", "text_example")
     trainer = example.main(["--fast", "--csv", str(tmp_path / "tiny.csv"), "--log-dir", str(tmp_path)])
     found = {t for t in tags(tmp_path / "lightning_logs")["scalars"] if t.startswith("sensitivity/")}
     for quantity in ("jacobian_norm", "transitions", "stiffness"):

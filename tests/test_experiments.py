@@ -26,7 +26,9 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 pytestmark = [
     pytest.mark.slow,
     pytest.mark.data,
-    pytest.mark.skipif(not (DATA / "MNIST" / "raw").is_dir(), reason=f"real MNIST not found at {DATA / 'MNIST' / 'raw'}"),
+    pytest.mark.skipif(
+        not (DATA / "MNIST" / "raw").is_dir(), reason=f"real MNIST not found at {DATA / 'MNIST' / 'raw'}"
+    ),
 ]
 
 
@@ -113,7 +115,8 @@ def test_stiffness_series_per_learning_rate_and_seed(quick_run: Path) -> None:
                 signs = [v for v in series[group]["sign_mean"] if v is not None]
                 assert signs and all(-1.0 <= v <= 1.0 for v in signs)
     stability = results["stability"]
-    assert {"first_crossing/all", "linear_fit/all", "first_crossing/same_class", "linear_fit/same_class"} <= set(stability)
+    methods = {"first_crossing/all", "linear_fit/all", "first_crossing/same_class", "linear_fit/same_class"}
+    assert methods <= set(stability)
     assert all(len(v["values"]) == 3 for v in stability.values())
 
 

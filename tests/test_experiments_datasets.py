@@ -7,7 +7,6 @@ end to end. The dataset names are spelled the same in ``examples/quickstart.py -
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import re
 import subprocess
@@ -15,26 +14,15 @@ import sys
 from pathlib import Path
 
 import pytest
+from helpers import load_module
 from models._synthetic import write_cifar10, write_mnist
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _module(path: Path):
-    spec = importlib.util.spec_from_file_location(path.stem + "_under_test", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    sys.path.insert(0, str(path.parent))
-    try:
-        spec.loader.exec_module(module)
-    finally:
-        sys.path.remove(str(path.parent))
-    return module
-
-
 def test_one_spelling_of_dataset_names():
-    common = _module(REPO / "experiments" / "_common.py")
-    quickstart = _module(REPO / "examples" / "quickstart.py")
+    common = load_module(REPO / "experiments" / "_common.py")
+    quickstart = load_module(REPO / "examples" / "quickstart.py")
     assert set(common.DATASETS) <= set(quickstart.DATASETS)  # the examples also have the offline "digits"
     assert set(quickstart.DATASETS) - set(common.DATASETS) == {"digits"}
     assert "fashion_mnist" in common.DATASETS

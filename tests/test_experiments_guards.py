@@ -7,26 +7,19 @@ and the README's findings paragraph is checked against ``docs/findings.md``.
 
 from __future__ import annotations
 
-import importlib.util
 import math
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import load_module
 
 REPO = Path(__file__).resolve().parents[1]
 EXPERIMENTS = REPO / "experiments"
 
 
 def _module(name: str):
-    if str(EXPERIMENTS) not in sys.path:
-        sys.path.insert(0, str(EXPERIMENTS))
-    spec = importlib.util.spec_from_file_location(f"{name}_guards_under_test", EXPERIMENTS / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_module(EXPERIMENTS / f"{name}.py", f"{name}_guards_under_test", keep_on_path=True)
 
 
 @pytest.fixture(scope="module")
@@ -205,8 +198,8 @@ def test_merge_takes_each_seed_once_and_requires_one_config(common, tmp_path):
 
     def write(folder, seeds, partial=False, lr=0.05):
         folder.mkdir()
-        data = {"experiment": "jacobian_vs_generalization", "command": f"python x --seed {seeds[0]}", "wall_time_s": 10.0 * len(seeds),
-                "partial": partial, "config": {"num_seeds": len(seeds), "lr": lr},
+        data = {"experiment": "jacobian_vs_generalization", "command": f"python x --seed {seeds[0]}",
+                "wall_time_s": 10.0 * len(seeds), "partial": partial, "config": {"num_seeds": len(seeds), "lr": lr},
                 "results": {"seeds": seeds, "runs": [{"seed": s, "run": f"seed{s}"} for s in seeds]}}  # fmt: skip
         (folder / "results.json").write_text(json.dumps(data))
         return folder

@@ -227,7 +227,7 @@ def test_a_registered_quantity_shows_in_the_tables_and_the_layout():
         (chart,) = sensitivity_layout()["Test only margin"].items()
         assert chart[0] == "Margin: train vs val" and len(chart[1][1]) == 3  # train, val, test
     finally:
-        keys._REGISTRY.pop(name, None)  # this test's own registration only
+        keys.unregister(name)  # this test's own registration only
 
 
 @pytest.mark.slow

@@ -136,3 +136,16 @@ def test_no_private_import_across_parts():
                 what = f"{target}.{name}" if name else target
                 bad.append(f"{module}:{line} imports {what}")
     assert not bad, "private imports across parts (give the name a public home):\n" + "\n".join(bad)
+
+
+def test_only_the_facade_imports_the_callbacks():
+    """The Lightning glue sits on top: no other part (functional, logging, probes, report, ...) imports it."""
+    callbacks = f"{PACKAGE}.callbacks"
+    bad = [
+        f"{module}:{line} imports {target}"
+        for module in MODULES
+        if module != PACKAGE and _part(module) != callbacks
+        for target, _, line in _imports(module)
+        if _part(target) == callbacks
+    ]
+    assert not bad, "only lightning_sensitivity/__init__.py may import callbacks:\n" + "\n".join(bad)

@@ -3,10 +3,11 @@
 The rules are in ``pyproject.toml`` (``[tool.ruff]``): line length 120, pycodestyle, pyflakes, isort, bugbear,
 pyupgrade and pydocstyle with the Google convention.
 
-Run it yourself with ``ruff check lightning_sensitivity examples`` and ``ruff format --check lightning_sensitivity
-examples``. The package and the examples are clean under both, and any new violation fails the suite. The tests,
-benchmarks and experiments are checked for a parsable configuration only (they still hold long lines and loop-bound
-lambdas; see the report of ``ruff check tests benchmarks experiments --statistics``).
+Run it yourself with ``ruff check lightning_sensitivity tests benchmarks experiments examples`` and ``ruff format
+--check lightning_sensitivity benchmarks examples``. Everything is clean under ``ruff check``, and the package, the
+benchmarks and the examples under ``ruff format`` too; any new violation fails the suite. The tests and the
+experiments are not held to ``ruff format`` (hand-aligned tables and calls marked ``# fmt: skip`` throughout; about
+25 files would change).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 TARGETS = ["lightning_sensitivity", "tests", "examples", "benchmarks", "experiments"]
-CLEAN = ["lightning_sensitivity", "examples"]
+FORMATTED = ["lightning_sensitivity", "examples", "benchmarks"]
 
 pytestmark = [
     pytest.mark.lint,
@@ -39,10 +40,10 @@ def test_ruff_configuration_is_valid():
 
 
 def test_ruff_check_is_clean():
-    proc = _ruff("check", "--no-cache", "--output-format", "concise", *CLEAN)
+    proc = _ruff("check", "--no-cache", "--output-format", "concise", *TARGETS)
     assert proc.returncode == 0, f"ruff check found violations:\n{proc.stdout[-6000:]}{proc.stderr}"
 
 
 def test_ruff_format_is_clean():
-    proc = _ruff("format", "--check", "--no-cache", *CLEAN)
+    proc = _ruff("format", "--check", "--no-cache", *FORMATTED)
     assert proc.returncode == 0, f"ruff format would change:\n{proc.stdout[-3000:]}{proc.stderr}"

@@ -140,10 +140,8 @@ def test_full_run_report(tmp_path, monkeypatch):
 
     # Per-class means at the last epoch, checked against a plain loop over the saved points.
     (last,) = [a for a in load_artifacts(log_dir / "lightning_logs" / "version_0", "jacobian_norm") if a.epoch == 8]
-    naive = [
-        np.mean([n for n, y in zip(last.arrays["val_norms"], last.arrays["val_labels"], strict=True) if y == c])
-        for c in range(3)
-    ]
+    pairs = list(zip(last.arrays["val_norms"], last.arrays["val_labels"], strict=True))
+    naive = [np.mean([n for n, y in pairs if y == c]) for c in range(3)]
     ((values, names, kwargs),) = per_class_calls
     np.testing.assert_allclose(values, naive, rtol=1e-6)
     assert names == CLASS_NAMES and "epoch 8" in kwargs["title"]
@@ -386,7 +384,7 @@ class ToyConfidenceMonitor(SensitivityMonitor):
 def toy_declared():
     keys.register(TOY_QUANTITY)
     yield TOY_QUANTITY
-    keys._REGISTRY.pop(TOY, None)  # this test's own registration only
+    keys.unregister(TOY)  # this test's own registration only
 
 
 @pytest.fixture(scope="module")
@@ -400,7 +398,7 @@ def margin_fit(tmp_path_factory):
         trainer = make_trainer(tmp_path, monitors)
         trainer.fit(TinyModule(), datamodule=TinyData())
     finally:
-        keys._REGISTRY.pop(TOY, None)
+        keys.unregister(TOY)
     return tmp_path, trainer.logger.log_dir
 
 

@@ -8,17 +8,13 @@ same server. Both processes are stopped by their process-group ids at the end of
 from __future__ import annotations
 
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
-sys.path.insert(0, str(Path(__file__).parent))  # so the tests can `import _processes, _chromium`
-
-from _chromium import chromium_path  # noqa: E402
-from _processes import (  # noqa: E402
+from _chromium import chromium_path  # this folder is on sys.path: pytest puts a conftest's folder there
+from _processes import (
     EPOCHS,
     PROBE_TAG,
     QUICKSTART,

@@ -18,10 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote
 
-sys.path.insert(0, str(Path(__file__).parent))
-
-from _chromium import DevToolsPage, chromium_path  # noqa: E402
-from _processes import REPO, TensorBoard, child_env, quickstart_command  # noqa: E402
+from _chromium import DevToolsPage, chromium_path  # a script's own folder is on sys.path
+from _processes import REPO, TensorBoard, child_env, quickstart_command
 
 OUT = REPO / "docs" / "screenshots"
 WIDTH, HEIGHT = 1400, 1000
@@ -118,7 +116,8 @@ def main(argv: list[str] | None = None) -> int:
                 page.goto("about:blank")
                 page.goto((report_dir / "index.html").as_uri())
                 page.wait_for_text(["Stiffness"], min_images=3, timeout=60.0)
-                target = shrink(page.screenshot(scratch_dir / "report.png"), args.out / "report.png", (0, 0, 1300, 1000))
+                shot = page.screenshot(scratch_dir / "report.png")
+                target = shrink(shot, args.out / "report.png", (0, 0, 1300, 1000))
                 print(f"{target} ({target.stat().st_size // 1024} KB)")
         finally:
             tensorboard.stop()

@@ -1,7 +1,8 @@
-"""A tiny classifier and datamodule, trainer factories and TensorBoard readers for the callback tests.
+"""The callback tests' shared fit: presets of the harness (``tests/helpers.py``), the non-perturbation spy and the
+one seeded 2-epoch fit with all three monitors (fixture ``fitted``, imported by the per-callback test files).
 
-10 classes, inputs [1, 8, 8] (class prototype + noise), a CNN with BatchNorm and Dropout, 200 training points.
-One fit with all three monitors is shared by the per-callback test files (fixture ``fitted``, imported by them).
+Data :class:`helpers.TinyData` (10 classes, inputs [1, 8, 8]), model :class:`helpers.Classifier` around
+:class:`helpers.TinyCNN` (BatchNorm and Dropout), 200 training points.
 
 This is not a ``conftest.py``: a second module named ``conftest`` would replace ``tests/conftest.py`` in
 ``sys.modules`` and break the ``from conftest import ...`` of the other test packages.
@@ -14,86 +15,22 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import helpers
 import lightning.pytorch as pl
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
-from helpers import prototype_data, rng_states  # noqa: F401 (rng_states: re-exported for the tests here)
-from lightning.pytorch.loggers import TensorBoardLogger
-from torch import nn
-from torch.utils.data import DataLoader, TensorDataset
+from helpers import Classifier, TinyData, read_events, rng_states
 
 from lightning_sensitivity import JacobianNormMonitor, StiffnessMonitor, TransitionMonitor
 
-NUM_CLASSES = 10
-SHAPE = (1, 8, 8)
+NUM_CLASSES = TinyData.num_classes
+SHAPE = TinyData.shape
 MAX_EPOCHS = 2
 
-
-def make_data(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """``n`` points of ``NUM_CLASSES`` classes around fixed prototypes (see :func:`helpers.prototype_data`)."""
-    return prototype_data(n, seed, num_classes=NUM_CLASSES, shape=SHAPE, noise=0.8)
-
-
-class TinyCNN(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.features = nn.Sequential(
-            nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.MaxPool2d(2), nn.Dropout(0.2)
-        )
-        self.head = nn.Sequential(nn.Flatten(), nn.Linear(64, 16), nn.ReLU(), nn.Linear(16, NUM_CLASSES))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.features(x))
-
-
-class TinyModule(pl.LightningModule):
-    def __init__(self, net: nn.Module | None = None, lr: float = 0.1) -> None:
-        super().__init__()
-        self.net = net if net is not None else TinyCNN()
-        self.lr = lr
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x)
-
-    def _loss(self, batch: Any) -> torch.Tensor:
-        x, y = batch
-        return F.cross_entropy(self(x), y)
-
-    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
-        loss = self._loss(batch)
-        self.log("train/loss", loss, on_epoch=True, on_step=False)
-        return loss
-
-    def validation_step(self, batch: Any, batch_idx: int) -> None:
-        self.log("val/loss", self._loss(batch))
-
-    def test_step(self, batch: Any, batch_idx: int) -> None:
-        self.log("test/loss", self._loss(batch))
-
-    def configure_optimizers(self) -> torch.optim.Optimizer:
-        return torch.optim.SGD(self.parameters(), lr=self.lr, momentum=0.9)
-
-
-class TinyData(pl.LightningDataModule):
-    def __init__(self, n_train: int = 200, n_val: int = 100, batch_size: int = 50) -> None:
-        super().__init__()
-        self.n_train, self.n_val, self.batch_size = n_train, n_val, batch_size
-
-    def setup(self, stage: str) -> None:
-        self.train_set = TensorDataset(*make_data(self.n_train, seed=1))
-        self.val_set = TensorDataset(*make_data(self.n_val, seed=2))
-        self.test_set = TensorDataset(*make_data(self.n_val, seed=3))
-
-    def train_dataloader(self) -> DataLoader:
-        return DataLoader(self.train_set, batch_size=self.batch_size, shuffle=True)
-
-    def val_dataloader(self) -> DataLoader:
-        return DataLoader(self.val_set, batch_size=self.batch_size)
-
-    def test_dataloader(self) -> DataLoader:
-        return DataLoader(self.test_set, batch_size=self.batch_size)
+# tests/test_keys.py (edited on another branch) imports TinyModule, TinyData and read_events from here; every other
+# test imports them from helpers.
+TinyModule = Classifier
 
 
 def small_monitors(**common: Any) -> list[pl.Callback]:
@@ -107,27 +44,8 @@ def small_monitors(**common: Any) -> list[pl.Callback]:
 
 
 def make_trainer(tmp_path: Path, callbacks: list[pl.Callback], **kwargs: Any) -> pl.Trainer:
-    defaults: dict[str, Any] = {
-        "max_epochs": MAX_EPOCHS,
-        "accelerator": "cpu",
-        "devices": 1,
-        "enable_progress_bar": False,
-        "enable_model_summary": False,
-        "enable_checkpointing": False,
-        "logger": TensorBoardLogger(str(tmp_path), name="tb", version=0, default_hp_metric=False),
-        "deterministic": True,
-        "default_root_dir": str(tmp_path),
-    }
-    defaults.update(kwargs)
-    return pl.Trainer(callbacks=callbacks, **defaults)
-
-
-def read_events(log_dir: str | Path) -> Any:
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    acc = EventAccumulator(str(log_dir), size_guidance={"images": 0, "scalars": 0, "histograms": 0, "tensors": 0})
-    acc.Reload()
-    return acc
+    """:func:`helpers.make_trainer` with this suite's defaults: 2 epochs, a TensorBoard logger at ``tb/version_0``."""
+    return helpers.make_trainer(tmp_path, callbacks, **{"logger": "tb", "max_epochs": MAX_EPOCHS, **kwargs})
 
 
 def training_snapshot(trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, Any]:
@@ -206,10 +124,10 @@ class Spy(pl.Callback):
 
 def fit_reference(
     tmp: Path, callbacks: list[pl.Callback], **kwargs: Any
-) -> tuple[pl.Trainer, TinyModule, tuple[Any, ...]]:
+) -> tuple[pl.Trainer, Classifier, tuple[Any, ...]]:
     """The seeded reference fit used with and without monitors; returns the RNG states right after ``fit``."""
     pl.seed_everything(0, verbose=False)
-    module = TinyModule()
+    module = Classifier()
     trainer = make_trainer(tmp, callbacks, **kwargs)
     trainer.fit(module, datamodule=TinyData())
     return trainer, module, rng_states()
@@ -219,7 +137,7 @@ def fit_reference(
 class FittedRun:
     log_dir: Path
     events: Any
-    module: TinyModule
+    module: Classifier
     monitors: list[pl.Callback]
     trainer: pl.Trainer
     rng_after: tuple[Any, ...]

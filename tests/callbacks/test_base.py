@@ -11,17 +11,14 @@ import pytest
 import torch
 from callbacks._tiny import (  # noqa: F401 (`fitted` is a fixture)
     MAX_EPOCHS,
-    TinyData,
-    TinyModule,
     fit_reference,
     fitted,
-    make_data,
     make_trainer,
     nested_equal,
-    read_events,
     rng_equal,
     small_monitors,
 )
+from helpers import Classifier, TinyData, read_events, sensitivity_metrics
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
@@ -42,7 +39,7 @@ from lightning_sensitivity.callbacks.progress import (
 from lightning_sensitivity.functional import jacobian_norm
 from lightning_sensitivity.keys import rename_split
 
-X, Y = make_data(20, seed=5)
+X, Y = TinyData.make_data(20, seed=5)
 
 BAD_COMMON = [
     ("every_n_epochs", 0, ValueError),
@@ -183,13 +180,13 @@ def test_resume_keeps_probes_and_does_not_remeasure(tmp_path):
     trainer = make_trainer(
         tmp_path, [first, ckpt], max_epochs=1, logger=CSVLogger(tmp_path, name="a"), enable_checkpointing=True
     )
-    trainer.fit(TinyModule(), datamodule=TinyData())
+    trainer.fit(Classifier(), datamodule=TinyData())
     assert first.measured_epochs == [0, 1]
 
     second = JacobianNormMonitor(num_samples=30, seed=0)
     logger = CSVLogger(tmp_path, name="b")
     trainer = make_trainer(tmp_path, [second], max_epochs=3, logger=logger, enable_checkpointing=True)
-    trainer.fit(TinyModule(), datamodule=TinyData(), ckpt_path=str(tmp_path / "ckpt" / "last.ckpt"))
+    trainer.fit(Classifier(), datamodule=TinyData(), ckpt_path=str(tmp_path / "ckpt" / "last.ckpt"))
     assert second.measured_epochs == [0, 1, 2, 3]
     for split in ("val", "train"):
         assert torch.equal(second.probe_sets[split].inputs, first.probe_sets[split].inputs)
@@ -205,9 +202,9 @@ def test_validate_and_test_log_through_returned_dict(tmp_path):
         StiffnessMonitor(num_samples=30, groups=("val_val", "train_val")),
     ]
     trainer = make_trainer(tmp_path, monitors, max_epochs=1, logger=CSVLogger(tmp_path))
-    module, data = TinyModule(), TinyData()
+    module, data = Classifier(), TinyData()
     trainer.fit(module, datamodule=data)
-    fit_values = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("sensitivity/")}
+    fit_values = sensitivity_metrics(trainer)
     assert len(fit_values) >= 20
     (returned,) = trainer.validate(module, datamodule=data, verbose=False)
     for key, value in fit_values.items():
@@ -226,13 +223,13 @@ def test_validate_and_test_log_through_returned_dict(tmp_path):
 
 
 def test_loaders_passed_to_fit_without_sanity_check(tmp_path):
-    train_x, train_y = make_data(200, seed=1)
-    val_x, val_y = make_data(100, seed=2)
+    train_x, train_y = TinyData.make_data(200, seed=1)
+    val_x, val_y = TinyData.make_data(100, seed=2)
     train = DataLoader(TensorDataset(train_x, train_y), batch_size=50, shuffle=True)
     val = DataLoader(TensorDataset(val_x, val_y), batch_size=50)
     monitor = JacobianNormMonitor(num_samples=20, every_n_epochs=2, at_init=True)
     trainer = make_trainer(tmp_path, [monitor], logger=False, num_sanity_val_steps=0, max_epochs=3)
-    trainer.fit(TinyModule(), train_dataloaders=train, val_dataloaders=val)
+    trainer.fit(Classifier(), train_dataloaders=train, val_dataloaders=val)
     assert monitor.measured_epochs == [0, 2]
     probes = monitor.probe_sets
     assert torch.equal(probes["val"].inputs, val_x[probes["val"].indices])
@@ -241,35 +238,35 @@ def test_loaders_passed_to_fit_without_sanity_check(tmp_path):
 
 
 def test_explicit_val_data_without_val_loader(tmp_path):
-    val_x, val_y = make_data(60, seed=9)
+    val_x, val_y = TinyData.make_data(60, seed=9)
     monitor = TransitionMonitor(val_data=(val_x, val_y), num_samples=15, num_trajectories=2, num_points=9)
-    train = DataLoader(TensorDataset(*make_data(100, seed=1)), batch_size=50)
+    train = DataLoader(TensorDataset(*TinyData.make_data(100, seed=1)), batch_size=50)
     trainer = make_trainer(tmp_path, [monitor], max_epochs=1, logger=CSVLogger(tmp_path))
-    trainer.fit(TinyModule(), train_dataloaders=train)
+    trainer.fit(Classifier(), train_dataloaders=train)
     probe = monitor.probe_sets["val"]
     assert len(probe) == 15 and torch.equal(probe.inputs, val_x[probe.indices])
     assert "sensitivity/transitions/val/activation_mean" in trainer.callback_metrics
 
 
 def test_missing_val_data_fails_in_setup_with_advice(tmp_path):
-    train = DataLoader(TensorDataset(*make_data(100, seed=1)), batch_size=50)
+    train = DataLoader(TensorDataset(*TinyData.make_data(100, seed=1)), batch_size=50)
     trainer = make_trainer(tmp_path, [JacobianNormMonitor()], max_epochs=1, logger=False)
     with pytest.raises(MisconfigurationException, match=r"val_data=\(inputs, targets\)"):
-        trainer.fit(TinyModule(), train_dataloaders=train)
+        trainer.fit(Classifier(), train_dataloaders=train)
 
 
 def test_missing_train_data_for_stiffness_suggests_val_only_groups(tmp_path):
-    val = DataLoader(TensorDataset(*make_data(50, seed=2)), batch_size=50)
+    val = DataLoader(TensorDataset(*TinyData.make_data(50, seed=2)), batch_size=50)
     # trainer.validate on a fresh trainer measures the groups it has data for and names the others once
     trainer = make_trainer(tmp_path, [StiffnessMonitor(num_samples=20)], logger=False)
     with pytest.warns(SensitivityWarning, match=r"no train data.*groups train_train, train_val.*train_data="):
-        (out,) = trainer.validate(TinyModule(), dataloaders=val, verbose=False)
+        (out,) = trainer.validate(Classifier(), dataloaders=val, verbose=False)
     assert -1 <= out["sensitivity/stiffness/val_val/sign"] <= 1
     assert not any("train" in k for k in out)
     # with val-only groups trainer.validate works from the given loader alone
     monitor = StiffnessMonitor(groups=("val_val",), num_samples=20)
     trainer = make_trainer(tmp_path, [monitor], logger=False)
-    (out,) = trainer.validate(TinyModule(), dataloaders=val, verbose=False)
+    (out,) = trainer.validate(Classifier(), dataloaders=val, verbose=False)
     assert -1 <= out["sensitivity/stiffness/val_val/sign"] <= 1
 
 
@@ -283,7 +280,7 @@ def test_nan_model_warns_once_and_training_completes(tmp_path):
     monitors = small_monitors()
     trainer = make_trainer(tmp_path, monitors, logger=CSVLogger(tmp_path))
     with pytest.warns(SensitivityWarning) as record:
-        trainer.fit(TinyModule(net), datamodule=TinyData())
+        trainer.fit(Classifier(net), datamodule=TinyData())
     assert trainer.current_epoch == MAX_EPOCHS
     ours = [str(w.message) for w in record if issubclass(w.category, SensitivityWarning)]
     jacobian = [m for m in ours if m.startswith("JacobianNormMonitor")]
@@ -299,7 +296,7 @@ def test_failing_forward_warns_once_with_advice(tmp_path):
     monitor = JacobianNormMonitor(num_samples=20, forward_fn=lambda module, x: module(x)[:, 0])  # wrong rank
     trainer = make_trainer(tmp_path, [monitor], logger=CSVLogger(tmp_path))
     with pytest.warns(SensitivityWarning, match="forward_fn") as record:
-        trainer.fit(TinyModule(), datamodule=TinyData())
+        trainer.fit(Classifier(), datamodule=TinyData())
     assert len([w for w in record if issubclass(w.category, SensitivityWarning)]) == 1
     assert trainer.current_epoch == MAX_EPOCHS
     assert not any(k.startswith("sensitivity/") for k in trainer.callback_metrics)
@@ -309,11 +306,12 @@ def test_csv_logger_only_scalars_and_artifacts(tmp_path):
     monitors = [JacobianNormMonitor(num_samples=20), StiffnessMonitor(num_samples=20, groups=("val_val",))]
     logger = CSVLogger(tmp_path)
     trainer = make_trainer(tmp_path, monitors, max_epochs=1, logger=logger)
-    trainer.fit(TinyModule(), datamodule=TinyData())
+    trainer.fit(Classifier(), datamodule=TinyData())
     rows = csv_rows(logger.log_dir)
     for key in ("sensitivity/stiffness/val_val/sign", "sensitivity/jacobian_norm/val/mean"):
         measured = [r for r in rows if r.get(key)]
-        assert [int(r["step"]) for r in measured] == [0, 3], key  # init, then the epoch-end step of Lightning's own metrics
+        # initialisation, then the epoch-end step of Lightning's own metrics
+        assert [int(r["step"]) for r in measured] == [0, 3], key
         assert all(abs(float(r[key])) > 0 for r in measured)
     assert sorted(p.name for p in (Path(logger.log_dir) / "sensitivity" / "stiffness").iterdir()) == [
         "epoch_0000.npz",
@@ -322,7 +320,7 @@ def test_csv_logger_only_scalars_and_artifacts(tmp_path):
 
 
 def test_forward_fn_and_compiled_module_are_measured_through_the_original_forward():
-    module = TinyModule()
+    module = Classifier()
     plain = JacobianNormMonitor(num_samples=20)
     wrapped = JacobianNormMonitor(num_samples=20, forward_fn=lambda m, x: m.net(x))
     assert plain.measured_model(torch.compile(module)) is module
@@ -363,13 +361,14 @@ def test_base_class_is_exported():
 def test_compiled_submodule_is_measured_eagerly():
     from lightning_sensitivity.callbacks._compat import eager as _eager
 
-    plain = TinyModule()
-    compiled = TinyModule(torch.compile(plain.net))
+    plain = Classifier()
+    compiled = Classifier(torch.compile(plain.net))
     monitor = JacobianNormMonitor(num_samples=20)
     probes = {"val": _probe()}
     expected = monitor.compute(plain, probes, progress_factory("t", False), 0).arrays["val_norms"]
     with _eager():
-        got = monitor.compute(monitor.measured_model(compiled), probes, progress_factory("t", False), 0).arrays["val_norms"]
+        result = monitor.compute(monitor.measured_model(compiled), probes, progress_factory("t", False), 0)
+    got = result.arrays["val_norms"]
     torch.testing.assert_close(got, expected)
 
 
@@ -421,7 +420,7 @@ def test_steps_line_up_with_lightnings_epoch_metrics_and_images_follow_the_measu
     images are drawn at the 1st, 2nd and 4th measurement (epochs 0, 3, 9), and at the fit's last one (epoch 12)."""
     monitor = JacobianNormMonitor(num_samples=20, every_n_epochs=3)
     trainer = make_trainer(tmp_path, [monitor], max_epochs=12, log_every_n_steps=1)
-    trainer.fit(TinyModule(), datamodule=TinyData())
+    trainer.fit(Classifier(), datamodule=TinyData())
     events = read_events(trainer.logger.log_dir)
     val_steps = [e.step for e in events.Scalars("val/loss")]
     sensitivity = [e.step for e in events.Scalars("sensitivity/jacobian_norm/val/mean")]

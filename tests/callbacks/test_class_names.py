@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from callbacks._tiny import NUM_CLASSES, TinyData, TinyModule, make_trainer
+from callbacks._tiny import NUM_CLASSES, make_trainer
+from helpers import Classifier, TinyData
 from lightning.pytorch.loggers import CSVLogger
 from torch.utils.data import Subset
 
@@ -41,7 +42,7 @@ def fit(tmp_path: Path, data: TinyData, **jacobian: object) -> dict[str, list]:
     ]
     trainer = make_trainer(tmp_path, monitors, max_epochs=1, logger=CSVLogger(str(tmp_path)), limit_train_batches=1)
     torch.manual_seed(0)
-    trainer.fit(TinyModule(), datamodule=data)
+    trainer.fit(Classifier(), datamodule=data)
     log_dir = Path(trainer.logger.log_dir)
     return {q: load_artifacts(log_dir, q)[-1].meta.get("class_names") for q in ("jacobian_norm", "stiffness")}
 

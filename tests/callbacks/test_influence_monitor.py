@@ -9,7 +9,8 @@ import lightning.pytorch as pl
 import pytest
 import torch
 import torch.nn.functional as F
-from callbacks._tiny import NUM_CLASSES, TinyData, TinyModule, make_trainer, read_events
+from callbacks._tiny import NUM_CLASSES, make_trainer
+from helpers import Classifier, TinyData, read_events
 from oracles import gram_loop
 
 from lightning_sensitivity import StiffnessMonitor, keys
@@ -27,7 +28,7 @@ class FlippedData(TinyData):
         self.train_set = torch.utils.data.TensorDataset(x, y)
 
 
-class DecayModule(TinyModule):
+class DecayModule(Classifier):
     def configure_optimizers(self) -> Any:
         opt = torch.optim.SGD(self.parameters(), lr=0.2)
         return {"optimizer": opt, "lr_scheduler": torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.5)}

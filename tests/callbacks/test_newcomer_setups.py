@@ -12,10 +12,7 @@ are covered in ``tests/reliability/`` (``test_non_perturbation``, ``test_resume`
 from __future__ import annotations
 
 import copy
-import os
 import pickle
-import subprocess
-import sys
 import warnings
 from pathlib import Path
 from typing import Any
@@ -24,9 +21,8 @@ import lightning.pytorch as pl
 import pytest
 import torch
 import torch.nn.functional as F
-from callbacks._real import Plain, fit, last_artifact, mlp, sensitivity_metrics
-from callbacks._real import trainer as real_trainer
-from lightning.pytorch.loggers import CSVLogger
+from _ddp import run_distributed
+from helpers import Classifier, fit, last_artifact, make_trainer, mlp, sensitivity_metrics
 from oracles import jacobian_norm_loop
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
@@ -52,7 +48,7 @@ def loaders(x: Tensor, y: Tensor, batch_size: int = 10) -> DataLoader:
 
 def trainer(root: Path, callbacks: list[pl.Callback], **kwargs: Any) -> pl.Trainer:
     """A quiet CPU trainer with a CSV logger (artifacts under its log directory)."""
-    return real_trainer(root, callbacks, **{"logger": CSVLogger(str(root), name="csv", version=0), **kwargs})
+    return make_trainer(root, callbacks, **{"logger": "csv", **kwargs})
 
 
 def monitors(val: tuple, train: tuple, loss_fn: Any = F.cross_entropy, **kwargs: Any) -> list[pl.Callback]:
@@ -86,7 +82,7 @@ def test_nonfinite_probe_examples_are_named_left_out_and_counted(tmp_path, monit
 
     def run(name: str, val: tuple) -> tuple:
         torch.manual_seed(0)
-        module = Plain(mlp(IN, 3))
+        module = Classifier(mlp(IN, 3), lr=0.05)
         callbacks = [c for c in monitors(val, train) if c.quantity == monitor]
         return measure_at_init(tmp_path / name, module, callbacks, train)
 
@@ -106,7 +102,7 @@ def test_nonfinite_probe_examples_are_named_left_out_and_counted(tmp_path, monit
 def test_a_diverged_model_is_named_and_nothing_is_logged(tmp_path):
     x, y = data()
     torch.manual_seed(0)
-    module = Plain(mlp(IN, 3))
+    module = Classifier(mlp(IN, 3), lr=0.05)
     with torch.no_grad():
         module.net[0].weight[0, 0] = float("nan")
     got, messages = measure_at_init(tmp_path, module, monitors((x, y), data(seed=1))[:1], data(seed=1))
@@ -125,7 +121,7 @@ def test_single_output_regression_head(tmp_path):
     y = x[:, :1] * 2 + 0.1 * torch.randn(N, 1, generator=gen)
     train = (x.flip(0), y.flip(0))
     torch.manual_seed(0)
-    module = Plain(mlp(IN, 1), loss_fn=F.mse_loss)
+    module = Classifier(mlp(IN, 1), loss_fn=F.mse_loss, lr=0.05)
     net = copy.deepcopy(module.net)
     logger = TensorBoardLogger(str(tmp_path), name="tb", version=0)
     t = trainer(tmp_path, monitors((x, y), train, loss_fn=F.mse_loss), max_epochs=1, limit_train_batches=1,
@@ -158,7 +154,7 @@ def test_label_heads_count_outputs_crossing_zero(tmp_path, head):
         outputs, loss = 1, lambda out, t: F.binary_cross_entropy_with_logits(out[:, 0], t.float())
     train = (x.flip(0), y.flip(0))
     torch.manual_seed(0)
-    module = Plain(mlp(IN, outputs), loss_fn=loss)
+    module = Classifier(mlp(IN, outputs), loss_fn=loss, lr=0.05)
     got, messages = measure_at_init(tmp_path, module, monitors((x, y), train, loss_fn=loss), train)
     assert sum("an output crossing 0" in m for m in messages) == 1, messages
     assert "sensitivity/transitions/val/prediction_mean" in got
@@ -191,7 +187,7 @@ def test_activation_checkpointing_is_measured_like_the_plain_model_and_training_
 
     def run(name: str, mode: str | None, every_n_epochs: int | None, with_monitors: bool = True) -> tuple:
         torch.manual_seed(0)
-        module = Plain(CheckpointedMLP(mode))
+        module = Classifier(CheckpointedMLP(mode), lr=0.05)
         callbacks = monitors((x, y), train, every_n_epochs=every_n_epochs) if with_monitors else []
         t = trainer(tmp_path / name, callbacks, max_epochs=2, limit_val_batches=0)
         messages = fit(t, module, loaders(*train))
@@ -259,7 +255,7 @@ def test_notebook_style_repeated_fits_reuse_the_monitors(tmp_path):
     results = []
     for i in range(2):  # one cell run twice: the same callback objects, a fresh model and trainer
         torch.manual_seed(0)
-        got, messages = measure_at_init(tmp_path / str(i), Plain(mlp(IN, 3)), callbacks, train)
+        got, messages = measure_at_init(tmp_path / str(i), Classifier(mlp(IN, 3), lr=0.05), callbacks, train)
         results.append(got)
         assert not [m for m in messages if "could not" in m], messages
     assert results[0] == results[1] and len(results[0]) > 10
@@ -271,7 +267,7 @@ def test_compiled_module_with_bf16_mixed_is_measured_like_the_plain_float32_modu
 
     def run(name: str, compiled: bool, with_monitors: bool = True, **kwargs: Any) -> tuple:
         torch.manual_seed(0)
-        module = Plain(mlp(IN, 3))
+        module = Classifier(mlp(IN, 3), lr=0.05)
         fitted = torch.compile(module, backend="eager") if compiled else module
         callbacks = monitors((x, y), train) if with_monitors else []
         t = trainer(tmp_path / name, callbacks, max_epochs=1, limit_train_batches=2, limit_val_batches=0, **kwargs)
@@ -294,7 +290,7 @@ def test_fast_dev_run_measures_nothing_says_so_once_and_writes_nothing(tmp_path,
     torch.manual_seed(0)
     t = pl.Trainer(fast_dev_run=True, callbacks=monitors((x, y), train, every_n_epochs=1), accelerator="cpu",
                    enable_progress_bar=False, enable_model_summary=False)  # fmt: skip
-    messages = fit(t, Plain(mlp(IN, 3)), loaders(*train), loaders(x, y))
+    messages = fit(t, Classifier(mlp(IN, 3), lr=0.05), loaders(*train), loaders(x, y))
     assert sensitivity_metrics(t) == {}
     assert len(messages) == 1 and "fast_dev_run" in messages[0], messages
     assert all(name in messages[0] for name in ("JacobianNormMonitor", "StiffnessMonitor", "TransitionMonitor"))
@@ -313,7 +309,7 @@ def test_validate_on_a_fresh_trainer_measures_the_groups_with_data(tmp_path, sta
     t = trainer(tmp_path, callbacks)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        out = getattr(t, stage)(Plain(mlp(IN, 3)), loaders(x, y), verbose=False)[0]
+        out = getattr(t, stage)(Classifier(mlp(IN, 3), lr=0.05), loaders(x, y), verbose=False)[0]
     messages = [str(w.message) for w in caught if issubclass(w.category, SensitivityWarning)]
     split = "val" if stage == "validate" else "test"
     assert f"sensitivity/stiffness/{split}_{split}/cosine" in out
@@ -337,7 +333,7 @@ def test_monitors_pickle_before_and_after_a_measurement(tmp_path):
         pickle.loads(pickle.dumps(c))
     logger = TensorBoardLogger(str(tmp_path), name="tb", version=0)  # the monitors keep its writer (weakly)
     t = trainer(tmp_path, callbacks, max_epochs=1, limit_train_batches=1, limit_val_batches=0, logger=logger)
-    fit(t, Plain(mlp(IN, 3)), loaders(*train))
+    fit(t, Classifier(mlp(IN, 3), lr=0.05), loaders(*train))
     for c in callbacks:
         copy_ = pickle.loads(pickle.dumps(c))
         assert copy_.measured_epochs == c.measured_epochs == [0, 1]
@@ -345,38 +341,25 @@ def test_monitors_pickle_before_and_after_a_measurement(tmp_path):
         assert torch.equal(copy_.probe_sets["val"].inputs, c.probe_sets["val"].inputs)
 
 
-SCRIPT = """
-import sys
-import lightning.pytorch as pl, torch
-from torch.utils.data import DataLoader, TensorDataset
-sys.path[:0] = [{tests!r}, {callbacks!r}]
-from _real import Plain, mlp
-from lightning_sensitivity import JacobianNormMonitor, StiffnessMonitor, TransitionMonitor
-
-if __name__ == "__main__":
+def ddp_fit(out: Path, strategy: str) -> str:
+    """A 2-device CPU fit with the three monitors under ``strategy`` (run by ``tests/_ddp.py``, not by pytest)."""
     torch.manual_seed(0)
     x, y = torch.randn(40, 6), torch.randint(0, 3, (40,))
     loader = DataLoader(TensorDataset(x, y), batch_size=10)
-    common = dict(num_samples=16, at_init=False)
+    common = {"num_samples": 16, "at_init": False}
     callbacks = [JacobianNormMonitor(**common), TransitionMonitor(num_trajectories=2, num_points=12, **common),
-                 StiffnessMonitor(num_distance_bins=4, **common)]
-    trainer = pl.Trainer(max_epochs=1, accelerator="cpu", devices=2, strategy=sys.argv[1], callbacks=callbacks,
-                         default_root_dir=sys.argv[2], limit_train_batches=2, limit_val_batches=1,
-                         enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False)
-    trainer.fit(Plain(mlp(6, 3)), loader, loader)
-"""
+                 StiffnessMonitor(num_distance_bins=4, **common)]  # fmt: skip
+    trainer = make_trainer(out, callbacks, max_epochs=1, devices=2, strategy=strategy, limit_train_batches=2,
+                           limit_val_batches=1, logger=True, deterministic=False)  # fmt: skip
+    trainer.fit(Classifier(mlp(6, 3), lr=0.05), loader, loader)
+    return strategy
 
 
 @pytest.mark.parametrize("strategy", ["ddp_spawn", "ddp_fork"])
 def test_single_machine_ddp_strategies_run_the_monitors(tmp_path, strategy):
-    here = Path(__file__).resolve().parent
-    script = tmp_path / "fit.py"
-    script.write_text(SCRIPT.format(tests=str(here.parent), callbacks=str(here)))
-    env = {k: v for k, v in os.environ.items() if k not in ("LOCAL_RANK", "NODE_RANK", "WORLD_SIZE", "MASTER_PORT")}
-    env["OMP_NUM_THREADS"] = "1"
-    proc = subprocess.run([sys.executable, str(script), strategy, str(tmp_path / "out")], cwd=tmp_path, env=env,
-                          timeout=240, capture_output=True, text=True)  # fmt: skip
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    assert "could not produce" not in proc.stderr, proc.stderr[-4000:]
+    run = run_distributed(ddp_fit, tmp_path / "out", strategy, launcher="lightning", timeout=240, cwd=tmp_path,
+                          ranks_returning=(0,))  # the spawned/forked workers do not run `ddp_fit`
+    assert run.results == {0: strategy}
+    assert "could not produce" not in run.stderr, run.stderr[-4000:]
     files = sorted(p.relative_to(tmp_path / "out").parts[-2] for p in (tmp_path / "out").rglob("*.npz"))
     assert files == ["jacobian_norm", "stiffness", "transitions"]  # written once, by rank 0

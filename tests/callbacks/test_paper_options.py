@@ -12,7 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from callbacks._tiny import fit_reference, read_events
+from callbacks._tiny import fit_reference
+from helpers import read_events
 from oracles import near_anchor_ratio_loop
 
 from lightning_sensitivity import StiffnessMonitor, TransitionMonitor

@@ -15,7 +15,7 @@ import copy
 import pytest
 import torch
 import torch.nn.functional as F
-from callbacks._real import Plain, fit, last_artifact, mlp, sensitivity_metrics, trainer, write_corpus
+from helpers import Classifier, fit, last_artifact, make_trainer, mlp, sensitivity_metrics, write_corpus
 from lightning.pytorch.callbacks import ModelCheckpoint
 from oracles import embedding_jacobian_norm_loop, jacobian_norm_loop, stiffness_loop
 from torch import nn
@@ -67,7 +67,7 @@ class NoMask(nn.Module):
 def test_text_model_jacobian_norm_is_the_embedding_jacobian_and_ignores_padding(tmp_path):
     dm, lit = text_setup(tmp_path)
     monitor = JacobianNormMonitor(**text_options())
-    messages = fit(trainer(tmp_path, [monitor], max_epochs=2), lit, datamodule=dm)
+    messages = fit(make_trainer(tmp_path, [monitor], max_epochs=2), lit, datamodule=dm)
     assert not [m for m in messages if "could not" in m], messages
     probe = monitor.probe_sets["val"]
     ids, mask = probe.inputs, probe.model_kwargs["attention_mask"]
@@ -92,7 +92,7 @@ def test_text_model_jacobian_norm_is_the_embedding_jacobian_and_ignores_padding(
 def test_text_model_stiffness_differentiates_the_embedding_table_too(tmp_path, mask):
     dm, lit = text_setup(tmp_path)
     monitor = StiffnessMonitor(groups=("val_val",), num_distance_bins=4, **text_options(mask))
-    messages = fit(trainer(tmp_path, [monitor], max_epochs=1), lit, datamodule=dm)
+    messages = fit(make_trainer(tmp_path, [monitor], max_epochs=1), lit, datamodule=dm)
     assert not [m for m in messages if "could not" in m], messages
     probe = monitor.probe_sets["val"]
     model = copy.deepcopy(lit.model).double()
@@ -125,7 +125,7 @@ def test_text_model_transitions_run_on_embedded_ellipses(tmp_path, mask):
 
     dm, lit = text_setup(tmp_path)
     monitor = TransitionMonitor(num_trajectories=3, num_points=12, **text_options(mask))
-    messages = fit(trainer(tmp_path, [monitor], max_epochs=1), lit, datamodule=dm)
+    messages = fit(make_trainer(tmp_path, [monitor], max_epochs=1), lit, datamodule=dm)
     assert not [m for m in messages if "could not" in m], messages
     metrics = sensitivity_metrics(lit.trainer)
     assert {f"{TRANS}/val/{s}_mean" for s in ("activation", "region_changes", "prediction")} <= metrics.keys()
@@ -149,7 +149,7 @@ def test_text_probe_set_with_its_mask_survives_a_checkpoint_resume(tmp_path, mon
     dm, lit = text_setup(tmp_path)
     first = JacobianNormMonitor(**text_options())
     checkpoint = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True)
-    fit(trainer(tmp_path, [first, checkpoint], max_epochs=1, enable_checkpointing=True), lit, datamodule=dm)
+    fit(make_trainer(tmp_path, [first, checkpoint], max_epochs=1, enable_checkpointing=True), lit, datamodule=dm)
     saved = first.probe_sets["val"]
 
     def no_draw(*args, **kwargs):
@@ -159,7 +159,7 @@ def test_text_probe_set_with_its_mask_survives_a_checkpoint_resume(tmp_path, mon
     dm2, lit2 = text_setup(tmp_path, seed=1)
     second = JacobianNormMonitor(**text_options())
     messages = fit(
-        trainer(tmp_path, [second], max_epochs=2), lit2, datamodule=dm2, ckpt_path=checkpoint.last_model_path
+        make_trainer(tmp_path, [second], max_epochs=2), lit2, datamodule=dm2, ckpt_path=checkpoint.last_model_path
     )
     assert not [m for m in messages if "could not" in m], messages
     restored = second.probe_sets["val"]
@@ -184,9 +184,9 @@ def multilabel_loaders(n_train: int = 48, n_val: int = 24, k: int = 3):
 def test_multilabel_jacobian_of_the_sigmoid_logs_norms_only_with_one_notice(tmp_path):
     train, val = multilabel_loaders()
     torch.manual_seed(0)
-    module = Plain(mlp(6, 3), F.binary_cross_entropy_with_logits)
+    module = Classifier(mlp(6, 3), F.binary_cross_entropy_with_logits, lr=0.05)
     monitor = JacobianNormMonitor(output="sigmoid", num_samples=16)
-    messages = fit(trainer(tmp_path, [monitor], max_epochs=2), module, train, val)
+    messages = fit(make_trainer(tmp_path, [monitor], max_epochs=2), module, train, val)
     probe = monitor.probe_sets["val"]
     assert probe.targets.dtype == torch.float32 and probe.targets.shape == (16, 3)
     expected = jacobian_norm_loop(copy.deepcopy(module.net).double(), probe.inputs.double(), output="sigmoid")
@@ -202,9 +202,9 @@ def test_multilabel_jacobian_of_the_sigmoid_logs_norms_only_with_one_notice(tmp_
 def test_multilabel_stiffness_with_bce_matches_the_oracle_without_class_splits(tmp_path):
     train, val = multilabel_loaders()
     torch.manual_seed(0)
-    module = Plain(mlp(6, 3), F.binary_cross_entropy_with_logits)
+    module = Classifier(mlp(6, 3), F.binary_cross_entropy_with_logits, lr=0.05)
     monitor = StiffnessMonitor(loss_fn=F.binary_cross_entropy_with_logits, num_samples=16, num_distance_bins=4)
-    messages = fit(trainer(tmp_path, [monitor], max_epochs=1), module, train, val)
+    messages = fit(make_trainer(tmp_path, [monitor], max_epochs=1), module, train, val)
     probe = monitor.probe_sets["val"]
     net = copy.deepcopy(module.net).double()
     expected = stiffness_loop(
@@ -224,9 +224,9 @@ def test_regression_stiffness_with_mse_matches_the_oracle(tmp_path):
     train = DataLoader(TensorDataset(x[:40], y[:40]), batch_size=10, shuffle=True)
     val = DataLoader(TensorDataset(x[40:], y[40:]), batch_size=12)
     torch.manual_seed(0)
-    module = Plain(mlp(5, 1), F.mse_loss, lr=0.01)
+    module = Classifier(mlp(5, 1), F.mse_loss, lr=0.01)
     monitor = StiffnessMonitor(loss_fn=F.mse_loss, num_samples=12, groups=("train_val", "val_val"), num_distance_bins=4)
-    fit(trainer(tmp_path, [monitor], max_epochs=1), module, train, val)
+    fit(make_trainer(tmp_path, [monitor], max_epochs=1), module, train, val)
     tr, va = monitor.probe_sets["train"], monitor.probe_sets["val"]
     net = copy.deepcopy(module.net).double()
     expected = stiffness_loop(net, tr.inputs.double(), tr.targets.double(), va.inputs.double(), va.targets.double(),
@@ -248,10 +248,10 @@ def test_torchvision_resnet18_all_monitors_and_training_untouched(tmp_path):
 
     def run(callbacks, root):
         torch.manual_seed(0)
-        module = Plain(torchvision.models.resnet18(weights=None, num_classes=4), lr=0.01)
+        module = Classifier(torchvision.models.resnet18(weights=None, num_classes=4), lr=0.01)
         train = DataLoader(TensorDataset(x[:16], y[:16]), batch_size=8, shuffle=True)
         val = DataLoader(TensorDataset(x[16:], y[16:]), batch_size=16)
-        messages = fit(trainer(root, callbacks, max_epochs=1), module, train, val)
+        messages = fit(make_trainer(root, callbacks, max_epochs=1), module, train, val)
         module.rng_after = torch.get_rng_state()
         return module, messages
 

@@ -17,12 +17,24 @@ import warnings
 import numpy as np
 import pytest
 import torch
-from callbacks._real import Plain, fit, last_artifact, mlp, sensitivity_metrics, trainer
-from callbacks._tiny import NUM_CLASSES, TinyData, TinyModule
+from callbacks._tiny import NUM_CLASSES
+from helpers import (
+    Classifier,
+    ReliableModule,
+    TinyData,
+    csv_series,
+    fit,
+    last_artifact,
+    make_trainer,
+    mlp,
+    rng_states,
+    sensitivity_metrics,
+)
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
 from oracles import jacobian_norm_loop, stiffness_loop
-from reliability._helpers import FitRecord, ReliableModule, csv_series, make_trainer, rng_states, training_differences
+from reliability._helpers import FitRecord, training_differences
+from reliability._helpers import make_trainer as reliable_trainer
 from torch.utils.data import DataLoader, IterableDataset, TensorDataset
 
 from lightning_sensitivity import JacobianNormMonitor, StiffnessMonitor, TransitionMonitor
@@ -68,7 +80,7 @@ def stream_fit(root, callbacks) -> FitRecord:
     pl.seed_everything(0, verbose=False)
     module = ReliableModule("mlp", "adam")
     train, val = stream_data(48, 1)[0], stream_data(16, 2)[0]
-    tr = make_trainer(root, callbacks, max_epochs=2)
+    tr = reliable_trainer(root, callbacks, max_epochs=2)
     fit(tr, module, DataLoader(train, batch_size=12), DataLoader(val, batch_size=8))
     return FitRecord(tr, module, rng_states(), csv_series(tr.logger.log_dir))
 
@@ -109,7 +121,7 @@ def test_streaming_datasets_probe_the_first_examples_and_leave_training_bitwise_
 def broken_train_fit(tmp_path, monitors):
     """A train stream of dicts without an input-like key (the default batch split cannot read it)."""
 
-    class DictModule(TinyModule):
+    class DictModule(Classifier):
         def _loss(self, batch):
             x, y = (batch["pixels"], batch["target"]) if isinstance(batch, dict) else batch
             return torch.nn.functional.cross_entropy(self(x), y)
@@ -119,7 +131,7 @@ def broken_train_fit(tmp_path, monitors):
     train = stream_data(40, 1, as_dict=True)[0]
     gen = torch.Generator().manual_seed(2)
     val = TensorDataset(torch.randn(30, 1, 8, 8, generator=gen), torch.arange(30) % NUM_CLASSES)
-    messages = fit(trainer(tmp_path, monitors, max_epochs=2), module, DataLoader(train, batch_size=10),
+    messages = fit(make_trainer(tmp_path, monitors, max_epochs=2), module, DataLoader(train, batch_size=10),
                    DataLoader(val, batch_size=10))  # fmt: skip
     return module, messages
 
@@ -165,9 +177,9 @@ def two_val_loaders():
 def test_several_val_loaders_measure_the_chosen_one(tmp_path, idx):
     train, vals, datasets = two_val_loaders()
     torch.manual_seed(0)
-    module = Plain(mlp(6, 3))
+    module = Classifier(mlp(6, 3), lr=0.05)
     monitor = JacobianNormMonitor(num_samples=9, **({} if idx is None else {"val_dataloader_idx": idx}))
-    messages = fit(trainer(tmp_path, [monitor], max_epochs=1), module, train, vals)
+    messages = fit(make_trainer(tmp_path, [monitor], max_epochs=1), module, train, vals)
     probe, chosen = monitor.probe_sets["val"], datasets[idx or 0]
     assert torch.equal(probe.inputs, chosen.tensors[0][probe.indices])
     assert torch.equal(probe.targets, chosen.tensors[1][probe.indices])
@@ -189,9 +201,9 @@ def test_several_val_loaders_measure_the_chosen_one(tmp_path, idx):
 def test_a_val_loader_index_out_of_range_is_reported_once_and_training_goes_on(tmp_path):
     train, vals, _ = two_val_loaders()
     torch.manual_seed(0)
-    module = Plain(mlp(6, 3))
+    module = Classifier(mlp(6, 3), lr=0.05)
     monitor = JacobianNormMonitor(num_samples=9, val_dataloader_idx=2)
-    messages = fit(trainer(tmp_path, [monitor], max_epochs=2), module, train, vals)
+    messages = fit(make_trainer(tmp_path, [monitor], max_epochs=2), module, train, vals)
     failures = [m for m in messages if "val_dataloader_idx" in m]
     assert len(failures) == 1, messages
     assert "is disabled for this run" in failures[0] and "val loaders (2), got 2" in failures[0]
@@ -202,9 +214,9 @@ def test_a_val_loader_index_out_of_range_is_reported_once_and_training_goes_on(t
 @pytest.mark.slow
 def test_without_a_logger_artifacts_go_under_default_root_dir_with_one_notice(tmp_path):
     torch.manual_seed(0)
-    module = TinyModule()
+    module = Classifier()
     monitor = JacobianNormMonitor(num_samples=20)
-    messages = fit(trainer(tmp_path, [monitor], max_epochs=2, logger=False), module, datamodule=TinyData())
+    messages = fit(make_trainer(tmp_path, [monitor], max_epochs=2, logger=False), module, datamodule=TinyData())
     files = sorted(p.name for p in (tmp_path / "sensitivity" / "jacobian_norm").iterdir())
     assert files == ["epoch_0000.npz", "epoch_0001.npz", "epoch_0002.npz"]
     notices = [m for m in messages if "no logger" in m]
@@ -218,12 +230,12 @@ def test_without_a_logger_artifacts_go_under_default_root_dir_with_one_notice(tm
 def test_checkpoint_and_early_stopping_on_a_sensitivity_key_before_the_first_measurement(tmp_path):
     key = f"{JAC}/val/mean"
     torch.manual_seed(0)
-    module = TinyModule()
+    module = Classifier()
     checkpoint = ModelCheckpoint(dirpath=tmp_path / "ckpt", monitor=key, mode="min")
     stopping = EarlyStopping(monitor=key, patience=10, mode="min")
     monitor = JacobianNormMonitor(num_samples=20, at_init=False)
     logger = CSVLogger(str(tmp_path), name="csv", version=0)
-    tr = trainer(tmp_path, [monitor, checkpoint, stopping], max_epochs=2, val_check_interval=0.5, logger=logger,
+    tr = make_trainer(tmp_path, [monitor, checkpoint, stopping], max_epochs=2, val_check_interval=0.5, logger=logger,
                  enable_checkpointing=True)  # fmt: skip
     fit(tr, module, datamodule=TinyData())
     assert tr.current_epoch == 2 and not tr.should_stop  # the run was not ended for lack of the key
@@ -254,4 +266,4 @@ class NamedTinyData(TinyData):
 def test_class_names_of_the_wrong_length_are_refused_in_setup(tmp_path, cls):
     monitor = cls(num_samples=10, class_names=["a", "b", "c"])
     with pytest.raises(ValueError, match="`class_names`.*10.*3|`class_names`.*3.*10"):
-        trainer(tmp_path, [monitor], max_epochs=1).fit(TinyModule(), datamodule=NamedTinyData())
+        make_trainer(tmp_path, [monitor], max_epochs=1).fit(Classifier(), datamodule=NamedTinyData())

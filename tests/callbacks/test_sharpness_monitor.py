@@ -10,7 +10,8 @@ import lightning.pytorch as pl
 import pytest
 import torch
 import torch.nn.functional as F
-from callbacks._tiny import Spy, TinyData, TinyModule, make_trainer, read_events, rng_equal, rng_states
+from callbacks._tiny import Spy, make_trainer, rng_equal
+from helpers import Classifier, TinyData, read_events, rng_states
 from oracles_curvature import dense_hessian_loop, gauss_newton_loop
 from torch import nn
 
@@ -33,10 +34,10 @@ class Snapshots(pl.Callback):
         self.nets.append(copy.deepcopy(pl_module.net))
 
 
-def _fit(tmp, callbacks: list[pl.Callback]) -> tuple[pl.Trainer, TinyModule]:
+def _fit(tmp, callbacks: list[pl.Callback]) -> tuple[pl.Trainer, Classifier]:
     pl.seed_everything(0, verbose=False)
     torch.manual_seed(0)
-    module = TinyModule(net=small_net())
+    module = Classifier(net=small_net())
     trainer = make_trainer(tmp, callbacks)
     trainer.fit(module, datamodule=TinyData())
     return trainer, module

@@ -7,9 +7,6 @@ import math
 import numpy as np
 import pytest
 import torch
-
-GRAM_STATISTICS = ("coherence", "m_coherence", "gradient_diversity", "fisher_trace", "label_alignment",
-                   "norm_test", "inner_product_test", "orthogonality_test")  # fmt: skip
 from callbacks._tiny import fitted  # noqa: F401 (`fitted` is a fixture)
 from oracles import class_mean_loop, stiffness_loop
 
@@ -19,6 +16,8 @@ from lightning_sensitivity.logging import load_artifacts
 from lightning_sensitivity.logging.artifacts import STIFFNESS_GROUP_KEYS
 from lightning_sensitivity.probes import probe_set_from_tensors
 
+GRAM_STATISTICS = ("coherence", "m_coherence", "gradient_diversity", "fisher_trace", "label_alignment",
+                   "norm_test", "inner_product_test", "orthogonality_test")  # fmt: skip
 P = "sensitivity/stiffness"
 GROUPS = ("train_train", "train_val", "val_val")
 STEPS = [0, 3, 7]  # initialisation, then the step Lightning logs each of the 2 epochs' end metrics at (4 batches each)
@@ -226,7 +225,8 @@ def test_the_gram_engine_is_said_once_and_written_in_the_configuration():
     probes = {"val": probe_set_from_tensors(x, y, 10, seed=0)}
     monitor = StiffnessMonitor(groups=("val_val",))
     net = _Einsum()
-    with pytest.warns(SensitivityWarning, match=r"layerwise, with explicit per-example gradients .*'w' \(used by .*einsum"):
+    said = r"layerwise, with explicit per-example gradients .*'w' \(used by .*einsum"
+    with pytest.warns(SensitivityWarning, match=said):
         result = monitor.compute(net, probes, progress_factory("t", False), 0)
     ref = stiffness_loop(net, x, y)
     assert result.scalars[f"{P}/val_val/cosine"] == pytest.approx(ref["cosine_mean"], abs=1e-5)

@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from callbacks._tiny import TinyData, TinyModule, make_trainer, read_events
+from callbacks._tiny import make_trainer
+from helpers import Classifier, TinyData, read_events
 from oracles import per_layer_gram_loop
 from torch import nn
 
@@ -17,14 +18,18 @@ from lightning_sensitivity.probes import probe_set_from_tensors
 
 def _net() -> nn.Module:
     torch.manual_seed(0)
-    return nn.Sequential(nn.Flatten(), nn.Linear(12, 8), nn.ReLU(), nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 3)).double()
+    layers = (nn.Flatten(), nn.Linear(12, 8), nn.ReLU(), nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 3))
+    return nn.Sequential(*layers).double()
 
 
 def _probes():
     gen = torch.Generator().manual_seed(3)
     x = torch.randn(18, 12, generator=gen, dtype=torch.float64)
     y = torch.arange(18) % 3
-    return {"val": probe_set_from_tensors(x[:9], y[:9], 9, seed=0), "train": probe_set_from_tensors(x[9:], y[9:], 9, seed=0)}
+    return {
+        "val": probe_set_from_tensors(x[:9], y[:9], 9, seed=0),
+        "train": probe_set_from_tensors(x[9:], y[9:], 9, seed=0),
+    }
 
 
 def _oracle_means(block: torch.Tensor, rows: slice, cols: slice, y: torch.Tensor, same: bool) -> dict[str, float]:
@@ -90,7 +95,7 @@ def test_bad_per_layer_arguments(kwargs, error, match):
 def test_fit_logs_layers_and_an_image_that_grows_with_the_epochs(tmp_path):
     monitor = StiffnessMonitor(per_layer=True, num_samples=20, groups=("val_val",), figures="all")
     trainer = make_trainer(tmp_path, [monitor], max_epochs=2)
-    trainer.fit(TinyModule(), datamodule=TinyData())
+    trainer.fit(Classifier(), datamodule=TinyData())
     events = read_events(trainer.logger.log_dir)
     tags = events.Tags()
     layer_tags = [t for t in tags["scalars"] if "/layer/" in t]

@@ -5,33 +5,9 @@ import math
 import numpy as np
 import pytest
 import torch
+from oracles import first_crossing_loop, weighted_fit_zero
 
 from lightning_sensitivity.functional import critical_length, critical_length_bootstrap
-
-
-def _polyfit_zero(x, y, counts=None):
-    """Oracle: numpy's weighted least squares (weights sqrt(counts) on the residuals) and the line's zero."""
-    x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
-    w = np.ones_like(x) if counts is None else np.asarray(counts, dtype=float)
-    keep = np.isfinite(y) & (w > 0)
-    if keep.sum() < 2:
-        return math.nan
-    slope, intercept = np.polyfit(x[keep], y[keep], 1, w=np.sqrt(w[keep]))
-    zero = -intercept / slope if slope < 0 else math.nan
-    # a zero outside the bins used is an extrapolation: no crossing
-    return zero if x[keep].min() <= zero <= x[keep].max() else math.nan
-
-
-def _first_crossing_loop(x, y):
-    pts = [(c, v) for c, v in zip(x, y) if not math.isnan(v)]
-    prev = None
-    for c, v in pts:
-        if v <= 0:
-            if prev is None:
-                return c
-            return prev[0] + (c - prev[0]) * prev[1] / (prev[1] - v)
-        prev = (c, v)
-    return math.nan
 
 
 def test_first_crossing_hand_cases():
@@ -51,7 +27,7 @@ def test_first_crossing_matches_loop_on_random_curves():
         x = torch.linspace(0.05, 1.95, 10, dtype=torch.float64)
         y = 0.8 - x + 0.3 * torch.randn(10, generator=g, dtype=torch.float64)
         y[torch.rand(10, generator=g) < 0.2] = float("nan")
-        expected = _first_crossing_loop(x.tolist(), y.tolist())
+        expected = first_crossing_loop(x.tolist(), y.tolist())
         got = critical_length(x, y, method="first_crossing")
         assert (math.isnan(got) and math.isnan(expected)) or got == pytest.approx(expected, rel=1e-12)
 
@@ -74,7 +50,7 @@ def test_linear_fit_matches_numpy_weighted_least_squares(weighted):
         y = 0.6 - 0.7 * x + 0.2 * torch.randn(12, generator=g, dtype=torch.float64)
         counts = torch.randint(0, 50, (12,), generator=g) if weighted else None
         y[torch.rand(12, generator=g) < 0.15] = float("nan")
-        expected = _polyfit_zero(x.numpy(), y.numpy(), None if counts is None else counts.numpy())
+        expected = weighted_fit_zero(x.numpy(), y.numpy(), None if counts is None else counts.numpy())
         got = critical_length(x, y, counts, method="linear_fit")
         assert (math.isnan(got) and math.isnan(expected)) or got == pytest.approx(expected, rel=1e-9)
 
@@ -124,7 +100,7 @@ def _curve_loop(matrix, inputs, idx, num_bins, keep_pair=lambda a, b: True):
             sums[k] += float(matrix[i, j])
             counts[k] += 1
     centers = [(k + 0.5) * 2.0 / num_bins for k in range(num_bins)]
-    means = [s / c if c else math.nan for s, c in zip(sums, counts)]
+    means = [s / c if c else math.nan for s, c in zip(sums, counts, strict=True)]
     return centers, means, counts
 
 
@@ -146,12 +122,12 @@ def test_bootstrap_matches_loop_over_resampled_points(same_class_only):
         matrix, x, y, num_bootstrap=reps, seed=3, num_bins=bins, method="linear_fit", same_class_only=same_class_only
     )
     centers, means, counts = _curve_loop(matrix, x, list(range(n)), bins, keep)
-    assert est == pytest.approx(_polyfit_zero(centers, means, counts), rel=1e-9)
+    assert est == pytest.approx(weighted_fit_zero(centers, means, counts), rel=1e-9)
     g = torch.Generator().manual_seed(3)  # the documented draws: N indices with replacement per replicate
     values = []
     for _ in range(reps):
         idx = torch.randint(0, n, (n,), generator=g).tolist()
-        values.append(_polyfit_zero(*_curve_loop(matrix, x, idx, bins, keep)))
+        values.append(weighted_fit_zero(*_curve_loop(matrix, x, idx, bins, keep)))
     values = [v for v in values if not math.isnan(v)]
     assert low == pytest.approx(np.percentile(values, 2.5), rel=1e-9)
     assert high == pytest.approx(np.percentile(values, 97.5), rel=1e-9)

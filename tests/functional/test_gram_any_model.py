@@ -296,7 +296,8 @@ def test_a_shared_embedding_permuted_and_used_with_the_batch():
     keep[1, 4:] = False
     y = _labels(5)
     kw = {"keep": keep}
-    _close(loss_gradient_gram(model, x, y, model_kwargs=kw, method="layerwise"), gram_loop(model, x, y, model_kwargs=kw))
+    expected = gram_loop(model, x, y, model_kwargs=kw)
+    _close(loss_gradient_gram(model, x, y, model_kwargs=kw, method="layerwise"), expected)
     assert gram_engine_plan(model).explicit == ()
 
 
@@ -317,15 +318,17 @@ def _text_model(name):
     torch.manual_seed(5)
     if name == "gpt2":
         config = transformers.GPT2Config(n_layer=2, n_embd=32, n_head=2, vocab_size=100, n_positions=32,
-                                         num_labels=CLASSES, pad_token_id=0, bos_token_id=1, eos_token_id=1)  # fmt: skip
+                                         num_labels=CLASSES, pad_token_id=0, bos_token_id=1,
+                                         eos_token_id=1)  # fmt: skip
         return transformers.GPT2ForSequenceClassification(config)
     if name == "distilbert":
         config = transformers.DistilBertConfig(n_layers=2, dim=32, n_heads=2, hidden_dim=64, vocab_size=100,
                                                max_position_embeddings=32, num_labels=CLASSES)  # fmt: skip
         return transformers.DistilBertForSequenceClassification(config)
     if name == "llama":
-        config = transformers.LlamaConfig(num_hidden_layers=2, hidden_size=32, num_attention_heads=2, num_key_value_heads=1,
-                                          intermediate_size=64, vocab_size=100, max_position_embeddings=32,
+        config = transformers.LlamaConfig(num_hidden_layers=2, hidden_size=32, num_attention_heads=2,
+                                          num_key_value_heads=1, intermediate_size=64, vocab_size=100,
+                                          max_position_embeddings=32,
                                           num_labels=CLASSES, pad_token_id=0)  # fmt: skip
         return transformers.LlamaForSequenceClassification(config)
     if name == "t5-encoder":

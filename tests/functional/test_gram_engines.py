@@ -55,7 +55,8 @@ class Shared(nn.Module):
 
 
 def mnist_mlp():
-    return nn.Sequential(nn.Flatten(), nn.Linear(784, 256), nn.ReLU(), nn.Linear(256, 256), nn.ReLU(), nn.Linear(256, 10))
+    layers = (nn.Flatten(), nn.Linear(784, 256), nn.ReLU(), nn.Linear(256, 256), nn.ReLU(), nn.Linear(256, 10))
+    return nn.Sequential(*layers)
 
 
 def mnist_cnn():
@@ -83,7 +84,8 @@ def test_issue_mnist_shapes(factory):
     "factory, shape",
     [
         (lambda: Seq(), (4, 5)),
-        (lambda: nn.Sequential(nn.Conv1d(3, 4, 3, padding=1, stride=2), nn.Tanh(), nn.Flatten(), nn.Linear(12, 4)), (3, 6)),
+        (lambda: nn.Sequential(nn.Conv1d(3, 4, 3, padding=1, stride=2), nn.Tanh(), nn.Flatten(), nn.Linear(12, 4)),
+         (3, 6)),
         (lambda: nn.Sequential(nn.Conv2d(2, 3, 3, padding=2, dilation=2, bias=False), nn.GroupNorm(1, 3), nn.Tanh(),
                                nn.Flatten(), nn.Linear(75, 4)), (2, 5, 5)),  # fmt: skip
         (lambda: nn.Sequential(nn.Conv2d(2, 4, 2, stride=2, padding_mode="reflect", padding=1), nn.BatchNorm2d(4),

@@ -2,9 +2,9 @@
 
 import math
 
-import numpy as np
 import pytest
 import torch
+from oracles import first_crossing_loop, weighted_fit_zero
 
 from lightning_sensitivity.functional import StiffnessSummary, stiffness_summary
 
@@ -22,7 +22,7 @@ def _class_matrix_loop(matrix, pairs, labels_r, labels_c, k):
     out = [[math.nan] * k for _ in range(k)]
     for a in range(k):
         for b in range(k):
-            out[a][b] = _mean_loop(matrix, pairs, lambda i, j: labels_r[i] == a and labels_c[j] == b)
+            out[a][b] = _mean_loop(matrix, pairs, lambda i, j, a=a, b=b: labels_r[i] == a and labels_c[j] == b)
     return torch.tensor(out, dtype=torch.float64)
 
 
@@ -40,15 +40,7 @@ def _curve_loop(matrix, pairs, xr, xc, bins):
         k = min(int(_cos_distance(xr[i], xc[j]) / (2.0 / bins)), bins - 1)
         sums[k] += v
         counts[k] += 1
-    return [s / c if c else math.nan for s, c in zip(sums, counts)], counts
-
-
-def _polyfit_zero(x, y, w):
-    x, y, w = np.asarray(x), np.asarray(y), np.asarray(w, dtype=float)
-    keep = np.isfinite(y) & (w > 0)
-    slope, intercept = np.polyfit(x[keep], y[keep], 1, w=np.sqrt(w[keep]))
-    zero = -intercept / slope if slope < 0 else math.nan
-    return zero if x[keep].min() <= zero <= x[keep].max() else math.nan  # outside the bins used: no crossing
+    return [s / c if c else math.nan for s, c in zip(sums, counts, strict=True)], counts
 
 
 def _problem(n, m=None, classes=4, seed=0):
@@ -110,7 +102,7 @@ def test_means_and_class_matrices_match_loops(two_sets):
     assert out.class_splits_skipped is None
     centers = [(k + 0.5) / 3 for k in range(6)]
     curve, counts = _curve_loop(sign, pairs, xr, xc, 6)
-    assert out.critical_length == pytest.approx(_polyfit_zero(centers, curve, counts), rel=1e-9)
+    assert out.critical_length == pytest.approx(weighted_fit_zero(centers, curve, counts), rel=1e-9)
     assert out.critical_length_method == "linear_fit"
 
 
@@ -121,15 +113,7 @@ def test_first_crossing_and_arrays_keys():
     )
     centers = [0.2 + 0.4 * k for k in range(5)]
     curve = out.distance_sign.tolist()
-    expected = math.nan
-    last = None
-    for c, v in zip(centers, curve):  # first crossing, interpolated from the last positive bin
-        if v != v:
-            continue
-        if v <= 0:
-            expected = c if last is None else last[0] + (c - last[0]) * last[1] / (last[1] - v)
-            break
-        last = (c, v)
+    expected = first_crossing_loop(centers, curve)  # interpolated from the last positive bin
     assert not math.isnan(expected)  # the data cross zero: the comparison is not NaN against NaN
     assert out.critical_length == pytest.approx(expected)
     arrays = out.arrays()
@@ -228,16 +212,9 @@ def test_same_class_critical_length_matches_loop(method, two):
     means, counts = _curve_loop(sign, same_pairs, xr, xc if two else xr, 6)
     centers = [(k + 0.5) * 2.0 / 6 for k in range(6)]
     if method == "linear_fit":
-        expected = _polyfit_zero(centers, means, counts)
+        expected = weighted_fit_zero(centers, means, counts)
     else:
-        expected, last = math.nan, None
-        for c, v in zip(centers, means, strict=True):
-            if v != v:
-                continue
-            if v <= 0:
-                expected = c if last is None else last[0] + (c - last[0]) * last[1] / (last[1] - v)
-                break
-            last = (c, v)
+        expected = first_crossing_loop(centers, means)
     assert not math.isnan(expected)
     assert out.same_class_critical_length == pytest.approx(expected, rel=1e-9)
     assert out.same_class_critical_length != pytest.approx(out.critical_length)  # a different curve

@@ -12,8 +12,8 @@ from lightning_sensitivity.functional import binary_auroc, jacobian_norm_summary
 
 def _auroc_loop(scores, positives):
     """Oracle: the fraction of (positive, negative) pairs ordered right, ties counted half."""
-    pos = [s for s, p in zip(scores, positives) if p]
-    neg = [s for s, p in zip(scores, positives) if not p]
+    pos = [s for s, p in zip(scores, positives, strict=True) if p]
+    neg = [s for s, p in zip(scores, positives, strict=True) if not p]
     wins = sum(1.0 if a > b else 0.5 if a == b else 0.0 for a in pos for b in neg)
     return wins / (len(pos) * len(neg))
 
@@ -102,13 +102,13 @@ def test_per_class_and_aurocs_match_loops():
     per_class = out["per_class"]
     assert per_class.shape == (5,) and per_class.dtype == torch.float64
     for c in range(5):
-        members = [float(v) for v, y in zip(norms, targets) if int(y) == c]
+        members = [float(v) for v, y in zip(norms, targets, strict=True) if int(y) == c]
         if members:
             assert float(per_class[c]) == pytest.approx(sum(members) / len(members), rel=1e-12)
         else:
             assert math.isnan(float(per_class[c]))
     wrong, confidence, entropy = [], [], []
-    for row, y in zip(logits.tolist(), targets.tolist()):
+    for row, y in zip(logits.tolist(), targets.tolist(), strict=True):
         exps = [math.exp(v) for v in row]
         probs = [e / sum(exps) for e in exps]
         wrong.append(max(range(len(row)), key=lambda k: row[k]) != y)

@@ -131,11 +131,11 @@ def test_model_without_relu_raises_for_activation_but_counts_predictions():
     counts = transition_counts(model, traj)
     assert counts.num_units == 0
     with pytest.raises(ValueError, match="ReLU-family"):
-        counts.activation
+        _ = counts.activation
     with pytest.raises(ValueError, match="ReLU-family"):
-        counts.region_changes
+        _ = counts.region_changes
     with pytest.raises(ValueError, match="ReLU-family"):
-        counts.segments
+        _ = counts.segments
     assert counts.prediction.tolist() == transitions_loop(model, traj)["prediction"]
 
 

@@ -8,8 +8,8 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
+from helpers import read_events
 from matplotlib.figure import Figure
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.custom_scalar import layout_pb2
 from torch.utils.tensorboard import SummaryWriter
 
@@ -25,12 +25,6 @@ from lightning_sensitivity.logging import (
 )
 
 CONFIG_TAG = "custom_scalars__config__"
-
-
-def read_events(path) -> EventAccumulator:
-    acc = EventAccumulator(str(path), size_guidance={"images": 0, "scalars": 0, "histograms": 0, "tensors": 0})
-    acc.Reload()
-    return acc
 
 
 @pytest.fixture

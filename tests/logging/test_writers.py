@@ -127,7 +127,7 @@ def test_mlflow_writes_images_histograms_and_text(loggers):
 
 
 def test_tensorboard_writer(tmp_path):
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from helpers import read_events
     from torch.utils.tensorboard import SummaryWriter
 
     sw = SummaryWriter(str(tmp_path))
@@ -137,8 +137,7 @@ def test_tensorboard_writer(tmp_path):
     writer.write_histogram("sensitivity/empty", np.array([np.nan]), 2)
     writer.write_text("sensitivity/config/X", "hello", 0)
     sw.close()
-    acc = EventAccumulator(str(tmp_path), size_guidance={"images": 0, "histograms": 0, "tensors": 0})
-    acc.Reload()
+    acc = read_events(tmp_path)
     (event,) = acc.Images(TAG)
     assert event.step == 2 and (event.width, event.height) == (20, 12)
     # the stored PNG decodes to the array written, pixel for pixel
@@ -191,8 +190,7 @@ def test_no_network_settings_hold():
 @pytest.mark.slow
 def test_fit_with_tensorboard_wandb_mlflow_and_csv(tmp_path, monkeypatch):
     """A real fit with four loggers at once: every image logger gets the images, CSV the scalars."""
-    import lightning.pytorch as pl
-    from callbacks._tiny import TinyData, TinyModule, read_events
+    from helpers import Classifier, TinyData, make_trainer, read_events
     from lightning.pytorch.loggers import CSVLogger, MLFlowLogger, TensorBoardLogger, WandbLogger
 
     from lightning_sensitivity import JacobianNormMonitor, StiffnessMonitor
@@ -206,18 +204,9 @@ def test_fit_with_tensorboard_wandb_mlflow_and_csv(tmp_path, monkeypatch):
         JacobianNormMonitor(num_samples=40, figures="all"),
         StiffnessMonitor(num_samples=40, num_distance_bins=6, groups=("val_val",), figures="all"),
     ]
-    trainer = pl.Trainer(
-        max_epochs=1,
-        accelerator="cpu",
-        devices=1,
-        logger=[tb, wb, ml, csv],
-        callbacks=monitors,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        enable_checkpointing=False,
-    )
+    trainer = make_trainer(tmp_path, monitors, logger=[tb, wb, ml, csv], max_epochs=1)
     try:
-        trainer.fit(TinyModule(), datamodule=TinyData(n_train=100, n_val=50))
+        trainer.fit(Classifier(), datamodule=TinyData(n_train=100, n_val=50))
     finally:
         wb.experiment.finish()
     assert [m._warned for m in monitors] == [set(), set()]  # no output (or other) failure was reported

@@ -98,10 +98,10 @@ def test_digits_sizes_and_content():
     assert dm.train_dataset[0][0].shape == dm.input_shape and dm.train_dataset[0][0].dtype == torch.float32
     # every example is an original image with its original label
     digits = load_digits()
-    originals = {(bytes(img.astype(np.uint8)), int(t)) for img, t in zip(digits.images, digits.target)}
+    originals = {(bytes(img.astype(np.uint8)), int(t)) for img, t in zip(digits.images, digits.target, strict=True)}
     for dataset in (dm.train_dataset, dm.val_dataset, dm.test_dataset):
         pixels = (_raw_pixels(dm, dataset) * 16 / 255).round().to(torch.uint8).numpy()
-        for img, t in zip(pixels, dataset.targets.tolist()):
+        for img, t in zip(pixels, dataset.targets.tolist(), strict=True):
             assert (bytes(img[0]), t) in originals
     # the three splits partition the 1797 images (multiset of raw images is preserved)
     all_pixels = torch.cat([_raw_pixels(dm, d) for d in (dm.train_dataset, dm.val_dataset, dm.test_dataset)])

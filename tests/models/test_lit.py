@@ -10,7 +10,7 @@ import lightning.pytorch as pl
 import pytest
 import torch
 import torch.nn.functional as F
-from lightning.pytorch.loggers import CSVLogger
+from helpers import make_trainer
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -23,16 +23,7 @@ def _data(n: int, seed: int) -> TensorDataset:
 
 
 def _trainer(tmp_path: Path, **kwargs) -> pl.Trainer:
-    defaults = dict(
-        max_epochs=2,
-        accelerator="cpu",
-        devices=1,
-        logger=CSVLogger(tmp_path, name="csv"),
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        enable_checkpointing=False,
-    )
-    return pl.Trainer(**{**defaults, **kwargs})
+    return make_trainer(tmp_path, **{"logger": "csv", "max_epochs": 2, **kwargs})
 
 
 def _read_csv(trainer: pl.Trainer) -> list[dict[str, str]]:
@@ -176,5 +167,5 @@ def test_checkpoint_roundtrip(tmp_path):
     trainer.save_checkpoint(path)
     loaded = LitClassifier.load_from_checkpoint(path, model=MLP(6, 3, hidden=(4,)))
     assert loaded.hparams.lr == 0.3 and loaded.hparams.optimizer == "adam"
-    for (k1, v1), (k2, v2) in zip(module.state_dict().items(), loaded.state_dict().items()):
+    for (k1, v1), (k2, v2) in zip(module.state_dict().items(), loaded.state_dict().items(), strict=True):
         assert k1 == k2 and torch.equal(v1, v2)

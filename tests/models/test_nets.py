@@ -23,7 +23,7 @@ def test_mlp_flattens_any_input_shape(shape):
 def test_mlp_depth_and_parameter_count(hidden):
     model = MLP(12, 3, hidden=hidden)
     widths = [12, *hidden, 3]
-    expected = sum(a * b + b for a, b in zip(widths[:-1], widths[1:]))
+    expected = sum(a * b + b for a, b in zip(widths[:-1], widths[1:], strict=True))
     assert sum(p.numel() for p in model.parameters()) == expected
     assert _count(model, nn.Linear) == len(hidden) + 1
     assert _count(model, nn.ReLU) == len(hidden)

@@ -1,17 +1,14 @@
-"""A 2-process DDP fit (CPU, gloo) with all three monitors, run by ``test_ddp.py`` as ``python ddp_script.py OUT``.
+"""A 2-process DDP fit (CPU, gloo) with all three monitors: :func:`main`, run by ``test_ddp.py`` through
+``tests/_ddp.py`` (``launcher="lightning"``: ``strategy="ddp"`` starts rank 1).
 
-Not a test module: Lightning's ``strategy="ddp"`` launches rank 1 by re-running this command line, which inside pytest
-would re-run the test session. Each rank writes, after every measurement, what it saw (its sensitivity values in
-``callback_metrics``, its probe sets, the weights) to ``OUT/rank{r}_epoch{e}.pt``; the TensorBoard log and the
-artifacts go to ``OUT/tb/version_0``. The test compares all of it with a single-process computation.
+Each rank writes, after every measurement, what it saw (its sensitivity values in ``callback_metrics``, its probe
+sets, the weights) to ``OUT/rank{r}_epoch{e}.pt``; the TensorBoard log and the artifacts go to ``OUT/tb/version_0``.
+The test compares all of it with a single-process computation.
 """
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the `tests` folder, for `reliability._helpers`
 
 NUM_SAMPLES = 16
 MAX_EPOCHS = 2
@@ -22,9 +19,10 @@ def main(out: Path) -> None:
     import lightning.pytorch as pl
     import torch
     import torch.distributed as dist
+    from helpers import ReliableData, ReliableModule, sensitivity_metrics
 
     from lightning_sensitivity.callbacks._output import log_step
-    from reliability._helpers import ReliableData, ReliableModule, all_monitors, make_trainer
+    from reliability._helpers import all_monitors, make_trainer
 
     class RankRecorder(pl.Callback):
         """Placed after the monitors: saves this rank's view of each measurement."""
@@ -39,7 +37,7 @@ def main(out: Path) -> None:
                 "step": log_step(trainer, epoch_end=epoch > 0),
                 "world_size": trainer.world_size,
                 "backend": dist.get_backend() if dist.is_initialized() else None,
-                "metrics": {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("sensitivity/")},
+                "metrics": sensitivity_metrics(trainer),
                 "probes": {
                     type(m).__name__: {s: (p.indices, p.inputs, p.targets) for s, p in m.probe_sets.items()}
                     for m in self.monitors
@@ -65,7 +63,3 @@ def main(out: Path) -> None:
         strategy="ddp",
     )
     trainer.fit(ReliableModule(NET), datamodule=ReliableData())
-
-
-if __name__ == "__main__":
-    main(Path(sys.argv[1]))

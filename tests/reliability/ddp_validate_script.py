@@ -1,7 +1,7 @@
 """``trainer.validate`` under 2-process DDP (CPU, gloo) with failures injected on rank 1.
 
-Run by ``test_ddp_sharing.py`` as ``python ddp_validate_script.py OUT`` (not a test module: Lightning re-runs this
-command line for rank 1).
+:func:`main`, run by ``test_ddp_sharing.py`` through ``tests/_ddp.py`` (``launcher="lightning"``: Lightning starts
+rank 1).
 
 Three ``validate`` calls on the same trainer; ``FailingTransitions.mode`` decides what rank 1 does:
 
@@ -9,32 +9,29 @@ Three ``validate`` calls on the same trainer; ``FailingTransitions.mode`` decide
 - ``"early"``: rank 1 raises in ``compute`` before its first sharded call (the others are inside one);
 - ``"none"``: nothing fails.
 
-Each rank writes ``OUT/rank{r}.pt``: per call the returned sensitivity metrics, the warnings raised (message and
+Each rank returns its record: per call the returned sensitivity metrics, the warnings raised (message and
 category), the shard sizes each monitor evaluated, and per monitor the time of its shared ``compute`` and of a
 single-process ``compute`` of the whole probe sets in the same process (``time.perf_counter``).
 """
 
 from __future__ import annotations
 
-import sys
 import time
 import warnings
 from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the `tests` folder, for `reliability._helpers`
 
 NUM_SAMPLES = 48
 NET = "mlp"
 MODES = ("shard", "early", "none")
 
 
-def main(out: Path) -> None:
+def main(out: Path) -> dict:
     import lightning.pytorch as pl
-    import torch
+    from helpers import ReliableData, ReliableModule
 
     from lightning_sensitivity import JacobianNormMonitor, StiffnessMonitor, TransitionMonitor
     from lightning_sensitivity.callbacks.progress import progress_factory
-    from reliability._helpers import ReliableData, ReliableModule, make_trainer
+    from reliability._helpers import make_trainer
 
     class FailingTransitions(TransitionMonitor):
         mode = "none"
@@ -113,11 +110,7 @@ def main(out: Path) -> None:
         "single_s": single,
         "state_dict": {k: v.detach().clone() for k, v in module.state_dict().items()},
     }
-    torch.save(record, out / f"rank{trainer.global_rank}.pt")
     for name in shared:
         print(f"[ddp-sharing] rank {trainer.global_rank} {name}: shared {shared[name]:.4f} s, single "
               f"{single[name]:.4f} s, ratio {shared[name] / single[name]:.2f}")  # fmt: skip
-
-
-if __name__ == "__main__":
-    main(Path(sys.argv[1]))
+    return record

@@ -1,19 +1,15 @@
 """Loss-gradient Grams of models sharded by FSDP2 (``fully_shard``), on 2 CPU processes (gloo).
 
-Run by ``test_sharded.py`` as ``python fsdp2_gram_script.py OUT PORT``. Each rank builds the same models, computes
-``loss_gradient_gram`` (whole, chunked, two sets) and ``per_layer_gram`` before and after sharding them, and writes
-``OUT/rank{r}.pt``: the largest differences per model, whether any ``.grad`` was written, and the parameter
-classes after sharding (``DTensor``).
+:func:`main` is run by ``test_sharded.py`` through ``tests/_ddp.py`` (``launcher="gloo"``: the runner starts both
+ranks and the process group). Each rank builds the same models, computes ``loss_gradient_gram`` (whole, chunked, two
+sets) and ``per_layer_gram`` before and after sharding them, and returns its record: the largest differences per
+model, whether any ``.grad`` was written, and the parameter classes after sharding (``DTensor``).
 """
 
 from __future__ import annotations
 
 import copy
-import os
-import sys
 from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the `tests` folder, for `architectures`
 
 
 def models():
@@ -41,7 +37,7 @@ def models():
     }
 
 
-def main(out: Path, port: str) -> None:
+def main(out: Path) -> dict:
     import torch
     import torch.distributed as dist
     from torch.distributed.device_mesh import init_device_mesh
@@ -50,8 +46,7 @@ def main(out: Path, port: str) -> None:
 
     from lightning_sensitivity.functional import loss_gradient_gram, per_layer_gram
 
-    rank = int(os.environ["RANK"])
-    dist.init_process_group("gloo", rank=rank, world_size=2, init_method=f"tcp://127.0.0.1:{port}")
+    rank = dist.get_rank()
     mesh = init_device_mesh("cpu", (2,))
     record = {}
     for name, (model, x, parts) in models().items():
@@ -103,10 +98,4 @@ def main(out: Path, port: str) -> None:
         layerwise._check_against_explicit = checked
     dist.barrier()  # reached by both, with nothing pending: the ranks ran the same collectives
     record["after"] = float(loss_gradient_gram(model, x, torch.arange(x.shape[0]) % 3).sum())
-    torch.save(record, out / f"rank{rank}.pt")
-    dist.barrier()  # neither rank tears the group down while the other still uses it
-    dist.destroy_process_group()
-
-
-if __name__ == "__main__":
-    main(Path(sys.argv[1]), sys.argv[2])
+    return record

@@ -1,7 +1,8 @@
 """A 2-process FSDP2 fit on CPU (gloo): ``ModelParallelStrategy`` and ``fully_shard`` on every layer.
 
-``ModelParallelStrategy(data_parallel_size=2, tensor_parallel_size=1)``; the parameters are ``DTensor`` shards. Run
-by ``test_sharded.py`` as ``python fsdp2_script.py OUT`` (Lightning re-runs this command line for rank 1).
+``ModelParallelStrategy(data_parallel_size=2, tensor_parallel_size=1)``; the parameters are ``DTensor`` shards.
+:func:`main` is run by ``test_sharded.py`` through ``tests/_ddp.py`` (``launcher="lightning"``: Lightning starts
+rank 1).
 
 Each rank writes ``OUT/rank{r}.pt`` at initialisation (after the monitors measured): its sensitivity values in
 ``callback_metrics``, the warnings raised, the full (gathered) initial weights and the per-rank shard sizes.
@@ -9,11 +10,8 @@ Each rank writes ``OUT/rank{r}.pt`` at initialisation (after the monitors measur
 
 from __future__ import annotations
 
-import sys
 import warnings
 from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the `tests` folder, for `reliability._helpers`
 
 NUM_SAMPLES = 16
 NET = "mlp"
@@ -30,10 +28,11 @@ def full_state(module) -> dict:
 def main(out: Path) -> None:
     import lightning.pytorch as pl
     import torch
+    from helpers import ReliableData, ReliableModule, sensitivity_metrics
     from lightning.pytorch.strategies import ModelParallelStrategy
     from torch import nn
 
-    from reliability._helpers import ReliableData, ReliableModule, all_monitors, make_trainer
+    from reliability._helpers import all_monitors, make_trainer
 
     class ShardedModule(ReliableModule):
         def configure_model(self) -> None:
@@ -55,7 +54,7 @@ def main(out: Path) -> None:
             record = {
                 "world_size": trainer.world_size,
                 "sharded": any(isinstance(p, DTensor) for p in pl_module.parameters()),
-                "metrics": {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("sensitivity/")},
+                "metrics": sensitivity_metrics(trainer),
                 "warnings": [str(w.message) for w in self.caught],
                 "state_dict": full_state(pl_module),
                 "grads": [p.grad is None for p in pl_module.parameters()],
@@ -78,7 +77,3 @@ def main(out: Path) -> None:
         trainer = make_trainer(out, [*monitors, Recorder(monitors, caught)], logger="csv", max_epochs=1,
                                devices=2, strategy=strategy, limit_train_batches=2, limit_val_batches=1)  # fmt: skip
         trainer.fit(ShardedModule(NET), datamodule=ReliableData())
-
-
-if __name__ == "__main__":
-    main(Path(sys.argv[1]))

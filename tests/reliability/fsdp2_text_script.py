@@ -2,23 +2,21 @@
 
 The README's text-model recipe under ``ModelParallelStrategy(data_parallel_size=2, tensor_parallel_size=1)`` with
 ``fully_shard`` on each encoder layer and on the classifier: ``embed_fn`` calls ``m.model.embed`` directly, outside
-the sharded root's forward. Run by ``test_sharded.py`` as ``python fsdp2_text_script.py OUT``. Each rank writes
-``OUT/rank{r}.pt`` at initialisation: its sensitivity values, the warnings raised, the full initial weights and the
-probe sets the monitors drew.
+the sharded root's forward. :func:`main` is run by ``test_sharded.py`` through ``tests/_ddp.py``
+(``launcher="lightning"``). Each rank writes ``OUT/rank{r}.pt`` at initialisation: its sensitivity values, the
+warnings raised, the full initial weights and the probe sets the monitors drew.
 """
 
 from __future__ import annotations
 
-import sys
 import warnings
 from pathlib import Path
 
 import lightning.pytorch as pl
 import torch
 import torch.nn.functional as F
+from helpers import make_trainer, sensitivity_metrics
 from torch.utils.data import DataLoader
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the `tests` folder, for `reliability`
 
 from lightning_sensitivity import JacobianNormMonitor, StiffnessMonitor, TransitionMonitor
 from lightning_sensitivity.models import TextClassifier
@@ -99,7 +97,7 @@ def main(out: Path) -> None:
 
             torch.save({
                 "sharded": any(isinstance(p, DTensor) for p in pl_module.parameters()),
-                "metrics": {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("sensitivity/")},
+                "metrics": sensitivity_metrics(trainer),
                 "warnings": [str(w.message) for w in self.caught],
                 "state_dict": full_state(pl_module),
                 "probes": [{k: p.to("cpu") for k, p in m.probe_sets.items()} for m in self.monitors],
@@ -109,14 +107,7 @@ def main(out: Path) -> None:
     monitors = text_monitors()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        trainer = pl.Trainer(
-            accelerator="cpu", devices=2, strategy=ModelParallelStrategy(data_parallel_size=2, tensor_parallel_size=1),
-            callbacks=[*monitors, Recorder(monitors, caught)], max_epochs=1, limit_train_batches=2,
-            limit_val_batches=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-            enable_model_summary=False, default_root_dir=str(out),
-        )  # fmt: skip
+        strategy = ModelParallelStrategy(data_parallel_size=2, tensor_parallel_size=1)
+        trainer = make_trainer(out, [*monitors, Recorder(monitors, caught)], devices=2, strategy=strategy,
+                               max_epochs=1, limit_train_batches=2, limit_val_batches=1)  # fmt: skip
         trainer.fit(TextModule())
-
-
-if __name__ == "__main__":
-    main(Path(sys.argv[1]))

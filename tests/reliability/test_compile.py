@@ -17,11 +17,12 @@ import lightning.pytorch as pl
 import numpy as np
 import pytest
 import torch
+from helpers import ReliableData, ReliableModule
 
 from lightning_sensitivity.callbacks import SensitivityWarning
 from lightning_sensitivity.callbacks.progress import progress_factory
 from lightning_sensitivity.logging import load_artifacts
-from reliability._helpers import ReliableData, ReliableModule, all_monitors, make_trainer, report_figure
+from reliability._helpers import all_monitors, make_trainer, report_figure
 
 pytestmark = pytest.mark.slow
 

@@ -16,18 +16,12 @@ import lightning.pytorch as pl
 import numpy as np
 import pytest
 import torch
+from helpers import ReliableData, ReliableModule
 from lightning.pytorch.trainer.states import TrainerFn
 
 from lightning_sensitivity.callbacks.progress import progress_factory
 from lightning_sensitivity.keys import rename_split
-from reliability._helpers import (
-    ReliableData,
-    ReliableModule,
-    all_monitors,
-    bitwise_equal,
-    make_trainer,
-    report_figure,
-)
+from reliability._helpers import all_monitors, bitwise_equal, make_trainer, report_figure
 
 pytestmark = pytest.mark.slow
 

@@ -1,7 +1,7 @@
 """DDP: two CPU processes (gloo), all three monitors, no hang, single-process values, rank-0 output.
 
-``ddp_script.py`` runs the fit in a subprocess (``strategy="ddp"`` re-launches its command line for rank 1, which
-must not be pytest). The test then checks, from the files it wrote:
+``ddp_script.main`` runs the fit in a subprocess (``tests/_ddp.py``; ``strategy="ddp"`` re-launches its command
+line for rank 1, which must not be pytest). The test then checks, from the files it wrote:
 
 - it finished within the timeout (no collective waited forever) and both ranks saw every measurement;
 - the probe sets are identical on both ranks and equal to a single-process draw from the same datasets;
@@ -13,21 +13,17 @@ must not be pytest). The test then checks, from the files it wrote:
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-import time
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
+from _ddp import run_distributed
+from helpers import ReliableData, ReliableModule, read_events
 
 from lightning_sensitivity.callbacks.progress import progress_factory
 from lightning_sensitivity.logging import load_artifacts
 from lightning_sensitivity.probes import draw_probe_set
 from reliability import ddp_script
-from reliability._helpers import ReliableData, ReliableModule, all_monitors, report_figure
+from reliability._helpers import all_monitors, report_figure
 
 pytestmark = pytest.mark.slow
 
@@ -36,41 +32,13 @@ TOLERANCE = 1e-6
 EPOCHS = list(range(ddp_script.MAX_EPOCHS + 1))
 
 
-def read_events(log_dir: Path):
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    acc = EventAccumulator(str(log_dir), size_guidance={"images": 0, "scalars": 0, "histograms": 0, "tensors": 0})
-    acc.Reload()
-    return acc
-
-
 @pytest.fixture(scope="module")
 def ddp_run(tmp_path_factory: pytest.TempPathFactory) -> dict:
     root = tmp_path_factory.mktemp("ddp")
     out = root / "out"
-    out.mkdir()
-    env = {k: v for k, v in os.environ.items() if k not in ("LOCAL_RANK", "NODE_RANK", "WORLD_SIZE", "MASTER_PORT")}
-    env["OMP_NUM_THREADS"] = "1"  # two processes on two shared cores
-    start = time.monotonic()
-    try:
-        proc = subprocess.run(
-            [sys.executable, ddp_script.__file__, str(out)],
-            cwd=root,
-            env=env,
-            timeout=TIMEOUT,
-            capture_output=True,
-            text=True,
-        )
-    except subprocess.TimeoutExpired as err:
-        pytest.fail(f"the DDP run did not finish within {TIMEOUT} s (a hang?):\n{(err.stderr or b'')[-3000:]!r}")
-    wall = time.monotonic() - start
-    assert proc.returncode == 0, proc.stderr[-5000:]
-    records = {
-        (rank, epoch): torch.load(out / f"rank{rank}_epoch{epoch}.pt", weights_only=False)
-        for rank in (0, 1)
-        for epoch in EPOCHS
-    }
-    report_figure("ddp: wall time of the 2-process fit (s)", round(wall, 1))
+    run = run_distributed(ddp_script.main, out, launcher="lightning", timeout=TIMEOUT, cwd=root)
+    records = {(rank, epoch): run.load(f"rank{rank}_epoch{epoch}.pt") for rank in (0, 1) for epoch in EPOCHS}
+    report_figure("ddp: wall time of the 2-process fit (s)", round(run.wall_s, 1))
     return {"root": root, "out": out, "records": records, "log_dir": out / "tb" / "version_0"}
 
 

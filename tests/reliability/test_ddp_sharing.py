@@ -1,7 +1,7 @@
 """DDP shares each measurement between the ranks, and a failure on one rank hangs none.
 
-``trainer.validate`` on two CPU processes (gloo) with failures injected on rank 1 (``ddp_validate_script.py``, run
-as a subprocess for the reason given in ``ddp_script.py``):
+``trainer.validate`` on two CPU processes (gloo) with failures injected on rank 1 (``ddp_validate_script.main``, run
+by ``tests/_ddp.py`` for the reason given in ``test_ddp.py``):
 
 - each rank evaluates half of every probe set (padded shards of equal size) and both log the same values, equal to
   a single-process computation from the same weights to 1e-6;
@@ -13,19 +13,16 @@ as a subprocess for the reason given in ``ddp_script.py``):
 from __future__ import annotations
 
 import math
-import os
-import subprocess
-import sys
-import time
 
 import pytest
-import torch
+from _ddp import run_distributed
+from helpers import ReliableData, ReliableModule
 
 from lightning_sensitivity import JacobianNormMonitor, StiffnessMonitor, TransitionMonitor
 from lightning_sensitivity.callbacks.progress import progress_factory
 from lightning_sensitivity.probes import draw_probe_set
 from reliability import ddp_validate_script as script
-from reliability._helpers import ReliableData, ReliableModule, report_figure
+from reliability._helpers import report_figure
 
 pytestmark = pytest.mark.slow
 
@@ -36,18 +33,9 @@ MONITORS = ("JacobianNormMonitor", "FailingTransitions", "StiffnessMonitor")
 @pytest.fixture(scope="module")
 def run(tmp_path_factory: pytest.TempPathFactory) -> dict:
     out = tmp_path_factory.mktemp("ddp_sharing")
-    env = {k: v for k, v in os.environ.items() if k not in ("LOCAL_RANK", "NODE_RANK", "WORLD_SIZE", "MASTER_PORT")}
-    env["OMP_NUM_THREADS"] = "1"
-    start = time.monotonic()
-    try:
-        proc = subprocess.run([sys.executable, script.__file__, str(out)], cwd=out, env=env, timeout=TIMEOUT,
-                              capture_output=True, text=True)  # fmt: skip
-    except subprocess.TimeoutExpired as err:
-        tail = (err.stderr or b"")[-3000:]
-        pytest.fail(f"the DDP validate run did not finish within {TIMEOUT} s (a hang?):\n{tail!r}")
-    report_figure("ddp sharing: wall time of the 2-process validate run (s)", round(time.monotonic() - start, 1))
-    assert proc.returncode == 0, proc.stderr[-5000:]
-    return {r: torch.load(out / f"rank{r}.pt", weights_only=False) for r in (0, 1)}
+    ran = run_distributed(script.main, out, launcher="lightning", timeout=TIMEOUT)
+    report_figure("ddp sharing: wall time of the 2-process validate run (s)", round(ran.wall_s, 1))
+    return ran.results
 
 
 def expected_values(state_dict: dict) -> dict[str, float]:

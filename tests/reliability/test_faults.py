@@ -15,19 +15,12 @@ from typing import Any
 import lightning.pytorch as pl
 import pytest
 import torch
+from helpers import AugmentedDataset, ReliableData, ReliableModule, csv_series
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 
 from lightning_sensitivity import JacobianNormMonitor, StiffnessMonitor, TransitionMonitor
 from lightning_sensitivity.callbacks import SensitivityWarning
-from reliability._helpers import (
-    AugmentedDataset,
-    ReliableData,
-    ReliableModule,
-    csv_series,
-    make_data,
-    make_trainer,
-    report_figure,
-)
+from reliability._helpers import make_trainer, report_figure
 
 pytestmark = pytest.mark.slow
 EPOCHS = 3
@@ -119,7 +112,7 @@ class ExtraTensors(AugmentedDataset):
 class ExtraTensorData(ReliableData):
     def setup(self, stage: str) -> None:
         super().setup(stage)
-        self.val_set = ExtraTensors(*make_data(self.n_val, seed=2), augment=False)
+        self.val_set = ExtraTensors(*ReliableData.make_data(self.n_val, seed=2), augment=False)
 
 
 @pytest.mark.parametrize("data", [ReliableData(as_dict=True), ExtraTensorData()], ids=["dicts", "extra-tensors"])
@@ -144,8 +137,8 @@ class OddKeyModule(ReliableModule):
 class OddKeyData(ReliableData):
     def setup(self, stage: str) -> None:
         super().setup(stage)
-        self.train_set = OddKeys(*make_data(self.n_train, seed=1))
-        self.val_set = OddKeys(*make_data(self.n_val, seed=2), augment=False)
+        self.train_set = OddKeys(*ReliableData.make_data(self.n_train, seed=1))
+        self.val_set = OddKeys(*ReliableData.make_data(self.n_val, seed=2), augment=False)
 
 
 def test_unrecognised_batch_layout_warns_once_and_batch_transform_fixes_it(tmp_path):

@@ -16,11 +16,12 @@ import lightning.pytorch as pl
 import oracles
 import pytest
 import torch
+from helpers import ReliableData, ReliableModule, sensitivity_metrics
 
 from lightning_sensitivity import JacobianNormMonitor, StiffnessMonitor, TransitionMonitor
 from lightning_sensitivity.callbacks import SensitivityWarning
 from lightning_sensitivity.logging import load_artifacts
-from reliability._helpers import ReliableData, ReliableModule, make_trainer, report_figure
+from reliability._helpers import make_trainer, report_figure
 
 pytestmark = pytest.mark.slow
 
@@ -127,7 +128,7 @@ def check_measured_in_float32(tmp_path, precision: str, device: str) -> None:
     if true:
         assert all(p.dtype == dtype for p in module.parameters())
 
-    scalars = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("sensitivity/")}
+    scalars = sensitivity_metrics(trainer)
     assert len(scalars) >= 15 and all(math.isfinite(v) for v in scalars.values())
     artifacts = {(a.quantity, a.epoch): a for a in load_artifacts(trainer.logger.log_dir)}
     probe = monitors[0].probe_sets["val"].to("cpu")

@@ -17,11 +17,12 @@ import lightning.pytorch as pl
 import numpy as np
 import pytest
 import torch
+from helpers import ReliableData, ReliableModule, read_events
 from lightning.pytorch.callbacks import ModelCheckpoint
 from torch.utils.data import DataLoader, Sampler
 
 from lightning_sensitivity.logging import load_artifacts
-from reliability._helpers import ReliableData, ReliableModule, all_monitors, bitwise_equal, make_trainer, report_figure
+from reliability._helpers import all_monitors, bitwise_equal, make_trainer, report_figure
 
 pytestmark = pytest.mark.slow
 
@@ -78,10 +79,7 @@ def fit(root: Path, max_epochs: int, ckpt_path: str | None = None, checkpoint: b
 
 
 def sensitivity_series(log_dir: Path) -> dict[str, list[tuple[int, float]]]:
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    acc = EventAccumulator(str(log_dir), size_guidance={"scalars": 0})
-    acc.Reload()
+    acc = read_events(log_dir)
     return {
         tag: [(e.step, e.value) for e in acc.Scalars(tag)]
         for tag in acc.Tags()["scalars"]

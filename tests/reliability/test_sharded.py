@@ -9,13 +9,11 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-import time
-
+import lightning.pytorch as pl
 import pytest
 import torch
+from _ddp import run_distributed
+from helpers import ReliableData, ReliableModule, sensitivity_metrics
 from torch import nn
 
 from lightning_sensitivity.callbacks.progress import progress_factory
@@ -23,7 +21,7 @@ from lightning_sensitivity.functional import jacobian_norm, loss_gradient_gram
 from lightning_sensitivity.functional._sharding import has_sharded_parameters
 from lightning_sensitivity.probes import draw_probe_set
 from reliability import fsdp2_script as script
-from reliability._helpers import ReliableData, ReliableModule, all_monitors, make_trainer, report_figure
+from reliability._helpers import all_monitors, make_trainer, report_figure
 
 TIMEOUT = 120  # s; a healthy run takes ~20-30 s on 2 shared cores
 TOLERANCE = 1e-6
@@ -59,17 +57,9 @@ def assert_values(got: dict[str, float], expected: dict[str, float]) -> float:
 @pytest.fixture(scope="module")
 def fsdp2_run(tmp_path_factory: pytest.TempPathFactory) -> dict:
     out = tmp_path_factory.mktemp("fsdp2")
-    env = {k: v for k, v in os.environ.items() if k not in ("LOCAL_RANK", "NODE_RANK", "WORLD_SIZE", "MASTER_PORT")}
-    env["OMP_NUM_THREADS"] = "1"
-    start = time.monotonic()
-    try:
-        proc = subprocess.run([sys.executable, script.__file__, str(out)], cwd=out, env=env, timeout=TIMEOUT,
-                              capture_output=True, text=True)  # fmt: skip
-    except subprocess.TimeoutExpired as err:
-        pytest.fail(f"the FSDP2 run did not finish within {TIMEOUT} s (a hang?):\n{(err.stderr or b'')[-3000:]!r}")
-    report_figure("sharded: wall time of the 2-process FSDP2 fit (s)", round(time.monotonic() - start, 1))
-    assert proc.returncode == 0, proc.stderr[-5000:]
-    return {r: torch.load(out / f"rank{r}.pt", weights_only=False) for r in (0, 1)}
+    run = run_distributed(script.main, out, launcher="lightning", timeout=TIMEOUT)
+    report_figure("sharded: wall time of the 2-process FSDP2 fit (s)", round(run.wall_s, 1))
+    return {r: run.load(f"rank{r}.pt") for r in (0, 1)}
 
 
 @pytest.mark.slow
@@ -98,34 +88,17 @@ def test_fsdp2_ranks_share_the_probe_sets_and_no_monitor_is_disabled(fsdp2_run):
 @pytest.mark.slow
 def test_fsdp2_grams_of_real_architectures_equal_single_process_grams(tmp_path):
     # Text classifier (token + position embeddings, attention), an encoder, tied weights, a block used twice.
-    import socket
-
     from reliability import fsdp2_gram_script
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = str(s.getsockname()[1])
-    env = {k: v for k, v in os.environ.items() if k not in ("LOCAL_RANK", "NODE_RANK", "WORLD_SIZE", "MASTER_PORT")}
-    env["OMP_NUM_THREADS"] = "1"
-    procs = [
-        subprocess.Popen([sys.executable, fsdp2_gram_script.__file__, str(tmp_path), port], env={**env, "RANK": str(r)},
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
-        for r in (0, 1)
-    ]
-    try:
-        errors = [p.communicate(timeout=TIMEOUT)[1] for p in procs]
-    except subprocess.TimeoutExpired:
-        for p in procs:
-            p.kill()
-        pytest.fail(f"the FSDP2 Gram run did not finish within {TIMEOUT} s (a hang?)")
-    assert all(p.returncode == 0 for p in procs), "\n".join(e[-3000:] for e in errors)
+    records = run_distributed(fsdp2_gram_script.main, tmp_path, launcher="gloo", timeout=TIMEOUT).results
+    after_on_rank_0 = records[0]["after"]
     worst = 0.0
     for r in (0, 1):
-        record = torch.load(tmp_path / f"rank{r}.pt", weights_only=False)
+        record = dict(records[r])
         outcome, after = record.pop("one-rank check failure"), record.pop("after")
         # rank 1's injected failure is raised after the forwards rank 0 runs too; the next calls pair up on both
         assert outcome == "computed" if r == 0 else "injected check failure" in outcome, (r, outcome)
-        assert after == pytest.approx(torch.load(tmp_path / "rank0.pt", weights_only=False)["after"])
+        assert after == pytest.approx(after_on_rank_0)
         assert set(record) == {"text", "encoder", "mlp", "tied_weights", "shared_block"}
         for name, entry in record.items():
             assert entry["sharded"] and all(entry["grads"]), (r, name)
@@ -140,15 +113,8 @@ def test_fsdp2_text_model_through_embed_fn_equals_single_process(tmp_path):
     # The README's text recipe: `embed_fn` calls `m.model.embed` outside the sharded root's forward.
     from reliability import fsdp2_text_script as text
 
-    env = {k: v for k, v in os.environ.items() if k not in ("LOCAL_RANK", "NODE_RANK", "WORLD_SIZE", "MASTER_PORT")}
-    env["OMP_NUM_THREADS"] = "1"
-    try:
-        proc = subprocess.run([sys.executable, text.__file__, str(tmp_path)], cwd=tmp_path, env=env, timeout=TIMEOUT,
-                              capture_output=True, text=True)  # fmt: skip
-    except subprocess.TimeoutExpired:
-        pytest.fail(f"the FSDP2 text run did not finish within {TIMEOUT} s (a hang?)")
-    assert proc.returncode == 0, proc.stderr[-5000:]
-    records = [torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in (0, 1)]
+    run = run_distributed(text.main, tmp_path, launcher="lightning", timeout=TIMEOUT)
+    records = [run.load(f"rank{r}.pt") for r in (0, 1)]
     module = text.TextModule(shard=False)
     module.load_state_dict(records[0]["state_dict"])
     expected: dict[str, float] = {}
@@ -195,13 +161,14 @@ def test_a_sharded_model_is_called_as_it_is_and_gives_the_same_norms():
     assert calls and all(p.grad is None for p in model.parameters())
 
 
+class Recorder(pl.Callback):
+    """The sensitivity values measured at initialisation (in ``callback_metrics`` when training starts)."""
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        self.metrics = sensitivity_metrics(trainer)
+
+
 def fsdp1_fit(tmp_path, strategy) -> tuple[dict, dict, list]:
-    from lightning.pytorch import Callback
-
-    class Recorder(Callback):
-        def on_train_start(self, trainer, pl_module) -> None:
-            self.metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("sensitivity/")}
-
     torch.manual_seed(0)
     module = ReliableModule(script.NET)
     initial = {k: v.detach().clone() for k, v in module.state_dict().items()}
@@ -240,12 +207,6 @@ def test_fsdp2_on_a_gpu_measures_every_quantity_exactly(tmp_path):
                 if isinstance(layer, nn.Linear):
                     fully_shard(layer, mesh=self.device_mesh["data_parallel"])
             fully_shard(self.net, mesh=self.device_mesh["data_parallel"])
-
-    from lightning.pytorch import Callback
-
-    class Recorder(Callback):
-        def on_train_start(self, trainer, pl_module) -> None:
-            self.metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("sensitivity/")}
 
     torch.manual_seed(0)
     module = Sharded(script.NET)

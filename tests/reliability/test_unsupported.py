@@ -18,6 +18,7 @@ from typing import Any
 import oracles
 import pytest
 import torch
+from helpers import ReliableData, ReliableModule
 from lightning.pytorch.strategies import FSDPStrategy as RealFSDPStrategy
 from lightning.pytorch.strategies import SingleDeviceStrategy
 from torch import nn
@@ -25,7 +26,7 @@ from torch import nn
 from lightning_sensitivity import StiffnessMonitor
 from lightning_sensitivity.callbacks import SensitivityWarning
 from lightning_sensitivity.logging import load_artifacts
-from reliability._helpers import ReliableData, ReliableModule, all_monitors, make_trainer, report_figure
+from reliability._helpers import all_monitors, make_trainer, report_figure
 
 
 class FSDPStrategy(SingleDeviceStrategy):

@@ -1,20 +1,17 @@
 """`benchmarks/zoo_table.py --quick` runs and reports its table (format only: no timing assertions)."""
 
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
+from helpers import load_module
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[2]
 
 
 def _script():
-    spec = importlib.util.spec_from_file_location("zoo_benchmark", ROOT / "benchmarks" / "zoo_table.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_module(ROOT / "benchmarks" / "zoo_table.py", "zoo_benchmark")
 
 
 def test_quick_run_reports_every_requested_model(tmp_path, capsys):

@@ -4,17 +4,15 @@ draws, optimizer state, parameters)."""
 
 from __future__ import annotations
 
-import warnings
-
 import lightning.pytorch as pl
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import fit, make_trainer
 from torch.utils.data import DataLoader, TensorDataset
 from zoo.models import ZOO, build, image_batch, text_batch
 
 from lightning_sensitivity import JacobianNormMonitor, StiffnessMonitor, TransitionMonitor
-from lightning_sensitivity.callbacks import SensitivityWarning
 
 pytestmark = pytest.mark.slow
 QUANTITIES = ("jacobian_norm", "transitions", "stiffness")
@@ -65,16 +63,9 @@ def _monitors(text: bool):
 def _fit(name, tmp_path, monitors):
     pl.seed_everything(0, verbose=False)
     module = ZooModule(name)
-    trainer = pl.Trainer(
-        max_epochs=1, accelerator="cpu", devices=1, deterministic=True, logger=False, enable_checkpointing=False,
-        enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0, callbacks=monitors,
-        default_root_dir=str(tmp_path),
-    )  # fmt: skip
+    trainer = make_trainer(tmp_path, monitors, max_epochs=1, num_sanity_val_steps=0)
     train, val = _loaders(module.text)
-    with warnings.catch_warnings(record=True) as record:
-        warnings.simplefilter("always")
-        trainer.fit(module, train, val)
-    said = [str(w.message) for w in record if issubclass(w.category, SensitivityWarning)]
+    said = fit(trainer, module, train, val)
     return module, trainer, said
 
 
