@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import threading
-from collections.abc import Callable
 from typing import Any
 
 import oracles
 import pytest
 import torch
+from _ranks import probes, run_ranks, small_model
 from torch import Tensor, nn
 
 from lightning_sensitivity import JacobianNormMonitor, StiffnessMonitor, TransitionMonitor
@@ -31,51 +30,6 @@ from lightning_sensitivity.functional import loss_gradient_gram, stiffness, stif
 from lightning_sensitivity.functional.gram import build_gram_call, gram_and_norms
 from lightning_sensitivity.functional.gram.distributed import ShardMap, gram_factors, gram_rows
 from lightning_sensitivity.functional.stiffness_rows import shared_stiffness_summaries
-from lightning_sensitivity.probes import ProbeSet
-
-TIMEOUT = 20.0  # s; a healthy exchange takes milliseconds
-
-
-class Exchange:
-    def __init__(self, world_size: int) -> None:
-        self.barrier = threading.Barrier(world_size, timeout=TIMEOUT)
-        self.slots: list[Any] = [None] * world_size
-        self.calls = [0] * world_size
-
-
-class ThreadCollective:
-    def __init__(self, exchange: Exchange, world_size: int, rank: int) -> None:
-        self.exchange, self.world_size, self.rank = exchange, world_size, rank
-
-    def all_gather(self, tensor: Tensor) -> list[Tensor]:
-        ex = self.exchange
-        ex.calls[self.rank] += 1
-        ex.slots[self.rank] = tensor.clone()
-        ex.barrier.wait()  # everyone has put theirs
-        out = [t.clone() for t in ex.slots]
-        ex.barrier.wait()  # everyone has read before the next exchange overwrites
-        return out
-
-
-def run_ranks(world_size: int, body: Callable[[Lockstep, int], Any]) -> tuple[list[Any], list[int]]:
-    """``body(lockstep, rank)`` on ``world_size`` threads; their results (or exceptions) and collective counts."""
-    exchange = Exchange(world_size)
-    results: list[Any] = [None] * world_size
-
-    def target(rank: int) -> None:
-        try:
-            results[rank] = body(Lockstep(ThreadCollective(exchange, world_size, rank)), rank)
-        except BaseException as err:
-            results[rank] = err
-
-    threads = [threading.Thread(target=target, args=(r,)) for r in range(world_size)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(TIMEOUT * 3)
-    assert not any(t.is_alive() for t in threads), "a rank hangs"
-    assert not any(isinstance(r, threading.BrokenBarrierError) for r in results), results
-    return results, exchange.calls
 
 
 @pytest.mark.parametrize("n, world_size", [(1, 2), (5, 2), (8, 2), (7, 3), (2, 3)])
@@ -171,11 +125,6 @@ def test_bad_shard_results_are_refused_on_the_rank_and_shared():
     assert results == ["PeerFailure", "ValueError"]
 
 
-def small_model() -> nn.Module:
-    torch.manual_seed(0)
-    return nn.Sequential(nn.Flatten(), nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 3)).double()
-
-
 def test_row_sharded_gram_equals_the_one_set_gram_and_the_loop():
     model = small_model()
     gen = torch.Generator().manual_seed(1)
@@ -206,11 +155,6 @@ def test_gram_factors_of_shards_give_the_rows_of_the_one_set_gram(net):
     gram, sq = torch.cat([g for g, _ in rows])[:7], torch.cat([s for _, s in rows])[:7]
     torch.testing.assert_close(gram, oracles.gram_loop(model, x, y), rtol=1e-10, atol=1e-10)
     torch.testing.assert_close(sq, gram.diagonal(), rtol=1e-10, atol=1e-10)
-
-
-def probes(n: int, seed: int) -> ProbeSet:
-    gen = torch.Generator().manual_seed(seed)
-    return ProbeSet(torch.randn(n, 6, generator=gen), torch.arange(n) % 3, torch.arange(n))
 
 
 @pytest.mark.parametrize("world_size, chunk_size", [(2, None), (3, None), (2, 4)])

@@ -13,8 +13,8 @@ import copy
 import pytest
 import torch
 import torch.nn.functional as F
+from _ranks import compute_on_ranks, probes, small_model
 from callbacks._tiny import TinyData, TinyModule, make_trainer
-from callbacks.test_distributed import run_ranks, small_model
 from helpers import MODEL_FACTORIES, assert_unchanged, state_snapshot
 from torch import nn
 
@@ -22,7 +22,6 @@ from lightning_sensitivity import InputGradientNormMonitor, keys
 from lightning_sensitivity.callbacks.progress import progress_factory
 from lightning_sensitivity.functional import input_gradient_norm, input_gradient_norm_summary
 from lightning_sensitivity.logging import load_artifacts
-from lightning_sensitivity.probes import ProbeSet
 
 Q = "input_gradient_norm"
 
@@ -199,11 +198,6 @@ def test_bad_arguments(call, error, match):
         call()
 
 
-def probes(n: int, seed: int) -> ProbeSet:
-    gen = torch.Generator().manual_seed(seed)
-    return ProbeSet(torch.randn(n, 6, generator=gen), torch.arange(n) % 3, torch.arange(n))
-
-
 @pytest.mark.parametrize("world_size", [2, 3])
 def test_ranks_share_the_probe_sets_and_log_the_single_process_values(world_size):
     model = small_model().float()
@@ -219,21 +213,7 @@ def test_ranks_share_the_probe_sets_and_log_the_single_process_values(world_size
         torch.testing.assert_close(single.arrays[f"{split}_norms"], expected, rtol=1e-5, atol=1e-7)
     ratio = single.scalars[keys.metric(Q, "train", "mean")] / single.scalars[keys.metric(Q, "val", "mean")]
     assert single.scalars[keys.metric(Q, "train_val_ratio")] == pytest.approx(ratio)
-    shards: list[int] = []
-
-    def body(lockstep, rank):
-        ranked = copy.deepcopy(monitor)
-        ranked._lockstep = lockstep  # what `_measure` sets for a distributed run
-        original = ranked.sharded
-
-        def recorded(fn, n):
-            return original(lambda index: shards.append(len(range(n)[index]) if isinstance(index, slice)
-                                                        else int(index.shape[0])) or fn(index), n)  # fmt: skip
-
-        ranked.sharded = recorded
-        return ranked.compute(copy.deepcopy(model), data, progress, 1)
-
-    results, calls = run_ranks(world_size, body)
+    results, calls, shards = compute_on_ranks(monitor, model, data, progress, world_size)
     for got in results:
         assert not isinstance(got, BaseException), got
         assert got.scalars == pytest.approx(single.scalars, rel=1e-6, abs=1e-7)

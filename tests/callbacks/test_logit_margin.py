@@ -11,8 +11,8 @@ import copy
 
 import pytest
 import torch
+from _ranks import compute_on_ranks, probes, small_model
 from callbacks._tiny import TinyData, TinyModule, make_trainer
-from callbacks.test_distributed import run_ranks, small_model
 from helpers import MODEL_FACTORIES, assert_unchanged, state_snapshot
 from torch import nn
 
@@ -20,7 +20,6 @@ from lightning_sensitivity import LogitMarginMonitor, keys
 from lightning_sensitivity.callbacks.progress import progress_factory
 from lightning_sensitivity.functional import logit_margin, logit_margin_summary
 from lightning_sensitivity.logging import load_artifacts
-from lightning_sensitivity.probes import ProbeSet
 
 
 def margin_loop(model: nn.Module, inputs: torch.Tensor) -> torch.Tensor:
@@ -85,11 +84,6 @@ def test_bad_arguments(call, error, match):
         call()
 
 
-def probes(n: int, seed: int) -> ProbeSet:
-    gen = torch.Generator().manual_seed(seed)
-    return ProbeSet(torch.randn(n, 6, generator=gen), torch.arange(n) % 3, torch.arange(n))
-
-
 @pytest.mark.parametrize("world_size", [2, 3])
 def test_ranks_share_the_probe_sets_and_log_the_single_process_values(world_size):
     model = small_model().float()
@@ -102,21 +96,7 @@ def test_ranks_share_the_probe_sets_and_log_the_single_process_values(world_size
     torch.testing.assert_close(
         single.arrays["val_margins"], margin_loop(model, data["val"].inputs), rtol=1e-5, atol=1e-6
     )
-    shards: list[int] = []
-
-    def body(lockstep, rank):
-        ranked = copy.deepcopy(monitor)
-        ranked._lockstep = lockstep  # what `_measure` sets for a distributed run
-        original = ranked.sharded
-
-        def recorded(fn, n):
-            return original(lambda index: shards.append(len(range(n)[index]) if isinstance(index, slice)
-                                                        else int(index.shape[0])) or fn(index), n)  # fmt: skip
-
-        ranked.sharded = recorded
-        return ranked.compute(copy.deepcopy(model), data, progress, 1)
-
-    results, calls = run_ranks(world_size, body)
+    results, calls, shards = compute_on_ranks(monitor, model, data, progress, world_size)
     for got in results:
         assert not isinstance(got, BaseException), got
         # float32 forwards of a shard may round differently from the whole set's

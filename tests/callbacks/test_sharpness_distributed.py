@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 import torch
-from callbacks.test_distributed import probes, run_ranks, small_model
+from _ranks import probes, run_ranks, small_model
 
 from lightning_sensitivity import SharpnessMonitor
 from lightning_sensitivity.callbacks._distributed import Lockstep
