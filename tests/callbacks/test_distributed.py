@@ -287,9 +287,10 @@ def test_summaries_summed_by_rows_equal_the_single_process_summaries(world_size,
         same = r == c
         expected[g] = stiffness_summary(whole.sign[r, c], whole.cosine[r, c], y[r], None if same else y[c],
                                         inputs_rows=x[r], inputs_cols=None if same else x[c], **options)  # fmt: skip
-    call = build_gram_call(model, x, y, loss_fn=loss_fn)
 
     def body(lockstep: Lockstep, rank: int) -> Any:
+        # each rank its own model, as under DDP (threads sharing one model would share its capture state)
+        call = build_gram_call(copy.deepcopy(model), x, y, loss_fn=loss_fn)
         shard = ShardMap(17, world_size, rank)
         return shared_stiffness_summaries(call, shard, lockstep_exchange(lockstep), pairs, x, **options)
 
