@@ -329,8 +329,15 @@ class SensitivityMonitor(MeasureLoop, Callback):
     @property
     @override
     def state_key(self) -> str:
-        config = self.config()
-        return self._generate_state_key(**{name: config[name] for name in self.state_fields})
+        # Lightning reads it on every hook call of every callback (~18 times per training step for three monitors):
+        # built once per value of the fields it is made of, not from `config()` each time.
+        raw = tuple(getattr(self, name, None) for name in self.state_fields)
+        cached = self.__dict__.get("_state_key_cache")
+        if cached is None or cached[0] != raw:
+            config = self.config()
+            cached = (raw, self._generate_state_key(**{name: config[name] for name in self.state_fields}))
+            self.__dict__["_state_key_cache"] = cached
+        return cached[1]
 
     @override
     def state_dict(self) -> dict[str, Any]:
