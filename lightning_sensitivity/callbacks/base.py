@@ -15,6 +15,7 @@ from __future__ import annotations
 import inspect
 import weakref
 from collections.abc import Callable, Sequence
+from operator import attrgetter
 from typing import Any, ClassVar
 
 import lightning.pytorch as pl
@@ -331,7 +332,7 @@ class SensitivityMonitor(MeasureLoop, Callback):
     def state_key(self) -> str:
         # Lightning reads it on every hook call of every callback (~18 times per training step for three monitors):
         # built once per value of the fields it is made of, not from `config()` each time.
-        raw = tuple(getattr(self, name, None) for name in self.state_fields)
+        raw = attrgetter(*self.state_fields)(self)
         cached = self.__dict__.get("_state_key_cache")
         if cached is None or cached[0] != raw:
             config = self.config()
