@@ -391,11 +391,10 @@ class FiniteChecks:
 
     The monitors measuring at a step draw equal probe sets by default (same data, ``num_samples`` and ``seed``),
     and each would evaluate the model on its own copy: here each distinct set is evaluated once per model state.
-    A set is reused only when its inputs, targets and model inputs are equal element for element (``torch.equal``)
-    (a set holding a NaN equals none: it is evaluated again) and the model is the same object with every
-    parameter and buffer the same tensor at the same version (an
-    optimizer step, a running-statistics update or a reassignment changes the state), under the same measurement
-    options and chunking.
+    A set is reused only when its inputs, targets and model inputs are equal element for element (``torch.equal``;
+    a set holding a NaN equals none and is evaluated again) and the model is the same object with every parameter
+    and buffer the same tensor at the same version (an optimizer step, a running-statistics update or a
+    reassignment changes the state), under the same measurement options and chunking.
     """
 
     def __init__(self) -> None:
