@@ -8,8 +8,10 @@ attributes that class sets in ``__init__`` and its public hooks (``probe_splits`
 from __future__ import annotations
 
 import contextlib
+import itertools
 import math
 from collections.abc import Callable
+from typing import Any
 
 import lightning.pytorch as pl
 import torch
@@ -26,7 +28,7 @@ from lightning_sensitivity.callbacks._fn_check import PROBE_EXAMPLES, forward_fn
 from lightning_sensitivity.callbacks.measurement import Measurement
 from lightning_sensitivity.callbacks.progress import progress_factory
 from lightning_sensitivity.functional import measurement_options
-from lightning_sensitivity.functional.finite import nonfinite_examples
+from lightning_sensitivity.functional.finite import NonFinite, nonfinite_examples
 from lightning_sensitivity.functional.gram.distributed import Exchange, ShardMap, local_exchange
 from lightning_sensitivity.functional.model import unwrap_model
 from lightning_sensitivity.logging import find_tensorboard_writer, save_artifact
@@ -249,7 +251,10 @@ class MeasureLoop:
         def run() -> Measurement | None:
             model = root if root is not None else self.measured_model(pl_module)
             with outer_groups_gathered(pl_module, model) if bypass else contextlib.nullcontext():
-                measured, excluded = self._finite_probes(model, self._inputs_for(pl_module, probes), epoch, held_out)
+                checks = finite_checks(trainer)
+                measured, excluded = self._finite_probes(
+                    model, self._inputs_for(pl_module, probes), epoch, held_out, checks
+                )
                 if not self.measurable(measured):
                     return None
                 result = self.compute(model, measured, progress, epoch)
@@ -286,18 +291,28 @@ class MeasureLoop:
             )
 
     def _finite_probes(
-        self, model: nn.Module, probes: dict[str, ProbeSet], epoch: int, held_out: str
+        self,
+        model: nn.Module,
+        probes: dict[str, ProbeSet],
+        epoch: int,
+        held_out: str,
+        checks: FiniteChecks | None = None,
     ) -> tuple[dict[str, ProbeSet], dict[str, int]]:
         """The probe sets without their examples of non-finite inputs, targets or model outputs, and how many each
-        lost (a set that loses every example is left out); named in one warning per distinct finding."""
+        lost (a set that loses every example is left out); named in one warning per distinct finding. ``checks``:
+        the trainer's checks of this model state, shared with its other monitors."""
         kept: dict[str, ProbeSet] = {}
         excluded: dict[str, int] = {}
         findings: list[str] = []
         causes: list[str] = []
+        state = (getattr(self, "measure_dtype", torch.float32), getattr(self, "output_key", None))
         for role, probe in probes.items():
-            found = nonfinite_examples(
-                model, probe.inputs, probe.targets, self.chunk_size, model_kwargs=probe.model_kwargs
-            )
+            if checks is None:
+                found = nonfinite_examples(
+                    model, probe.inputs, probe.targets, self.chunk_size, model_kwargs=probe.model_kwargs
+                )
+            else:
+                found = checks.find(model, probe, self.chunk_size, state)
             bad = found.any
             if not bool(bad.any()):
                 kept[role] = probe
@@ -382,3 +397,62 @@ class MeasureLoop:
                 f"{root.path}/sensitivity/ (`trainer.default_root_dir`).",
             )
         save_artifact(root.path, quantity, epoch, step, result.arrays, {**self.config(), **result.meta})
+
+
+class FiniteChecks:
+    """The finiteness checks of one trainer's monitors at one state of the measured model.
+
+    The monitors measuring at a step draw equal probe sets by default (same data, ``num_samples`` and ``seed``),
+    and each would evaluate the model on its own copy: here each distinct set is evaluated once per model state.
+    A set is reused only when its inputs, targets and model inputs are equal element for element (``torch.equal``;
+    a set holding a NaN equals none and is evaluated again) and the model is the same object with every parameter
+    and buffer the same tensor at the same version (an optimizer step, a running-statistics update or a
+    reassignment changes the state), under the same measurement options and chunking.
+    """
+
+    def __init__(self) -> None:
+        self._state: tuple[Any, ...] | None = None
+        self._model: nn.Module | None = None
+        self._found: list[tuple[ProbeSet, int | None, NonFinite]] = []
+
+    def find(self, model: nn.Module, probe: ProbeSet, chunk_size: int | None, options: tuple[Any, ...]) -> NonFinite:
+        """:func:`nonfinite_examples` of ``probe``, evaluated once per equal set and model state."""
+        tensors = itertools.chain(model.parameters(), model.buffers())
+        state = (options, tuple((id(t), t._version) for t in tensors))
+        if model is not self._model or state != self._state:
+            self._model, self._state, self._found = model, state, []
+        for seen, chunks, found in self._found:
+            if chunks == chunk_size and _equal_sets(seen, probe):
+                return found
+        found = nonfinite_examples(model, probe.inputs, probe.targets, chunk_size, model_kwargs=probe.model_kwargs)
+        self._found.append((probe, chunk_size, found))
+        return found
+
+
+def finite_checks(trainer: pl.Trainer) -> FiniteChecks:
+    """The trainer's :class:`FiniteChecks`, shared by its monitors (made on first use)."""
+    checks = getattr(trainer, "_sensitivity_finite_checks", None)
+    if not isinstance(checks, FiniteChecks):
+        checks = FiniteChecks()
+        trainer._sensitivity_finite_checks = checks  # type: ignore[attr-defined]
+    return checks
+
+
+def _equal_sets(a: ProbeSet, b: ProbeSet) -> bool:
+    if a.model_kwargs.keys() != b.model_kwargs.keys():
+        return False
+    pairs = [
+        (a.inputs, b.inputs),
+        (a.targets, b.targets),
+        *((a.model_kwargs[k], b.model_kwargs[k]) for k in a.model_kwargs),
+    ]
+    return all(_equal(x, y) for x, y in pairs)
+
+
+def _equal(x: Any, y: Any) -> bool:
+    if x is y:
+        return True
+    if not (isinstance(x, Tensor) and isinstance(y, Tensor)):
+        return False
+    same_kind = x.shape == y.shape and x.dtype == y.dtype and x.device == y.device
+    return same_kind and torch.equal(x, y)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import inspect
 import weakref
 from collections.abc import Callable, Sequence
+from operator import attrgetter
 from typing import Any, ClassVar
 
 import lightning.pytorch as pl
@@ -330,8 +331,15 @@ class SensitivityMonitor(MeasureLoop, Callback):
     @property
     @override
     def state_key(self) -> str:
-        config = self.config()
-        return self._generate_state_key(**{name: config[name] for name in self.state_fields})
+        # Lightning reads it on every hook call of every callback (~18 times per training step for three monitors):
+        # built once per value of the fields it is made of, not from `config()` each time.
+        raw = attrgetter(*self.state_fields)(self)
+        cached = self.__dict__.get("_state_key_cache")
+        if cached is None or cached[0] != raw:
+            config = self.config()
+            cached = (raw, self._generate_state_key(**{name: config[name] for name in self.state_fields}))
+            self.__dict__["_state_key_cache"] = cached
+        return cached[1]
 
     @override
     def state_dict(self) -> dict[str, Any]:

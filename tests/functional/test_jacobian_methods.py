@@ -115,3 +115,29 @@ def test_first_linear_layer_shortcut_is_exact(factory, output):
     x = torch.randn(5, 2, 4, dtype=torch.float64)
     expected = jacobian_norm_loop(model, x, output)
     torch.testing.assert_close(jacobian_norm(model, x, output=output, method="looped"), expected, rtol=1e-6, atol=1e-12)
+
+
+@pytest.mark.parametrize("method", ["looped", "batched", "per_example"])
+def test_auto_chunks_and_returned_logits_match_the_loop(method, monkeypatch):
+    import lightning_sensitivity.functional.jacobian as jac
+
+    # A budget of ~3 examples per chunk after the first: several sized chunks, their boundaries inside the set.
+    monkeypatch.setattr(jac, "AUTO_FIRST_CHUNK", 4)
+    model = nn.Sequential(nn.Conv2d(1, 3, 3), nn.ReLU(), nn.Flatten(), nn.Linear(3 * 4 * 4, 5)).double().eval()
+    per_example = 1 * 6 * 6 + 3 * 16 * 2 + 48 + 5  # input view + conv, relu outputs + flatten + logits (about)
+    monkeypatch.setattr(jac, "ACTIVATION_BUDGET", 3 * per_example)
+    x = torch.randn(11, 1, 6, 6, dtype=torch.float64)
+    pieces = []
+    norms, logits = jacobian_norm(
+        model, x, method=method, chunk_size="auto", return_logits=True, progress=lambda d, t: pieces.append(d)
+    )
+    torch.testing.assert_close(norms, jacobian_norm_loop(model, x, "softmax"))
+    with torch.no_grad():
+        torch.testing.assert_close(logits, model(x))
+    assert pieces[0] == 4 and pieces[-1] == 11 and len(pieces) > 2
+    torch.testing.assert_close(jacobian_norm(model, x, method=method), norms)
+
+
+def test_chunk_size_auto_is_the_only_string():
+    with pytest.raises(ValueError, match="`chunk_size` expected an int >= 1, None or 'auto', got 'big'"):
+        jacobian_norm(nn.Linear(3, 2), torch.randn(4, 3), chunk_size="big")
