@@ -316,10 +316,14 @@ def _length_summary(values: list, epochs: list) -> dict:
 
 
 def _spearman(x: list, y: list) -> float | None:
+    import numpy as np
     from scipy.stats import spearmanr
 
-    keep = [i for i, v in enumerate(y) if v is not None]
-    return float(spearmanr([x[i] for i in keep], [y[i] for i in keep]).statistic) if len(keep) >= 3 else None
+    keep = [i for i, v in enumerate(y) if v is not None and np.isfinite(v)]
+    # constant values have no ranks (spearmanr would warn and return NaN)
+    if len(keep) < 3 or np.ptp([y[i] for i in keep]) == 0:
+        return None
+    return float(spearmanr([x[i] for i in keep], [y[i] for i in keep]).statistic)
 
 
 def _monitor_default(name: str) -> object:
