@@ -185,8 +185,10 @@ def jacobian(doc: Doc, data: dict, folder: Path) -> None:
         f"fraction {cfg['variants'].get('random_labels', {}).get('random_label_fraction', 'n/a')}, full batch = "
         f"{cfg['train_subset']} examples per step, augmentation = {augmentation_of(data)}) × {seeds_text(r)}, on a "
         f"{label} training subset of {cfg['train_subset']} examples (`{datamodule_of(data)}`; the seed draws the "
-        "subset, the initialisation, the random labels and the probe points). Training stops once the running "
-        f"training accuracy reaches {cfg['stop_at_train_acc']} or at the cap: {cfg['max_epochs']} epochs "
+        "subset, the initialisation, the random labels and the probe points). Training stops after the first "
+        + ("epoch whose eval-mode accuracy on the training set (no augmentation, labels as trained on) reaches"
+           if cfg.get("stop_on") == "eval_train_acc" else "epoch whose running training accuracy reaches")
+        + f" {cfg['stop_at_train_acc']}, or at the cap: {cfg['max_epochs']} epochs "
         f"(augmented runs: {augment_cap}), {cfg['full_batch_max_epochs']} full-batch steps. `JacobianNormMonitor` "
         f"(d softmax / d input) on {cfg['probe_samples']} class-balanced test points and as many training points, "
         "measured on the final weights (its test hook), and on the baselines after every epoch with their eval-mode "
