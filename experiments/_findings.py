@@ -24,7 +24,7 @@ def ci(d: dict | None, digits: int = 3) -> str:
     if not d or d.get("mean") is None:
         return "n/a"
     if d.get("low") is None:
-        return f"{fmt(d['mean'], digits)} (n = {d['n']})"
+        return f"{fmt(d['mean'], digits)} " + (f"(n = {d['n']})" if "n" in d else "(no interval: one seed)")
     return f"{fmt(d['mean'], digits)} [{fmt(d['low'], digits)}, {fmt(d['high'], digits)}]"
 
 
