@@ -267,7 +267,11 @@ def jacobian(doc: Doc, data: dict, folder: Path) -> None:
     aug = reached.get("augment")
     if aug and aug[1]:
         doc.add(
-            f"**Augmentation, measured at matched accuracy:** {aug[0]} of {aug[1]} augmented runs reached the "
+            "**Augmentation, trained to the target and measured at matched accuracy:** "
+            + (f"augmented runs have their own cap ({augment_cap} epochs against {cfg['max_epochs']}), so that they "
+               "are trained until they reach the target rather than stopped at the baselines' cap; "
+               if augment_cap > cfg["max_epochs"] else "")
+            + f"{aug[0]} of {aug[1]} augmented runs reached the "
             f"{cfg['stop_at_train_acc']} target within {augment_cap} epochs (their epochs: "
             f"{_range(epochs.get('augment'))}; baselines {_range(epochs.get('baseline'))}). A run that stops short of "
             "the target fits the training set less, which by itself moves the norm; so each augmented run is also "
