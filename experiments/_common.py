@@ -28,6 +28,10 @@ REPO = Path(__file__).resolve().parents[1]
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 OUTPUT_DIR = Path(__file__).resolve().parent / "output"
 DATA_ENV = "LIGHTNING_SENSITIVITY_DATA"
+# measure with the package of the checkout these scripts live in, whose commit `git_state` records: without this an
+# installed copy elsewhere (an editable install of another worktree) is imported and measured under this commit
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
 
 # dataset name -> (datamodule class name, folder that must exist under the data dir)
 DATASETS: dict[str, tuple[str, str]] = {
@@ -435,6 +439,8 @@ def write_results(args: argparse.Namespace, start: float, config: Mapping[str, A
     import lightning
     import torch
 
+    import lightning_sensitivity
+
     payload = {
         "experiment": args.name,
         "quick": bool(args.quick),
@@ -454,6 +460,8 @@ def write_results(args: argparse.Namespace, start: float, config: Mapping[str, A
             os.path.relpath(args.config, REPO) if Path(args.config).resolve().is_relative_to(REPO) else str(args.config)
         ),
         "git": git_state(),
+        # where the measuring package came from (the checkout above unless something was imported before us)
+        "package_dir": str(Path(lightning_sensitivity.__file__).resolve().parent),
         "config": config,
         "results": results,
     }

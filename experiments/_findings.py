@@ -24,7 +24,7 @@ def ci(d: dict | None, digits: int = 3) -> str:
     if not d or d.get("mean") is None:
         return "n/a"
     if d.get("low") is None:
-        return f"{fmt(d['mean'], digits)} (n = {d['n']})"
+        return f"{fmt(d['mean'], digits)} " + (f"(n = {d['n']})" if "n" in d else "(no interval: one seed)")
     return f"{fmt(d['mean'], digits)} [{fmt(d['low'], digits)}, {fmt(d['high'], digits)}]"
 
 
@@ -187,8 +187,10 @@ def jacobian(doc: Doc, data: dict, folder: Path) -> None:
         f"fraction {cfg['variants'].get('random_labels', {}).get('random_label_fraction', 'n/a')}, full batch = "
         f"{cfg['train_subset']} examples per step, augmentation = {augmentation_of(data)}) × {seeds_text(r)}, on a "
         f"{label} training subset of {cfg['train_subset']} examples (`{datamodule_of(data)}`; the seed draws the "
-        "subset, the initialisation, the random labels and the probe points). Training stops once the running "
-        f"training accuracy reaches {cfg['stop_at_train_acc']} or at the cap: {cfg['max_epochs']} epochs "
+        "subset, the initialisation, the random labels and the probe points). Training stops after the first "
+        + ("epoch whose eval-mode accuracy on the training set (no augmentation, labels as trained on) reaches"
+           if cfg.get("stop_on") == "eval_train_acc" else "epoch whose running training accuracy reaches")
+        + f" {cfg['stop_at_train_acc']}, or at the cap: {cfg['max_epochs']} epochs "
         f"(augmented runs: {augment_cap}), {cfg['full_batch_max_epochs']} full-batch steps. `JacobianNormMonitor` "
         f"(d softmax / d input) on {cfg['probe_samples']} class-balanced test points and as many training points, "
         "measured on the final weights (its test hook), and on the baselines after every epoch with their eval-mode "
@@ -267,7 +269,11 @@ def jacobian(doc: Doc, data: dict, folder: Path) -> None:
     aug = reached.get("augment")
     if aug and aug[1]:
         doc.add(
-            f"**Augmentation, measured at matched accuracy:** {aug[0]} of {aug[1]} augmented runs reached the "
+            "**Augmentation, trained to the target and measured at matched accuracy:** "
+            + (f"augmented runs have their own cap ({augment_cap} epochs against {cfg['max_epochs']}), so that they "
+               "are trained until they reach the target rather than stopped at the baselines' cap; "
+               if augment_cap > cfg["max_epochs"] else "")
+            + f"{aug[0]} of {aug[1]} augmented runs reached the "
             f"{cfg['stop_at_train_acc']} target within {augment_cap} epochs (their epochs: "
             f"{_range(epochs.get('augment'))}; baselines {_range(epochs.get('baseline'))}). A run that stops short of "
             "the target fits the training set less, which by itself moves the norm; so each augmented run is also "

@@ -316,10 +316,14 @@ def _length_summary(values: list, epochs: list) -> dict:
 
 
 def _spearman(x: list, y: list) -> float | None:
+    import numpy as np
     from scipy.stats import spearmanr
 
-    keep = [i for i, v in enumerate(y) if v is not None]
-    return float(spearmanr([x[i] for i in keep], [y[i] for i in keep]).statistic) if len(keep) >= 3 else None
+    keep = [i for i, v in enumerate(y) if v is not None and np.isfinite(v)]
+    # constant values have no ranks (spearmanr would warn and return NaN)
+    if len(keep) < 3 or np.ptp([y[i] for i in keep]) == 0:
+        return None
+    return float(spearmanr([x[i] for i in keep], [y[i] for i in keep]).statistic)
 
 
 def _monitor_default(name: str) -> object:
@@ -558,7 +562,17 @@ def main(argv: list[str] | None = None) -> None:
                 "nothing about the papers' claims.", "")
     changes = [(labels[d], name, setting_changes(data)) for d in order for name, (data, _) in found[d].items()]
     changed = [(lab, name, c) for lab, name, c in changes if c]
-    if changed:
+    # more seeds than the default is no reduction: say which it is
+    only_seeds = all(all(x.startswith("`num_seeds` ") for x in c) for _, _, c in changed)
+    more_seeds = only_seeds and all(
+        data["config"].get("num_seeds", 0) >= json.loads((HERE / "configs" / f"{name}.json").read_text())["full"]
+        .get("num_seeds", 0) for d in order for name, (data, _) in found[d].items())  # fmt: skip
+    if changed and more_seeds:
+        doc.add("**Settings.** Every result below comes from the scripts' full default settings "
+                "(`experiments/configs/<script>.json`, the `full` section) with more seeds than their default "
+                "(configs in `experiments/configs/reduced/`; the sweep ran one seed per process and merged them). "
+                "What differs, as the results files record it:", "")
+    elif changed:
         doc.add("**Reduced settings.** Not every result below comes from the scripts' full default settings "
                 "(`experiments/configs/<script>.json`, the `full` section): the machine they ran on was shared and "
                 "loaded, so some runs used the settings in `experiments/configs/reduced/`. What differs, as the "
@@ -589,7 +603,7 @@ def main(argv: list[str] | None = None) -> None:
             cells.append("n/a" if row is None else f"{row['value']} **{row['verdict']}**"
                          + (f" ({row['note']})" if row["note"] else ""))
         doc.add(f"| `{key}` | {first['claim']} | {first['paper']} | " + " | ".join(cells) + " |")
-    reduced = bool(changed)
+    reduced = bool(changed) and not more_seeds
     summary = summary_text(by_dataset, labels, seeds, reduced)
     doc.add("", "In one paragraph (the README's, written from this table):", "",
             SUMMARY_START, summary, SUMMARY_END, "")

@@ -231,13 +231,15 @@ def plot_distance(per_seed: list[list[Any]], path: Path) -> None:
         edges = per_seed[0][i].arrays["train_train/bin_edges"]
         centres = (edges[:-1] + edges[1:]) / 2
         mean, low, high = C.t_band([found[i].arrays["train_train/distance_sign"] for found in per_seed])
+        # a sparse far bin (2-3 seeds with pairs there) has a t interval past the range sign stiffness can take
+        low, high = np.clip(low, -1.0, 1.0), np.clip(high, -1.0, 1.0)
         color = cmap(k / max(1, len(picks) - 1))
         ax.plot(centres, mean, color=color, lw=1.2, marker="o", ms=2, label=f"epoch {per_seed[0][i].epoch}")
         ax.fill_between(centres, low, high, color=color, alpha=0.15, lw=0)
     ax.axhline(0, color="grey", lw=1, ls=":")
     ax.set_xlabel("cosine input distance (train_train pairs)")
     ax.set_ylabel("mean sign stiffness")
-    ax.set_title(f"mean and 95 % interval over {len(per_seed)} seeds", fontsize=8)
+    ax.set_title(f"mean and 95 % interval over {len(per_seed)} seeds (cut to [-1, 1])", fontsize=8)
     ax.legend(fontsize=7)
     C.save_figure(fig, path)
 
@@ -253,7 +255,9 @@ def trend(by_lr: dict, value: Any) -> dict[str, Any]:
     for s in range(min(len(v) for v in by_lr.values())):
         y = [value(by_lr[lr][s]) for lr in lrs]
         keep = [i for i, v in enumerate(y) if v is not None and np.isfinite(v)]
-        rhos.append(spearmanr([lrs[i] for i in keep], [y[i] for i in keep]).statistic if len(keep) >= 3 else None)
+        # a value equal at every learning rate (e.g. the same onset epoch) has no ranks: no rho for that seed
+        ranked = len(keep) >= 3 and np.ptp([y[i] for i in keep]) > 0
+        rhos.append(spearmanr([lrs[i] for i in keep], [y[i] for i in keep]).statistic if ranked else None)
     return {"per_lr": per_lr, "spearman_per_seed": rhos, "spearman": C.correlation_ci(rhos)}
 
 
