@@ -577,7 +577,13 @@ def main(argv: list[str] | None = None) -> None:
                 "(`experiments/configs/<script>.json`, the `full` section): the machine they ran on was shared and "
                 "loaded, so some runs used the settings in `experiments/configs/reduced/`. What differs, as the "
                 "results files record it:", "")
+    if changed:
         doc.add(*[f"- {lab}, `{name}`: {'; '.join(c)}." for lab, name, c in changed], "")
+    unplaced = sum("package_dir" not in data for data in all_data)
+    if unplaced:
+        doc.add(f"**Provenance.** {unplaced} of {len(all_data)} results files predate recording the package the "
+                "run imported (`package_dir`): those runs measured with the installed package of their environment "
+                "at the time, which may differ from the commit they record.", "")
     missing = [f"{labels[d]}: {', '.join(n for n in ORDER if n not in found[d])}" for d in order
                if any(n not in found[d] for n in ORDER)]  # fmt: skip
     if missing:
