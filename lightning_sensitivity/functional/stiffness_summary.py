@@ -158,7 +158,8 @@ def stiffness_summary(
             (:attr:`StiffnessSummary.same_class_critical_length`; its bins span that curve's own distance range).
         distances: ``[N, M]`` the input distances :func:`~lightning_sensitivity.functional.pairwise_distance`
             ``(inputs_rows, inputs_cols, distance)`` when the caller has them (e.g. a slice of one joint matrix for
-            several pair groups); default: computed here, once for both kinds and the same-class curve.
+            several pair groups); default: computed here, once for both kinds and the same-class curve (cosine
+            distances in float32, the pairs near a bin edge in float64: the bins are the float64 ones).
 
     When the targets are not integer class indices ``[N]`` (one-hot / multi-hot or regression targets), only the
     overall means, the distance curves and the critical length are computed and
