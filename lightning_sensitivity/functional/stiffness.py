@@ -308,7 +308,7 @@ def pairwise_distance(inputs: Tensor, inputs2: Tensor | None = None, distance: s
     if distance == "euclidean":
         return torch.cdist(a, b)
     a_n = F.normalize(a, dim=1)
-    b_n = F.normalize(b, dim=1)
+    b_n = a_n if inputs2 is None else F.normalize(b, dim=1)
     return (1.0 - a_n @ b_n.T).clamp(0.0, 2.0)
 
 

@@ -19,7 +19,7 @@ from torch import Tensor
 from lightning_sensitivity import keys
 from lightning_sensitivity._checks import check_choice, check_class_groups, check_int
 from lightning_sensitivity.functional.critical_length import METHODS, Method, critical_length
-from lightning_sensitivity.functional.stiffness import DISTANCES, binned_by_distance, class_stiffness, pairwise_distance
+from lightning_sensitivity.functional.stiffness import DISTANCES, pairwise_distance
 
 KINDS = ("sign", "cosine")
 
@@ -158,7 +158,8 @@ def stiffness_summary(
             (:attr:`StiffnessSummary.same_class_critical_length`; its bins span that curve's own distance range).
         distances: ``[N, M]`` the input distances :func:`~lightning_sensitivity.functional.pairwise_distance`
             ``(inputs_rows, inputs_cols, distance)`` when the caller has them (e.g. a slice of one joint matrix for
-            several pair groups); default: computed here, once for both kinds and the same-class curve.
+            several pair groups); default: computed here, once for both kinds and the same-class curve (cosine
+            distances in float32, the pairs near a bin edge in float64: the bins are the float64 ones).
 
     When the targets are not integer class indices ``[N]`` (one-hot / multi-hot or regression targets), only the
     overall means, the distance curves and the critical length are computed and
@@ -205,26 +206,32 @@ def stiffness_summary(
     if not self_pairs:
         _check_set(m, targets_cols, inputs_cols, "targets_cols", "inputs_cols")
 
-    matrices = {"sign": sign.detach().to(torch.float64).cpu(), "cosine": cosine.detach().to(torch.float64).cpu()}
+    # Both kinds in one float64 [2, N, M] tensor: every sum below is one reduction or product for the two.
+    values = torch.empty((2, n, m), dtype=torch.float64)
+    values[0].copy_(sign.detach())
+    values[1].copy_(cosine.detach())
     x_rows = inputs_rows.detach().cpu()
     x_cols = None if self_pairs else inputs_cols.detach().cpu()
-    pair = torch.ones(n, m, dtype=torch.bool)
-    if self_pairs:
-        pair.fill_diagonal_(False)
-    if distances is None:
-        distances = pairwise_distance(x_rows, x_cols, distance)
+    dist = index = None
+    if distances is None and distance == "cosine":
+        index = _cosine_bin_index(x_rows, x_cols, num_distance_bins)  # None where it cannot be exact
+    if index is not None:
+        pass
+    elif distances is None:
+        dist = pairwise_distance(x_rows, x_cols, distance)
     elif not isinstance(distances, Tensor) or tuple(distances.shape) != (n, m):
         shape = tuple(distances.shape) if isinstance(distances, Tensor) else type(distances).__name__
         raise ValueError(f"`distances` expected a tensor of shape {(n, m)} like `sign`, got {shape}")
-    dist = distances.detach().to(torch.float64).cpu()
+    else:
+        dist = distances.detach().to(torch.float64).cpu()
     num_pairs = n * m - (n if self_pairs else 0)
 
     y_rows = targets_rows.detach().cpu()
     y_cols = y_rows if self_pairs else targets_cols.detach().cpu()
     reason = _why_not_classes(y_rows) or (None if self_pairs else _why_not_classes(y_cols))
-    same = None
+    classes = reason is None
     coarse = None
-    if reason is None:
+    if classes:
         y_all = y_rows if self_pairs else torch.cat([y_rows, y_cols])
         if num_classes is None:
             num_classes = int(y_all.max()) + 1
@@ -234,66 +241,189 @@ def stiffness_summary(
                     f"`{name}` expected class indices in [0, {num_classes}), got values in "
                     f"[{int(y.min())}, {int(y.max())}]"
                 )
-        same = y_rows[:, None] == y_cols[None, :]
-        num_same = int((pair & same).sum())
         if class_groups is not None:
             coarse = _class_groups(class_groups, num_classes)
     elif class_groups is not None:
         _class_groups(class_groups, 1)  # still reject a malformed argument
 
+    # The pairs' finite entries: the curves' masks (the diagonal of a set with itself left out, as a pair).
+    finite = values.isfinite()
+    all_finite = finite.flatten(1).all(dim=1)  # [2], diagonal included (as class_stiffness weighs it 0 * NaN)
+    if self_pairs:
+        finite.diagonal(dim1=1, dim2=2).fill_(False)
+        offdiagonal = values.clone()
+        offdiagonal.diagonal(dim1=1, dim2=2).zero_()  # left out of the means even where it is NaN
+        pairs_finite = finite.flatten(1).sum(dim=1) == num_pairs
+    else:
+        offdiagonal, pairs_finite = values, all_finite
+    total = offdiagonal.sum(dim=(1, 2))
     out: dict[str, Any] = {}
-    for kind, values in matrices.items():
-        # Sums through class indicator products (pair_means) instead of boolean masks over the N x M pairs; the
-        # diagonal of a set with itself is zeroed first, so it is left out even where it is NaN.
-        offdiagonal = values.clone().fill_diagonal_(0.0) if self_pairs else values
-        means = pair_means(offdiagonal, y_rows if same is not None else None, None if self_pairs else y_cols,
-                           self_pairs=self_pairs)  # fmt: skip
-        out[f"{kind}_mean"] = means["mean"]
-        if same is None:
+    num_same = 0
+    if classes:
+        # Class sums as one-hot products rows^T V cols ([2, C, C]); counts from the class sizes.
+        rows = torch.nn.functional.one_hot(y_rows.long(), num_classes).to(torch.float64)
+        cols = rows if self_pairs else torch.nn.functional.one_hot(y_cols.long(), num_classes).to(torch.float64)
+        n_rows, n_cols = rows.sum(0), cols.sum(0)
+        counts = n_rows[:, None] * n_cols[None, :]
+        if self_pairs:
+            counts = counts - torch.diag(n_rows)
+        totals = rows.T @ offdiagonal @ cols
+        num_same = int((n_rows * n_cols).sum()) - (n if self_pairs else 0)
+        # A non-finite pair makes the class sums NaN as a product through it would (0 * NaN), made explicit.
+        nan = torch.tensor(math.nan, dtype=torch.float64)
+        same_total = torch.where(pairs_finite, totals.diagonal(dim1=1, dim2=2).sum(-1), nan)
+        cells = torch.where(all_finite[:, None, None], totals, nan)
+        class_means = _cells(cells, counts)
+        superclass = None
+        if coarse is not None:
+            group = torch.nn.functional.one_hot(coarse[:num_classes], int(coarse.max()) + 1).to(torch.float64)
+            superclass = _cells(group.T @ cells @ group, group.T @ counts @ group)
+    for k, kind in enumerate(KINDS):
+        out[f"{kind}_mean"] = _ratio(total[k], num_pairs)
+        if not classes:
             out[f"same_class_{kind}"] = out[f"different_class_{kind}"] = math.nan
             out[f"class_{kind}"] = out[f"superclass_{kind}"] = None
-        else:
-            out[f"same_class_{kind}"] = means["same_class"]
-            out[f"different_class_{kind}"] = means["different_class"]
-            labels2 = None if self_pairs else y_cols
-            out[f"class_{kind}"] = class_stiffness(values, y_rows, labels2, num_classes=num_classes)
-            out[f"superclass_{kind}"] = None
-            if coarse is not None:
-                out[f"superclass_{kind}"] = class_stiffness(
-                    values,
-                    coarse[y_rows],
-                    None if self_pairs else coarse[y_cols],
-                    num_classes=int(coarse.max()) + 1,
-                )
-        edges, mean, count = binned_by_distance(
-            values, dist, self_pairs=self_pairs, num_bins=num_distance_bins, distance=distance
-        )
-        out["bin_edges"] = edges.cpu()
-        out[f"distance_{kind}"] = mean.cpu()
-        if kind == "sign":
-            out["distance_count"] = count.cpu()
+            continue
+        out[f"same_class_{kind}"] = _ratio(same_total[k], num_same)
+        out[f"different_class_{kind}"] = _ratio(total[k] - same_total[k], num_pairs - num_same)
+        out[f"class_{kind}"] = class_means[k]
+        out[f"superclass_{kind}"] = None if superclass is None else superclass[k]
+
+    # The curves: each pair's bin found once per distinct set of edges, all curves' sums in one scatter.
+    curves = [(values[0], finite[0]), (values[1], finite[1])]
+    want_same = same_class_critical_length and classes and num_same > 0
+    if want_same:
+        same = y_rows[:, None] == y_cols[None, :]
+        curves.append((values[0], finite[0] & same))
+    binned = _binned(curves, dist, num_distance_bins, distance, index)
+    out["bin_edges"] = binned[1][0]
+    out["distance_sign"], out["distance_cosine"] = binned[0][1], binned[1][1]
+    out["distance_count"] = binned[0][2]
     centers = (out["bin_edges"][1:] + out["bin_edges"][:-1]) / 2
     length = critical_length(centers, out["distance_sign"], out["distance_count"], method=critical_length_method)
     same_length = math.nan
-    if same_class_critical_length and same is not None and num_same > 0:
-        # stiffness_by_distance skips non-finite entries: NaN marks the different-class pairs to leave out.
-        within = matrices["sign"].masked_fill(~same, math.nan)
-        s_edges, s_mean, s_count = binned_by_distance(
-            within, dist, self_pairs=self_pairs, num_bins=num_distance_bins, distance=distance
-        )
+    if want_same:
+        s_edges, s_mean, s_count = binned[2]
         s_centers = (s_edges[1:] + s_edges[:-1]) / 2
         same_length = critical_length(s_centers, s_mean, s_count, method=critical_length_method)
     return StiffnessSummary(
         same_class_critical_length=same_length,
         self_pairs=self_pairs,
         num_pairs=num_pairs,
-        num_same_class_pairs=0 if same is None else num_same,
-        num_different_class_pairs=0 if same is None else num_pairs - num_same,
+        num_same_class_pairs=num_same if classes else 0,
+        num_different_class_pairs=num_pairs - num_same if classes else 0,
         critical_length=length,
         critical_length_method=critical_length_method,
         class_splits_skipped=reason,
         **out,
     )
+
+
+def _cells(totals: Tensor, counts: Tensor) -> Tensor:
+    return torch.where(counts > 0, totals / counts.clamp_min(1), torch.full_like(totals, math.nan))
+
+
+def _binned(
+    curves: list[tuple[Tensor, Tensor]], dist: Tensor | None, num_bins: int, distance: str, index: Tensor | None = None
+) -> list[tuple]:
+    """``[(edges, mean, count)]`` of each ``(values [N, M], mask [N, M])`` binned by ``dist``, as
+    :func:`~lightning_sensitivity.functional.binned_by_distance` with the pairs ``mask`` (finite values): the bin
+    index of each pair is computed once per distinct upper edge and the curves sharing it are summed in one
+    scatter. ``index``: the cosine distance bins already known (:func:`_cosine_bin_index`; ``dist`` unused)."""
+    uppers = []
+    for _, mask in curves:
+        if distance == "cosine":
+            uppers.append(2.0)
+        else:
+            top = float(dist.masked_fill(~mask, -math.inf).max()) if dist.numel() else -math.inf
+            uppers.append(top if top != -math.inf else 1.0)  # no pair: the functional's [0, 1]
+    out: list = [None] * len(curves)
+    keys = [u if u == u else "nan" for u in uppers]  # NaN (a NaN distance) equals itself here
+    for key in dict.fromkeys(keys):
+        members = [i for i, k in enumerate(keys) if k == key]
+        upper = uppers[members[0]]
+        edges = torch.linspace(0.0, upper if upper > 0 else 1.0, num_bins + 1, dtype=torch.float64)
+        bins = (index if index is not None else _bin_index(dist, edges, num_bins)).reshape(1, -1)
+        # Rows: each member's masked values, then each member's mask as 0 / 1 (the counts, exact below 2^53).
+        weights = torch.stack(
+            [torch.where(curves[i][1], curves[i][0], 0.0).reshape(-1) for i in members]
+            + [curves[i][1].reshape(-1).to(torch.float64) for i in members]
+        )
+        sums = torch.zeros(len(weights), num_bins, dtype=torch.float64).scatter_add_(
+            1, bins.expand_as(weights), weights
+        )
+        for j, i in enumerate(members):
+            t, c = sums[j], sums[len(members) + j].long()
+            out[i] = (edges, torch.where(c > 0, t / c.clamp_min(1), torch.full_like(t, math.nan)), c)
+    return out
+
+
+# float32 rounding unit; the fast cosine bins below hold to the float64 ones where this bound is small
+_U32 = 2.0**-24
+_MAX_MARGIN = 1e-3
+
+
+def _cosine_bin_index(x_rows: Tensor, x_cols: Tensor | None, num_bins: int) -> Tensor | None:
+    """The cosine-distance bin of every pair (edges ``linspace(0, 2, num_bins + 1)``), equal to binning the float64
+    :func:`~lightning_sensitivity.functional.pairwise_distance`, at the cost of a float32 product: the distances
+    are computed in float32, and the pairs within a rigorous float32 error bound of an inner edge
+    (``(3 D + 16) u``, ``D`` features, ``u = 2^-24``) are recomputed in float64 from their two examples. None
+    (the caller takes the float64 matrix) where that would not be exact or not cheaper: non-float inputs, a bound
+    above 1e-3 (very many features), float32 matmul precision lowered, row norms outside ``[1e-6, 1e6]`` (near
+    ``F.normalize``'s eps, or float32 overflow), or over 1/8 of the pairs near an edge."""
+    a = x_rows.reshape(x_rows.shape[0], -1)
+    b = a if x_cols is None else x_cols.reshape(x_cols.shape[0], -1)
+    features = a.shape[1]
+    margin = (3 * features + 16) * _U32
+    if (
+        a.shape[1] != b.shape[1]
+        or not (a.is_floating_point() and b.is_floating_point())
+        or a.dtype not in (torch.float32, torch.float64)
+        or b.dtype not in (torch.float32, torch.float64)
+        or margin > _MAX_MARGIN
+        or torch.get_float32_matmul_precision() != "highest"
+    ):
+        return None
+    a32, b32 = a.float(), None if x_cols is None else b.float()
+    norm_a = a32.norm(dim=1)
+    norm_b = norm_a if b32 is None else b32.norm(dim=1)
+    if not bool(((norm_a >= 1e-6) & (norm_a <= 1e6)).all() and ((norm_b >= 1e-6) & (norm_b <= 1e6)).all()):
+        return None
+    a_n = a32 / norm_a[:, None]
+    b_n = a_n if b32 is None else b32 / norm_b[:, None]
+    d = (1.0 - a_n @ b_n.T).clamp_(0.0, 2.0).double()
+    edges = torch.linspace(0.0, 2.0, num_bins + 1, dtype=torch.float64)
+    index = _bin_index(d, edges, num_bins)
+    if num_bins == 1:
+        return index
+    # Distance to the nearest inner edge (edges 0 and 2 are the clamp's: a pair near them keeps its end bin).
+    pos = d * (num_bins / 2.0)
+    nearest = pos.round().clamp_(1, num_bins - 1)
+    near = (pos - nearest).abs_() <= (margin + 1e-12) * (num_bins / 2.0)
+    rows, cols = near.nonzero(as_tuple=True)
+    if rows.numel() > near.numel() // 8:
+        return None
+    if rows.numel():
+        exact_a = torch.nn.functional.normalize(a.index_select(0, rows).double(), dim=1)
+        exact_b = torch.nn.functional.normalize(b.index_select(0, cols).double(), dim=1)
+        exact = (1.0 - (exact_a * exact_b).sum(dim=1)).clamp_(0.0, 2.0)
+        index[rows, cols] = _bin_index(exact, edges, num_bins)
+    return index
+
+
+def _bin_index(dist: Tensor, edges: Tensor, num_bins: int) -> Tensor:
+    """``(bucketize(dist, edges, right=True) - 1).clamp(0, num_bins - 1)`` for equal-width ``edges`` from 0:
+    the bin from one multiplication, then corrected against the edges themselves (so the result is bucketize's to
+    the last bit; NaN goes to the last bin as there)."""
+    upper = float(edges[-1])
+    if not math.isfinite(upper):
+        return (torch.bucketize(dist, edges, right=True) - 1).clamp(0, num_bins - 1)
+    d = dist.nan_to_num(nan=math.inf, posinf=math.inf, neginf=-math.inf)
+    guess = (d * (num_bins / upper)).floor_().clamp_(0, num_bins - 1).long()
+    flat = guess.reshape(-1)  # index_select: a gather of a few edges several times faster than edges[guess]
+    low, high = edges.index_select(0, flat).view_as(d), edges.index_select(0, flat + 1).view_as(d)
+    index = guess - (d < low).long() + (d >= high).long()
+    return index.clamp_(0, num_bins - 1)
 
 
 def pair_means(

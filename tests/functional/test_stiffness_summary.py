@@ -7,6 +7,7 @@ import torch
 from oracles import first_crossing_loop, weighted_fit_zero
 
 from lightning_sensitivity.functional import StiffnessSummary, stiffness_summary
+from lightning_sensitivity.functional.stiffness_summary import _cosine_bin_index
 
 
 def _pairs(n, m, self_pairs):
@@ -278,3 +279,20 @@ def test_nan_on_the_diagonal_of_a_set_with_itself_is_left_out_of_the_means():
     assert out.sign_mean == pytest.approx(_mean_loop(sign, pairs), rel=1e-12)
     assert out.same_class_sign == pytest.approx(_mean_loop(sign, pairs, lambda i, j: lr[i] == lr[j]), rel=1e-12)
     assert out.different_class_sign == pytest.approx(_mean_loop(sign, pairs, lambda i, j: lr[i] != lr[j]), rel=1e-12)
+
+
+def test_cosine_bins_of_pairs_just_off_an_edge_are_the_float64_ones():
+    # Pairs 1e-7..1e-4 either side of each inner edge in 784 rotated features: the float32 distances are recomputed
+    # in float64 near an edge, so the counts equal the float64 loop's.
+    g = torch.Generator().manual_seed(7)
+    rot = torch.linalg.qr(torch.randn(784, 784, generator=g, dtype=torch.float64))[0]
+    near = [0.2 * k + d for k in range(1, 10) for d in (1e-7, -1e-7, 1e-6, -1e-6, 3e-5, -3e-5, 1e-4, -1e-4)]
+    far = [0.2 * k + 0.1 for k in range(10)] * 60  # most pairs mid-bin, so that the float32 path is taken
+    cols = [rot[:, 0] * (1 - d) * 0.3 + rot[:, 1] * math.sqrt(1 - (1 - d) ** 2) * 0.3 for d in near + far]
+    xr, xc = (rot[:, 0] * 2.5).float()[None], torch.stack(cols).float()
+    n, m = 1, len(cols)
+    assert _cosine_bin_index(xr, xc, 10) is not None
+    sign = torch.ones(n, m)
+    out = stiffness_summary(sign, sign, torch.zeros(n, dtype=torch.long), torch.zeros(m, dtype=torch.long),
+                            inputs_rows=xr, inputs_cols=xc, num_distance_bins=10)  # fmt: skip
+    assert out.distance_count.tolist() == _curve_loop(sign, _pairs(n, m, False), xr, xc, 10)[1]
