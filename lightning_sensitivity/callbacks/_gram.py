@@ -11,11 +11,20 @@ from torch import Tensor, nn
 
 from lightning_sensitivity.callbacks.progress import ProgressFactory
 from lightning_sensitivity.functional import stiffness_from_gram
-from lightning_sensitivity.functional.gram import build_gram_call, gram_and_norms
+from lightning_sensitivity.functional.gram import GramCall, build_gram_call, gram_and_norms
 from lightning_sensitivity.functional.gram.distributed import Exchange, ShardMap, shared_gram
 from lightning_sensitivity.functional.stiffness_rows import shared_stiffness_summaries
 
 __all__ = ["joint_stiffness", "shared_joint_summaries"]
+
+
+def _gram_call(monitor: Any, model: nn.Module, inputs: Tensor, targets: Tensor, kwargs: dict[str, Tensor],
+               bar: Any) -> GramCall:  # fmt: skip
+    """The joint probe set's Gram call, with the monitor's loss, chunking and sketch."""
+    return build_gram_call(
+        model, inputs, targets, loss_fn=monitor.loss_fn, chunk_size=monitor.chunk_size, progress=bar,
+        model_kwargs=kwargs or None, sketch_dim=monitor.sketch_dim, sketch_seed=monitor.sketch_seed,
+    )  # fmt: skip
 
 
 def joint_stiffness(
@@ -29,10 +38,7 @@ def joint_stiffness(
     """Stiffness of the joint probe set; under DDP each rank forms its share of the Gram's rows."""
     shard, exchange = monitor.shard_exchange(inputs.shape[0])
     with progress("per-example gradients") as bar:
-        call = build_gram_call(
-            model, inputs, targets, loss_fn=monitor.loss_fn, chunk_size=monitor.chunk_size, progress=bar,
-            model_kwargs=kwargs or None, sketch_dim=monitor.sketch_dim, sketch_seed=monitor.sketch_seed,
-        )  # fmt: skip
+        call = _gram_call(monitor, model, inputs, targets, kwargs, bar)
         if shard.world_size == 1:  # one process: the whole Gram at once
             gram, sq, _ = gram_and_norms(call)
         else:
@@ -77,10 +83,7 @@ def shared_joint_summaries(
     """Under DDP: ``({group: StiffnessSummary}, joint)``, each rank having formed its rows of the Gram and summed the
     summaries over them (:func:`~lightning_sensitivity.functional.stiffness_rows.shared_stiffness_summaries`)."""
     with progress("per-example gradients") as bar:
-        call = build_gram_call(
-            model, inputs, targets, loss_fn=monitor.loss_fn, chunk_size=monitor.chunk_size, progress=bar,
-            model_kwargs=kwargs or None, sketch_dim=monitor.sketch_dim, sketch_seed=monitor.sketch_seed,
-        )  # fmt: skip
+        call = _gram_call(monitor, model, inputs, targets, kwargs, bar)
         summaries, gram, sq = shared_stiffness_summaries(
             call, shard, exchange, pairs, distance_inputs, num_classes=num_classes, class_groups=class_groups,
             num_distance_bins=monitor.num_distance_bins, distance=monitor.distance,
