@@ -49,7 +49,7 @@ def quickstart_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Quickst
         pytest.skip(f"{QUICKSTART} is missing")
     workdir = tmp_path_factory.mktemp("quickstart")
     log = workdir / "quickstart.log"
-    command = quickstart_command(Path("."), "--fast", "--epochs", str(EPOCHS))
+    command = quickstart_command(Path("."), "--fast", "--epochs", str(EPOCHS), paced=True)
     proc = start(command, cwd=workdir, log=log, env=child_env())
     tensorboard = run = None
     try:
