@@ -296,7 +296,7 @@ class MeasureLoop:
         probes: dict[str, ProbeSet],
         epoch: int,
         held_out: str,
-        checks: FiniteChecks | None = None,
+        checks: FiniteChecks,
     ) -> tuple[dict[str, ProbeSet], dict[str, int]]:
         """The probe sets without their examples of non-finite inputs, targets or model outputs, and how many each
         lost (a set that loses every example is left out); named in one warning per distinct finding. ``checks``:
@@ -307,12 +307,7 @@ class MeasureLoop:
         causes: list[str] = []
         state = (getattr(self, "measure_dtype", torch.float32), getattr(self, "output_key", None))
         for role, probe in probes.items():
-            if checks is None:
-                found = nonfinite_examples(
-                    model, probe.inputs, probe.targets, self.chunk_size, model_kwargs=probe.model_kwargs
-                )
-            else:
-                found = checks.find(model, probe, self.chunk_size, state)
+            found = checks.find(model, probe, self.chunk_size, state)
             bad = found.any
             if not bool(bad.any()):
                 kept[role] = probe

@@ -29,7 +29,14 @@ from lightning_sensitivity.functional.critical_length import critical_length
 from lightning_sensitivity.functional.gram.call import GramCall
 from lightning_sensitivity.functional.gram.distributed import Exchange, ShardMap, shared_gram_rows
 from lightning_sensitivity.functional.stiffness import pairwise_distance, stiffness_from_gram
-from lightning_sensitivity.functional.stiffness_summary import KINDS, StiffnessSummary, _class_groups, _why_not_classes
+from lightning_sensitivity.functional.stiffness_summary import (
+    KINDS,
+    StiffnessSummary,
+    _cells,
+    _class_groups,
+    _ratio,
+    _why_not_classes,
+)
 
 __all__ = ["shared_stiffness_summaries"]
 
@@ -124,9 +131,7 @@ def _masks(index: Tensor, rows: slice, cols: slice, n: int, classes: dict) -> tu
     """``(pair [s, N], same class [s, N] or None)`` over this process's rows: a pair is a row of the group's rows and
     a column of its columns, not an example with itself when ``rows == cols``."""
     in_rows = (index >= rows.start) & (index < rows.stop)
-    col = torch.zeros(n, dtype=torch.bool)
-    col[cols] = True
-    pair = in_rows[:, None] & col[None, :]
+    pair = in_rows[:, None] & _column_mask(cols, n)[None, :]
     if rows == cols:
         pair &= index[:, None] != torch.arange(n)[None, :]
     same = None
@@ -239,11 +244,3 @@ def _summary(sums, rows: slice, cols: slice, classes, class_groups, num_bins, di
         class_splits_skipped=classes["reason"],
         **out,
     )
-
-
-def _cells(totals: Tensor, counts: Tensor) -> Tensor:
-    return torch.where(counts > 0, totals / counts.clamp_min(1), torch.full_like(totals, float("nan")))
-
-
-def _ratio(total: Tensor, count: int) -> float:
-    return float(total) / count if count > 0 else math.nan
