@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
+from functools import partial
 from typing import Literal
 
 import torch
@@ -162,7 +163,10 @@ def jacobian_norm(
     model, f, params, buffers = pure_model(model)
     x_all = match_model(prepare_inputs(inputs), params)
     kwargs = prepare_model_kwargs(model_kwargs, x_all.shape[0], params)
-    compute = {"per_example": _norms_per_example, "batched": _norms_batched}.get(method, _norms_looped)
+    if method == "per_example":  # its logits cost one more forward: only when asked for
+        compute = partial(_norms_per_example, with_logits=return_logits)
+    else:
+        compute = {"batched": _norms_batched}.get(method, _norms_looped)
     norms, logits = [], []
     counted: list[int] = []  # chunk_size="auto": activation elements per example, once the first chunk has run
     pieces = sized_chunks(x_all.shape[0], counted) if auto else chunks(x_all.shape[0], chunk_size)  # type: ignore[arg-type]
@@ -174,7 +178,8 @@ def jacobian_norm(
             if counter is not None:
                 counted.append(counter.per_example())
             norms.append(norm.detach())
-            logits.append(logit.detach())
+            if return_logits:
+                logits.append(logit.detach())
             report(progress, piece.stop, x_all.shape[0])
     if return_logits:
         return torch.cat(norms), torch.cat(logits)
@@ -269,7 +274,7 @@ class _InputLayer(TorchFunctionMode):
         return out
 
 
-def _norms_looped(f, params, buffers, x: Tensor, output: str, kwargs: dict[str, Tensor]) -> Tensor:
+def _norms_looped(f, params, buffers, x: Tensor, output: str, kwargs: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
     x = x.detach().requires_grad_(True)
     finder = _InputLayer(x)
     with finder:
@@ -290,7 +295,7 @@ def _norms_looped(f, params, buffers, x: Tensor, output: str, kwargs: dict[str, 
     return total.sqrt(), logits.detach()
 
 
-def _norms_batched(f, params, buffers, x: Tensor, output: str, kwargs: dict[str, Tensor]) -> Tensor:
+def _norms_batched(f, params, buffers, x: Tensor, output: str, kwargs: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
     def logits_fn(x_: Tensor) -> Tensor:
         return check_logits(f(params, buffers, x_, **kwargs))
 
@@ -304,14 +309,18 @@ def _norms_batched(f, params, buffers, x: Tensor, output: str, kwargs: dict[str,
     return grads.pow(2).flatten(2).sum(dim=(0, 2)).sqrt(), logits.detach()
 
 
-def _norms_per_example(f, params, buffers, x: Tensor, output: str, kwargs: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
+def _norms_per_example(
+    f, params, buffers, x: Tensor, output: str, kwargs: dict[str, Tensor], *, with_logits: bool = True
+) -> tuple[Tensor, Tensor | None]:
     def single(x_i: Tensor, kwargs_i: dict[str, Tensor]) -> Tensor:
         batch_of_one = {k: v.unsqueeze(0) for k, v in kwargs_i.items()}
         return _transform(check_logits(f(params, buffers, x_i.unsqueeze(0), **batch_of_one)), output).squeeze(0)
 
     jac = vmap(jacrev(single))(x, kwargs)  # [n, C, *input_shape]; each example with its own keyword inputs
-    with torch.no_grad():
-        logits = check_logits(f(params, buffers, x, **kwargs))
+    logits = None
+    if with_logits:
+        with torch.no_grad():
+            logits = check_logits(f(params, buffers, x, **kwargs))
     return jac.pow(2).flatten(1).sum(dim=1).sqrt(), logits
 
 
