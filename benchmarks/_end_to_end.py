@@ -11,6 +11,7 @@ from __future__ import annotations
 import tempfile
 import time
 import warnings
+from typing import Any
 
 import lightning.pytorch as pl
 import torch
@@ -43,6 +44,28 @@ def _loaders(num_train: int, shape: tuple[int, ...] = (1, 28, 28)) -> tuple[Data
     return DataLoader(train, batch_size=128, shuffle=True, generator=g), DataLoader(val, batch_size=512)
 
 
+#: The Callback hooks a monitor may spend time in (all of Lightning's that take the trainer and the module).
+HOOKS = tuple(name for name in dir(pl.Callback) if name.startswith("on_") or name in ("setup", "teardown"))
+
+
+def _time_hooks(callback: pl.Callback, spent: list[float]) -> None:
+    """Make ``callback``'s hooks add their wall seconds to ``spent[0]`` (instance attributes, which Lightning's
+    ``getattr(callback, hook)`` finds before the class's methods)."""
+
+    def timed(hook: Any) -> Any:
+        def run(*args: Any, **kwargs: Any) -> Any:
+            start = time.perf_counter()
+            try:
+                return hook(*args, **kwargs)
+            finally:
+                spent[0] += time.perf_counter() - start
+
+        return run
+
+    for name in HOOKS:
+        setattr(callback, name, timed(getattr(callback, name)))
+
+
 def fit_seconds(
     monitors: bool | tuple[str, ...],
     num_train: int,
@@ -50,13 +73,16 @@ def fit_seconds(
     figures: str = "log_spaced",
     device: torch.device | None = None,
     model: str = "mlp",
+    hook_seconds: list[float] | None = None,
 ) -> float:
     """Wall seconds of ``trainer.fit`` (data and model built outside the timed span).
 
     ``figures`` is passed to every monitor: the default, or ``"none"`` to time the measurements without images.
     ``device``: a CUDA device fits with ``accelerator="gpu"`` on it (the loaders stay on the CPU, as in a real
     run); None or the CPU with ``accelerator="cpu"``. ``model``: a key of :data:`MODELS`. ``monitors``: True for
-    the three default monitors, or the class names of some of them (to split the cost).
+    the three default monitors, or the class names of some of them (to split the cost). ``hook_seconds``: a list
+    that gets the wall seconds the monitors spent in their own hooks appended (their measurements, images and
+    artifacts; what the fit costs beyond that is indirect: caches, memory, the machine's noise).
     """
     cuda = device is not None and device.type == "cuda"
     pl.seed_everything(0, verbose=False)
@@ -67,6 +93,9 @@ def fit_seconds(
     if not isinstance(monitors, bool):
         monitor_classes = tuple(cls for cls in monitor_classes if cls.__name__ in monitors)
     callbacks = [cls(figures=figures) for cls in monitor_classes] if monitors else []
+    spent = [0.0]
+    for callback in callbacks:
+        _time_hooks(callback, spent)
     with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
         warnings.simplefilter("ignore")
         trainer = pl.Trainer(
@@ -82,4 +111,7 @@ def fit_seconds(
         )
         start = time.perf_counter()
         trainer.fit(module, train, val)
-        return time.perf_counter() - start
+        seconds = time.perf_counter() - start
+    if hook_seconds is not None:
+        hook_seconds.append(spent[0])
+    return seconds
