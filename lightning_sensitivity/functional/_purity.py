@@ -9,6 +9,7 @@ the measurement and restored afterwards. :func:`pure_model` is the preamble of e
 from __future__ import annotations
 
 import contextlib
+import functools
 import threading
 import warnings
 from collections.abc import Callable, Iterator
@@ -147,11 +148,10 @@ def _composable_checkpoint_states(model: nn.Module) -> list[Any]:
     return [checkpoint.state(m) for m in model.modules() if "checkpoint" in (_get_registry(m) or {})]
 
 
-def _autocast_device_types() -> list[str]:
-    types = ["cpu"]
-    if torch.cuda.is_available():
-        types.append("cuda")
-    return types
+@functools.lru_cache(maxsize=1)
+def _autocast_device_types() -> tuple[str, ...]:
+    # Cached: without a GPU, torch.cuda.is_available() loads NVML on every call (~0.2 ms per measurement call).
+    return ("cpu", "cuda") if torch.cuda.is_available() else ("cpu",)
 
 
 def detached_state(model: nn.Module) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
