@@ -13,6 +13,7 @@ from lightning_sensitivity import keys
 from lightning_sensitivity._checks import check_choice, check_loss_fn
 from lightning_sensitivity.callbacks.base import Measurement, ProbeSplits, SensitivityMonitor, model_kwargs, probe_shard
 from lightning_sensitivity.callbacks.progress import ProgressFactory
+from lightning_sensitivity.functional import train_val_ratio
 from lightning_sensitivity.functional.input_gradient_norm import (
     METHODS,
     NORM_STATS,
@@ -125,8 +126,8 @@ class InputGradientNormMonitor(SensitivityMonitor):
                 "the train input gradient norms", lambda: self._norms(model, probes[TRAIN], progress, TRAIN), epoch
             )
             if train is not None:
-                train_mean = self._split(result, TRAIN, probes[TRAIN], train)
-                if val_mean != 0:
-                    result.scalars[keys.metric(self.quantity, "train_val_ratio")] = train_mean / val_mean
-                    result.arrays["train_val_ratio"] = train_mean / val_mean
+                ratio = train_val_ratio(self._split(result, TRAIN, probes[TRAIN], train), val_mean)
+                if ratio is not None:
+                    result.scalars[keys.metric(self.quantity, "train_val_ratio")] = ratio
+                    result.arrays["train_val_ratio"] = ratio
         return result

@@ -17,7 +17,9 @@ from lightning_sensitivity.functional import (
     jacobian_norm,
     jacobian_norm_estimate,
     jacobian_norm_summary,
+    mean_standard_error,
     predict_logits,
+    train_val_ratio,
 )
 from lightning_sensitivity.functional.jacobian import OUTPUTS
 from lightning_sensitivity.keys import TRAIN, VAL
@@ -183,8 +185,7 @@ class JacobianNormMonitor(SensitivityMonitor):
             result.arrays[keys.split_array(split, stat)] = summary[stat]
         result.histograms[keys.metric(keys.JACOBIAN, split)] = norms
         if stderr is not None:  # independent projections per example: the errors add in quadrature
-            mean_stderr = float(stderr.double().pow(2).sum().sqrt() / max(len(stderr), 1))
-            result.scalars[keys.metric(keys.JACOBIAN, split, "mean_stderr")] = mean_stderr
+            result.scalars[keys.metric(keys.JACOBIAN, split, "mean_stderr")] = mean_standard_error(stderr)
             result.arrays[keys.split_array(split, "stderr")] = stderr
         result.arrays.update({keys.split_array(split, "norms"): norms, keys.split_array(split, "labels"): targets})
         if classes:
@@ -211,8 +212,8 @@ class JacobianNormMonitor(SensitivityMonitor):
             )
             if train is not None:
                 stats[TRAIN] = self._split(result, TRAIN, probes[TRAIN], *train)
-        if TRAIN in stats and stats[VAL]["mean"] != 0:
-            ratio = stats[TRAIN]["mean"] / stats[VAL]["mean"]
+        ratio = train_val_ratio(stats[TRAIN]["mean"], stats[VAL]["mean"]) if TRAIN in stats else None
+        if ratio is not None:
             result.scalars[keys.metric(keys.JACOBIAN, "train_val_ratio")] = ratio
             result.arrays["train_val_ratio"] = ratio
         if not val.class_targets:

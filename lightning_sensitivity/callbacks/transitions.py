@@ -18,9 +18,9 @@ from lightning_sensitivity.callbacks.base import Measurement, ProbeSplits, Sensi
 from lightning_sensitivity.callbacks.progress import ProgressFactory
 from lightning_sensitivity.functional import (
     ellipse_trajectories,
-    near_anchor_ratio,
     shuffled_anchors,
     transition_counts,
+    transition_summary,
 )
 from lightning_sensitivity.functional.transition_density import DEFAULT_HALF_WIDTH
 from lightning_sensitivity.keys import TRAIN, VAL
@@ -316,11 +316,14 @@ class TransitionMonitor(SensitivityMonitor):
         result.meta["num_units"] = num_units
         tag, array = partial(keys.metric, keys.TRANSITIONS, split), partial(keys.transition_array, split)
         result.arrays[array("anchor_indices")] = anchors_idx
-        if self._prediction is not None:
-            prediction = counts["prediction"]
+        prediction = counts["prediction"] if self._prediction is not None else None
+        if prediction is not None:
             result.arrays[array("prediction")] = prediction
-            result.scalars[tag("prediction_mean")] = float(prediction.double().mean())
         if num_units == 0:
+            if prediction is not None:
+                result.scalars[tag("prediction_mean")] = transition_summary(
+                    num_points=self.num_points, prediction=prediction
+                )["prediction_mean"]
             self.warn_once(
                 "no ReLU units",
                 f"{type(self).__name__}: the model has no recognised ReLU-family unit (nn.ReLU, F.relu, LeakyReLU, "
@@ -331,15 +334,14 @@ class TransitionMonitor(SensitivityMonitor):
         activation, region, segments = counts["activation"], counts["region_changes"], counts["segments"]
         result.arrays.update({array("activation"): activation, array("region_changes"): region,
                               array("segments"): segments.to(torch.int32)})  # fmt: skip
-        result.scalars[tag("activation_mean")] = float(activation.double().mean())
-        result.scalars[tag("region_changes_mean")] = float(region.double().mean())
-        # The same as a share of the segments (a closed ellipse of P points has P): 1 = every segment changes.
-        result.scalars[tag("region_changes_fraction")] = float(region.double().mean()) / self.num_points
-        ratio = near_anchor_ratio(segments, self.near_anchor_fraction)
-        if ratio == ratio:  # NaN: no transitions away from the anchors, nothing to compare with
-            result.scalars[tag("near_anchor_ratio")] = ratio
+        summary = transition_summary(
+            num_points=self.num_points, prediction=prediction, activation=activation, region_changes=region,
+            segments=segments, near_anchor_fraction=self.near_anchor_fraction,
+        )  # fmt: skip
+        # NaN near-anchor ratio: no transitions away from the anchors, nothing to compare with (not logged).
+        result.scalars.update({tag(stat): value for stat, value in summary.items() if value == value})
         result.histograms[tag("activation")] = activation.double()
-        fraction = float(region.double().mean()) / self.num_points
+        fraction = summary["region_changes_fraction"]
         if fraction >= SATURATION:
             # Beside the chart too: the run's text summary and the report say it where the counts are shown.
             result.meta.setdefault("notes", []).append(

@@ -46,10 +46,15 @@ from lightning_sensitivity.functional.stiffness import (
     stiffness_from_gram,
 )
 from lightning_sensitivity.functional.stiffness_summary import StiffnessSummary, pair_means, stiffness_summary
-from lightning_sensitivity.functional.summaries import binary_auroc, jacobian_norm_summary
+from lightning_sensitivity.functional.summaries import (
+    binary_auroc,
+    jacobian_norm_summary,
+    mean_standard_error,
+    train_val_ratio,
+)
 from lightning_sensitivity.functional.trajectories import ellipse_trajectories, shuffled_anchors
 from lightning_sensitivity.functional.transition_density import near_anchor_mask, near_anchor_ratio
-from lightning_sensitivity.functional.transitions import TransitionCounts, transition_counts
+from lightning_sensitivity.functional.transitions import TransitionCounts, transition_counts, transition_summary
 
 __all__ = [
     "measurement_options",
@@ -62,6 +67,7 @@ __all__ = [
     "near_anchor_ratio",
     "transition_counts",
     "TransitionCounts",
+    "transition_summary",
     "loss_gradient_gram",
     "per_layer_gram",
     "stiffness",
@@ -72,6 +78,8 @@ __all__ = [
     "critical_length_bootstrap",
     "binary_auroc",
     "jacobian_norm_summary",
+    "train_val_ratio",
+    "mean_standard_error",
     "stiffness_summary",
     "stiffness_from_gram",
     "pair_means",

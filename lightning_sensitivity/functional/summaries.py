@@ -164,3 +164,27 @@ def jacobian_norm_summary(
         out["confidence_auroc"] = binary_auroc(1.0 - probs.max(dim=1).values, wrong)
         out["entropy_auroc"] = binary_auroc(-torch.special.xlogy(probs, probs).sum(dim=1), wrong)
     return out
+
+
+def train_val_ratio(train_mean: float, val_mean: float) -> float | None:
+    """The train / held-out ratio of a per-example quantity's means (e.g. the Jacobian norm's, Novak et al.'s
+    generalisation signal): ``train_mean / val_mean``, or None when ``val_mean`` is 0 (no ratio to log).
+
+    Example:
+        >>> train_val_ratio(1.5, 2.0), train_val_ratio(1.0, 0.0)
+        (0.75, None)
+    """
+    return None if val_mean == 0 else float(train_mean) / float(val_mean)
+
+
+def mean_standard_error(standard_errors: Tensor) -> float:
+    """Standard error of the mean of ``N`` independent estimates with standard errors ``se_i`` (e.g. the random
+    projections of :func:`~lightning_sensitivity.functional.jacobian_norm_estimate`, drawn afresh per example):
+    ``sqrt(sum_i se_i^2) / N``, in float64; 0 for no estimates.
+
+    Example:
+        >>> mean_standard_error(torch.tensor([0.3, 0.4], dtype=torch.float64))
+        0.25
+    """
+    se = _check_vector(standard_errors, "standard_errors").to(torch.float64)
+    return float(se.pow(2).sum().sqrt() / max(se.numel(), 1))

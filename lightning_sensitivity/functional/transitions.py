@@ -20,7 +20,7 @@ from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 
 from lightning_sensitivity import keys
-from lightning_sensitivity._checks import check_choice
+from lightning_sensitivity._checks import check_choice, check_int
 from lightning_sensitivity.functional._chunks import Progress, check_chunk_size, check_progress, chunks, report
 from lightning_sensitivity.functional._inputs import (
     ModelKwargs,
@@ -31,6 +31,7 @@ from lightning_sensitivity.functional._inputs import (
 )
 from lightning_sensitivity.functional._purity import measurement_context, pure_model
 from lightning_sensitivity.functional.model import check_logits
+from lightning_sensitivity.functional.transition_density import DEFAULT_HALF_WIDTH, near_anchor_ratio
 
 #: What a point's prediction is (see :func:`transition_counts`).
 PREDICTIONS = ("argmax", "labels")
@@ -275,6 +276,51 @@ def _count_true(mask: Tensor) -> Tensor:
     """Row sums of a bool matrix. Summing bools (or count_nonzero) first copies them to int64; a uint8 view reduced
     with an int32 accumulator reads the bytes once (2-3x faster on [points, units] patterns)."""
     return mask.view(torch.uint8).sum(dim=1, dtype=torch.int32).long()
+
+
+def transition_summary(
+    *,
+    num_points: int,
+    prediction: Tensor | None = None,
+    activation: Tensor | None = None,
+    region_changes: Tensor | None = None,
+    segments: Tensor | None = None,
+    near_anchor_fraction: float = DEFAULT_HALF_WIDTH,
+) -> dict[str, float]:
+    """The statistics ``TransitionMonitor`` logs of one split's counts (the fields of :class:`TransitionCounts`,
+    gathered over the trajectories), in float64.
+
+    - with ``prediction`` (``[K]``): ``"prediction_mean"``;
+    - with ``activation``, ``region_changes`` (``[K]``) and ``segments`` (``[K, P]``, given together; a model without
+      ReLU-family units has none): ``"activation_mean"``, ``"region_changes_mean"``, ``"region_changes_fraction"``
+      (the mean region changes over the ``num_points`` segments of a closed ellipse: 1 = every segment changes) and
+      ``"near_anchor_ratio"`` (:func:`~lightning_sensitivity.functional.near_anchor_ratio` with half-width
+      ``near_anchor_fraction``; NaN when no segment away from the anchors changes).
+
+    Example:
+        >>> out = transition_summary(num_points=4, prediction=torch.tensor([2, 0]), activation=torch.tensor([6, 2]),
+        ...                          region_changes=torch.tensor([3, 1]), segments=torch.ones(2, 4))
+        >>> out["prediction_mean"], out["activation_mean"], out["region_changes_fraction"]
+        (1.0, 4.0, 0.5)
+    """
+    check_int(num_points, "num_points", minimum=1)
+    pattern = (activation, region_changes, segments)
+    if any(t is None for t in pattern) and not all(t is None for t in pattern):
+        raise ValueError(
+            "`activation`, `region_changes` and `segments` expected to be given together, got "
+            + ", ".join(f"{name}={'None' if t is None else 'a tensor'}"
+                        for name, t in zip(("activation", "region_changes", "segments"), pattern, strict=True))
+        )  # fmt: skip
+    out: dict[str, float] = {}
+    if prediction is not None:
+        out["prediction_mean"] = float(prediction.detach().double().mean())
+    if activation is not None and region_changes is not None and segments is not None:
+        region_mean = float(region_changes.detach().double().mean())
+        out["activation_mean"] = float(activation.detach().double().mean())
+        out["region_changes_mean"] = region_mean
+        out["region_changes_fraction"] = region_mean / num_points
+        out["near_anchor_ratio"] = near_anchor_ratio(segments, near_anchor_fraction)
+    return out
 
 
 # ---------------------------------------------------------------- the declaration (keys, arrays, charts)

@@ -7,7 +7,7 @@ import pytest
 import torch
 from sklearn.metrics import roc_auc_score
 
-from lightning_sensitivity.functional import binary_auroc, jacobian_norm_summary
+from lightning_sensitivity.functional import binary_auroc, jacobian_norm_summary, mean_standard_error, train_val_ratio
 
 
 def _auroc_loop(scores, positives):
@@ -160,3 +160,14 @@ def test_jacobian_norm_summary_bad_input():
         jacobian_norm_summary([1.0, 2.0])
     with pytest.raises(TypeError, match="`num_classes`"):
         jacobian_norm_summary(norms, targets, num_classes=4.0)
+
+
+def test_train_val_ratio_and_mean_standard_error_equal_plain_arithmetic():
+    assert train_val_ratio(3.0, 4.0) == 0.75
+    assert train_val_ratio(2.0, 0.0) is None  # no held-out norm to compare with: nothing to log
+    se = [0.1, 0.25, 0.4, 0.05]
+    expected = math.sqrt(sum(v * v for v in se)) / len(se)
+    assert mean_standard_error(torch.tensor(se, dtype=torch.float64)) == pytest.approx(expected, rel=1e-15)
+    assert mean_standard_error(torch.zeros(0)) == 0.0
+    with pytest.raises(ValueError, match="standard_errors"):
+        mean_standard_error(torch.ones(2, 2))

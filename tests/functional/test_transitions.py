@@ -5,7 +5,12 @@ from helpers import assert_unchanged, state_snapshot
 from oracles import transitions_loop
 from torch import nn
 
-from lightning_sensitivity.functional import ellipse_trajectories, transition_counts
+from lightning_sensitivity.functional import (
+    ellipse_trajectories,
+    near_anchor_ratio,
+    transition_counts,
+    transition_summary,
+)
 
 
 def _check_against_oracle(model, traj, chunk_size=None):
@@ -186,3 +191,23 @@ def test_label_set_predictions_match_naive_loop(width):
 def test_prediction_rule_is_checked():
     with pytest.raises(ValueError, match="`prediction` expected one of"):
         transition_counts(nn.Linear(2, 2), torch.randn(1, 4, 2), prediction="sign")
+
+
+def test_transition_summary_equals_plain_means_of_the_counts():
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(5, 16), nn.ReLU(), nn.Linear(16, 3))
+    points = 24
+    counts = transition_counts(net, ellipse_trajectories(torch.randn(3, 3, 5), points))
+    out = transition_summary(
+        num_points=points, prediction=counts.prediction, activation=counts.activation,
+        region_changes=counts.region_changes, segments=counts.segments, near_anchor_fraction=1 / 12,
+    )  # fmt: skip
+    mean = lambda t: sum(float(v) for v in t.tolist()) / len(t)  # noqa: E731
+    assert out["prediction_mean"] == pytest.approx(mean(counts.prediction), rel=1e-15)
+    assert out["activation_mean"] == pytest.approx(mean(counts.activation), rel=1e-15)
+    assert out["region_changes_mean"] == pytest.approx(mean(counts.region_changes), rel=1e-15)
+    assert out["region_changes_fraction"] == pytest.approx(mean(counts.region_changes) / points, rel=1e-15)
+    assert out["near_anchor_ratio"] == near_anchor_ratio(counts.segments, 1 / 12)
+    assert set(transition_summary(num_points=points, prediction=counts.prediction)) == {"prediction_mean"}
+    with pytest.raises(ValueError, match="`activation`, `region_changes` and `segments` expected"):
+        transition_summary(num_points=points, activation=counts.activation)
