@@ -337,11 +337,8 @@ class StiffnessMonitor(InfluenceMixin, SensitivityMonitor):
         )
         if self.sketch_dim is not None:
             result.scalars[keys.STIFFNESS_SKETCH_DIM] = float(self.sketch_dim)
-        # Euclidean: one input-distance matrix of the joint set, each group binning its slice. Cosine: each group
-        # finds its pairs' bins itself, from float32 distances with the pairs near a bin edge recomputed in float64
-        # (the float64 bins, at under half the cost of the joint float64 matrix).
-        euclidean = not shared and self.distance != "cosine"
-        distances = pairwise_distance(distance_inputs.cpu(), None, self.distance) if euclidean else None
+        # One input-distance matrix of the joint set; each group bins its slice (instead of one per group and kind).
+        distances = None if shared else pairwise_distance(distance_inputs.cpu(), None, self.distance)
         for group in groups:
             rows, cols = (offsets[s] for s in group.split("_"))
             same = rows == cols

@@ -1,5 +1,6 @@
 """stiffness_summary against double loops over pairs in float64: means, class splits, matrices, curve, length."""
 
+import importlib
 import math
 
 import pytest
@@ -8,6 +9,9 @@ from oracles import first_crossing_loop, weighted_fit_zero
 
 from lightning_sensitivity.functional import StiffnessSummary, stiffness_summary
 from lightning_sensitivity.functional.stiffness_summary import _cosine_bin_index
+
+# The module (the package's ``stiffness_summary`` attribute is the function of that name).
+summary_module = importlib.import_module("lightning_sensitivity.functional.stiffness_summary")
 
 
 def _pairs(n, m, self_pairs):
@@ -219,8 +223,11 @@ def test_same_class_critical_length_matches_loop(method, two):
     assert not math.isnan(expected)
     assert out.same_class_critical_length == pytest.approx(expected, rel=1e-9)
     assert out.same_class_critical_length != pytest.approx(out.critical_length)  # a different curve
-    assert math.isnan(stiffness_summary(sign, cosine, yr, yc, inputs_rows=xr, inputs_cols=xc if two else None,
-                                        num_distance_bins=6).same_class_critical_length)  # off by default
+    assert math.isnan(
+        stiffness_summary(
+            sign, cosine, yr, yc, inputs_rows=xr, inputs_cols=xc if two else None, num_distance_bins=6
+        ).same_class_critical_length
+    )  # off by default
 
 
 @pytest.mark.parametrize("self_pairs", [True, False])
@@ -281,9 +288,11 @@ def test_nan_on_the_diagonal_of_a_set_with_itself_is_left_out_of_the_means():
     assert out.different_class_sign == pytest.approx(_mean_loop(sign, pairs, lambda i, j: lr[i] != lr[j]), rel=1e-12)
 
 
-def test_cosine_bins_of_pairs_just_off_an_edge_are_the_float64_ones():
+def test_cosine_bins_of_pairs_just_off_an_edge_are_the_float64_ones(monkeypatch):
     # Pairs 1e-7..1e-4 either side of each inner edge in 784 rotated features: the float32 distances are recomputed
-    # in float64 near an edge, so the counts equal the float64 loop's.
+    # in float64 near an edge, so the counts equal the float64 loop's. The near pairs are a tenth of all here: the
+    # share that still takes the float32 path is raised to that, and the recompute runs 5 pairs at a time (its
+    # chunk boundaries are crossed).
     g = torch.Generator().manual_seed(7)
     rot = torch.linalg.qr(torch.randn(784, 784, generator=g, dtype=torch.float64))[0]
     near = [0.2 * k + d for k in range(1, 10) for d in (1e-7, -1e-7, 1e-6, -1e-6, 3e-5, -3e-5, 1e-4, -1e-4)]
@@ -291,8 +300,17 @@ def test_cosine_bins_of_pairs_just_off_an_edge_are_the_float64_ones():
     cols = [rot[:, 0] * (1 - d) * 0.3 + rot[:, 1] * math.sqrt(1 - (1 - d) ** 2) * 0.3 for d in near + far]
     xr, xc = (rot[:, 0] * 2.5).float()[None], torch.stack(cols).float()
     n, m = 1, len(cols)
-    assert _cosine_bin_index(xr, xc, 10) is not None
     sign = torch.ones(n, m)
-    out = stiffness_summary(sign, sign, torch.zeros(n, dtype=torch.long), torch.zeros(m, dtype=torch.long),
-                            inputs_rows=xr, inputs_cols=xc, num_distance_bins=10)  # fmt: skip
-    assert out.distance_count.tolist() == _curve_loop(sign, _pairs(n, m, False), xr, xc, 10)[1]
+    expected = _curve_loop(sign, _pairs(n, m, False), xr, xc, 10)[1]
+
+    def counts() -> list[int]:
+        y_rows, y_cols = torch.zeros(n, dtype=torch.long), torch.zeros(m, dtype=torch.long)
+        out = stiffness_summary(sign, sign, y_rows, y_cols, inputs_rows=xr, inputs_cols=xc, num_distance_bins=10)
+        return out.distance_count.tolist()
+
+    assert _cosine_bin_index(xr, xc, 10) is None  # this many near pairs: the float64 matrix is cheaper
+    assert counts() == expected
+    monkeypatch.setattr(summary_module, "_RECOMPUTE_SHARE", 8)
+    monkeypatch.setattr(summary_module, "_RECOMPUTE", 5 * 784)
+    assert _cosine_bin_index(xr, xc, 10) is not None
+    assert counts() == expected
