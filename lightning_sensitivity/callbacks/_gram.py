@@ -4,22 +4,26 @@ built once; under DDP the functional layer shares its rows between the ranks
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping, Sequence
 from functools import cached_property
-from typing import Any
+from typing import TYPE_CHECKING
 
 from torch import Tensor, nn
 
 from lightning_sensitivity.callbacks.progress import ProgressFactory
-from lightning_sensitivity.functional import stiffness_from_gram
+from lightning_sensitivity.functional import Stiffness, StiffnessSummary, stiffness_from_gram
 from lightning_sensitivity.functional.gram import GramCall, build_gram_call, gram_and_norms
 from lightning_sensitivity.functional.gram.distributed import Exchange, ShardMap, shared_gram
 from lightning_sensitivity.functional.stiffness_rows import shared_stiffness_summaries
 
+if TYPE_CHECKING:  # the monitor imports this module
+    from lightning_sensitivity.callbacks.stiffness import StiffnessMonitor
+
 __all__ = ["joint_stiffness", "shared_joint_summaries"]
 
 
-def _gram_call(monitor: Any, model: nn.Module, inputs: Tensor, targets: Tensor, kwargs: dict[str, Tensor],
-               bar: Any) -> GramCall:  # fmt: skip
+def _gram_call(monitor: StiffnessMonitor, model: nn.Module, inputs: Tensor, targets: Tensor,
+               kwargs: dict[str, Tensor], bar: Callable[[int, int], None] | None) -> GramCall:  # fmt: skip
     """The joint probe set's Gram call, with the monitor's loss, chunking and sketch."""
     return build_gram_call(
         model, inputs, targets, loss_fn=monitor.loss_fn, chunk_size=monitor.chunk_size, progress=bar,
@@ -28,13 +32,13 @@ def _gram_call(monitor: Any, model: nn.Module, inputs: Tensor, targets: Tensor, 
 
 
 def joint_stiffness(
-    monitor: Any,
+    monitor: StiffnessMonitor,
     model: nn.Module,
     inputs: Tensor,
     targets: Tensor,
     kwargs: dict[str, Tensor],
     progress: ProgressFactory,
-) -> Any:
+) -> Stiffness:
     """Stiffness of the joint probe set; under DDP each rank forms its share of the Gram's rows."""
     shard, exchange = monitor.shard_exchange(inputs.shape[0])
     with progress("per-example gradients") as bar:
@@ -54,7 +58,7 @@ class SharedJoint:
         self.gram, self._sq = gram, sq
 
     @cached_property
-    def _stiffness(self) -> Any:
+    def _stiffness(self) -> Stiffness:
         return stiffness_from_gram(self.gram, self._sq, self._sq, self_pairs=True)
 
     @property
@@ -67,7 +71,7 @@ class SharedJoint:
 
 
 def shared_joint_summaries(
-    monitor: Any,
+    monitor: StiffnessMonitor,
     model: nn.Module,
     inputs: Tensor,
     targets: Tensor,
@@ -78,8 +82,8 @@ def shared_joint_summaries(
     pairs: dict[str, tuple[slice, slice]],
     distance_inputs: Tensor,
     num_classes: int | None,
-    class_groups: Any,
-) -> tuple[dict[str, Any], SharedJoint]:
+    class_groups: Sequence[int] | Mapping[int, int] | Tensor | None,
+) -> tuple[dict[str, StiffnessSummary], SharedJoint]:
     """Under DDP: ``({group: StiffnessSummary}, joint)``, each rank having formed its rows of the Gram and summed the
     summaries over them (:func:`~lightning_sensitivity.functional.stiffness_rows.shared_stiffness_summaries`)."""
     with progress("per-example gradients") as bar:
