@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from functools import partial
 from typing import Any
@@ -319,11 +320,19 @@ class TransitionMonitor(SensitivityMonitor):
         prediction = counts["prediction"] if self._prediction is not None else None
         if prediction is not None:
             result.arrays[array("prediction")] = prediction
+        pattern = {} if num_units == 0 else {
+            "activation": counts["activation"], "region_changes": counts["region_changes"],
+            "segments": counts["segments"],
+        }  # fmt: skip
+        summary = transition_summary(
+            num_points=self.num_points, prediction=prediction, near_anchor_fraction=self.near_anchor_fraction,
+            **pattern,
+        )  # fmt: skip
+        ratio = summary.pop("near_anchor_ratio", math.nan)
+        result.scalars.update({tag(stat): value for stat, value in summary.items()})
+        if ratio == ratio:  # NaN: no transitions away from the anchors, nothing to compare with
+            result.scalars[tag("near_anchor_ratio")] = ratio
         if num_units == 0:
-            if prediction is not None:
-                result.scalars[tag("prediction_mean")] = transition_summary(
-                    num_points=self.num_points, prediction=prediction
-                )["prediction_mean"]
             self.warn_once(
                 "no ReLU units",
                 f"{type(self).__name__}: the model has no recognised ReLU-family unit (nn.ReLU, F.relu, LeakyReLU, "
@@ -331,15 +340,9 @@ class TransitionMonitor(SensitivityMonitor):
                 "JacobianNormMonitor for smooth non-linearities.",
             )
             return
-        activation, region, segments = counts["activation"], counts["region_changes"], counts["segments"]
+        activation, region, segments = pattern["activation"], pattern["region_changes"], pattern["segments"]
         result.arrays.update({array("activation"): activation, array("region_changes"): region,
                               array("segments"): segments.to(torch.int32)})  # fmt: skip
-        summary = transition_summary(
-            num_points=self.num_points, prediction=prediction, activation=activation, region_changes=region,
-            segments=segments, near_anchor_fraction=self.near_anchor_fraction,
-        )  # fmt: skip
-        # NaN near-anchor ratio: no transitions away from the anchors, nothing to compare with (not logged).
-        result.scalars.update({tag(stat): value for stat, value in summary.items() if value == value})
         result.histograms[tag("activation")] = activation.double()
         fraction = summary["region_changes_fraction"]
         if fraction >= SATURATION:

@@ -223,11 +223,8 @@ def test_same_class_critical_length_matches_loop(method, two):
     assert not math.isnan(expected)
     assert out.same_class_critical_length == pytest.approx(expected, rel=1e-9)
     assert out.same_class_critical_length != pytest.approx(out.critical_length)  # a different curve
-    assert math.isnan(
-        stiffness_summary(
-            sign, cosine, yr, yc, inputs_rows=xr, inputs_cols=xc if two else None, num_distance_bins=6
-        ).same_class_critical_length
-    )  # off by default
+    assert math.isnan(stiffness_summary(sign, cosine, yr, yc, inputs_rows=xr, inputs_cols=xc if two else None,
+                                        num_distance_bins=6).same_class_critical_length)  # off by default
 
 
 @pytest.mark.parametrize("self_pairs", [True, False])
