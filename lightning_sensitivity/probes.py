@@ -251,6 +251,11 @@ def _parts(out: Any, what: str) -> Batch:
             f"{what} expected inputs [N, *input_shape] and targets [N, ...] with the same N >= 1, got inputs "
             f"{tuple(x.shape)} and targets {tuple(y.shape)}"
         )
+    if len(out) == 3 and out[2] is None:
+        raise TypeError(
+            f"{what} expected a mapping of str -> torch.Tensor [N, ...] as its third element (model_kwargs), got "
+            "None; pass (inputs, targets) for a model without keyword inputs"
+        )
     kwargs = check_model_kwargs(out[2], x.shape[0], f"{what}'s model_kwargs") if len(out) == 3 else {}
     if is_class_targets(y.flatten()) and y.dim() == 2 and y.shape[1] == 1:
         y = y.flatten()  # class indices as a column

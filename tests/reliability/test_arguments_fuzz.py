@@ -180,3 +180,11 @@ def test_zz_report_fuzz_counts():
         report_figure("fuzz: constructor arguments covered (monitor x argument)", len(CASES))
         report_figure("fuzz: invalid values tried, each rejected naming the argument", TRIED["invalid"])
         report_figure("fuzz: valid values tried, each accepted", TRIED["valid"])
+
+
+def test_a_data_triple_with_none_for_model_kwargs_is_refused_naming_the_argument():
+    # Found by the fuzz test above: (inputs, targets, None) was accepted as (inputs, targets).
+    from lightning_sensitivity import TransitionMonitor
+
+    with pytest.raises(TypeError, match=r"`val_data` expected a mapping .* third element \(model_kwargs\), got None"):
+        TransitionMonitor(val_data=(torch.zeros(2, 3), torch.zeros(2), None))
